@@ -50,3 +50,7 @@ class VerifyError(LedgerError):
 
 class ForkError(LedgerError):
     """A peer signed two checkpoints that cannot both be views of one append-only log."""
+
+
+class UsageError(LedgerError):
+    """A command-line argument or input file is not usable as given."""

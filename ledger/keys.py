@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import base58
@@ -53,6 +53,7 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     return base58.b58encode(_IDENTITY_MULTIHASH + _PUBLIC_FRAME + public_key).decode()
 
 
+@lru_cache(maxsize=4096)
 def public_key_from_peer_id(peer_id: str) -> bytes:
     """The Ed25519 public key inside a peer ID; KeyFormatError for any other kind of ID."""
     try:
@@ -114,7 +115,11 @@ class Identity:
 
     @classmethod
     def load_or_create(cls, path: str | os.PathLike[str]) -> Identity:
-        """Load the identity at `path`, creating it (mode 0600) on first use."""
+        """Load the identity at `path`, creating it (mode 0600) on first use.
+
+        The file appears atomically (written aside, then hard-linked into place), so a crash
+        never leaves a truncated key, and of two processes creating it at once both get one key.
+        """
         path = Path(path)
         try:
             return cls.from_bytes(path.read_bytes())
@@ -122,14 +127,23 @@ class Identity:
             pass
         path.parent.mkdir(parents=True, exist_ok=True)
         identity = cls.generate()
+        scratch = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(identity.to_bytes())
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(scratch, path)
         except FileExistsError:  # another process created it first: use theirs
             return cls.from_bytes(path.read_bytes())
-        with os.fdopen(fd, "wb") as f:
-            f.write(identity.to_bytes())
-            f.flush()
-            os.fsync(f.fileno())
+        finally:
+            scratch.unlink()
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
         return identity
 
     def to_bytes(self) -> bytes:

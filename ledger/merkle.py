@@ -121,6 +121,52 @@ def consistency_proof(size1: int, leaf_hashes: Sequence[bytes]) -> list[bytes]:
     return consistency_proof_from(size1, len(leaf_hashes), _Levels(leaf_hashes))
 
 
+class Frontier:
+    """The right edge of a growing tree: its perfect subtrees' hashes, largest first.
+
+    Enough to append leaves and compute the root in O(log n) memory; `append` reports the
+    perfect subtrees each new leaf completes, so a store can keep them for proofs.
+    """
+
+    def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
+        if len(hashes) != size.bit_count():
+            raise ValueError(f"a tree of size {size} has {size.bit_count()} edge subtrees, not {len(hashes)}")
+        self.size = size
+        self.hashes = list(hashes)
+
+    @classmethod
+    def at(cls, size: int, perfect: PerfectHash) -> Frontier:
+        """The frontier of the first `size` leaves of a tree whose subtrees `perfect` returns."""
+        hashes, pos = [], 0
+        for level in range(size.bit_length() - 1, -1, -1):
+            if size >> level & 1:
+                hashes.append(perfect(level, pos >> level))
+                pos += 1 << level
+        return cls(size, hashes)
+
+    def copy(self) -> Frontier:
+        return Frontier(self.size, self.hashes)
+
+    def append(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
+        """Add a leaf hash; returns the (level, index, hash) of every subtree it completes."""
+        index, level, digest, completed = self.size, 0, leaf, []
+        while index & 1:
+            digest = node_hash(self.hashes.pop(), digest)
+            level, index = level + 1, index >> 1
+            completed.append((level, index, digest))
+        self.hashes.append(digest)
+        self.size += 1
+        return completed
+
+    def root(self) -> bytes:
+        if not self.hashes:
+            return EMPTY_ROOT
+        digest = self.hashes[-1]
+        for left in reversed(self.hashes[:-1]):
+            digest = node_hash(left, digest)
+        return digest
+
+
 def _check_hashes(what: str, hashes: Sequence[bytes]) -> None:
     for i, h in enumerate(hashes):
         if not isinstance(h, bytes) or len(h) != HASH_SIZE:

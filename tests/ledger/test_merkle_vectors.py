@@ -166,3 +166,17 @@ def test_size_zero_and_reversed_sizes_are_errors() -> None:
         merkle.consistency_proof(0, [merkle.leaf_hash(b"x")])
     with pytest.raises(ValueError):
         merkle.inclusion_proof(1, [merkle.leaf_hash(b"x")])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(min_value=0, max_value=200))
+def test_frontier_tracks_the_root_and_completed_subtrees(n: int) -> None:
+    hashes = [merkle.leaf_hash(x) for x in _leaves(n)]
+    frontier, stored = merkle.Frontier(), {(0, i): h for i, h in enumerate(hashes)}
+    for i, h in enumerate(hashes):
+        for level, index, digest in frontier.append(h):
+            assert digest == naive_mth(_leaves(n)[index << level : (index + 1) << level])
+            stored[level, index] = digest
+        assert frontier.root() == merkle.root_from_leaf_hashes(hashes[: i + 1])
+    restored = merkle.Frontier.at(n, lambda level, index: stored[level, index])
+    assert restored.hashes == frontier.hashes and restored.root() == frontier.root()

@@ -1,0 +1,64 @@
+"""Canonical msgpack: one byte string per value, so signatures and leaf hashes agree everywhere.
+
+Allowed values: None, bool, int (64-bit), str, bytes, lists and maps with str keys. Maps are
+written with keys sorted; floats, extension types and tuples are refused. Decoding is strict:
+the bytes must decode, contain no duplicate keys or trailing data, and re-encode to themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from ledger.errors import EncodingError
+
+MAX_SIZE = 1 << 20
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise EncodingError("canonical maps have str keys only")
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str, bytes)):
+        return value
+    raise EncodingError(f"{type(value).__name__} has no canonical encoding (use int, str, bytes, list, dict)")
+
+
+def pack(value: Any) -> bytes:
+    """The canonical encoding of `value`."""
+    try:
+        return msgpack.packb(_sorted(value), use_bin_type=True, strict_types=True)
+    except (OverflowError, TypeError, ValueError) as e:
+        raise EncodingError(f"cannot encode canonically: {e}") from None
+
+
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise EncodingError("duplicate map key")
+    return result
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise EncodingError(f"msgpack extension type {code} is not allowed")
+
+
+def unpack(data: bytes) -> Any:
+    """Decode canonical bytes; EncodingError for anything that is not exactly `pack`'s output."""
+    if len(data) > MAX_SIZE:
+        raise EncodingError(f"{len(data)} bytes exceeds the {MAX_SIZE}-byte limit")
+    try:
+        value = msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=True, object_pairs_hook=_unique_keys, ext_hook=_no_ext
+        )
+    except EncodingError:
+        raise
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise EncodingError(f"not valid msgpack: {e}") from None
+    if pack(value) != data:
+        raise EncodingError("msgpack is not in canonical form (key order, integer width or floats)")
+    return value

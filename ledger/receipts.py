@@ -1,0 +1,73 @@
+"""Client receipts: the client's signed statement of what a node served it in one session.
+
+A node logs a session's `serve` entry with the receipt attached, so the entry is backed by the
+client's signature and not only the node's word. The client keeps its own receipts too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ledger import canonical, keys
+from ledger.errors import ReceiptError
+from ledger.keys import Identity
+from ledger.schema import BLOCKS, DIGEST, PEER_ID, SIGNATURE, TEXT, UINT, Record, spec
+
+
+@dataclass(frozen=True)
+class Receipt(Record):
+    """What the client saw: session, serving node, model, blocks, tokens and outputs digest."""
+
+    name = "receipt"
+
+    session: str = spec(TEXT)
+    node: str = spec(PEER_ID)
+    client: str = spec(PEER_ID)
+    manifest_root: bytes = spec(DIGEST)
+    blocks: tuple[int, int] = spec(BLOCKS)
+    tokens: int = spec(UINT)
+    outputs_digest: bytes = spec(DIGEST)
+    time_ns: int = spec(UINT)
+    signature: bytes = spec(SIGNATURE)
+
+    def signed_bytes(self) -> bytes:
+        """The canonical bytes the client signs: every field except the signature."""
+        wire = self.to_wire()
+        del wire["signature"]
+        return canonical.pack(wire)
+
+
+def make_receipt(
+    identity: Identity,
+    *,
+    session: str,
+    node: str,
+    manifest_root: bytes,
+    blocks: tuple[int, int],
+    tokens: int,
+    outputs_digest: bytes,
+    time_ns: int,
+) -> Receipt:
+    """Sign a receipt as the client `identity`."""
+    unsigned = Receipt(
+        session=session,
+        node=node,
+        client=identity.peer_id,
+        manifest_root=manifest_root,
+        blocks=tuple(blocks),
+        tokens=tokens,
+        outputs_digest=outputs_digest,
+        time_ns=time_ns,
+        signature=bytes(64),
+    )
+    return dataclasses.replace(unsigned, signature=identity.sign(keys.RECEIPT, unsigned.signed_bytes()))
+
+
+def verify_receipt(receipt: Receipt) -> None:
+    """Raise ReceiptError unless the receipt is signed by the client it names."""
+    if not keys.verify(receipt.client, keys.RECEIPT, receipt.signed_bytes(), receipt.signature):
+        raise ReceiptError(
+            f"receipt for session {receipt.session!r} is not signed by client {receipt.client}; "
+            "log the session as unreceipted instead"
+        )

@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh clone: `make demo` and `make test`.
+# Override the torch requirement for a GPU build, e.g. `make demo TORCH=torch`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+MODEL ?= smollm2-135m-instruct
+PROMPT ?= What is the capital of France?
+NODES ?= 3
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.swarmlm-installed
+
+.PHONY: demo test install model clean-venv
+
+install: $(STAMP)
+
+# Reinstall only when the project's requirements change.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	@touch $@
+
+# Fetch and pack the default model; skipped when the packed store already verifies.
+model: install
+	$(BIN)/swarmlm shards pull $(MODEL)
+
+demo: model
+	$(BIN)/swarmlm demo --model $(MODEL) --nodes $(NODES) "$(PROMPT)"
+
+test: model
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,191 @@
+"""Llama-family transformer blocks (Llama 2/3, Mistral, Qwen2): our own modules, transformers is the oracle.
+
+A block is pre-norm attention plus pre-norm SwiGLU MLP. Attention is grouped-query (multi-head
+when the head counts match) through `scaled_dot_product_attention`, with RoPE and optional biases.
+Shards keep the Hugging Face tensor names and layout; `to_module_layout` (the loader's conversion)
+joins q/k/v and gate/up into single matrices and stores every projection transposed, (in, out):
+a decode step then makes 4 matrix calls per block instead of 7, and `x @ W_t` runs about 1.6x
+faster than `F.linear(x, W)` on the CPUs we measured (see scripts/bench_local.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .kv_cache import KVCache
+from .rope import apply_rotary, cos_sin, inverse_frequencies
+
+
+class Projection(nn.Module):
+    """A linear map whose weight is stored transposed, (in_features, out_features)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.weight_t = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x @ self.weight_t
+        return y if self.bias is None else y + self.bias
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+@dataclass
+class StepContext:
+    """What every block of a span needs for one step: where it writes, RoPE tables, and the mask."""
+
+    start: int
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor | None
+    is_causal: bool
+
+
+class Attention(nn.Module):
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.split = [c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim]
+        self.qkv_proj = Projection(c.hidden_size, sum(self.split), c.qkv_bias)
+        self.o_proj = Projection(c.num_heads * c.head_dim, c.hidden_size, c.o_bias)
+
+    def forward(self, x: torch.Tensor, ctx: StepContext,
+                cache: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
+        q = q.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
+        if cache is not None:
+            end = ctx.start + n
+            cache[0][:, :, ctx.start:end] = k
+            cache[1][:, :, ctx.start:end] = v
+            k, v = cache[0][:, :, :end], cache[1][:, :, :end]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.is_causal,
+                                           enable_gqa=self.num_heads != self.num_kv_heads)
+        return self.o_proj(y.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        self.gate_up_proj = Projection(c.hidden_size, 2 * c.intermediate_size, c.mlp_bias)
+        self.down_proj = Projection(c.intermediate_size, c.hidden_size, c.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.self_attn = Attention(c)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.mlp = MLP(c)
+
+    def forward(self, x: torch.Tensor, ctx: StepContext,
+                cache: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), ctx, cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class BlockStack(nn.Module):
+    """The contiguous blocks [start, end) of a model: what one node serves."""
+
+    def __init__(self, config: ModelConfig, start: int, end: int) -> None:
+        super().__init__()
+        self.config, self.start, self.end = config, start, end
+        self.blocks = nn.ModuleList(Block(config) for _ in range(start, end))
+        # Not a buffer: `.to(dtype)` must never round RoPE frequencies to bfloat16.
+        self.inv_freq = inverse_frequencies(config)
+
+    def new_cache(self, batch: int, max_length: int, pad_lengths: list[int] | None = None) -> KVCache:
+        weight = self.blocks[0].self_attn.o_proj.weight_t
+        c = self.config
+        return KVCache(len(self.blocks), batch, c.num_kv_heads, c.head_dim, max_length,
+                       weight.dtype, weight.device, pad_lengths)
+
+    def forward(self, hidden: torch.Tensor, cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
+        """Run the span on `hidden` (batch, n, hidden) at slots [start, start + n).
+
+        Without a cache the call is stateless: a fresh causal pass from position 0.
+        """
+        b, n, _ = hidden.shape
+        if cache is None:
+            if start != 0:
+                raise ValueError("a stateless forward starts at position 0")
+            positions = torch.arange(n, device=hidden.device).expand(b, n)
+            ctx = self._context(positions, 0, n, None)
+            for block in self.blocks:
+                hidden = block(hidden, ctx, None)
+            return hidden
+        cache.check_step(start, n)
+        ctx = self._context(cache.positions(start, n), start, n, cache.pad_lengths)
+        for i, block in enumerate(self.blocks):
+            hidden = block(hidden, ctx, (cache.keys[i], cache.values[i]))
+        cache.length = start + n
+        return hidden
+
+    def _context(self, positions: torch.Tensor, start: int, n: int,
+                 pad_lengths: torch.Tensor | None) -> StepContext:
+        if self.inv_freq.device != positions.device:
+            self.inv_freq = self.inv_freq.to(positions.device)
+        cos, sin = cos_sin(self.inv_freq, positions, self.blocks[0].self_attn.o_proj.weight_t.dtype)
+        if pad_lengths is None and (start == 0 or n == 1):
+            # Fast paths: a fresh causal prefill, or one new token that sees every cached slot.
+            return StepContext(start, cos, sin, None, is_causal=n > 1)
+        return StepContext(start, cos, sin, attention_mask(start, n, pad_lengths, positions.device), False)
+
+
+def attention_mask(start: int, n: int, pad_lengths: torch.Tensor | None,
+                   device: torch.device) -> torch.Tensor:
+    """Boolean (batch|1, 1, n, start+n) mask: causal over slots, padding slots hidden as keys.
+
+    A padding query may see itself, so no row is fully masked (which would give NaN).
+    """
+    q = torch.arange(start, start + n, device=device)[:, None]
+    k = torch.arange(start + n, device=device)[None, :]
+    allowed = k <= q
+    if pad_lengths is None:
+        return allowed[None, None]
+    valid_key = k[None] >= pad_lengths[:, None, None]
+    return ((allowed[None] & valid_key) | (k == q)[None])[:, None]
+
+
+_FUSED = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+          "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
+
+
+def to_module_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One block's Hugging Face-named tensors → this module's layout (fused, transposed projections)."""
+    out = dict(state)
+    for fused, parts in _FUSED.items():
+        for kind in ("weight", "bias"):
+            names = [f"{p}.{kind}" for p in parts]
+            if all(n in out for n in names):
+                out[f"{fused}.{kind}"] = torch.cat([out.pop(n) for n in names])
+    return {transposed_name(k): v.t().contiguous() if k != transposed_name(k) else v for k, v in out.items()}
+
+
+def transposed_name(name: str) -> str:
+    """Projection weights are stored as `weight_t`; norms keep `weight`."""
+    return name[: -len("weight")] + "weight_t" if name.endswith("_proj.weight") or name == "lm_head.weight" else name

@@ -1,0 +1,188 @@
+"""Generation over any block runner: local blocks or a chain of remote nodes share this loop.
+
+A `Session` keeps the token history its runner's caches hold. Each call sends only what the
+caches lack (the new suffix after the longest common prefix), so a multi-turn chat re-sends
+nothing it already sent.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol, Sequence, Union
+
+import torch
+
+from .errors import ShardsError
+from .head import Head
+from .sampling import Sampler, SamplingParams
+
+Message = dict[str, str]
+Prompt = Union[str, Sequence[int], Sequence[Message]]
+
+
+class BlockRunner(Protocol):
+    """Runs all blocks of the model for one session, keeping their KV caches."""
+
+    def forward(self, hidden: torch.Tensor, start: int) -> torch.Tensor: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class TokenEvent:
+    token_id: int | None  # None for the final flush of text held back at the end
+    text: str  # the text this token completes (may be empty while a character is incomplete)
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    prompt_tokens: int
+    time_to_first_token: float = 0.0
+    total_time: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.token_ids) / self.total_time if self.total_time else 0.0
+
+
+def encode_prompt(tokenizer: Any, prompt: Prompt, raw: bool = False) -> list[int]:
+    """Token ids for a prompt: ids pass through; text and conversations use the chat template."""
+    if isinstance(prompt, str):
+        if raw or not getattr(tokenizer, "chat_template", None):
+            return list(tokenizer(prompt)["input_ids"])
+        prompt = [{"role": "user", "content": prompt}]
+    prompt = list(prompt)
+    if prompt and all(isinstance(t, int) for t in prompt):
+        return [int(t) for t in prompt]
+    if tokenizer is None:
+        raise ShardsError("this model has no tokenizer: pass token ids")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ShardsError("the tokenizer has no chat template: pass a plain string with raw=True")
+    text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class Session:
+    """One conversation's state on a runner: the ids its caches hold, and generation over them."""
+
+    def __init__(self, head: Head, tokenizer: Any, runner: BlockRunner, max_length: int,
+                 eos_ids: set[int]) -> None:
+        self.head, self.tokenizer, self.runner = head, tokenizer, runner
+        self.max_length, self.eos_ids = max_length, eos_ids
+        self.history: list[int] = []
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.runner.close()
+
+    @torch.inference_mode()
+    def feed(self, ids: list[int]) -> torch.Tensor:
+        """Bring the caches to `ids` and return the logits after its last token."""
+        common = 0
+        for a, b in zip(self.history, ids):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)  # at least one token must run to produce logits
+        hidden = self.head.embed(torch.tensor([ids[common:]], device=self.head.embed_tokens.weight.device))
+        out = self.runner.forward(hidden, common)
+        self.history = list(ids)
+        return self.head.logits(out[:, -1])[0]
+
+    def stream(self, prompt: Prompt, max_new_tokens: int = 64, *, temperature: float = 0.0, top_p: float = 1.0,
+               top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (),
+               raw: bool = False) -> Iterator[TokenEvent]:
+        result = Generation("", [], "length", 0)
+        yield from self._run(prompt, max_new_tokens, SamplingParams(temperature, top_p, top_k, seed), stop, raw,
+                             result)
+
+    def generate(self, prompt: Prompt, max_new_tokens: int = 64, *, temperature: float = 0.0, top_p: float = 1.0,
+                 top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (), raw: bool = False) -> Generation:
+        result = Generation("", [], "length", 0)
+        for _ in self._run(prompt, max_new_tokens, SamplingParams(temperature, top_p, top_k, seed), stop, raw,
+                           result):
+            pass
+        return result
+
+    def _run(self, prompt: Prompt, max_new_tokens: int, params: SamplingParams, stop: Sequence[str], raw: bool,
+             result: Generation) -> Iterator[TokenEvent]:
+        if max_new_tokens < 1:
+            raise ShardsError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        ids = encode_prompt(self.tokenizer, prompt, raw)
+        if not ids:
+            raise ShardsError("the prompt is empty")
+        result.prompt_tokens = len(ids)
+        sampler = Sampler(params)
+        detok = _Detokenizer(self.tokenizer)
+        started = time.perf_counter()
+        logits = self.feed(ids)
+        hit = False
+        for i in range(max_new_tokens):
+            token = sampler(logits)
+            if i == 0:
+                result.time_to_first_token = time.perf_counter() - started
+            if token in self.eos_ids:
+                result.finish_reason = "stop"
+                break
+            result.token_ids.append(token)
+            delta, hit = detok.push(token, stop)
+            result.text += delta
+            yield TokenEvent(token, delta)
+            if hit:
+                result.finish_reason = "stop"
+                break
+            if i + 1 < max_new_tokens:
+                logits = self.feed(ids + result.token_ids)
+        tail = "" if hit else detok.flush()
+        if tail:
+            result.text += tail
+            yield TokenEvent(None, tail)
+        result.total_time = time.perf_counter() - started
+
+
+class _Detokenizer:
+    """Turns a growing list of ids into text deltas, holding back incomplete characters and stop strings."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.emitted = 0
+        self.stopped = False
+
+    def push(self, token: int, stop: Sequence[str]) -> tuple[str, bool]:
+        if self.tokenizer is None:
+            return "", False
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        for s in stop:
+            at = text.find(s) if s else -1
+            if at >= 0:
+                delta = text[self.emitted:at] if at > self.emitted else ""
+                self.emitted = max(self.emitted, at)
+                return delta, True
+        safe = len(text)
+        if text.endswith("\ufffd"):
+            safe = len(text.rstrip("\ufffd"))
+        held = max((len(s) - 1 for s in stop), default=0)  # a stop string may be starting
+        safe = max(self.emitted, min(safe, len(text) - held))
+        delta = text[self.emitted:safe]
+        self.emitted = safe
+        return delta, False
+
+    def flush(self) -> str:
+        if self.tokenizer is None or not self.ids:
+            return ""
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        delta = text[self.emitted:]
+        self.emitted = len(text)
+        return delta

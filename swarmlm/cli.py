@@ -1,0 +1,53 @@
+"""The one `swarmlm` command, git-style: each package registers its own subcommands; this only dispatches."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from ledger.errors import LedgerError
+from shards.errors import ShardsError
+
+from . import __version__
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ShardsError, LedgerError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ledger import cli as ledger_cli
+    from shards import cli as shards_cli
+
+    from . import generate
+
+    parser = argparse.ArgumentParser(
+        prog="swarmlm",
+        description="Run large open-weight language models across a swarm of volunteer machines, "
+                    "with a signed ledger of who served which weights.")
+    parser.add_argument("--version", action="version", version=f"swarmlm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (generate, shards_cli, ledger_cli):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `swarmlm … | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""`swarmlm generate`: one prompt through the local block stack or through a swarm."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from shards.catalog import DEFAULT_MODEL, resolve_model
+from shards.generation import Generation
+from shards.local import LocalModel
+from shards.store import parse_dtype
+
+
+def add_generation_options(p: argparse.ArgumentParser) -> None:
+    """Sampling flags shared by every command that generates."""
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most (default 64)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (default 0 = off)")
+    p.add_argument("--seed", type=int, help="sampling seed, for repeatable samples")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)")
+    p.add_argument("--raw", action="store_true", help="do not apply the chat template")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("generate", help="generate text locally or through a swarm",
+                              description="Generate an answer to PROMPT, streaming text as it is produced. "
+                                          "With --local the whole model runs in this process.")
+    p.add_argument("prompt", metavar="PROMPT")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--local", action="store_true", help="run every block in this process")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"store folder or catalogued name (default {DEFAULT_MODEL})")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (local only)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="compute dtype (default: the store's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with text and token_ids instead")
+    add_generation_options(p)
+    p.set_defaults(func=_generate)
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    return {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed,
+            "stop": args.stop}
+
+
+def _generate(args: argparse.Namespace) -> int:
+    model = LocalModel.load(resolve_model(args.model), args.device, parse_dtype(args.dtype) if args.dtype else None)
+    return run_generation(model, args)
+
+
+def run_generation(model: object, args: argparse.Namespace) -> int:
+    """Stream to stdout, or print one JSON object with --json; shared by local and swarm generation."""
+    if args.json:
+        g: Generation = model.generate(args.prompt, args.max_new_tokens, raw=args.raw,  # type: ignore[attr-defined]
+                                       **sampling_kwargs(args))
+        print(json.dumps(generation_json(g)))
+        return 0
+    for event in model.stream(args.prompt, args.max_new_tokens, raw=args.raw,  # type: ignore[attr-defined]
+                              **sampling_kwargs(args)):
+        sys.stdout.write(event.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def generation_json(g: Generation) -> dict:
+    return {"text": g.text, "token_ids": g.token_ids, "finish_reason": g.finish_reason,
+            "prompt_tokens": g.prompt_tokens, "time_to_first_token_s": round(g.time_to_first_token, 4),
+            "tokens_per_second": round(g.tokens_per_second, 2), **g.extra}

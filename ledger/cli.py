@@ -43,7 +43,9 @@ def parse_time(text: str, now: datetime | None = None) -> int:
         try:
             moment = datetime.fromisoformat(text)
         except ValueError:
-            raise UsageError(f"time {text!r} is neither ISO-8601 (2025-01-31T22:00) nor relative (12h, 30m, 7d)") from None
+            raise UsageError(
+                f"time {text!r} is neither ISO-8601 (2025-01-31T22:00) nor relative (12h, 30m, 7d)"
+            ) from None
         if moment.tzinfo is None:
             moment = moment.astimezone()
     return round(moment.timestamp() * 1_000_000) * 1000
@@ -79,11 +81,21 @@ def _row_json(row: Row) -> dict[str, Any]:
 
 
 def _when(time_ns: int) -> str:
-    return datetime.fromtimestamp(time_ns / 1e9).astimezone().isoformat(timespec="seconds")
+    return datetime.fromtimestamp(time_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _console() -> Console:
+    """Rich output at the terminal's width, or wide enough not to wrap when piped."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def _short(text: str | None, keep: int = 12) -> str:
     return "" if text is None else text if len(text) <= keep + 1 else text[:keep] + "…"
+
+
+def _peer(peer_id: str) -> str:
+    """Peer IDs all start 12D3KooW; their tail tells them apart."""
+    return "…" + peer_id[-10:]
 
 
 def _details(wire: dict[str, Any]) -> str:
@@ -92,7 +104,7 @@ def _details(wire: dict[str, Any]) -> str:
         return f"{len(wire['shard_digests'])} shards on {wire['device']} as {wire['dtype']}"
     if kind == "serve":
         receipt = "receipted" if wire["receipt"] else "UNRECEIPTED"
-        return f"session {_short(wire['session'])} client {_short(wire['client'])} {wire['tokens']} tokens {receipt}"
+        return f"session {_short(wire['session'])} client {_peer(wire['client'])} {wire['tokens']} tokens {receipt}"
     if kind == "receipt":
         return f"session {_short(wire['receipt']['session'])} {wire['receipt']['tokens']} tokens"
     if kind == "witness":
@@ -107,12 +119,23 @@ def _print_rows(rows: Iterable[Row], as_json: bool, console: Console) -> None:
         for row in rows:
             print(json.dumps({"index": row.index, **_row_json(row)}), flush=True)
         return
-    table = Table("index", "time", "kind", "node", "model", "blocks", "details", box=None)
+    table = Table(box=None)
+    for column in ("index", "time", "kind", "node", "model", "blocks"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("details")
     for row in rows:
         wire = canonical.unpack(row.data)
         _, _, node, root, start, end = row.columns
         blocks = "" if start is None else f"[{start}, {end})"
-        table.add_row(str(row.index), _when(wire["time_ns"]), wire["kind"], _short(node), _short(root and root.hex()), blocks, _details(wire))
+        table.add_row(
+            str(row.index),
+            _when(wire["time_ns"]),
+            wire["kind"],
+            _peer(node),
+            _short(root and root.hex()),
+            blocks,
+            _details(wire),
+        )
     console.print(table)
 
 
@@ -121,7 +144,7 @@ def _ledger_path(args: argparse.Namespace) -> Path:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    console = Console()
+    console = _console()
     with Ledger(_ledger_path(args)) as ledger:
         rows = ledger.query(last=args.n)
         _print_rows(rows, args.json, console)
@@ -145,7 +168,7 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(document, indent=2))
     else:
-        Console().print_json(json.dumps(document))
+        _console().print_json(json.dumps(document))
     return 0
 
 
@@ -159,7 +182,7 @@ def _query(args: argparse.Namespace) -> int:
             since_ns=args.since and parse_time(args.since),
             until_ns=args.until and parse_time(args.until),
         )
-    _print_rows(rows, args.json, Console())
+    _print_rows(rows, args.json, _console())
     return 0
 
 
@@ -172,8 +195,14 @@ def _verify(args: argparse.Namespace) -> int:
             print(json.dumps({"ok": False, "path": str(path), "first_bad_index": e.index, "error": str(e)}))
         print(f"verification FAILED for {path}: {e}", file=sys.stderr)
         return 1
-    result = {"ok": True, "path": str(path), "peer_id": report.peer_id, "entries": report.size,
-              "root": base64.b64encode(report.root).decode(), "checkpoints": report.checkpoints}
+    result = {
+        "ok": True,
+        "path": str(path),
+        "peer_id": report.peer_id,
+        "entries": report.size,
+        "root": base64.b64encode(report.root).decode(),
+        "checkpoints": report.checkpoints,
+    }
     if args.json:
         print(json.dumps(result))
     else:
@@ -203,11 +232,23 @@ def _check_proof(args: argparse.Namespace) -> int:
         return 1
     cp = proven.checkpoint
     if args.json:
-        print(json.dumps({"ok": True, "peer_id": proven.peer_id, "index": proven.index, "tree_size": cp.size,
-                          "root": base64.b64encode(cp.root).decode(), "entry": _jsonable(proven.entry.to_wire())}))
+        print(
+            json.dumps(
+                {
+                    "ok": True,
+                    "peer_id": proven.peer_id,
+                    "index": proven.index,
+                    "tree_size": cp.size,
+                    "root": base64.b64encode(cp.root).decode(),
+                    "entry": _jsonable(proven.entry.to_wire()),
+                }
+            )
+        )
     else:
-        print(f"OK: entry {proven.index} ({proven.entry.kind}) is in the log of {proven.peer_id}, "
-              f"under its signed checkpoint of {cp.size} entries")
+        print(
+            f"OK: entry {proven.index} ({proven.entry.kind}) is in the log of {proven.peer_id}, "
+            f"under its signed checkpoint of {cp.size} entries"
+        )
     return 0
 
 
@@ -223,7 +264,9 @@ def _export(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the `ledger` command group to a CLI's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--ledger", metavar="PATH", help="ledger file (default: $SWARMLM_LEDGER, else $SWARMLM_HOME/ledger.sqlite)")
+    common.add_argument(
+        "--ledger", metavar="PATH", help="ledger file (default: $SWARMLM_LEDGER, else $SWARMLM_HOME/ledger.sqlite)"
+    )
     common.add_argument("--json", action="store_true", help="machine-readable output")
     group = subparsers.add_parser("ledger", help="inspect, query, verify and prove a node's or client's ledger")
     commands = group.add_subparsers(dest="ledger_command", required=True, metavar="COMMAND")

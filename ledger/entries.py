@@ -19,7 +19,9 @@ from ledger.note import parse as parse_note
 from ledger.receipts import Receipt, verify_receipt
 from ledger.schema import BLOCKS, DIGEST, DIGESTS, MAP, PEER_ID, PUBLIC_KEY, TEXT, UINT, FieldType, Record, nested, spec
 
-NOTE = FieldType(f"note text of at most {MAX_NOTE_SIZE} characters", lambda v: type(v) is str and 0 < len(v) <= MAX_NOTE_SIZE)
+NOTE = FieldType(
+    f"note text of at most {MAX_NOTE_SIZE} characters", lambda v: type(v) is str and 0 < len(v) <= MAX_NOTE_SIZE
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class WitnessEntry(Entry):
     def cosigned_note(self) -> str:
         """The peer's signed checkpoint with this node's cosignature line appended."""
         return self.checkpoint + self.cosignature
+
     time_ns: int = spec(UINT)
 
 
@@ -136,6 +139,15 @@ def verify_signature(signer: str | bytes, data: bytes, signature: bytes) -> None
     if not keys.verify(signer, keys.LEDGER_ENTRY, data, signature):
         name = signer if isinstance(signer, str) else signer.hex()
         raise SignatureError(f"entry is not signed by {name}")
+
+
+def certified_log_keys(peer_id: str, data: bytes, signature: bytes) -> LogKeyEntry:
+    """The checkpoint and witness keys `peer_id` certified in its log's entry 0 (given as fetched)."""
+    verify_signature(peer_id, data, signature)
+    index, entry = decode(data)
+    if index != 0 or not isinstance(entry, LogKeyEntry):
+        raise EncodingError("that is not a log's entry 0 (the log_key entry)")
+    return entry
 
 
 def _check_receipt(entry: ServeEntry, node: str) -> None:

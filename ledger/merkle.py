@@ -204,9 +204,7 @@ def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes],
         raise ProofError("inclusion proof does not lead to the expected root")
 
 
-def verify_consistency(
-    size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes
-) -> None:
+def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes) -> None:
     """Check that the tree of `size1` with `root1` is a prefix of the one of `size2` with `root2`.
 
     RFC 9162 §2.1.4.2; a tree of size 0 has nothing to prove, so size1 = 0 is an error, and

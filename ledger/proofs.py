@@ -12,13 +12,24 @@ from typing import Any
 
 from ledger import entries, merkle
 from ledger.checkpoint import Checkpoint, open_checkpoint
-from ledger.entries import Entry, LogKeyEntry
+from ledger.entries import Entry
 from ledger.errors import ProofError
 from ledger.note import b64decode_canonical, b64encode
 from ledger.store import Ledger
 
 FORMAT = "swarmlm-inclusion-proof/v1"
-_FIELDS = {"format", "peer_id", "index", "tree_size", "entry", "signature", "proof", "checkpoint", "log_key_entry", "log_key_signature"}
+_FIELDS = {
+    "format",
+    "peer_id",
+    "index",
+    "tree_size",
+    "entry",
+    "signature",
+    "proof",
+    "checkpoint",
+    "log_key_entry",
+    "log_key_signature",
+}
 
 
 def make_inclusion_proof(ledger: Ledger, index: int) -> dict[str, Any]:
@@ -66,11 +77,7 @@ def check_inclusion_proof(doc: Any, peer_id: str | None = None) -> ProvenEntry:
         raise ProofError(f"the proof is about {owner}'s log, not {peer_id}'s")
     if type(owner) is not str or type(doc["proof"]) is not list or type(doc["checkpoint"]) is not str:
         raise ProofError("proof fields 'peer_id' and 'checkpoint' must be strings and 'proof' a list")
-    first = _b64(doc, "log_key_entry")
-    entries.verify_signature(owner, first, _b64(doc, "log_key_signature"))
-    first_index, log_keys = entries.decode(first)
-    if first_index != 0 or not isinstance(log_keys, LogKeyEntry):
-        raise ProofError("'log_key_entry' is not the log's entry 0")
+    log_keys = entries.certified_log_keys(owner, _b64(doc, "log_key_entry"), _b64(doc, "log_key_signature"))
     checkpoint, _ = open_checkpoint(doc["checkpoint"], owner, log_keys.log_key)
     data = _b64(doc, "entry")
     entries.verify_signature(owner, data, _b64(doc, "signature"))

@@ -73,6 +73,8 @@ DIGESTS = FieldType(
     list,
     _tuple_from_list,
 )
+
+
 def _is_packable_map(v: Any) -> bool:
     if type(v) is not dict:
         return False

@@ -129,8 +129,12 @@ class Ledger:
             raise StoreError(f"no ledger at {self.path}; pass --ledger PATH or set SWARMLM_LEDGER")
         self._lock = threading.Lock()
         self._conn = _connect(self.path)
-        self._conn.execute("PRAGMA query_only = ON")
-        self.peer_id = _read_meta(self._conn, self.path)["peer_id"]
+        try:
+            self._conn.execute("PRAGMA query_only = ON")
+            self.peer_id = _read_meta(self._conn, self.path)["peer_id"]
+        except BaseException:
+            self._conn.close()
+            raise
 
     def __enter__(self) -> Ledger:
         return self
@@ -310,15 +314,23 @@ class Store(Ledger):
         except sqlite3.DatabaseError as e:
             self._writer.close()
             raise StoreError(f"{path} is not a SwarmLM ledger ({e}); check the --ledger path") from None
-        super().__init__(path)
-        if self.peer_id != identity.peer_id:
+        try:
+            super().__init__(path)
+        except BaseException:
+            self._writer.close()
+            raise
+        try:
+            if self.peer_id != identity.peer_id:
+                raise StoreError(f"{path} is the ledger of {self.peer_id}, not of this identity {identity.peer_id}")
+            self._frontier = merkle.Frontier.at(self.size(), self.perfect)
+            self._log_keys = self._read_log_keys()
+        except BaseException:
             super().close()
             self._writer.close()
-            raise StoreError(f"{path} is the ledger of {self.peer_id}, not of this identity {identity.peer_id}")
-        self._frontier = merkle.Frontier.at(self.size(), self.perfect)
-        self._log_keys = self._read_log_keys()
+            raise
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closing = threading.Lock()
         self._closed = False
         self._worker = threading.Thread(target=self._run, name=f"ledger-writer:{path.name}", daemon=True)
         self._worker.start()
@@ -359,10 +371,11 @@ class Store(Ledger):
         The future resolves with the job's result once the batch is committed, or with its
         exception (the job's writes are then rolled back, the rest of the batch is unaffected).
         """
-        if self._closed:
-            raise StoreError(f"the ledger {self.path} is closed")
         future: Future[T] = Future()
-        self._queue.put((job, future))
+        with self._closing:
+            if self._closed:
+                raise StoreError(f"the ledger {self.path} is closed")
+            self._queue.put((job, future))
         return future
 
     def append(self, entry: Entry) -> Future[int]:
@@ -379,11 +392,13 @@ class Store(Ledger):
 
     def close(self) -> None:
         """Commit what is queued, stop the worker and close the file."""
-        if not self._closed:
+        with self._closing:
+            if self._closed:
+                return
             self._closed = True
             self._queue.put(_STOP)
-            self._worker.join()
-            self._writer.close()
+        self._worker.join()
+        self._writer.close()
         super().close()
 
     def _run(self) -> None:

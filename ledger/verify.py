@@ -39,7 +39,9 @@ class LogVerifier:
             entries.verify_signature(self.public_key, data, signature)
             signed_index, entry = entries.decode(data)
             if signed_index != index:
-                raise VerifyError(index, f"holds the entry signed for index {signed_index}: rows were reordered or deleted")
+                raise VerifyError(
+                    index, f"holds the entry signed for index {signed_index}: rows were reordered or deleted"
+                )
             entries.check_in_log(index, entry, self.peer_id, self.log_keys)
         except VerifyError:
             raise
@@ -52,15 +54,19 @@ class LogVerifier:
     def check_checkpoint(self, signed: str, covers_from: int = 0) -> Checkpoint:
         """Check a signed checkpoint of the entries seen so far (those from `covers_from` on are new)."""
         if self.log_keys is None:
-            raise VerifyError(0, "is missing: no log_key entry certifies the checkpoint key")
+            raise VerifyError(0, "missing: no log_key entry certifies the checkpoint key")
         try:
             checkpoint, _ = open_checkpoint(signed, self.peer_id, self.log_keys.log_key)
         except LedgerError as e:
             raise VerifyError(covers_from, f"the signed checkpoint covering it is invalid: {e}") from None
         if checkpoint.size != self.size:
-            raise VerifyError(min(checkpoint.size, self.size), f"the checkpoint signs {checkpoint.size} entries, not {self.size}")
+            raise VerifyError(
+                min(checkpoint.size, self.size), f"the checkpoint signs {checkpoint.size} entries, not {self.size}"
+            )
         if checkpoint.root != self.frontier.root():
-            raise VerifyError(covers_from, f"entries {covers_from} to {self.size - 1} do not match the signed checkpoint")
+            raise VerifyError(
+                covers_from, f"entries {covers_from} to {self.size - 1} do not match the signed checkpoint"
+            )
         return checkpoint
 
 
@@ -84,7 +90,7 @@ def verify_ledger(path: str | os.PathLike[str]) -> Report:
         for row in ledger.rows():
             index = verifier.size
             if row.index != index:
-                raise VerifyError(index, "is missing: rows were deleted behind the ledger's back")
+                raise VerifyError(index, "missing: rows were deleted behind the ledger's back")
             entry, completed = verifier.add(row.data, row.signature)
             if row.leaf_hash != merkle.leaf_hash(row.data):
                 raise VerifyError(index, "its stored leaf hash does not match its bytes")
@@ -98,7 +104,7 @@ def verify_ledger(path: str | os.PathLike[str]) -> Report:
                 verifier.check_checkpoint(pending[1], covered)
                 covered, count, pending = verifier.size, count + 1, next(checkpoints, None)
         if pending is not None:
-            raise VerifyError(verifier.size, f"is missing: a signed checkpoint covers {pending[0]} entries")
+            raise VerifyError(verifier.size, f"missing: a signed checkpoint covers {pending[0]} entries")
         if covered != verifier.size:
             raise VerifyError(covered, "no signed checkpoint covers the entries from here on")
         if ledger.tree_node_count() != verifier.size - verifier.size.bit_count():

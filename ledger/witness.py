@@ -67,7 +67,9 @@ def check_extension(
             old_checkpoint.size, new_checkpoint.size, proof, old_checkpoint.root, new_checkpoint.root
         )
     except ProofError as e:
-        return ForkEvidence(peer_id, previous, new, f"no consistency from size {old_checkpoint.size} to {new_checkpoint.size}: {e}")
+        return ForkEvidence(
+            peer_id, previous, new, f"no consistency from size {old_checkpoint.size} to {new_checkpoint.size}: {e}"
+        )
     return new_checkpoint
 
 

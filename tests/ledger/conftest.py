@@ -29,21 +29,41 @@ def load_entry(i: int = 0) -> LoadEntry:
     )
 
 
-def serve_entry(node: Identity, client: Identity | None, session: str, blocks: tuple[int, int], time_ns: int = T0) -> ServeEntry:
+def serve_entry(
+    node: Identity, client: Identity | None, session: str, blocks: tuple[int, int], time_ns: int = T0
+) -> ServeEntry:
     """A serve entry; with a valid receipt signed by `client` unless it is None (unreceipted)."""
     client_peer = (client or Identity(bytes(32))).peer_id
-    receipt = None if client is None else make_receipt(
-        client, session=session, node=node.peer_id, manifest_root=ROOT, blocks=blocks, tokens=7,
-        outputs_digest=hashlib.sha256(session.encode()).digest(), time_ns=time_ns,
+    receipt = (
+        None
+        if client is None
+        else make_receipt(
+            client,
+            session=session,
+            node=node.peer_id,
+            manifest_root=ROOT,
+            blocks=blocks,
+            tokens=7,
+            outputs_digest=hashlib.sha256(session.encode()).digest(),
+            time_ns=time_ns,
+        )
     )
     return ServeEntry(
-        session=session, client=client_peer, manifest_root=ROOT, blocks=blocks, tokens=7, steps=7,
-        start_ns=time_ns - 10, end_ns=time_ns, steps_digest=hashlib.sha256(b"steps").digest(),
-        receipt=receipt, time_ns=time_ns,
+        session=session,
+        client=client_peer,
+        manifest_root=ROOT,
+        blocks=blocks,
+        tokens=7,
+        steps=7,
+        start_ns=time_ns - 10,
+        end_ns=time_ns,
+        steps_digest=hashlib.sha256(b"steps").digest(),
+        receipt=receipt,
+        time_ns=time_ns,
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def samples() -> SimpleNamespace:
     """Entry builders, as a fixture so test modules need not import this conftest."""
     return SimpleNamespace(load=load_entry, serve=serve_entry, ROOT=ROOT, T0=T0)

@@ -24,7 +24,9 @@ def _run_and_kill(ledger: Path, identity: Path, run: int, rng: random.Random) ->
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(
         [sys.executable, str(WRITER), str(ledger), str(identity), str(run)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     try:
         if rng.random() < 0.25:  # sometimes while it is still opening (or creating) the ledger

@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 from ledger import canonical, entries
-from ledger.entries import EvidenceEntry, LoadEntry, LogKeyEntry
+from ledger.entries import EvidenceEntry, LogKeyEntry
 from ledger.errors import EncodingError, ReceiptError
 from ledger.keys import Identity
 from ledger.receipts import verify_receipt
@@ -46,7 +46,11 @@ def test_values_without_a_canonical_form_cannot_be_packed(value: object) -> None
 
 
 def test_entry_round_trips_through_its_bytes(samples, identity: Identity) -> None:
-    for entry in (samples.load(3), samples.serve(identity, Identity.generate(), "s", (0, 4)), samples.serve(identity, None, "u", (1, 2))):
+    for entry in (
+        samples.load(3),
+        samples.serve(identity, Identity.generate(), "s", (0, 4)),
+        samples.serve(identity, None, "u", (1, 2)),
+    ):
         data = entries.encode(5, entry)
         assert entries.decode(data) == (5, entry)
         assert entries.encode(5, entries.decode(data)[1]) == data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -19,6 +20,14 @@ def test_identity_file_is_created_once_with_mode_0600(tmp_path) -> None:
     assert path.read_bytes()[:4] == bytes([0x08, 0x01, 0x12, 0x40]) and len(path.read_bytes()) == 68
     again = Identity.load_or_create(path)
     assert again.peer_id == first.peer_id and again.public_key == first.public_key
+
+
+def test_concurrent_first_use_agrees_on_one_key_and_leaves_no_scratch_files(tmp_path) -> None:
+    path = tmp_path / "identity.key"
+    with ThreadPoolExecutor(8) as pool:
+        peers = set(pool.map(lambda _: Identity.load_or_create(path).peer_id, range(32)))
+    assert len(peers) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["identity.key"]
 
 
 def test_peer_id_embeds_the_public_key() -> None:

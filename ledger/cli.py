@@ -263,25 +263,27 @@ def _export(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the `ledger` command group to a CLI's subparsers."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument(
         "--ledger", metavar="PATH", help="ledger file (default: $SWARMLM_LEDGER, else $SWARMLM_HOME/ledger.sqlite)"
     )
-    common.add_argument("--json", action="store_true", help="machine-readable output")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="machine-readable output")
+    common = [where, as_json]
     group = subparsers.add_parser("ledger", help="inspect, query, verify and prove a node's or client's ledger")
     commands = group.add_subparsers(dest="ledger_command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("tail", parents=[common], help="show the newest entries")
+    p = commands.add_parser("tail", parents=common, help="show the newest entries")
     p.add_argument("-n", type=int, default=10, help="how many (default 10)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new entries")
     p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
     p.set_defaults(func=_tail)
 
-    p = commands.add_parser("show", parents=[common], help="one entry in full")
+    p = commands.add_parser("show", parents=common, help="one entry in full")
     p.add_argument("index", type=int)
     p.set_defaults(func=_show)
 
-    p = commands.add_parser("query", parents=[common], help="entries matching every filter given")
+    p = commands.add_parser("query", parents=common, help="entries matching every filter given")
     p.add_argument("--model", metavar="ROOT", help="manifest root (hex)")
     p.add_argument("--block", type=int, metavar="B", help="entries whose block range contains B")
     p.add_argument("--node", metavar="PEER", help="the serving (or witnessed) node's peer ID")
@@ -290,21 +292,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--until", metavar="T", help="ISO-8601 time or age like 12h")
     p.set_defaults(func=_query)
 
-    p = commands.add_parser("verify", parents=[common], help="check every signature, leaf and checkpoint offline")
+    p = commands.add_parser("verify", parents=common, help="check every signature, leaf and checkpoint offline")
     p.add_argument("path", nargs="?", metavar="PATH", help="ledger file (overrides --ledger)")
     p.set_defaults(func=_verify)
 
-    p = commands.add_parser("prove", parents=[common], help="inclusion proof of entry N as JSON")
+    p = commands.add_parser("prove", parents=[where], help="inclusion proof of entry N as JSON")
     p.add_argument("index", type=int, metavar="N")
     p.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     p.set_defaults(func=_prove)
 
-    p = commands.add_parser("check-proof", parents=[common], help="verify a proof file offline")
+    p = commands.add_parser("check-proof", parents=[as_json], help="verify a proof file offline")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--peer", metavar="PEER", help="require the proof to be about this node's log")
     p.set_defaults(func=_check_proof)
 
-    p = commands.add_parser("export", parents=[common], help="every entry, one JSON object per line")
+    p = commands.add_parser("export", parents=[where], help="every entry, one JSON object per line")
     p.add_argument("--jsonl", action="store_true", required=True, help="JSON Lines (the only format)")
     p.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     p.set_defaults(func=_export)

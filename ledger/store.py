@@ -386,10 +386,6 @@ class Store(Ledger):
         """Append and wait until committed: for CLIs and tests, not the serving path."""
         return self.append(entry).result(timeout)
 
-    def flush(self, timeout: float | None = None) -> None:
-        """Wait until everything queued so far is committed."""
-        self.submit(lambda tx: None).result(timeout)
-
     def close(self) -> None:
         """Commit what is queued, stop the worker and close the file."""
         with self._closing:

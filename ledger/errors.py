@@ -48,9 +48,5 @@ class VerifyError(LedgerError):
         super().__init__(f"{where}: {message}")
 
 
-class ForkError(LedgerError):
-    """A peer signed two checkpoints that cannot both be views of one append-only log."""
-
-
 class UsageError(LedgerError):
     """A command-line argument or input file is not usable as given."""

@@ -11,6 +11,7 @@ faster than `F.linear(x, W)` on the CPUs we measured (see scripts/bench_local.py
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -111,12 +112,20 @@ class Block(nn.Module):
 class BlockStack(nn.Module):
     """The contiguous blocks [start, end) of a model: what one node serves."""
 
-    def __init__(self, config: ModelConfig, start: int, end: int) -> None:
+    def __init__(self, config: ModelConfig, start: int, end: int, blocks: Sequence[Block] | None = None) -> None:
         super().__init__()
         self.config, self.start, self.end = config, start, end
-        self.blocks = nn.ModuleList(Block(config) for _ in range(start, end))
+        self.blocks = nn.ModuleList(blocks if blocks is not None else (Block(config) for _ in range(start, end)))
         # Not a buffer: `.to(dtype)` must never round RoPE frequencies to bfloat16.
         self.inv_freq = inverse_frequencies(config)
+
+    def narrow(self, start: int, end: int) -> "BlockStack":
+        """The sub-span [start, end) sharing these weights (a client may route through part of a node)."""
+        if (start, end) == (self.start, self.end):
+            return self
+        if not self.start <= start < end <= self.end:
+            raise ValueError(f"blocks {start}:{end} are not within {self.start}:{self.end}")
+        return BlockStack(self.config, start, end, self.blocks[start - self.start:end - self.start])
 
     def new_cache(self, batch: int, max_length: int, pad_lengths: list[int] | None = None) -> KVCache:
         weight = self.blocks[0].self_attn.o_proj.weight_t

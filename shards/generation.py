@@ -100,22 +100,25 @@ class Session:
         return self.head.logits(out[:, -1])[0]
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 64, *, temperature: float = 0.0, top_p: float = 1.0,
-               top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (),
-               raw: bool = False) -> Iterator[TokenEvent]:
+               top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (), raw: bool = False,
+               ignore_eos: bool = False) -> Iterator[TokenEvent]:
+        """Yield tokens as they are produced; the last event may carry only held-back text."""
         result = Generation("", [], "length", 0)
         yield from self._run(prompt, max_new_tokens, SamplingParams(temperature, top_p, top_k, seed), stop, raw,
-                             result)
+                             ignore_eos, result)
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 64, *, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (), raw: bool = False) -> Generation:
+                 top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (), raw: bool = False,
+                 ignore_eos: bool = False) -> Generation:
+        """Generate up to `max_new_tokens` (exactly that many with `ignore_eos`, as benchmarks need)."""
         result = Generation("", [], "length", 0)
         for _ in self._run(prompt, max_new_tokens, SamplingParams(temperature, top_p, top_k, seed), stop, raw,
-                           result):
+                           ignore_eos, result):
             pass
         return result
 
     def _run(self, prompt: Prompt, max_new_tokens: int, params: SamplingParams, stop: Sequence[str], raw: bool,
-             result: Generation) -> Iterator[TokenEvent]:
+             ignore_eos: bool, result: Generation) -> Iterator[TokenEvent]:
         if max_new_tokens < 1:
             raise ShardsError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         ids = encode_prompt(self.tokenizer, prompt, raw)
@@ -131,7 +134,7 @@ class Session:
             token = sampler(logits)
             if i == 0:
                 result.time_to_first_token = time.perf_counter() - started
-            if token in self.eos_ids:
+            if token in self.eos_ids and not ignore_eos:
                 result.finish_reason = "stop"
                 break
             result.token_ids.append(token)
@@ -186,3 +189,40 @@ class _Detokenizer:
         delta = text[self.emitted:]
         self.emitted = len(text)
         return delta
+
+
+class GenerativeModel:
+    """What local and remote models share: a head, a tokenizer, and generation over some runner."""
+
+    def __init__(self, head: Head, tokenizer: Any, config: Any) -> None:
+        self.head, self.tokenizer, self.config = head, tokenizer, config
+        eos = set(config.eos_token_ids)
+        if tokenizer is not None and tokenizer.eos_token_id is not None:
+            eos.add(int(tokenizer.eos_token_id))
+        self.eos_ids = eos
+
+    def new_runner(self, max_length: int) -> BlockRunner:
+        raise NotImplementedError
+
+    def run_details(self, runner: BlockRunner) -> dict[str, Any]:
+        """Extra facts about a finished run for `Generation.extra` (e.g. which nodes served it)."""
+        return {}
+
+    def inference_session(self, max_length: int | None = None) -> Session:
+        """A session whose caches persist across calls (multi-turn chat); use it as a context manager."""
+        max_length = max_length or self.config.max_context
+        return Session(self.head, self.tokenizer, self.new_runner(max_length), max_length, self.eos_ids)
+
+    def generate(self, prompt: Prompt, max_new_tokens: int = 64, *, raw: bool = False, **kwargs: Any) -> Generation:
+        """One-shot generation in a session sized for this prompt (see Session.generate for options)."""
+        ids = encode_prompt(self.tokenizer, prompt, raw)
+        with self.inference_session(min(len(ids) + max_new_tokens, self.config.max_context)) as s:
+            result = s.generate(ids, max_new_tokens, **kwargs)
+        result.extra.update(self.run_details(s.runner))
+        return result
+
+    def stream(self, prompt: Prompt, max_new_tokens: int = 64, *, raw: bool = False,
+               **kwargs: Any) -> Iterator[TokenEvent]:
+        ids = encode_prompt(self.tokenizer, prompt, raw)
+        with self.inference_session(min(len(ids) + max_new_tokens, self.config.max_context)) as s:
+            yield from s.stream(ids, max_new_tokens, **kwargs)

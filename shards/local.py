@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
 from .blocks import BlockStack
-from .generation import Generation, Prompt, Session, TokenEvent, encode_prompt
+from .generation import GenerativeModel
 from .head import Head
 from .kv_cache import KVCache
 from .store import ShardStore
@@ -28,13 +28,10 @@ class LocalRunner:
         self.cache = None  # type: ignore[assignment]  # free the memory now
 
 
-class LocalModel:
+class LocalModel(GenerativeModel):
     def __init__(self, store: ShardStore, head: Head, stack: BlockStack, tokenizer: Any) -> None:
-        self.store, self.head, self.stack, self.tokenizer = store, head, stack, tokenizer
-        eos = set(store.config.eos_token_ids)
-        if tokenizer is not None and tokenizer.eos_token_id is not None:
-            eos.add(int(tokenizer.eos_token_id))
-        self.eos_ids = eos
+        super().__init__(head, tokenizer, store.config)
+        self.store, self.stack = store, stack
 
     @classmethod
     def load(cls, store: ShardStore | Path | str, device: str = "cpu",
@@ -45,24 +42,6 @@ class LocalModel:
         tokenizer = store.tokenizer() if store.manifest.tokenizer else None
         return cls(store, head, stack, tokenizer)
 
-    def inference_session(self, max_length: int | None = None) -> Session:
-        max_length = max_length or self.store.config.max_context
-        return Session(self.head, self.tokenizer, LocalRunner(self.stack, max_length), max_length, self.eos_ids)
+    def new_runner(self, max_length: int) -> LocalRunner:
+        return LocalRunner(self.stack, max_length)
 
-    def generate(self, prompt: Prompt, max_new_tokens: int = 64, *, raw: bool = False, **kwargs: Any) -> Generation:
-        """One-shot generation in a session sized for this prompt (see Session.generate for options)."""
-        ids = encode_prompt(self.tokenizer, prompt, raw)
-        with self.inference_session(min(len(ids) + max_new_tokens, self.store.config.max_context)) as s:
-            return s.generate(ids, max_new_tokens, **kwargs)
-
-    def stream(self, prompt: Prompt, max_new_tokens: int = 64, *, raw: bool = False,
-               **kwargs: Any) -> Iterator[TokenEvent]:
-        ids = encode_prompt(self.tokenizer, prompt, raw)
-        with self.inference_session(min(len(ids) + max_new_tokens, self.store.config.max_context)) as s:
-            yield from s.stream(ids, max_new_tokens, **kwargs)
-
-
-def logits_of(model: LocalModel, ids: Sequence[int]) -> torch.Tensor:
-    """Full-sequence float32 logits (1, n, vocab): the reference used by tests and audits."""
-    with torch.inference_mode():
-        return model.head.logits(model.stack(model.head.embed(torch.tensor([list(ids)]))))

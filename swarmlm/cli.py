@@ -8,18 +8,21 @@ import os
 import sys
 
 from ledger.errors import LedgerError
+from node.errors import NodeError
+from routing.errors import RoutingError
 from shards.errors import ShardsError
 
 from . import __version__
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ShardsError, LedgerError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ShardsError, LedgerError, RoutingError, NodeError)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from ledger import cli as ledger_cli
+    from node import cli as node_cli
     from shards import cli as shards_cli
 
-    from . import generate
+    from . import generate, swarm_cli
 
     parser = argparse.ArgumentParser(
         prog="swarmlm",
@@ -28,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"swarmlm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (generate, shards_cli, ledger_cli):
+    for module in (generate, swarm_cli, node_cli, shards_cli, ledger_cli):
         module.register(sub)
     return parser
 
@@ -37,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not args.verbose:  # hivemind's INFO lines are for its developers, not our users
+        logging.getLogger("hivemind").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as e:

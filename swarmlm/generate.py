@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+from routing.errors import RoutingError
 from shards.catalog import DEFAULT_MODEL, resolve_model
+from shards.errors import ShardsError
 from shards.generation import Generation
 from shards.local import LocalModel
+from shards.paths import swarmlm_home
 from shards.store import parse_dtype
 
 
@@ -27,13 +31,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("generate", help="generate text locally or through a swarm",
                               description="Generate an answer to PROMPT, streaming text as it is produced. "
                                           "With --local the whole model runs in this process.")
-    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("prompt", metavar="PROMPT", nargs="?", help="the question or instruction")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--local", action="store_true", help="run every block in this process")
+    where.add_argument("--peers", nargs="+", metavar="MADDR", help="multiaddrs of swarm peers to join")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"store folder or catalogued name (default {DEFAULT_MODEL})")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (local only)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N for the local blocks or head")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="compute dtype (default: the store's)")
+                   help="local compute dtype (default: the store's)")
+    p.add_argument("--identity", type=Path, default=None,
+                   help="client key that signs receipts (default $SWARMLM_HOME/client/identity.key)")
+    p.add_argument("--ledger", type=Path, default=None,
+                   help="where the client logs its receipts (default $SWARMLM_HOME/client/ledger.sqlite)")
     p.add_argument("--json", action="store_true", help="print one JSON object with text and token_ids instead")
     add_generation_options(p)
     p.set_defaults(func=_generate)
@@ -44,9 +53,30 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
             "stop": args.stop}
 
 
+def split_trailing_prompt(args: argparse.Namespace, peers_attr: str = "peers") -> None:
+    """`--peers A B "prompt"`: argparse gives the prompt to --peers; a multiaddr starts with '/'."""
+    peers = getattr(args, peers_attr) or []
+    if args.prompt is None and peers and not peers[-1].startswith("/"):
+        args.prompt = peers.pop()
+    bad = [p for p in peers if not p.startswith("/")]
+    if bad:
+        raise RoutingError(f"{bad[0]!r} is not a multiaddr (like /ip4/127.0.0.1/tcp/PORT/p2p/PEER_ID)")
+    if args.prompt is None:
+        raise ShardsError("give a PROMPT")
+
+
 def _generate(args: argparse.Namespace) -> int:
-    model = LocalModel.load(resolve_model(args.model), args.device, parse_dtype(args.dtype) if args.dtype else None)
-    return run_generation(model, args)
+    split_trailing_prompt(args)
+    if args.local:
+        model = LocalModel.load(resolve_model(args.model), args.device,
+                                parse_dtype(args.dtype) if args.dtype else None)
+        return run_generation(model, args)
+    from .sdk import RemoteModel
+
+    client_dir = swarmlm_home() / "client"
+    with RemoteModel.connect(args.peers, args.model, identity=args.identity or client_dir / "identity.key",
+                             ledger=args.ledger or client_dir / "ledger.sqlite", device=args.device) as remote:
+        return run_generation(remote, args)
 
 
 def run_generation(model: object, args: argparse.Namespace) -> int:

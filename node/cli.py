@@ -1,0 +1,84 @@
+"""`swarmlm node …`: run a node, run a bootstrap peer."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from . import config as node_config
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("node", help="run and inspect a volunteer node",
+                              description="A node serves a contiguous span of a model's blocks to the swarm.")
+    sub = p.add_subparsers(dest="node_command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="serve blocks of a model to the swarm",
+        description="Load and verify shards, join the DHT, serve until SIGINT/SIGTERM. Every option can also "
+                    "come from a SWARMLM_* environment variable or a TOML file (--config); precedence: "
+                    "flag > environment > file > default.")
+    node_config.add_arguments(run)
+    run.set_defaults(func=_run)
+
+    boot = sub.add_parser("bootstrap", help="run a DHT-only peer that others join through",
+                          description="A bootstrap peer serves no blocks; it gives new nodes and clients a stable "
+                                      "address to join the swarm through.")
+    boot.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    boot.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
+    boot.add_argument("--identity", help="identity key file (default: a new identity each start)")
+    boot.add_argument("--initial-peers", nargs="*", default=[], help="other bootstrap peers to join")
+    boot.set_defaults(func=_bootstrap)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .server import Node
+
+    config = node_config.resolve(args)
+    if not config.initial_peers and not config.new_swarm:
+        print("error: give --initial-peers MADDR ... to join a swarm, or --new-swarm to start one",
+              file=sys.stderr)
+        return 2
+    node = Node(config)
+    return _until_signalled(node.run)
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    import hivemind
+
+    from ledger.keys import Identity
+    from routing.records import SignedRecordValidator
+
+    kwargs = {"identity_path": args.identity, "check_if_identity_free": False} if args.identity else {}
+    seed = Identity.load_or_create(args.identity).seed if args.identity else None
+    dht = hivemind.DHT(initial_peers=args.initial_peers or None, start=True,
+                       host_maddrs=[f"/ip4/{args.host}/tcp/{args.port}"],
+                       record_validators=[SignedRecordValidator(seed)], **kwargs)
+
+    async def serve(stop: asyncio.Event) -> None:
+        for maddr in dht.get_visible_maddrs():
+            print(f"maddr {maddr}", flush=True)
+        print(f"ready {dht.peer_id.to_base58()} bootstrap", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            dht.shutdown()
+
+    return _until_signalled(serve)
+
+
+def _until_signalled(main) -> int:  # noqa: ANN001 - an async callable taking the stop event
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+    return 0

@@ -1,0 +1,238 @@
+"""Node settings: one declaration per option feeds the flags, `SWARMLM_*` variables and the TOML file.
+
+Precedence: command-line flag > environment variable > config file > default. The same table
+produces `--help`, the commented file `swarmlm node init` writes, and the typed `NodeConfig`,
+so the CLI and the class can never disagree on a default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from shards.paths import swarmlm_home
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # snake_case; flag --name-with-dashes, env SWARMLM_NAME, TOML key name
+    kind: Callable[[str], Any]
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    multiple: bool = False  # a list: repeat the flag, or space/comma-separate in env
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "SWARMLM_" + self.name.upper()
+
+
+def _bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("model", str, "smollm2-135m-instruct", "model store folder or catalogued name"),
+    Option("blocks", str, "auto", "blocks to serve, A:B (half-open), or 'auto' for the weakest-covered span"),
+    Option("num_blocks", int, None, "with --blocks auto: how many blocks (default: what --max-memory holds)"),
+    Option("initial_peers", str, [], "multiaddrs of swarm peers to join (repeatable)", multiple=True),
+    Option("new_swarm", _bool, False, "start a new swarm instead of joining one (no --initial-peers)"),
+    Option("host", str, "0.0.0.0", "address to listen on (127.0.0.1 keeps the node local)"),
+    Option("port", int, 0, "TCP port to listen on (0: any free port)"),
+    Option("state_dir", Path, None, "where the node keeps identity, ledger and caches "
+                                    "(default $SWARMLM_HOME/node)"),
+    Option("identity", Path, None, "Ed25519 identity key file (default STATE_DIR/identity.key)"),
+    Option("ledger", Path, None, "ledger file (default STATE_DIR/ledger.sqlite)"),
+    Option("device", str, "cpu", "cpu, cuda or cuda:N"),
+    Option("dtype", str, None, "compute dtype (default: float32 on cpu, bfloat16 on cuda)",
+           choices=("float32", "bfloat16", "float16")),
+    Option("cache_tokens", int, 8192, "KV-cache pool size in tokens, over all sessions"),
+    Option("max_memory", str, None, "memory budget for blocks and cache, e.g. 2GiB (default: 80%% of free)"),
+    Option("public_name", str, "", "a name shown in swarm status"),
+    Option("announce_period", float, 30.0, "seconds between DHT announcements (records expire at twice this)"),
+    Option("max_batch", int, 8, "largest batch a session or forward may ask for"),
+    Option("max_step_tokens", int, 2048, "most tokens one step or forward may carry"),
+    Option("max_session_length", int, 8192, "longest session a client may open, in tokens"),
+    Option("session_timeout", float, 300.0, "seconds an idle session keeps its cache"),
+    Option("drain_grace", float, 30.0, "seconds live sessions get to finish on shutdown or move"),
+    Option("rebalance_period", float, 60.0, "seconds between coverage checks with --blocks auto (0: never move)"),
+    Option("throughput", str, "auto", "announced tokens/s: 'auto' measures once and caches it, or a number"),
+    Option("metrics_port", int, None, "serve Prometheus metrics on this port (default: off)"),
+    Option("metrics_host", str, "127.0.0.1", "address for the metrics endpoint"),
+    Option("log_format", str, "text", "log line format", choices=("text", "json")),
+)
+_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    model: str
+    blocks: str
+    num_blocks: int | None
+    initial_peers: list[str]
+    new_swarm: bool
+    host: str
+    port: int
+    state_dir: Path
+    identity: Path
+    ledger: Path
+    device: str
+    dtype: str
+    cache_tokens: int
+    max_memory: str | None
+    public_name: str
+    announce_period: float
+    max_batch: int
+    max_step_tokens: int
+    max_session_length: int
+    session_timeout: float
+    drain_grace: float
+    rebalance_period: float
+    throughput: str
+    metrics_port: int | None
+    metrics_host: str
+    log_format: str
+    sources: dict[str, str] = field(default_factory=dict, compare=False)  # option -> flag/env/file/default
+
+    @property
+    def block_range(self) -> tuple[int, int] | None:
+        """(start, end) for an explicit A:B, None for auto."""
+        if self.blocks == "auto":
+            return None
+        start, _, end = self.blocks.partition(":")
+        return int(start), int(end)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every option as a flag whose default is None, so 'not given' is visible for precedence."""
+    parser.add_argument("--config", type=Path, help="TOML file with any of these options (see `node init`)")
+    for o in OPTIONS:
+        if o.kind is _bool:
+            parser.add_argument(o.flag, action="store_const", const=True, default=None,
+                                help=f"{o.help} [env {o.env}]")
+            continue
+        parser.add_argument(o.flag, type=str, default=None, choices=o.choices, nargs="+" if o.multiple else None,
+                            action="extend" if o.multiple else "store", metavar=o.name.upper(),
+                            help=f"{o.help} (default: {_shown(o)}) [env {o.env}]")
+
+
+def _shown(o: Option) -> str:
+    return "none" if o.default in (None, [], "") else str(o.default)
+
+
+def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> NodeConfig:
+    """Merge flag > env > file > default into a validated NodeConfig."""
+    environ = os.environ if environ is None else environ
+    config_path = getattr(args, "config", None) or environ.get("SWARMLM_CONFIG")
+    file_values = _read_toml(Path(config_path)) if config_path else {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for o in OPTIONS:
+        flag = getattr(args, o.name, None)
+        if flag is not None and flag != []:
+            raw, source = flag, "flag"
+        elif o.env in environ:
+            raw = environ[o.env].replace(",", " ").split() if o.multiple else environ[o.env]
+            source = "env"
+        elif o.name in file_values:
+            raw, source = file_values[o.name], "file"
+        else:
+            values[o.name], sources[o.name] = o.default, "default"
+            continue
+        values[o.name], sources[o.name] = _convert(o, raw, source), source
+    return _finish(values, sources)
+
+
+def _convert(o: Option, raw: Any, source: str) -> Any:
+    try:
+        if o.multiple:
+            return [o.kind(x) for x in (raw if isinstance(raw, list) else [raw])]
+        value = o.kind(raw)
+    except (TypeError, ValueError) as e:
+        where = {"flag": o.flag, "env": o.env, "file": f"config key {o.name!r}"}[source]
+        raise ConfigError(f"{where}: {e}") from None
+    if o.choices and value not in o.choices:
+        raise ConfigError(f"{o.name} must be one of {', '.join(o.choices)}, got {value!r}")
+    return value
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    node = data.get("node", data)
+    unknown = sorted(set(node) - set(_BY_NAME))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
+    return node
+
+
+def _finish(values: dict[str, Any], sources: dict[str, str]) -> NodeConfig:
+    state = Path(values["state_dir"] or swarmlm_home() / "node").expanduser()
+    values["state_dir"] = state
+    values["identity"] = Path(values["identity"] or state / "identity.key").expanduser()
+    values["ledger"] = Path(values["ledger"] or state / "ledger.sqlite").expanduser()
+    if values["dtype"] is None:
+        values["dtype"] = "float32" if values["device"] == "cpu" else "bfloat16"
+    blocks = values["blocks"]
+    if blocks != "auto":
+        start, sep, end = blocks.partition(":")
+        if not (sep and start.isdigit() and end.isdigit() and int(start) < int(end)):
+            raise ConfigError(f"--blocks must be A:B with A < B (e.g. 0:10) or 'auto', got {blocks!r}")
+    if values["initial_peers"] and values["new_swarm"]:
+        raise ConfigError("--new-swarm starts a swarm of its own: drop it, or drop --initial-peers")
+    for name in ("cache_tokens", "max_batch", "max_step_tokens", "max_session_length"):
+        if values[name] < 1:
+            raise ConfigError(f"{name} must be >= 1, got {values[name]}")
+    if values["announce_period"] <= 0:
+        raise ConfigError("announce_period must be > 0")
+    return NodeConfig(**values, sources=sources)
+
+
+def commented_toml(values: Mapping[str, Any] | None = None) -> str:
+    """The file `swarmlm node init` writes: every option, commented, with its default."""
+    values = values or {}
+    lines = ["# SwarmLM node configuration. Precedence: flag > SWARMLM_* environment > this file > default.",
+             "# Uncomment and edit what you need; `swarmlm node run --config THIS_FILE` reads it.", "", "[node]"]
+    for o in OPTIONS:
+        lines.append(f"# {o.help.replace('%%', '%')}")
+        value = values.get(o.name, o.default)
+        prefix = "" if o.name in values else "# "
+        lines.append(f"{prefix}{o.name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return '""'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

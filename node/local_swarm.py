@@ -1,0 +1,184 @@
+"""A swarm of real node processes on this machine: for trying SwarmLM, tests, benchmarks and the demo.
+
+`LocalSwarm` starts a bootstrap peer and N `swarmlm node run` processes splitting the blocks
+evenly, waits until each prints its `ready` line, records them in `STATE/swarm.json`, and stops
+exactly the processes it started.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .errors import NodeError
+
+log = logging.getLogger(__name__)
+SWARMLM = [sys.executable, "-m", "swarmlm.cli"]
+
+
+@dataclass
+class LocalNode:
+    name: str
+    blocks: tuple[int, int] | None
+    pid: int
+    peer_id: str
+    maddrs: list[str]
+    state_dir: str
+    ledger: str
+    log: str
+    process: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "blocks": list(self.blocks) if self.blocks else None, "pid": self.pid,
+                "peer_id": self.peer_id, "maddrs": self.maddrs, "state_dir": self.state_dir, "ledger": self.ledger,
+                "log": self.log}
+
+
+def even_spans(num_blocks: int, nodes: int) -> list[tuple[int, int]]:
+    """Split [0, num_blocks) into `nodes` contiguous spans whose sizes differ by at most one."""
+    if not 1 <= nodes <= num_blocks:
+        raise NodeError(f"cannot split {num_blocks} blocks over {nodes} nodes")
+    bounds = [round(i * num_blocks / nodes) for i in range(nodes + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(nodes)]
+
+
+class LocalSwarm:
+    def __init__(self, model: str, state_dir: Path, *, host: str = "127.0.0.1", announce_period: float = 5.0,
+                 node_args: Sequence[str] = (), ready_timeout: float = 180.0, env: dict[str, str] | None = None) -> None:
+        self.model, self.state_dir, self.host = model, Path(state_dir), host
+        self.announce_period, self.node_args = announce_period, list(node_args)
+        self.ready_timeout = ready_timeout
+        self.env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
+        self.bootstrap: LocalNode | None = None
+        self.nodes: list[LocalNode] = []
+        self._counter = 0
+
+    @property
+    def initial_peers(self) -> list[str]:
+        assert self.bootstrap is not None, "start() first"
+        return self.bootstrap.maddrs[:1]
+
+    def start(self, num_nodes: int, num_blocks: int, dtypes: Sequence[str] | None = None) -> "LocalSwarm":
+        """Bootstrap peer, then `num_nodes` nodes over even spans (started together, awaited in order)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.bootstrap = self._wait(self._spawn("bootstrap", None, ["node", "bootstrap", "--host", self.host,
+                                                                       "--identity",
+                                                                       str(self.state_dir / "bootstrap.key")]))
+            pending = [self.spawn_node(blocks=span, dtype=dtypes[i] if dtypes else None, wait=False)
+                       for i, span in enumerate(even_spans(num_blocks, num_nodes))]
+            for node in pending:
+                self.nodes.append(self._wait(node))
+                log.info("%s ready: blocks %s peer %s", node.name, node.blocks, node.peer_id)
+        except BaseException:
+            self.stop()
+            raise
+        self.write_state()
+        return self
+
+    def spawn_node(self, blocks: tuple[int, int] | None = None, *, dtype: str | None = None,
+                   extra: Sequence[str] = (), wait: bool = True) -> LocalNode:
+        """Start one more node (blocks None = auto); with `wait`, return once it is ready."""
+        self._counter += 1
+        name = f"node-{self._counter}"
+        args = ["node", "run", "--model", self.model, "--blocks", f"{blocks[0]}:{blocks[1]}" if blocks else "auto",
+                "--initial-peers", *self.initial_peers, "--host", self.host,
+                "--state-dir", str(self.state_dir / name), "--announce-period", str(self.announce_period),
+                *(["--dtype", dtype] if dtype else []), *self.node_args, *extra]
+        node = self._spawn(name, blocks, args)
+        if wait:
+            node = self._wait(node)
+            self.nodes.append(node)
+            self.write_state()
+        return node
+
+    def _spawn(self, name: str, blocks: tuple[int, int] | None, args: list[str]) -> LocalNode:
+        node_dir = self.state_dir / name
+        node_dir.mkdir(parents=True, exist_ok=True)
+        log_path = node_dir / "node.log"
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen(SWARMLM + args, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                    start_new_session=True)
+        return LocalNode(name, blocks, proc.pid, "", [], str(node_dir), str(node_dir / "ledger.sqlite"),
+                         str(log_path), proc)
+
+    def _wait(self, node: LocalNode) -> LocalNode:
+        """Block until the node prints `ready` (parsing its peer ID, multiaddrs and blocks)."""
+        deadline = time.monotonic() + self.ready_timeout
+        assert node.process is not None
+        while time.monotonic() < deadline:
+            text = Path(node.log).read_text(errors="replace")
+            for line in text.splitlines():
+                if line.startswith("maddr ") and line[6:] not in node.maddrs:
+                    node.maddrs.append(line[6:].strip())
+                if line.startswith("ready "):
+                    parts = line.split()
+                    node.peer_id = parts[1]
+                    if "blocks" in parts:
+                        a, b = parts[parts.index("blocks") + 1].split(":")
+                        node.blocks = (int(a), int(b))
+                    return node
+            if node.process.poll() is not None:
+                tail = "\n".join(text.splitlines()[-15:])
+                raise NodeError(f"{node.name} exited with status {node.process.returncode} before it was ready:\n"
+                                f"{tail}")
+            time.sleep(0.2)
+        self._terminate(node)
+        raise NodeError(f"{node.name} was not ready after {self.ready_timeout:.0f}s; see {node.log}")
+
+    def write_state(self) -> Path:
+        path = self.state_dir / "swarm.json"
+        state = {"model": self.model, "initial_peers": self.initial_peers,
+                 "bootstrap": self.bootstrap.to_json() if self.bootstrap else None,
+                 "nodes": [n.to_json() for n in self.nodes]}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(path)
+        return path
+
+    def kill(self, node: LocalNode, sig: int = signal.SIGKILL) -> None:
+        """Stop one node abruptly (tests of failover) or politely (SIGTERM)."""
+        if node.process is not None and node.process.poll() is None:
+            os.killpg(node.process.pid, sig)
+            node.process.wait(timeout=60)
+        if node in self.nodes:
+            self.nodes.remove(node)
+            self.write_state()
+
+    def _terminate(self, node: LocalNode, grace: float = 30.0) -> None:
+        """SIGTERM the node (it drains and leaves), then reap anything left in its process group."""
+        proc = node.process
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0fs; killing it", node.name, grace)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # its DHT process and p2pd, if they outlived it
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+
+    def stop(self) -> None:
+        """Stop every process this swarm started (nodes first, then the bootstrap peer)."""
+        for node in self.nodes:
+            self._terminate(node)
+        if self.bootstrap is not None:
+            self._terminate(self.bootstrap)
+
+    def __enter__(self) -> "LocalSwarm":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

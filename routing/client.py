@@ -1,0 +1,226 @@
+"""A client's link to the swarm: DHT and P2P on a background event loop, and one span's session.
+
+The SDK is synchronous; the swarm is asyncio. `SwarmClient` owns a loop on a daemon thread and
+runs coroutines there, so callers never manage a loop and I/O never waits on the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Coroutine, Sequence, TypeVar
+
+import hivemind
+import torch
+from hivemind.p2p import PeerID
+
+from ledger.keys import Identity
+
+from . import dht as dht_io
+from . import wire
+from .errors import ErrorCode, PeerFailure, RemoteError, RoutingError
+from .planner import Hop
+from .records import ServerRecord, SignedRecordValidator
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class SwarmClient:
+    def __init__(self, initial_peers: Sequence[str], identity: Identity | None = None,
+                 request_timeout: float = 60.0) -> None:
+        if not initial_peers:
+            raise RoutingError("give at least one initial peer multiaddr (from `swarmlm swarm local` or a node's "
+                               "'maddr' line)")
+        self.identity = identity or Identity.generate()
+        self.request_timeout = request_timeout
+        self._key_dir = tempfile.TemporaryDirectory(prefix="swarmlm-client-")
+        key_path = Path(self._key_dir.name) / "identity.key"
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(self.identity.to_bytes())
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="swarmlm-client", daemon=True)
+        self._thread.start()
+        try:
+            self.dht = hivemind.DHT(initial_peers=list(initial_peers), client_mode=True, start=True,
+                                    identity_path=str(key_path), check_if_identity_free=False,
+                                    record_validators=[SignedRecordValidator()])
+        except Exception as e:
+            self._stop_loop()
+            raise RoutingError(f"could not join the swarm through {list(initial_peers)}: {e}") from None
+        self.p2p = self.run(self.dht.replicate_p2p())
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run a coroutine on the client loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    async def records(self, root: str, num_blocks: int) -> dict[str, ServerRecord]:
+        return await dht_io.fetch_records(self.dht, root, num_blocks)
+
+    async def open_stream(self, peer: str, handler: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            _, reader, writer = await asyncio.wait_for(
+                self.p2p.call_binary_stream_handler(PeerID.from_base58(peer), handler), self.request_timeout)
+        except Exception as e:
+            raise PeerFailure(peer, f"cannot open {handler}: {type(e).__name__}: {e}") from None
+        return reader, writer
+
+    async def request(self, peer: str, handler: str, frame: dict[str, Any]) -> dict[str, Any]:
+        """One frame out, one frame back (info, forward)."""
+        reader, writer = await self.open_stream(peer, handler)
+        try:
+            await wire.write_frame(writer, frame)
+            return await self.expect(peer, reader, "info" if handler == "swarmlm.info" else "result")
+        finally:
+            writer.close()
+
+    async def expect(self, peer: str, reader: asyncio.StreamReader, frame_type: str,
+                     timeout: float | None = None) -> dict[str, Any]:
+        """The next frame, which must be `frame_type`; errors become RemoteError, silence PeerFailure."""
+        try:
+            frame = await asyncio.wait_for(wire.read_frame(reader), timeout or self.request_timeout)
+        except asyncio.TimeoutError:
+            raise PeerFailure(peer, f"no reply within {timeout or self.request_timeout:.0f}s") from None
+        except (asyncio.IncompleteReadError, ConnectionError) as e:
+            raise PeerFailure(peer, f"stream closed ({type(e).__name__})") from None
+        except RoutingError as e:
+            raise PeerFailure(peer, f"sent an invalid frame: {e}") from None
+        if frame["type"] == "error":
+            raise RemoteError(peer, str(frame.get("code")), str(frame.get("message")))
+        if frame["type"] != frame_type:
+            raise PeerFailure(peer, f"expected a '{frame_type}' frame, got '{frame['type']}'")
+        return frame
+
+    async def ping(self, peer: str) -> tuple[float, dict[str, Any]]:
+        """Round-trip time of an info request, and the info."""
+        started = time.perf_counter()
+        info = await self.request(peer, "swarmlm.info", {"type": "info", "v": wire.PROTOCOL_VERSION})
+        return time.perf_counter() - started, info
+
+    def close(self) -> None:
+        try:
+            self.run(self._cancel_tasks(), timeout=10)
+            self.dht.shutdown()
+        finally:
+            self._stop_loop()
+
+    async def _cancel_tasks(self) -> None:
+        """Close the P2P replica and finish every task, so nothing is left pending when the loop stops."""
+        await self.p2p.shutdown()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        self._key_dir.cleanup()
+
+
+class SpanSession:
+    """An open inference session with one node over blocks [hop.start, hop.end)."""
+
+    def __init__(self, client: SwarmClient, hop: Hop, root: str, session_id: str, max_length: int,
+                 reply_dtype: torch.dtype) -> None:
+        self.client, self.hop, self.root = client, hop, root
+        self.session_id, self.max_length, self.reply_dtype = session_id, max_length, reply_dtype
+        self.send_dtype = wire.WIRE_DTYPES.get(hop.record.dtype, torch.float32)
+        self.tokens = 0
+        self.steps = 0
+        self._outputs = hashlib.sha256()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    @property
+    def peer(self) -> str:
+        return self.hop.peer_id
+
+    async def open(self) -> None:
+        self._reader, self._writer = await self.client.open_stream(self.peer, "swarmlm.inference")
+        await self._send({"type": "open", "v": wire.PROTOCOL_VERSION, "root": self.root, "session": self.session_id,
+                          "max_length": self.max_length, "blocks": [self.hop.start, self.hop.end],
+                          "reply_dtype": wire.dtype_name(self.reply_dtype)})
+        await self.client.expect(self.peer, self._reader, "opened")
+
+    async def step(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
+        assert self._reader is not None
+        sent = hidden.to(self.send_dtype)
+        await self._send({"type": "step", "session": self.session_id, "step": self.steps, "start": start,
+                          "hidden": wire.encode_tensor(sent)})
+        frame = await self.client.expect(self.peer, self._reader, "result")
+        try:
+            out = wire.decode_tensor(frame.get("hidden"), hidden_size=hidden.shape[-1], max_tokens=hidden.shape[1],
+                                     max_batch=hidden.shape[0])
+        except RoutingError as e:
+            raise PeerFailure(self.peer, f"returned a malformed tensor: {e}") from None
+        if out.shape != hidden.shape:
+            raise PeerFailure(self.peer, f"returned shape {list(out.shape)} for input {list(hidden.shape)}")
+        self.steps += 1
+        self.tokens += hidden.shape[0] * hidden.shape[1]
+        self._outputs.update(wire.tensor_digest(out))
+        return out
+
+    @property
+    def outputs_digest(self) -> bytes:
+        return self._outputs.copy().digest()
+
+    async def close(self, receipt: bytes | None = None) -> None:
+        """Send close (with the signed receipt) and wait briefly for the node's acknowledgement."""
+        if self._writer is None:
+            return
+        try:
+            await self._send({"type": "close", "session": self.session_id, "receipt": receipt})
+            if self._reader is not None:
+                await self.client.expect(self.peer, self._reader, "closed", timeout=5)
+        except (RoutingError, ConnectionError):
+            pass  # the node logs the session unreceipted; nothing else to do
+        finally:
+            self._writer.close()
+            self._writer = None
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        assert self._writer is not None
+        try:
+            await wire.write_frame(self._writer, frame)
+        except (ConnectionError, RuntimeError) as e:
+            raise PeerFailure(self.peer, f"stream broken while sending ({type(e).__name__})") from None
+
+
+def is_node_failure(error: RoutingError) -> bool:
+    """Errors that mean 'try another node' rather than 'the request itself is wrong'."""
+    if isinstance(error, PeerFailure):
+        return True
+    return isinstance(error, RemoteError) and error.code in (
+        ErrorCode.CACHE_FULL.value, ErrorCode.DRAINING.value, ErrorCode.INTERNAL.value, ErrorCode.WRONG_MODEL.value,
+        ErrorCode.VERSION.value, ErrorCode.UNKNOWN_SESSION.value)
+
+
+async def gather_pings(client: SwarmClient, peers: Sequence[str], timeout: float = 5.0
+                       ) -> dict[str, tuple[float, dict[str, Any]] | BaseException]:
+    async def one(peer: str) -> tuple[float, dict[str, Any]]:
+        return await asyncio.wait_for(client.ping(peer), timeout)
+
+    results: Sequence[Any] = await asyncio.gather(*(one(p) for p in peers), return_exceptions=True)
+    return dict(zip(peers, results))
+

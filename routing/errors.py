@@ -1,0 +1,54 @@
+"""Errors of routing and the wire protocol; each names what went wrong and what to do."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class RoutingError(Exception):
+    """Base class: the CLI prints the message and exits 2."""
+
+
+class ErrorCode(str, Enum):
+    """Typed reasons in error frames, so clients can react (retry elsewhere, shrink, give up)."""
+
+    BAD_FRAME = "bad_frame"  # not a msgpack map, missing or mistyped field, unknown message type
+    VERSION = "version"  # protocol version the node does not speak
+    BAD_TENSOR = "bad_tensor"  # dtype, shape or byte size inconsistent, or wrong hidden size
+    TOO_LARGE = "too_large"  # frame, batch or step over the node's limits
+    BAD_POSITION = "bad_position"  # a step that leaves a gap in the cache
+    MAX_LENGTH = "max_length"  # a step past the session's max length
+    UNKNOWN_SESSION = "unknown_session"
+    CACHE_FULL = "cache_full"  # the node's KV-cache pool cannot hold the session
+    DRAINING = "draining"  # the node is leaving or moving and takes no new sessions
+    WRONG_MODEL = "wrong_model"  # asked for another manifest root or span
+    BAD_RECEIPT = "bad_receipt"
+    INTERNAL = "internal"
+
+
+class ProtocolError(RoutingError):
+    """A frame failed validation; the node answers with an error frame carrying `code`."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RemoteError(RoutingError):
+    """A node answered with an error frame."""
+
+    def __init__(self, peer: str, code: str, message: str) -> None:
+        super().__init__(f"node {peer[-8:]} refused: [{code}] {message}")
+        self.peer, self.code, self.remote_message = peer, code, message
+
+
+class NoRouteError(RoutingError):
+    """No chain of online nodes covers every block of the model."""
+
+
+class PeerFailure(RoutingError):
+    """A node failed mid-request (stream closed, timeout, error frame); the client fails over."""
+
+    def __init__(self, peer: str, reason: str) -> None:
+        super().__init__(f"node {peer[-8:]} failed: {reason}")
+        self.peer, self.reason = peer, reason

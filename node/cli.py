@@ -8,6 +8,8 @@ import logging
 import signal
 import sys
 
+import uvloop
+
 from . import config as node_config
 
 log = logging.getLogger(__name__)
@@ -49,14 +51,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
-    import hivemind
-
     from ledger.keys import Identity
+    from routing.dht import SwarmDHT
     from routing.records import SignedRecordValidator
 
     kwargs = {"identity_path": args.identity, "check_if_identity_free": False} if args.identity else {}
     seed = Identity.load_or_create(args.identity).seed if args.identity else None
-    dht = hivemind.DHT(initial_peers=args.initial_peers or None, start=True,
+    dht = SwarmDHT(initial_peers=args.initial_peers or None, start=True,
                        host_maddrs=[f"/ip4/{args.host}/tcp/{args.port}"],
                        record_validators=[SignedRecordValidator(seed)], **kwargs)
 
@@ -80,5 +81,5 @@ def _until_signalled(main) -> int:  # noqa: ANN001 - an async callable taking th
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    asyncio.run(runner())
+    uvloop.run(runner())  # lower per-message latency than the default loop: every step crosses it twice
     return 0

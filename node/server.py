@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import hivemind
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        self._identity_lock = _lock_identity(config.identity)
         self.identity = Identity.load_or_create(config.identity)
         self.peer_id = self.identity.peer_id
         self.store = ShardStore(resolve_model(config.model))
@@ -91,7 +95,7 @@ class Node:
 
     def _start_dht(self) -> hivemind.DHT:
         c = self.config
-        return hivemind.DHT(
+        return dht_io.SwarmDHT(
             initial_peers=c.initial_peers or None, start=True, client_mode=False,
             host_maddrs=[f"/ip4/{c.host}/tcp/{c.port}"], identity_path=str(c.identity),
             check_if_identity_free=False,  # hivemind's check parses only RSA keys; we hold a lock instead
@@ -172,3 +176,16 @@ class Node:
             self.ledger.close()
         log.info("node %s stopped", self.peer_id)
 
+
+
+def _lock_identity(path: Path) -> int:
+    """Hold an exclusive lock beside the identity: two nodes with one peer ID would confuse the swarm."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise NodeError(f"the identity {path} is in use by another node on this machine; "
+                        "give each node its own --identity or --state-dir") from None
+    return fd

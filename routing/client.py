@@ -19,6 +19,7 @@ from typing import Any, Coroutine, Sequence, TypeVar
 
 import hivemind
 import torch
+import uvloop
 from hivemind.p2p import PeerID
 
 from ledger.keys import Identity
@@ -46,11 +47,11 @@ class SwarmClient:
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(self.identity.to_bytes())
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="swarmlm-client", daemon=True)
         self._thread.start()
         try:
-            self.dht = hivemind.DHT(initial_peers=list(initial_peers), client_mode=True, start=True,
+            self.dht = dht_io.SwarmDHT(initial_peers=list(initial_peers), client_mode=True, start=True,
                                     identity_path=str(key_path), check_if_identity_free=False,
                                     record_validators=[SignedRecordValidator()])
         except Exception as e:

@@ -6,6 +6,9 @@ they are module-level functions (picklable) and return plain data.
 
 from __future__ import annotations
 
+import ctypes
+import signal
+import sys
 from functools import partial
 from typing import Any
 
@@ -13,6 +16,23 @@ import hivemind
 from hivemind.utils import get_dht_time
 
 from .records import ServerRecord, block_key
+
+
+class SwarmDHT(hivemind.DHT):
+    """hivemind's DHT process, made to die with its parent.
+
+    The DHT runs in a forked child. Forked after our event loop installed its SIGTERM handler, the
+    child would inherit that handler and survive a SIGTERM; killed parents would leave it orphaned.
+    So the child restores the default SIGTERM action and asks Linux to signal it when the parent dies.
+    """
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        if sys.platform == "linux":
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        super().run()
 
 
 async def _store_many(dht: hivemind.DHT, node: Any, keys: list[str], subkey: str, value: Any,

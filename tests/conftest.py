@@ -42,3 +42,24 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("SWARMLM_HOME", str(Path.home() / ".cache" / "swarmlm"))
     return env
+
+
+@pytest.fixture(scope="session")
+def swarm3(default_store, tmp_path_factory):
+    """A bootstrap peer and 3 real node processes (float32) splitting the default model's 30 blocks."""
+    from node.local_swarm import LocalSwarm
+
+    swarm = LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("swarm3"), announce_period=5.0)
+    with swarm:
+        swarm.start(3, default_store.manifest.num_blocks)
+        yield swarm
+
+
+@pytest.fixture(scope="session")
+def remote_model(swarm3, default_store, tmp_path_factory):
+    from swarmlm.sdk import RemoteModel
+
+    client_dir = tmp_path_factory.mktemp("client")
+    with RemoteModel.connect(swarm3.initial_peers, default_store.path, identity=client_dir / "identity.key",
+                             ledger=client_dir / "ledger.sqlite") as model:
+        yield model

@@ -1,13 +1,15 @@
 """Node settings: one declaration per option feeds the flags, `SWARMLM_*` variables and the TOML file.
 
-Precedence: command-line flag > environment variable > config file > default. The same table
-produces `--help`, the commented file `swarmlm node init` writes, and the typed `NodeConfig`,
-so the CLI and the class can never disagree on a default.
+Precedence: command-line flag > environment variable > config file > default. An empty value
+(`SWARMLM_PORT=`, `port = ""`) means "not set", as systemd environment files and the commented
+file `swarmlm node init` writes expect. The same table produces `--help`, that file, and the
+typed `NodeConfig`, so the CLI and the class can never disagree on a default.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -126,11 +128,12 @@ class NodeConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every option as a flag whose default is None, so 'not given' is visible for precedence."""
-    parser.add_argument("--config", type=Path, help="TOML file with any of these options (see `node init`)")
+    parser.add_argument("--config", type=Path, help="TOML file with any of these options (see `node init`) "
+                                                    "[env SWARMLM_CONFIG]")
     for o in OPTIONS:
-        if o.kind is _bool:
-            parser.add_argument(o.flag, action="store_const", const=True, default=None,
-                                help=f"{o.help} [env {o.env}]")
+        if o.kind is _bool:  # --no-X too, so a flag can override a true from the environment or file
+            parser.add_argument(o.flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{o.help} (default: {str(o.default).lower()}) [env {o.env}]")
             continue
         parser.add_argument(o.flag, type=str, default=None, choices=o.choices, nargs="+" if o.multiple else None,
                             action="extend" if o.multiple else "store", metavar=o.name.upper(),
@@ -145,17 +148,17 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     """Merge flag > env > file > default into a validated NodeConfig."""
     environ = os.environ if environ is None else environ
     config_path = getattr(args, "config", None) or environ.get("SWARMLM_CONFIG")
-    file_values = _read_toml(Path(config_path)) if config_path else {}
+    file_values = _read_toml(Path(config_path).expanduser()) if config_path else {}
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for o in OPTIONS:
         flag = getattr(args, o.name, None)
-        if flag is not None and flag != []:
+        if _is_set(flag):
             raw, source = flag, "flag"
-        elif o.env in environ:
+        elif _is_set(environ.get(o.env)):
             raw = environ[o.env].replace(",", " ").split() if o.multiple else environ[o.env]
             source = "env"
-        elif o.name in file_values:
+        elif _is_set(file_values.get(o.name)):
             raw, source = file_values[o.name], "file"
         else:
             values[o.name], sources[o.name] = o.default, "default"
@@ -164,16 +167,44 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     return _finish(values, sources)
 
 
+def _is_set(value: Any) -> bool:
+    """Absent, empty and blank values all mean 'not set here': look further down the precedence."""
+    return value is not None and value != [] and not (isinstance(value, str) and not value.strip())
+
+
+def _where(o: Option, source: str) -> str:
+    """How the user wrote the option, so an error points at the flag, variable or key to fix."""
+    return {"flag": o.flag, "env": o.env, "file": f"config key {o.name!r}"}.get(source, o.name)
+
+
+# What a TOML value may be for each option kind: only types that convert without loss (not 3.7 -> 3, true -> 1).
+_TOML_TYPES: dict[Callable[[str], Any], tuple[tuple[type, ...], str]] = {
+    str: ((str, int, float), "a string"), int: ((int,), "an integer"), float: ((int, float), "a number"),
+    _bool: ((bool,), "true or false"), Path: ((str,), "a path (a string)")}
+
+
+def _check_toml_type(o: Option, raw: Any) -> None:
+    if o.multiple:
+        ok = isinstance(raw, str) or isinstance(raw, list) and all(isinstance(x, str) for x in raw)
+        expected = "a string or a list of strings"
+    else:
+        allowed, expected = _TOML_TYPES[o.kind]
+        ok = isinstance(raw, allowed) and isinstance(raw, bool) == (o.kind is _bool)
+    if not ok:
+        raise ConfigError(f"{_where(o, 'file')} must be {expected}, got {raw!r}")
+
+
 def _convert(o: Option, raw: Any, source: str) -> Any:
+    if source == "file":
+        _check_toml_type(o, raw)
     try:
         if o.multiple:
             return [o.kind(x) for x in (raw if isinstance(raw, list) else [raw])]
         value = o.kind(raw)
     except (TypeError, ValueError) as e:
-        where = {"flag": o.flag, "env": o.env, "file": f"config key {o.name!r}"}[source]
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{_where(o, source)}: {e}") from None
     if o.choices and value not in o.choices:
-        raise ConfigError(f"{o.name} must be one of {', '.join(o.choices)}, got {value!r}")
+        raise ConfigError(f"{_where(o, source)} must be one of {', '.join(o.choices)}, got {value!r}")
     return value
 
 
@@ -184,11 +215,23 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    node = data.get("node", data)
-    unknown = sorted(set(node) - set(_BY_NAME))
+    if isinstance(data.get("node"), dict):  # options under [node]; nothing else belongs in the file
+        node, stray = data["node"], sorted(set(data) - {"node"})
+    else:
+        node, stray = data, []
+    unknown = stray + sorted(set(node) - set(_BY_NAME))
     if unknown:
-        raise ConfigError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
+        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, _BY_NAME, 1)) else k
+                 for k in unknown]
+        raise ConfigError(f"config file {path}: unknown option(s) {', '.join(hints)}; "
+                          "`swarmlm node run --help` lists them all")
     return node
+
+
+_RANGES: tuple[tuple[str, float, float | None], ...] = (
+    ("num_blocks", 1, None), ("cache_tokens", 1, None), ("max_batch", 1, None), ("max_step_tokens", 1, None),
+    ("max_session_length", 1, None), ("drain_grace", 0, None), ("rebalance_period", 0, None),
+    ("port", 0, 65535), ("metrics_port", 0, 65535))
 
 
 def _finish(values: dict[str, Any], sources: dict[str, str]) -> NodeConfig:
@@ -198,18 +241,26 @@ def _finish(values: dict[str, Any], sources: dict[str, str]) -> NodeConfig:
     values["ledger"] = Path(values["ledger"] or state / "ledger.sqlite").expanduser()
     if values["dtype"] is None:
         values["dtype"] = "float32" if values["device"] == "cpu" else "bfloat16"
+
+    def where(name: str) -> str:
+        return _where(_BY_NAME[name], sources[name])
+
     blocks = values["blocks"]
     if blocks != "auto":
         start, sep, end = blocks.partition(":")
         if not (sep and start.isdigit() and end.isdigit() and int(start) < int(end)):
-            raise ConfigError(f"--blocks must be A:B with A < B (e.g. 0:10) or 'auto', got {blocks!r}")
+            raise ConfigError(f"{where('blocks')} must be A:B with A < B (e.g. 0:10) or 'auto', got {blocks!r}")
     if values["initial_peers"] and values["new_swarm"]:
-        raise ConfigError("--new-swarm starts a swarm of its own: drop it, or drop --initial-peers")
-    for name in ("cache_tokens", "max_batch", "max_step_tokens", "max_session_length"):
-        if values[name] < 1:
-            raise ConfigError(f"{name} must be >= 1, got {values[name]}")
-    if values["announce_period"] <= 0:
-        raise ConfigError("announce_period must be > 0")
+        raise ConfigError(f"{where('new_swarm')} starts a swarm of its own, but {where('initial_peers')} joins "
+                          "one: drop one of them")
+    for name, low, high in _RANGES:
+        value = values[name]
+        if value is not None and not (value >= low and (high is None or value <= high)):  # `not`: NaN fails too
+            bounds = f">= {low}" if high is None else f"in {low}..{high}"
+            raise ConfigError(f"{where(name)} must be {bounds}, got {value}")
+    for name in ("announce_period", "session_timeout"):
+        if not values[name] > 0:
+            raise ConfigError(f"{where(name)} must be > 0, got {values[name]}")
     return NodeConfig(**values, sources=sources)
 
 
@@ -217,7 +268,8 @@ def commented_toml(values: Mapping[str, Any] | None = None) -> str:
     """The file `swarmlm node init` writes: every option, commented, with its default."""
     values = values or {}
     lines = ["# SwarmLM node configuration. Precedence: flag > SWARMLM_* environment > this file > default.",
-             "# Uncomment and edit what you need; `swarmlm node run --config THIS_FILE` reads it.", "", "[node]"]
+             "# Uncomment and edit what you need; `swarmlm node run --config THIS_FILE` reads it.",
+             '# An empty value ("") means the default.', "", "[node]"]
     for o in OPTIONS:
         lines.append(f"# {o.help.replace('%%', '%')}")
         value = values.get(o.name, o.default)

@@ -1,0 +1,1 @@
+"""Tests of operations: config, logs, metrics, init, systemd."""

@@ -11,6 +11,7 @@ import sys
 import uvloop
 
 from . import config as node_config
+from .logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def _run(args: argparse.Namespace) -> int:
     from .server import Node
 
     config = node_config.resolve(args)
+    setup_logging(config.log_format, getattr(args, "verbose", False))
     if not config.initial_peers and not config.new_swarm:
         print("error: give --initial-peers MADDR ... to join a swarm, or --new-swarm to start one",
               file=sys.stderr)

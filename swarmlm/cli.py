@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 from ledger.errors import LedgerError
 from node.errors import NodeError
+from node.logs import setup_logging
 from routing.errors import RoutingError
 from shards.errors import ShardsError
 
@@ -38,10 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if not args.verbose:  # hivemind's INFO lines are for its developers, not our users
-        logging.getLogger("hivemind").setLevel(logging.WARNING)
+    setup_logging("text", args.verbose)  # `node run` switches to its --log-format once it has its config
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as e:

@@ -261,8 +261,9 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the `ledger` command group to a CLI's subparsers."""
+def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """Add the `ledger` command group to a CLI's subparsers; returns the group's own subparsers, so
+    a package with a network (which this one must not import) can add `ledger audit`."""
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument(
         "--ledger", metavar="PATH", help="ledger file (default: $SWARMLM_LEDGER, else $SWARMLM_HOME/ledger.sqlite)"
@@ -310,6 +311,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--jsonl", action="store_true", required=True, help="JSON Lines (the only format)")
     p.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     p.set_defaults(func=_export)
+    return commands
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,9 +110,10 @@ class Serving:
     async def handle_info(self, info: StreamInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def serve() -> None:
             wire.check_opening(await wire.read_frame(reader), "info")
-            await wire.write_frame(writer, self.info())
+            info = await asyncio.get_running_loop().run_in_executor(None, self.info)  # it reads the ledger
+            await wire.write_frame(writer, info)
 
-        await self._guard(serve, writer, info)
+        await self.guard(serve, writer, info)
 
     async def handle_forward(self, info: StreamInfo, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
@@ -126,7 +127,7 @@ class Serving:
             self.stats.forwards += 1
             await wire.write_frame(writer, {"type": "result", "hidden": wire.encode_tensor(out.to(reply_dtype))})
 
-        await self._guard(serve, writer, info)
+        await self.guard(serve, writer, info)
 
     async def handle_inference(self, info: StreamInfo, reader: asyncio.StreamReader,
                                writer: asyncio.StreamWriter) -> None:
@@ -163,7 +164,7 @@ class Serving:
                     await wire.write_frame(writer, wire.error_frame(e.code, str(e)))
 
         try:
-            await self._guard(serve, writer, info)
+            await self.guard(serve, writer, info)
         finally:
             if holder:  # the stream ended without a close frame: still log the session, unreceipted
                 self._close(holder[0], None)
@@ -234,7 +235,7 @@ class Serving:
                  session.steps, (time.time_ns() - session.opened_ns) / 1e9, "yes" if receipt else "no")
         self.on_session_end(session, receipt if isinstance(receipt, bytes) else None)
 
-    async def _guard(self, serve: Callable[[], Any], writer: asyncio.StreamWriter, info: StreamInfo) -> None:
+    async def guard(self, serve: Callable[[], Any], writer: asyncio.StreamWriter, info: StreamInfo) -> None:
         """Turn validation failures into error frames; a vanished client is not an error."""
         try:
             await serve()

@@ -13,13 +13,14 @@ from typing import Any
 import hivemind
 
 from ledger import canonical
-from ledger.entries import LoadEntry, ServeEntry
+from ledger.entries import Entry, LoadEntry, ServeEntry
 from ledger.errors import LedgerError
 from ledger.keys import Identity
 from ledger.receipts import Receipt, verify_receipt
 from ledger.store import Store
 from routing import dht as dht_io
-from routing import wire
+from routing import ledger_rpc, wire
+from routing.client import PeerLink
 from routing.records import ServerRecord, SignedRecordValidator
 from shards.catalog import resolve_model
 from shards.store import ShardStore, parse_dtype
@@ -27,8 +28,10 @@ from shards.store import ShardStore, parse_dtype
 from .config import NodeConfig
 from .errors import NodeError
 from .handlers import Serving
+from .ledger_service import LedgerService
 from .sessions import NodeSession
 from .throughput import cached_throughput
+from .witnessing import CHECKPOINT_KEY, Witness
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ class Node:
         self.ledger: Store | None = None
         self.state = "joining"
         self.throughput = 0.0
+        self.witness: Witness | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then leave cleanly."""
@@ -68,8 +72,8 @@ class Node:
         loop = asyncio.get_running_loop()
         log.info("loading blocks %d:%d of %s (%s, %s)", start, end, self.root[:16], c.device, c.dtype)
         stack = await loop.run_in_executor(None, self.store.load_blocks, start, end, c.device, dtype)
-        self.ledger = Store(c.ledger, self.identity)
-        self.ledger.append(LoadEntry(manifest_root=bytes.fromhex(self.root), blocks=(start, end),
+        self.ledger = None if ledger_disabled(c) else Store(c.ledger, self.identity)
+        self._log(LoadEntry(manifest_root=bytes.fromhex(self.root), blocks=(start, end),
                                      shard_digests=tuple(bytes.fromhex(d) for d in
                                                          self.store.manifest.block_digests(start, end)),
                                      device=c.device, dtype=c.dtype, time_ns=time.time_ns()))
@@ -78,8 +82,12 @@ class Node:
         self.dht = await loop.run_in_executor(None, self._start_dht)
         p2p = await self.dht.replicate_p2p()
         s = self.serving
-        for name, handler in (("swarmlm.info", s.handle_info), ("swarmlm.forward", s.handle_forward),
-                              ("swarmlm.inference", s.handle_inference)):
+        handlers = [("swarmlm.info", s.handle_info), ("swarmlm.forward", s.handle_forward),
+                    ("swarmlm.inference", s.handle_inference)]
+        if self.ledger is not None:
+            handlers.append((ledger_rpc.HANDLER, LedgerService(self.ledger, s).handle))
+            self.witness = Witness(PeerLink(p2p, request_timeout=30), self.ledger, self.peer_id)
+        for name, handler in handlers:
             await p2p.add_binary_stream_handler(name, handler)
         self.state = "online"
         await self._announce()
@@ -108,20 +116,36 @@ class Node:
                 await asyncio.wait_for(stop.wait(), timeout=period)
             except asyncio.TimeoutError:
                 await self._announce()
+                await self._witness()
 
-    def record(self) -> ServerRecord:
+    async def _witness(self) -> None:
+        """Check the peers' ledgers; never let a peer's misbehaviour take this node down."""
+        if self.witness is None or self.dht is None:
+            return
+        try:
+            records = await dht_io.fetch_records(self.dht, self.root, self.store.manifest.num_blocks)
+            await self.witness.round(records.values())
+        except Exception as e:
+            log.warning("witnessing round failed: %s", e)
+
+    def record(self, checkpoint: str | None = None) -> ServerRecord:
         s = self.serving
         assert s is not None
         return ServerRecord(peer_id=self.peer_id, state=self.state, start=s.stack.start, end=s.stack.end,
                             throughput=round(self.throughput, 2), dtype=wire.dtype_name(s.dtype),
                             device=s.device.type, cache_tokens_left=s.pool.free, version=wire.PROTOCOL_VERSION,
-                            name=self.config.public_name, active_sessions=len(s.sessions))
+                            name=self.config.public_name, active_sessions=len(s.sessions),
+                            extra={CHECKPOINT_KEY: checkpoint} if checkpoint else {})
 
     async def _announce(self) -> None:
         if self.dht is None or self.serving is None:
             return
         try:
-            ok = await dht_io.announce(self.dht, self.root, self.record(), 2 * self.config.announce_period)
+            checkpoint = None
+            if self.ledger is not None:
+                _, checkpoint = await asyncio.get_running_loop().run_in_executor(None, self.ledger.latest_checkpoint)
+            record = self.record(checkpoint)
+            ok = await dht_io.announce(self.dht, self.root, record, 2 * self.config.announce_period)
             if not ok:
                 log.warning("DHT announcement was not stored by any peer (is the swarm reachable?)")
         except Exception as e:  # the DHT is best-effort: never let it take the node down
@@ -131,12 +155,17 @@ class Node:
         return {"state": self.state, "name": self.config.public_name, "throughput": round(self.throughput, 2),
                 "ledger_size": self.ledger.size() if self.ledger else 0}
 
+    def _log(self, entry: Entry) -> None:
+        """Queue an entry for the ledger's writer thread; the serving path never waits for the disk."""
+        if self.ledger is not None:
+            self.ledger.append(entry)
+
     def _log_session(self, session: NodeSession, receipt_bytes: bytes | None) -> None:
         """Append the session's `serve` entry; a receipt that does not check out is dropped, not trusted."""
-        if self.ledger is None or self.serving is None:
+        if self.ledger is None:
             return
         receipt = self._valid_receipt(session, receipt_bytes)
-        self.ledger.append(ServeEntry(
+        self._log(ServeEntry(
             session=session.session_id, client=session.client, manifest_root=bytes.fromhex(self.root),
             blocks=(session.stack.start, session.stack.end), tokens=session.tokens, steps=session.steps,
             start_ns=session.opened_ns, end_ns=time.time_ns(), steps_digest=session.steps_digest,
@@ -189,3 +218,8 @@ def _lock_identity(path: Path) -> int:
         raise NodeError(f"the identity {path} is in use by another node on this machine; "
                         "give each node its own --identity or --state-dir") from None
     return fd
+
+
+def ledger_disabled(config: NodeConfig) -> bool:
+    """`--ledger off` runs without a ledger: only for measuring what the ledger costs."""
+    return str(config.ledger) == "off"

@@ -13,14 +13,13 @@ import os
 import tempfile
 import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Coroutine, Sequence, TypeVar
 
 import hivemind
 import torch
 import uvloop
-from hivemind.p2p import PeerID
+from hivemind.p2p import P2P, PeerID
 
 from ledger.keys import Identity
 
@@ -34,44 +33,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class SwarmClient:
-    def __init__(self, initial_peers: Sequence[str], identity: Identity | None = None,
-                 request_timeout: float = 60.0) -> None:
-        if not initial_peers:
-            raise RoutingError("give at least one initial peer multiaddr (from `swarmlm swarm local` or a node's "
-                               "'maddr' line)")
-        self.identity = identity or Identity.generate()
-        self.request_timeout = request_timeout
-        self._key_dir = tempfile.TemporaryDirectory(prefix="swarmlm-client-")
-        key_path = Path(self._key_dir.name) / "identity.key"
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(self.identity.to_bytes())
-        self.loop = uvloop.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="swarmlm-client", daemon=True)
-        self._thread.start()
-        try:
-            self.dht = dht_io.SwarmDHT(initial_peers=list(initial_peers), client_mode=True, start=True,
-                                    identity_path=str(key_path), check_if_identity_free=False,
-                                    record_validators=[SignedRecordValidator()])
-        except Exception as e:
-            self._stop_loop()
-            raise RoutingError(f"could not join the swarm through {list(initial_peers)}: {e}") from None
-        self.p2p = self.run(self.dht.replicate_p2p())
+_REPLY_TYPES = {"swarmlm.info": "info", "swarmlm.forward": "result", "swarmlm.ledger": "ledger"}
 
-    @property
-    def peer_id(self) -> str:
-        return self.identity.peer_id
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run a coroutine on the client loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+class PeerLink:
+    """Requests to peers over one P2P instance: streams, frames, timeouts, typed failures.
 
-    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+    Clients and nodes (witnessing their peers) share it.
+    """
 
-    async def records(self, root: str, num_blocks: int) -> dict[str, ServerRecord]:
-        return await dht_io.fetch_records(self.dht, root, num_blocks)
+    def __init__(self, p2p: P2P, request_timeout: float = 60.0) -> None:
+        self.p2p, self.request_timeout = p2p, request_timeout
 
     async def open_stream(self, peer: str, handler: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
@@ -82,11 +54,11 @@ class SwarmClient:
         return reader, writer
 
     async def request(self, peer: str, handler: str, frame: dict[str, Any]) -> dict[str, Any]:
-        """One frame out, one frame back (info, forward)."""
+        """One frame out, one frame back (info, forward, ledger)."""
         reader, writer = await self.open_stream(peer, handler)
         try:
             await wire.write_frame(writer, frame)
-            return await self.expect(peer, reader, "info" if handler == "swarmlm.info" else "result")
+            return await self.expect(peer, reader, _REPLY_TYPES[handler])
         finally:
             writer.close()
 
@@ -113,6 +85,44 @@ class SwarmClient:
         info = await self.request(peer, "swarmlm.info", {"type": "info", "v": wire.PROTOCOL_VERSION})
         return time.perf_counter() - started, info
 
+
+class SwarmClient(PeerLink):
+    """A client process's DHT (client mode) and P2P, driven from a background event loop."""
+
+    def __init__(self, initial_peers: Sequence[str], identity: Identity | None = None,
+                 request_timeout: float = 60.0) -> None:
+        if not initial_peers:
+            raise RoutingError("give at least one initial peer multiaddr (from `swarmlm swarm local` or a node's "
+                               "'maddr' line)")
+        self.identity = identity or Identity.generate()
+        self._key_dir = tempfile.TemporaryDirectory(prefix="swarmlm-client-")
+        key_path = Path(self._key_dir.name) / "identity.key"
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(self.identity.to_bytes())
+        self.loop = uvloop.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="swarmlm-client", daemon=True)
+        self._thread.start()
+        try:
+            self.dht = dht_io.SwarmDHT(initial_peers=list(initial_peers), client_mode=True, start=True,
+                                       identity_path=str(key_path), check_if_identity_free=False,
+                                       record_validators=[SignedRecordValidator()])
+        except Exception as e:
+            self._stop_loop()
+            raise RoutingError(f"could not join the swarm through {list(initial_peers)}: {e}") from None
+        super().__init__(self.run(self.dht.replicate_p2p()), request_timeout)
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run a coroutine on the client loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def records(self, root: str, num_blocks: int) -> dict[str, ServerRecord]:
+        return await dht_io.fetch_records(self.dht, root, num_blocks)
+
     def close(self) -> None:
         try:
             self.run(self._cancel_tasks(), timeout=10)
@@ -137,7 +147,7 @@ class SwarmClient:
 class SpanSession:
     """An open inference session with one node over blocks [hop.start, hop.end)."""
 
-    def __init__(self, client: SwarmClient, hop: Hop, root: str, session_id: str, max_length: int,
+    def __init__(self, client: PeerLink, hop: Hop, root: str, session_id: str, max_length: int,
                  reply_dtype: torch.dtype) -> None:
         self.client, self.hop, self.root = client, hop, root
         self.session_id, self.max_length, self.reply_dtype = session_id, max_length, reply_dtype
@@ -217,7 +227,7 @@ def is_node_failure(error: RoutingError) -> bool:
         ErrorCode.VERSION.value, ErrorCode.UNKNOWN_SESSION.value)
 
 
-async def gather_pings(client: SwarmClient, peers: Sequence[str], timeout: float = 5.0
+async def gather_pings(client: PeerLink, peers: Sequence[str], timeout: float = 5.0
                        ) -> dict[str, tuple[float, dict[str, Any]] | BaseException]:
     async def one(peer: str) -> tuple[float, dict[str, Any]]:
         return await asyncio.wait_for(client.ping(peer), timeout)

@@ -1,10 +1,10 @@
 """Benchmark the ledger: signed appends committed per second (group commit), entries verified
-per second, and inclusion / consistency proof time at 1,000,000 entries.
+per second, inclusion / consistency proof time at 1,000,000 entries, and swarm generation
+tokens/s with the ledger on vs off (two 3-node swarms, generations alternated).
 
-    python scripts/bench_ledger.py [--appends 50000] [--proof-entries 1000000] [--json]
+    python scripts/bench_ledger.py [--appends 50000] [--proof-entries 1000000] [--swarm-repeats 5] [--json]
 
-Each section is a function `(args, workdir) -> {metric: value}` listed in SECTIONS; the swarm
-generation tokens/s with the ledger on vs off (issue 4) is meant to be added as one more section.
+Each section is a function `(args, workdir) -> {metric: value}` listed in SECTIONS.
 """
 
 from __future__ import annotations
@@ -143,7 +143,32 @@ def bench_proofs(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
     }
 
 
-SECTIONS: tuple[Callable[[argparse.Namespace, Path], dict], ...] = (bench_appends, bench_verify, bench_proofs)
+def bench_swarm(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
+    """Two identical 3-node swarms, one running `--ledger off`; alternate generations between them."""
+    from benchlib import alternate, median_tps
+    from node.local_swarm import LocalSwarm
+    from shards.catalog import DEFAULT_MODEL, resolve_model
+    from shards.store import ShardStore
+    from swarmlm.sdk import RemoteModel
+
+    store = ShardStore(resolve_model(DEFAULT_MODEL))
+    prompt, n = "What is the capital of France?", args.swarm_tokens
+    with LocalSwarm(str(store.path), workdir / "on") as on, \
+            LocalSwarm(str(store.path), workdir / "off", node_args=["--ledger", "off"]) as off:
+        on.start(3, store.manifest.num_blocks)
+        off.start(3, store.manifest.num_blocks)
+        with RemoteModel.connect(on.initial_peers, store.path) as with_ledger, \
+                RemoteModel.connect(off.initial_peers, store.path) as without:
+            runs = alternate({"ledger on": lambda: with_ledger.generate(prompt, n, ignore_eos=True),
+                              "ledger off": lambda: without.generate(prompt, n, ignore_eos=True)},
+                             args.swarm_repeats)
+    tps_on, tps_off = median_tps(runs["ledger on"]), median_tps(runs["ledger off"])
+    return {"swarm tokens/s, ledger on": tps_on, "swarm tokens/s, ledger off": tps_off,
+            "swarm ratio ledger on/off": tps_on / tps_off}
+
+
+SECTIONS: tuple[Callable[[argparse.Namespace, Path], dict], ...] = (bench_appends, bench_verify, bench_proofs,
+                                                                    bench_swarm)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,16 +176,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--appends", type=int, default=50_000, help="entries for the append and verify rates")
     parser.add_argument("--proof-entries", type=int, default=1_000_000, help="ledger size for proof timings")
     parser.add_argument("--proofs", type=int, default=1000, help="proofs of each kind to time")
+    parser.add_argument("--swarm-repeats", type=int, default=5, help="generations per swarm (0: skip the swarm)")
+    parser.add_argument("--swarm-tokens", type=int, default=64, help="new tokens per generation")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     args = parser.parse_args(argv)
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="bench-ledger-") as workdir:
         for section in SECTIONS:
+            if section is bench_swarm and args.swarm_repeats == 0:
+                continue
             print(f"{section.__name__} ...", file=sys.stderr, flush=True)
             for metric, value in section(args, Path(workdir)).items():
                 results[metric] = value
                 if not args.json:
-                    print(f"{metric}: {value:,.0f}" if isinstance(value, float) else f"{metric}: {value}", flush=True)
+                    shown = (f"{value:,.0f}" if value >= 100 else f"{value:.2f}") if isinstance(value, float) else value
+                    print(f"{metric}: {shown}", flush=True)
     if args.json:
         print(json.dumps(results))
     return 0

@@ -4,23 +4,21 @@ Starts a local swarm of real node processes (3 by default) on 127.0.0.1, then al
 and swarm generation of the same prompt (greedy, exactly N new tokens) and prints tokens/s and
 time to first token for both, and their ratio.
 
-    python scripts/bench_swarm.py [--nodes 3] [--tokens 64] [--repeats 3]
+    python scripts/bench_swarm.py [--nodes 3] [--tokens 64] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from node.local_swarm import LocalSwarm  # noqa: E402
-from shards.catalog import DEFAULT_MODEL, resolve_model  # noqa: E402
-from shards.local import LocalModel  # noqa: E402
-from swarmlm.sdk import RemoteModel  # noqa: E402
+from benchlib import alternate, median_tps, median_ttft
+from node.local_swarm import LocalSwarm
+from shards.catalog import DEFAULT_MODEL, resolve_model
+from shards.local import LocalModel
+from swarmlm.sdk import RemoteModel
 
 PROMPT = "What is the capital of France?"
 
@@ -30,7 +28,7 @@ def main() -> int:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--prompt", default=PROMPT)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -38,24 +36,16 @@ def main() -> int:
     store = resolve_model(args.model)
     local = LocalModel.load(store)
     with tempfile.TemporaryDirectory(prefix="bench-swarm-") as tmp, LocalSwarm(str(store), Path(tmp)) as swarm:
-        print(f"starting {args.nodes} nodes…", flush=True)
         swarm.start(args.nodes, local.store.manifest.num_blocks)
         with RemoteModel.connect(swarm.initial_peers, store) as remote:
-            runs: dict[str, list[tuple[float, float]]] = {"local": [], "swarm": []}
-            for model in (local, remote):  # warm-up: caches, connections
-                model.generate(args.prompt, 4, ignore_eos=True)
-            for r in range(args.repeats):
-                for name, model in (("local", local), ("swarm", remote)):
-                    g = model.generate(args.prompt, args.tokens, ignore_eos=True)
-                    runs[name].append((g.tokens_per_second, g.time_to_first_token))
-                    print(f"run {r + 1} {name:5}: {g.tokens_per_second:6.1f} tok/s, "
-                          f"first token {g.time_to_first_token * 1000:6.0f} ms", flush=True)
-    tps = {k: statistics.median(t for t, _ in v) for k, v in runs.items()}
-    ttft = {k: statistics.median(f for _, f in v) for k, v in runs.items()}
-    print(f"\n{args.tokens} new tokens, greedy, float32, {args.nodes} nodes on 127.0.0.1 (medians of {args.repeats})")
-    print(f"local            {tps['local']:7.1f} tok/s   first token {ttft['local'] * 1000:6.0f} ms")
-    print(f"swarm            {tps['swarm']:7.1f} tok/s   first token {ttft['swarm'] * 1000:6.0f} ms")
-    print(f"ratio swarm/local {tps['swarm'] / tps['local']:6.2f}x")
+            runs = alternate({"local": lambda: local.generate(args.prompt, args.tokens, ignore_eos=True),
+                              "swarm": lambda: remote.generate(args.prompt, args.tokens, ignore_eos=True)},
+                             args.repeats)
+    print(f"{args.tokens} new tokens, greedy, float32, {args.nodes} nodes on 127.0.0.1 "
+          f"(medians of {args.repeats})")
+    for name in ("local", "swarm"):
+        print(f"{name:<6} {median_tps(runs[name]):6.1f} tok/s   first token {median_ttft(runs[name]) * 1000:5.0f} ms")
+    print(f"ratio swarm/local {median_tps(runs['swarm']) / median_tps(runs['local']):.2f}x")
     return 0
 
 

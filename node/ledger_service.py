@@ -1,0 +1,57 @@
+"""The `swarmlm.ledger` RPC, node side: anyone may read this node's log, its checkpoint and proofs.
+
+Reads hit SQLite, so they run on a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
+
+from ledger.errors import LedgerError
+from ledger.store import Ledger
+from routing import wire
+from routing.errors import ErrorCode, ProtocolError
+from routing.ledger_rpc import MAX_ENTRIES
+
+from .handlers import Serving
+
+
+class LedgerService:
+    def __init__(self, ledger: Ledger, serving: Serving) -> None:
+        self.ledger, self.serving = ledger, serving
+
+    async def handle(self, info: StreamInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def serve() -> None:
+            frame = await wire.read_frame(reader)
+            wire.check_opening(frame, "ledger")
+            reply = await asyncio.get_running_loop().run_in_executor(None, self._answer, frame)
+            await wire.write_frame(writer, {"type": "ledger", **reply})
+
+        await self.serving.guard(serve, writer, info)
+
+    def _answer(self, frame: dict[str, Any]) -> dict[str, Any]:
+        op = frame.get("op")
+        try:
+            if op == "checkpoint":
+                size, note = self.ledger.latest_checkpoint()
+                return {"size": size, "checkpoint": note}
+            if op == "entries":
+                start = wire.field(frame, "start", int, minimum=0)
+                end = wire.field(frame, "end", int, minimum=start + 1)
+                if end - start > MAX_ENTRIES:
+                    raise ProtocolError(ErrorCode.TOO_LARGE, f"at most {MAX_ENTRIES} entries per request")
+                return {"entries": [[r.data, r.signature] for r in self.ledger.rows(start, end)]}
+            if op == "consistency":
+                size1, size2 = wire.field(frame, "size1", int), wire.field(frame, "size2", int)
+                return {"proof": self.ledger.consistency_proof(size1, size2)}
+            if op == "inclusion":
+                index, size = wire.field(frame, "index", int), wire.field(frame, "size", int)
+                row = self.ledger.row(index)
+                return {"proof": self.ledger.inclusion_proof(index, size), "entry": [row.data, row.signature]}
+        except LedgerError as e:
+            raise ProtocolError(ErrorCode.BAD_FRAME, str(e)) from None
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"unknown ledger op {op!r} (checkpoint, entries, consistency, "
+                                                 "inclusion)")

@@ -1,0 +1,38 @@
+"""Shared by the benchmarks: run contenders alternately on the same work and take medians.
+
+Alternating (A, B, A, B, …) rather than (A, A, …, B, B, …) spreads this machine's drift over
+both sides, so the ratio printed is a fair side-by-side figure.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shards.generation import Generation  # noqa: E402
+
+
+def alternate(contenders: dict[str, Callable[[], Generation]], repeats: int) -> dict[str, list[Generation]]:
+    """Each contender once per round, `repeats` rounds (after one untimed warm-up round)."""
+    for run in contenders.values():
+        run()
+    results: dict[str, list[Generation]] = {name: [] for name in contenders}
+    for r in range(repeats):
+        for name, run in contenders.items():
+            g = run()
+            results[name].append(g)
+            print(f"run {r + 1} {name:<12} {g.tokens_per_second:6.1f} tok/s  first token "
+                  f"{g.time_to_first_token * 1000:5.0f} ms", file=sys.stderr, flush=True)
+    return results
+
+
+def median_tps(runs: list[Generation]) -> float:
+    return statistics.median(g.tokens_per_second for g in runs)
+
+
+def median_ttft(runs: list[Generation]) -> float:
+    return statistics.median(g.time_to_first_token for g in runs)

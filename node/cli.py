@@ -1,4 +1,4 @@
-"""`swarmlm node …`: run a node, run a bootstrap peer."""
+"""`swarmlm node …`: set up a node, run it, run a bootstrap peer."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import uvloop
 
@@ -29,6 +30,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     node_config.add_arguments(run)
     run.set_defaults(func=_run)
 
+    init = sub.add_parser("init", help="write a commented config and an identity, and say how to start",
+                          description="Create a node's state folder: node.toml listing every option (commented, "
+                                      "with its default) and the Ed25519 identity key, then print the peer ID and "
+                                      "the command that starts the node.")
+    init.add_argument("--dir", type=Path, default=None,
+                      help="state folder for the config, identity and ledger (default $SWARMLM_HOME/node)")
+    init.add_argument("--force", action="store_true",
+                      help="replace an existing node.toml (an existing identity is always kept)")
+    init.set_defaults(func=_init)
+
     boot = sub.add_parser("bootstrap", help="run a DHT-only peer that others join through",
                           description="A bootstrap peer serves no blocks; it gives new nodes and clients a stable "
                                       "address to join the swarm through.")
@@ -50,6 +61,15 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     node = Node(config)
     return _until_signalled(node.run)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from shards.paths import swarmlm_home
+
+    from .init import init_node, start_instructions
+
+    print(start_instructions(init_node(args.dir or swarmlm_home() / "node", args.force)), end="")
+    return 0
 
 
 def _bootstrap(args: argparse.Namespace) -> int:

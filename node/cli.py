@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run", help="serve blocks of a model to the swarm",
         description="Load and verify shards, join the DHT, serve until SIGINT/SIGTERM. Every option can also "
                     "come from a SWARMLM_* environment variable or a TOML file (--config); precedence: "
-                    "flag > environment > file > default.")
+                    "flag > environment > file > default; an empty variable or file value counts as not set. "
+                    "`swarmlm node init` writes a commented file with every option.")
     node_config.add_arguments(run)
     run.set_defaults(func=_run)
 

@@ -24,6 +24,7 @@ from shards.blocks import BlockStack
 
 from .config import NodeConfig
 from .memory import CachePool
+from .metrics import NodeMetrics
 from .sessions import NodeSession
 
 log = logging.getLogger(__name__)
@@ -32,17 +33,32 @@ MAX_SESSION_ID = 64
 
 @dataclass
 class Stats:
-    """Counters the metrics endpoint and `node status` read."""
+    """What the node has served: kept here for `info`/`node status`, and passed on to Prometheus."""
 
+    metrics: NodeMetrics
     tokens: int = 0
     steps: int = 0
     forwards: int = 0
     sessions_opened: int = 0
-    errors: dict[str, int] | None = None
 
-    def error(self, code: str) -> None:
-        self.errors = self.errors or {}
-        self.errors[code] = self.errors.get(code, 0) + 1
+    def step(self, tokens: int, seconds: float) -> None:
+        self.tokens += tokens
+        self.steps += 1
+        self.metrics.tokens(tokens)
+        self.metrics.step()
+        self.metrics.rpc("inference", seconds)
+
+    def forward(self, seconds: float) -> None:
+        self.forwards += 1
+        self.metrics.forward()
+        self.metrics.rpc("forward", seconds)
+
+    def session_opened(self) -> None:
+        self.sessions_opened += 1
+        self.metrics.session_opened()
+
+    def error(self, code: ErrorCode) -> None:
+        self.metrics.error(code)
 
 
 SessionEnd = Callable[[NodeSession, "bytes | None"], None]
@@ -51,7 +67,7 @@ SessionEnd = Callable[[NodeSession, "bytes | None"], None]
 class Serving:
     """Everything the handlers share: the span, the compute thread, the cache pool, live sessions."""
 
-    def __init__(self, config: NodeConfig, root: str, stack: BlockStack, peer_id: str,
+    def __init__(self, config: NodeConfig, root: str, stack: BlockStack, peer_id: str, metrics: NodeMetrics,
                  on_session_end: SessionEnd, info_extra: Callable[[], dict[str, Any]]) -> None:
         self.config, self.root, self.stack, self.peer_id = config, root, stack, peer_id
         self.on_session_end, self.info_extra = on_session_end, info_extra
@@ -61,8 +77,9 @@ class Serving:
         self.max_length = min(config.max_session_length, stack.config.max_context)
         self.pool = CachePool(config.cache_tokens)
         self.sessions: dict[str, NodeSession] = {}
+        self._ended: dict[str, tuple[ErrorCode, str]] = {}  # sessions the node ended, told on their next frame
         self.draining = False
-        self.stats = Stats()
+        self.stats = Stats(metrics)
         self.started = time.time()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="compute")
 
@@ -113,7 +130,7 @@ class Serving:
             info = await asyncio.get_running_loop().run_in_executor(None, self.info)  # it reads the ledger
             await wire.write_frame(writer, info)
 
-        await self.guard(serve, writer, info)
+        await self.guard(serve, writer, info, "info")
 
     async def handle_forward(self, info: StreamInfo, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
@@ -123,8 +140,9 @@ class Serving:
             span = self._span(frame)
             hidden = self._decode_hidden(frame, self.config.max_batch)
             reply_dtype = self._reply_dtype(frame)
+            started = time.perf_counter()
             out = await self.compute(_run_stateless, span, hidden)
-            self.stats.forwards += 1
+            self.stats.forward(time.perf_counter() - started)
             await wire.write_frame(writer, {"type": "result", "hidden": wire.encode_tensor(out.to(reply_dtype))})
 
         await self.guard(serve, writer, info)
@@ -144,6 +162,11 @@ class Serving:
             while True:
                 try:
                     frame = await wire.read_frame(reader, self.max_frame)
+                    if session.key in self._ended:
+                        code, reason = self._ended.pop(session.key)
+                        holder.clear()
+                        await wire.write_frame(writer, wire.error_frame(code, reason))
+                        return
                     if frame.get("session") != session.session_id:
                         raise ProtocolError(ErrorCode.UNKNOWN_SESSION,
                                             f"session {frame.get('session')!r} is not open on this stream "
@@ -160,7 +183,7 @@ class Serving:
                 except ProtocolError as e:
                     if e.code == ErrorCode.TOO_LARGE and "frame of" in str(e):
                         raise  # the stream cannot be resynchronised after an oversized frame
-                    self.stats.error(e.code.value)
+                    self.stats.error(e.code)
                     await wire.write_frame(writer, wire.error_frame(e.code, str(e)))
 
         try:
@@ -168,6 +191,30 @@ class Serving:
         finally:
             if holder:  # the stream ended without a close frame: still log the session, unreceipted
                 self._close(holder[0], None)
+                self._ended.pop(holder[0].key, None)
+
+    def expire(self, session: NodeSession, code: ErrorCode, reason: str) -> None:
+        """End a session from the node's side, freeing its cache; its client learns why on its next frame."""
+        self._ended[session.key] = (code, reason)
+        self._close(session, None)
+
+    async def expire_idle(self) -> int:
+        """Free the caches of sessions idle longer than the session timeout."""
+        limit = self.config.session_timeout
+        idle = [s for s in self.sessions.values() if time.monotonic() - s.last_active > limit]
+        for session in idle:
+            self.expire(session, ErrorCode.SESSION_EXPIRED,
+                        f"session idle for more than {limit:.0f}s; its cache was freed — reopen it")
+        return len(idle)
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new sessions, let live ones finish for up to `grace` seconds, then end the rest."""
+        self.draining = True
+        deadline = time.monotonic() + grace
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        for session in list(self.sessions.values()):
+            self.expire(session, ErrorCode.DRAINING, "this node is leaving; continue on another node")
 
     @property
     def max_frame(self) -> int:
@@ -188,8 +235,7 @@ class Serving:
                                                       f"{self.max_length}")
         if self.draining:
             raise ProtocolError(ErrorCode.DRAINING, "this node is draining and takes no new sessions")
-        key = f"{client}/{session_id}"
-        if key in self.sessions:
+        if f"{client}/{session_id}" in self.sessions:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"session {session_id!r} is already open")
         reservation = self.pool.reserve(batch * max_length)
         try:
@@ -198,10 +244,12 @@ class Serving:
             reservation.release()
             raise
         session = NodeSession(session_id, client, span, cache, reservation, max_length, batch)
-        self.sessions[key] = session
-        self.stats.sessions_opened += 1
+        self.sessions[session.key] = session
+        self.stats.session_opened()
         log.info("session open   %s client=%s blocks=%d:%d max_length=%d", session_id, client[-8:],
-                 span.start, span.end, max_length)
+                 span.start, span.end, max_length,
+                 extra={"event": "session_open", "session": session_id, "client": client,
+                        "blocks": [span.start, span.end], "max_length": max_length})
         return session
 
     async def _step(self, session: NodeSession, frame: dict[str, Any], reply_dtype: torch.dtype) -> dict[str, Any]:
@@ -218,35 +266,45 @@ class Serving:
         if start + n > session.max_length:
             raise ProtocolError(ErrorCode.MAX_LENGTH, f"session max length {session.max_length} exceeded: "
                                                       f"positions {start}..{start + n - 1}")
+        started = time.perf_counter()
         out = await self.compute(_run_cached, session, hidden, start)
         out = out.to(reply_dtype)
         session.record_step(n * session.batch, wire.tensor_digest(hidden), wire.tensor_digest(out))
-        self.stats.tokens += n * session.batch
-        self.stats.steps += 1
+        self.stats.step(n * session.batch, time.perf_counter() - started)
         return {"type": "result", "step": step, "hidden": wire.encode_tensor(out)}
 
     def _close(self, session: NodeSession, receipt: Any) -> None:
-        key = f"{session.client}/{session.session_id}"
-        if self.sessions.pop(key, None) is None:
+        if self.sessions.pop(session.key, None) is None:
             return
         session.free()
+        duration = (time.time_ns() - session.opened_ns) / 1e9
         log.info("session close  %s client=%s blocks=%d:%d tokens=%d steps=%d duration=%.1fs receipt=%s",
                  session.session_id, session.client[-8:], session.stack.start, session.stack.end, session.tokens,
-                 session.steps, (time.time_ns() - session.opened_ns) / 1e9, "yes" if receipt else "no")
+                 session.steps, duration, "yes" if receipt else "no",
+                 extra={"event": "session_close", "session": session.session_id, "client": session.client,
+                        "blocks": [session.stack.start, session.stack.end], "tokens": session.tokens,
+                        "steps": session.steps, "duration_s": round(duration, 3), "receipted": bool(receipt)})
         self.on_session_end(session, receipt if isinstance(receipt, bytes) else None)
 
-    async def guard(self, serve: Callable[[], Any], writer: asyncio.StreamWriter, info: StreamInfo) -> None:
-        """Turn validation failures into error frames; a vanished client is not an error."""
+    async def guard(self, serve: Callable[[], Any], writer: asyncio.StreamWriter, info: StreamInfo,
+                    timed_as: str | None = None) -> None:
+        """Turn validation failures into error frames; a vanished client is not an error.
+
+        `timed_as` records the whole request's duration under that handler label.
+        """
+        started = time.perf_counter()
         try:
             await serve()
+            if timed_as:
+                self.stats.metrics.rpc(timed_as, time.perf_counter() - started)
         except ProtocolError as e:
-            self.stats.error(e.code.value)
+            self.stats.error(e.code)
             log.debug("rejected frame from %s: [%s] %s", info.peer_id, e.code.value, e)
             await _try_write(writer, wire.error_frame(e.code, str(e)))
         except (asyncio.IncompleteReadError, ConnectionError):
             log.debug("stream from %s ended", info.peer_id)
         except Exception as e:  # a bug of ours: report it to the client, keep serving others
-            self.stats.error(ErrorCode.INTERNAL.value)
+            self.stats.error(ErrorCode.INTERNAL)
             log.exception("internal error serving %s", info.peer_id)
             await _try_write(writer, wire.error_frame(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
         finally:

@@ -30,7 +30,7 @@ class LedgerService:
             reply = await asyncio.get_running_loop().run_in_executor(None, self._answer, frame)
             await wire.write_frame(writer, {"type": "ledger", **reply})
 
-        await self.serving.guard(serve, writer, info)
+        await self.serving.guard(serve, writer, info, "ledger")
 
     def _answer(self, frame: dict[str, Any]) -> dict[str, Any]:
         op = frame.get("op")

@@ -73,8 +73,9 @@ class LocalSwarm:
             self.bootstrap = self._wait(self._spawn("bootstrap", None, ["node", "bootstrap", "--host", self.host,
                                                                        "--identity",
                                                                        str(self.state_dir / "bootstrap.key")]))
+            spans = even_spans(num_blocks, num_nodes) if num_nodes else []  # 0: just the bootstrap peer
             pending = [self.spawn_node(blocks=span, dtype=dtypes[i] if dtypes else None, wait=False)
-                       for i, span in enumerate(even_spans(num_blocks, num_nodes))]
+                       for i, span in enumerate(spans)]
             for node in pending:
                 self.nodes.append(self._wait(node))
                 log.info("%s ready: blocks %s peer %s", node.name, node.blocks, node.peer_id)

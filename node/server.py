@@ -1,4 +1,9 @@
-"""The node daemon's lifecycle: load and verify shards, join the DHT, serve, announce, leave cleanly."""
+"""The node daemon's lifecycle: join the DHT, choose and load blocks, serve, announce, rebalance, leave.
+
+One asyncio loop runs everything but tensor compute (the serving compute thread) and disk reads
+(the default executor). SIGTERM drains: new sessions are refused, live ones get `drain_grace`
+seconds to finish, the node announces `offline`, flushes its ledger and exits 0.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,14 @@ import asyncio
 import fcntl
 import logging
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import hivemind
+import psutil
+import torch
 
 from ledger import canonical
 from ledger.entries import Entry, LoadEntry, ServeEntry
@@ -22,6 +30,7 @@ from routing import dht as dht_io
 from routing import ledger_rpc, wire
 from routing.client import PeerLink
 from routing.records import ServerRecord, SignedRecordValidator
+from shards.blocks import BlockStack
 from shards.catalog import resolve_model
 from shards.store import ShardStore, parse_dtype
 
@@ -29,11 +38,14 @@ from .config import NodeConfig
 from .errors import NodeError
 from .handlers import Serving
 from .ledger_service import LedgerService
+from .metrics import NodeMetrics, NodeState
+from .selection import blocks_for_budget, best_start, coverage, parse_size, should_move
 from .sessions import NodeSession
 from .throughput import cached_throughput
 from .witnessing import CHECKPOINT_KEY, Witness
 
 log = logging.getLogger(__name__)
+IDLE_CHECK_PERIOD = 5.0
 
 
 class Node:
@@ -44,12 +56,17 @@ class Node:
         self.peer_id = self.identity.peer_id
         self.store = ShardStore(resolve_model(config.model))
         self.root = self.store.root
+        self.num_blocks = self.store.manifest.num_blocks
+        self.dtype = parse_dtype(config.dtype)
         self.dht: hivemind.DHT | None = None
         self.serving: Serving | None = None
         self.ledger: Store | None = None
+        self.witness: Witness | None = None
+        self.metrics = NodeMetrics()
         self.state = "joining"
         self.throughput = 0.0
-        self.witness: Witness | None = None
+        self._dht_peers = 0
+        self._maddrs: list[str] = []
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then leave cleanly."""
@@ -59,29 +76,19 @@ class Node:
         finally:
             await self._shutdown()
 
+    # ---- start -----------------------------------------------------------------------------------
+
     async def _start(self) -> None:
         c = self.config
-        span = c.block_range
-        if span is None:
-            raise NodeError("--blocks auto needs the rebalancer (not available yet); give --blocks A:B")
-        start, end = span
-        n = self.store.manifest.num_blocks
-        if end > n:
-            raise NodeError(f"--blocks {start}:{end} is outside the model's 0:{n}")
-        dtype = parse_dtype(c.dtype)
         loop = asyncio.get_running_loop()
-        log.info("loading blocks %d:%d of %s (%s, %s)", start, end, self.root[:16], c.device, c.dtype)
-        stack = await loop.run_in_executor(None, self.store.load_blocks, start, end, c.device, dtype)
         self.ledger = None if ledger_disabled(c) else Store(c.ledger, self.identity)
-        self._log(LoadEntry(manifest_root=bytes.fromhex(self.root), blocks=(start, end),
-                                     shard_digests=tuple(bytes.fromhex(d) for d in
-                                                         self.store.manifest.block_digests(start, end)),
-                                     device=c.device, dtype=c.dtype, time_ns=time.time_ns()))
-        self.throughput = await loop.run_in_executor(None, self._throughput, stack)
-        self.serving = Serving(c, self.root, stack, self.peer_id, self._log_session, self._info_extra)
         self.dht = await loop.run_in_executor(None, self._start_dht)
         p2p = await self.dht.replicate_p2p()
-        s = self.serving
+        self._maddrs = [str(m) for m in self.dht.get_visible_maddrs()]
+        start, end = await self._choose_span()
+        stack = await self._load_span(start, end)
+        self.serving = s = Serving(c, self.root, stack, self.peer_id, self.metrics, self._log_session,
+                                   self._info_extra)
         handlers = [("swarmlm.info", s.handle_info), ("swarmlm.forward", s.handle_forward),
                     ("swarmlm.inference", s.handle_inference)]
         if self.ledger is not None:
@@ -89,17 +96,15 @@ class Node:
             self.witness = Witness(PeerLink(p2p, request_timeout=30), self.ledger, self.peer_id)
         for name, handler in handlers:
             await p2p.add_binary_stream_handler(name, handler)
+        if c.metrics_port is not None:
+            self.metrics.set_state_source(self._metrics_state)
+            port = self.metrics.start_http(c.metrics_host, c.metrics_port)
+            print(f"metrics http://{c.metrics_host}:{port}/metrics", flush=True)
         self.state = "online"
         await self._announce()
-        for maddr in self.dht.get_visible_maddrs():
+        for maddr in self._maddrs:
             print(f"maddr {maddr}", flush=True)
         print(f"ready {self.peer_id} blocks {start}:{end} root {self.root}", flush=True)
-
-    def _throughput(self, stack: Any) -> float:
-        if self.config.throughput != "auto":
-            return float(self.config.throughput)
-        key = f"{self.root}:{stack.start}:{stack.end}:{self.config.device}:{self.config.dtype}"
-        return cached_throughput(self.config.state_dir / "throughput.json", key, stack)
 
     def _start_dht(self) -> hivemind.DHT:
         c = self.config
@@ -109,22 +114,115 @@ class Node:
             check_if_identity_free=False,  # hivemind's check parses only RSA keys; we hold a lock instead
             record_validators=[SignedRecordValidator(self.identity.seed)])
 
+    async def _choose_span(self) -> tuple[int, int]:
+        """The configured A:B, or with `auto` the weakest-covered window of the size our memory holds."""
+        span = self.config.block_range
+        if span is not None:
+            if span[1] > self.num_blocks:
+                raise NodeError(f"--blocks {span[0]}:{span[1]} is outside the model's 0:{self.num_blocks}")
+            return span
+        length = self.config.num_blocks or self._blocks_that_fit()
+        records = await self._records()
+        start = best_start(coverage(records.values(), self.num_blocks), length)
+        log.info("auto: serving blocks %d:%d, where the swarm is weakest", start, start + min(length, self.num_blocks))
+        return start, start + min(length, self.num_blocks)
+
+    def _blocks_that_fit(self) -> int:
+        c, m = self.config, self.store.manifest
+        if c.max_memory:
+            budget = parse_size(c.max_memory)
+        elif c.device.startswith("cuda"):
+            budget = int(torch.cuda.mem_get_info(torch.device(c.device))[0] * 0.8)
+        else:
+            budget = int(psutil.virtual_memory().available * 0.8)
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        block_bytes = m.block(0).size * itemsize // 4 if m.dtype == "float32" else m.block(0).size
+        cache_bytes = c.cache_tokens * 2 * m.config.num_kv_heads * m.config.head_dim * itemsize
+        return blocks_for_budget(budget, block_bytes, cache_bytes, self.num_blocks)
+
+    async def _load_span(self, start: int, end: int) -> BlockStack:
+        c = self.config
+        loop = asyncio.get_running_loop()
+        log.info("loading blocks %d:%d of %s (%s, %s)", start, end, self.root[:16], c.device, c.dtype)
+        stack = await loop.run_in_executor(None, self.store.load_blocks, start, end, c.device, self.dtype)
+        self._log(LoadEntry(manifest_root=bytes.fromhex(self.root), blocks=(start, end),
+                            shard_digests=tuple(bytes.fromhex(d) for d in self.store.manifest.block_digests(start, end)),
+                            device=c.device, dtype=c.dtype, time_ns=time.time_ns()))
+        self.throughput = await loop.run_in_executor(None, self._throughput, stack)
+        return stack
+
+    def _throughput(self, stack: BlockStack) -> float:
+        if self.config.throughput != "auto":
+            return float(self.config.throughput)
+        key = f"{self.root}:{stack.start}:{stack.end}:{self.config.device}:{self.config.dtype}"
+        return cached_throughput(self.config.state_dir / "throughput.json", key, stack)
+
+    # ---- serve -----------------------------------------------------------------------------------
+
     async def _serve(self, stop: asyncio.Event) -> None:
-        period = self.config.announce_period
+        """Periodic work: announce and witness, expire idle sessions, and (auto) rebalance."""
+        c = self.config
+        now = time.monotonic()
+        next_announce = now + c.announce_period
+        next_idle = now + IDLE_CHECK_PERIOD
+        rebalancing = c.block_range is None and c.rebalance_period > 0
+        next_rebalance = now + c.rebalance_period * random.uniform(0.5, 1.0)  # jitter: nodes do not move in step
         while not stop.is_set():
+            wake = min(next_announce, next_idle, next_rebalance if rebalancing else float("inf"))
             try:
-                await asyncio.wait_for(stop.wait(), timeout=period)
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, wake - time.monotonic()))
+                break
             except asyncio.TimeoutError:
+                pass
+            now = time.monotonic()
+            if now >= next_announce:
                 await self._announce()
                 await self._witness()
+                next_announce = time.monotonic() + c.announce_period
+            if now >= next_idle and self.serving is not None:
+                await self.serving.expire_idle()
+                next_idle = now + IDLE_CHECK_PERIOD
+            if rebalancing and now >= next_rebalance:
+                await self._rebalance(stop)
+                next_rebalance = time.monotonic() + c.rebalance_period * random.uniform(0.75, 1.25)
+
+    async def _rebalance(self, stop: asyncio.Event) -> None:
+        """Move to a weaker span when it clearly helps, after draining live sessions there."""
+        assert self.serving is not None
+        try:
+            records = await self._records()
+        except Exception as e:
+            log.warning("rebalance: cannot read the swarm's coverage: %s", e)
+            return
+        me = self.record()
+        records[self.peer_id] = me
+        target = should_move(records.values(), self.num_blocks, me)
+        if target is None or stop.is_set():
+            return
+        length = me.end - me.start
+        log.info("rebalance: moving from blocks %d:%d to %d:%d, where the swarm is weakest",
+                 me.start, me.end, target, target + length)
+        self.state = "draining"
+        await self._announce()
+        await self.serving.drain(self.config.drain_grace)
+        self.state = "offline"
+        await self._announce(self.record())  # the old blocks' records now say offline, not a stale online
+        stack = await self._load_span(target, target + length)
+        self.serving.stack = stack
+        self.serving.draining = False
+        self.state = "online"
+        await self._announce()
+
+    async def _records(self) -> dict[str, ServerRecord]:
+        assert self.dht is not None
+        return await dht_io.fetch_records(self.dht, self.root, self.num_blocks)
 
     async def _witness(self) -> None:
         """Check the peers' ledgers; never let a peer's misbehaviour take this node down."""
-        if self.witness is None or self.dht is None:
+        if self.witness is None:
             return
         try:
-            records = await dht_io.fetch_records(self.dht, self.root, self.store.manifest.num_blocks)
-            await self.witness.round(records.values())
+            await self.witness.round((await self._records()).values())
         except Exception as e:
             log.warning("witnessing round failed: %s", e)
 
@@ -135,25 +233,47 @@ class Node:
                             throughput=round(self.throughput, 2), dtype=wire.dtype_name(s.dtype),
                             device=s.device.type, cache_tokens_left=s.pool.free, version=wire.PROTOCOL_VERSION,
                             name=self.config.public_name, active_sessions=len(s.sessions),
-                            extra={CHECKPOINT_KEY: checkpoint} if checkpoint else {})
+                            max_step_tokens=self.config.max_step_tokens, max_session_length=s.max_length,
+                            maddrs=self._maddrs, extra={CHECKPOINT_KEY: checkpoint} if checkpoint else {})
 
-    async def _announce(self) -> None:
+    async def _announce(self, record: ServerRecord | None = None) -> None:
+        """Store our record under each served block; the DHT is best-effort, never fatal."""
         if self.dht is None or self.serving is None:
             return
         try:
-            checkpoint = None
-            if self.ledger is not None:
-                _, checkpoint = await asyncio.get_running_loop().run_in_executor(None, self.ledger.latest_checkpoint)
-            record = self.record(checkpoint)
-            ok = await dht_io.announce(self.dht, self.root, record, 2 * self.config.announce_period)
-            if not ok:
+            if record is None:
+                checkpoint = None
+                if self.ledger is not None:
+                    _, checkpoint = await asyncio.get_running_loop().run_in_executor(
+                        None, self.ledger.latest_checkpoint)
+                record = self.record(checkpoint)
+            if not await dht_io.announce(self.dht, self.root, record, 2 * self.config.announce_period):
                 log.warning("DHT announcement was not stored by any peer (is the swarm reachable?)")
-        except Exception as e:  # the DHT is best-effort: never let it take the node down
+            self._dht_peers = await dht_io.peer_count(self.dht)
+        except Exception as e:
             log.warning("DHT announcement failed: %s", e)
+
+    # ---- observability ---------------------------------------------------------------------------
 
     def _info_extra(self) -> dict[str, Any]:
         return {"state": self.state, "name": self.config.public_name, "throughput": round(self.throughput, 2),
                 "ledger_size": self.ledger.size() if self.ledger else 0}
+
+    def _metrics_state(self) -> NodeState:
+        s = self.serving
+        state: NodeState = {"dht_peers": self._dht_peers, "root": self.root, "dtype": self.config.dtype}
+        if s is not None:
+            state.update(active_sessions=len(s.sessions), cache_tokens_used=s.pool.used,
+                         cache_tokens_free=s.pool.free, blocks_served=(s.stack.start, s.stack.end))
+        if self.ledger is not None:
+            state["ledger_entries"] = self.ledger.size()
+            try:
+                state["ledger_checkpoint_size"] = self.ledger.latest_checkpoint()[0]
+            except LedgerError:
+                pass
+        return state
+
+    # ---- ledger ----------------------------------------------------------------------------------
 
     def _log(self, entry: Entry) -> None:
         """Queue an entry for the ledger's writer thread; the serving path never waits for the disk."""
@@ -191,20 +311,29 @@ class Node:
             return None
         return receipt
 
+    # ---- leave -----------------------------------------------------------------------------------
+
     async def _shutdown(self) -> None:
-        self.state = "offline"
         if self.serving is not None:
-            self.serving.draining = True
+            self.state = "draining"
             await self._announce()
-            for session in list(self.serving.sessions.values()):
-                self.serving._close(session, None)
+            log.info("draining: %d live session(s) get up to %.0fs to finish", len(self.serving.sessions),
+                     self.config.drain_grace)
+            await self.serving.drain(self.config.drain_grace)
+            self.state = "offline"
+            await self._announce()
             self.serving.executor.shutdown(wait=True)
+        self.metrics.stop_http()
         if self.dht is not None:
             self.dht.shutdown()
         if self.ledger is not None:
             self.ledger.close()
         log.info("node %s stopped", self.peer_id)
 
+
+def ledger_disabled(config: NodeConfig) -> bool:
+    """`--ledger off` runs without a ledger: only for measuring what the ledger costs."""
+    return str(config.ledger) == "off"
 
 
 def _lock_identity(path: Path) -> int:
@@ -218,8 +347,3 @@ def _lock_identity(path: Path) -> int:
         raise NodeError(f"the identity {path} is in use by another node on this machine; "
                         "give each node its own --identity or --state-dir") from None
     return fd
-
-
-def ledger_disabled(config: NodeConfig) -> bool:
-    """`--ledger off` runs without a ledger: only for measuring what the ledger costs."""
-    return str(config.ledger) == "off"

@@ -28,6 +28,11 @@ class NodeSession:
     _steps: "hashlib._Hash" = field(default_factory=hashlib.sha256)
     _outputs: "hashlib._Hash" = field(default_factory=hashlib.sha256)
 
+    @property
+    def key(self) -> str:
+        """Sessions are per client: two clients may pick the same id."""
+        return f"{self.client}/{self.session_id}"
+
     def record_step(self, n_tokens: int, input_digest: bytes, output_digest: bytes) -> None:
         self.tokens += n_tokens
         self.steps += 1

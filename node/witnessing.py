@@ -36,6 +36,8 @@ class Witness:
     async def round(self, records: Iterable[ServerRecord]) -> int:
         """Check every peer that published a checkpoint; returns how many were cosigned."""
         cosigned = 0
+        records = list(records)
+        self.link.learn(records)
         for record in records:
             note = record.extra.get(CHECKPOINT_KEY)
             if record.peer_id == self.own or not isinstance(note, str):

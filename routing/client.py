@@ -14,12 +14,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Coroutine, Sequence, TypeVar
+from typing import Any, Coroutine, Iterable, Sequence, TypeVar
 
 import hivemind
 import torch
 import uvloop
 from hivemind.p2p import P2P, PeerID
+from multiaddr import Multiaddr
 
 from ledger.keys import Identity
 
@@ -44,8 +45,27 @@ class PeerLink:
 
     def __init__(self, p2p: P2P, request_timeout: float = 60.0) -> None:
         self.p2p, self.request_timeout = p2p, request_timeout
+        self._addresses: dict[str, list[str]] = {}
+        self._dialed: set[str] = set()
+
+    def learn(self, records: Iterable[ServerRecord]) -> None:
+        """Remember where announced peers listen, so the first stream to each dials it directly."""
+        for r in records:
+            if r.maddrs:
+                self._addresses[r.peer_id] = r.maddrs
+
+    async def _dial(self, peer: str) -> None:
+        if peer in self._dialed or peer not in self._addresses:
+            return
+        try:  # p2pd would otherwise have to discover the address through libp2p's own DHT
+            await asyncio.wait_for(self.p2p._client.connect(
+                PeerID.from_base58(peer), [Multiaddr(a) for a in self._addresses[peer]]), self.request_timeout)
+            self._dialed.add(peer)
+        except Exception as e:
+            log.debug("direct dial of %s failed (%s); leaving it to libp2p", peer[-8:], e)
 
     async def open_stream(self, peer: str, handler: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        await self._dial(peer)
         try:
             _, reader, writer = await asyncio.wait_for(
                 self.p2p.call_binary_stream_handler(PeerID.from_base58(peer), handler), self.request_timeout)
@@ -224,7 +244,13 @@ def is_node_failure(error: RoutingError) -> bool:
         return True
     return isinstance(error, RemoteError) and error.code in (
         ErrorCode.CACHE_FULL.value, ErrorCode.DRAINING.value, ErrorCode.INTERNAL.value, ErrorCode.WRONG_MODEL.value,
-        ErrorCode.VERSION.value, ErrorCode.UNKNOWN_SESSION.value)
+        ErrorCode.VERSION.value, ErrorCode.UNKNOWN_SESSION.value, ErrorCode.SESSION_EXPIRED.value)
+
+
+def deserves_ban(error: RoutingError) -> bool:
+    """A node that closed an idle session, or is leaving politely, did nothing wrong."""
+    return not (isinstance(error, RemoteError) and error.code in (ErrorCode.SESSION_EXPIRED.value,
+                                                                   ErrorCode.DRAINING.value))
 
 
 async def gather_pings(client: PeerLink, peers: Sequence[str], timeout: float = 5.0

@@ -71,3 +71,12 @@ async def fetch_records(dht: hivemind.DHT, root: str, num_blocks: int) -> dict[s
                 if record is not None:
                     records[peer] = record
     return records
+
+
+async def _routing_table_size(dht: hivemind.DHT, node: Any) -> int:
+    return len(node.protocol.routing_table.uid_to_peer_id)
+
+
+async def peer_count(dht: hivemind.DHT) -> int:
+    """How many peers this node's DHT knows (for metrics)."""
+    return await dht.run_coroutine(_routing_table_size, return_future=True)

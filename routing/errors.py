@@ -19,6 +19,7 @@ class ErrorCode(str, Enum):
     BAD_POSITION = "bad_position"  # a step that leaves a gap in the cache
     MAX_LENGTH = "max_length"  # a step past the session's max length
     UNKNOWN_SESSION = "unknown_session"
+    SESSION_EXPIRED = "session_expired"  # idle too long, or the node is leaving: reopen (elsewhere) and replay
     CACHE_FULL = "cache_full"  # the node's KV-cache pool cannot hold the session
     DRAINING = "draining"  # the node is leaving or moving and takes no new sessions
     WRONG_MODEL = "wrong_model"  # asked for another manifest root or span

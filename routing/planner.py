@@ -33,15 +33,17 @@ def hop_cost(record: ServerRecord, blocks: int, rtt: float) -> float:
     return rtt + blocks * per_block * (1 + record.active_sessions)
 
 
-def usable(records: Iterable[ServerRecord], banned: Container[str] = ()) -> list[ServerRecord]:
-    return [r for r in records if r.is_serving and r.version == PROTOCOL_VERSION and r.peer_id not in banned]
+def usable(records: Iterable[ServerRecord], banned: Container[str] = (), max_length: int = 1) -> list[ServerRecord]:
+    return [r for r in records if r.is_serving and r.version == PROTOCOL_VERSION and r.peer_id not in banned
+            and r.max_session_length >= max_length]
 
 
 def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Mapping[str, float] | None = None,
-               banned: Container[str] = ()) -> list[Hop]:
-    """The cheapest chain of hops covering [start, end); NoRouteError naming the first gap if none."""
+               banned: Container[str] = (), max_length: int = 1) -> list[Hop]:
+    """The cheapest chain of hops covering [start, end) for sessions of `max_length` tokens;
+    NoRouteError naming the first gap if none."""
     rtt = rtt or {}
-    servers = [r for r in usable(records, banned) if r.start < end and r.end > start]
+    servers = [r for r in usable(records, banned, max_length) if r.start < end and r.end > start]
     boundaries = sorted({start, end} | {b for r in servers for b in (r.start, r.end) if start < b < end})
     best: dict[int, float] = {start: 0.0}
     came_from: dict[int, tuple[int, ServerRecord]] = {}

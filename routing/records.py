@@ -44,6 +44,9 @@ class ServerRecord:
     version: int
     name: str = ""
     active_sessions: int = 0
+    max_step_tokens: int = 2048  # the node's limits, so clients chunk and size sessions to fit
+    max_session_length: int = 8192
+    maddrs: list[str] = field(default_factory=list)  # where to dial it (peers need not find it via libp2p)
     extra: dict[str, Any] = field(default_factory=dict)  # forward-compatible additions (e.g. checkpoint)
 
     def to_value(self) -> dict[str, Any]:
@@ -58,7 +61,10 @@ class ServerRecord:
             known = {f.name for f in fields(cls)} - {"peer_id"}
             record = cls(peer_id=peer_id, **{k: v for k, v in value.items() if k in known})
             ok = (record.state in STATES and 0 <= record.start < record.end and isinstance(record.throughput, (int, float))
-                  and isinstance(record.version, int) and isinstance(record.dtype, str))
+                  and isinstance(record.version, int) and isinstance(record.dtype, str)
+                  and type(record.max_step_tokens) is int and type(record.max_session_length) is int
+                  and isinstance(record.maddrs, list) and all(isinstance(m, str) for m in record.maddrs)
+                  and isinstance(record.extra, dict))
         except (AttributeError, TypeError, ValueError):
             ok = False
         if not ok:

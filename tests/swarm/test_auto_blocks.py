@@ -1,0 +1,49 @@
+"""Nodes started with --blocks auto cover the model, join where it is weakest, and heal gaps."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from node.local_swarm import LocalSwarm
+from node.selection import best_start, coverage
+from routing.client import SwarmClient
+
+
+def _records(client: SwarmClient, root: str):
+    return client.run(client.records(root, 30))
+
+
+def test_auto_nodes_cover_all_blocks_join_the_weakest_and_recover_a_loss(default_store, tmp_path):
+    root = default_store.root
+    swarm = LocalSwarm(str(default_store.path), tmp_path, announce_period=2.0,
+                       node_args=["--num-blocks", "8", "--rebalance-period", "3"])
+    with swarm:
+        swarm.start(0, 30)
+        first_four = [swarm.spawn_node() for _ in range(4)]  # one after another, each sees the others
+        served = set().union(*(range(*n.blocks) for n in first_four))
+        assert served == set(range(30)), [n.blocks for n in first_four]
+
+        client = SwarmClient(swarm.initial_peers)
+        try:
+            before = _records(client, root)
+            expected = best_start(coverage(before.values(), 30), 8)
+            fifth = swarm.spawn_node()
+            assert fifth.blocks == (expected, expected + 8)
+
+            # Lose a node that alone serves some block; the others must re-cover it.
+            cov_without = {n.peer_id: coverage([r for p, r in _records(client, root).items() if p != n.peer_id], 30)
+                           for n in first_four}
+            victim = next(n for n in first_four if min(cov_without[n.peer_id]) == 0)
+            swarm.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                records = _records(client, root)
+                alive = {p: r for p, r in records.items() if p != victim.peer_id}
+                if min(coverage(alive.values(), 30)) > 0 and victim.peer_id not in {
+                        p for p, r in records.items() if r.state == "online"}:
+                    break
+                time.sleep(1)
+            assert min(coverage(alive.values(), 30)) > 0, {p[-6:]: (r.start, r.end, r.state) for p, r in records.items()}
+        finally:
+            client.close()

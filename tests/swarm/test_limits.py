@@ -1,0 +1,111 @@
+"""Limits that protect a node: cache pool, idle expiry, per-step and per-session tokens (real processes)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from node.local_swarm import LocalSwarm
+from routing import wire
+from routing.errors import RemoteError
+from swarmlm.sdk import RemoteModel
+
+PROMPT = "What is the capital of France?"
+LIMITED = ["--cache-tokens", "96", "--session-timeout", "2", "--max-step-tokens", "16",
+           "--max-session-length", "128", "--throughput", "1000"]  # announced as fast: clients try it first
+
+
+@pytest.fixture(scope="module")
+def limited(default_store, tmp_path_factory):
+    """Node A serves every block with tight limits; node B too, with the defaults."""
+    swarm = LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("limits"), announce_period=2.0)
+    with swarm:
+        swarm.start(0, 30)
+        a = swarm.spawn_node((0, 30), extra=LIMITED)
+        b = swarm.spawn_node((0, 30))
+        yield swarm, a, b
+
+
+def _session(client, peer, root, session, max_length, *steps):
+    """Open a session and run (start, n_tokens, pause_before) steps; returns reply types/codes."""
+    async def go():
+        reader, writer = await client.open_stream(peer, "swarmlm.inference")
+        out = []
+        try:
+            await wire.write_frame(writer, {"type": "open", "v": 1, "root": root, "session": session,
+                                            "max_length": max_length})
+            frame = await wire.read_frame(reader)
+            out.append(frame)
+            if frame["type"] == "error":
+                return out
+            for start, n, pause in steps:
+                await __import__("asyncio").sleep(pause)
+                await wire.write_frame(writer, {"type": "step", "session": session, "step": 0, "start": start,
+                                                "hidden": wire.encode_tensor(torch.randn(1, n, 576))})
+                out.append(await wire.read_frame(reader))
+            return out
+        finally:
+            writer.close()
+
+    return client.run(go(), timeout=120)
+
+
+@pytest.fixture(scope="module")
+def model(limited, default_store):
+    swarm, *_ = limited
+    with RemoteModel.connect(swarm.initial_peers, default_store.path) as m:
+        yield m
+
+
+def test_cache_full_is_refused_at_open_with_a_clear_error(limited, model):
+    _, a, _ = limited
+    [reply] = _session(model.client, a.peer_id, model.root, "big", 100)
+    assert reply["code"] == "cache_full" and "cache full" in reply["message"] and "96" in reply["message"]
+
+
+def test_a_client_refused_for_cache_full_uses_another_node(limited, model, local_model):
+    _, a, b = limited
+    with model.inference_session(max_length=120) as s:  # 120 > A's 96-token pool
+        g = s.generate(PROMPT, 16)
+        served_by = {span.peer for span in s.runner.spans}
+    assert served_by == {b.peer_id}
+    assert g.token_ids == local_model.generate(PROMPT, 16).token_ids
+
+
+def test_per_step_and_per_session_token_limits(limited, model):
+    _, a, _ = limited
+    [_, too_many] = _session(model.client, a.peer_id, model.root, "step", 64, (0, 17, 0))
+    assert too_many["code"] == "too_large" and "tokens per step <= 16" in too_many["message"]
+    [too_long] = _session(model.client, a.peer_id, model.root, "long", 129)
+    assert too_long["code"] == "max_length" and "128" in too_long["message"]
+
+
+def test_idle_sessions_expire_with_a_clear_error(limited, model):
+    _, a, _ = limited
+    opened, first, later = _session(model.client, a.peer_id, model.root, "idle", 32, (0, 4, 0), (4, 1, 9))
+    assert (opened["type"], first["type"]) == ("opened", "result")
+    assert later["code"] == "session_expired" and "idle" in later["message"]
+
+
+def test_the_sdk_chunks_prompts_and_survives_an_expired_session(limited, default_store, local_model):
+    """Only A serves (B banned): prompts go in 16-token steps; an idle session is reopened and replayed."""
+    swarm, a, b = limited
+    with RemoteModel.connect(swarm.initial_peers, default_store.path) as m:
+        m.view.bans.ban(b.peer_id)
+        m.view.bans._until[b.peer_id] = time.monotonic() + 3600
+        with m.inference_session(max_length=96) as chat:
+            first = chat.generate(PROMPT, 8)
+            time.sleep(9)  # longer than A's 2 s session timeout (checked every 5 s)
+            conversation = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": first.text},
+                            {"role": "user", "content": "And of Germany?"}]
+            second = chat.generate(conversation, 8)
+            assert chat.runner.failovers == 1 and {s.peer for s in chat.runner.spans} == {a.peer_id}
+    assert second.token_ids == local_model.generate(conversation, 8).token_ids
+
+
+def test_remote_errors_carry_the_node_message(limited, model):
+    _, a, _ = limited
+    err = RemoteError(a.peer_id, "cache_full", "cache full: …")
+    assert "cache_full" in str(err) and a.peer_id[-8:] in str(err)

@@ -12,6 +12,7 @@ from pathlib import Path
 import uvloop
 
 from . import config as node_config
+from . import status
 from .logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--force", action="store_true",
                       help="replace an existing node.toml (an existing identity is always kept)")
     init.set_defaults(func=_init)
+
+    status.add_parser(sub)
 
     boot = sub.add_parser("bootstrap", help="run a DHT-only peer that others join through",
                           description="A bootstrap peer serves no blocks; it gives new nodes and clients a stable "

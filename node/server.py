@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import logging
 import os
 import random
@@ -102,9 +103,16 @@ class Node:
             print(f"metrics http://{c.metrics_host}:{port}/metrics", flush=True)
         self.state = "online"
         await self._announce()
+        self._write_runtime_file()
         for maddr in self._maddrs:
             print(f"maddr {maddr}", flush=True)
         print(f"ready {self.peer_id} blocks {start}:{end} root {self.root}", flush=True)
+
+    def _write_runtime_file(self) -> None:
+        """STATE_DIR/node.json tells `swarmlm node status` (same machine) where this node listens."""
+        path = runtime_file(self.config.state_dir)
+        path.write_text(json.dumps({"peer_id": self.peer_id, "maddrs": self._maddrs, "pid": os.getpid(),
+                                    "started": time.time()}))
 
     def _start_dht(self) -> hivemind.DHT:
         c = self.config
@@ -328,7 +336,12 @@ class Node:
             self.dht.shutdown()
         if self.ledger is not None:
             self.ledger.close()
+        runtime_file(self.config.state_dir).unlink(missing_ok=True)
         log.info("node %s stopped", self.peer_id)
+
+
+def runtime_file(state_dir: Path) -> Path:
+    return state_dir / "node.json"
 
 
 def ledger_disabled(config: NodeConfig) -> bool:

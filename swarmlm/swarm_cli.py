@@ -1,4 +1,4 @@
-"""`swarmlm swarm …`: a local swarm of real node processes, and (later) the swarm's status."""
+"""`swarmlm swarm …`: a local swarm of real node processes, and a swarm's coverage status."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from node.local_swarm import LocalSwarm
 from shards.catalog import DEFAULT_MODEL, resolve_model
 from shards.manifest import Manifest
 from shards.paths import swarmlm_home
+
+from . import swarm_status
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     local.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     local.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype of every node")
     local.set_defaults(func=_local)
+    swarm_status.add_parser(sub)
 
 
 def _local(args: argparse.Namespace) -> int:

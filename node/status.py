@@ -1,0 +1,78 @@
+"""`swarmlm node status`: one node's uptime, span, sessions, tokens served and ledger height.
+
+Reach it by multiaddr (`--peer`), or on this machine through the runtime file a running node
+writes beside its identity (`--identity`, default: the default state folder's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from routing.client import SwarmClient
+from shards.paths import swarmlm_home
+
+from .errors import NodeError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="one node's uptime, span, sessions, tokens served, ledger height")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--identity", type=Path, help="a local node's identity file "
+                                                     "(default $SWARMLM_HOME/node/identity.key)")
+    where.add_argument("--peer", metavar="MADDR", help="a node's multiaddr, ending in /p2p/PEER_ID")
+    p.add_argument("--json", action="store_true", help="print the node's info as JSON")
+    p.set_defaults(func=_status)
+
+
+def _target(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """(peer ID, multiaddrs to dial) of the node to ask."""
+    if args.peer:
+        if "/p2p/" not in args.peer:
+            raise NodeError(f"{args.peer} has no /p2p/PEER_ID part; copy a node's 'maddr' line")
+        return args.peer.rsplit("/p2p/", 1)[1], [args.peer]
+    identity = args.identity or swarmlm_home() / "node" / "identity.key"
+    runtime = identity.parent / "node.json"
+    try:
+        info = json.loads(runtime.read_text())
+    except FileNotFoundError:
+        raise NodeError(f"no running node found beside {identity} (no {runtime}); is it started? "
+                        "For a remote node use --peer MADDR") from None
+    return info["peer_id"], info["maddrs"]
+
+
+def _status(args: argparse.Namespace) -> int:
+    peer, maddrs = _target(args)
+    client = SwarmClient(maddrs, request_timeout=15)
+    try:
+        rtt, info = client.run(client.ping(peer))
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps({**info, "rtt_ms": round(rtt * 1000, 2)}, indent=2))
+        return 0
+    _print(info, rtt)
+    return 0
+
+
+def _print(info: dict[str, Any], rtt: float) -> None:
+    load = info.get("load", {})
+    rows = [("peer", info.get("peer_id")), ("name", info.get("name") or "-"), ("state", info.get("state")),
+            ("uptime", _duration(info.get("uptime_s", 0))), ("model", info.get("root")),
+            ("blocks", f"{info.get('start')}:{info.get('end')}"),
+            ("compute", f"{info.get('dtype')} on {info.get('device')}, {info.get('throughput')} tok/s"),
+            ("sessions", load.get("sessions")),
+            ("cache", f"{load.get('cache_tokens_used')} used, {load.get('cache_tokens_free')} free tokens"),
+            ("served", f"{info.get('tokens_served')} tokens"), ("ledger", f"{info.get('ledger_size')} entries"),
+            ("version", f"swarmlm {info.get('versions', {}).get('swarmlm')}, protocol {info.get('v')}"),
+            ("rtt", f"{rtt * 1000:.1f} ms")]
+    for k, v in rows:
+        print(f"{k:<9} {v}")
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 86400}d {s % 86400 // 3600}h {s % 3600 // 60}m {s % 60}s" if s >= 86400 else \
+        f"{s // 3600}h {s % 3600 // 60}m {s % 60}s"

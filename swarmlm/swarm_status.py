@@ -1,0 +1,91 @@
+"""`swarmlm swarm status`: which nodes serve which blocks of a model, and which blocks nobody serves."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from node.selection import coverage
+from routing.client import SwarmClient
+from routing.records import ServerRecord
+from shards.catalog import DEFAULT_MODEL, resolve_model
+from shards.manifest import Manifest
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="coverage map of a model's blocks across the swarm",
+                       description="Read every node's signed DHT record for the model and show, per span, the "
+                                   "nodes serving it; blocks nobody serves are flagged.")
+    p.add_argument("--peers", nargs="+", required=True, metavar="MADDR", help="multiaddrs to join the swarm through")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"store folder or catalogued name (default {DEFAULT_MODEL})")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of tables")
+    p.set_defaults(func=_status)
+
+
+def swarm_report(records: dict[str, ServerRecord], manifest: Manifest) -> dict[str, Any]:
+    n = manifest.num_blocks
+    online = [r for r in records.values() if r.state == "online"]
+    counts = [0] * n
+    for r in online:
+        for b in range(r.start, min(r.end, n)):
+            counts[b] += 1
+    throughput = coverage(online, n)
+    unserved = [b for b in range(n) if counts[b] == 0]
+    nodes = [{"peer_id": r.peer_id, "name": r.name, "blocks": [r.start, r.end], "state": r.state, "dtype": r.dtype,
+              "device": r.device, "throughput": r.throughput, "active_sessions": r.active_sessions,
+              "cache_tokens_left": r.cache_tokens_left, "version": r.version}
+             for r in sorted(records.values(), key=lambda r: (r.start, r.end, r.peer_id))]
+    return {"root": manifest.root, "model": manifest.name, "num_blocks": n, "nodes": nodes, "servers_per_block": counts,
+            "throughput_per_block": throughput, "unserved": unserved,
+            "totals": {"nodes": len(records), "online": len(online), "blocks_covered": n - len(unserved),
+                       "weakest_block_throughput": min(throughput) if throughput else 0.0}}
+
+
+def _status(args: argparse.Namespace) -> int:
+    manifest = Manifest.load(resolve_model(args.model))
+    client = SwarmClient(args.peers, request_timeout=30)
+    try:
+        records = client.run(client.records(manifest.root, manifest.num_blocks))
+    finally:
+        client.close()
+    report = swarm_report(records, manifest)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print(report)
+    return 0 if not report["unserved"] else 1
+
+
+def _ranges(blocks: list[int]) -> str:
+    out, start = [], None
+    for i, b in enumerate(blocks):
+        start = b if start is None else start
+        if i + 1 == len(blocks) or blocks[i + 1] != b + 1:
+            out.append(f"{start}" if start == b else f"{start}-{b}")
+            start = None
+    return ", ".join(out)
+
+
+def _print(report: dict[str, Any]) -> None:
+    console = Console(width=None if Console().is_terminal else 120)
+    table = Table(title=f"{report['model'] or 'model'} {report['root'][:16]}… ({report['num_blocks']} blocks)")
+    for col in ("blocks", "node", "state", "dtype", "tok/s", "sessions", "cache left", "version"):
+        table.add_column(col)
+    for node in report["nodes"]:
+        style = None if node["state"] == "online" else "dim"
+        table.add_row(f"{node['blocks'][0]}:{node['blocks'][1]}", node["name"] or node["peer_id"],
+                      node["state"], f"{node['dtype']}/{node['device']}", f"{node['throughput']:.1f}",
+                      str(node["active_sessions"]), str(node["cache_tokens_left"]), str(node["version"]),
+                      style=style)
+    console.print(table)
+    bar = "".join(str(min(c, 9)) if c else "[bold red]·[/]" for c in report["servers_per_block"])
+    console.print(f"servers per block: {bar}")
+    if report["unserved"]:
+        console.print(f"[bold red]UNSERVED blocks: {_ranges(report['unserved'])}[/] — generation cannot complete")
+    t = report["totals"]
+    console.print(f"{t['online']} of {t['nodes']} nodes online, {t['blocks_covered']}/{report['num_blocks']} blocks "
+                  f"covered, weakest block {t['weakest_block_throughput']:.1f} tok/s")

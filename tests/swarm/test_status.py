@@ -1,0 +1,51 @@
+"""`swarm status` shows the coverage map (and its holes); `node status` one node's vital signs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+from node.local_swarm import LocalSwarm
+from tests.conftest import SWARMLM
+
+
+def _status(swarm, env) -> tuple[int, dict]:
+    proc = subprocess.run(SWARMLM + ["swarm", "status", "--json", "--peers", *swarm.initial_peers],
+                          capture_output=True, text=True, env=env, timeout=120)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_swarm_status_covers_every_block_then_shows_a_dead_nodes_blocks_unserved(default_store, tmp_path, cli_env):
+    with LocalSwarm(str(default_store.path), tmp_path, announce_period=2.0) as swarm:
+        swarm.start(3, 30)
+        code, report = _status(swarm, cli_env)
+        assert code == 0 and report["unserved"] == [] and report["servers_per_block"] == [1] * 30
+        assert sorted(tuple(n["blocks"]) for n in report["nodes"]) == [(0, 10), (10, 20), (20, 30)]
+        assert report["totals"]["online"] == 3
+
+        local = subprocess.run(SWARMLM + ["node", "status", "--identity",
+                                          f"{swarm.nodes[0].state_dir}/identity.key", "--json"],
+                               capture_output=True, text=True, env=cli_env, timeout=60)
+        info = json.loads(local.stdout)
+        assert info["peer_id"] == swarm.nodes[0].peer_id and info["state"] == "online"
+        assert [info["start"], info["end"]] == list(swarm.nodes[0].blocks)
+
+        middle = next(n for n in swarm.nodes if n.blocks == (10, 20))
+        swarm.kill(middle, signal.SIGKILL)
+        deadline = time.monotonic() + 60  # its records expire after 2 announce periods
+        while True:
+            code, report = _status(swarm, cli_env)
+            if report["unserved"] or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert code == 1 and report["unserved"] == list(range(10, 20))
+        assert report["totals"]["blocks_covered"] == 20
+
+
+def test_swarm_status_human_output(swarm3, cli_env):
+    proc = subprocess.run(SWARMLM + ["swarm", "status", "--peers", *swarm3.initial_peers], capture_output=True,
+                          text=True, env=cli_env, timeout=120)
+    assert proc.returncode == 0
+    assert "30/30 blocks covered" in proc.stdout and "servers per block: " + "1" * 30 in proc.stdout

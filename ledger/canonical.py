@@ -47,10 +47,13 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise EncodingError(f"msgpack extension type {code} is not allowed")
 
 
-def unpack(data: bytes) -> Any:
-    """Decode canonical bytes; EncodingError for anything that is not exactly `pack`'s output."""
-    if len(data) > MAX_SIZE:
-        raise EncodingError(f"{len(data)} bytes exceeds the {MAX_SIZE}-byte limit")
+def unpack(data: bytes, max_size: int = MAX_SIZE) -> Any:
+    """Decode canonical bytes; EncodingError for anything that is not exactly `pack`'s output.
+
+    `max_size` guards against huge inputs; documents carrying tensors (evidence) pass a larger one.
+    """
+    if len(data) > max_size:
+        raise EncodingError(f"{len(data)} bytes exceeds the {max_size}-byte limit")
     try:
         value = msgpack.unpackb(
             data, raw=False, use_list=True, strict_map_key=True, object_pairs_hook=_unique_keys, ext_hook=_no_ext

@@ -18,7 +18,9 @@ from typing import Any, Callable
 import torch
 from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 
+from ledger.keys import Identity
 from routing import wire
+from routing.attestation import FORWARD_SESSION, attest
 from routing.errors import ErrorCode, ProtocolError
 from shards.blocks import BlockStack
 
@@ -67,9 +69,10 @@ SessionEnd = Callable[[NodeSession, "bytes | None"], None]
 class Serving:
     """Everything the handlers share: the span, the compute thread, the cache pool, live sessions."""
 
-    def __init__(self, config: NodeConfig, root: str, stack: BlockStack, peer_id: str, metrics: NodeMetrics,
+    def __init__(self, config: NodeConfig, root: str, stack: BlockStack, identity: Identity, metrics: NodeMetrics,
                  on_session_end: SessionEnd, info_extra: Callable[[], dict[str, Any]]) -> None:
-        self.config, self.root, self.stack, self.peer_id = config, root, stack, peer_id
+        self.config, self.root, self.stack, self.identity = config, root, stack, identity
+        self.peer_id = identity.peer_id
         self.on_session_end, self.info_extra = on_session_end, info_extra
         self.dtype = stack.blocks[0].self_attn.o_proj.weight_t.dtype
         self.device = stack.blocks[0].self_attn.o_proj.weight_t.device
@@ -95,10 +98,17 @@ class Serving:
                 "draining": self.draining, "uptime_s": round(time.time() - self.started, 1),
                 "tokens_served": self.stats.tokens, **self.info_extra()}
 
-    def _decode_hidden(self, frame: dict[str, Any], max_batch: int) -> torch.Tensor:
+    def _decode_hidden(self, frame: dict[str, Any], max_batch: int) -> tuple[torch.Tensor, bytes]:
+        """The hidden states in our compute dtype, and the digest of the bytes as received (attested)."""
         hidden = wire.decode_tensor(frame.get("hidden"), hidden_size=self.hidden_size,
                                     max_tokens=self.config.max_step_tokens, max_batch=max_batch)
-        return hidden.to(device=self.device, dtype=self.dtype)
+        return hidden.to(device=self.device, dtype=self.dtype), wire.tensor_digest(hidden)
+
+    def _attest(self, session: str, step: int, start: int, span: BlockStack, input_digest: bytes,
+                output_digest: bytes) -> dict[str, Any]:
+        return attest(self.identity, session=session, step=step, start=start, manifest_root=bytes.fromhex(self.root),
+                      blocks=(span.start, span.end), dtype=wire.dtype_name(self.dtype), input_digest=input_digest,
+                      output_digest=output_digest).to_wire()
 
     def _reply_dtype(self, frame: dict[str, Any]) -> torch.dtype:
         name = frame.get("reply_dtype")
@@ -138,12 +148,18 @@ class Serving:
             frame = await wire.read_frame(reader, self.max_frame)
             wire.check_opening(frame, "forward")
             span = self._span(frame)
-            hidden = self._decode_hidden(frame, self.config.max_batch)
+            hidden, input_digest = self._decode_hidden(frame, self.config.max_batch)
             reply_dtype = self._reply_dtype(frame)
+            last = frame.get("last", hidden.shape[1])  # spot checks want only the final positions back
+            if type(last) is not int or not 1 <= last <= hidden.shape[1]:
+                raise ProtocolError(ErrorCode.BAD_FRAME, f"'last' must be 1..{hidden.shape[1]}, got {last!r}")
             started = time.perf_counter()
-            out = await self.compute(_run_stateless, span, hidden)
+            out = (await self.compute(_run_stateless, span, hidden))[:, -last:].to(reply_dtype)
             self.stats.forward(time.perf_counter() - started)
-            await wire.write_frame(writer, {"type": "result", "hidden": wire.encode_tensor(out.to(reply_dtype))})
+            reply = {"type": "result", "hidden": wire.encode_tensor(out)}
+            if frame.get("attest", True):
+                reply["attestation"] = self._attest(FORWARD_SESSION, 0, 0, span, input_digest, wire.tensor_digest(out))
+            await wire.write_frame(writer, reply)
 
         await self.guard(serve, writer, info)
 
@@ -156,6 +172,7 @@ class Serving:
             wire.check_opening(frame, "open")
             session = await self._open(frame, info.peer_id.to_base58())
             holder.append(session)
+            attesting = frame.get("attest", True) is not False
             reply_dtype = self._reply_dtype(frame)
             await wire.write_frame(writer, {"type": "opened", "session": session.session_id,
                                             "max_length": session.max_length, "dtype": wire.dtype_name(self.dtype)})
@@ -179,7 +196,7 @@ class Serving:
                         return
                     if frame["type"] != "step":
                         raise ProtocolError(ErrorCode.BAD_FRAME, f"unexpected '{frame['type']}' frame in a session")
-                    await wire.write_frame(writer, await self._step(session, frame, reply_dtype))
+                    await wire.write_frame(writer, await self._step(session, frame, reply_dtype, attesting))
                 except ProtocolError as e:
                     if e.code == ErrorCode.TOO_LARGE and "frame of" in str(e):
                         raise  # the stream cannot be resynchronised after an oversized frame
@@ -252,10 +269,11 @@ class Serving:
                         "blocks": [span.start, span.end], "max_length": max_length})
         return session
 
-    async def _step(self, session: NodeSession, frame: dict[str, Any], reply_dtype: torch.dtype) -> dict[str, Any]:
+    async def _step(self, session: NodeSession, frame: dict[str, Any], reply_dtype: torch.dtype,
+                    attesting: bool) -> dict[str, Any]:
         step = wire.field(frame, "step", int, minimum=0)
         start = wire.field(frame, "start", int, minimum=0)
-        hidden = self._decode_hidden(frame, session.batch)
+        hidden, input_digest = self._decode_hidden(frame, session.batch)
         if hidden.shape[0] != session.batch:
             raise ProtocolError(ErrorCode.BAD_TENSOR, f"batch {hidden.shape[0]} differs from the session's "
                                                       f"{session.batch}")
@@ -269,9 +287,14 @@ class Serving:
         started = time.perf_counter()
         out = await self.compute(_run_cached, session, hidden, start)
         out = out.to(reply_dtype)
-        session.record_step(n * session.batch, wire.tensor_digest(hidden), wire.tensor_digest(out))
+        output_digest = wire.tensor_digest(out)
+        session.record_step(n * session.batch, input_digest, output_digest)
         self.stats.step(n * session.batch, time.perf_counter() - started)
-        return {"type": "result", "step": step, "hidden": wire.encode_tensor(out)}
+        reply = {"type": "result", "step": step, "hidden": wire.encode_tensor(out)}
+        if attesting:
+            reply["attestation"] = self._attest(session.session_id, step, start, session.stack, input_digest,
+                                                output_digest)
+        return reply
 
     def _close(self, session: NodeSession, receipt: Any) -> None:
         if self.sessions.pop(session.key, None) is None:

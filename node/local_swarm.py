@@ -86,27 +86,31 @@ class LocalSwarm:
         return self
 
     def spawn_node(self, blocks: tuple[int, int] | None = None, *, dtype: str | None = None,
-                   extra: Sequence[str] = (), wait: bool = True) -> LocalNode:
-        """Start one more node (blocks None = auto); with `wait`, return once it is ready."""
+                   extra: Sequence[str] = (), wait: bool = True, program: Sequence[str] | None = None) -> LocalNode:
+        """Start one more node (blocks None = auto); with `wait`, return once it is ready.
+
+        `program` replaces `python -m swarmlm.cli` (tests run a deliberately dishonest node this way).
+        """
         self._counter += 1
         name = f"node-{self._counter}"
         args = ["node", "run", "--model", self.model, "--blocks", f"{blocks[0]}:{blocks[1]}" if blocks else "auto",
                 "--initial-peers", *self.initial_peers, "--host", self.host,
                 "--state-dir", str(self.state_dir / name), "--announce-period", str(self.announce_period),
                 *(["--dtype", dtype] if dtype else []), *self.node_args, *extra]
-        node = self._spawn(name, blocks, args)
+        node = self._spawn(name, blocks, args, program)
         if wait:
             node = self._wait(node)
             self.nodes.append(node)
             self.write_state()
         return node
 
-    def _spawn(self, name: str, blocks: tuple[int, int] | None, args: list[str]) -> LocalNode:
+    def _spawn(self, name: str, blocks: tuple[int, int] | None, args: list[str],
+               program: Sequence[str] | None = None) -> LocalNode:
         node_dir = self.state_dir / name
         node_dir.mkdir(parents=True, exist_ok=True)
         log_path = node_dir / "node.log"
         with open(log_path, "wb") as out:
-            proc = subprocess.Popen(SWARMLM + args, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+            proc = subprocess.Popen([*(program or SWARMLM), *args], stdout=out, stderr=subprocess.STDOUT, env=self.env,
                                     start_new_session=True)
         return LocalNode(name, blocks, proc.pid, "", [], str(node_dir), str(node_dir / "ledger.sqlite"),
                          str(log_path), proc)

@@ -88,7 +88,7 @@ class Node:
         self._maddrs = [str(m) for m in self.dht.get_visible_maddrs()]
         start, end = await self._choose_span()
         stack = await self._load_span(start, end)
-        self.serving = s = Serving(c, self.root, stack, self.peer_id, self.metrics, self._log_session,
+        self.serving = s = Serving(c, self.root, stack, self.identity, self.metrics, self._log_session,
                                    self._info_extra)
         handlers = [("swarmlm.info", s.handle_info), ("swarmlm.forward", s.handle_forward),
                     ("swarmlm.inference", s.handle_inference)]

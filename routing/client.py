@@ -26,6 +26,7 @@ from ledger.keys import Identity
 
 from . import dht as dht_io
 from . import wire
+from .attestation import Attestation, check_step_attestation, parse_attestation
 from .errors import ErrorCode, PeerFailure, RemoteError, RoutingError
 from .planner import Hop
 from .records import ServerRecord, SignedRecordValidator
@@ -126,7 +127,7 @@ class SwarmClient(PeerLink):
         try:
             self.dht = dht_io.SwarmDHT(initial_peers=list(initial_peers), client_mode=True, start=True,
                                        identity_path=str(key_path), check_if_identity_free=False,
-                                       record_validators=[SignedRecordValidator()])
+                                       record_validators=[SignedRecordValidator(self.identity.seed)])
         except Exception as e:
             self._stop_loop()
             raise RoutingError(f"could not join the swarm through {list(initial_peers)}: {e}") from None
@@ -168,9 +169,11 @@ class SpanSession:
     """An open inference session with one node over blocks [hop.start, hop.end)."""
 
     def __init__(self, client: PeerLink, hop: Hop, root: str, session_id: str, max_length: int,
-                 reply_dtype: torch.dtype) -> None:
+                 reply_dtype: torch.dtype, attest: bool = True) -> None:
         self.client, self.hop, self.root = client, hop, root
         self.session_id, self.max_length, self.reply_dtype = session_id, max_length, reply_dtype
+        self.attest = attest
+        self.attestations: list[Attestation] = []
         self.send_dtype = wire.WIRE_DTYPES.get(hop.record.dtype, torch.float32)
         self.tokens = 0
         self.steps = 0
@@ -186,7 +189,7 @@ class SpanSession:
         self._reader, self._writer = await self.client.open_stream(self.peer, "swarmlm.inference")
         await self._send({"type": "open", "v": wire.PROTOCOL_VERSION, "root": self.root, "session": self.session_id,
                           "max_length": self.max_length, "blocks": [self.hop.start, self.hop.end],
-                          "reply_dtype": wire.dtype_name(self.reply_dtype)})
+                          "reply_dtype": wire.dtype_name(self.reply_dtype), "attest": self.attest})
         await self.client.expect(self.peer, self._reader, "opened")
 
     async def step(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
@@ -202,6 +205,11 @@ class SpanSession:
             raise PeerFailure(self.peer, f"returned a malformed tensor: {e}") from None
         if out.shape != hidden.shape:
             raise PeerFailure(self.peer, f"returned shape {list(out.shape)} for input {list(hidden.shape)}")
+        if self.attest:
+            self.attestations.append(check_step_attestation(
+                parse_attestation(frame.get("attestation")), peer=self.peer, session=self.session_id, step=self.steps,
+                start=start, root=self.root, blocks=(self.hop.start, self.hop.end), dtype=self.hop.record.dtype,
+                sent=sent, received=out))
         self.steps += 1
         self.tokens += hidden.shape[0] * hidden.shape[1]
         self._outputs.update(wire.tensor_digest(out))

@@ -12,46 +12,69 @@ the blocks. Only nodes announcing the same manifest root as the local store are 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 
 from ledger import canonical
-from ledger.entries import ReceiptEntry
+from ledger.entries import EvidenceEntry, ReceiptEntry
 from ledger.keys import Identity
 from ledger.receipts import make_receipt
 from ledger.store import Store
+from routing import dht as dht_io
 from routing.chain import RemoteRunner, SwarmView
 from routing.client import SpanSession, SwarmClient
 from routing.errors import NoRouteError
+from routing.evidence import Evidence
 from routing.planner import plan_route
+from routing.verification import Referee, Verifier
 from shards.catalog import DEFAULT_MODEL, resolve_model
+from shards.errors import ShardsError
 from shards.generation import BlockRunner, GenerativeModel
+from shards.paths import swarmlm_home
 from shards.store import ShardStore
+
+
+LEDGER_PAYLOAD_LIMIT = 900_000  # bytes; larger evidence goes to the ledger as a summary with its digest
+DEFAULT_SPOT_CHECK_RATE = 0.02  # share of span steps re-run on a second node (see scripts/bench_verify.py)
+EVIDENCE_TTL = 7 * 24 * 3600.0
 
 
 class RemoteModel(GenerativeModel):
     def __init__(self, store: ShardStore, client: SwarmClient, view: SwarmView, device: str,
-                 ledger: Store | None) -> None:
+                 ledger: Store | None, verifier_options: dict[str, Any] | None, evidence_dir: Path) -> None:
         super().__init__(store.load_head(device), store.tokenizer() if store.manifest.tokenizer else None,
                          store.config)
         self.store, self.client, self.view, self.ledger = store, client, view, ledger
+        self.evidence_dir = evidence_dir
+        self.evidence: list[tuple[Evidence, Path]] = []
+        self.verifier = None if verifier_options is None else Verifier(
+            client, view, referee=view.referee, identity=client.identity, on_evidence=self._on_evidence,
+            **verifier_options)
 
     @classmethod
     def connect(cls, initial_peers: Sequence[str], model: str | Path = DEFAULT_MODEL, *,
                 identity: str | Path | Identity | None = None, ledger: str | Path | None = None,
-                device: str = "cpu", request_timeout: float = 60.0) -> "RemoteModel":
+                device: str = "cpu", request_timeout: float = 60.0, verify: bool = True,
+                spot_check_rate: float = DEFAULT_SPOT_CHECK_RATE, evidence_dir: str | Path | None = None,
+                seed: int | None = None) -> "RemoteModel":
         """Join the swarm, check it serves this model's root, and load the head shard locally.
 
         `identity`: the client's key (a path is created on first use; default: a fresh key per
-        connection). `ledger`: a file where the client logs the receipts it signs.
+        connection). `ledger`: a file where the client logs the receipts (and evidence) it signs.
+        `verify`: check every step's signed attestation and spot-check `spot_check_rate` of span
+        steps on a second node; a node caught computing wrong is banned and evidence is written to
+        `evidence_dir` (default $SWARMLM_HOME/client/evidence), the ledger and the DHT.
         """
+        if not 0 <= spot_check_rate <= 1:
+            raise ShardsError(f"spot_check_rate must be in [0, 1], got {spot_check_rate}")
         store = ShardStore(resolve_model(model))
         ident = identity if isinstance(identity, Identity) or identity is None else Identity.load_or_create(identity)
         client = SwarmClient(initial_peers, ident, request_timeout)
         try:
-            view = SwarmView(client, store.root, store.manifest.num_blocks)
+            view = SwarmView(client, store.root, store.manifest.num_blocks, referee=Referee(store) if verify else None)
             client.run(view.refresh(force=True))
             if not view.records:
                 raise NoRouteError(f"no node in the swarm announces model root {store.root[:16]}… "
@@ -59,7 +82,9 @@ class RemoteModel(GenerativeModel):
                                    "packed model")
             plan_route(view.records.values(), 0, store.manifest.num_blocks, rtt=view.rtt, banned=view.bans)
             log = Store(ledger, client.identity) if ledger is not None else None
-            return cls(store, client, view, device, log)
+            options = {"rate": spot_check_rate, "seed": seed} if verify else None
+            return cls(store, client, view, device, log, options,
+                       Path(evidence_dir) if evidence_dir else swarmlm_home() / "client" / "evidence")
         except BaseException:
             client.close()
             raise
@@ -69,7 +94,22 @@ class RemoteModel(GenerativeModel):
         return self.store.root
 
     def new_runner(self, max_length: int) -> BlockRunner:
-        return RemoteRunner(self.view, max_length, self.config.hidden_size, make_receipt=self._receipt)
+        return RemoteRunner(self.view, max_length, self.config.hidden_size, make_receipt=self._receipt,
+                            verifier=self.verifier)
+
+    def _on_evidence(self, evidence: Evidence) -> None:
+        """Keep the proof three ways: a file anyone can check offline, our ledger, and the DHT."""
+        document = evidence.to_bytes()
+        self.evidence_dir.mkdir(parents=True, exist_ok=True)
+        path = self.evidence_dir / f"{evidence.time_ns}-{evidence.dishonest[-10:]}.evidence"
+        path.write_bytes(document)
+        self.evidence.append((evidence, path))
+        if self.ledger is not None:
+            payload = evidence.summary() if len(document) > LEDGER_PAYLOAD_LIMIT else canonical.unpack(
+                document, max_size=len(document))
+            self.ledger.append(EvidenceEntry(payload=payload, time_ns=time.time_ns()))
+        asyncio.get_running_loop().create_task(
+            dht_io.publish_evidence(self.client.dht, self.root, self.client.peer_id, document, EVIDENCE_TTL))
 
     def run_details(self, runner: BlockRunner) -> dict[str, Any]:
         assert isinstance(runner, RemoteRunner)

@@ -1,0 +1,203 @@
+"""Evidence of a wrong computation: two signed attestations, the inputs, and a checkable verdict.
+
+A document holds the input to the disputed span (every position up to the step, so anyone can
+recompute it), the session node's signed step attestation with the output it sent, the checking
+node's signed forward attestation with its output, and the verdict naming which of the two is wrong. The publisher signs it all.
+`check_evidence` needs nothing but the document and the model's shards: it verifies every
+signature and digest, recomputes the span, and confirms or rejects the verdict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ledger import canonical, keys
+from ledger.errors import EncodingError
+from ledger.keys import Identity
+from shards.store import ShardStore
+
+from . import wire
+from .attestation import FORWARD_SESSION, Attestation
+from .errors import RoutingError
+
+FORMAT = "swarmlm-evidence/1"
+MAX_SIZE = 64 << 20
+PPM = 1_000_000
+
+
+class EvidenceError(RoutingError):
+    """An evidence document is malformed, mis-signed, or inconsistent with itself."""
+
+
+def tolerance(dtype_a: str, dtype_b: str) -> float:
+    """Largest relative L2 difference (per position) two honest computations of one span may show.
+
+    Calibrated with scripts/calibrate_tolerance.py on SmolLM2-135M (spans of 10 and 30 blocks,
+    random and real prompts): float32 vs float32 (cached decode vs stateless forward) peaks near
+    2e-6, so 1e-4 leaves a margin of about 50x. Low precision has a heavy tail: per position,
+    bfloat16 vs float32 over 30 blocks has a median of 0.02, a 99.9th percentile of 0.34 and a
+    worst case of 0.58 in 2,880 positions (float16 similar), so 1.0 leaves about 1.7x. Between
+    float32 nodes a spot check catches a single weight matrix off by 5%; where bfloat16 or float16
+    is involved it catches gross deviations only (wrong or garbage weights, skipped blocks).
+    """
+    return 1e-4 if dtype_a == dtype_b == "float32" else 1.0
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().float().cpu(), b.detach().float().cpu()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One side of a dispute: a node's signed attestation and the output it sent."""
+
+    attestation: Attestation
+    output: torch.Tensor
+
+    @property
+    def dtype(self) -> str:
+        """The node's attested compute dtype (its output may travel in another)."""
+        return self.attestation.dtype
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"attestation": self.attestation.to_wire(), "output": wire.encode_tensor(self.output)}
+
+
+def _tensor(obj: Any) -> torch.Tensor:
+    if not isinstance(obj, dict) or not isinstance(obj.get("shape"), list) or len(obj["shape"]) != 3:
+        raise EvidenceError("a tensor in the evidence is malformed")
+    return wire.decode_tensor(obj, hidden_size=obj["shape"][2], max_tokens=1 << 20, max_batch=1 << 10)
+
+
+def _claim(obj: Any) -> Claim:
+    if not isinstance(obj, dict) or set(obj) != {"attestation", "output"}:
+        raise EvidenceError("a claim is {attestation, output}")
+    return Claim(Attestation.from_wire(obj["attestation"]), _tensor(obj["output"]))
+
+
+@dataclass(frozen=True)
+class Evidence:
+    root: bytes
+    blocks: tuple[int, int]
+    start: int  # first position of the disputed step
+    prefix: torch.Tensor  # float32 input to blocks[0] for positions [0, start + n)
+    step: Claim  # the session node's step: its input is prefix[:, start:]
+    forward: Claim  # the checker's stateless forward: its input is the whole prefix
+    dishonest: str  # the peer the publisher judged wrong (one of the two)
+    errors_ppm: dict[str, int]  # each side's relative error against the referee, in millionths
+    method: str  # how the tie was broken: "local" (the publisher's own shards) or "majority"
+    publisher: str
+    time_ns: int
+    signature: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {"format": FORMAT, "root": self.root, "blocks": list(self.blocks), "start": self.start,
+                "prefix": wire.encode_tensor(self.prefix), "step": self.step.to_wire(),
+                "forward": self.forward.to_wire(), "dishonest": self.dishonest, "errors_ppm": self.errors_ppm,
+                "method": self.method, "publisher": self.publisher, "time_ns": self.time_ns}
+
+    def signed(self, identity: Identity) -> "Evidence":
+        evidence = dataclasses.replace(self, publisher=identity.peer_id, signature=b"")
+        return dataclasses.replace(evidence, signature=identity.sign(keys.EVIDENCE, canonical.pack(evidence.body())))
+
+    def to_bytes(self) -> bytes:
+        return canonical.pack({**self.body(), "signature": self.signature})
+
+    def summary(self) -> dict[str, Any]:
+        """What a ledger entry keeps when the whole document is too large for one."""
+        return {"format": FORMAT, "dishonest": self.dishonest, "publisher": self.publisher, "root": self.root,
+                "blocks": list(self.blocks), "start": self.start, "errors_ppm": self.errors_ppm,
+                "step": self.step.attestation.to_wire(), "forward": self.forward.attestation.to_wire(),
+                "digest": hashlib.sha256(self.to_bytes()).digest()}
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Evidence":
+        try:
+            d = canonical.unpack(data, max_size=MAX_SIZE)
+            if d.get("format") != FORMAT:
+                raise EvidenceError(f"not a {FORMAT} document")
+            evidence = cls(root=d["root"], blocks=tuple(d["blocks"]), start=d["start"], prefix=_tensor(d["prefix"]),
+                           step=_claim(d["step"]), forward=_claim(d["forward"]), dishonest=d["dishonest"],
+                           errors_ppm=d["errors_ppm"], method=d["method"], publisher=d["publisher"],
+                           time_ns=d["time_ns"], signature=d["signature"])
+        except (KeyError, TypeError, AttributeError, EncodingError) as e:
+            raise EvidenceError(f"malformed evidence document: {e}") from None
+        if evidence.to_bytes() != data:
+            raise EvidenceError("evidence document has unknown or missing fields")
+        return evidence
+
+    @classmethod
+    def load(cls, path: Path) -> "Evidence":
+        try:
+            return cls.from_bytes(Path(path).read_bytes())
+        except FileNotFoundError:
+            raise EvidenceError(f"no evidence file at {path}") from None
+
+
+@dataclass(frozen=True)
+class Judgement:
+    valid: bool
+    dishonest: str | None
+    reason: str
+    errors: dict[str, float]
+
+
+def check_signatures(e: Evidence) -> None:
+    """Every signature and digest in the document, and that both claims are about the same step."""
+    if not keys.verify(e.publisher, keys.EVIDENCE, canonical.pack(e.body()), e.signature):
+        raise EvidenceError(f"the evidence is not signed by its publisher {e.publisher}")
+    n = e.step.output.shape[1]
+    if e.prefix.dtype != torch.float32 or e.prefix.shape[1] != e.start + n:
+        raise EvidenceError("the prefix must be float32 and cover every position up to the disputed step")
+    for role, claim, sent in (("step", e.step, e.prefix[:, e.start:]), ("forward", e.forward, e.prefix)):
+        a = claim.attestation
+        if not a.is_signed():
+            raise EvidenceError(f"the {role}'s attestation is not signed by {a.node}")
+        if a.manifest_root != e.root or a.blocks != e.blocks:
+            raise EvidenceError(f"the {role}'s attestation is about another model or span")
+        if a.input_digest != wire.tensor_digest(sent.to(claim.output.dtype)):
+            raise EvidenceError(f"the {role}'s attested input is not the prefix in the evidence")
+        if a.output_digest != wire.tensor_digest(claim.output):
+            raise EvidenceError(f"the {role}'s output is not the one it attested")
+    if e.step.attestation.start != e.start or e.forward.attestation.session != FORWARD_SESSION:
+        raise EvidenceError("the attestations are not a step at the disputed position and a forward")
+    if e.forward.output.shape != e.step.output.shape:
+        raise EvidenceError("the two outputs differ in shape")
+    if e.dishonest not in (e.step.attestation.node, e.forward.attestation.node):
+        raise EvidenceError("the verdict names a node that is not party to the dispute")
+
+
+def judge(e: Evidence, reference: torch.Tensor) -> Judgement:
+    """Each side's error against a float32 reference of the disputed positions; the one beyond its
+    dtype's tolerance is dishonest."""
+    errors = {c.attestation.node: relative_error(c.output, reference) for c in (e.step, e.forward)}
+    wrong = [c.attestation.node for c in (e.step, e.forward)
+             if errors[c.attestation.node] > tolerance(c.dtype, "float32")]
+    if len(wrong) != 1:
+        return Judgement(False, None, "both sides agree with the reference" if not wrong else
+                         "both sides disagree with the reference", errors)
+    ok = wrong[0] == e.dishonest
+    return Judgement(ok, wrong[0], "the verdict holds" if ok else f"the reference shows {wrong[0]} wrong instead",
+                     errors)
+
+
+def recompute(e: Evidence, store: ShardStore) -> torch.Tensor:
+    """The disputed positions' output, computed in float32 from verified shards."""
+    if bytes.fromhex(store.root) != e.root:
+        raise EvidenceError(f"the evidence is about model root {e.root.hex()}, not this store's {store.root}")
+    stack = store.load_blocks(e.blocks[0], e.blocks[1], dtype=torch.float32)
+    with torch.inference_mode():
+        return stack(e.prefix)[:, e.start:]
+
+
+def check_evidence(e: Evidence, store: ShardStore) -> Judgement:
+    """Verify a document completely and offline: signatures, digests, and a recomputation."""
+    check_signatures(e)
+    return judge(e, recompute(e, store))

@@ -1,0 +1,30 @@
+"""A test-only dishonest node: serves weights 5% off in one block while announcing the honest root.
+
+It loads and verifies the genuine shards (so its manifest root and load entry look honest), then
+scales one block's MLP output projection. Usage: the arguments of `swarmlm`, e.g. `node run ...`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from shards.store import ShardStore
+
+_genuine_load = ShardStore.load_blocks
+
+
+def _perturbed_load(self: ShardStore, *args, **kwargs):  # noqa: ANN001, ANN202
+    stack = _genuine_load(self, *args, **kwargs)
+    with torch.no_grad():
+        stack.blocks[len(stack.blocks) // 2].mlp.down_proj.weight_t.mul_(1.05)
+    return stack
+
+
+ShardStore.load_blocks = _perturbed_load  # type: ignore[method-assign]
+
+if __name__ == "__main__":
+    from swarmlm.cli import main
+
+    sys.exit(main(sys.argv[1:]))

@@ -9,14 +9,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ledger import canonical, keys
+from ledger import keys
 from ledger.errors import ReceiptError
 from ledger.keys import Identity
-from ledger.schema import BLOCKS, DIGEST, PEER_ID, SIGNATURE, TEXT, UINT, Record, spec
+from ledger.schema import BLOCKS, DIGEST, PEER_ID, SIGNATURE, TEXT, UINT, SignedRecord, spec
 
 
 @dataclass(frozen=True)
-class Receipt(Record):
+class Receipt(SignedRecord):
     """What the client saw: session, serving node, model, blocks, tokens and outputs digest."""
 
     name = "receipt"
@@ -30,12 +30,6 @@ class Receipt(Record):
     outputs_digest: bytes = spec(DIGEST)
     time_ns: int = spec(UINT)
     signature: bytes = spec(SIGNATURE)
-
-    def signed_bytes(self) -> bytes:
-        """The canonical bytes the client signs: every field except the signature."""
-        wire = self.to_wire()
-        del wire["signature"]
-        return canonical.pack(wire)
 
 
 def make_receipt(

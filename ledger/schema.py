@@ -147,6 +147,16 @@ class Record:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class SignedRecord(Record):
+    """A record whose `signature` field signs the canonical bytes of all its other fields."""
+
+    def signed_bytes(self) -> bytes:
+        wire = self.to_wire()
+        del wire["signature"]
+        return canonical.pack(wire)
+
+
 def nested(record: type[Record], optional: bool = False) -> Any:
     """Declare a field holding another record (or None, when optional)."""
     return dataclasses.field(metadata={"record": record, "optional": optional})

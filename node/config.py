@@ -65,7 +65,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("state_dir", Path, None, "where the node keeps identity, ledger and caches "
                                     "(default $SWARMLM_HOME/node)"),
     Option("identity", Path, None, "Ed25519 identity key file (default STATE_DIR/identity.key)"),
-    Option("ledger", Path, None, "ledger file (default STATE_DIR/ledger.sqlite)"),
+    Option("ledger", Path, None,
+           "ledger file (default STATE_DIR/ledger.sqlite; 'off' runs without one, to measure its cost)"),
     Option("device", str, "cpu", "cpu, cuda or cuda:N"),
     Option("dtype", str, None, "compute dtype (default: float32 on cpu, bfloat16 on cuda)",
            choices=("float32", "bfloat16", "float16")),

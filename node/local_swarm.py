@@ -42,6 +42,15 @@ class LocalNode:
                 "log": self.log}
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it if whoever started it dies (a killed test run, say),
+    so no node outlives its swarm's owner."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def even_spans(num_blocks: int, nodes: int) -> list[tuple[int, int]]:
     """Split [0, num_blocks) into `nodes` contiguous spans whose sizes differ by at most one."""
     if not 1 <= nodes <= num_blocks:
@@ -111,7 +120,7 @@ class LocalSwarm:
         log_path = node_dir / "node.log"
         with open(log_path, "wb") as out:
             proc = subprocess.Popen([*(program or SWARMLM), *args], stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_die_with_parent)
         return LocalNode(name, blocks, proc.pid, "", [], str(node_dir), str(node_dir / "ledger.sqlite"),
                          str(log_path), proc)
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from ledger import canonical, keys
+from ledger import keys
 from ledger.errors import EncodingError
 from ledger.keys import Identity
-from ledger.schema import BLOCKS, DIGEST, PEER_ID, SIGNATURE, TEXT, UINT, Record, spec
+from ledger.schema import BLOCKS, DIGEST, PEER_ID, SIGNATURE, TEXT, UINT, SignedRecord, spec
 
 from . import wire
 from .errors import PeerFailure
@@ -27,7 +27,7 @@ FORWARD_SESSION = "forward"  # the session name of stateless forward replies
 
 
 @dataclass(frozen=True)
-class Attestation(Record):
+class Attestation(SignedRecord):
     name = "attestation"
 
     node: str = spec(PEER_ID)
@@ -40,11 +40,6 @@ class Attestation(Record):
     input_digest: bytes = spec(DIGEST)
     output_digest: bytes = spec(DIGEST)
     signature: bytes = spec(SIGNATURE)
-
-    def signed_bytes(self) -> bytes:
-        wire = self.to_wire()
-        del wire["signature"]
-        return canonical.pack(wire)
 
     def is_signed(self) -> bool:
         return keys.verify(self.node, keys.STEP, self.signed_bytes(), self.signature)

@@ -95,7 +95,9 @@ def _save_shard(name: str, file: str, root: Path, tensors: dict[str, torch.Tenso
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     path = root / file
-    save_file(tensors, str(path), metadata={"format": "pt", **metadata})
+    # One metadata key only: safetensors writes its metadata map in hash order, so two keys would
+    # make the same shard come out with different bytes from run to run.
+    save_file(tensors, str(path), metadata=metadata or {"format": "pt"})
     return ShardEntry(name, file, sha256_file(path), path.stat().st_size, tuple(sorted(tensors)))
 
 

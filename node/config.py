@@ -70,10 +70,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("device", str, "cpu", "cpu, cuda or cuda:N"),
     Option("dtype", str, None, "compute dtype (default: float32 on cpu, bfloat16 on cuda)",
            choices=("float32", "bfloat16", "float16")),
+    Option("threads", int, 0, "compute threads (0: all cores); nodes sharing a machine should split its cores"),
     Option("cache_tokens", int, 8192, "KV-cache pool size in tokens, over all sessions"),
     Option("max_memory", str, None, "memory budget for blocks and cache, e.g. 2GiB (default: 80%% of free)"),
     Option("public_name", str, "", "a name shown in swarm status"),
     Option("announce_period", float, 30.0, "seconds between DHT announcements (records expire at twice this)"),
+    Option("witness_period", float, 120.0, "seconds between checks of the peers' ledgers (witnessing)"),
     Option("max_batch", int, 8, "largest batch a session or forward may ask for"),
     Option("max_step_tokens", int, 2048, "most tokens one step or forward may carry"),
     Option("max_session_length", int, 8192, "longest session a client may open, in tokens"),
@@ -102,10 +104,12 @@ class NodeConfig:
     ledger: Path
     device: str
     dtype: str
+    threads: int
     cache_tokens: int
     max_memory: str | None
     public_name: str
     announce_period: float
+    witness_period: float
     max_batch: int
     max_step_tokens: int
     max_session_length: int
@@ -232,7 +236,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 _RANGES: tuple[tuple[str, float, float | None], ...] = (
     ("num_blocks", 1, None), ("cache_tokens", 1, None), ("max_batch", 1, None), ("max_step_tokens", 1, None),
     ("max_session_length", 1, None), ("drain_grace", 0, None), ("rebalance_period", 0, None),
-    ("port", 0, 65535), ("metrics_port", 0, 65535))
+    ("witness_period", 1, None),
+    ("port", 0, 65535), ("metrics_port", 0, 65535), ("threads", 0, None))
 
 
 def _finish(values: dict[str, Any], sources: dict[str, str]) -> NodeConfig:

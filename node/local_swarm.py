@@ -68,6 +68,7 @@ class LocalSwarm:
         self.env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
         self.bootstrap: LocalNode | None = None
         self.nodes: list[LocalNode] = []
+        self.threads = 1  # per node; start() splits this machine's cores between its nodes
         self._counter = 0
 
     @property
@@ -83,6 +84,7 @@ class LocalSwarm:
                                                                        "--identity",
                                                                        str(self.state_dir / "bootstrap.key")]))
             spans = even_spans(num_blocks, num_nodes) if num_nodes else []  # 0: just the bootstrap peer
+            self.threads = max(1, (os.cpu_count() or 1) // max(1, num_nodes))
             pending = [self.spawn_node(blocks=span, dtype=dtypes[i] if dtypes else None, wait=False)
                        for i, span in enumerate(spans)]
             for node in pending:
@@ -105,6 +107,7 @@ class LocalSwarm:
         args = ["node", "run", "--model", self.model, "--blocks", f"{blocks[0]}:{blocks[1]}" if blocks else "auto",
                 "--initial-peers", *self.initial_peers, "--host", self.host,
                 "--state-dir", str(self.state_dir / name), "--announce-period", str(self.announce_period),
+                "--threads", str(self.threads),
                 *(["--dtype", dtype] if dtype else []), *self.node_args, *extra]
         node = self._spawn(name, blocks, args, program)
         if wait:

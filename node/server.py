@@ -15,7 +15,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import hivemind
 import psutil
@@ -52,6 +52,8 @@ IDLE_CHECK_PERIOD = 5.0
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
         self._identity_lock = _lock_identity(config.identity)
         self.identity = Identity.load_or_create(config.identity)
         self.peer_id = self.identity.peer_id
@@ -168,31 +170,28 @@ class Node:
     # ---- serve -----------------------------------------------------------------------------------
 
     async def _serve(self, stop: asyncio.Event) -> None:
-        """Periodic work: announce and witness, expire idle sessions, and (auto) rebalance."""
+        """Periodic work until `stop`: announce, witness peers, expire idle sessions, (auto) rebalance."""
         c = self.config
-        now = time.monotonic()
-        next_announce = now + c.announce_period
-        next_idle = now + IDLE_CHECK_PERIOD
-        rebalancing = c.block_range is None and c.rebalance_period > 0
-        next_rebalance = now + c.rebalance_period * random.uniform(0.5, 1.0)  # jitter: nodes do not move in step
+        jobs = [_Periodic(lambda: c.announce_period, self._announce),
+                _Periodic(lambda: IDLE_CHECK_PERIOD, self._expire_idle)]
+        if self.witness is not None:
+            jobs.append(_Periodic(lambda: c.witness_period, self._witness))
+        if c.block_range is None and c.rebalance_period > 0:  # jitter: nodes do not all move in step
+            jobs.append(_Periodic(lambda: c.rebalance_period * random.uniform(0.75, 1.25),
+                                  lambda: self._rebalance(stop)))
         while not stop.is_set():
-            wake = min(next_announce, next_idle, next_rebalance if rebalancing else float("inf"))
             try:
-                await asyncio.wait_for(stop.wait(), timeout=max(0.0, wake - time.monotonic()))
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, min(j.due for j in jobs) - time.monotonic()))
                 break
             except asyncio.TimeoutError:
                 pass
-            now = time.monotonic()
-            if now >= next_announce:
-                await self._announce()
-                await self._witness()
-                next_announce = time.monotonic() + c.announce_period
-            if now >= next_idle and self.serving is not None:
-                await self.serving.expire_idle()
-                next_idle = now + IDLE_CHECK_PERIOD
-            if rebalancing and now >= next_rebalance:
-                await self._rebalance(stop)
-                next_rebalance = time.monotonic() + c.rebalance_period * random.uniform(0.75, 1.25)
+            for job in jobs:
+                if time.monotonic() >= job.due and not stop.is_set():
+                    await job.run()
+
+    async def _expire_idle(self) -> None:
+        if self.serving is not None:
+            await self.serving.expire_idle()
 
     async def _rebalance(self, stop: asyncio.Event) -> None:
         """Move to a weaker span when it clearly helps, after draining live sessions there."""
@@ -338,6 +337,18 @@ class Node:
             self.ledger.close()
         runtime_file(self.config.state_dir).unlink(missing_ok=True)
         log.info("node %s stopped", self.peer_id)
+
+
+class _Periodic:
+    """A job of the serve loop: `action` every `period()` seconds (period re-drawn each time)."""
+
+    def __init__(self, period: Callable[[], float], action: Callable[[], Awaitable[Any]]) -> None:
+        self.period, self.action = period, action
+        self.due = time.monotonic() + period()
+
+    async def run(self) -> None:
+        await self.action()
+        self.due = time.monotonic() + self.period()
 
 
 def runtime_file(state_dir: Path) -> Path:

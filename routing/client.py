@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any, Coroutine, Iterable, Sequence, TypeVar
 
-import hivemind
 import torch
 import uvloop
 from hivemind.p2p import P2P, PeerID

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 import torch
 
@@ -76,7 +76,7 @@ async def attested_forward(link, record: ServerRecord, root: str, blocks: tuple[
 
 class Verifier:
     def __init__(self, link, view, rate: float, referee: Referee | None, identity: Identity,  # noqa: ANN001
-                 on_evidence: Callable[[Evidence], None], seed: int | None = None) -> None:
+                 on_evidence: Callable[[Evidence], Awaitable[None]], seed: int | None = None) -> None:
         self.link, self.view, self.rate = link, view, rate
         self.referee, self.identity, self.on_evidence = referee, identity, on_evidence
         self.rng = random.Random(seed)
@@ -138,5 +138,5 @@ class Verifier:
                             ).signed(self.identity)
         log.error("DISHONEST NODE %s on blocks %d:%d (relative error %.2e against our float32 computation); "
                   "banned, evidence kept", dishonest, att.blocks[0], att.blocks[1], errors[dishonest])
-        self.on_evidence(evidence)
+        await self.on_evidence(evidence)
         return evidence

@@ -227,7 +227,7 @@ class _HFSource(_Source):
     def blocks(self) -> Iterator[dict[str, torch.Tensor]]:
         for i, names in enumerate(self.per_block):
             prefix = f"model.layers.{i}."
-            yield self._read(names, lambda n: n[len(prefix):])
+            yield self._read(names, lambda n, p=prefix: n[len(p):])
 
     def head(self) -> dict[str, torch.Tensor]:
         head = self._read(self.head_names, _HEAD_TENSORS.__getitem__)

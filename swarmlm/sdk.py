@@ -38,7 +38,7 @@ from shards.store import ShardStore
 
 
 LEDGER_PAYLOAD_LIMIT = 900_000  # bytes; larger evidence goes to the ledger as a summary with its digest
-DEFAULT_SPOT_CHECK_RATE = 0.02  # share of span steps re-run on a second node (see scripts/bench_verify.py)
+DEFAULT_SPOT_CHECK_RATE = 0.005  # share of span steps re-run on a second node: under 5% of tokens/s (bench_verify)
 EVIDENCE_TTL = 7 * 24 * 3600.0
 
 
@@ -97,19 +97,24 @@ class RemoteModel(GenerativeModel):
         return RemoteRunner(self.view, max_length, self.config.hidden_size, make_receipt=self._receipt,
                             verifier=self.verifier)
 
-    def _on_evidence(self, evidence: Evidence) -> None:
+    async def _on_evidence(self, evidence: Evidence) -> None:
         """Keep the proof three ways: a file anyone can check offline, our ledger, and the DHT."""
         document = evidence.to_bytes()
-        self.evidence_dir.mkdir(parents=True, exist_ok=True)
-        path = self.evidence_dir / f"{evidence.time_ns}-{evidence.dishonest[-10:]}.evidence"
-        path.write_bytes(document)
+        loop = asyncio.get_running_loop()
+        path = await loop.run_in_executor(None, self._write_evidence, evidence, document)
         self.evidence.append((evidence, path))
         if self.ledger is not None:
             payload = evidence.summary() if len(document) > LEDGER_PAYLOAD_LIMIT else canonical.unpack(
                 document, max_size=len(document))
             self.ledger.append(EvidenceEntry(payload=payload, time_ns=time.time_ns()))
-        asyncio.get_running_loop().create_task(
+        loop.create_task(
             dht_io.publish_evidence(self.client.dht, self.root, self.client.peer_id, document, EVIDENCE_TTL))
+
+    def _write_evidence(self, evidence: Evidence, document: bytes) -> Path:
+        self.evidence_dir.mkdir(parents=True, exist_ok=True)
+        path = self.evidence_dir / f"{evidence.time_ns}-{evidence.dishonest[-10:]}.evidence"
+        path.write_bytes(document)
+        return path
 
     def run_details(self, runner: BlockRunner) -> dict[str, Any]:
         assert isinstance(runner, RemoteRunner)

@@ -12,8 +12,6 @@ import logging
 import sys
 from datetime import datetime, timezone
 
-from hivemind.utils.logging import use_hivemind_log_handler
-
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # hivemind renames WARNING to "WARN" process-wide; JSON consumers get the standard names.
 _LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error",
@@ -47,6 +45,8 @@ def setup_logging(fmt: str, verbose: bool) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    from hivemind.utils.logging import use_hivemind_log_handler  # not at import: see swarmlm/cli.py
+
     use_hivemind_log_handler("nowhere")  # hivemind's lines propagate to our handler
     # hivemind's INFO lines are for its developers, not our users
     logging.getLogger("hivemind").setLevel(logging.DEBUG if verbose else logging.WARNING)

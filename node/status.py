@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from routing.client import SwarmClient
 from shards.paths import swarmlm_home
 
 from .errors import NodeError
@@ -44,6 +43,8 @@ def _target(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from routing.client import SwarmClient
+
     peer, maddrs = _target(args)
     client = SwarmClient(maddrs, request_timeout=15)
     try:

@@ -20,7 +20,6 @@ from typing import Iterator
 
 from .errors import DownloadError, NotAModelError, ShardsError
 from .manifest import MANIFEST_FILE, sha256_file
-from .pack import pack
 from .paths import downloads_dir, models_dir
 
 log = logging.getLogger(__name__)
@@ -68,6 +67,7 @@ def resolve_model(spec: str | Path, *, fetch: bool = True) -> Path:
 
 def pull(name: str, out: Path | None = None, *, force: bool = False) -> Path:
     """Download, check and pack a catalogued model; a store that already verifies is kept as is."""
+    from .pack import pack  # torch and transformers load only for work that needs them
     from .store import ShardStore
 
     if name not in CATALOG:

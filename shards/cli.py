@@ -8,8 +8,6 @@ from pathlib import Path
 
 from .catalog import CATALOG, DEFAULT_MODEL, pull, resolve_model
 from .manifest import Manifest
-from .pack import pack
-from .store import ShardStore
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,6 +53,8 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _pack(args: argparse.Namespace) -> int:
+    from .pack import pack
+
     manifest = pack(args.src, args.out, dtype=args.dtype, name=args.name)
     print(f"packed {manifest.num_blocks} blocks + head into {args.out}")
     print(f"root {manifest.root}")
@@ -62,6 +62,8 @@ def _pack(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from .store import ShardStore
+
     store = ShardStore(resolve_model(args.model, fetch=False))
     bad = store.verify()
     for name in bad:

@@ -1,4 +1,8 @@
-"""The one `swarmlm` command, git-style: each package registers its own subcommands; this only dispatches."""
+"""The one `swarmlm` command, git-style: each package registers its own subcommands; this only dispatches.
+
+Command modules import torch, hivemind and transformers inside their handlers, never at module level,
+so `swarmlm --help` and `--version` answer at once (tests/ops/test_cli_startup.py holds them to it).
+"""
 
 from __future__ import annotations
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from routing.evidence import Evidence, check_evidence, tolerance
 from shards.catalog import DEFAULT_MODEL, resolve_model
-from shards.store import ShardStore
 
 
 def register(ledger_commands: argparse._SubParsersAction) -> None:
@@ -23,6 +21,9 @@ def register(ledger_commands: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from routing.evidence import Evidence, check_evidence, tolerance
+    from shards.store import ShardStore
+
     evidence = Evidence.load(args.file)
     judgement = check_evidence(evidence, ShardStore(resolve_model(args.model)))
     result = {"confirmed": judgement.valid, "dishonest": judgement.dishonest, "claimed": evidence.dishonest,

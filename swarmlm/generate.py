@@ -6,14 +6,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from routing.errors import RoutingError
 from shards.catalog import DEFAULT_MODEL, resolve_model
 from shards.errors import ShardsError
-from shards.generation import Generation
-from shards.local import LocalModel
 from shards.paths import swarmlm_home
-from shards.store import parse_dtype
+
+if TYPE_CHECKING:
+    from shards.generation import Generation
 
 
 def add_generation_options(p: argparse.ArgumentParser) -> None:
@@ -68,6 +69,9 @@ def split_trailing_prompt(args: argparse.Namespace, peers_attr: str = "peers") -
 def _generate(args: argparse.Namespace) -> int:
     split_trailing_prompt(args)
     if args.local:
+        from shards.local import LocalModel
+        from shards.store import parse_dtype
+
         model = LocalModel.load(resolve_model(args.model), args.device,
                                 parse_dtype(args.dtype) if args.dtype else None)
         return run_generation(model, args)

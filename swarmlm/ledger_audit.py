@@ -6,8 +6,6 @@ import argparse
 import json
 
 from ledger.errors import LedgerError
-from routing import ledger_rpc
-from routing.client import SwarmClient
 
 
 def register(ledger_commands: argparse._SubParsersAction) -> None:
@@ -22,6 +20,9 @@ def register(ledger_commands: argparse._SubParsersAction) -> None:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    from routing import ledger_rpc
+    from routing.client import SwarmClient
+
     client = SwarmClient(args.peers, request_timeout=60)
     try:
         size, note = client.run(ledger_rpc.audit(client, args.peer))

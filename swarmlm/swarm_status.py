@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from node.selection import coverage
-from routing.client import SwarmClient
-from routing.records import ServerRecord
 from shards.catalog import DEFAULT_MODEL, resolve_model
 from shards.manifest import Manifest
+
+if TYPE_CHECKING:
+    from routing.records import ServerRecord
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def swarm_report(records: dict[str, ServerRecord], manifest: Manifest) -> dict[str, Any]:
+    from node.selection import coverage
+
     n = manifest.num_blocks
     online = [r for r in records.values() if r.state == "online"]
     counts = [0] * n
@@ -46,6 +48,8 @@ def swarm_report(records: dict[str, ServerRecord], manifest: Manifest) -> dict[s
 
 
 def _status(args: argparse.Namespace) -> int:
+    from routing.client import SwarmClient
+
     manifest = Manifest.load(resolve_model(args.model))
     client = SwarmClient(args.peers, request_timeout=30)
     try:

@@ -1,0 +1,33 @@
+"""`swarmlm --help` and `--version` must not pay for torch or hivemind: a volunteer's first command
+should answer at once, and every subcommand's help must still build."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("torch", "hivemind", "transformers", "safetensors")
+
+PROBE = """
+import json, sys
+from swarmlm.cli import build_parser
+parser = build_parser()
+helps = {}
+for name, sub in parser._subparsers._group_actions[0].choices.items():
+    helps[name] = sub.format_help()
+print(json.dumps({"loaded": sorted(m for m in sys.modules if m.split(".")[0] in %r),
+                  "commands": sorted(helps)}))
+""" % (HEAVY,)
+
+
+def test_building_the_whole_cli_imports_no_heavy_library() -> None:
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout
+    report = json.loads(out)
+    assert report["loaded"] == [], f"importing the CLI pulled in {report['loaded'][:5]}"
+    assert {"generate", "node", "shards", "ledger", "swarm", "audit", "demo"} <= set(report["commands"])
+
+
+def test_version_answers() -> None:
+    out = subprocess.run([sys.executable, "-m", "swarmlm.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("swarmlm ")

@@ -89,12 +89,11 @@ class WitnessEntry(Entry):
     peer: str = spec(PEER_ID)
     checkpoint: str = spec(NOTE)
     cosignature: str = spec(NOTE)
+    time_ns: int = spec(UINT)
 
     def cosigned_note(self) -> str:
         """The peer's signed checkpoint with this node's cosignature line appended."""
         return self.checkpoint + self.cosignature
-
-    time_ns: int = spec(UINT)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ client's signature and not only the node's word. The client keeps its own receip
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from ledger import keys
@@ -44,7 +43,7 @@ def make_receipt(
     time_ns: int,
 ) -> Receipt:
     """Sign a receipt as the client `identity`."""
-    unsigned = Receipt(
+    return Receipt(
         session=session,
         node=node,
         client=identity.peer_id,
@@ -54,8 +53,7 @@ def make_receipt(
         outputs_digest=outputs_digest,
         time_ns=time_ns,
         signature=bytes(64),
-    )
-    return dataclasses.replace(unsigned, signature=identity.sign(keys.RECEIPT, unsigned.signed_bytes()))
+    ).signed(identity, keys.RECEIPT)
 
 
 def verify_receipt(receipt: Receipt) -> None:

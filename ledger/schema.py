@@ -13,7 +13,7 @@ from typing import Any, ClassVar, TypeVar
 
 from ledger import canonical
 from ledger.errors import EncodingError, KeyFormatError
-from ledger.keys import public_key_from_peer_id
+from ledger.keys import Identity, public_key_from_peer_id
 
 MAX_TEXT = 256
 MAX_LIST = 100_000
@@ -94,6 +94,7 @@ def spec(field_type: FieldType) -> Any:
 
 
 R = TypeVar("R", bound="Record")
+SR = TypeVar("SR", bound="SignedRecord")
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,10 @@ class SignedRecord(Record):
         wire = self.to_wire()
         del wire["signature"]
         return canonical.pack(wire)
+
+    def signed(self: SR, identity: Identity, context: str) -> SR:
+        """This record with `signature` made by `identity` under the domain-separation `context`."""
+        return dataclasses.replace(self, signature=identity.sign(context, self.signed_bytes()))
 
 
 def nested(record: type[Record], optional: bool = False) -> Any:

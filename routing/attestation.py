@@ -9,7 +9,6 @@ spot check that disagrees turns two of them into evidence anyone can verify.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +46,9 @@ class Attestation(SignedRecord):
 
 def attest(identity: Identity, *, session: str, step: int, start: int, manifest_root: bytes, blocks: tuple[int, int],
            dtype: str, input_digest: bytes, output_digest: bytes) -> Attestation:
-    unsigned = Attestation(node=identity.peer_id, session=session, step=step, start=start,
-                           manifest_root=manifest_root, blocks=blocks, dtype=dtype, input_digest=input_digest,
-                           output_digest=output_digest, signature=bytes(64))
-    return dataclasses.replace(unsigned, signature=identity.sign(keys.STEP, unsigned.signed_bytes()))
+    return Attestation(node=identity.peer_id, session=session, step=step, start=start,
+                       manifest_root=manifest_root, blocks=blocks, dtype=dtype, input_digest=input_digest,
+                       output_digest=output_digest, signature=bytes(64)).signed(identity, keys.STEP)
 
 
 def parse_attestation(obj: Any) -> Attestation | None:

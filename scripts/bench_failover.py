@@ -11,7 +11,6 @@ the history) and the total generation time with one failure vs none.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import statistics
@@ -19,13 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import PROMPT, bench_parser
 from node.local_swarm import LocalSwarm
-from shards.catalog import DEFAULT_MODEL, resolve_model
+from shards.catalog import resolve_model
 from shards.manifest import Manifest
 from swarmlm.sdk import RemoteModel
-
-PROMPT = "What is the capital of France?"
-
 
 def timed_generation(model: RemoteModel, swarm: LocalSwarm, tokens: int, kill_after: int | None
                      ) -> tuple[float, float | None, list[int]]:
@@ -50,9 +47,7 @@ def timed_generation(model: RemoteModel, swarm: LocalSwarm, tokens: int, kill_af
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--tokens", type=int, default=48)
+    ap = bench_parser(__doc__, tokens=48, repeats=None)
     ap.add_argument("--kill-after", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()

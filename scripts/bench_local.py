@@ -8,25 +8,18 @@ new tokens; the reference is transformers' own GGUF loading, so nothing of ours 
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
-from benchlib import alternate, median_tps
-from shards.catalog import DEFAULT_MODEL, resolve_model
+from benchlib import PROMPT, alternate, bench_parser, median_tps
+from shards.catalog import resolve_model
 from shards.generation import Generation, encode_prompt
 from shards.local import LocalModel
 from shards.reference import load_reference, pulled_source
 
-PROMPT = "What is the capital of France?"
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap = bench_parser(__doc__)
     ap.add_argument("--prompt", default=PROMPT)
     args = ap.parse_args()
 

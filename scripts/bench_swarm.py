@@ -9,26 +9,19 @@ time to first token for both, and their ratio.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 from pathlib import Path
 
-from benchlib import alternate, median_tps, median_ttft
+from benchlib import PROMPT, alternate, bench_parser, median_tps, median_ttft
 from node.local_swarm import LocalSwarm
-from shards.catalog import DEFAULT_MODEL, resolve_model
+from shards.catalog import resolve_model
 from shards.local import LocalModel
 from swarmlm.sdk import RemoteModel
 
-PROMPT = "What is the capital of France?"
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap = bench_parser(__doc__)
     ap.add_argument("--nodes", type=int, default=3)
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--prompt", default=PROMPT)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)

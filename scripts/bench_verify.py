@@ -9,7 +9,6 @@ greedy answer. Also times one attestation: the node's signature and the client's
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import time
@@ -17,17 +16,14 @@ from pathlib import Path
 
 import torch
 
-from benchlib import alternate, median_tps
+from benchlib import PROMPT, alternate, bench_parser, median_tps
 from ledger.keys import Identity
 from node.local_swarm import LocalSwarm, even_spans
 from routing import wire
 from routing.attestation import attest, check_step_attestation
-from shards.catalog import DEFAULT_MODEL, resolve_model
+from shards.catalog import resolve_model
 from shards.manifest import Manifest
 from swarmlm.sdk import DEFAULT_SPOT_CHECK_RATE, RemoteModel
-
-PROMPT = "What is the capital of France?"
-
 
 def attestation_cost(rounds: int = 2000) -> tuple[float, float]:
     """Microseconds to sign one step attestation (node) and to check it (client)."""
@@ -48,10 +44,7 @@ def attestation_cost(rounds: int = 2000) -> tuple[float, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap = bench_parser(__doc__)
     ap.add_argument("--rate", type=float, default=DEFAULT_SPOT_CHECK_RATE)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -6,6 +6,7 @@ both sides, so the ratio printed is a fair side-by-side figure.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -13,7 +14,20 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from shards.catalog import DEFAULT_MODEL  # noqa: E402
 from shards.generation import Generation  # noqa: E402
+
+PROMPT = "What is the capital of France?"
+
+
+def bench_parser(doc: str | None, tokens: int = 64, repeats: int | None = 5) -> argparse.ArgumentParser:
+    """The flags every generation benchmark takes: the model, new tokens, and timed rounds (when it alternates)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=DEFAULT_MODEL, help=f"store folder or catalogued name (default {DEFAULT_MODEL})")
+    ap.add_argument("--tokens", type=int, default=tokens, help=f"new tokens per generation (default {tokens})")
+    if repeats is not None:
+        ap.add_argument("--repeats", type=int, default=repeats, help=f"timed rounds (default {repeats})")
+    return ap
 
 
 def alternate(contenders: dict[str, Callable[[], Generation]], repeats: int) -> dict[str, list[Generation]]:

@@ -13,6 +13,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -31,6 +32,15 @@ from .sessions import NodeSession
 
 log = logging.getLogger(__name__)
 MAX_SESSION_ID = 64
+
+
+@dataclass(frozen=True)
+class Computed:
+    """One step's or forward's result, ready for the reply frame and the attestation."""
+
+    hidden: dict[str, Any]  # the output, encoded for the wire in the reply dtype
+    input_digest: bytes
+    output_digest: bytes
 
 
 @dataclass
@@ -98,11 +108,20 @@ class Serving:
                 "draining": self.draining, "uptime_s": round(time.time() - self.started, 1),
                 "tokens_served": self.stats.tokens, **self.info_extra()}
 
-    def _decode_hidden(self, frame: dict[str, Any], max_batch: int) -> tuple[torch.Tensor, bytes]:
-        """The hidden states in our compute dtype, and the digest of the bytes as received (attested)."""
-        hidden = wire.decode_tensor(frame.get("hidden"), hidden_size=self.hidden_size,
-                                    max_tokens=self.config.max_step_tokens, max_batch=max_batch)
-        return hidden.to(device=self.device, dtype=self.dtype), wire.tensor_digest(hidden)
+    def _decode_hidden(self, frame: dict[str, Any], max_batch: int) -> torch.Tensor:
+        """The hidden states as received: a checked view of the frame's bytes, converted later in the worker."""
+        return wire.decode_tensor(frame.get("hidden"), hidden_size=self.hidden_size,
+                                  max_tokens=self.config.max_step_tokens, max_batch=max_batch)
+
+    def _computed(self, run: Callable[[torch.Tensor], torch.Tensor], received: torch.Tensor,
+                  reply_dtype: torch.dtype, last: int | None = None) -> Computed:
+        """Everything proportional to the tensors, for the compute worker: a max-size step hashes and
+        converts about 100 ms of bytes, which would otherwise stall every session on the event loop."""
+        input_digest = wire.tensor_digest(received)  # the bytes as received are what the client attests
+        with torch.inference_mode():
+            out = run(received.to(device=self.device, dtype=self.dtype))
+        out = (out if last is None else out[:, -last:]).to(reply_dtype)
+        return Computed(wire.encode_tensor(out), input_digest, wire.tensor_digest(out))
 
     def _attest(self, session: str, step: int, start: int, span: BlockStack, input_digest: bytes,
                 output_digest: bytes) -> dict[str, Any]:
@@ -148,17 +167,17 @@ class Serving:
             frame = await wire.read_frame(reader, self.max_frame)
             wire.check_opening(frame, "forward")
             span = self._span(frame)
-            hidden, input_digest = self._decode_hidden(frame, self.config.max_batch)
+            hidden = self._decode_hidden(frame, self.config.max_batch)
             reply_dtype = self._reply_dtype(frame)
             last = frame.get("last", hidden.shape[1])  # spot checks want only the final positions back
             if type(last) is not int or not 1 <= last <= hidden.shape[1]:
                 raise ProtocolError(ErrorCode.BAD_FRAME, f"'last' must be 1..{hidden.shape[1]}, got {last!r}")
             started = time.perf_counter()
-            out = (await self.compute(_run_stateless, span, hidden))[:, -last:].to(reply_dtype)
+            done = await self.compute(self._computed, span, hidden, reply_dtype, last)
             self.stats.forward(time.perf_counter() - started)
-            reply = {"type": "result", "hidden": wire.encode_tensor(out)}
+            reply = {"type": "result", "hidden": done.hidden}
             if frame.get("attest", True):
-                reply["attestation"] = self._attest(FORWARD_SESSION, 0, 0, span, input_digest, wire.tensor_digest(out))
+                reply["attestation"] = self._attest(FORWARD_SESSION, 0, 0, span, done.input_digest, done.output_digest)
             await wire.write_frame(writer, reply)
 
         await self.guard(serve, writer, info)
@@ -273,7 +292,7 @@ class Serving:
                     attesting: bool) -> dict[str, Any]:
         step = wire.field(frame, "step", int, minimum=0)
         start = wire.field(frame, "start", int, minimum=0)
-        hidden, input_digest = self._decode_hidden(frame, session.batch)
+        hidden = self._decode_hidden(frame, session.batch)
         if hidden.shape[0] != session.batch:
             raise ProtocolError(ErrorCode.BAD_TENSOR, f"batch {hidden.shape[0]} differs from the session's "
                                                       f"{session.batch}")
@@ -285,15 +304,14 @@ class Serving:
             raise ProtocolError(ErrorCode.MAX_LENGTH, f"session max length {session.max_length} exceeded: "
                                                       f"positions {start}..{start + n - 1}")
         started = time.perf_counter()
-        out = await self.compute(_run_cached, session, hidden, start)
-        out = out.to(reply_dtype)
-        output_digest = wire.tensor_digest(out)
-        session.record_step(n * session.batch, input_digest, output_digest)
+        done = await self.compute(self._computed, partial(session.stack, cache=session.cache, start=start), hidden,
+                                  reply_dtype)
+        session.record_step(n * session.batch, done.input_digest, done.output_digest)
         self.stats.step(n * session.batch, time.perf_counter() - started)
-        reply = {"type": "result", "step": step, "hidden": wire.encode_tensor(out)}
+        reply = {"type": "result", "step": step, "hidden": done.hidden}
         if attesting:
-            reply["attestation"] = self._attest(session.session_id, step, start, session.stack, input_digest,
-                                                output_digest)
+            reply["attestation"] = self._attest(session.session_id, step, start, session.stack, done.input_digest,
+                                                done.output_digest)
         return reply
 
     def _close(self, session: NodeSession, receipt: Any) -> None:
@@ -332,16 +350,6 @@ class Serving:
             await _try_write(writer, wire.error_frame(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
         finally:
             writer.close()
-
-
-def _run_cached(session: NodeSession, hidden: torch.Tensor, start: int) -> torch.Tensor:
-    with torch.inference_mode():
-        return session.stack(hidden, session.cache, start)
-
-
-def _run_stateless(span: BlockStack, hidden: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return span(hidden)
 
 
 async def _try_write(writer: asyncio.StreamWriter, frame: dict[str, Any]) -> None:

@@ -123,5 +123,5 @@ def tensor_digest(t: torch.Tensor) -> bytes:
     """SHA-256 over a tensor's dtype, shape and raw bytes: what attestations and receipts name."""
     t = t.detach().contiguous().cpu()
     h = hashlib.sha256(f"{dtype_name(t.dtype)}:{list(t.shape)}:".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes())
+    h.update(t.view(torch.uint8).numpy())  # the buffer itself: no copy of a large step
     return h.digest()

@@ -40,8 +40,8 @@ def _exchange(client, peer, handler, *payloads: bytes) -> list[dict]:
         try:
             while True:
                 frames.append(await wire.read_frame(reader))
-        except Exception:
-            return frames
+        except Exception as e:  # the end of the stream; kept so a failed assertion shows how it ended
+            return frames + [{"type": "ended", "how": repr(e)}]
         finally:
             writer.close()
 
@@ -143,7 +143,7 @@ def test_session_errors_keep_the_session_usable(client, first, remote_model):
                        _frame({"type": "close", "session": "s-bad"}))
     kinds = [f["type"] if f["type"] != "error" else f["code"] for f in frames]
     assert kinds == ["opened", "result", "max_length", "unknown_session", "bad_position", "bad_frame", "bad_frame",
-                     "result", "closed"]
+                     "result", "closed", "ended"], frames[-1]
 
 
 def test_open_errors(client, first, remote_model):

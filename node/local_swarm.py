@@ -2,7 +2,8 @@
 
 `LocalSwarm` starts a bootstrap peer and N `swarmlm node run` processes splitting the blocks
 evenly, waits until each prints its `ready` line, records them in `STATE/swarm.json`, and stops
-exactly the processes it started.
+exactly the processes it started. With a `Placement` (the WAN lab in scripts/wanlab.py) each process
+runs on a host of its own, named `bootstrap`, `node-1`, `node-2`, … and listens on that host's address.
 """
 
 from __future__ import annotations
@@ -16,12 +17,25 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 from .errors import NodeError
 
 log = logging.getLogger(__name__)
 SWARMLM = [sys.executable, "-m", "swarmlm.cli"]
+BOOTSTRAP = "bootstrap"
+
+
+def node_name(number: int) -> str:
+    return f"node-{number}"
+
+
+class Placement(Protocol):
+    """Where each swarm process runs: the address it listens on, and the command that puts it there."""
+
+    def address(self, host: str) -> str: ...
+
+    def wrap(self, host: str, argv: Sequence[str]) -> list[str]: ...
 
 
 @dataclass
@@ -61,8 +75,9 @@ def even_spans(num_blocks: int, nodes: int) -> list[tuple[int, int]]:
 
 class LocalSwarm:
     def __init__(self, model: str, state_dir: Path, *, host: str = "127.0.0.1", announce_period: float = 5.0,
-                 node_args: Sequence[str] = (), ready_timeout: float = 180.0, env: dict[str, str] | None = None) -> None:
-        self.model, self.state_dir, self.host = model, Path(state_dir), host
+                 node_args: Sequence[str] = (), ready_timeout: float = 180.0, env: dict[str, str] | None = None,
+                 placement: Placement | None = None) -> None:
+        self.model, self.state_dir, self.host, self.placement = model, Path(state_dir), host, placement
         self.announce_period, self.node_args = announce_period, list(node_args)
         self.ready_timeout = ready_timeout
         self.env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
@@ -78,13 +93,16 @@ class LocalSwarm:
 
     def start(self, num_nodes: int, num_blocks: int, dtypes: Sequence[str] | None = None) -> "LocalSwarm":
         """Bootstrap peer, then `num_nodes` nodes over even spans (started together, awaited in order)."""
+        return self.start_spans(even_spans(num_blocks, num_nodes) if num_nodes else [], dtypes)  # 0: just bootstrap
+
+    def start_spans(self, spans: Sequence[tuple[int, int]], dtypes: Sequence[str] | None = None) -> "LocalSwarm":
+        """Bootstrap peer, then one node per span (started together, awaited in order)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.bootstrap = self._wait(self._spawn("bootstrap", None, ["node", "bootstrap", "--host", self.host,
-                                                                       "--identity",
-                                                                       str(self.state_dir / "bootstrap.key")]))
-            spans = even_spans(num_blocks, num_nodes) if num_nodes else []  # 0: just the bootstrap peer
-            self.threads = max(1, (os.cpu_count() or 1) // max(1, num_nodes))
+            self.bootstrap = self._wait(self._spawn(BOOTSTRAP, None, [
+                "node", "bootstrap", "--host", self._listen_host(BOOTSTRAP),
+                "--identity", str(self.state_dir / "bootstrap.key")]))
+            self.threads = max(1, (os.cpu_count() or 1) // max(1, len(spans)))
             pending = [self.spawn_node(blocks=span, dtype=dtypes[i] if dtypes else None, wait=False)
                        for i, span in enumerate(spans)]
             for node in pending:
@@ -103,9 +121,9 @@ class LocalSwarm:
         `program` replaces `python -m swarmlm.cli` (tests run a deliberately dishonest node this way).
         """
         self._counter += 1
-        name = f"node-{self._counter}"
+        name = node_name(self._counter)
         args = ["node", "run", "--model", self.model, "--blocks", f"{blocks[0]}:{blocks[1]}" if blocks else "auto",
-                "--initial-peers", *self.initial_peers, "--host", self.host,
+                "--initial-peers", *self.initial_peers, "--host", self._listen_host(name),
                 "--state-dir", str(self.state_dir / name), "--announce-period", str(self.announce_period),
                 "--threads", str(self.threads),
                 *(["--dtype", dtype] if dtype else []), *self.node_args, *extra]
@@ -121,11 +139,16 @@ class LocalSwarm:
         node_dir = self.state_dir / name
         node_dir.mkdir(parents=True, exist_ok=True)
         log_path = node_dir / "node.log"
+        argv = [*(program or SWARMLM), *args]
         with open(log_path, "wb") as out:
-            proc = subprocess.Popen([*(program or SWARMLM), *args], stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(self.placement.wrap(name, argv) if self.placement else argv, stdout=out,
+                                    stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+                                    preexec_fn=_die_with_parent)
         return LocalNode(name, blocks, proc.pid, "", [], str(node_dir), str(node_dir / "ledger.sqlite"),
                          str(log_path), proc)
+
+    def _listen_host(self, name: str) -> str:
+        return self.placement.address(name) if self.placement else self.host
 
     def _wait(self, node: LocalNode) -> LocalNode:
         """Block until the node prints `ready` (parsing its peer ID, multiaddrs and blocks)."""

@@ -1,0 +1,91 @@
+"""What a WAN lab is: its hosts, their addresses, and the shape of the link between any two of them.
+
+One frozen value, validated once, crosses from the harness to the forwarder process as JSON, so
+both sides agree on every address and delay by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+PREFIX = "swarmlm-wan-"      # every lab's namespaces start with it, so `wanlab.py down` finds leftovers
+SUBNET = "10.77.0"           # each lab is its own set of namespaces, so every lab may use the same /24
+MAX_HOSTS = 250
+MAX_MBIT = 1000
+_LAB = re.compile(r"[a-z0-9]{1,16}")  # no '-': it separates the lab from the host in namespace names
+_HOST = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
+
+
+class LabError(Exception):
+    """The lab cannot be built, or does not behave as configured; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    name: str
+    hosts: tuple[str, ...]
+    rtt_ms: float
+    mbit: float
+    jitter_ms: float = 0.0
+    link_rtt_ms: tuple[tuple[str, str, float], ...] = ()  # (a, b, rtt) with a < b, sorted
+
+    @classmethod
+    def build(cls, hosts: Sequence[str], rtt_ms: float, mbit: float, jitter_ms: float = 0.0,
+              link_rtt_ms: Mapping[frozenset[str], float] | None = None, name: str | None = None) -> "LabSpec":
+        """Validate what a user asked for (a mistake here is theirs to fix, so LabError says how)."""
+        hosts = tuple(hosts)
+        name = name or secrets.token_hex(3)
+        if not _LAB.fullmatch(name):
+            raise LabError(f"{name!r} is not a valid lab name: use 1-16 lowercase letters and digits")
+        for host in hosts:
+            if not _HOST.fullmatch(host):
+                raise LabError(f"{host!r} is not a valid host name: use 1-31 lowercase letters, digits and '-', "
+                               f"starting with a letter or digit")
+        if len(set(hosts)) != len(hosts) or not 2 <= len(hosts) <= MAX_HOSTS:
+            raise LabError(f"a lab needs 2 to {MAX_HOSTS} distinct host names, got {list(hosts)}")
+        if rtt_ms < 0 or jitter_ms < 0 or mbit <= 0:
+            raise LabError(f"need --rtt-ms >= 0, --jitter-ms >= 0 and --mbit > 0 (got {rtt_ms}, {jitter_ms}, {mbit})")
+        if mbit > MAX_MBIT:
+            raise LabError(f"--mbit {mbit:g} is more than {MAX_MBIT}: the forwarder is one Python loop, and beyond "
+                           f"that it would take a core from the nodes")
+        links: list[tuple[str, str, float]] = []
+        for pair, rtt in (link_rtt_ms or {}).items():
+            if len(pair) != 2 or not set(pair) <= set(hosts) or rtt < 0:
+                raise LabError(f"a link override names two different hosts of the lab and an RTT >= 0; got "
+                               f"{sorted(pair)}={rtt} (hosts: {', '.join(hosts)})")
+            a, b = sorted(pair)
+            links.append((a, b, float(rtt)))
+        shortest = min([rtt_ms, *(rtt for _, _, rtt in links)])
+        if jitter_ms > shortest / 2:
+            raise LabError(f"jitter {jitter_ms:g} ms exceeds the one-way delay of the shortest link "
+                           f"({shortest / 2:g} ms), so packets would arrive before they were sent: lower --jitter-ms")
+        return cls(name, hosts, float(rtt_ms), float(mbit), float(jitter_ms), tuple(sorted(links)))
+
+    def address(self, host: str) -> str:
+        try:
+            return f"{SUBNET}.{self.hosts.index(host) + 1}"
+        except ValueError:
+            raise LabError(f"no host {host!r} in lab {self.name} (hosts: {', '.join(self.hosts)})") from None
+
+    def namespace(self, host: str) -> str:
+        self.address(host)  # a typed error for an unknown host
+        return f"{PREFIX}{self.name}-{host}"
+
+    def rtt(self, a: str, b: str) -> float:
+        """The configured round trip between two hosts, in ms (an override, else the lab's default)."""
+        pair = tuple(sorted((a, b)))
+        return next((rtt for x, y, rtt in self.link_rtt_ms if (x, y) == pair), self.rtt_ms)
+
+    def to_json(self) -> str:
+        return json.dumps({"name": self.name, "hosts": self.hosts, "rtt_ms": self.rtt_ms, "mbit": self.mbit,
+                           "jitter_ms": self.jitter_ms, "link_rtt_ms": self.link_rtt_ms})
+
+    @classmethod
+    def from_json(cls, text: str) -> "LabSpec":
+        d = json.loads(text)
+        links = {frozenset((a, b)): rtt for a, b, rtt in d["link_rtt_ms"]}
+        return cls.build(d["hosts"], d["rtt_ms"], d["mbit"], d["jitter_ms"], links, d["name"])

@@ -1,0 +1,37 @@
+"""The WAN lab's tests: skipped as a whole, with the reason, where namespaces cannot be made (not root, no TUN)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+sys.path.insert(0, str(SCRIPTS))  # the lab's modules import each other by name, as scripts do
+
+import wanlab_netns  # noqa: E402
+
+
+@functools.cache
+def _unavailable() -> str | None:
+    return wanlab_netns.unavailable_reason()
+
+
+@pytest.fixture(autouse=True)
+def _namespaces_available() -> None:
+    if reason := _unavailable():
+        pytest.skip(reason)
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Whether `condition` holds within `timeout` s (for what the kernel finishes after a process dies)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

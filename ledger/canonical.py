@@ -1,8 +1,10 @@
 """Canonical msgpack: one byte string per value, so signatures and leaf hashes agree everywhere.
 
-Allowed values: None, bool, int (64-bit), str, bytes, lists and maps with str keys. Maps are
-written with keys sorted; floats, extension types and tuples are refused. Decoding is strict:
-the bytes must decode, contain no duplicate keys or trailing data, and re-encode to themselves.
+Allowed values: None, bool, int (64-bit), str, bytes, lists and maps with str keys, nested at
+most MAX_DEPTH deep. Maps are written with keys sorted; floats, extension types and tuples are
+refused. Decoding is strict: the bytes must decode, stay within the depth and size bounds
+(checked without recursion, before anything recurses), contain no duplicate keys or trailing
+data, and re-encode to themselves.
 """
 
 from __future__ import annotations
@@ -11,18 +13,22 @@ from typing import Any
 
 import msgpack
 
+from ledger import bounds
 from ledger.errors import EncodingError
 
 MAX_SIZE = 1 << 20
+MAX_DEPTH = 32
 
 
-def _sorted(value: Any) -> Any:
+def _sorted(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, (dict, list)) and depth >= MAX_DEPTH:
+        raise EncodingError(f"canonical values nest at most {MAX_DEPTH} levels deep")
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
             raise EncodingError("canonical maps have str keys only")
-        return {k: _sorted(value[k]) for k in sorted(value)}
+        return {k: _sorted(value[k], depth + 1) for k in sorted(value)}
     if isinstance(value, list):
-        return [_sorted(v) for v in value]
+        return [_sorted(v, depth + 1) for v in value]
     if value is None or isinstance(value, (bool, int, str, bytes)):
         return value
     raise EncodingError(f"{type(value).__name__} has no canonical encoding (use int, str, bytes, list, dict)")
@@ -52,6 +58,8 @@ def unpack(data: bytes, max_size: int = MAX_SIZE) -> Any:
 
     `max_size` guards against huge inputs; documents carrying tensors (evidence) pass a larger one.
     """
+    if type(data) is not bytes:
+        raise EncodingError(f"canonical msgpack is bytes, not {type(data).__name__}")
     if len(data) > max_size:
         raise EncodingError(f"{len(data)} bytes exceeds the {max_size}-byte limit")
     try:
@@ -62,6 +70,7 @@ def unpack(data: bytes, max_size: int = MAX_SIZE) -> Any:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
         raise EncodingError(f"not valid msgpack: {e}") from None
+    bounds.check(value, bounds.Bounds(MAX_DEPTH, max_size, max_size, max_size), "a canonical document")
     if pack(value) != data:
         raise EncodingError("msgpack is not in canonical form (key order, integer width or floats)")
     return value

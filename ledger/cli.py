@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ledger import canonical
-from ledger.entries import KINDS
+from ledger.entries import KINDS, Entry, ReceiptEntry, ServeEntry
 from ledger.errors import LedgerError, UsageError, VerifyError
 from ledger.proofs import check_inclusion_proof, make_inclusion_proof
 from ledger.store import Ledger, Row, default_path
@@ -182,8 +182,18 @@ def _query(args: argparse.Namespace) -> int:
             since_ns=args.since and parse_time(args.since),
             until_ns=args.until and parse_time(args.until),
         )
+    if args.session is not None:
+        rows = [r for r in rows if _session_of(r.decode()) == args.session]
     _print_rows(rows, args.json, _console())
     return 0
+
+
+def _session_of(entry: Entry) -> str | None:
+    if isinstance(entry, ServeEntry):
+        return entry.session
+    if isinstance(entry, ReceiptEntry):
+        return entry.receipt.session
+    return None
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -291,6 +301,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     p.add_argument("--kind", choices=sorted(KINDS))
     p.add_argument("--since", metavar="T", help="ISO-8601 time or age like 12h")
     p.add_argument("--until", metavar="T", help="ISO-8601 time or age like 12h")
+    p.add_argument("--session", metavar="ID", help="serve and receipt entries of one inference session (the id "
+                                                   "an answer's provenance names)")
     p.set_defaults(func=_query)
 
     p = commands.add_parser("verify", parents=common, help="check every signature, leaf and checkpoint offline")

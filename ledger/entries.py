@@ -17,7 +17,8 @@ from ledger.keys import Identity
 from ledger.note import MAX_NOTE_SIZE
 from ledger.note import parse as parse_note
 from ledger.receipts import Receipt, verify_receipt
-from ledger.schema import BLOCKS, DIGEST, DIGESTS, MAP, PEER_ID, PUBLIC_KEY, TEXT, UINT, FieldType, Record, nested, spec
+from ledger.schema import (BLOCKS, DIGEST, DIGESTS, MAP, PEER_ID, PUBLIC_KEY, TEXT, UINT, FieldType, Record, added,
+                           nested, spec)
 
 NOTE = FieldType(
     f"note text of at most {MAX_NOTE_SIZE} characters", lambda v: type(v) is str and 0 < len(v) <= MAX_NOTE_SIZE
@@ -56,7 +57,11 @@ class LoadEntry(Entry):
 
 @dataclass(frozen=True)
 class ServeEntry(Entry):
-    """The node served one inference session; `receipt` is None when the client sent none."""
+    """The node served one inference session; `receipt` is None when the client sent none.
+
+    `tokens` counts every position computed, `accepted_tokens` those the client kept (rejected
+    speculative drafts are rolled back); entries logged before speculation existed have no
+    `accepted_tokens`, meaning all were kept."""
 
     kind = name = "serve"
     session: str = spec(TEXT)
@@ -70,6 +75,7 @@ class ServeEntry(Entry):
     steps_digest: bytes = spec(DIGEST)
     receipt: Receipt | None = nested(Receipt, optional=True)
     time_ns: int = spec(UINT)
+    accepted_tokens: int | None = added(UINT)  # tokens kept: `tokens` minus rejected speculative drafts
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,7 @@ def decode(data: bytes) -> tuple[int, Entry]:
     if type(wire) is not dict:
         raise EncodingError("an entry must be a map")
     kind, index = wire.pop("kind", None), wire.pop("index", None)
-    if kind not in KINDS:
+    if type(kind) is not str or kind not in KINDS:
         raise EncodingError(f"unknown entry kind {kind!r:.40}")
     if type(index) is not int or index < 0:
         raise EncodingError("entry index must be a non-negative integer")
@@ -156,6 +162,8 @@ def _check_receipt(entry: ServeEntry, node: str) -> None:
     verify_receipt(receipt)
     claimed = (receipt.node, receipt.client, receipt.session, receipt.manifest_root, receipt.blocks, receipt.tokens)
     logged = (node, entry.client, entry.session, entry.manifest_root, entry.blocks, entry.tokens)
+    if receipt.accepted_tokens is not None:  # receipts from before speculation do not name it
+        claimed, logged = (*claimed, receipt.accepted_tokens), (*logged, entry.accepted_tokens)
     if claimed != logged:
         raise ReceiptError(
             f"receipt for session {receipt.session!r} does not match the session served "

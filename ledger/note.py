@@ -32,6 +32,8 @@ def parse_decimal(text: str, what: str, limit: int = 1 << 63) -> int:
     """A non-negative ASCII decimal without leading zeros (the only form C2SP allows)."""
     if not _DECIMAL.fullmatch(text) or not text.isascii():
         raise NoteError(f"{what} {text!r:.40} is not an ASCII decimal without leading zeros")
+    if len(text) > len(str(limit)):  # before int(), which refuses (ValueError) beyond 4300 digits
+        raise NoteError(f"{what} {text[:40]}... is out of range")
     value = int(text)
     if value >= limit:
         raise NoteError(f"{what} {value} is out of range")
@@ -102,6 +104,8 @@ def _parse_signature_line(line: str) -> Signature:
 
 def parse(data: str | bytes) -> Note:
     """Parse a signed note; NoteError says which rule the text breaks."""
+    if not isinstance(data, (str, bytes)):
+        raise NoteError(f"a note is text, not {type(data).__name__}")
     try:
         raw = data.encode("utf-8") if isinstance(data, str) else data
         if len(raw) > MAX_NOTE_SIZE:

@@ -7,16 +7,18 @@ client's signature and not only the node's word. The client keeps its own receip
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from ledger import keys
-from ledger.errors import ReceiptError
+from ledger import canonical, keys
+from ledger.errors import EncodingError, ReceiptError
 from ledger.keys import Identity
-from ledger.schema import BLOCKS, DIGEST, PEER_ID, SIGNATURE, TEXT, UINT, SignedRecord, spec
+from ledger.schema import BLOCKS, DIGEST, PEER_ID, SIGNATURE, TEXT, UINT, SignedRecord, added, spec
 
 
 @dataclass(frozen=True)
 class Receipt(SignedRecord):
-    """What the client saw: session, serving node, model, blocks, tokens and outputs digest."""
+    """What the client saw: session, serving node, model, blocks, tokens (computed, and kept when
+    speculation rolled some back) and outputs digest."""
 
     name = "receipt"
 
@@ -29,6 +31,7 @@ class Receipt(SignedRecord):
     outputs_digest: bytes = spec(DIGEST)
     time_ns: int = spec(UINT)
     signature: bytes = spec(SIGNATURE)
+    accepted_tokens: int | None = added(UINT)
 
 
 def make_receipt(
@@ -41,6 +44,7 @@ def make_receipt(
     tokens: int,
     outputs_digest: bytes,
     time_ns: int,
+    accepted_tokens: int | None = None,
 ) -> Receipt:
     """Sign a receipt as the client `identity`."""
     return Receipt(
@@ -53,6 +57,7 @@ def make_receipt(
         outputs_digest=outputs_digest,
         time_ns=time_ns,
         signature=bytes(64),
+        accepted_tokens=accepted_tokens,
     ).signed(identity, keys.RECEIPT)
 
 
@@ -63,3 +68,16 @@ def verify_receipt(receipt: Receipt) -> None:
             f"receipt for session {receipt.session!r} is not signed by client {receipt.client}; "
             "log the session as unreceipted instead"
         )
+
+
+def open_receipt(data: Any) -> Receipt:
+    """A receipt as a peer sent it (canonical bytes), well-formed and signed by the client it names.
+
+    Anything else, whatever its shape, is a ReceiptError: the caller logs the session unreceipted.
+    """
+    try:
+        receipt = Receipt.from_wire(canonical.unpack(data))
+    except EncodingError as e:
+        raise ReceiptError(f"malformed receipt ({e}); log the session as unreceipted instead") from None
+    verify_receipt(receipt)
+    return receipt

@@ -88,9 +88,16 @@ def _is_packable_map(v: Any) -> bool:
 MAP = FieldType("a map with str keys and canonical values (no floats)", _is_packable_map)
 
 
-def spec(field_type: FieldType) -> Any:
-    """Declare a record field of `field_type`."""
-    return dataclasses.field(metadata={"type": field_type})
+def _brief(value: Any) -> str:
+    """An untrusted value for an error message: never the repr of a whole, possibly deep, structure."""
+    if isinstance(value, (list, tuple, dict)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"{value!r:.80}"
+
+
+def spec(field_type: FieldType, **default: Any) -> Any:
+    """Declare a record field of `field_type` (`default=` or `default_factory=` for an optional one)."""
+    return dataclasses.field(metadata={"type": field_type}, **default)
 
 
 R = TypeVar("R", bound="Record")
@@ -112,7 +119,7 @@ class Record:
                 if not (value is None and f.metadata["optional"]) and not isinstance(value, nested):
                     raise EncodingError(f"{self.name}.{f.name} must be a {nested.name}")
             elif not field_type.check(value):
-                raise EncodingError(f"{self.name}.{f.name} must be {field_type.what}, got {value!r:.80}")
+                raise EncodingError(f"{self.name}.{f.name} must be {field_type.what}, got {_brief(value)}")
 
     def to_wire(self) -> dict[str, Any]:
         """The msgpack map of this record (feed it to `canonical.pack`)."""
@@ -120,6 +127,8 @@ class Record:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             field_type = f.metadata.get("type")
+            if value is None and f.metadata.get("added"):
+                continue  # absent, so records written before the field existed keep their bytes
             if field_type is not None:
                 wire[f.name] = field_type.to_wire(value)
             else:
@@ -132,11 +141,14 @@ class Record:
         if type(wire) is not dict:
             raise EncodingError(f"a {cls.name} must be a map")
         names = {f.name for f in dataclasses.fields(cls)}
-        if set(wire) != names:
-            extra, missing = sorted(set(wire) - names), sorted(names - set(wire))
+        required = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("added")}
+        if not required <= set(wire) <= names:
+            extra, missing = sorted(set(wire) - names), sorted(required - set(wire))
             raise EncodingError(f"{cls.name} fields wrong: unexpected {extra}, missing {missing}")
         values = {}
         for f in dataclasses.fields(cls):
+            if f.name not in wire:
+                continue  # an added field, absent: its default (None)
             value = wire[f.name]
             field_type = f.metadata.get("type")
             if field_type is not None:
@@ -160,6 +172,14 @@ class SignedRecord(Record):
     def signed(self: SR, identity: Identity, context: str) -> SR:
         """This record with `signature` made by `identity` under the domain-separation `context`."""
         return dataclasses.replace(self, signature=identity.sign(context, self.signed_bytes()))
+
+
+def added(field_type: FieldType) -> Any:
+    """Declare a field added to a schema after records were signed and logged without it: None (the
+    default) is left out of the wire form, so every older record decodes and re-encodes to itself."""
+    optional = FieldType(f"{field_type.what}, or absent", lambda v: v is None or field_type.check(v),
+                         field_type.to_wire, field_type.from_wire)
+    return dataclasses.field(default=None, metadata={"type": optional, "added": True})
 
 
 def nested(record: type[Record], optional: bool = False) -> Any:

@@ -6,29 +6,47 @@ queued in one transaction, signs one checkpoint for the batch, and only then res
 futures, so an entry is acknowledged exactly when it is durable. The serving path never waits
 on disk. Interior hashes of perfect subtrees are stored as leaves complete them, so proofs at
 millions of entries need only O(log n) look-ups.
+
+When the disk fails (full, I/O errors, read-only), no entry is lost silently. A batch that cannot
+commit stays queued, in order, and the writer retries it with backoff (RETRY_MIN doubling to
+RETRY_MAX) until the disk takes it; its futures then resolve, late but never with an error. The
+first failure of an episode is logged as an ERROR, the recovery as INFO, and `health()` reports
+it, so the node can refuse sessions it could not record. Entries are given up only when more than
+`max_pending` wait, or at `close()` when a last retry fails: their futures fail with StoreError and
+their canonical bytes go, as JSON lines, to the side file `<ledger>.unwritten` (written out of a
+reserve file kept beside the ledger, so even a full disk has room), or failing that to the log.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import logging
 import os
 import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ledger import entries, merkle
+from ledger import canonical, entries, merkle
 from ledger.checkpoint import log_key, sign_checkpoint, witness_key
 from ledger.entries import Entry, LoadEntry, LogKeyEntry, ReceiptEntry, ServeEntry, WitnessEntry
-from ledger.errors import LedgerError, StoreError
+from ledger.errors import StoreError
 from ledger.keys import Identity
+
+log = logging.getLogger(__name__)
 
 FORMAT = "swarmlm-ledger/1"
 PAGE = 2000
+RETRY_MIN, RETRY_MAX = 0.05, 2.0  # seconds between attempts to commit a failed batch
+RESERVE_BYTES = 256 << 10  # room kept beside the ledger for the side file of unwritten entries
 
 _TABLES = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -144,6 +162,16 @@ class Ledger:
 
     def close(self) -> None:
         self._conn.close()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Ledger]:
+        """Every read in the block sees one state of the file (a WAL read transaction), however
+        much the writer appends and checkpoints meanwhile."""
+        self._all("BEGIN")
+        try:
+            yield self
+        finally:
+            self._all("COMMIT")
 
     def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -272,6 +300,35 @@ Job = Callable[["Transaction"], T]
 _STOP = object()
 
 
+def unwritten_path(path: str | os.PathLike[str]) -> Path:
+    """The side file where a ledger's given-up entries go: one JSON object per line."""
+    return Path(f"{path}.unwritten")
+
+
+def _unwritten_line(entry: Entry) -> str:
+    """An entry that never got an index: its kind, time and canonical bytes (without an index)."""
+    data = canonical.pack({"kind": entry.kind, **entry.to_wire()})
+    return json.dumps({"kind": entry.kind, "time_ns": entry.time_ns, "entry": data.hex()}) + "\n"
+
+
+@dataclass(frozen=True)
+class Health:
+    """Whether the writer is committing, and what it holds back: for node status and metrics."""
+
+    ok: bool  # False from a failed commit until the next one succeeds
+    pending: int  # jobs (mostly appends) submitted and not yet committed
+    failures: int  # failed commit attempts since the store opened
+    unwritten: int  # entries given up to the side file (or the log) since the store opened
+    last_error: str | None  # why the latest commit attempt failed
+
+
+@dataclass(frozen=True)
+class _Queued:
+    run: Job[Any]
+    future: Future[Any]
+    entry: Entry | None  # what `append` queued, so a given-up entry can still be written out
+
+
 class Transaction:
     """What a job may do inside the worker's batch transaction: append entries, write tables."""
 
@@ -300,12 +357,22 @@ class Store(Ledger):
     """The single writer of a node's ledger; creates the file, and its entry 0, on first use."""
 
     def __init__(
-        self, path: str | os.PathLike[str], identity: Identity, *, max_batch: int = 4096, time_ns: int | None = None
+        self,
+        path: str | os.PathLike[str],
+        identity: Identity,
+        *,
+        max_batch: int = 4096,
+        max_pending: int = 100_000,
+        time_ns: int | None = None,
     ) -> None:
         """Open (or create) the ledger at `path`; `time_ns` stamps entry 0 of a new one."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.identity = identity
+        self._guard = threading.Lock()  # the closed flag and the health counters
+        self._closed = False
+        self._ok, self._failures, self._unwritten, self._last_error = True, 0, 0, None
+        self._reserve = Path(f"{path}.reserve")
         self._writer = _connect(path)
         try:
             self._writer.execute("PRAGMA journal_mode = WAL")
@@ -324,23 +391,18 @@ class Store(Ledger):
                 raise StoreError(f"{path} is the ledger of {self.peer_id}, not of this identity {identity.peer_id}")
             self._frontier = merkle.Frontier.at(self.size(), self.perfect)
             self._log_keys = self._read_log_keys()
+            if self._frontier.size == 0:
+                self._write_log_keys(time.time_ns() if time_ns is None else time_ns)
         except BaseException:
             super().close()
             self._writer.close()
             raise
-        self._max_batch = max_batch
+        self._max_batch, self._max_pending = max_batch, max_pending
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._closing = threading.Lock()
-        self._closed = False
+        self._backlog: deque[_Queued] = deque()  # taken from the queue, not committed yet (writer only)
+        self._make_reserve()
         self._worker = threading.Thread(target=self._run, name=f"ledger-writer:{path.name}", daemon=True)
         self._worker.start()
-        if self._frontier.size == 0:
-            log_keys = LogKeyEntry(
-                log_key=log_key(identity).public_key().public_bytes_raw(),
-                witness_key=witness_key(identity).public_key().public_bytes_raw(),
-                time_ns=time.time_ns() if time_ns is None else time_ns,
-            )
-            self.append_sync(log_keys)
 
     def _read_log_keys(self) -> LogKeyEntry | None:
         if self._frontier.size == 0:
@@ -349,6 +411,21 @@ class Store(Ledger):
         if not isinstance(entry, LogKeyEntry):
             raise StoreError(f"{self.path} does not start with a log_key entry; run `ledger verify`")
         return entry
+
+    def _write_log_keys(self, time_ns: int) -> None:
+        """Entry 0 of a new ledger, committed before the worker starts: a disk that cannot take it
+        is an error of opening, not a retry."""
+        log_keys = LogKeyEntry(
+            log_key=log_key(self.identity).public_key().public_bytes_raw(),
+            witness_key=witness_key(self.identity).public_key().public_bytes_raw(),
+            time_ns=time_ns,
+        )
+        first = _Queued(lambda tx: tx.append(log_keys), Future(), log_keys)
+        first.future.set_running_or_notify_cancel()
+        error = self._commit([first])
+        if error is not None:
+            raise StoreError(f"cannot write the first entry of {self.path}: {error}")
+        first.future.result()
 
     def _create(self) -> None:
         """Lay out an empty ledger; the check and the tables share one transaction."""
@@ -370,25 +447,37 @@ class Store(Ledger):
 
         The future resolves with the job's result once the batch is committed, or with its
         exception (the job's writes are then rolled back, the rest of the batch is unaffected).
+        While the disk fails it waits; it fails with StoreError only if the job is given up.
         """
+        return self._submit(job, None)
+
+    def _submit(self, job: Job[T], entry: Entry | None) -> Future[T]:
         future: Future[T] = Future()
-        with self._closing:
+        with self._guard:
             if self._closed:
                 raise StoreError(f"the ledger {self.path} is closed")
-            self._queue.put((job, future))
+            self._queue.put(_Queued(job, future, entry))
         return future
 
     def append(self, entry: Entry) -> Future[int]:
         """Queue `entry`; the future gives its index once it is committed (acknowledged)."""
-        return self.submit(lambda tx: tx.append(entry))
+        return self._submit(lambda tx: tx.append(entry), entry)
 
     def append_sync(self, entry: Entry, timeout: float | None = None) -> int:
         """Append and wait until committed: for CLIs and tests, not the serving path."""
         return self.append(entry).result(timeout)
 
+    def health(self) -> Health:
+        """The writer's state now; cheap enough for every session open and every scrape."""
+        with self._guard:
+            pending = self._queue.qsize() + len(self._backlog)
+            return Health(self._ok, pending, self._failures, self._unwritten, self._last_error)
+
     def close(self) -> None:
-        """Commit what is queued, stop the worker and close the file."""
-        with self._closing:
+        """Commit what is queued, stop the worker and close the file.
+
+        If the disk still fails after one last try, the waiting entries are given up (side file)."""
+        with self._guard:
             if self._closed:
                 return
             self._closed = True
@@ -397,24 +486,60 @@ class Store(Ledger):
         self._writer.close()
         super().close()
 
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            batch = [self._queue.get()]
-            while len(batch) < self._max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if _STOP in batch:
-                stopping = True
-                batch.remove(_STOP)
-            if batch:
-                self._commit(batch)
+    # ---- the writer thread ------------------------------------------------------------------------
 
-    def _commit(self, batch: list[tuple[Job[Any], Future[Any]]]) -> None:
+    def _run(self) -> None:
+        delay, retry_at, stopping = RETRY_MIN, 0.0, False
+        while True:
+            if not stopping:
+                stopping = self._take(None if not self._backlog else max(0.0, retry_at - time.monotonic()))
+            if not self._backlog:
+                if stopping:
+                    return
+                continue
+            if not stopping and time.monotonic() < retry_at:
+                continue
+            batch = list(itertools.islice(self._backlog, self._max_batch))
+            error = self._commit(batch)
+            if error is None:
+                for _ in batch:
+                    self._backlog.popleft()
+                delay, retry_at = RETRY_MIN, 0.0
+                continue
+            self._failed(error)
+            if stopping:
+                self._give_up(list(self._backlog), f"the ledger was closed while {error}")
+                self._backlog.clear()
+                return
+            retry_at, delay = time.monotonic() + delay, min(delay * 2, RETRY_MAX)
+
+    def _take(self, wait: float | None) -> bool:
+        """Move queued jobs to the backlog, waiting up to `wait` seconds for the first (None: for
+        ever); True once `close` was called."""
+        taken = []
+        try:
+            taken.append(self._queue.get(timeout=wait))
+            while True:
+                taken.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        overflow = []
+        for item in taken:
+            if item is _STOP or not item.future.set_running_or_notify_cancel():  # or cancelled by its caller
+                continue
+            if len(self._backlog) < self._max_pending:
+                self._backlog.append(item)
+            else:
+                overflow.append(item)
+        if overflow:
+            self._give_up(overflow, f"{self._max_pending} entries already wait for the disk")
+        return _STOP in taken
+
+    def _commit(self, batch: list[_Queued]) -> Exception | None:
+        """Run `batch` in one transaction and settle its futures (health first, so a caller woken
+        by its future sees it); on failure roll everything back, leave the futures pending and
+        return the error."""
         conn, before = self._writer, (self._frontier.copy(), self._log_keys)
-        live = [(job, future) for job, future in batch if future.set_running_or_notify_cancel()]
         outcomes: list[tuple[Future[Any], bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -422,30 +547,36 @@ class Store(Ledger):
             if stored != self._frontier.size:
                 raise StoreError(f"another process has written to {self.path}; only one node may use a ledger")
             tx = Transaction(self)
-            for job, future in live:
-                outcomes.append((future, *self._run_job(job, tx)))
+            outcomes = [(job.future, *self._run_job(job.run, tx)) for job in batch]
             if self._frontier.size != before[0].size:
                 note = sign_checkpoint(self.identity, self._frontier.size, self._frontier.root())
                 conn.execute("INSERT INTO checkpoints (size, note) VALUES (?, ?)", (self._frontier.size, note))
             conn.execute("COMMIT")
         except Exception as e:  # the whole batch failed: nothing in it is acknowledged
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as rollback:
+                    log.warning("ledger %s: rollback failed: %s", self.path, rollback)
             self._frontier, self._log_keys = before
-            error = e if isinstance(e, LedgerError) else StoreError(f"could not commit to {self.path}: {e}")
-            outcomes = [(future, False, error) for _, future in live]
+            return e
+        self._recovered()
         for future, ok, value in outcomes:
             if ok:
                 future.set_result(value)
             else:
                 future.set_exception(value)
+        return None
 
     def _run_job(self, job: Job[Any], tx: Transaction) -> tuple[bool, Any]:
-        """Run one job under a savepoint, so its failure undoes only its own writes."""
+        """Run one job under a savepoint, so its failure undoes only its own writes; a failure of
+        the disk (not the job) fails the whole batch, to be retried."""
         saved = (self._frontier.copy(), self._log_keys)
         tx.conn.execute("SAVEPOINT job")
         try:
             result = job(tx)
+        except sqlite3.OperationalError:
+            raise
         except Exception as e:
             tx.conn.execute("ROLLBACK TO job")
             tx.conn.execute("RELEASE job")
@@ -453,3 +584,64 @@ class Store(Ledger):
             return False, e
         tx.conn.execute("RELEASE job")
         return True, result
+
+    def _failed(self, error: Exception) -> None:
+        with self._guard:
+            first, self._ok = self._ok, False
+            self._failures += 1
+            self._last_error = f"{type(error).__name__}: {error}"
+        if first:
+            log.error(
+                "ledger %s cannot commit (%s): %d entries wait and are retried until the disk takes them; "
+                "new sessions are refused meanwhile. Free space on the disk holding the ledger.",
+                self.path, error, len(self._backlog),
+            )
+        else:
+            log.debug("ledger %s: commit retry failed: %s", self.path, error)
+
+    def _recovered(self) -> None:
+        with self._guard:
+            was_failing, self._ok = not self._ok, True
+        if was_failing:
+            log.info("ledger %s commits again after %d failed attempts; no entry was lost", self.path, self._failures)
+            self._make_reserve()
+
+    def _give_up(self, jobs: list[_Queued], reason: str) -> None:
+        """Fail `jobs` loudly: their entries go to the side file (or the log), their futures fail."""
+        lines = [_unwritten_line(job.entry) for job in jobs if job.entry is not None]
+        side = unwritten_path(self.path)
+        where = self._write_unwritten(side, lines)
+        log.error(
+            "ledger %s: %d entries and %d other jobs NOT committed (%s); %s",
+            self.path, len(lines), len(jobs) - len(lines), reason, where,
+        )
+        with self._guard:
+            self._unwritten += len(lines)
+        for job in jobs:
+            job.future.set_exception(StoreError(f"not committed to {self.path}: {reason}; see {side}"))
+
+    def _write_unwritten(self, side: Path, lines: list[str]) -> str:
+        """Append `lines` to the side file, using the reserve's room; returns where they went."""
+        if not lines:
+            return "no entry needed writing out"
+        try:
+            self._reserve.unlink(missing_ok=True)
+            with open(side, "a") as f:
+                f.write("".join(lines))
+                f.flush()
+                os.fsync(f.fileno())
+            return f"their bytes are in {side}"
+        except OSError as e:
+            for line in lines:
+                log.error("unwritten ledger entry: %s", line.rstrip())
+            return f"{side} could not be written ({e}), so their bytes are in this log"
+
+    def _make_reserve(self) -> None:
+        """Keep RESERVE_BYTES allocated beside the ledger, so a full disk still has room for the side file."""
+        try:
+            with open(self._reserve, "ab") as f:
+                if os.fstat(f.fileno()).st_size < RESERVE_BYTES:
+                    os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
+        except OSError as e:
+            log.warning("cannot reserve room beside the ledger at %s (%s); on a full disk, entries that cannot "
+                        "be committed will be written to the log only", self._reserve, e)

@@ -81,8 +81,10 @@ class Report:
 
 
 def verify_ledger(path: str | os.PathLike[str]) -> Report:
-    """Verify a ledger file offline; raises VerifyError naming the first bad index."""
-    with Ledger(path) as ledger:
+    """Verify a ledger file offline; raises VerifyError naming the first bad index.
+
+    Everything is read from one snapshot, so a log a node is appending to verifies as it stood."""
+    with Ledger(path) as opened, opened.snapshot() as ledger:
         verifier = LogVerifier(ledger.peer_id)
         checkpoints = ledger.checkpoints()
         pending = next(checkpoints, None)

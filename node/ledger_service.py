@@ -1,6 +1,7 @@
 """The `swarmlm.ledger` RPC, node side: anyone may read this node's log, its checkpoint and proofs.
 
-Reads hit SQLite, so they run on a worker thread, never on the event loop.
+Reads hit SQLite, so they run on a worker thread, never on the event loop. Every index and size
+in a request is an int in 0..2^63-1 (what SQLite holds) and in order, or the answer is bad_frame.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from routing import wire
 from routing.errors import ErrorCode, ProtocolError
 from routing.ledger_rpc import MAX_ENTRIES
 
-from .handlers import Serving
+from .serving import Serving
 
 
 class LedgerService:
@@ -45,13 +46,16 @@ class LedgerService:
                     raise ProtocolError(ErrorCode.TOO_LARGE, f"at most {MAX_ENTRIES} entries per request")
                 return {"entries": [[r.data, r.signature] for r in self.ledger.rows(start, end)]}
             if op == "consistency":
-                size1, size2 = wire.field(frame, "size1", int), wire.field(frame, "size2", int)
+                size1 = wire.field(frame, "size1", int, minimum=1)
+                size2 = wire.field(frame, "size2", int, minimum=size1)
                 return {"proof": self.ledger.consistency_proof(size1, size2)}
             if op == "inclusion":
-                index, size = wire.field(frame, "index", int), wire.field(frame, "size", int)
+                index = wire.field(frame, "index", int, minimum=0)
+                size = wire.field(frame, "size", int, minimum=index + 1)
                 row = self.ledger.row(index)
                 return {"proof": self.ledger.inclusion_proof(index, size), "entry": [row.data, row.signature]}
         except LedgerError as e:
             raise ProtocolError(ErrorCode.BAD_FRAME, str(e)) from None
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"unknown ledger op {op!r} (checkpoint, entries, consistency, "
+        named = repr(op[:40]) if isinstance(op, str) else f"of type {type(op).__name__}"  # no repr of a deep value
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"unknown ledger op {named} (checkpoint, entries, consistency, "
                                                  "inclusion)")

@@ -20,6 +20,7 @@ from ledger.checkpoint import Checkpoint
 from ledger.store import Store
 from routing import ledger_rpc
 from routing.client import PeerLink
+from routing import untrusted
 from routing.errors import RoutingError
 from routing.records import ServerRecord
 
@@ -45,6 +46,8 @@ class Witness:
             try:
                 cosigned += await self._check(record.peer_id, note)
             except (RoutingError, LedgerError) as e:
+                if isinstance(e, LedgerError):
+                    untrusted.dropped("checkpoint", f"from {record.peer_id}: {e}")
                 log.info("could not witness %s: %s", record.peer_id[-8:], e)
         return cosigned
 

@@ -6,18 +6,28 @@ they are module-level functions (picklable) and return plain data.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import hashlib
 import os
+import re
 import signal
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import hivemind
 from hivemind.utils import get_dht_time
 
-from .records import ServerRecord, block_key
+from ledger import bounds
+from ledger.errors import EncodingError
+from ledger.schema import PEER_ID
+
+from . import untrusted
+from .errors import RoutingError
+from .records import VALUE_BOUNDS, RecordError, ServerRecord, block_key
 
 
 class _WholeMessages:
@@ -62,6 +72,27 @@ class SwarmDHT(hivemind.DHT):
         super().run()
 
 
+DHT_TIMEOUT = 15.0  # seconds for one DHT operation; a dead DHT process must not hang its caller
+
+
+class DHTTimeout(RoutingError):
+    """The DHT did not answer in time (its process may be dead or the swarm unreachable)."""
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A value the DHT process would not hand over (too big or too deep to walk), and why."""
+
+    reason: str
+
+
+async def _call(dht: hivemind.DHT, fn: Callable[..., Any], timeout: float) -> Any:
+    try:
+        return await asyncio.wait_for(dht.run_coroutine(fn, return_future=True), timeout)
+    except asyncio.TimeoutError:
+        raise DHTTimeout(f"the DHT did not answer within {timeout:g} s") from None
+
+
 async def _store_many(dht: hivemind.DHT, node: Any, keys: list[str], subkey: str, value: Any,
                       expiration: float) -> bool:
     n = len(keys)
@@ -69,34 +100,53 @@ async def _store_many(dht: hivemind.DHT, node: Any, keys: list[str], subkey: str
     return all(results.values())
 
 
+def _bounded(subkey: Any, value: Any) -> tuple[str, Any]:
+    """(subkey, value), with `Refused` standing in for what is unsafe to pickle back and walk."""
+    if type(subkey) is not str:
+        return f"<a {type(subkey).__name__} subkey>", Refused("its subkey is not a peer ID")
+    try:
+        bounds.check(value, VALUE_BOUNDS, "the DHT value")
+    except EncodingError as e:
+        return subkey, Refused(str(e))
+    return subkey, value
+
+
 async def _get_many(dht: hivemind.DHT, node: Any, keys: list[str]) -> dict[str, dict[str, Any]]:
-    found = await node.get_many(keys, sufficient_expiration_time=float("inf"))  # the latest records
+    """Runs in the DHT process: the latest values under each key, by subkey, bounded."""
+    found = await node.get_many(keys, sufficient_expiration_time=float("inf"))
     out: dict[str, dict[str, Any]] = {}
     for key, item in found.items():
         if item is not None and isinstance(item.value, dict):
-            out[key] = {sub: v.value for sub, v in item.value.items()}
+            out[key] = dict(_bounded(sub, v.value) for sub, v in item.value.items())
     return out
 
 
-async def announce(dht: hivemind.DHT, root: str, record: ServerRecord, ttl: float) -> bool:
+async def announce(dht: hivemind.DHT, root: str, record: ServerRecord, ttl: float,
+                   timeout: float = DHT_TIMEOUT) -> bool:
     """Store `record` under every block it serves, expiring `ttl` seconds from now."""
     keys = [block_key(root, i) for i in range(record.start, record.end)]
     fn = partial(_store_many, keys=keys, subkey=record.peer_id, value=record.to_value(),
                  expiration=get_dht_time() + ttl)
-    return await dht.run_coroutine(fn, return_future=True)
+    return await _call(dht, fn, timeout)
 
 
-async def fetch_records(dht: hivemind.DHT, root: str, num_blocks: int) -> dict[str, ServerRecord]:
-    """Every node announcing any block of the model, one (valid, signed) record per peer."""
+async def fetch_records(dht: hivemind.DHT, root: str, num_blocks: int,
+                        timeout: float = DHT_TIMEOUT) -> dict[str, ServerRecord]:
+    """Every node announcing any block of the model, one valid, signed record per peer; records
+    that fail the schema, lie outside the model or do not cover their key's block are dropped."""
     keys = [block_key(root, i) for i in range(num_blocks)]
-    raw = await dht.run_coroutine(partial(_get_many, keys=keys), return_future=True)
+    raw = await _call(dht, partial(_get_many, keys=keys), timeout)
     records: dict[str, ServerRecord] = {}
-    for by_peer in raw.values():
-        for peer, value in by_peer.items():
-            if isinstance(peer, str) and peer not in records:
-                record = ServerRecord.from_value(peer, value)
-                if record is not None:
-                    records[peer] = record
+    for block, key in enumerate(keys):
+        for peer, value in raw.get(key, {}).items():
+            if peer in records:
+                continue
+            if isinstance(value, Refused):
+                untrusted.dropped("record", f"from {peer}: {value.reason}")
+                continue
+            record = ServerRecord.from_value(peer, value, num_blocks=num_blocks, block=block)
+            if record is not None:
+                records[peer] = record
     return records
 
 
@@ -104,9 +154,9 @@ async def _routing_table_size(dht: hivemind.DHT, node: Any) -> int:
     return len(node.protocol.routing_table.uid_to_peer_id)
 
 
-async def peer_count(dht: hivemind.DHT) -> int:
+async def peer_count(dht: hivemind.DHT, timeout: float = DHT_TIMEOUT) -> int:
     """How many peers this node's DHT knows (for metrics)."""
-    return await dht.run_coroutine(_routing_table_size, return_future=True)
+    return await _call(dht, _routing_table_size, timeout)
 
 
 def evidence_key(root: str) -> str:
@@ -118,10 +168,12 @@ def _chunk_key(root: str, digest: str, i: int) -> str:
 
 
 EVIDENCE_CHUNK = 16 << 10  # DHT values stay small; peers store and return them in ordinary RPCs
-MAX_EVIDENCE_CHUNKS = 4096
+MAX_EVIDENCE_CHUNKS = 4096  # 64 MiB: routing.evidence.MAX_SIZE
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
-async def publish_evidence(dht: hivemind.DHT, root: str, publisher: str, document: bytes, ttl: float) -> bool:
+async def publish_evidence(dht: hivemind.DHT, root: str, publisher: str, document: bytes, ttl: float,
+                           timeout: float = DHT_TIMEOUT) -> bool:
     """Publish signed evidence under the model's evidence key: its chunks first, then an index
     {digest, chunks, size} under the publisher's subkey (one current document per publisher)."""
     digest = hashlib.sha256(document).hexdigest()
@@ -130,26 +182,49 @@ async def publish_evidence(dht: hivemind.DHT, root: str, publisher: str, documen
     for i, chunk in enumerate(chunks):
         fn = partial(_store_many, keys=[_chunk_key(root, digest, i)], subkey=publisher, value=chunk,
                      expiration=expiration)
-        if not await dht.run_coroutine(fn, return_future=True):
+        if not await _call(dht, fn, timeout):
             return False
     index = {"digest": digest, "chunks": len(chunks), "size": len(document)}
     fn = partial(_store_many, keys=[evidence_key(root)], subkey=publisher, value=index, expiration=expiration)
-    return await dht.run_coroutine(fn, return_future=True)
+    return await _call(dht, fn, timeout)
 
 
-async def fetch_evidence(dht: hivemind.DHT, root: str) -> dict[str, bytes]:
-    """Published evidence documents by publisher, reassembled and checked against their digests."""
-    raw = await dht.run_coroutine(partial(_get_many, keys=[evidence_key(root)]), return_future=True)
+def _evidence_index(index: Any) -> tuple[str, int, int]:
+    """(digest, chunks, size) of a published index, or RecordError if it is not exactly one."""
+    if type(index) is not dict or set(index) != {"digest", "chunks", "size"}:
+        raise RecordError("an evidence index is a map of exactly digest, chunks and size")
+    digest, chunks, size = index["digest"], index["chunks"], index["size"]
+    if type(digest) is not str or not _DIGEST.fullmatch(digest):
+        raise RecordError("the evidence digest is not 64 lowercase hex digits")
+    if type(chunks) is not int or not 0 < chunks <= MAX_EVIDENCE_CHUNKS:
+        raise RecordError(f"the evidence must come in 1 to {MAX_EVIDENCE_CHUNKS} chunks")
+    if type(size) is not int or not (chunks - 1) * EVIDENCE_CHUNK < size <= chunks * EVIDENCE_CHUNK:
+        raise RecordError(f"an evidence size of {size!r:.30} does not fit {chunks} chunks")
+    return digest, chunks, size
+
+
+async def fetch_evidence(dht: hivemind.DHT, root: str, timeout: float = DHT_TIMEOUT) -> dict[str, bytes]:
+    """Published evidence documents by publisher, reassembled and checked against their digests;
+    a malformed index, a missing or wrong chunk drops that publisher's document (counted)."""
+    raw = await _call(dht, partial(_get_many, keys=[evidence_key(root)]), timeout)
     documents: dict[str, bytes] = {}
-    for publisher, index in raw.get(evidence_key(root), {}).items():
-        if not (isinstance(index, dict) and isinstance(index.get("digest"), str)
-                and type(index.get("chunks")) is int and 0 < index["chunks"] <= MAX_EVIDENCE_CHUNKS):
-            continue
-        keys = [_chunk_key(root, index["digest"], i) for i in range(index["chunks"])]
-        found = await dht.run_coroutine(partial(_get_many, keys=keys), return_future=True)
-        parts = [found.get(k, {}).get(publisher) for k in keys]
-        if all(isinstance(p, bytes) for p in parts):
+    for publisher, value in raw.get(evidence_key(root), {}).items():
+        try:
+            if not PEER_ID.check(publisher):
+                raise RecordError("its subkey is not an Ed25519 peer ID")
+            if isinstance(value, Refused):
+                raise RecordError(value.reason)
+            digest, chunks, size = _evidence_index(value)
+            keys = [_chunk_key(root, digest, i) for i in range(chunks)]
+            found = await _call(dht, partial(_get_many, keys=keys), timeout)
+            parts = [found.get(k, {}).get(publisher) for k in keys]
+            if not all(type(p) is bytes for p in parts):
+                raise RecordError("a chunk of the evidence is missing or not bytes")
             document = b"".join(parts)
-            if hashlib.sha256(document).hexdigest() == index["digest"]:
-                documents[publisher] = document
+            if len(document) != size or hashlib.sha256(document).hexdigest() != digest:
+                raise RecordError("the evidence chunks do not match the index's size and digest")
+        except RecordError as e:
+            untrusted.dropped("evidence", f"from {publisher}: {e}")
+            continue
+        documents[publisher] = document
     return documents

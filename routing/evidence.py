@@ -20,22 +20,39 @@ import torch
 from ledger import canonical, keys
 from ledger.errors import EncodingError
 from ledger.keys import Identity
+from ledger.schema import BLOCKS, DIGEST, PEER_ID, SIGNATURE, UINT, FieldType
 from shards.store import ShardStore
 
 from . import wire
 from .attestation import FORWARD_SESSION, Attestation
-from .errors import RoutingError
+from .errors import ProtocolError, RoutingError
 
 FORMAT = "swarmlm-evidence/1"
 MAX_SIZE = 64 << 20
+MAX_HIDDEN, MAX_TOKENS, MAX_BATCH = 1 << 16, 1 << 20, 1 << 10
 PPM = 1_000_000
+METHODS = ("local", "majority")
+MAX_PARTIES = 16
+_FIELDS = {"format", "root", "blocks", "start", "prefix", "step", "forward", "dishonest", "errors_ppm", "method",
+           "publisher", "time_ns", "signature"}
+ERRORS_PPM = FieldType(f"a map of at most {MAX_PARTIES} peer IDs to non-negative integers",
+                       lambda v: type(v) is dict and len(v) <= MAX_PARTIES
+                       and all(PEER_ID.check(k) and UINT.check(x) for k, x in v.items()))
+METHOD = FieldType(f"one of {', '.join(METHODS)}", lambda v: type(v) is str and v in METHODS)
 
 
 class EvidenceError(RoutingError):
     """An evidence document is malformed, mis-signed, or inconsistent with itself."""
 
 
-def tolerance(dtype_a: str, dtype_b: str) -> float:
+# Honest relative error of a quantized span (computed in float32) against its base's float32 weights,
+# per position, SmolLM2-135M, 30 blocks, 23 inputs (scripts/calibrate_tolerance.py): int8 worst 0.49
+# (median near 0.03), nf4 worst 3.9 (4-bit on top of the GGUF's 4-bit weights); about 2x margin each.
+# q4_1 takes nf4's bound: the same 4 bits (on this Q4_1-born model it measures exactly 0).
+SCHEME_TOLERANCE = {"int8": 1.0, "nf4": 8.0, "q4_1": 8.0}
+
+
+def tolerance(dtype_a: str, dtype_b: str, scheme_a: str | None = None, scheme_b: str | None = None) -> float:
     """Largest relative L2 difference (per position) two honest computations of one span may show.
 
     Calibrated with scripts/calibrate_tolerance.py on SmolLM2-135M (spans of 10 and 30 blocks,
@@ -45,8 +62,23 @@ def tolerance(dtype_a: str, dtype_b: str) -> float:
     worst case of 0.58 in 2,880 positions (float16 similar), so 1.0 leaves about 1.7x. Between
     float32 nodes a spot check catches a single weight matrix off by 5%; where bfloat16 or float16
     is involved it catches gross deviations only (wrong or garbage weights, skipped blocks).
+
+    A scheme is the quantization of a derived store (shards/quant.py); None is a base store's
+    float weights. Two nodes of one derived root hold the same weights (the reference dequantizes
+    them in float32), so only their dtypes count: an int8 root's cached decode vs stateless forward
+    peaks at 1.4e-6, while a node announcing the int8 root that serves nf4 shows at least 0.066
+    per position (660x the bound) and one skipping its span 0.996. Against float weights (or another
+    scheme) each side's SCHEME_TOLERANCE is added, which only catches gross faults: nf4 served for
+    int8 stays under int8's cross-root bound. So check a quantized node against its own root.
+    Raises ValueError for a scheme it has no calibration for.
     """
-    return 1e-4 if dtype_a == dtype_b == "float32" else 1.0
+    unknown = {scheme_a, scheme_b} - {None, *SCHEME_TOLERANCE}
+    if unknown:
+        raise ValueError(f"no tolerance calibrated for quantization scheme {unknown.pop()!r}")
+    bound = 1e-4 if dtype_a == dtype_b == "float32" else 1.0
+    if scheme_a == scheme_b:
+        return bound
+    return bound + SCHEME_TOLERANCE.get(scheme_a or "", 0.0) + SCHEME_TOLERANCE.get(scheme_b or "", 0.0)
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -71,15 +103,30 @@ class Claim:
 
 
 def _tensor(obj: Any) -> torch.Tensor:
-    if not isinstance(obj, dict) or not isinstance(obj.get("shape"), list) or len(obj["shape"]) != 3:
-        raise EvidenceError("a tensor in the evidence is malformed")
-    return wire.decode_tensor(obj, hidden_size=obj["shape"][2], max_tokens=1 << 20, max_batch=1 << 10)
+    shape = obj.get("shape") if type(obj) is dict else None
+    if type(shape) is not list or len(shape) != 3 or type(shape[2]) is not int or not 0 < shape[2] <= MAX_HIDDEN:
+        raise EvidenceError(f"a tensor in the evidence needs a [batch, tokens, hidden <= {MAX_HIDDEN}] shape")
+    try:
+        return wire.decode_tensor(obj, hidden_size=shape[2], max_tokens=MAX_TOKENS, max_batch=MAX_BATCH)
+    except ProtocolError as e:
+        raise EvidenceError(f"a tensor in the evidence is malformed: {e}") from None
 
 
 def _claim(obj: Any) -> Claim:
-    if not isinstance(obj, dict) or set(obj) != {"attestation", "output"}:
+    if type(obj) is not dict or set(obj) != {"attestation", "output"}:
         raise EvidenceError("a claim is {attestation, output}")
-    return Claim(Attestation.from_wire(obj["attestation"]), _tensor(obj["output"]))
+    try:
+        attestation = Attestation.from_wire(obj["attestation"])
+    except EncodingError as e:
+        raise EvidenceError(f"a claim's attestation is malformed: {e}") from None
+    return Claim(attestation, _tensor(obj["output"]))
+
+
+def _field(d: dict[str, Any], name: str, field_type: FieldType) -> Any:
+    value = field_type.from_wire(d[name])
+    if not field_type.check(value):
+        raise EvidenceError(f"the evidence's {name} must be {field_type.what}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -119,18 +166,23 @@ class Evidence:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Evidence":
+        """Parse a document strictly (bounds first, then every field and the shapes' agreement);
+        EvidenceError, and nothing else, for any bytes that are not valid evidence."""
         try:
             d = canonical.unpack(data, max_size=MAX_SIZE)
-            if d.get("format") != FORMAT:
-                raise EvidenceError(f"not a {FORMAT} document")
-            evidence = cls(root=d["root"], blocks=tuple(d["blocks"]), start=d["start"], prefix=_tensor(d["prefix"]),
-                           step=_claim(d["step"]), forward=_claim(d["forward"]), dishonest=d["dishonest"],
-                           errors_ppm=d["errors_ppm"], method=d["method"], publisher=d["publisher"],
-                           time_ns=d["time_ns"], signature=d["signature"])
-        except (KeyError, TypeError, AttributeError, EncodingError) as e:
+        except EncodingError as e:
             raise EvidenceError(f"malformed evidence document: {e}") from None
+        if type(d) is not dict or set(d) != _FIELDS or d["format"] != FORMAT:
+            raise EvidenceError(f"not a {FORMAT} document (it must hold exactly {', '.join(sorted(_FIELDS))})")
+        evidence = cls(root=_field(d, "root", DIGEST), blocks=_field(d, "blocks", BLOCKS),
+                       start=_field(d, "start", UINT), prefix=_tensor(d["prefix"]), step=_claim(d["step"]),
+                       forward=_claim(d["forward"]), dishonest=_field(d, "dishonest", PEER_ID),
+                       errors_ppm=_field(d, "errors_ppm", ERRORS_PPM), method=_field(d, "method", METHOD),
+                       publisher=_field(d, "publisher", PEER_ID), time_ns=_field(d, "time_ns", UINT),
+                       signature=_field(d, "signature", SIGNATURE))
+        check_shapes(evidence)
         if evidence.to_bytes() != data:
-            raise EvidenceError("evidence document has unknown or missing fields")
+            raise EvidenceError("evidence document is not in its canonical form")
         return evidence
 
     @classmethod
@@ -139,6 +191,8 @@ class Evidence:
             return cls.from_bytes(Path(path).read_bytes())
         except FileNotFoundError:
             raise EvidenceError(f"no evidence file at {path}") from None
+        except OSError as e:
+            raise EvidenceError(f"cannot read evidence file {path}: {e.strerror or e}") from None
 
 
 @dataclass(frozen=True)
@@ -149,13 +203,21 @@ class Judgement:
     errors: dict[str, float]
 
 
+def check_shapes(e: Evidence) -> None:
+    """The tensors agree: two outputs of one shape, and a float32 prefix of the same batch and
+    width covering every position up to and through the disputed step."""
+    step, forward, prefix = e.step.output.shape, e.forward.output.shape, e.prefix.shape
+    if forward != step:
+        raise EvidenceError("the two outputs differ in shape")
+    if e.prefix.dtype != torch.float32 or (prefix[0], prefix[1], prefix[2]) != (step[0], e.start + step[1], step[2]):
+        raise EvidenceError("the prefix must be float32 and cover every position up to the disputed step")
+
+
 def check_signatures(e: Evidence) -> None:
     """Every signature and digest in the document, and that both claims are about the same step."""
     if not keys.verify(e.publisher, keys.EVIDENCE, canonical.pack(e.body()), e.signature):
         raise EvidenceError(f"the evidence is not signed by its publisher {e.publisher}")
-    n = e.step.output.shape[1]
-    if e.prefix.dtype != torch.float32 or e.prefix.shape[1] != e.start + n:
-        raise EvidenceError("the prefix must be float32 and cover every position up to the disputed step")
+    check_shapes(e)
     for role, claim, sent in (("step", e.step, e.prefix[:, e.start:]), ("forward", e.forward, e.prefix)):
         a = claim.attestation
         if not a.is_signed():
@@ -168,8 +230,6 @@ def check_signatures(e: Evidence) -> None:
             raise EvidenceError(f"the {role}'s output is not the one it attested")
     if e.step.attestation.start != e.start or e.forward.attestation.session != FORWARD_SESSION:
         raise EvidenceError("the attestations are not a step at the disputed position and a forward")
-    if e.forward.output.shape != e.step.output.shape:
-        raise EvidenceError("the two outputs differ in shape")
     if e.dishonest not in (e.step.attestation.node, e.forward.attestation.node):
         raise EvidenceError("the verdict names a node that is not party to the dispute")
 

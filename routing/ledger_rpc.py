@@ -1,6 +1,7 @@
 """The `swarmlm.ledger` RPC, client side: a peer's checkpoint, entries and proofs, for witnesses and audits.
 
-Requests are one frame `{type: ledger, v, op, ...}`; the reply is `{type: ledger, ...}` or an error.
+Requests are one frame `{type: ledger, v, op, ...}`; the reply is `{type: ledger, ...}` or an error,
+checked field by field: a malformed reply is a PeerFailure (and a dropped frame in `untrusted`).
   op=checkpoint                 → {size, checkpoint}        (the latest signed checkpoint note)
   op=entries   start, end       → {entries: [[data, sig]]}  (at most MAX_ENTRIES per request)
   op=consistency size1, size2   → {proof: [hash]}
@@ -9,17 +10,34 @@ Requests are one frame `{type: ledger, v, op, ...}`; the reply is `{type: ledger
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
+from ledger import canonical
 from ledger.entries import LogKeyEntry, certified_log_keys
+from ledger.note import MAX_NOTE_SIZE
+from ledger.schema import DIGEST, SIGNATURE, FieldType
 from ledger.verify import audit_entries
 
-from . import wire
+from . import untrusted, wire
 from .client import PeerLink
 from .errors import PeerFailure
 
-MAX_ENTRIES = 1000
 HANDLER = "swarmlm.ledger"
+MAX_ENTRIES = 1000
+MAX_PROOF = 128  # a consistency proof between trees of up to 2^63 entries has at most 2 * 63 hashes
+
+
+def _is_entry(p: Any) -> bool:
+    return (type(p) is list and len(p) == 2 and type(p[0]) is bytes and len(p[0]) <= canonical.MAX_SIZE
+            and SIGNATURE.check(p[1]))
+
+
+SIZE = FieldType("a tree size in 0..2^63-1", lambda v: type(v) is int and 0 <= v < 1 << 63)
+NOTE = FieldType(f"a note of 1 to {MAX_NOTE_SIZE} characters", lambda v: type(v) is str and 0 < len(v) <= MAX_NOTE_SIZE)
+ENTRIES = FieldType(f"a list of at most {MAX_ENTRIES} [entry, signature] pairs",
+                    lambda v: type(v) is list and len(v) <= MAX_ENTRIES and all(map(_is_entry, v)))
+PROOF = FieldType(f"a list of at most {MAX_PROOF} 32-byte hashes",
+                  lambda v: type(v) is list and len(v) <= MAX_PROOF and all(map(DIGEST.check, v)))
 
 
 async def request(client: PeerLink, peer: str, op: str, **fields: Any) -> dict[str, Any]:
@@ -28,7 +46,7 @@ async def request(client: PeerLink, peer: str, op: str, **fields: Any) -> dict[s
 
 async def checkpoint(client: PeerLink, peer: str) -> tuple[int, str]:
     reply = await request(client, peer, "checkpoint")
-    return _typed(peer, reply, "size", int), _typed(peer, reply, "checkpoint", str)
+    return _field(peer, reply, "size", SIZE), _field(peer, reply, "checkpoint", NOTE)
 
 
 async def entries(client: PeerLink, peer: str, start: int, end: int) -> list[tuple[bytes, bytes]]:
@@ -36,19 +54,16 @@ async def entries(client: PeerLink, peer: str, start: int, end: int) -> list[tup
     out: list[tuple[bytes, bytes]] = []
     while start < end:
         stop = min(end, start + MAX_ENTRIES)
-        page = _typed(peer, await request(client, peer, "entries", start=start, end=stop), "entries", list)
-        if len(page) != stop - start or not all(_is_pair(p) for p in page):
-            raise PeerFailure(peer, f"sent {len(page)} malformed entries for [{start}, {stop})")
-        out.extend((bytes(d), bytes(s)) for d, s in page)
+        page = _field(peer, await request(client, peer, "entries", start=start, end=stop), "entries", ENTRIES)
+        if len(page) != stop - start:
+            _refuse(peer, f"sent {len(page)} entries for [{start}, {stop})")
+        out.extend((data, signature) for data, signature in page)
         start = stop
     return out
 
 
 async def consistency(client: PeerLink, peer: str, size1: int, size2: int) -> list[bytes]:
-    proof = _typed(peer, await request(client, peer, "consistency", size1=size1, size2=size2), "proof", list)
-    if not all(isinstance(h, bytes) for h in proof):
-        raise PeerFailure(peer, "sent a malformed consistency proof")
-    return proof
+    return _field(peer, await request(client, peer, "consistency", size1=size1, size2=size2), "proof", PROOF)
 
 
 async def log_keys(client: PeerLink, peer: str) -> LogKeyEntry:
@@ -65,14 +80,13 @@ async def audit(client: PeerLink, peer: str) -> tuple[int, str]:
     return size, note
 
 
-def _is_pair(p: Any) -> bool:
-    return isinstance(p, list) and len(p) == 2 and all(isinstance(x, bytes) for x in p)
-
-
-def _typed(peer: str, reply: dict[str, Any], name: str, kind: type) -> Any:
+def _field(peer: str, reply: dict[str, Any], name: str, field_type: FieldType) -> Any:
     value = reply.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise PeerFailure(peer, f"ledger reply lacks a valid {name!r}")
+    if not field_type.check(value):
+        _refuse(peer, f"its ledger reply's {name!r} is not {field_type.what}")
     return value
 
 
+def _refuse(peer: str, reason: str) -> NoReturn:
+    untrusted.dropped("frame", f"from {peer}: {reason}")
+    raise PeerFailure(peer, reason)

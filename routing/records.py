@@ -8,46 +8,130 @@ forge another's announcement, and a reader needs nothing but the peer ID to chec
 
 from __future__ import annotations
 
-import logging
-from dataclasses import asdict, dataclass, field, fields
+import math
+import re
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 import msgpack
 from hivemind.dht.validation import DHTRecord, RecordValidatorBase
-from hivemind.utils import MSGPackSerializer
+from multiaddr import Multiaddr
+from multiaddr.exceptions import Error as MultiaddrError
 
-from ledger import keys
-from ledger.errors import KeyFormatError
+from ledger import bounds, keys
+from ledger.bounds import Bounds
+from ledger.errors import EncodingError
 from ledger.keys import Identity
+from ledger.note import MAX_NOTE_SIZE
+from ledger.schema import PEER_ID, FieldType, spec
 
-log = logging.getLogger(__name__)
+from . import untrusted
+from .errors import RoutingError
 
 STATES = ("joining", "online", "draining", "offline")
+DTYPES = ("float32", "bfloat16", "float16")  # routing.wire.WIRE_DTYPES, named here without importing torch
+MAX_BLOCKS = 1 << 16
+MAX_THROUGHPUT = 1e6  # tokens/s through a span: far beyond any real node, so no one can claim infinity
+MAX_COUNT = 1 << 40  # sessions, cache tokens, step and session lengths
+MAX_RTT_MS = 60_000.0
+MAX_NEIGHBOURS = 16
+MAX_MADDRS, MAX_MADDR = 16, 256
+MAX_EXTRA, MAX_KEY = 8, 64
+# What any SwarmLM DHT value may be, checked before anything walks it (in the DHT process, too).
+VALUE_BOUNDS = Bounds(depth=3, items=256, size=MAX_NOTE_SIZE + (16 << 10), string=MAX_NOTE_SIZE)
+_HEX_ROOT = re.compile(r"[0-9a-f]{64}")
+_SCHEME = re.compile(r"[a-z0-9_]{0,16}")
+
+
+class RecordError(RoutingError):
+    """A DHT record is malformed; readers drop it (see `ServerRecord.from_value`)."""
 
 
 def block_key(root: str, block: int) -> str:
     return f"swarmlm/{root}/block/{block}"
 
 
+def _is_number(v: Any, low: float, high: float) -> bool:
+    return type(v) in (int, float) and math.isfinite(v) and low <= v <= high
+
+
+def _is_text(v: Any, low: int, high: int) -> bool:
+    return type(v) is str and low <= len(v) <= high and v.isprintable()
+
+
+def _is_maddr(v: Any) -> bool:
+    if not (_is_text(v, 2, MAX_MADDR) and v.startswith("/")):
+        return False
+    try:
+        Multiaddr(v)
+    except (ValueError, MultiaddrError):
+        return False
+    return True
+
+
+def _is_rtt_map(v: Any) -> bool:
+    return type(v) is dict and len(v) <= MAX_NEIGHBOURS and all(
+        PEER_ID.check(k) and _is_number(ms, 0.0, MAX_RTT_MS) for k, ms in v.items())
+
+
+def _is_scalar(v: Any) -> bool:
+    return (v is None or type(v) in (bool, int) or _is_number(v, -math.inf, math.inf)
+            or (type(v) in (str, bytes) and len(v) <= MAX_NOTE_SIZE))
+
+
+def _is_extra(v: Any) -> bool:
+    return (type(v) is dict and len(v) <= MAX_EXTRA and type(v.get("checkpoint", "")) is str
+            and all(_is_text(k, 1, MAX_KEY) and _is_scalar(x) for k, x in v.items()))
+
+
+def _count(what: str) -> FieldType:
+    return FieldType(f"{what}: an integer in [0, {MAX_COUNT}]", lambda v: type(v) is int and 0 <= v <= MAX_COUNT)
+
+
+STATE = FieldType(f"one of {', '.join(STATES)}", lambda v: type(v) is str and v in STATES)
+BLOCK = FieldType(f"a block index in [0, {MAX_BLOCKS}]", lambda v: type(v) is int and 0 <= v <= MAX_BLOCKS)
+THROUGHPUT = FieldType(f"tokens/s, finite, in (0, {MAX_THROUGHPUT:g}]",
+                       lambda v: _is_number(v, 0.0, MAX_THROUGHPUT) and v > 0, from_wire=float)
+DTYPE = FieldType(f"one of {', '.join(DTYPES)}", lambda v: type(v) is str and v in DTYPES)
+DEVICE = FieldType("a device of 1 to 32 printable characters", lambda v: _is_text(v, 1, 32))
+VERSION = FieldType("a protocol version in [0, 2^31)", lambda v: type(v) is int and 0 <= v < 1 << 31)
+NAME = FieldType("a name of at most 64 printable characters", lambda v: _is_text(v, 0, 64))
+MADDRS = FieldType(f"a list of at most {MAX_MADDRS} multiaddrs",
+                   lambda v: type(v) is list and len(v) <= MAX_MADDRS and all(map(_is_maddr, v)))
+RTT_MAP = FieldType(f"a map of at most {MAX_NEIGHBOURS} peer IDs to round trips in [0, {MAX_RTT_MS:g}] ms",
+                    _is_rtt_map, from_wire=lambda v: {k: float(ms) for k, ms in v.items()})
+EXTRA = FieldType(f"a map of at most {MAX_EXTRA} names to scalars (checkpoint: a note of at most "
+                  f"{MAX_NOTE_SIZE} characters)", _is_extra)
+SCHEME = FieldType("a quantization scheme name ([a-z0-9_], at most 16), or ''",
+                   lambda v: type(v) is str and _SCHEME.fullmatch(v) is not None)
+ROOT_HEX = FieldType("a 64-hex-digit manifest root, or ''",
+                     lambda v: type(v) is str and (v == "" or _HEX_ROOT.fullmatch(v) is not None))
+
+
 @dataclass(frozen=True)
 class ServerRecord:
-    """One node's announcement for the blocks it serves (the same value under each block's key)."""
+    """One node's announcement for the blocks it serves (the same value under each block's key).
+
+    Each field declares its schema; `from_value` accepts a value only if every field meets it."""
 
     peer_id: str
-    state: str
-    start: int
-    end: int
-    throughput: float  # decode tokens/s through the whole span, measured by the node
-    dtype: str
-    device: str
-    cache_tokens_left: int
-    version: int
-    name: str = ""
-    active_sessions: int = 0
-    max_step_tokens: int = 2048  # the node's limits, so clients chunk and size sessions to fit
-    max_session_length: int = 8192
-    maddrs: list[str] = field(default_factory=list)  # where to dial it (peers need not find it via libp2p)
-    extra: dict[str, Any] = field(default_factory=dict)  # forward-compatible additions (e.g. checkpoint)
+    state: str = spec(STATE)
+    start: int = spec(BLOCK)
+    end: int = spec(BLOCK)
+    throughput: float = spec(THROUGHPUT)  # decode tokens/s through the whole span, measured by the node
+    dtype: str = spec(DTYPE)
+    device: str = spec(DEVICE)
+    cache_tokens_left: int = spec(_count("cache tokens left"))
+    version: int = spec(VERSION)
+    name: str = spec(NAME, default="")
+    active_sessions: int = spec(_count("active sessions"), default=0)
+    max_step_tokens: int = spec(_count("max step tokens"), default=2048)  # the node's limits, so clients
+    max_session_length: int = spec(_count("max session length"), default=8192)  # chunk and size sessions to fit
+    maddrs: list[str] = spec(MADDRS, default_factory=list)  # where to dial it (peers need not find it via libp2p)
+    rtt_ms: dict[str, float] = spec(RTT_MAP, default_factory=dict)  # measured round trips to next-block nodes
+    extra: dict[str, Any] = spec(EXTRA, default_factory=dict)  # forward-compatible additions (e.g. checkpoint)
+    scheme: str = spec(SCHEME, default="")  # quantization of its weights ("int8", "nf4"), "" for none
+    base_root: str = spec(ROOT_HEX, default="")  # the root of the weights it quantized, "" for none
 
     def to_value(self) -> dict[str, Any]:
         d = asdict(self)
@@ -55,21 +139,42 @@ class ServerRecord:
         return d
 
     @classmethod
-    def from_value(cls, peer_id: str, value: Any) -> "ServerRecord | None":
-        """Parse a record's value; None (and a debug log) for anything malformed."""
+    def from_value(cls, peer_id: Any, value: Any, *, num_blocks: int = MAX_BLOCKS,
+                   block: int | None = None) -> "ServerRecord | None":
+        """Parse a record strictly; None (and a drop counted in `routing.untrusted`) for anything
+        malformed. It must lie within the model's `num_blocks` and cover `block`, the block whose
+        DHT key held it. Keys this version does not know are ignored: newer nodes may add fields."""
         try:
-            known = {f.name for f in fields(cls)} - {"peer_id"}
-            record = cls(peer_id=peer_id, **{k: v for k, v in value.items() if k in known})
-            ok = (record.state in STATES and 0 <= record.start < record.end and isinstance(record.throughput, (int, float))
-                  and isinstance(record.version, int) and isinstance(record.dtype, str)
-                  and type(record.max_step_tokens) is int and type(record.max_session_length) is int
-                  and isinstance(record.maddrs, list) and all(isinstance(m, str) for m in record.maddrs)
-                  and isinstance(record.extra, dict))
-        except (AttributeError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            log.debug("ignoring malformed record from %s: %r", peer_id, value)
+            return cls._parse(peer_id, value, num_blocks, block)
+        except RecordError as e:
+            untrusted.dropped("record", f"from {peer_id if type(peer_id) is str else '?'}: {e}")
             return None
+
+    @classmethod
+    def _parse(cls, peer_id: Any, value: Any, num_blocks: int, block: int | None) -> "ServerRecord":
+        if not PEER_ID.check(peer_id):
+            raise RecordError("its subkey is not an Ed25519 peer ID")
+        try:
+            bounds.check(value, VALUE_BOUNDS, "the record")
+        except EncodingError as e:
+            raise RecordError(str(e)) from None
+        if type(value) is not dict:
+            raise RecordError("a record is a map")
+        parsed = {}
+        for f in fields(cls)[1:]:
+            if f.name not in value:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    raise RecordError(f"{f.name} is missing")
+                continue
+            field_type: FieldType = f.metadata["type"]
+            if not field_type.check(value[f.name]):
+                raise RecordError(f"{f.name} must be {field_type.what}, got {value[f.name]!r:.80}")
+            parsed[f.name] = field_type.from_wire(value[f.name])
+        record = cls(peer_id=peer_id, **parsed)
+        if not record.start < record.end <= num_blocks:
+            raise RecordError(f"blocks {record.start}:{record.end} are not a span of the model's {num_blocks}")
+        if block is not None and not record.start <= block < record.end:
+            raise RecordError(f"blocks {record.start}:{record.end} do not cover block {block}, where it was found")
         return record
 
     @property
@@ -99,12 +204,12 @@ class SignedRecordValidator(RecordValidatorBase):
 
     @staticmethod
     def _owner(record: DHTRecord) -> str | None:
+        """The peer ID a subkey names; plain msgpack, since hivemind's tuple extension recurses."""
         try:
-            owner = MSGPackSerializer.loads(record.subkey)
-            keys.public_key_from_peer_id(owner)
-            return owner
-        except (KeyFormatError, TypeError, ValueError, msgpack.ExtraData):
+            owner = msgpack.unpackb(record.subkey, raw=False)
+        except (TypeError, ValueError):
             return None
+        return owner if PEER_ID.check(owner) else None
 
     def sign_value(self, record: DHTRecord) -> bytes:
         if self._seed is None or self._owner(record) != self._peer_id:

@@ -88,6 +88,8 @@ def test_query_answers_who_served_a_block_last_night(node_ledger) -> None:
     root = by_block[0]["entry"]["manifest_root"]
     assert len(_json_lines(run(*query, "--model", root).stdout)) == 4
     assert _json_lines(run(*query, "--model", "00" * 32).stdout) == []
+    assert [e["index"] for e in _json_lines(run(*query, "--session", "night").stdout)] == [3]
+    assert _json_lines(run(*query, "--session", "nobody").stdout) == []
 
 
 def test_bad_arguments_are_user_errors(node_ledger, tmp_path: Path) -> None:

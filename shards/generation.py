@@ -3,6 +3,10 @@
 A `Session` keeps the token history its runner's caches hold. Each call sends only what the
 caches lack (the new suffix after the longest common prefix), so a multi-turn chat re-sends
 nothing it already sent.
+
+With speculation (`speculative=k`), a trip sends the last token plus up to k drafted tokens as one
+step and judges all of them from that one forward (shards.speculative); the history is cut back to
+the verified tokens, so the next step starts below what the caches hold and overwrites the rest.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from typing import Any, Iterator, Protocol, Sequence, Union
 
 import torch
 
+from .drafting import Draft, Drafter, PromptLookupDrafter
 from .errors import ShardsError
 from .head import Head
 from .sampling import Sampler, SamplingParams
+from .speculative import AdaptiveDraftLength, accept_greedy, accept_sampled
 
 Message = dict[str, str]
 Prompt = Union[str, Sequence[int], Sequence[Message]]
@@ -26,7 +32,8 @@ class BlockRunner(Protocol):
 
     def forward(self, hidden: torch.Tensor, start: int) -> torch.Tensor: ...
 
-    def close(self) -> None: ...
+    def close(self, length: int | None = None) -> None:
+        """End the session; `length` is how many positions the caller kept (speculation rolls back)."""
 
 
 @dataclass
@@ -68,13 +75,18 @@ def encode_prompt(tokenizer: Any, prompt: Prompt, raw: bool = False) -> list[int
 
 
 class Session:
-    """One conversation's state on a runner: the ids its caches hold, and generation over them."""
+    """One conversation's state on a runner: the ids its caches hold, and generation over them.
 
-    def __init__(self, head: Head, tokenizer: Any, runner: BlockRunner, max_length: int,
-                 eos_ids: set[int]) -> None:
+    `speculative` (the most drafts per trip; 0 = off) and `drafter` are defaults for its calls.
+    """
+
+    def __init__(self, head: Head, tokenizer: Any, runner: BlockRunner, max_length: int, eos_ids: set[int], *,
+                 speculative: int = 0, drafter: Drafter | None = None) -> None:
         self.head, self.tokenizer, self.runner = head, tokenizer, runner
         self.max_length, self.eos_ids = max_length, eos_ids
+        self.speculative, self.drafter = speculative, drafter
         self.history: list[int] = []
+        self.draft_length: AdaptiveDraftLength | None = None  # kept across calls: it learns the runner's costs
 
     def __enter__(self) -> "Session":
         return self
@@ -83,42 +95,66 @@ class Session:
         self.close()
 
     def close(self) -> None:
-        self.runner.close()
+        self.runner.close(len(self.history))
 
-    @torch.inference_mode()
     def feed(self, ids: list[int]) -> torch.Tensor:
         """Bring the caches to `ids` and return the logits after its last token."""
+        return self.advance(ids, 1)[0][0]
+
+    @torch.inference_mode()
+    def advance(self, ids: list[int], n: int) -> tuple[torch.Tensor, int]:
+        """Bring the caches to `ids`; return the logits (n, vocab) after each of its last `n` tokens,
+        and how many positions the runner computed (a step below the tokens held rewinds them)."""
         common = 0
         for a, b in zip(self.history, ids):
             if a != b:
                 break
             common += 1
-        common = min(common, len(ids) - 1)  # at least one token must run to produce logits
+        common = min(common, len(ids) - n)  # the last n tokens must run to produce their logits
         hidden = self.head.embed(torch.tensor([ids[common:]], device=self.head.embed_tokens.weight.device))
         out = self.runner.forward(hidden, common)
         self.history = list(ids)
-        return self.head.logits(out[:, -1])[0]
+        return self.head.logits(out[0, -n:]), len(ids) - common
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 64, *, temperature: float = 0.0, top_p: float = 1.0,
                top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (), raw: bool = False,
-               ignore_eos: bool = False) -> Iterator[TokenEvent]:
-        """Yield tokens as they are produced; the last event may carry only held-back text."""
+               ignore_eos: bool = False, speculative: int | None = None,
+               drafter: Drafter | None = None) -> Iterator[TokenEvent]:
+        """Yield tokens as they are produced; the last event may carry only held-back text.
+
+        `speculative`: draft up to that many tokens per trip and verify them in one forward (None: the
+        session's default); `drafter`: who drafts (default: prompt lookup).
+        """
         result = Generation("", [], "length", 0)
         yield from self._run(prompt, max_new_tokens, SamplingParams(temperature, top_p, top_k, seed), stop, raw,
-                             ignore_eos, result)
+                             ignore_eos, result, self._speculation(speculative, drafter))
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 64, *, temperature: float = 0.0, top_p: float = 1.0,
                  top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (), raw: bool = False,
-                 ignore_eos: bool = False) -> Generation:
-        """Generate up to `max_new_tokens` (exactly that many with `ignore_eos`, as benchmarks need)."""
+                 ignore_eos: bool = False, speculative: int | None = None,
+                 drafter: Drafter | None = None) -> Generation:
+        """Generate up to `max_new_tokens` (exactly that many with `ignore_eos`, as benchmarks need).
+
+        With speculation, `extra["speculation"]` counts trips, drafted and accepted tokens.
+        """
         result = Generation("", [], "length", 0)
         for _ in self._run(prompt, max_new_tokens, SamplingParams(temperature, top_p, top_k, seed), stop, raw,
-                           ignore_eos, result):
+                           ignore_eos, result, self._speculation(speculative, drafter)):
             pass
         return result
 
+    def _speculation(self, speculative: int | None, drafter: Drafter | None) -> _Speculation | None:
+        max_draft = self.speculative if speculative is None else speculative
+        if max_draft < 0:
+            raise ShardsError(f"speculative (the most drafts per trip) must be >= 0, got {max_draft}")
+        if max_draft == 0:
+            return None
+        if self.draft_length is None or self.draft_length.max_draft != max_draft:
+            self.draft_length = AdaptiveDraftLength(max_draft)
+        return _Speculation(drafter or self.drafter or PromptLookupDrafter(), self.draft_length)
+
     def _run(self, prompt: Prompt, max_new_tokens: int, params: SamplingParams, stop: Sequence[str], raw: bool,
-             ignore_eos: bool, result: Generation) -> Iterator[TokenEvent]:
+             ignore_eos: bool, result: Generation, speculation: _Speculation | None) -> Iterator[TokenEvent]:
         if max_new_tokens < 1:
             raise ShardsError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         ids = encode_prompt(self.tokenizer, prompt, raw)
@@ -128,29 +164,75 @@ class Session:
         sampler = Sampler(params)
         detok = _Detokenizer(self.tokenizer)
         started = time.perf_counter()
-        logits = self.feed(ids)
-        hit = False
-        for i in range(max_new_tokens):
-            token = sampler(logits)
-            if i == 0:
+        context = list(ids)
+        hit = done = False
+        while not done:
+            remaining = max_new_tokens - len(result.token_ids)
+            if speculation is None:
+                tokens = [sampler(self.feed(context))]
+            else:
+                tokens = speculation.trip(self, context, sampler, remaining)
+            if not result.token_ids:
                 result.time_to_first_token = time.perf_counter() - started
-            if token in self.eos_ids and not ignore_eos:
-                result.finish_reason = "stop"
-                break
-            result.token_ids.append(token)
-            delta, hit = detok.push(token, stop)
-            result.text += delta
-            yield TokenEvent(token, delta)
-            if hit:
-                result.finish_reason = "stop"
-                break
-            if i + 1 < max_new_tokens:
-                logits = self.feed(ids + result.token_ids)
+            for token in tokens:  # a trip may yield several; never emit past EOS, a stop string or the limit
+                if token in self.eos_ids and not ignore_eos:
+                    result.finish_reason = "stop"
+                    done = True
+                    break
+                result.token_ids.append(token)
+                context.append(token)
+                delta, hit = detok.push(token, stop)
+                result.text += delta
+                yield TokenEvent(token, delta)
+                if hit:
+                    result.finish_reason = "stop"
+                if hit or len(result.token_ids) == max_new_tokens:
+                    done = True
+                    break
         tail = "" if hit else detok.flush()
         if tail:
             result.text += tail
             yield TokenEvent(None, tail)
+        if speculation is not None:
+            result.extra["speculation"] = speculation.stats()
         result.total_time = time.perf_counter() - started
+
+
+class _Speculation:
+    """One run's speculative trips: draft, verify all drafts in one forward, keep what the rule accepts."""
+
+    def __init__(self, drafter: Drafter, draft_length: AdaptiveDraftLength) -> None:
+        self.drafter, self.draft_length = drafter, draft_length
+        self.trips = self.drafted = self.accepted = 0
+
+    def trip(self, session: Session, context: list[int], sampler: Sampler, remaining: int) -> list[int]:
+        """Tokens the target emits after `context` (1 to k+1); the caches keep only verified ones."""
+        k = self.draft_length.choose(min(remaining - 1, session.max_length - len(context)))
+        draft = Draft([])
+        if k > 0:
+            began = time.perf_counter()
+            draft = self.drafter.propose(context, k, sampler)
+            self.draft_length.record_draft(len(draft.tokens), time.perf_counter() - began)
+        began = time.perf_counter()
+        logits, positions = session.advance(context + draft.tokens, len(draft.tokens) + 1)
+        self.draft_length.record_forward(positions, time.perf_counter() - began)
+        if sampler.params.greedy:
+            tokens = accept_greedy(logits.argmax(-1).tolist(), draft.tokens)
+        else:
+            tokens = accept_sampled(sampler.probs(logits), draft.tokens, draft.probs, sampler.generator)
+        kept = len(tokens) - 1
+        session.history = session.history[:len(context) + kept]  # rejected drafts: the next step rewinds them
+        self.draft_length.record_trip(len(draft.tokens), kept)
+        self.trips += 1
+        self.drafted += len(draft.tokens)
+        self.accepted += kept
+        return tokens
+
+    def stats(self) -> dict[str, Any]:
+        return {"max_draft": self.draft_length.max_draft, "trips": self.trips, "drafted": self.drafted,
+                "accepted": self.accepted,
+                "acceptance_rate": round(self.accepted / self.drafted, 4) if self.drafted else 0.0,
+                "tokens_per_trip": round((self.trips + self.accepted) / self.trips, 4) if self.trips else 0.0}
 
 
 class _Detokenizer:
@@ -208,13 +290,19 @@ class GenerativeModel:
         """Extra facts about a finished run for `Generation.extra` (e.g. which nodes served it)."""
         return {}
 
-    def inference_session(self, max_length: int | None = None) -> Session:
-        """A session whose caches persist across calls (multi-turn chat); use it as a context manager."""
+    def inference_session(self, max_length: int | None = None, *, speculative: int = 0,
+                          drafter: Drafter | None = None) -> Session:
+        """A session whose caches persist across calls (multi-turn chat); use it as a context manager.
+
+        `speculative` and `drafter` become its calls' defaults (see Session.stream).
+        """
         max_length = max_length or self.config.max_context
-        return Session(self.head, self.tokenizer, self.new_runner(max_length), max_length, self.eos_ids)
+        return Session(self.head, self.tokenizer, self.new_runner(max_length), max_length, self.eos_ids,
+                       speculative=speculative, drafter=drafter)
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 64, *, raw: bool = False, **kwargs: Any) -> Generation:
-        """One-shot generation in a session sized for this prompt (see Session.generate for options)."""
+        """One-shot generation in a session sized for this prompt (see Session.generate for options,
+        `speculative=` and `drafter=` included)."""
         ids = encode_prompt(self.tokenizer, prompt, raw)
         with self.inference_session(min(len(ids) + max_new_tokens, self.config.max_context)) as s:
             result = s.generate(ids, max_new_tokens, **kwargs)

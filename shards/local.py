@@ -24,7 +24,7 @@ class LocalRunner:
     def forward(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
         return self.stack(hidden, self.cache, start)
 
-    def close(self) -> None:
+    def close(self, length: int | None = None) -> None:
         self.cache = None  # type: ignore[assignment]  # free the memory now
 
 

@@ -14,7 +14,9 @@ from shards.errors import ShardsError
 from shards.paths import swarmlm_home
 
 if TYPE_CHECKING:
-    from shards.generation import Generation
+    from shards.drafting import ModelDrafter
+    from shards.generation import Generation, GenerativeModel
+    from shards.local import LocalModel
 
 
 def add_generation_options(p: argparse.ArgumentParser) -> None:
@@ -26,6 +28,9 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="sampling seed, for repeatable samples")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)")
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    p.add_argument("--max-draft", type=int, default=0, metavar="N",
+                   help="speculative decoding: draft up to N tokens per trip and verify them in one "
+                        "(default 0 = off; drafts come from the prompt unless --draft-model is given)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,13 +50,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ledger", type=Path, default=None,
                    help="where the client logs its receipts (default $SWARMLM_HOME/client/ledger.sqlite)")
     p.add_argument("--json", action="store_true", help="print one JSON object with text and token_ids instead")
+    p.add_argument("--draft-model", metavar="STORE",
+                   help="a small store with the model's tokenizer that drafts locally (needs --max-draft)")
     add_generation_options(p)
     p.set_defaults(func=_generate)
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
     return {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed,
-            "stop": args.stop}
+            "stop": args.stop, "speculative": args.max_draft}
 
 
 def split_trailing_prompt(args: argparse.Namespace, peers_attr: str = "peers") -> None:
@@ -68,13 +75,10 @@ def split_trailing_prompt(args: argparse.Namespace, peers_attr: str = "peers") -
 
 def _generate(args: argparse.Namespace) -> int:
     split_trailing_prompt(args)
+    if args.draft_model and not args.max_draft:
+        raise ShardsError("--draft-model drafts only with speculation on: add --max-draft N (for example 4)")
     if args.local:
-        from shards.local import LocalModel
-        from shards.store import parse_dtype
-
-        model = LocalModel.load(resolve_model(args.model), args.device,
-                                parse_dtype(args.dtype) if args.dtype else None)
-        return run_generation(model, args)
+        return run_generation(load_local(args.model, args), args)
     from .sdk import RemoteModel
 
     client_dir = swarmlm_home() / "client"
@@ -83,19 +87,41 @@ def _generate(args: argparse.Namespace) -> int:
         return run_generation(remote, args)
 
 
-def run_generation(model: object, args: argparse.Namespace) -> int:
+def run_generation(model: GenerativeModel, args: argparse.Namespace) -> int:
     """Stream to stdout, or print one JSON object with --json; shared by local and swarm generation."""
-    if args.json:
-        g: Generation = model.generate(args.prompt, args.max_new_tokens, raw=args.raw,  # type: ignore[attr-defined]
-                                       **sampling_kwargs(args))
-        print(json.dumps(generation_json(g)))
+    drafter = load_drafter(model, args)
+    try:
+        if args.json:
+            g = model.generate(args.prompt, args.max_new_tokens, raw=args.raw, drafter=drafter,
+                               **sampling_kwargs(args))
+            print(json.dumps(generation_json(g)))
+            return 0
+        for event in model.stream(args.prompt, args.max_new_tokens, raw=args.raw, drafter=drafter,
+                                  **sampling_kwargs(args)):
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
         return 0
-    for event in model.stream(args.prompt, args.max_new_tokens, raw=args.raw,  # type: ignore[attr-defined]
-                              **sampling_kwargs(args)):
-        sys.stdout.write(event.text)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    return 0
+    finally:
+        if drafter is not None:
+            drafter.close()
+
+
+def load_drafter(model: GenerativeModel, args: argparse.Namespace) -> ModelDrafter | None:
+    """The --draft-model drafter, on the same device and dtype as the local computation."""
+    if not args.draft_model:
+        return None
+    from shards.drafting import ModelDrafter
+
+    return ModelDrafter(load_local(args.draft_model, args), model.store.manifest)  # type: ignore[attr-defined]
+
+
+def load_local(model: str, args: argparse.Namespace) -> LocalModel:
+    """A whole model in this process, on --device in --dtype."""
+    from shards.local import LocalModel
+    from shards.store import parse_dtype
+
+    return LocalModel.load(resolve_model(model), args.device, parse_dtype(args.dtype) if args.dtype else None)
 
 
 def generation_json(g: Generation) -> dict:

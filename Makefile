@@ -34,14 +34,25 @@ test: model tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # systemd-analyze verifies the unit in tests/ops/test_systemd.py; slim images lack it.
-.PHONY: tools
-tools:
+.PHONY: tools browser
+tools: browser
 	@command -v systemd-analyze >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd; \
 	  else \
 	    echo "make tools: systemd-analyze is missing, and installing it needs root and apt-get;" \
 	         "tests/ops/test_systemd.py will skip here and fail where CI is set: install the systemd package."; \
+	  fi; }
+
+# tests/api/test_dashboard.py drives Debian's chromium through Playwright, which cannot download
+# browsers here; without root the test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; \
+	  else \
+	    echo "make browser: chromium is missing, and installing it needs root and apt-get;" \
+	         "tests/api/test_dashboard.py will skip: install Debian's chromium package."; \
 	  fi; }
 
 clean-venv:

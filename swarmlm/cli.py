@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     from shards import cli as shards_cli
 
     from . import audit, demo, evidence_cli, generate, ledger_audit, swarm_cli
+    from .api import cli as api_cli
 
     parser = argparse.ArgumentParser(
         prog="swarmlm",
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"swarmlm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, generate, swarm_cli, audit, node_cli, shards_cli):
+    for module in (demo, generate, swarm_cli, audit, api_cli, node_cli, shards_cli):
         module.register(sub)
     ledger_commands = ledger_cli.register(sub)
     for module in (ledger_audit, evidence_cli):

@@ -1,0 +1,57 @@
+"""The gateway's ASGI application: OpenAI endpoints under /v1, dashboard data under /swarm, the page at /.
+
+Starlette on uvicorn: a small, well-kept ASGI toolkit whose streaming responses notice a client
+that disconnects, served on the uvloop this project already runs. Every error leaves in OpenAI's
+JSON shape, so clients raise their usual exception types.
+"""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .completions import Completions
+from .dashboard import Dashboard
+from .errors import APIError
+from .gateway import Gateway
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods, in the same shape as every other error."""
+    assert isinstance(exc, HTTPException)
+    return JSONResponse(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                                 code="not_found" if exc.status_code == 404 else None).body(),
+                        status_code=exc.status_code)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug, not the user's doing: the server logs the traceback; the client gets the JSON shape."""
+    return JSONResponse(APIError(500, f"internal error: {type(exc).__name__}", type="server_error").body(),
+                        status_code=500)
+
+
+def create_app(gateway: Gateway) -> Starlette:
+    completions = Completions(gateway)
+    dashboard = Dashboard(gateway, completions.authorize)
+    routes = [
+        Route("/v1/models", completions.list_models),
+        Route("/v1/models/{model:path}", completions.get_model),
+        Route("/v1/chat/completions", completions.chat, methods=["POST"]),
+        Route("/v1/completions", completions.completions, methods=["POST"]),
+        Route("/swarm/info", dashboard.info),
+        Route("/swarm/status", dashboard.status),
+        Route("/swarm/checkpoints", dashboard.checkpoints),
+        Route("/swarm/ledger/{peer}", dashboard.ledger),
+        Mount("/", StaticFiles(packages=[("swarmlm.api", "static")], html=True)),
+    ]
+    return Starlette(routes=routes, exception_handlers={APIError: _api_error, HTTPException: _http_error,
+                                                        Exception: _internal_error})

@@ -1,0 +1,70 @@
+"""`swarmlm api`: serve a swarm's models over OpenAI's HTTP API, with a dashboard at /.
+
+The web stack is imported inside the handler, so `swarmlm --help` stays fast and a node that
+never runs the gateway needs no web packages (`pip install 'swarmlm[api]'` brings them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+
+from node.errors import ConfigError
+
+from .settings import ApiSettings, add_arguments, resolve
+
+GRACEFUL_SHUTDOWN_S = 10.0  # open streams get this long on Ctrl-C / SIGTERM, then their sessions close
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "api", help="OpenAI-compatible HTTP gateway to a swarm, with a dashboard",
+        description="Serve /v1/models, /v1/chat/completions and /v1/completions (streaming too) through the "
+                    "swarm, naming in every answer the model root, the chain of nodes and the session id "
+                    "(the `swarmlm` field and X-SwarmLM-* headers); the dashboard is at /. Precedence: "
+                    "flag > SWARMLM_API_* environment > default.")
+    add_arguments(p)
+    p.set_defaults(func=_serve)
+
+
+def _listen(settings: ApiSettings) -> socket.socket:
+    """Bind before joining the swarm, so a taken port fails at once; connections queue until serving."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    try:
+        return socket.create_server((settings.host, settings.port), family=family)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {e.strerror or e}") from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = resolve(args)
+    try:
+        import uvicorn
+
+        from .app import create_app
+        from .gateway import Gateway
+    except ImportError as e:
+        raise ConfigError(f"the gateway needs its web stack ({e.name} is missing): "
+                          "pip install 'swarmlm[api]'") from None
+    sock = _listen(settings)
+    try:
+        gateway = Gateway.connect(settings)
+        try:
+            config = uvicorn.Config(create_app(gateway), log_config=None,
+                                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+            host, port = sock.getsockname()[:2]
+            url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+            for m in gateway.models.values():
+                print(f"model {m.id} root {m.root}", flush=True)
+            print(f"OpenAI base URL: {url}/v1   dashboard: {url}/", flush=True)
+            print(f"ready {url}", flush=True)
+            # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; by default that
+            # would end the process here, before the sessions still open are closed with receipts.
+            signal.signal(signal.SIGTERM, lambda *_: None)
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            gateway.close()
+    finally:
+        sock.close()
+    return 0

@@ -1,0 +1,147 @@
+"""The OpenAI endpoints: /v1/models, /v1/chat/completions and /v1/completions, whole or streamed.
+
+A response starts once the first token is out, so its headers can name the chain that produced
+it and a swarm that cannot serve the model is a clean 503, not a broken stream. A client that
+disconnects (while waiting or mid-stream) cancels its generation, which closes the swarm session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from typing import Any, AsyncIterator, Awaitable, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from .errors import APIError, bad_request, unauthorized
+from .gateway import Gateway
+from .jobs import Event, Finished, GenerationJob, Text
+from .responses import DONE, Reply, sse
+from .schemas import GenerationRequest, chat_request, completion_request
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; nobody receives it
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("the request body is not valid JSON") from None
+
+
+async def _unless_gone(request: Request, awaitable: Awaitable[T]) -> T:
+    """Await `awaitable`, or raise _ClientGone as soon as the HTTP client disconnects."""
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    waiting, watcher = asyncio.ensure_future(awaitable), asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({waiting, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not waiting.done():
+        waiting.cancel()
+        raise _ClientGone
+    return waiting.result()
+
+
+class Completions:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        key = gateway.settings.api_key
+        self._key = key.encode() if key else None
+
+    def authorize(self, request: Request) -> None:
+        if self._key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._key):
+            raise unauthorized(bool(given))
+
+    async def list_models(self, request: Request) -> Response:
+        self.authorize(request)
+        return JSONResponse({"object": "list", "data": [self._model_json(m) for m in self.gateway.models]})
+
+    async def get_model(self, request: Request) -> Response:
+        self.authorize(request)
+        return JSONResponse(self._model_json(self.gateway.model(request.path_params["model"]).id))
+
+    def _model_json(self, name: str) -> dict[str, Any]:
+        served = self.gateway.models[name]
+        manifest = served.remote.store.manifest
+        return {"id": served.id, "object": "model", "created": served.created, "owned_by": "swarmlm",
+                "swarmlm": {"model_root": served.root, "num_blocks": manifest.num_blocks,
+                            "max_context": served.remote.config.max_context}}
+
+    async def chat(self, request: Request) -> Response:
+        self.authorize(request)
+        return await self._complete(request, chat_request(await _json(request)), chat=True)
+
+    async def completions(self, request: Request) -> Response:
+        self.authorize(request)
+        return await self._complete(request, completion_request(await _json(request)), chat=False)
+
+    async def _complete(self, request: Request, req: GenerationRequest, chat: bool) -> Response:
+        served = self.gateway.model(req.model)
+        job = await self.gateway.start(req)
+        reply = Reply(chat, served.id, served.root, req.include_usage)
+        streaming = False  # once the stream is handed over, its generator finishes the job
+        try:
+            if req.stream:
+                first = await _unless_gone(request, job.next())
+                headers = {**first.provenance.headers(), "Cache-Control": "no-cache"}  # type: ignore[union-attr]
+                streaming = True
+                return StreamingResponse(self._stream(reply, job, first), media_type="text/event-stream",
+                                         headers=headers)
+            text, finished = await _unless_gone(request, self._collect(job))
+            return JSONResponse(reply.whole(text, finished), headers=finished.provenance.headers())
+        except _ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
+        except Exception as e:
+            raise self._api_error(e, job) from None
+        finally:
+            if not streaming:
+                self.gateway.finished(job)
+
+    def _api_error(self, error: Exception, job: GenerationJob) -> APIError:
+        return self.gateway.api_error(error, job.request.model, len(job.ids) + job.max_tokens)
+
+    @staticmethod
+    async def _collect(job: GenerationJob) -> tuple[str, Finished]:
+        parts: list[str] = []
+        while not isinstance(event := await job.next(), Finished):
+            if isinstance(event, Text):
+                parts.append(event.text)
+        return "".join(parts), event
+
+    async def _stream(self, reply: Reply, job: GenerationJob, first: Event) -> AsyncIterator[bytes]:
+        try:
+            event = first
+            yield reply.chunk("", first=True, provenance=event.provenance)  # type: ignore[union-attr]
+            while not isinstance(event, Finished):
+                event = await job.next()
+                if isinstance(event, Text):
+                    yield reply.chunk(event.text)
+            yield reply.chunk("", finish_reason=event.finish_reason, provenance=event.provenance)
+            if reply.include_usage:
+                yield reply.usage_chunk(event)
+        except Exception as e:  # mid-stream: the status is sent, so the error travels as an event
+            try:
+                error = self._api_error(e, job)
+            except Exception:
+                log.exception("generation failed mid-stream")
+                error = APIError(500, f"internal error: {type(e).__name__}", type="server_error")
+            yield sse(error.body())
+        finally:
+            self.gateway.finished(job)
+        yield DONE

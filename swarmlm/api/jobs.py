@@ -1,0 +1,110 @@
+"""One generation on a worker thread, its events handed to the server's event loop as they happen.
+
+The SDK is synchronous (each step waits on the swarm client's own loop), so a generation holds a
+worker thread, never the server's loop: many requests run through the swarm at once, each in its
+own session. Cancelling (the HTTP client went away) stops the generation after the current token
+and closes the session, so the nodes free its cache and log it with the gateway's receipt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import Executor
+from contextlib import closing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
+
+from .provenance import Provenance
+from .schemas import GenerationRequest
+
+if TYPE_CHECKING:
+    from swarmlm.sdk import RemoteModel
+
+
+@dataclass(frozen=True)
+class Opened:
+    """The first token is out: the chain that produced it."""
+
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The session is closed (receipts sent); `provenance` is the chain that served to the end."""
+
+    finish_reason: str  # "stop" (end of text or a stop sequence) or "length"
+    prompt_tokens: int
+    completion_tokens: int
+    provenance: Provenance
+
+
+Event = Union[Opened, Text, Finished]
+
+
+def finish_reason(tokenizer: object, tokens: list[int], max_tokens: int, stop: tuple[str, ...]) -> str:
+    """'length' only when the budget ran out without a stop sequence in the text (which ends generation)."""
+    if len(tokens) < max_tokens:
+        return "stop"
+    text = tokenizer.decode(tokens, skip_special_tokens=True)  # type: ignore[attr-defined]
+    return "stop" if any(s and s in text for s in stop) else "length"
+
+
+class GenerationJob:
+    def __init__(self, model: RemoteModel, ids: list[int], max_tokens: int, request: GenerationRequest) -> None:
+        self.model, self.ids, self.max_tokens, self.request = model, ids, max_tokens, request
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        self._cancelled = threading.Event()
+
+    def start(self, pool: Executor) -> "GenerationJob":
+        pool.submit(self._run)
+        return self
+
+    def cancel(self) -> None:
+        """Stop after the current token and close the session (safe from any thread, idempotent)."""
+        self._cancelled.set()
+
+    async def next(self) -> Event:
+        """Opened (unless no token came), Text…, then Finished; a failure is raised where it happened."""
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _emit(self, item: Event | BaseException) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def _run(self) -> None:
+        if self._cancelled.is_set():  # the client left while the request waited for a worker
+            return
+        try:
+            self._generate()
+        except Exception as e:  # raised again on the event loop, where it becomes an HTTP error
+            self._emit(e)
+
+    def _generate(self) -> None:
+        model, root, me = self.model, self.model.root, self.model.client.peer_id
+        tokens: list[int] = []
+        session = model.inference_session(len(self.ids) + self.max_tokens)
+        try:
+            with closing(session.stream(self.ids, self.max_tokens, **self.request.sampling())) as stream:
+                for event in stream:
+                    if not tokens and event.token_id is not None:
+                        self._emit(Opened(Provenance.of(session.runner, root, me)))  # type: ignore[arg-type]
+                    if event.token_id is not None:
+                        tokens.append(event.token_id)
+                    if event.text:
+                        self._emit(Text(event.text))
+                    if self._cancelled.is_set():
+                        break
+        finally:
+            session.close()
+        reason = finish_reason(model.tokenizer, tokens, self.max_tokens, self.request.stop)
+        self._emit(Finished(reason, len(self.ids), len(tokens),
+                            Provenance.of(session.runner, root, me)))  # type: ignore[arg-type]

@@ -1,0 +1,54 @@
+"""Which nodes computed an answer: the model root, the chain of (peer, blocks) and the session id.
+
+Every node logs a signed `serve` entry under the session id when the session closes (with the
+gateway's signed receipt), so these facts are enough to find the answer in each node's ledger.
+The same facts go in the `swarmlm` field of every response body and in `X-SwarmLM-*` headers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from routing.chain import RemoteRunner
+
+HEADER_ROOT = "X-SwarmLM-Model-Root"
+HEADER_SESSION = "X-SwarmLM-Session"
+HEADER_CHAIN = "X-SwarmLM-Chain"
+HEADER_CLIENT = "X-SwarmLM-Client"
+
+
+@dataclass(frozen=True)
+class Link:
+    peer_id: str
+    start: int
+    end: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Provenance:
+    model_root: str
+    session_id: str
+    client_peer_id: str
+    chain: tuple[Link, ...]
+    failovers: int
+
+    @classmethod
+    def of(cls, runner: RemoteRunner, root: str, client_peer_id: str) -> "Provenance":
+        """The chain serving now (while the session is open) or the receipted one (once it closed)."""
+        spans = runner.spans or runner.closed_spans
+        return cls(root, runner.session_id, client_peer_id,
+                   tuple(Link(s.peer, s.hop.start, s.hop.end, s.tokens) for s in spans), runner.failovers)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model_root": self.model_root, "session_id": self.session_id, "client_peer_id": self.client_peer_id,
+                "chain": [{"peer_id": link.peer_id, "blocks": [link.start, link.end], "tokens": link.tokens}
+                          for link in self.chain],
+                "failovers": self.failovers}
+
+    def headers(self) -> dict[str, str]:
+        """The chain as `PEER=A:B` pairs (half-open block ranges, as `--blocks` spells them)."""
+        return {HEADER_ROOT: self.model_root, HEADER_SESSION: self.session_id, HEADER_CLIENT: self.client_peer_id,
+                HEADER_CHAIN: ", ".join(f"{link.peer_id}={link.start}:{link.end}" for link in self.chain)}

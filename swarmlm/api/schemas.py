@@ -1,0 +1,174 @@
+"""OpenAI request bodies, validated strictly on entry, and what a generation needs from them.
+
+Fields the official client sends are accepted with OpenAI's defaults (null means default).
+Features this gateway cannot honour (n > 1, penalties, logprobs, tools, JSON mode) are refused
+with a 400 naming the parameter rather than silently ignored; unknown fields are ignored, as
+newer clients send fields older servers do not know.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import bad_request, unsupported
+
+Prompt = Union[str, list[int], list[dict[str, str]]]
+MAX_STOP = 4
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class StreamOptions(_Schema):
+    include_usage: bool | None = None
+
+
+class ContentPart(_Schema):
+    type: str
+    text: str | None = None
+
+
+class Message(_Schema):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[Any] | None = None
+
+
+# What we cannot honour, and the values that mean "not used" (which clients often send explicitly).
+_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logit_bias": ({},), "logprobs": (False, 0),
+    "top_logprobs": (0,), "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
+    "function_call": ("none", "auto"), "best_of": (1,), "echo": (False,), "suffix": ("",),
+    "response_format": ({"type": "text"},),
+}
+
+
+class _Sampling(_Schema):
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what torch's generator takes
+    stop: str | list[str] | None = None
+    n: int | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    logit_bias: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    best_of: Any = None
+    echo: Any = None
+    suffix: Any = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation, in the SDK's terms."""
+
+    model: str
+    prompt: Prompt  # text, token ids, or a conversation for the chat template
+    raw: bool  # text without the chat template (/v1/completions)
+    max_tokens: int | None  # None: the gateway's default, within the context
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+
+    def sampling(self) -> dict[str, Any]:
+        """Keyword arguments for `Session.stream`; top_p 0 (allowed by OpenAI) means the likeliest token."""
+        greedy = self.temperature == 0 or self.top_p == 0
+        return {"temperature": 0.0 if greedy else self.temperature, "top_p": self.top_p or 1.0, "seed": self.seed,
+                "stop": self.stop}
+
+
+def parse(schema: type[_Sampling], body: Any) -> _Sampling:
+    """Validate a decoded JSON body; the first problem becomes a 400 naming its parameter."""
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    try:
+        return schema.model_validate(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise bad_request(f"Invalid value for '{param}': {first['msg']}", param=param,
+                          code="invalid_value") from None
+
+
+def chat_request(body: Any) -> GenerationRequest:
+    req = parse(ChatCompletionRequest, body)
+    assert isinstance(req, ChatCompletionRequest)
+    messages = [_message(m, i) for i, m in enumerate(req.messages)]
+    return _generation(req, messages, raw=False, max_tokens=req.max_completion_tokens or req.max_tokens)
+
+
+def completion_request(body: Any) -> GenerationRequest:
+    req = parse(CompletionRequest, body)
+    assert isinstance(req, CompletionRequest)
+    prompt: Prompt
+    if isinstance(req.prompt, str):
+        prompt = req.prompt
+    elif req.prompt and all(isinstance(p, int) for p in req.prompt):
+        prompt = list(req.prompt)  # type: ignore[arg-type]
+    elif len(req.prompt) == 1:
+        prompt = req.prompt[0]  # type: ignore[assignment]
+    else:
+        raise bad_request("give exactly one prompt per request (batches of prompts are not supported)",
+                          param="prompt")
+    if not prompt:
+        raise bad_request("the prompt is empty", param="prompt")
+    return _generation(req, prompt, raw=True, max_tokens=req.max_tokens)
+
+
+def _message(m: Message, i: int) -> dict[str, str]:
+    if m.role in ("tool", "function") or m.tool_calls:
+        raise unsupported(f"messages[{i}]", "Tool and function calling")
+    if isinstance(m.content, list):
+        if any(p.type != "text" or p.text is None for p in m.content):
+            raise unsupported(f"messages[{i}].content", "Content other than text (images, audio, files)")
+        text = "\n".join(p.text or "" for p in m.content)
+    else:
+        text = m.content or ""
+    return {"role": "system" if m.role == "developer" else m.role, "content": text}
+
+
+def _generation(req: _Sampling, prompt: Prompt, *, raw: bool, max_tokens: int | None) -> GenerationRequest:
+    for name, neutral in _NEUTRAL.items():
+        value = getattr(req, name, None)
+        if value is not None and value not in neutral:
+            raise unsupported(name, f"'{name}' = {value!r:.60}")
+    if req.n not in (None, 1):
+        raise unsupported("n", "More than one choice per request (n > 1)")
+    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    if len(stop) > MAX_STOP:
+        raise bad_request(f"'stop' takes at most {MAX_STOP} sequences, got {len(stop)}", param="stop")
+    if req.stream_options is not None and not req.stream:
+        raise bad_request("'stream_options' is only allowed when 'stream' is true", param="stream_options")
+    return GenerationRequest(
+        model=req.model, prompt=prompt, raw=raw, max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stop=stop, stream=bool(req.stream),
+        include_usage=bool(req.stream_options and req.stream_options.include_usage))
+

@@ -1,0 +1,120 @@
+"""The gateway's settings: each from its flag, else its `SWARMLM_API_*` variable, else the default.
+
+As for nodes, an empty value counts as not set (systemd environment files leave keys blank), so a
+deployment can keep the API key in the environment and everything else on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from node.errors import ConfigError
+from shards.catalog import DEFAULT_MODEL
+from shards.paths import swarmlm_home
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # flag --name-with-dashes; variable SWARMLM_API_NAME (api_key: SWARMLM_API_KEY)
+    kind: Callable[[str], Any]
+    default: Any
+    help: str
+    multiple: bool = False  # repeat the flag / list several after it; space- or comma-separated in the variable
+    metavar: str | None = None
+    shown: str | None = None  # the default as --help shows it, where it is computed
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "SWARMLM_API_" + self.name.upper().removeprefix("API_")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("peers", str, [], "multiaddrs of swarm peers to join", multiple=True, metavar="MADDR"),
+    Setting("model", str, [DEFAULT_MODEL], "models to serve: store folders or catalogued names", multiple=True,
+            metavar="M"),
+    Setting("host", str, "127.0.0.1", "address to listen on (0.0.0.0 exposes the gateway to the network)"),
+    Setting("port", int, 8000, "TCP port (0: any free port; the 'ready' line names it)"),
+    Setting("api_key", str, None, "require 'Authorization: Bearer KEY' on /v1 and /swarm requests", metavar="KEY"),
+    Setting("identity", Path, None, "client key that signs receipts", metavar="PATH",
+            shown="$SWARMLM_HOME/api/identity.key"),
+    Setting("ledger", Path, None, "where the gateway logs the receipts it signs", metavar="PATH",
+            shown="$SWARMLM_HOME/api/ledger.sqlite"),
+    Setting("default_max_tokens", int, 512, "completion tokens when a request sets no max_tokens", metavar="N"),
+    Setting("max_concurrency", int, 16, "generations running at once; later requests wait for a worker",
+            metavar="N"),
+    Setting("device", str, "cpu", "cpu, cuda or cuda:N for the head shard (embeddings and LM head)"),
+)
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    peers: list[str]
+    model: list[str]
+    host: str
+    port: int
+    api_key: str | None
+    identity: Path
+    ledger: Path
+    default_max_tokens: int
+    max_concurrency: int
+    device: str
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every setting as a flag defaulting to None, so 'not given' stays visible for precedence."""
+    for s in SETTINGS:
+        shown = s.shown or ("none" if s.default in (None, []) else
+                            " ".join(map(str, s.default)) if s.multiple else s.default)
+        parser.add_argument(s.flag, dest=s.name, default=None, nargs="+" if s.multiple else None,
+                            action="extend" if s.multiple else "store", metavar=s.metavar or s.name.upper(),
+                            help=f"{s.help} (default: {shown}) [env {s.env}]")
+
+
+def _is_set(value: Any) -> bool:
+    return value is not None and value != [] and not (isinstance(value, str) and not value.strip())
+
+
+def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ApiSettings:
+    """flag > SWARMLM_API_* > default, converted and checked; ConfigError names the flag or variable to fix."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        flag, env = getattr(args, s.name, None), environ.get(s.env)
+        if _is_set(flag):
+            raw, where = flag, s.flag
+        elif _is_set(env):
+            raw, where = (env.replace(",", " ").split() if s.multiple else env), s.env
+        else:
+            values[s.name] = s.default
+            continue
+        try:
+            values[s.name] = [s.kind(x) for x in raw] if s.multiple else s.kind(raw)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    home = swarmlm_home() / "api"
+    values["identity"] = Path(values["identity"] or home / "identity.key").expanduser()
+    values["ledger"] = Path(values["ledger"] or home / "ledger.sqlite").expanduser()
+    settings = ApiSettings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(s: ApiSettings) -> None:
+    if not s.peers:
+        raise ConfigError("give the swarm to join: --peers MADDR… (or SWARMLM_API_PEERS)")
+    bad = [p for p in s.peers if not p.startswith("/")]
+    if bad:
+        raise ConfigError(f"{bad[0]!r} is not a multiaddr (like /ip4/127.0.0.1/tcp/PORT/p2p/PEER_ID)")
+    if not 0 <= s.port <= 65535:
+        raise ConfigError(f"--port must be in 0..65535, got {s.port}")
+    for name in ("default_max_tokens", "max_concurrency"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")

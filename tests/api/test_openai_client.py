@@ -1,0 +1,111 @@
+"""The official `openai` package against a real gateway over a real 3-node swarm."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shards.generation import encode_prompt
+from tests.api.conftest import MODEL, serve_entry
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+LONG = [{"role": "user", "content": "Count from 1 to 300, separated by commas."}]
+
+
+def _check_provenance(swarm3, provenance: dict, client_peer_id: str, num_blocks: int = 30) -> None:
+    """The chain covers every block in order, and each of its nodes logged this session, receipted by us."""
+    chain = provenance["chain"]
+    assert [c["blocks"][0] for c in chain][0] == 0 and chain[-1]["blocks"][1] == num_blocks
+    assert all(a["blocks"][1] == b["blocks"][0] for a, b in zip(chain, chain[1:]))
+    ledgers = {n.peer_id: n.ledger for n in swarm3.nodes}
+    for link in chain:
+        entry = serve_entry(ledgers[link["peer_id"]], provenance["session_id"])
+        assert list(entry.blocks) == link["blocks"] and entry.client == client_peer_id
+        assert entry.manifest_root.hex() == provenance["model_root"]
+        assert entry.receipt is not None and entry.receipt.client == client_peer_id
+
+
+def test_models_list_and_retrieve_name_the_served_model_and_its_root(client, default_store):
+    models = client.models.list().data
+    assert [m.id for m in models] == [MODEL]
+    model = client.models.retrieve(MODEL)
+    assert model.id == MODEL and model.owned_by == "swarmlm"
+    assert model.model_extra["swarmlm"]["model_root"] == default_store.root
+    assert client.models.retrieve(default_store.root).id == MODEL  # the root names the model too
+
+
+def test_chat_completion_equals_local_greedy_and_names_its_provenance(client, local_model, swarm3, default_store):
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=QUESTION, temperature=0,
+                                                          max_tokens=24)
+    completion = raw.parse()
+    local = local_model.generate(QUESTION, 24)
+    assert completion.choices[0].message.content == local.text == "The capital of France is Paris."
+    assert completion.choices[0].message.role == "assistant" and completion.choices[0].finish_reason == "stop"
+    assert completion.usage.prompt_tokens == local.prompt_tokens
+    assert completion.usage.completion_tokens == len(local.token_ids)
+    assert completion.usage.total_tokens == local.prompt_tokens + len(local.token_ids)
+    provenance = completion.model_extra["swarmlm"]
+    assert provenance["model_root"] == default_store.root == raw.headers["x-swarmlm-model-root"]
+    assert raw.headers["x-swarmlm-session"] == provenance["session_id"]
+    assert raw.headers["x-swarmlm-chain"] == ", ".join(
+        f"{c['peer_id']}={c['blocks'][0]}:{c['blocks'][1]}" for c in provenance["chain"])
+    _check_provenance(swarm3, provenance, raw.headers["x-swarmlm-client"])
+
+
+def test_streamed_chat_completion_with_usage_matches_local_greedy(client, local_model, swarm3):
+    chunks = list(client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=24,
+                                                 stream=True, stream_options={"include_usage": True}))
+    local = local_model.generate(QUESTION, 24)
+    choice_chunks, usage_chunk = chunks[:-1], chunks[-1]
+    assert len({c.id for c in chunks}) == 1 and all(c.object == "chat.completion.chunk" for c in chunks)
+    assert choice_chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in choice_chunks) == local.text
+    assert [c.choices[0].finish_reason for c in choice_chunks] == [None] * (len(choice_chunks) - 1) + ["stop"]
+    assert usage_chunk.choices == [] and usage_chunk.usage.completion_tokens == len(local.token_ids)
+    assert usage_chunk.usage.prompt_tokens == local.prompt_tokens
+    assert all(c.usage is None for c in choice_chunks)
+    first, last = choice_chunks[0].model_extra["swarmlm"], choice_chunks[-1].model_extra["swarmlm"]
+    assert first["session_id"] == last["session_id"]
+    _check_provenance(swarm3, last, last["client_peer_id"])
+
+
+def test_text_completion_continues_the_raw_prompt_like_local_greedy(client, local_model):
+    prompt = "The capital of France is"
+    completion = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=12)
+    local = local_model.generate(prompt, 12, raw=True)
+    assert completion.object == "text_completion" and completion.choices[0].text == local.text
+    assert completion.choices[0].finish_reason == "length"  # 12 tokens, no end of text
+    assert completion.usage.completion_tokens == 12 and completion.usage.prompt_tokens == local.prompt_tokens
+    assert completion.model_extra["swarmlm"]["session_id"]
+
+
+def test_seed_repeats_a_sample_and_stop_ends_the_text_before_it(client):
+    def sample() -> str:
+        return client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=1.2, top_p=0.95, seed=7,
+                                              max_tokens=10).choices[0].message.content
+
+    assert sample() == sample()
+    stopped = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, stop=[" Paris"])
+    assert stopped.choices[0].message.content == "The capital of France is"
+    assert stopped.choices[0].finish_reason == "stop"
+
+
+async def test_a_request_completes_while_another_streams_and_leaving_closes_that_session(async_client, local_model,
+                                                                                        swarm3):
+    """No global lock: a short answer completes while a long one is mid-stream. Then the long one's
+    client leaves, and the gateway closes its session (receipted) long before its 200 tokens."""
+    stream = await async_client.chat.completions.create(model=MODEL, messages=LONG, temperature=0, max_tokens=200,
+                                                        stream=True)
+    chunks = aiter(stream)
+    first = await anext(chunks)
+    await anext(chunks)  # a token: the long generation is under way
+    short = await async_client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=24)
+    assert short.choices[0].message.content == local_model.generate(QUESTION, 24).text
+    await anext(chunks)  # and it is still streaming now that the short answer is complete
+    await stream.close()
+
+    session = first.model_extra["swarmlm"]["session_id"]
+    whole = len(encode_prompt(local_model.tokenizer, LONG)) + 199  # what 200 tokens take through the chain
+    for node in swarm3.nodes:
+        entry = await asyncio.to_thread(serve_entry, node.ledger, session)
+        assert entry.receipt is not None  # closed by the gateway, not timed out by the node
+        assert entry.tokens < whole

@@ -71,7 +71,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("dtype", str, None, "compute dtype (default: float32 on cpu, bfloat16 on cuda)",
            choices=("float32", "bfloat16", "float16")),
     Option("threads", int, 0, "compute threads (0: all cores); nodes sharing a machine should split its cores"),
-    Option("cache_tokens", int, 8192, "KV-cache pool size in tokens, over all sessions"),
+    Option("cache_tokens", int, 8192, "KV-cache pool size in tokens, over all sessions (paged; see --page-tokens)"),
+    Option("page_tokens", int, 64, "tokens per KV-cache page: sessions take pages as they grow"),
     Option("max_memory", str, None, "memory budget for blocks and cache, e.g. 2GiB (default: 80%% of free)"),
     Option("public_name", str, "", "a name shown in swarm status"),
     Option("announce_period", float, 30.0, "seconds between DHT announcements (records expire at twice this)"),
@@ -80,6 +81,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_step_tokens", int, 2048, "most tokens one step or forward may carry"),
     Option("max_session_length", int, 8192, "longest session a client may open, in tokens"),
     Option("session_timeout", float, 300.0, "seconds an idle session keeps its cache"),
+    Option("evict_idle_after", float, 30.0, "when the cache is full, sessions idle this many seconds lose their "
+                                            "cache to active ones (least recently used first)"),
+    Option("max_batch_tokens", int, 512, "most tokens computed in one batched forward over all sessions"),
+    Option("prefill_chunk", int, 128, "long prompts and forwards run in chunks of this many tokens, so others' "
+                                      "steps wait at most one chunk"),
+    Option("batching", _bool, True, "batch steps of different sessions into one forward (off: one at a time)"),
+    Option("peer_max_streams", int, 32, "streams one client peer may hold open at once"),
+    Option("peer_max_sessions", int, 16, "sessions one client peer may hold open at once"),
+    Option("peer_cache_tokens", int, 0, "KV-cache tokens one client peer's sessions may hold (0: half the pool)"),
+    Option("peer_queue_tokens", int, 8192, "tokens of one client peer's work that may wait for compute"),
+    Option("read_budget", str, "512MiB", "frame bytes all streams together may be reading at once"),
     Option("drain_grace", float, 30.0, "seconds live sessions get to finish on shutdown or move"),
     Option("rebalance_period", float, 60.0, "seconds between coverage checks with --blocks auto (0: never move)"),
     Option("throughput", str, "auto", "announced tokens/s: 'auto' measures once and caches it, or a number"),
@@ -106,6 +118,7 @@ class NodeConfig:
     dtype: str
     threads: int
     cache_tokens: int
+    page_tokens: int
     max_memory: str | None
     public_name: str
     announce_period: float
@@ -114,6 +127,15 @@ class NodeConfig:
     max_step_tokens: int
     max_session_length: int
     session_timeout: float
+    evict_idle_after: float
+    max_batch_tokens: int
+    prefill_chunk: int
+    batching: bool
+    peer_max_streams: int
+    peer_max_sessions: int
+    peer_cache_tokens: int
+    peer_queue_tokens: int
+    read_budget: str
     drain_grace: float
     rebalance_period: float
     throughput: str
@@ -129,6 +151,12 @@ class NodeConfig:
             return None
         start, _, end = self.blocks.partition(":")
         return int(start), int(end)
+
+    @property
+    def read_budget_bytes(self) -> int:
+        from .selection import parse_size
+
+        return parse_size(self.read_budget)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -234,7 +262,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 _RANGES: tuple[tuple[str, float, float | None], ...] = (
-    ("num_blocks", 1, None), ("cache_tokens", 1, None), ("max_batch", 1, None), ("max_step_tokens", 1, None),
+    ("num_blocks", 1, None), ("cache_tokens", 1, None), ("page_tokens", 1, 4096), ("evict_idle_after", 0, None),
+    ("max_batch_tokens", 1, None), ("prefill_chunk", 1, None), ("peer_max_streams", 1, None),
+    ("peer_max_sessions", 1, None), ("peer_cache_tokens", 0, None), ("peer_queue_tokens", 1, None), ("max_batch", 1, None), ("max_step_tokens", 1, None),
     ("max_session_length", 1, None), ("drain_grace", 0, None), ("rebalance_period", 0, None),
     ("witness_period", 1, None),
     ("port", 0, 65535), ("metrics_port", 0, 65535), ("threads", 0, None))
@@ -264,6 +294,27 @@ def _finish(values: dict[str, Any], sources: dict[str, str]) -> NodeConfig:
         if value is not None and not (value >= low and (high is None or value <= high)):  # `not`: NaN fails too
             bounds = f">= {low}" if high is None else f"in {low}..{high}"
             raise ConfigError(f"{where(name)} must be {bounds}, got {value}")
+    for name in ("read_budget", "max_memory"):
+        if values[name] is not None:
+            from .selection import parse_size
+
+            try:
+                parse_size(values[name])
+            except ValueError:
+                raise ConfigError(f"{where(name)} must be a size like 512MiB or 2GB, got {values[name]!r}") from None
+    if values["max_batch_tokens"] < values["max_batch"]:
+        raise ConfigError(f"{where('max_batch_tokens')} must be at least {where('max_batch')} "
+                          f"({values['max_batch']}), so every row of a batch fits one forward")
+    if len(values["public_name"]) > 64 or not values["public_name"].isprintable():
+        raise ConfigError(f"{where('public_name')} must be at most 64 printable characters")
+    if values["throughput"] != "auto":
+        try:
+            tps = float(values["throughput"])
+        except ValueError:
+            tps = float("nan")
+        if not 0 < tps <= 1e6:
+            raise ConfigError(f"{where('throughput')} must be 'auto' or tokens/s in (0, 1000000], "
+                              f"got {values['throughput']!r}")
     for name in ("announce_period", "session_timeout"):
         if not values[name] > 0:
             raise ConfigError(f"{where(name)} must be > 0, got {values[name]}")

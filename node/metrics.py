@@ -14,10 +14,11 @@ from typing import Callable, Iterator, TypedDict
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
+from routing import untrusted
 from routing.errors import ErrorCode
 
 from .errors import NodeError
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # From a cached step on a small span (ms) to a long prefill or a stalled peer (tens of seconds).
 RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
 class NodeState(TypedDict, total=False):
@@ -40,6 +43,10 @@ class NodeState(TypedDict, total=False):
     dtype: str  # compute dtype, a label of swarmlm_span_info
     ledger_entries: int
     ledger_checkpoint_size: int  # tree size of the last signed checkpoint
+    ledger_ok: int  # ledger.store.Health: 1 while it commits, 0 while appends wait for the disk
+    ledger_pending: int
+    ledger_commit_failures: int
+    ledger_unwritten: int
 
 
 # (metric name, NodeState key, help) for the gauges that are one number each.
@@ -51,6 +58,12 @@ _LEVELS = (
     ("swarmlm_ledger_entries", "ledger_entries", "Entries in this node's ledger."),
     ("swarmlm_ledger_checkpoint_size", "ledger_checkpoint_size",
      "Tree size (entries) of the ledger's last signed checkpoint."),
+    ("swarmlm_ledger_ok", "ledger_ok", "1 while the ledger commits; 0 while appends wait for the disk "
+     "(new sessions are refused)."),
+    ("swarmlm_ledger_pending", "ledger_pending", "Ledger appends submitted and not yet committed."),
+    ("swarmlm_ledger_commit_failures", "ledger_commit_failures", "Failed ledger commit attempts since start."),
+    ("swarmlm_ledger_unwritten", "ledger_unwritten",
+     "Ledger entries given up to the side file (or the log) since start: each one is an incident."),
 )
 
 
@@ -70,12 +83,20 @@ class NodeMetrics:
         self._errors = Counter("swarmlm_errors", "Requests refused or failed, by error code.", ["code"], registry=r)
         self._spot_checks = Counter("swarmlm_spot_checks", "Spot checks of served steps, by outcome.", ["outcome"],
                                     registry=r)
+        self._batch_requests = Histogram("swarmlm_batch_requests", "Requests (session steps, prefill chunks, "
+                                         "forwards) computed together in one scheduler iteration.",
+                                         buckets=BATCH_BUCKETS, registry=r)
+        self._batch_tokens = Histogram("swarmlm_batch_tokens", "Tokens computed together in one scheduler iteration.",
+                                       buckets=TOKEN_BUCKETS, registry=r)
+        self._queue_wait = Histogram("swarmlm_queue_wait_seconds", "Time a request waited before its first chunk "
+                                     "was computed.", buckets=RPC_BUCKETS, registry=r)
         for code in ErrorCode:  # every code exists at 0, so rate() and alerts work before the first error
             self._errors.labels(code.value)
         ProcessCollector(registry=r)  # resident memory, CPU, open files: what a months-long run must watch
         PlatformCollector(registry=r)
         self._state: Callable[[], NodeState] | None = None
         r.register(_StateCollector(self))
+        r.register(_UntrustedCollector())
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -101,6 +122,14 @@ class NodeMetrics:
 
     def spot_check(self, outcome: str) -> None:
         self._spot_checks.labels(outcome).inc()
+
+    def batch(self, requests: int, tokens: int, waits: list[float]) -> None:
+        """One scheduler iteration: how many requests and tokens shared the forward, and how long
+        the requests it started had queued."""
+        self._batch_requests.observe(requests)
+        self._batch_tokens.observe(tokens)
+        for wait in waits:
+            self._queue_wait.observe(wait)
 
     # ---- levels and serving -------------------------------------------------------------------------
 
@@ -159,3 +188,17 @@ class _StateCollector(Collector):
                                      labels=["start", "end", "root", "dtype"])
             info.add_metric([str(start), str(end), state.get("root", ""), state.get("dtype", "")], 1)
             yield info
+
+
+class _UntrustedCollector(Collector):
+    """Untrusted items this process dropped, by kind (`routing.untrusted`), read at each scrape."""
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("swarmlm_untrusted_dropped", "Untrusted items (DHT records, evidence, "
+                                     "receipts, checkpoints, frames) dropped as malformed, by kind.", labels=["kind"])
+        for kind, count in untrusted.snapshot().items():
+            family.add_metric([kind], count)
+        yield family

@@ -21,14 +21,13 @@ import hivemind
 import psutil
 import torch
 
-from ledger import canonical
 from ledger.entries import Entry, LoadEntry, ServeEntry
 from ledger.errors import LedgerError
 from ledger.keys import Identity
-from ledger.receipts import Receipt, verify_receipt
+from ledger.receipts import Receipt, open_receipt
 from ledger.store import Store
 from routing import dht as dht_io
-from routing import ledger_rpc, wire
+from routing import ledger_rpc, untrusted, wire
 from routing.client import PeerLink
 from routing.records import ServerRecord, SignedRecordValidator
 from shards.blocks import BlockStack
@@ -37,11 +36,16 @@ from shards.store import ShardStore, parse_dtype
 
 from .config import NodeConfig
 from .errors import NodeError
-from .handlers import Serving
+from .handlers import Handlers
+from .inference import Inference
 from .ledger_service import LedgerService
 from .metrics import NodeMetrics, NodeState
+from .neighbours import Neighbours
+from .push import HANDLER as PUSH_HANDLER
+from .push import PushLinks, PushReceiver
 from .selection import blocks_for_budget, best_start, coverage, parse_size, should_move
-from .sessions import NodeSession
+from .serving import Serving
+from .sessions import NodeSession, session_key
 from .throughput import cached_throughput
 from .witnessing import CHECKPOINT_KEY, Witness
 
@@ -91,12 +95,18 @@ class Node:
         start, end = await self._choose_span()
         stack = await self._load_span(start, end)
         self.serving = s = Serving(c, self.root, stack, self.identity, self.metrics, self._log_session,
-                                   self._info_extra)
-        handlers = [("swarmlm.info", s.handle_info), ("swarmlm.forward", s.handle_forward),
-                    ("swarmlm.inference", s.handle_inference)]
+                                   self._info_extra, self._can_record)
+        await s.start()
+        link = PeerLink(p2p, request_timeout=30)
+        self.pushes = PushLinks(link, self._push_refused)
+        self.neighbours = Neighbours(self.pushes, self.peer_id)
+        inference = Inference(s, self.pushes)
+        rpc = Handlers(s)
+        handlers = [("swarmlm.info", rpc.info), ("swarmlm.forward", rpc.forward),
+                    ("swarmlm.inference", inference.handle), (PUSH_HANDLER, PushReceiver(s, inference.step).handle)]
         if self.ledger is not None:
             handlers.append((ledger_rpc.HANDLER, LedgerService(self.ledger, s).handle))
-            self.witness = Witness(PeerLink(p2p, request_timeout=30), self.ledger, self.peer_id)
+            self.witness = Witness(link, self.ledger, self.peer_id)
         for name, handler in handlers:
             await p2p.add_binary_stream_handler(name, handler)
         if c.metrics_port is not None:
@@ -172,7 +182,7 @@ class Node:
     async def _serve(self, stop: asyncio.Event) -> None:
         """Periodic work until `stop`: announce, witness peers, expire idle sessions, (auto) rebalance."""
         c = self.config
-        jobs = [_Periodic(lambda: c.announce_period, self._announce),
+        jobs = [_Periodic(lambda: c.announce_period, self._measure_and_announce),
                 _Periodic(lambda: IDLE_CHECK_PERIOD, self._expire_idle)]
         if self.witness is not None:
             jobs.append(_Periodic(lambda: c.witness_period, self._witness))
@@ -220,6 +230,15 @@ class Node:
         self.state = "online"
         await self._announce()
 
+    async def _measure_and_announce(self) -> None:
+        """Refresh the round trips to our next-block neighbours, then announce them with the rest."""
+        try:
+            assert self.serving is not None
+            await self.neighbours.measure((await self._records()).values(), self.serving.stack.end)
+        except Exception as e:  # the DHT and the neighbours are best-effort; announcing is not
+            log.info("could not measure the next-block neighbours: %s", e)
+        await self._announce()
+
     async def _records(self) -> dict[str, ServerRecord]:
         assert self.dht is not None
         return await dht_io.fetch_records(self.dht, self.root, self.num_blocks)
@@ -236,12 +255,14 @@ class Node:
     def record(self, checkpoint: str | None = None) -> ServerRecord:
         s = self.serving
         assert s is not None
-        return ServerRecord(peer_id=self.peer_id, state=self.state, start=s.stack.start, end=s.stack.end,
-                            throughput=round(self.throughput, 2), dtype=wire.dtype_name(s.dtype),
-                            device=s.device.type, cache_tokens_left=s.pool.free, version=wire.PROTOCOL_VERSION,
-                            name=self.config.public_name, active_sessions=len(s.sessions),
-                            max_step_tokens=self.config.max_step_tokens, max_session_length=s.max_length,
-                            maddrs=self._maddrs, extra={CHECKPOINT_KEY: checkpoint} if checkpoint else {})
+        state = self.state if self.state != "online" or self._can_record() else "draining"  # no sessions now
+        return ServerRecord(peer_id=self.peer_id, state=state, start=s.stack.start, end=s.stack.end,
+                            throughput=max(round(self.throughput, 2), 0.01), dtype=wire.dtype_name(s.dtype),
+                            device=s.device.type, cache_tokens_left=s.cache_tokens_free,
+                            version=wire.PROTOCOL_VERSION, name=self.config.public_name,
+                            active_sessions=len(s.sessions), max_step_tokens=self.config.max_step_tokens,
+                            max_session_length=s.max_length, maddrs=self._maddrs, rtt_ms=self.neighbours.announced(),
+                            extra={CHECKPOINT_KEY: checkpoint} if checkpoint else {})
 
     async def _announce(self, record: ServerRecord | None = None) -> None:
         """Store our record under each served block; the DHT is best-effort, never fatal."""
@@ -263,17 +284,26 @@ class Node:
     # ---- observability ---------------------------------------------------------------------------
 
     def _info_extra(self) -> dict[str, Any]:
-        return {"state": self.state, "name": self.config.public_name, "throughput": round(self.throughput, 2),
-                "ledger_size": self.ledger.size() if self.ledger else 0}
+        extra: dict[str, Any] = {"state": self.state, "name": self.config.public_name,
+                                 "throughput": round(self.throughput, 2),
+                                 "ledger_size": self.ledger.size() if self.ledger else 0}
+        if self.ledger is not None:
+            h = self.ledger.health()
+            extra["ledger_health"] = {"ok": h.ok, "pending": h.pending, "failures": h.failures,
+                                      "unwritten": h.unwritten, "last_error": h.last_error}
+        return extra
 
     def _metrics_state(self) -> NodeState:
         s = self.serving
         state: NodeState = {"dht_peers": self._dht_peers, "root": self.root, "dtype": self.config.dtype}
         if s is not None:
-            state.update(active_sessions=len(s.sessions), cache_tokens_used=s.pool.used,
-                         cache_tokens_free=s.pool.free, blocks_served=(s.stack.start, s.stack.end))
+            state.update(active_sessions=len(s.sessions), cache_tokens_used=s.cache_tokens_used,
+                         cache_tokens_free=s.cache_tokens_free, blocks_served=(s.stack.start, s.stack.end))
         if self.ledger is not None:
             state["ledger_entries"] = self.ledger.size()
+            h = self.ledger.health()
+            state.update(ledger_ok=int(h.ok), ledger_pending=h.pending, ledger_commit_failures=h.failures,
+                         ledger_unwritten=h.unwritten)
             try:
                 state["ledger_checkpoint_size"] = self.ledger.latest_checkpoint()[0]
             except LedgerError:
@@ -287,8 +317,13 @@ class Node:
         if self.ledger is not None:
             self.ledger.append(entry)
 
+    def _can_record(self) -> bool:
+        """New sessions only while the ledger commits: served ⇒ logged (or loudly failed)."""
+        return self.ledger is None or self.ledger.health().ok
+
     def _log_session(self, session: NodeSession, receipt_bytes: bytes | None) -> None:
-        """Append the session's `serve` entry; a receipt that does not check out is dropped, not trusted."""
+        """Append the session's `serve` entry, whatever its receipt holds: a receipt that does not check
+        out is dropped (and counted), never a reason to skip the entry."""
         if self.ledger is None:
             return
         receipt = self._valid_receipt(session, receipt_bytes)
@@ -296,31 +331,49 @@ class Node:
             session=session.session_id, client=session.client, manifest_root=bytes.fromhex(self.root),
             blocks=(session.stack.start, session.stack.end), tokens=session.tokens, steps=session.steps,
             start_ns=session.opened_ns, end_ns=time.time_ns(), steps_digest=session.steps_digest,
-            receipt=receipt, time_ns=time.time_ns()))
+            receipt=receipt, time_ns=time.time_ns(), accepted_tokens=session.accepted))
 
     def _valid_receipt(self, session: NodeSession, data: bytes | None) -> Receipt | None:
         if data is None:
             return None
         try:
-            receipt = Receipt.from_wire(canonical.unpack(data))
-            verify_receipt(receipt)
-        except LedgerError as e:
+            receipt = open_receipt(data)
+        except Exception as e:  # attacker bytes (ReceiptError); whatever else they break, the session is logged
+            untrusted.dropped("receipt", f"from {session.client}: {type(e).__name__}: {e}")
             log.warning("session %s: invalid receipt from %s (%s); logging it unreceipted",
                         session.session_id, session.client[-8:], e)
             return None
         expected = (self.peer_id, session.client, session.session_id, bytes.fromhex(self.root),
-                    (session.stack.start, session.stack.end), session.tokens, session.outputs_digest)
+                    (session.stack.start, session.stack.end), session.tokens, session.outputs_digest,
+                    session.accepted if receipt.accepted_tokens is not None else None)
         got = (receipt.node, receipt.client, receipt.session, receipt.manifest_root, tuple(receipt.blocks),
-               receipt.tokens, receipt.outputs_digest)
+               receipt.tokens, receipt.outputs_digest, receipt.accepted_tokens)
         if got != expected:
+            untrusted.dropped("receipt", f"from {session.client}: does not match the session served")
             log.warning("session %s: receipt from %s does not match what was served; logging it unreceipted",
                         session.session_id, session.client[-8:])
             return None
         return receipt
 
+    async def _push_refused(self, frame: dict[str, Any]) -> None:
+        """A successor refused one of our pushes: tell that session's client, who relays instead."""
+        s = self.serving
+        client, session_id = frame.get("client"), frame.get("session")
+        if s is None or not isinstance(client, str) or not isinstance(session_id, str):
+            return
+        session = s.sessions.get(session_key(client, session_id))
+        if session is not None:
+            try:
+                await session.send({"type": "push_failed", "session": session_id, "code": str(frame.get("code")),
+                                    "message": str(frame.get("message"))[:500]})
+            except (ConnectionError, RuntimeError):
+                pass
+
     # ---- leave -----------------------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
+        """Drain, leave and flush the ledger — even when the DHT child died first (systemd signals the
+        whole group): every DHT call has a timeout and is best-effort."""
         if self.serving is not None:
             self.state = "draining"
             await self._announce()
@@ -329,12 +382,13 @@ class Node:
             await self.serving.drain(self.config.drain_grace)
             self.state = "offline"
             await self._announce()
-            self.serving.executor.shutdown(wait=True)
+            await self.pushes.close()
+            await self.serving.stop()
         self.metrics.stop_http()
-        if self.dht is not None:
-            self.dht.shutdown()
         if self.ledger is not None:
             self.ledger.close()
+        if self.dht is not None:
+            self.dht.shutdown()
         runtime_file(self.config.state_dir).unlink(missing_ok=True)
         log.info("node %s stopped", self.peer_id)
 

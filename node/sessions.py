@@ -1,44 +1,102 @@
-"""Live inference sessions on a node: their caches, limits, counters and digest of what was served."""
+"""Live inference sessions on a node: their paged caches, push grant, counters and digest of what was served."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+import torch
+
+from routing import wire
+from routing.grants import PushGrant
 from shards.blocks import BlockStack
-from shards.kv_cache import KVCache
-
-from .memory import Reservation
+from shards.paged_cache import PagedSequence
 
 
-@dataclass
+@dataclass(eq=False)
 class NodeSession:
     session_id: str
     client: str
     stack: BlockStack  # the blocks this session runs (possibly a sub-span of the node's)
-    cache: KVCache
-    reservation: Reservation
+    rows: list[PagedSequence]  # one paged cache per batch row
     max_length: int
-    batch: int
+    reply_dtype: torch.dtype  # what replies and pushed outputs travel in: the next node's compute dtype
+    attesting: bool
+    writer: asyncio.StreamWriter  # the client's stream: replies, copies of pushed outputs, errors
+    grant: PushGrant | None = None  # where pushed input may come from and output goes
+    next_maddrs: list[str] = field(default_factory=list)
     opened_ns: int = field(default_factory=time.time_ns)
     last_active: float = field(default_factory=time.monotonic)
-    tokens: int = 0
+    length: int = 0  # positions held
+    computed: int = 0  # tokens run through the blocks, rejected speculation included
+    rolled_back: int = 0  # tokens computed, then discarded by a step that rewound over them
     steps: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one step at a time, relayed or pushed
+    _write: asyncio.Lock = field(default_factory=asyncio.Lock)
     _steps: "hashlib._Hash" = field(default_factory=hashlib.sha256)
     _outputs: "hashlib._Hash" = field(default_factory=hashlib.sha256)
 
     @property
     def key(self) -> str:
         """Sessions are per client: two clients may pick the same id."""
-        return f"{self.client}/{self.session_id}"
+        return session_key(self.client, self.session_id)
 
-    def record_step(self, n_tokens: int, input_digest: bytes, output_digest: bytes) -> None:
-        self.tokens += n_tokens
-        self.steps += 1
+    @property
+    def batch(self) -> int:
+        return len(self.rows)
+
+    @property
+    def pages(self) -> int:
+        return sum(r.num_pages for r in self.rows)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens computed for the client (what its receipt must name)."""
+        return self.computed
+
+    @property
+    def accepted(self) -> int:
+        """Tokens computed and kept: speculative drafts the client rejected are rolled back."""
+        return self.computed - self.rolled_back
+
+    @property
+    def busy(self) -> bool:
+        return self.lock.locked()
+
+    @property
+    def next_peer(self) -> str | None:
+        """The peer this session pushes its output to, None when it replies only to its client."""
+        g = self.grant
+        return g.next if g is not None and g.next != self.client else None
+
+    @property
+    def prev_peer(self) -> str | None:
+        g = self.grant
+        return g.prev if g is not None and g.prev != self.client else None
+
+    def rewind_to(self, start: int) -> None:
+        """A step starting below the positions held discards them (speculative rollback, a re-sent turn)."""
+        if start < self.length:
+            self.rolled_back += (self.length - start) * self.batch
+            self.length = start
+
+    def record_step(self, start: int, n_tokens: int, input_digest: bytes, output_digest: bytes) -> int:
+        """Count a computed step; returns its index (what its attestation names)."""
+        self.computed += n_tokens * self.batch
+        self.length = start + n_tokens
         self.last_active = time.monotonic()
         self._steps.update(input_digest + output_digest)
         self._outputs.update(output_digest)
+        self.steps += 1
+        return self.steps - 1
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        """Write to the client's stream; relayed replies and pushed copies never interleave."""
+        async with self._write:
+            await wire.write_frame(self.writer, frame)
 
     @property
     def steps_digest(self) -> bytes:
@@ -50,6 +108,6 @@ class NodeSession:
         """Running SHA-256 over the output digests: what the client's receipt must name."""
         return self._outputs.copy().digest()
 
-    def free(self) -> None:
-        self.reservation.release()
-        self.cache = None  # type: ignore[assignment]
+
+def session_key(client: str, session_id: str) -> str:
+    return f"{client}/{session_id}"

@@ -1,9 +1,16 @@
 """A generation session over a chain of nodes, which survives nodes that fail.
 
-The client keeps, for every span boundary, the hidden states it sent into that span. When a node
-fails (stream broken, timeout, error frame), it is banned for a while, a new chain is planned for
-just its blocks, the kept inputs are replayed to rebuild the new nodes' caches, and the step
-continues — so greedy output with a failure equals output without one.
+A step goes down the chain either relayed (the client sends each span its input and reads its
+output) or pushed (the client sends into the first span; each node pushes its output to the next
+and sends the client a copy; the last node's output is the step's result). Either way the client
+keeps, for every span boundary, the hidden states that entered that span. When a node fails
+(stream broken, timeout, error frame, a push its predecessor could not deliver), the client relays
+the rest of that step itself, bans the node for a while, plans a new chain for just its blocks,
+replays the kept inputs to rebuild the new nodes' caches, tells the neighbours their new push
+partners, and continues — so greedy output with a failure equals output without one.
+
+Nodes are chosen by what the client measured, not by what they claim (routing/planner.py), and a
+client keeps trying other nodes as long as some chain covers the model and its deadline allows.
 """
 
 from __future__ import annotations
@@ -22,11 +29,13 @@ from ledger.errors import LedgerError
 from shards.errors import ShardsError
 
 from . import dht as dht_io
-from .client import SpanSession, SwarmClient, deserves_ban, gather_pings, is_node_failure
+from . import untrusted
+from .client import SwarmClient, deserves_ban, gather_pings, is_node_failure
 from .errors import NoRouteError, PeerFailure, RoutingError
 from .evidence import Claim, Evidence, Judgement, check_evidence
 from .planner import Hop, plan_route
 from .records import ServerRecord
+from .span import SpanSession
 from .verification import Referee, Verifier
 from .wire import PROTOCOL_VERSION, WIRE_DTYPES
 
@@ -57,9 +66,17 @@ class Bans:
 
 
 class SwarmView:
-    """What a client knows of the swarm for one model: records, round-trip times, bans."""
+    """What a client knows of the swarm for one model: records, measured round trips, bans.
 
-    def __init__(self, client: SwarmClient, root: str, num_blocks: int, refresh_after: float = 5.0,
+    Records are re-read every `refresh_after` seconds in the background, so a step never waits
+    for the DHT. Every new node is pinged: one that does not answer (a dead address, or a record
+    made up by an attacker) is banned with backoff like any failing node, and the planner prefers
+    nodes it has measured.
+    """
+
+    MAX_EVIDENCE_PER_REFRESH = 4  # each published document costs a recomputation; attackers publish many
+
+    def __init__(self, client: SwarmClient, root: str, num_blocks: int, refresh_after: float = 30.0,
                  referee: Referee | None = None) -> None:
         self.client, self.root, self.num_blocks = client, root, num_blocks
         self.refresh_after, self.referee = refresh_after, referee
@@ -69,9 +86,14 @@ class SwarmView:
         self.judged: dict[bytes, Judgement | None] = {}  # published evidence seen, by document digest
         self.distrusted: set[str] = set()  # publishers of evidence that did not hold up
         self._fetched = 0.0
+        self._background: asyncio.Task | None = None
+
+    @property
+    def stale(self) -> bool:
+        return time.monotonic() - self._fetched >= self.refresh_after
 
     async def refresh(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self._fetched < self.refresh_after and self.records:
+        if not force and not self.stale and self.records:
             return
         self.records = await self.client.records(self.root, self.num_blocks)
         self.client.learn(self.records.values())
@@ -79,17 +101,30 @@ class SwarmView:
         await self._review_evidence()
         new = [p for p, r in self.records.items() if p not in self.rtt and r.is_serving and p not in self.bans]
         for peer, result in (await gather_pings(self.client, new)).items():
-            if isinstance(result, BaseException):  # slow is not dead: a session to it will tell
-                log.info("node %s did not answer a ping (%s)", peer[-8:], result)
+            if isinstance(result, BaseException):
+                log.info("node %s did not answer a ping (%s); avoiding it", peer[-8:], result)
+                self.bans.ban(peer)
             elif result[1].get("root") != self.root or result[1].get("v") != PROTOCOL_VERSION:
                 log.warning("node %s announces our model but serves root %s / protocol %s; avoiding it",
-                            peer[-8:], result[1].get("root"), result[1].get("v"))
+                            peer[-8:], str(result[1].get("root"))[:70], str(result[1].get("v"))[:10])
                 self.bans.ban(peer)
             else:
                 self.rtt[peer] = result[0]
 
+    def refresh_soon(self) -> None:
+        """Re-read the swarm in the background when the view is stale; never raises."""
+        if self.stale and (self._background is None or self._background.done()):
+            self._background = asyncio.ensure_future(self._quiet_refresh())
+
+    async def _quiet_refresh(self) -> None:
+        try:
+            await self.refresh(force=True)
+        except Exception as e:  # the DHT is best-effort; the next plan tries again
+            log.info("background refresh of the swarm failed: %s", e)
+
     async def _review_evidence(self) -> None:
-        """Check evidence others published: valid evidence bans its node for good, invalid is ignored."""
+        """Check a few documents others published: valid evidence bans its node for good, invalid
+        evidence gets its publisher ignored. No document, however malformed, reaches the caller."""
         if self.referee is None:
             return
         try:
@@ -97,15 +132,16 @@ class SwarmView:
         except Exception as e:  # the DHT is best-effort
             log.debug("could not read published evidence: %s", e)
             return
-        for publisher, document in published.items():
+        fresh = [(p, d) for p, d in published.items()
+                 if p not in self.distrusted and hashlib.sha256(d).digest() not in self.judged]
+        for publisher, document in fresh[:self.MAX_EVIDENCE_PER_REFRESH]:
             digest = hashlib.sha256(document).digest()
-            if digest in self.judged or publisher in self.distrusted:
-                continue
             loop = asyncio.get_running_loop()
             try:
                 evidence = Evidence.from_bytes(document)
                 judgement = await loop.run_in_executor(None, check_evidence, evidence, self.referee.store)
             except (RoutingError, ShardsError, LedgerError) as e:
+                untrusted.dropped("evidence", f"from {publisher}: {e}")
                 judgement = Judgement(False, None, str(e), {})
             self.judged[digest] = judgement
             if judgement.valid and judgement.dishonest:
@@ -113,48 +149,62 @@ class SwarmView:
                             judgement.dishonest)
                 self.bans.ban_forever(judgement.dishonest)
             else:
-                log.warning("ignoring invalid evidence published by %s (%s)", publisher, judgement.reason)
+                log.warning("ignoring invalid evidence published by %s (%s)", publisher, judgement.reason[:200])
                 self.distrusted.add(publisher)
 
-    async def plan(self, start: int, end: int, max_length: int = 1) -> list[Hop]:
-        await self.refresh()
-        try:
-            return plan_route(self.records.values(), start, end, rtt=self.rtt, banned=self.bans, max_length=max_length)
-        except NoRouteError:
+    async def plan(self, start: int, end: int, max_length: int = 1, push: bool = False) -> list[Hop]:
+        """The best chain over nodes this client measured; unmeasured ones only when nothing else covers."""
+        if not self.records:
             await self.refresh(force=True)
-            return plan_route(self.records.values(), start, end, rtt=self.rtt, banned=self.bans, max_length=max_length)
+        self.refresh_soon()
+        for attempt in range(2):
+            for measured_only in (True, False):
+                try:
+                    return plan_route(self.records.values(), start, end, rtt=self.rtt, banned=self.bans,
+                                      max_length=max_length, push=push, measured_only=measured_only)
+                except NoRouteError:
+                    if attempt == 1 and not measured_only:
+                        raise
+            await self.refresh(force=True)
+        raise AssertionError("unreachable")
 
 
 ReceiptMaker = Callable[[SpanSession], "bytes | None"]
+DEFAULT_DEADLINE = 300.0  # seconds one forward may spend failing over before it gives up
 
 
 class RemoteRunner:
-    """A `BlockRunner` whose blocks live on a chain of nodes (see module docstring for failover)."""
+    """A `BlockRunner` whose blocks live on a chain of nodes (see the module docstring)."""
 
-    def __init__(self, view: SwarmView, max_length: int, hidden_size: int, *, max_retries: int = 8,
-                 step_tokens: int = 512, make_receipt: ReceiptMaker | None = None,
-                 verifier: Verifier | None = None) -> None:
+    def __init__(self, view: SwarmView, max_length: int, hidden_size: int, *, step_tokens: int = 512,
+                 make_receipt: ReceiptMaker | None = None, verifier: Verifier | None = None, push: bool = True,
+                 deadline: float = DEFAULT_DEADLINE) -> None:
         self.view, self.client = view, view.client
-        self.step_tokens, self.verifier = step_tokens, verifier
-        self.max_length, self.hidden_size, self.max_retries = max_length, hidden_size, max_retries
+        self.step_tokens, self.verifier, self.push, self.deadline = step_tokens, verifier, push, deadline
+        self.max_length, self.hidden_size = max_length, hidden_size
         self.make_receipt = make_receipt
         self.session_id = secrets.token_hex(8)
         self.spans: list[SpanSession] = []
         self.inputs: dict[int, torch.Tensor] = {}  # block index -> (batch, max_length, hidden) sent into it
         self.length = 0
         self.failovers = 0
+        self.relayed_steps = 0  # pushed steps that had to be relayed (a push failed)
         self.closed_spans: list[SpanSession] = []
+        self.timing = {"plan": 0.0, "open": 0.0}  # seconds spent planning chains and sending their opens
+        self._give_up_at = 0.0
 
     def forward(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
         return self.client.run(self._forward(hidden, start))
 
-    def close(self) -> None:
-        self.client.run(self._close())
+    def close(self, length: int | None = None) -> None:
+        """End every span's session; `length` is how many positions the caller kept (speculation)."""
+        self.client.run(self._close(length))
 
     async def _forward(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
         """Long prompts go in chunks of `step_tokens`, within every node's per-step limit."""
         if start > self.length:
             raise RoutingError(f"step starts at {start} but the session holds {self.length} tokens")
+        self._give_up_at = time.monotonic() + self.deadline
         if not self.spans:
             self.spans = await self._open_chain(0, self.view.num_blocks)
         outputs = []
@@ -169,26 +219,82 @@ class RemoteRunner:
         return min([self.step_tokens] + [s.hop.record.max_step_tokens for s in self.spans])
 
     async def _through_chain(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
-        h, i, failures = hidden, 0, 0
+        out = await (self._pushed(hidden, start) if self.push and len(self.spans) > 1 else
+                     self._relayed(0, hidden, start))
+        self.length = start + hidden.shape[1]
+        return out
+
+    def _may_retry(self, error: RoutingError) -> bool:
+        return is_node_failure(error) and time.monotonic() < self._give_up_at
+
+    async def _relayed(self, i: int, h: torch.Tensor, start: int) -> torch.Tensor:
+        """The step from span i on, the client carrying every hop."""
         while i < len(self.spans):
             span = self.spans[i]
             self._remember(span.hop.start, h, start)
             try:
                 out = await span.step(h, start)
                 if await self._caught(span, out, start + h.shape[1]):
-                    failures += 1
                     await self._replace(i, start, PeerFailure(span.peer, "convicted by a spot check"),
                                         through_end=True)
                     continue
             except RoutingError as e:
-                if not is_node_failure(e) or failures >= self.max_retries:
+                if not self._may_retry(e):
                     raise
-                failures += 1
                 await self._replace(i, start, e)
                 continue
             h, i = out, i + 1
-        self.length = start + hidden.shape[1]
         return h
+
+    async def _pushed(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
+        """The step sent into the first span and pushed along; any break is relayed from there on."""
+        for span in self.spans:
+            span.drop_notices()  # a late notice of an earlier step must not derail this one
+        try:
+            await self.spans[0].send_step(hidden, start, push=True)
+        except RoutingError:
+            return await self._relayed(0, hidden, start)
+        h = hidden
+        for i, span in enumerate(self.spans):
+            self._remember(span.hop.start, h, start)
+            try:
+                out, frame = await self._pushed_result(i, h, start)
+            except _PushBroken as e:
+                log.info("push to %s failed (%s); relaying this step", span.peer[-8:], e)
+                self.relayed_steps += 1
+                return await self._relayed(i, h, start)
+            except RoutingError as e:
+                if not self._may_retry(e):
+                    raise
+                await self._replace(i, start, e)
+                self.relayed_steps += 1
+                return await self._relayed(i, h, start)
+            if await self._caught(span, out, start + h.shape[1]):
+                await self._replace(i, start, PeerFailure(span.peer, "convicted by a spot check"), through_end=True)
+                return await self._relayed(i, h, start)
+            h = out
+            if i + 1 < len(self.spans) and not frame.get("pushed"):
+                self.relayed_steps += 1
+                return await self._relayed(i + 1, h, start)
+        return h
+
+    async def _pushed_result(self, i: int, h: torch.Tensor, start: int) -> tuple[torch.Tensor, dict]:
+        """Span i's result for a pushed step, unless its predecessor reports the push failed first."""
+        span = self.spans[i]
+        sent = h.to(span.send_dtype)
+        if i == 0:
+            return await span.result(sent, start)
+        result = asyncio.ensure_future(span.result(sent, start))
+        notice = asyncio.ensure_future(self.spans[i - 1].notices.get())
+        try:
+            await asyncio.wait({result, notice}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (result, notice):
+                if not task.done():
+                    task.cancel()
+        if result.done() and not result.cancelled():
+            return result.result()
+        raise _PushBroken(str(notice.result().get("message", "")))
 
     async def _caught(self, span: SpanSession, out: torch.Tensor, end: int) -> bool:
         """Spot-check a sample of steps; True when this span's node was proven wrong (its output unused)."""
@@ -205,31 +311,41 @@ class RemoteRunner:
             buf = self.inputs[block] = torch.zeros(hidden.shape[0], self.max_length, hidden.shape[2])
         buf[:, start:start + hidden.shape[1]] = hidden
 
-    async def _open_chain(self, start: int, end: int, final_dtype: torch.dtype = torch.float32) -> list[SpanSession]:
-        """Plan [start, end) and open a session on every hop, re-planning around nodes that refuse.
+    async def _open_chain(self, start: int, end: int, final_dtype: torch.dtype = torch.float32,
+                          prev: str | None = None, next_hop: Hop | None = None) -> list[SpanSession]:
+        """Plan [start, end) and send every hop its open frame at once (their replies come with the
+        first results, so opening costs no round trip of its own).
 
-        Each node replies in the next node's compute dtype, the last one in `final_dtype`.
+        Each node replies (and pushes) in the next node's compute dtype, the last one in `final_dtype`;
+        `prev`/`next_hop` are the push neighbours outside this piece of the chain.
         """
-        for _ in range(self.max_retries + 1):
-            hops = await self.view.plan(start, end, self.max_length)
+        while True:
+            began = time.perf_counter()
+            hops = await self.view.plan(start, end, self.max_length, self.push)
+            planned = time.perf_counter()
+            self.timing["plan"] += planned - began
             dtypes = [WIRE_DTYPES.get(h.record.dtype, torch.float32) for h in hops[1:]] + [final_dtype]
             spans = [SpanSession(self.client, hop, self.view.root, self.session_id, self.max_length, dtype,
-                                 attest=self.verifier is not None) for hop, dtype in zip(hops, dtypes)]
-            try:
-                for s in spans:
-                    await s.open()
+                                 identity=self.client.identity, attest=self.verifier is not None,
+                                 prev=hops[k - 1].peer_id if k else prev,
+                                 next_hop=hops[k + 1] if k + 1 < len(hops) else next_hop)
+                         for k, (hop, dtype) in enumerate(zip(hops, dtypes))]
+            opened = await asyncio.gather(*(s.open() for s in spans), return_exceptions=True)
+            self.timing["open"] += time.perf_counter() - planned
+            unreachable = [(span, e) for span, e in zip(spans, opened) if isinstance(e, BaseException)]
+            if not unreachable:
                 return spans
-            except RoutingError as e:
-                for s in spans:
-                    s.abort()
-                if not is_node_failure(e):
-                    raise
-                bad = getattr(e, "peer", None)
-                if bad:
-                    self.view.bans.ban(bad)
-                log.info("could not open a session (%s); re-planning", e)
-        raise NoRouteError(f"could not open sessions covering blocks {start}:{end} after "
-                           f"{self.max_retries + 1} attempts")
+            for span in spans:
+                span.abort()
+            for _, e in unreachable:
+                if not isinstance(e, RoutingError) or not self._may_retry(e):
+                    raise e
+            await self.view.refresh(force=True)  # a node that restarted announces new addresses
+            for span, e in unreachable:
+                record = self.view.records.get(span.peer)
+                if record is None or record.maddrs == span.hop.record.maddrs:
+                    log.info("could not reach %s (%s); re-planning", span.peer[-8:], e)
+                    self.view.bans.ban(span.peer)
 
     async def _replace(self, i: int, start: int, error: RoutingError, through_end: bool = False) -> None:
         """Swap the failed span i for a fresh chain over its blocks, replaying positions [0, start).
@@ -242,20 +358,34 @@ class RemoteRunner:
         self.failovers += 1
         a, b = failed.hop.start, failed.hop.end
         self._note_failure(failed.peer, a, b, error)
-        for _ in range(self.max_retries + 1):
-            new = await self._open_chain(a, b, failed.reply_dtype)
+        prev = self.spans[i - 1].peer if i > 0 else None
+        nxt = self.spans[i + 1].hop if i + 1 < len(self.spans) else None
+        while True:
+            new = await self._open_chain(a, b, failed.reply_dtype, prev, nxt)
             try:
                 await self._replay(new + (self.spans[i + 1:] if through_end else []), a, start)
             except RoutingError as e:
                 for span in new:
                     span.abort()
-                if not is_node_failure(e):
+                if not self._may_retry(e):
                     raise
                 self._note_failure(getattr(e, "peer", ""), a, b, e)
                 continue
             self.spans[i:i + 1] = new
-            return
-        raise NoRouteError(f"could not rebuild blocks {a}:{b} after {self.max_retries + 1} attempts")
+            break
+        if self.push:
+            await self._reroute(i, len(new))
+
+    async def _reroute(self, i: int, count: int) -> None:
+        """Tell the spans around new spans [i, i+count) their new push partners."""
+        around = [j for j in (i - 1, i + count) if 0 <= j < len(self.spans)]
+        for j in around:
+            span = self.spans[j]
+            try:
+                await span.route(self.spans[j - 1].peer if j > 0 else None,
+                                 self.spans[j + 1].hop if j + 1 < len(self.spans) else None)
+            except RoutingError as e:  # its next pushed step fails over like any other
+                log.info("could not re-route %s (%s)", span.peer[-8:], e)
 
     def _note_failure(self, peer: str, a: int, b: int, error: RoutingError) -> None:
         if deserves_ban(error):
@@ -274,10 +404,14 @@ class RemoteRunner:
                 self._remember(span.hop.start, h, offset)
                 h = await span.step(h, offset)
 
-    async def _close(self) -> None:
+    async def _close(self, length: int | None) -> None:
         for span in self.spans:
+            span.keep(length)
             receipt = self.make_receipt(span) if self.make_receipt else None
             await span.close(receipt)
             self.closed_spans.append(span)
         self.spans = []
 
+
+class _PushBroken(Exception):
+    """A predecessor could not push this step on; the client relays it from here."""

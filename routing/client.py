@@ -7,7 +7,6 @@ runs coroutines there, so callers never manage a loop and I/O never waits on the
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import tempfile
@@ -16,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any, Coroutine, Iterable, Sequence, TypeVar
 
-import torch
 import uvloop
 from hivemind.p2p import P2P, PeerID
 from multiaddr import Multiaddr
@@ -25,13 +23,12 @@ from ledger.keys import Identity
 
 from . import dht as dht_io
 from . import wire
-from .attestation import Attestation, check_step_attestation, parse_attestation
 from .errors import ErrorCode, PeerFailure, RemoteError, RoutingError
-from .planner import Hop
 from .records import ServerRecord, SignedRecordValidator
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+DIAL_TIMEOUT = 5.0  # an address that does not answer in this long is dead (or announced by a liar)
 
 
 _REPLY_TYPES = {"swarmlm.info": "info", "swarmlm.forward": "result", "swarmlm.ledger": "ledger"}
@@ -51,15 +48,19 @@ class PeerLink:
     def learn(self, records: Iterable[ServerRecord]) -> None:
         """Remember where announced peers listen, so the first stream to each dials it directly."""
         for r in records:
-            if r.maddrs:
-                self._addresses[r.peer_id] = r.maddrs
+            self.remember(r.peer_id, r.maddrs)
+
+    def remember(self, peer: str, maddrs: Sequence[str]) -> None:
+        if maddrs and list(maddrs) != self._addresses.get(peer):
+            self._addresses[peer] = list(maddrs)
+            self._dialed.discard(peer)
 
     async def _dial(self, peer: str) -> None:
         if peer in self._dialed or peer not in self._addresses:
             return
         try:  # p2pd would otherwise have to discover the address through libp2p's own DHT
             await asyncio.wait_for(self.p2p._client.connect(
-                PeerID.from_base58(peer), [Multiaddr(a) for a in self._addresses[peer]]), self.request_timeout)
+                PeerID.from_base58(peer), [Multiaddr(a) for a in self._addresses[peer]]), DIAL_TIMEOUT)
             self._dialed.add(peer)
         except Exception as e:
             log.debug("direct dial of %s failed (%s); leaving it to libp2p", peer[-8:], e)
@@ -164,94 +165,15 @@ class SwarmClient(PeerLink):
         self._key_dir.cleanup()
 
 
-class SpanSession:
-    """An open inference session with one node over blocks [hop.start, hop.end)."""
-
-    def __init__(self, client: PeerLink, hop: Hop, root: str, session_id: str, max_length: int,
-                 reply_dtype: torch.dtype, attest: bool = True) -> None:
-        self.client, self.hop, self.root = client, hop, root
-        self.session_id, self.max_length, self.reply_dtype = session_id, max_length, reply_dtype
-        self.attest = attest
-        self.attestations: list[Attestation] = []
-        self.send_dtype = wire.WIRE_DTYPES.get(hop.record.dtype, torch.float32)
-        self.tokens = 0
-        self.steps = 0
-        self._outputs = hashlib.sha256()
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    @property
-    def peer(self) -> str:
-        return self.hop.peer_id
-
-    async def open(self) -> None:
-        self._reader, self._writer = await self.client.open_stream(self.peer, "swarmlm.inference")
-        await self._send({"type": "open", "v": wire.PROTOCOL_VERSION, "root": self.root, "session": self.session_id,
-                          "max_length": self.max_length, "blocks": [self.hop.start, self.hop.end],
-                          "reply_dtype": wire.dtype_name(self.reply_dtype), "attest": self.attest})
-        await self.client.expect(self.peer, self._reader, "opened")
-
-    async def step(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
-        assert self._reader is not None
-        sent = hidden.to(self.send_dtype)
-        await self._send({"type": "step", "session": self.session_id, "step": self.steps, "start": start,
-                          "hidden": wire.encode_tensor(sent)})
-        frame = await self.client.expect(self.peer, self._reader, "result")
-        try:
-            out = wire.decode_tensor(frame.get("hidden"), hidden_size=hidden.shape[-1], max_tokens=hidden.shape[1],
-                                     max_batch=hidden.shape[0])
-        except RoutingError as e:
-            raise PeerFailure(self.peer, f"returned a malformed tensor: {e}") from None
-        if out.shape != hidden.shape:
-            raise PeerFailure(self.peer, f"returned shape {list(out.shape)} for input {list(hidden.shape)}")
-        if self.attest:
-            self.attestations.append(check_step_attestation(
-                parse_attestation(frame.get("attestation")), peer=self.peer, session=self.session_id, step=self.steps,
-                start=start, root=self.root, blocks=(self.hop.start, self.hop.end), dtype=self.hop.record.dtype,
-                sent=sent, received=out))
-        self.steps += 1
-        self.tokens += hidden.shape[0] * hidden.shape[1]
-        self._outputs.update(wire.tensor_digest(out))
-        return out
-
-    @property
-    def outputs_digest(self) -> bytes:
-        return self._outputs.copy().digest()
-
-    async def close(self, receipt: bytes | None = None) -> None:
-        """Send close (with the signed receipt) and wait briefly for the node's acknowledgement."""
-        if self._writer is None:
-            return
-        try:
-            await self._send({"type": "close", "session": self.session_id, "receipt": receipt})
-            if self._reader is not None:
-                await self.client.expect(self.peer, self._reader, "closed", timeout=5)
-        except (RoutingError, ConnectionError):
-            pass  # the node logs the session unreceipted; nothing else to do
-        finally:
-            self._writer.close()
-            self._writer = None
-
-    def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    async def _send(self, frame: dict[str, Any]) -> None:
-        assert self._writer is not None
-        try:
-            await wire.write_frame(self._writer, frame)
-        except (ConnectionError, RuntimeError) as e:
-            raise PeerFailure(self.peer, f"stream broken while sending ({type(e).__name__})") from None
-
-
 def is_node_failure(error: RoutingError) -> bool:
     """Errors that mean 'try another node' rather than 'the request itself is wrong'."""
     if isinstance(error, PeerFailure):
         return True
     return isinstance(error, RemoteError) and error.code in (
         ErrorCode.CACHE_FULL.value, ErrorCode.DRAINING.value, ErrorCode.INTERNAL.value, ErrorCode.WRONG_MODEL.value,
-        ErrorCode.VERSION.value, ErrorCode.UNKNOWN_SESSION.value, ErrorCode.SESSION_EXPIRED.value)
+        ErrorCode.VERSION.value, ErrorCode.UNKNOWN_SESSION.value, ErrorCode.SESSION_EXPIRED.value,
+        ErrorCode.BUSY.value, ErrorCode.PEER_LIMIT.value, ErrorCode.LEDGER_UNAVAILABLE.value, ErrorCode.TIMEOUT.value,
+        ErrorCode.PUSH_REFUSED.value)
 
 
 def deserves_ban(error: RoutingError) -> bool:
@@ -260,7 +182,7 @@ def deserves_ban(error: RoutingError) -> bool:
                                                                    ErrorCode.DRAINING.value))
 
 
-async def gather_pings(client: PeerLink, peers: Sequence[str], timeout: float = 5.0
+async def gather_pings(client: PeerLink, peers: Sequence[str], timeout: float = 3.0
                        ) -> dict[str, tuple[float, dict[str, Any]] | BaseException]:
     async def one(peer: str) -> tuple[float, dict[str, Any]]:
         return await asyncio.wait_for(client.ping(peer), timeout)

@@ -24,6 +24,11 @@ class ErrorCode(str, Enum):
     DRAINING = "draining"  # the node is leaving or moving and takes no new sessions
     WRONG_MODEL = "wrong_model"  # asked for another manifest root or span
     BAD_RECEIPT = "bad_receipt"
+    BUSY = "busy"  # the node has too much of your work queued, or no memory to read your frame now: retry later
+    PEER_LIMIT = "peer_limit"  # over a per-client limit (streams, sessions, cache): use another node or fewer
+    TIMEOUT = "timeout"  # a frame did not arrive (in full) in time
+    PUSH_REFUSED = "push_refused"  # a pushed hop from a peer the session's client did not name, or no such session
+    LEDGER_UNAVAILABLE = "ledger_unavailable"  # the node cannot record sessions now, so it takes none
     INTERNAL = "internal"
 
 

@@ -1,14 +1,25 @@
-"""Choosing a chain of nodes that covers blocks [start, end) with the least expected step latency.
+"""Choosing a chain of nodes that covers blocks [start, end) with the least expected time per step.
 
-Positions between blocks are graph vertices; a node serving [a, b) offers an edge from any
-position p in [a, b) to any later boundary q <= b, costing its round-trip time plus the blocks'
-compute time at its announced throughput, inflated by its current load. Dijkstra finds the
-cheapest chain; switching nodes mid-span is allowed when it pays.
+The cost of a chain is the time one step takes on the path the client will actually use:
+  - relayed: each hop is a round trip client → node → client, plus the node's compute;
+  - pushed: client → first node, node → node for each hop, last node → client (one way each),
+    plus every node's compute.
+Compute for b blocks of a node serving s blocks at announced throughput t (tokens/s through its
+span) and load l is b / (t·s) · (1 + l). The search is Dijkstra over (block boundary, previous
+node): a node may be left mid-span when switching pays.
+
+Nothing a node announces is believed as is. Round trips the client measured itself are the
+ground truth; a node's claimed round trip to another (its DHT record's `rtt_ms`) is clamped
+between the bounds the client's own measurements imply (|rtt(c,a) − rtt(c,b)| ≤ rtt(a,b) ≤
+rtt(c,a) + rtt(c,b)); announced throughput counts for at most CLAIM_CAP times the median of the
+candidates'. Nodes the client has not measured are planned through only when no measured chain
+exists, at UNMEASURED_RTT.
 """
 
 from __future__ import annotations
 
 import heapq
+import statistics
 from dataclasses import dataclass
 from typing import Container, Iterable, Mapping
 
@@ -16,8 +27,10 @@ from .errors import NoRouteError
 from .records import ServerRecord
 from .wire import PROTOCOL_VERSION
 
-DEFAULT_RTT = 0.05  # seconds, for nodes not yet pinged
+UNMEASURED_RTT = 1.0  # seconds: a node that has not answered a ping is a last resort
+CLAIM_CAP = 4.0  # announced throughput counts up to this multiple of the candidates' median
 MIN_THROUGHPUT = 0.01
+CLIENT = ""  # the client's place in (boundary, previous node) states
 
 
 @dataclass(frozen=True)
@@ -28,9 +41,24 @@ class Hop:
     record: ServerRecord
 
 
-def hop_cost(record: ServerRecord, blocks: int, rtt: float) -> float:
-    per_block = 1.0 / (max(record.throughput, MIN_THROUGHPUT) * (record.end - record.start))
-    return rtt + blocks * per_block * (1 + record.active_sessions)
+class Links:
+    """Expected one-way delays between the client and nodes, and between nodes, in seconds."""
+
+    def __init__(self, records: Mapping[str, ServerRecord], rtt: Mapping[str, float]) -> None:
+        self.records, self.rtt = records, rtt
+
+    def client_rtt(self, peer: str) -> float:
+        return self.rtt.get(peer, UNMEASURED_RTT)
+
+    def one_way(self, a: str, b: str) -> float:
+        if a == CLIENT or b == CLIENT:
+            return self.client_rtt(b if a == CLIENT else a) / 2
+        ra, rb = self.client_rtt(a), self.client_rtt(b)
+        low, high = abs(ra - rb), ra + rb
+        claims = [ms / 1000 for x, y in ((a, b), (b, a)) if (r := self.records.get(x)) is not None
+                  and (ms := r.rtt_ms.get(y)) is not None]
+        rtt = min(max(min(claims), low), high) if claims else high
+        return rtt / 2
 
 
 def usable(records: Iterable[ServerRecord], banned: Container[str] = (), max_length: int = 1) -> list[ServerRecord]:
@@ -38,39 +66,61 @@ def usable(records: Iterable[ServerRecord], banned: Container[str] = (), max_len
             and r.max_session_length >= max_length]
 
 
+def compute_costs(servers: list[ServerRecord]) -> dict[str, float]:
+    """Seconds per block for each server: blocks / (capped throughput · span) · (1 + load)."""
+    if not servers:
+        return {}
+    cap = CLAIM_CAP * statistics.median(r.throughput for r in servers)
+    return {r.peer_id: (1 + r.active_sessions) / (max(min(r.throughput, cap), MIN_THROUGHPUT) * (r.end - r.start))
+            for r in servers}
+
+
 def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Mapping[str, float] | None = None,
-               banned: Container[str] = (), max_length: int = 1) -> list[Hop]:
+               banned: Container[str] = (), max_length: int = 1, push: bool = False,
+               measured_only: bool = False) -> list[Hop]:
     """The cheapest chain of hops covering [start, end) for sessions of `max_length` tokens;
-    NoRouteError naming the first gap if none."""
+    NoRouteError naming the first gap if none. `measured_only` skips nodes without a measured rtt."""
     rtt = rtt or {}
-    servers = [r for r in usable(records, banned, max_length) if r.start < end and r.end > start]
+    all_records = list(records)
+    servers = [r for r in usable(all_records, banned, max_length) if r.start < end and r.end > start
+               and (not measured_only or r.peer_id in rtt)]
+    links = Links({r.peer_id: r for r in all_records}, rtt)
+    per_block = compute_costs(servers)
     boundaries = sorted({start, end} | {b for r in servers for b in (r.start, r.end) if start < b < end})
-    best: dict[int, float] = {start: 0.0}
-    came_from: dict[int, tuple[int, ServerRecord]] = {}
-    queue: list[tuple[float, int]] = [(0.0, start)]
+    origin = (start, CLIENT)
+    best: dict[tuple[int, str], float] = {origin: 0.0}
+    came_from: dict[tuple[int, str], tuple[tuple[int, str], ServerRecord]] = {}
+    queue: list[tuple[float, int, str]] = [(0.0, start, CLIENT)]
+    reached: tuple[int, str] | None = None
     while queue:
-        cost, p = heapq.heappop(queue)
+        cost, p, prev = heapq.heappop(queue)
         if p == end:
+            reached = (p, prev)
             break
-        if cost > best.get(p, float("inf")):
+        if cost > best.get((p, prev), float("inf")):
             continue
         for r in servers:
             if not r.start <= p < r.end:
                 continue
+            link = links.one_way(prev, r.peer_id) if push else links.client_rtt(r.peer_id)
             for q in boundaries:
                 if p < q <= min(r.end, end):
-                    c = cost + hop_cost(r, q - p, rtt.get(r.peer_id, DEFAULT_RTT))
-                    if c < best.get(q, float("inf")):
-                        best[q], came_from[q] = c, (p, r)
-                        heapq.heappush(queue, (c, q))
-    if end not in best:
-        reachable = max(best)
-        raise NoRouteError(f"no online node serves block {reachable} of [{start}, {end}); "
+                    c = cost + link + (q - p) * per_block[r.peer_id]
+                    if push and q == end:
+                        c += links.one_way(r.peer_id, CLIENT)
+                    state = (q, r.peer_id if push else CLIENT)
+                    if c < best.get(state, float("inf")):
+                        best[state], came_from[state] = c, ((p, prev), r)
+                        heapq.heappush(queue, (c, q, state[1]))
+    if reached is None:
+        gap = max(p for p, _ in best)
+        raise NoRouteError(f"no online node serves block {gap} of [{start}, {end}); "
                            f"{len(servers)} usable node(s) cover only part of the model")
     hops: list[Hop] = []
-    q = end
-    while q != start:
-        p, r = came_from[q]
-        hops.append(Hop(r.peer_id, p, q, r))
-        q = p
+    state = reached
+    while state != origin:
+        (p, prev), r = came_from[state]
+        hops.append(Hop(r.peer_id, p, state[0], r))
+        state = (p, prev)
     return hops[::-1]
+

@@ -50,13 +50,67 @@ def unpack_frame(body: bytes) -> dict[str, Any]:
     return frame
 
 
-async def read_frame(reader: asyncio.StreamReader, max_bytes: int = MAX_FRAME_BYTES) -> dict[str, Any]:
-    """The next frame; `asyncio.IncompleteReadError` when the stream ends between frames."""
-    header = await reader.readexactly(4)
+FRAME_GRACE_S = 10.0  # a frame's body may take this long, plus time at MIN_BYTES_PER_S ...
+MIN_BYTES_PER_S = 1 << 20  # ... so a peer trickling bytes (slowloris) is cut off, an honest link is not
+SMALL_FRAME = 64 << 10  # bodies up to this size are read without asking the budget
+
+
+class ReadBudget:
+    """Frame bytes that all streams together may be reading at once.
+
+    Each stream's frames are capped, but many streams (from as many identities as an attacker
+    likes) could each hold a large half-sent frame; past this budget a reader waits its turn, and
+    gives up with `busy` rather than let memory grow.
+    """
+
+    def __init__(self, total_bytes: int) -> None:
+        self.total, self.used = total_bytes, 0
+        self._freed = asyncio.Condition()
+
+    async def acquire(self, n: int, timeout: float) -> None:
+        async with self._freed:
+            try:
+                await asyncio.wait_for(self._freed.wait_for(lambda: self.used + n <= self.total), timeout)
+            except asyncio.TimeoutError:
+                raise ProtocolError(ErrorCode.BUSY, f"the node is reading {self.used} bytes of other frames; "
+                                                    f"retry your {n}-byte frame later") from None
+            self.used += n
+
+    async def release(self, n: int) -> None:
+        async with self._freed:
+            self.used -= n
+            self._freed.notify_all()
+
+
+async def read_frame(reader: asyncio.StreamReader, max_bytes: int = MAX_FRAME_BYTES, *,
+                     idle_timeout: float | None = None, budget: ReadBudget | None = None) -> dict[str, Any]:
+    """The next frame; `asyncio.IncompleteReadError` when the stream ends between frames.
+
+    `idle_timeout` bounds the wait for a frame to begin; a begun frame must then arrive in full
+    within FRAME_GRACE_S plus its size at MIN_BYTES_PER_S. Both raise ProtocolError(TIMEOUT).
+    """
+    header = await _within(reader.readexactly(4), idle_timeout, "no frame arrived")
     size = int.from_bytes(header, "big")
     if size > max_bytes:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"frame of {size} bytes exceeds the {max_bytes}-byte limit")
-    return unpack_frame(await reader.readexactly(size))
+    deadline = FRAME_GRACE_S + size / MIN_BYTES_PER_S
+    if budget is None or size <= SMALL_FRAME:
+        return unpack_frame(await _within(reader.readexactly(size), deadline, f"a {size}-byte frame was not sent"))
+    await budget.acquire(size, deadline)
+    try:
+        body = await _within(reader.readexactly(size), deadline, f"a {size}-byte frame was not sent")
+    finally:
+        await budget.release(size)
+    return unpack_frame(body)
+
+
+async def _within(read: Any, timeout: float | None, what: str) -> Any:
+    if timeout is None:
+        return await read
+    try:
+        return await asyncio.wait_for(read, timeout)
+    except asyncio.TimeoutError:
+        raise ProtocolError(ErrorCode.TIMEOUT, f"{what} within {timeout:.0f}s") from None
 
 
 async def write_frame(writer: asyncio.StreamWriter, frame: Mapping[str, Any]) -> None:
@@ -73,16 +127,21 @@ def encode_tensor(t: torch.Tensor) -> dict[str, Any]:
     return {"dtype": dtype_name(t.dtype), "shape": list(t.shape), "data": t.view(torch.uint8).numpy().tobytes()}
 
 
-def decode_tensor(obj: Any, *, hidden_size: int, max_tokens: int, max_batch: int) -> torch.Tensor:
-    """A (batch, tokens, hidden_size) tensor, checked against the limits before any allocation."""
+def decode_tensor(obj: Any, *, hidden_size: int, max_tokens: int, max_batch: int,
+                  finite: bool = False) -> torch.Tensor:
+    """A (batch, tokens, hidden_size) tensor, checked against the limits before any allocation.
+
+    `finite` also refuses NaN and infinities (a pass over the data: for small replies, or on a
+    compute thread).
+    """
     if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
         raise ProtocolError(ErrorCode.BAD_TENSOR, "a tensor is a map of exactly dtype, shape and data")
     dtype = WIRE_DTYPES.get(obj["dtype"]) if isinstance(obj["dtype"], str) else None
     if dtype is None:
-        raise ProtocolError(ErrorCode.BAD_TENSOR, f"dtype {obj['dtype']!r} is not one of {', '.join(WIRE_DTYPES)}")
+        raise ProtocolError(ErrorCode.BAD_TENSOR, f"dtype {obj['dtype']!r:.40} is not one of {', '.join(WIRE_DTYPES)}")
     shape, data = obj["shape"], obj["data"]
     if not (isinstance(shape, list) and len(shape) == 3 and all(type(d) is int and d > 0 for d in shape)):
-        raise ProtocolError(ErrorCode.BAD_TENSOR, f"shape must be [batch, tokens, hidden] positive ints, got {shape!r}")
+        raise ProtocolError(ErrorCode.BAD_TENSOR, f"shape must be [batch, tokens, hidden] positive ints, got {shape!r:.80}")
     batch, tokens, hidden = shape
     if hidden != hidden_size:
         raise ProtocolError(ErrorCode.BAD_TENSOR, f"hidden size {hidden} does not match the model's {hidden_size}")
@@ -94,25 +153,42 @@ def decode_tensor(obj: Any, *, hidden_size: int, max_tokens: int, max_batch: int
         raise ProtocolError(ErrorCode.BAD_TENSOR, f"data holds {len(data) if isinstance(data, bytes) else '?'} "
                                                   f"bytes, shape {shape} of {obj['dtype']} needs "
                                                   f"{batch * tokens * hidden * itemsize}")
-    return torch.frombuffer(bytearray(data), dtype=dtype).reshape(batch, tokens, hidden)
+    tensor = torch.frombuffer(bytearray(data), dtype=dtype).reshape(batch, tokens, hidden)
+    if finite:
+        check_finite(tensor)
+    return tensor
 
 
-def field(frame: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *, minimum: int | None = None) -> Any:
-    """A required field of the given type (bool is not an int here)."""
+def check_finite(t: torch.Tensor) -> None:
+    """Hidden states are finite; NaN or infinity is never computed on, attested or relayed."""
+    if not bool(torch.isfinite(t).all()):
+        raise ProtocolError(ErrorCode.BAD_TENSOR, "the hidden states hold NaN or infinite values")
+
+
+MAX_INT = (1 << 63) - 1
+
+
+def field(frame: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *, minimum: int | None = None,
+          maximum: int = MAX_INT, max_len: int = 256) -> Any:
+    """A required field of the given type (bool is not an int here), ints within [minimum, maximum],
+    strings at most `max_len` characters."""
     value = frame.get(name)
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if value is None or not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise ProtocolError(ErrorCode.BAD_FRAME, f"'{frame.get('type')}' frame needs field {name!r} of type "
                                                  f"{'/'.join(k.__name__ for k in kinds)}")
-    if minimum is not None and value < minimum:
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"field {name!r} must be >= {minimum}, got {value}")
+    low = -MAX_INT - 1 if minimum is None else minimum
+    if type(value) is int and not low <= value <= maximum:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"field {name!r} must be in {low}..{maximum}, got {value}")
+    if isinstance(value, str) and len(value) > max_len:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"field {name!r} is longer than {max_len} characters")
     return value
 
 
 def check_opening(frame: Mapping[str, Any], expected_type: str) -> None:
     """The first frame of every stream: right type, and a protocol version we speak."""
     version = frame.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(ErrorCode.VERSION, f"protocol version {version!r} is not supported; "
                                                f"this node speaks {PROTOCOL_VERSION}")
     if frame["type"] != expected_type:

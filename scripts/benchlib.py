@@ -50,3 +50,10 @@ def median_tps(runs: list[Generation]) -> float:
 
 def median_ttft(runs: list[Generation]) -> float:
     return statistics.median(g.time_to_first_token for g in runs)
+
+
+def percentile(values: list[float], p: int) -> float:
+    """The p-th percentile (1..99) of `values`; the value itself for fewer than two."""
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100)[p - 1]

@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import tempfile
 import threading
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import psutil
 
+from benchlib import percentile
 from node.local_swarm import LocalNode, LocalSwarm
 from shards.catalog import DEFAULT_MODEL, resolve_model
 from shards.store import ShardStore
@@ -95,12 +95,6 @@ def group_rss(node: LocalNode) -> int:
         except (psutil.Error, ProcessLookupError):
             continue
     return total
-
-
-def percentile(values: list[float], p: int) -> float:
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100)[p - 1]
 
 
 def run(args: argparse.Namespace) -> dict:

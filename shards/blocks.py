@@ -11,7 +11,7 @@ faster than `F.linear(x, W)` on the CPUs we measured (see scripts/bench_local.py
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,11 @@ class Projection(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
+# What blocks build their projections with: (in_features, out_features, bias) -> a module computing
+# `x @ W_t (+ bias)`; shards/quant_linear.py gives the one for quantized stores.
+ProjectionFactory = Callable[[int, int, bool], nn.Module]
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -47,48 +52,68 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 @dataclass
 class StepContext:
-    """What every block of a span needs for one step: where it writes, RoPE tables, and the mask."""
+    """What every block of a span needs for one step: RoPE tables, and how attention reaches the past.
 
-    start: int
+    `attend(layer, q, k, v)` takes this step's rotated queries and keys, stores the keys and values
+    wherever the step's cache keeps them, and returns the attention output: a dense session cache,
+    a packed batch of paged sessions (shards/packed.py) or no cache at all share the block code.
+    """
+
     cos: torch.Tensor
     sin: torch.Tensor
-    mask: torch.Tensor | None
-    is_causal: bool
+    attend: Attend
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+              is_causal: bool) -> torch.Tensor:
+    """SDPA with grouped-query heads when the key/value heads are fewer than the query heads."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                          enable_gqa=q.shape[1] != k.shape[1])
+
+
+def dense_attend(cache: KVCache | None, start: int, n: int, mask: torch.Tensor | None, is_causal: bool) -> Attend:
+    """Attention for one step of a dense cache (or a stateless pass when `cache` is None)."""
+
+    def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if cache is not None:
+            end = start + n
+            cache.keys[layer][:, :, start:end] = k
+            cache.values[layer][:, :, start:end] = v
+            k, v = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]
+        return attention(q, k, v, mask, is_causal)
+
+    return attend
 
 
 class Attention(nn.Module):
-    def __init__(self, c: ModelConfig) -> None:
+    def __init__(self, c: ModelConfig, projection: ProjectionFactory = Projection) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
         self.split = [c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim]
-        self.qkv_proj = Projection(c.hidden_size, sum(self.split), c.qkv_bias)
-        self.o_proj = Projection(c.num_heads * c.head_dim, c.hidden_size, c.o_bias)
+        self.qkv_proj = projection(c.hidden_size, sum(self.split), c.qkv_bias)
+        self.o_proj = projection(c.num_heads * c.head_dim, c.hidden_size, c.o_bias)
 
-    def forward(self, x: torch.Tensor, ctx: StepContext,
-                cache: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: StepContext, layer: int) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
         q = q.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
         k = k.view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
-        if cache is not None:
-            end = ctx.start + n
-            cache[0][:, :, ctx.start:end] = k
-            cache[1][:, :, ctx.start:end] = v
-            k, v = cache[0][:, :, :end], cache[1][:, :, :end]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.is_causal,
-                                           enable_gqa=self.num_heads != self.num_kv_heads)
+        y = ctx.attend(layer, q, k, v)
         return self.o_proj(y.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
 
 
 class MLP(nn.Module):
-    def __init__(self, c: ModelConfig) -> None:
+    def __init__(self, c: ModelConfig, projection: ProjectionFactory = Projection) -> None:
         super().__init__()
-        self.gate_up_proj = Projection(c.hidden_size, 2 * c.intermediate_size, c.mlp_bias)
-        self.down_proj = Projection(c.intermediate_size, c.hidden_size, c.mlp_bias)
+        self.gate_up_proj = projection(c.hidden_size, 2 * c.intermediate_size, c.mlp_bias)
+        self.down_proj = projection(c.intermediate_size, c.hidden_size, c.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -96,16 +121,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, c: ModelConfig) -> None:
+    def __init__(self, c: ModelConfig, projection: ProjectionFactory = Projection) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.self_attn = Attention(c)
+        self.self_attn = Attention(c, projection)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.mlp = MLP(c)
+        self.mlp = MLP(c, projection)
 
-    def forward(self, x: torch.Tensor, ctx: StepContext,
-                cache: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), ctx, cache)
+    def forward(self, x: torch.Tensor, ctx: StepContext, layer: int) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), ctx, layer)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -127,11 +151,19 @@ class BlockStack(nn.Module):
             raise ValueError(f"blocks {start}:{end} are not within {self.start}:{self.end}")
         return BlockStack(self.config, start, end, self.blocks[start - self.start:end - self.start])
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype (norm weights keep it whatever form the projections' weights take)."""
+        return self.blocks[0].input_layernorm.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.blocks[0].input_layernorm.weight.device
+
     def new_cache(self, batch: int, max_length: int, pad_lengths: list[int] | None = None) -> KVCache:
-        weight = self.blocks[0].self_attn.o_proj.weight_t
         c = self.config
-        return KVCache(len(self.blocks), batch, c.num_kv_heads, c.head_dim, max_length,
-                       weight.dtype, weight.device, pad_lengths)
+        return KVCache(len(self.blocks), batch, c.num_kv_heads, c.head_dim, max_length, self.dtype, self.device,
+                       pad_lengths)
 
     def forward(self, hidden: torch.Tensor, cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
         """Run the span on `hidden` (batch, n, hidden) at slots [start, start + n).
@@ -143,26 +175,27 @@ class BlockStack(nn.Module):
             if start != 0:
                 raise ValueError("a stateless forward starts at position 0")
             positions = torch.arange(n, device=hidden.device).expand(b, n)
-            ctx = self._context(positions, 0, n, None)
-            for block in self.blocks:
-                hidden = block(hidden, ctx, None)
-            return hidden
+            return self.run(hidden, positions, dense_attend(None, 0, n, None, n > 1))
         cache.check_step(start, n)
-        ctx = self._context(cache.positions(start, n), start, n, cache.pad_lengths)
-        for i, block in enumerate(self.blocks):
-            hidden = block(hidden, ctx, (cache.keys[i], cache.values[i]))
+        pads = cache.pad_lengths
+        if pads is None and (start == 0 or n == 1):
+            # Fast paths: a fresh causal prefill, or one new token that sees every cached slot.
+            attend = dense_attend(cache, start, n, None, n > 1)
+        else:
+            attend = dense_attend(cache, start, n, attention_mask(start, n, pads, hidden.device), False)
+        hidden = self.run(hidden, cache.positions(start, n), attend)
         cache.length = start + n
         return hidden
 
-    def _context(self, positions: torch.Tensor, start: int, n: int,
-                 pad_lengths: torch.Tensor | None) -> StepContext:
+    def run(self, hidden: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
+        """Every block on `hidden` at token `positions` (batch, n), attending through `attend`."""
         if self.inv_freq.device != positions.device:
             self.inv_freq = self.inv_freq.to(positions.device)
-        cos, sin = cos_sin(self.inv_freq, positions, self.blocks[0].self_attn.o_proj.weight_t.dtype)
-        if pad_lengths is None and (start == 0 or n == 1):
-            # Fast paths: a fresh causal prefill, or one new token that sees every cached slot.
-            return StepContext(start, cos, sin, None, is_causal=n > 1)
-        return StepContext(start, cos, sin, attention_mask(start, n, pad_lengths, positions.device), False)
+        cos, sin = cos_sin(self.inv_freq, positions, self.dtype)
+        ctx = StepContext(cos, sin, attend)
+        for i, block in enumerate(self.blocks):
+            hidden = block(hidden, ctx, i)
+        return hidden
 
 
 def attention_mask(start: int, n: int, pad_lengths: torch.Tensor | None,

@@ -31,3 +31,7 @@ class CacheLengthError(ShardsError):
 
 class DownloadError(ShardsError):
     """Fetching a catalogued model failed or produced unexpected bytes."""
+
+
+class CacheFullError(ShardsError):
+    """A KV page pool has no free page for a row that must grow."""

@@ -25,10 +25,11 @@ from ledger.receipts import make_receipt
 from ledger.store import Store
 from routing import dht as dht_io
 from routing.chain import RemoteRunner, SwarmView
-from routing.client import SpanSession, SwarmClient
+from routing.client import SwarmClient
 from routing.errors import NoRouteError
 from routing.evidence import Evidence
 from routing.planner import plan_route
+from routing.span import SpanSession
 from routing.verification import Referee, Verifier
 from shards.catalog import DEFAULT_MODEL, resolve_model
 from shards.errors import ShardsError
@@ -44,10 +45,11 @@ EVIDENCE_TTL = 7 * 24 * 3600.0
 
 class RemoteModel(GenerativeModel):
     def __init__(self, store: ShardStore, client: SwarmClient, view: SwarmView, device: str,
-                 ledger: Store | None, verifier_options: dict[str, Any] | None, evidence_dir: Path) -> None:
+                 ledger: Store | None, verifier_options: dict[str, Any] | None, evidence_dir: Path,
+                 push: bool = True) -> None:
         super().__init__(store.load_head(device), store.tokenizer() if store.manifest.tokenizer else None,
                          store.config)
-        self.store, self.client, self.view, self.ledger = store, client, view, ledger
+        self.store, self.client, self.view, self.ledger, self.push = store, client, view, ledger, push
         self.evidence_dir = evidence_dir
         self.evidence: list[tuple[Evidence, Path]] = []
         self.verifier = None if verifier_options is None else Verifier(
@@ -59,7 +61,7 @@ class RemoteModel(GenerativeModel):
                 identity: str | Path | Identity | None = None, ledger: str | Path | None = None,
                 device: str = "cpu", request_timeout: float = 60.0, verify: bool = True,
                 spot_check_rate: float = DEFAULT_SPOT_CHECK_RATE, evidence_dir: str | Path | None = None,
-                seed: int | None = None) -> "RemoteModel":
+                seed: int | None = None, push: bool = True) -> "RemoteModel":
         """Join the swarm, check it serves this model's root, and load the head shard locally.
 
         `identity`: the client's key (a path is created on first use; default: a fresh key per
@@ -67,6 +69,8 @@ class RemoteModel(GenerativeModel):
         `verify`: check every step's signed attestation and spot-check `spot_check_rate` of span
         steps on a second node; a node caught computing wrong is banned and evidence is written to
         `evidence_dir` (default $SWARMLM_HOME/client/evidence), the ledger and the DHT.
+        `push`: nodes push each step's output straight to the next node (one trip through the
+        chain instead of a round trip per node); False relays every hop through the client.
         """
         if not 0 <= spot_check_rate <= 1:
             raise ShardsError(f"spot_check_rate must be in [0, 1], got {spot_check_rate}")
@@ -84,7 +88,7 @@ class RemoteModel(GenerativeModel):
             log = Store(ledger, client.identity) if ledger is not None else None
             options = {"rate": spot_check_rate, "seed": seed} if verify else None
             return cls(store, client, view, device, log, options,
-                       Path(evidence_dir) if evidence_dir else swarmlm_home() / "client" / "evidence")
+                       Path(evidence_dir) if evidence_dir else swarmlm_home() / "client" / "evidence", push)
         except BaseException:
             client.close()
             raise
@@ -95,7 +99,7 @@ class RemoteModel(GenerativeModel):
 
     def new_runner(self, max_length: int) -> BlockRunner:
         return RemoteRunner(self.view, max_length, self.config.hidden_size, make_receipt=self._receipt,
-                            verifier=self.verifier)
+                            verifier=self.verifier, push=self.push)
 
     async def _on_evidence(self, evidence: Evidence) -> None:
         """Keep the proof three ways: a file anyone can check offline, our ledger, and the DHT."""
@@ -118,14 +122,17 @@ class RemoteModel(GenerativeModel):
 
     def run_details(self, runner: BlockRunner) -> dict[str, Any]:
         assert isinstance(runner, RemoteRunner)
-        return {"chain": [{"peer_id": s.peer, "blocks": [s.hop.start, s.hop.end], "tokens": s.tokens}
-                          for s in runner.closed_spans], "failovers": runner.failovers}
+        return {"session": runner.session_id,
+                "chain": [{"peer_id": s.peer, "blocks": [s.hop.start, s.hop.end], "tokens": s.tokens}
+                          for s in runner.closed_spans], "failovers": runner.failovers,
+                "relayed_steps": runner.relayed_steps}
 
     def _receipt(self, span: SpanSession) -> bytes:
         """Sign what this span served; keep a copy in the client's own ledger when it has one."""
         receipt = make_receipt(self.client.identity, session=span.session_id, node=span.peer,
                                manifest_root=bytes.fromhex(self.root), blocks=(span.hop.start, span.hop.end),
-                               tokens=span.tokens, outputs_digest=span.outputs_digest, time_ns=time.time_ns())
+                               tokens=span.tokens, outputs_digest=span.outputs_digest, time_ns=time.time_ns(),
+                               accepted_tokens=span.accepted)
         if self.ledger is not None:
             self.ledger.append(ReceiptEntry(receipt=receipt, time_ns=time.time_ns()))
         return canonical.pack(receipt.to_wire())

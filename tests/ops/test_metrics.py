@@ -17,7 +17,8 @@ from node.metrics import NodeMetrics, NodeState
 REPO = Path(__file__).resolve().parents[2]
 STATE: NodeState = {"active_sessions": 2, "cache_tokens_used": 300, "cache_tokens_free": 7892, "dht_peers": 4,
                     "blocks_served": (10, 20), "root": "ab" * 32, "dtype": "float32", "ledger_entries": 17,
-                    "ledger_checkpoint_size": 16}
+                    "ledger_checkpoint_size": 16, "ledger_ok": 1, "ledger_pending": 0, "ledger_commit_failures": 0,
+                    "ledger_unwritten": 0}
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
 
 @pytest.fixture(scope="module")
 def soak_module():
+    sys.path.insert(0, str(SCRIPT.parent))  # scripts import their shared benchlib
     spec = importlib.util.spec_from_file_location("soak", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules["soak"] = module  # dataclasses look their module up there
@@ -22,6 +23,7 @@ def soak_module():
         yield module
     finally:
         del sys.modules["soak"]
+        sys.path.remove(str(SCRIPT.parent))
 
 
 @pytest.mark.swarm

@@ -109,6 +109,7 @@ def test_stop_timeout_covers_the_drain_grace_of_the_example_config(unit):
     args = build_parser().parse_args(["node", "run", "--config", str(SYSTEMD / "node.toml")])
     config = resolve(args, {"SWARMLM_STATE_DIR": "/var/lib/swarmlm/node"})
     assert int(unit["TimeoutStopSec"][0]) >= config.drain_grace + 10
+    assert unit["KillMode"] == ["mixed"]  # SIGTERM reaches the node first; its DHT child lives while it drains
 
 
 def test_example_env_file_names_only_real_options():

@@ -1,4 +1,7 @@
-"""Limits that protect a node: cache pool, idle expiry, per-step and per-session tokens (real processes)."""
+"""Limits that protect a node: cache pool, idle expiry, per-step and per-session tokens (real processes).
+
+Paged-cache accounting and per-client limits have their own tests in test_batching.py.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +12,16 @@ import torch
 
 from node.local_swarm import LocalSwarm
 from routing import wire
+from routing.client import SwarmClient
 from routing.errors import RemoteError
 from swarmlm.sdk import RemoteModel
 
+from .raw import RawSession
+
 PROMPT = "What is the capital of France?"
-LIMITED = ["--cache-tokens", "96", "--session-timeout", "2", "--max-step-tokens", "16",
-           "--max-session-length", "128", "--throughput", "1000"]  # announced as fast: clients try it first
+LIMITED = ["--cache-tokens", "96", "--page-tokens", "16", "--peer-cache-tokens", "96", "--session-timeout", "2",
+           "--max-step-tokens", "16", "--max-session-length", "128",
+           "--throughput", "1000"]  # announced as fast: clients try it first
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +66,24 @@ def model(limited, default_store):
         yield m
 
 
-def test_cache_full_is_refused_at_open_with_a_clear_error(limited, model):
-    _, a, _ = limited
-    [reply] = _session(model.client, a.peer_id, model.root, "big", 100)
-    assert reply["code"] == "cache_full" and "cache full" in reply["message"] and "96" in reply["message"]
-
-
 def test_a_client_refused_for_cache_full_uses_another_node(limited, model, local_model):
-    _, a, b = limited
-    with model.inference_session(max_length=120) as s:  # 120 > A's 96-token pool
-        g = s.generate(PROMPT, 16)
-        served_by = {span.peer for span in s.runner.spans}
-    assert served_by == {b.peer_id}
+    """Another client holds most of A's 96-token pool; our first step there gets cache_full, B serves."""
+    swarm, a, b = limited
+    hog = SwarmClient(swarm.initial_peers)
+    hog.remember(a.peer_id, a.maddrs)
+    try:
+        holding = RawSession(hog, a.peer_id, model.root, "hog", 128)
+        hog.run(holding.open(), timeout=60)
+        for start in range(0, 64, 16):
+            assert hog.run(holding.step(start, 16), timeout=60)["type"] == "result"
+        with model.inference_session(max_length=120) as s:
+            g = s.generate(PROMPT, 16)
+            served_by = {span.peer for span in s.runner.spans}
+            failovers = s.runner.failovers
+        holding.abort()
+    finally:
+        hog.close()
+    assert served_by == {b.peer_id} and failovers == 1
     assert g.token_ids == local_model.generate(PROMPT, 16).token_ids
 
 
@@ -82,11 +95,19 @@ def test_per_step_and_per_session_token_limits(limited, model):
     assert too_long["code"] == "max_length" and "128" in too_long["message"]
 
 
-def test_idle_sessions_expire_with_a_clear_error(limited, model):
+def test_idle_sessions_expire_and_the_client_is_told_at_once(limited, model):
     _, a, _ = limited
-    opened, first, later = _session(model.client, a.peer_id, model.root, "idle", 32, (0, 4, 0), (4, 1, 9))
+
+    async def go():
+        s = RawSession(model.client, a.peer_id, model.root, "idle", 32)
+        replies = [await s.open(), await s.step(0, 4)]
+        replies.append(await s.read(timeout=15))  # 2 s timeout, checked every 5 s: told without asking
+        s.abort()
+        return replies
+
+    opened, first, told = model.client.run(go(), timeout=60)
     assert (opened["type"], first["type"]) == ("opened", "result")
-    assert later["code"] == "session_expired" and "idle" in later["message"]
+    assert told["code"] == "session_expired" and "idle" in told["message"]
 
 
 def test_the_sdk_chunks_prompts_and_survives_an_expired_session(limited, default_store, local_model):

@@ -1,0 +1,197 @@
+"""Pushed hops: node i sends a session's output straight to node i+1 (`swarmlm.push`).
+
+One long-lived stream per pair of neighbours carries every session's pushes, so no push pays for
+opening a stream; the node keeps it warm by measuring its round trip over it (`ping`/`pong`),
+which is also the figure it announces for latency-aware routing. The receiver accepts a push only
+for a session whose client named the pushing peer as its predecessor in a signed grant; anything
+else is answered on the push stream with a `push_refused` error naming the session, and the pusher
+tells that session's client (`push_failed`), who then relays the step itself.
+
+    push_open {v}                               (first frame of the stream)
+    push {client, session, start, hidden}       ← nothing, or {type: error, code, client, session}
+    ping {id}                                   ← {type: pong, id}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
+
+from routing import wire
+from routing.client import PeerLink
+from routing.errors import ErrorCode, PeerFailure, ProtocolError, RoutingError
+
+from .serving import Serving
+from .streams import FIRST_FRAME_TIMEOUT, SMALL_REQUEST, guard, peer_of
+
+log = logging.getLogger(__name__)
+HANDLER = "swarmlm.push"
+PUSH_OPEN_WAIT = 5.0  # a push may outrun its session's open frame by this much
+IDLE_TIMEOUT = 900.0  # a push stream with no frame for this long is closed (pings keep used ones open)
+MAX_IN_FLIGHT = 64  # pushes per stream being handled at once
+PING_TIMEOUT = 10.0
+
+Refused = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class _Outgoing:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pings: dict[int, asyncio.Future] = field(default_factory=dict)
+    task: asyncio.Task | None = None
+
+
+class PushLinks:
+    """This node's outgoing push streams, one per successor, opened on first use and kept."""
+
+    def __init__(self, link: PeerLink, on_refused: Refused) -> None:
+        self.link, self.on_refused = link, on_refused
+        self._out: dict[str, _Outgoing] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
+        self._ids = itertools.count()
+
+    async def send(self, peer: str, maddrs: list[str], frame: dict[str, Any]) -> None:
+        out = await self._stream(peer, maddrs)
+        try:
+            async with out.lock:
+                await wire.write_frame(out.writer, frame)
+        except (ConnectionError, RuntimeError) as e:
+            self._forget(peer)
+            raise PeerFailure(peer, f"push stream broken ({type(e).__name__})") from None
+
+    async def ping(self, peer: str, maddrs: list[str]) -> float:
+        """Round trip to `peer` over the push stream (opening it if needed), in seconds."""
+        out = await self._stream(peer, maddrs)
+        ping_id = next(self._ids)
+        waiter = out.pings[ping_id] = asyncio.get_running_loop().create_future()
+        started = time.perf_counter()
+        try:
+            async with out.lock:
+                await wire.write_frame(out.writer, {"type": "ping", "id": ping_id})
+            await asyncio.wait_for(waiter, PING_TIMEOUT)
+        except (ConnectionError, RuntimeError, asyncio.TimeoutError) as e:
+            self._forget(peer)
+            raise PeerFailure(peer, f"no pong ({type(e).__name__})") from None
+        finally:
+            out.pings.pop(ping_id, None)
+        return time.perf_counter() - started
+
+    async def _stream(self, peer: str, maddrs: list[str]) -> _Outgoing:
+        if peer in self._out:
+            return self._out[peer]
+        async with self._opening.setdefault(peer, asyncio.Lock()):
+            if peer not in self._out:
+                if maddrs:
+                    self.link.remember(peer, maddrs)
+                reader, writer = await self.link.open_stream(peer, HANDLER)
+                try:
+                    await wire.write_frame(writer, {"type": "push_open", "v": wire.PROTOCOL_VERSION})
+                except (ConnectionError, RuntimeError) as e:
+                    raise PeerFailure(peer, f"push stream broken ({type(e).__name__})") from None
+                out = self._out[peer] = _Outgoing(reader, writer)
+                out.task = asyncio.ensure_future(self._replies(peer, out))
+        return self._out[peer]
+
+    async def _replies(self, peer: str, out: _Outgoing) -> None:
+        """Pongs and refusals coming back on a push stream, until it breaks."""
+        try:
+            while True:
+                frame = await wire.read_frame(out.reader, SMALL_REQUEST)
+                if frame["type"] == "pong" and type(frame.get("id")) is int:
+                    waiter = out.pings.get(frame["id"])
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
+                elif frame["type"] == "error":
+                    await self.on_refused(frame)
+        except (asyncio.IncompleteReadError, ConnectionError, RoutingError):
+            pass
+        finally:
+            if self._out.get(peer) is out:
+                self._forget(peer)
+
+    def _forget(self, peer: str) -> None:
+        out = self._out.pop(peer, None)
+        if out is not None:
+            out.writer.close()
+            for waiter in out.pings.values():
+                waiter.cancel()
+            if out.task is not None and out.task is not asyncio.current_task():
+                out.task.cancel()
+
+    async def close(self) -> None:
+        for peer in list(self._out):
+            self._forget(peer)
+
+
+class PushReceiver:
+    """The `swarmlm.push` handler: pushes from predecessors, checked against each session's grant."""
+
+    def __init__(self, serving: Serving, run_step: Callable[..., Awaitable[None]]) -> None:
+        self.serving, self.run_step = serving, run_step
+
+    async def handle(self, info: StreamInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        s = self.serving
+        pusher = peer_of(info)
+        write = asyncio.Lock()
+        in_flight: set[asyncio.Task] = set()
+
+        async def reply(frame: dict[str, Any]) -> None:
+            async with write:
+                await wire.write_frame(writer, frame)
+
+        async def serve() -> None:
+            first = await wire.read_frame(reader, SMALL_REQUEST, idle_timeout=FIRST_FRAME_TIMEOUT)
+            wire.check_opening(first, "push_open")
+            while True:
+                frame = await wire.read_frame(reader, s.max_frame, idle_timeout=IDLE_TIMEOUT, budget=s.read_budget)
+                if frame["type"] == "ping":
+                    await reply({"type": "pong", "id": wire.field(frame, "id", int, minimum=0)})
+                    continue
+                if frame["type"] != "push":
+                    raise ProtocolError(ErrorCode.BAD_FRAME, f"unexpected '{frame['type']:.40}' frame on a push stream")
+                if len(in_flight) >= MAX_IN_FLIGHT:
+                    await reply(_refusal(frame, ErrorCode.BUSY, f"more than {MAX_IN_FLIGHT} pushes in flight"))
+                    continue
+                task = asyncio.ensure_future(self._one(pusher, frame, reply))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+
+        await guard(s.book, s.metrics, serve, writer, info)
+
+    async def _one(self, pusher: str, frame: dict[str, Any], reply: Callable[[dict[str, Any]], Awaitable[None]]
+                   ) -> None:
+        s = self.serving
+        try:
+            client = wire.field(frame, "client", str)
+            session_id = wire.field(frame, "session", str)
+            start = wire.field(frame, "start", int, minimum=0)
+            session = await s.wait_session(client, session_id, PUSH_OPEN_WAIT)
+            if session is None or session.prev_peer != pusher:
+                raise ProtocolError(ErrorCode.PUSH_REFUSED, f"no session {session_id!r:.80} of client {client:.60} "
+                                                            "names you as its predecessor on this node")
+            hidden = s.decode_hidden(frame, session.batch)
+        except ProtocolError as e:
+            s.stats.error(e.code)
+            try:
+                await reply(_refusal(frame, e.code, str(e)))
+            except (ConnectionError, RuntimeError):
+                pass
+            return
+        await self.run_step(session, hidden, start, push=True)
+
+
+def _refusal(frame: dict[str, Any], code: ErrorCode, message: str) -> dict[str, Any]:
+    """An error frame that names the session it is about, so the pusher can tell that session's client."""
+    refusal = wire.error_frame(code, message)
+    for key in ("client", "session"):
+        if isinstance(frame.get(key), str) and len(frame[key]) <= 256:
+            refusal[key] = frame[key]
+    return refusal

@@ -1,0 +1,419 @@
+"""What the node's handlers share: the span, the step scheduler, the paged cache, sessions and limits.
+
+Admission policy of the paged cache (`--cache-tokens` is the pool, in `--page-tokens` pages):
+  - opening a session reserves no pages; it is refused only when the client is at its session
+    limit, the node is draining, or its ledger cannot record sessions;
+  - each step takes the pages its new positions need (a rewinding step first gives back the pages
+    past its end); a client may hold at most `--peer-cache-tokens` over all its sessions;
+  - when the pool is short, sessions idle for more than `--evict-idle-after` seconds lose their
+    cache, least recently used first (their client is told `session_expired` and replays
+    elsewhere); if that is still not enough, the growing session alone gets `cache_full` — no
+    other session is touched, no step is half-applied;
+  - any session idle for `--session-timeout` seconds is closed, pressure or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
+
+from ledger.keys import Identity
+from routing import wire
+from routing.attestation import FORWARD_SESSION, attest
+from routing.errors import ErrorCode, ProtocolError
+from routing.grants import PushGrant, accept_grant
+from shards.blocks import BlockStack
+from shards.errors import CacheFullError
+from shards.paged_cache import PagedSequence, PagePool
+
+from .config import NodeConfig
+from .limits import PeerBook, PeerLimits
+from .metrics import NodeMetrics
+from .scheduler import StepScheduler, Work
+from .sessions import NodeSession, session_key
+from .streams import guard
+
+log = logging.getLogger(__name__)
+MAX_SESSION_ID = 64
+MAX_MADDRS = 8
+MAX_EARLY_PUSHES = 256  # pushes waiting for their session's open frame, over all peers
+
+
+@dataclass(frozen=True)
+class Computed:
+    """One step's or forward's result, ready for the reply frame and the attestation."""
+
+    hidden: dict[str, Any]  # the output, encoded for the wire in the reply dtype
+    input_digest: bytes
+    output_digest: bytes
+
+
+@dataclass
+class Stats:
+    """What the node has served: kept here for `info`/`node status`, and passed on to Prometheus."""
+
+    metrics: NodeMetrics
+    tokens: int = 0
+    steps: int = 0
+    forwards: int = 0
+    sessions_opened: int = 0
+
+    def step(self, tokens: int, seconds: float) -> None:
+        self.tokens += tokens
+        self.steps += 1
+        self.metrics.tokens(tokens)
+        self.metrics.step()
+        self.metrics.rpc("inference", seconds)
+
+    def forward(self, seconds: float) -> None:
+        self.forwards += 1
+        self.metrics.forward()
+        self.metrics.rpc("forward", seconds)
+
+    def session_opened(self) -> None:
+        self.sessions_opened += 1
+        self.metrics.session_opened()
+
+    def error(self, code: ErrorCode) -> None:
+        self.metrics.error(code)
+
+
+SessionEnd = Callable[[NodeSession, "bytes | None"], None]
+
+
+class Serving:
+    def __init__(self, config: NodeConfig, root: str, stack: BlockStack, identity: Identity, metrics: NodeMetrics,
+                 on_session_end: SessionEnd, info_extra: Callable[[], dict[str, Any]],
+                 can_record: Callable[[], bool] = lambda: True) -> None:
+        self.config, self.root, self.identity, self.metrics = config, root, identity, metrics
+        self.peer_id = identity.peer_id
+        self.on_session_end, self.info_extra, self.can_record = on_session_end, info_extra, can_record
+        self.hidden_size = stack.config.hidden_size
+        self.max_length = min(config.max_session_length, stack.config.max_context)
+        self.sessions: dict[str, NodeSession] = {}
+        self._opened: dict[str, asyncio.Event] = {}  # pushes that arrived before their session's open
+        self.draining = False
+        self.stats = Stats(metrics)
+        self.started = time.time()
+        self.read_budget = wire.ReadBudget(config.read_budget_bytes)
+        self.scheduler: StepScheduler | None = None
+        self.stack = stack
+
+    # ---- the span ---------------------------------------------------------------------------------
+
+    @property
+    def stack(self) -> BlockStack:
+        return self._stack
+
+    @stack.setter
+    def stack(self, stack: BlockStack) -> None:
+        """A new span (start, or a move after draining): a fresh cache pool and scheduler for it."""
+        c = self.config
+        self._stack = stack
+        self.dtype, self.device = stack.dtype, stack.device
+        pages = -(-c.cache_tokens // c.page_tokens)
+        self.pool = PagePool(len(stack.blocks), stack.config.num_kv_heads, stack.config.head_dim, pages,
+                             page_tokens=c.page_tokens, dtype=self.dtype, device=self.device)
+        self.book = PeerBook(PeerLimits(c.peer_max_streams, c.peer_max_sessions,
+                                        self.pool.pages_for(c.peer_cache_tokens or c.cache_tokens // 2)))
+        old = self.scheduler
+        self.scheduler = StepScheduler(stack, max_batch_tokens=c.max_batch_tokens, prefill_chunk=c.prefill_chunk,
+                                       peer_queue_tokens=c.peer_queue_tokens, batching=c.batching,
+                                       on_batch=self.metrics.batch)
+        if old is not None:
+            asyncio.get_running_loop().create_task(old.stop())
+            self.scheduler.start()
+
+    async def start(self) -> None:
+        assert self.scheduler is not None
+        self.scheduler.start()
+
+    async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+
+    @property
+    def cache_tokens_used(self) -> int:
+        return self.pool.used_pages * self.pool.page_tokens
+
+    @property
+    def cache_tokens_free(self) -> int:
+        return self.pool.free_pages * self.pool.page_tokens
+
+    def info(self) -> dict[str, Any]:
+        return {"type": "info", "v": wire.PROTOCOL_VERSION, "peer_id": self.peer_id, "root": self.root,
+                "start": self.stack.start, "end": self.stack.end, "dtype": wire.dtype_name(self.dtype),
+                "device": self.device.type, "versions": {"protocol": wire.PROTOCOL_VERSION, "swarmlm": _version()},
+                "load": {"sessions": len(self.sessions), "cache_tokens_used": self.cache_tokens_used,
+                         "cache_tokens_free": self.cache_tokens_free},
+                "scheduler": {"iterations": self.scheduler.iterations if self.scheduler else 0,
+                              "largest_batch": self.scheduler.largest_batch if self.scheduler else 0},
+                "draining": self.draining, "uptime_s": round(time.time() - self.started, 1),
+                "tokens_served": self.stats.tokens, **self.info_extra()}
+
+    async def guard(self, serve: Callable[[], Any], writer: asyncio.StreamWriter, info: StreamInfo,
+                    timed_as: str | None = None) -> None:
+        """Run a handler within its peer's stream cap, turning failures into error frames (node/streams.py)."""
+        await guard(self.book, self.metrics, serve, writer, info, timed_as)
+
+    # ---- frames -----------------------------------------------------------------------------------
+
+    @property
+    def max_frame(self) -> int:
+        return 4096 + self.config.max_batch * self.config.max_step_tokens * self.hidden_size * 4
+
+    def decode_hidden(self, frame: dict[str, Any], max_batch: int) -> torch.Tensor:
+        """The hidden states as received: a checked view of the frame's bytes, converted later in the worker."""
+        return wire.decode_tensor(frame.get("hidden"), hidden_size=self.hidden_size,
+                                  max_tokens=self.config.max_step_tokens, max_batch=max_batch)
+
+    def reply_dtype(self, frame: dict[str, Any]) -> torch.dtype:
+        name = frame.get("reply_dtype")
+        if name is None:
+            return self.dtype
+        if not isinstance(name, str) or name not in wire.WIRE_DTYPES:
+            raise ProtocolError(ErrorCode.BAD_FRAME,
+                                f"reply_dtype {name!r:.40} is not one of {', '.join(wire.WIRE_DTYPES)}")
+        return wire.WIRE_DTYPES[name]
+
+    def span(self, frame: dict[str, Any]) -> BlockStack:
+        """The model root must be ours; `blocks` may pick a sub-span of what this node serves."""
+        root = frame.get("root")
+        if root != self.root:
+            raise ProtocolError(ErrorCode.WRONG_MODEL, f"this node serves model root {self.root}, not {root!r:.80}")
+        blocks = frame.get("blocks")
+        if blocks is None:
+            return self.stack
+        s = self.stack
+        if not (isinstance(blocks, list) and len(blocks) == 2 and all(type(b) is int for b in blocks)
+                and s.start <= blocks[0] < blocks[1] <= s.end):
+            raise ProtocolError(ErrorCode.WRONG_MODEL,
+                                f"blocks {blocks!r:.40} are not within this node's {s.start}:{s.end}")
+        return s.narrow(blocks[0], blocks[1])
+
+    def _finish(self, received: torch.Tensor, reply_dtype: torch.dtype, last: int | None = None
+                ) -> Callable[[torch.Tensor], Computed]:
+        """The reply's work for the compute thread: a max-size step hashes and converts about 100 ms
+        of bytes, which would otherwise stall every session on the event loop."""
+
+        def finish(out: torch.Tensor) -> Computed:
+            if not bool(torch.isfinite(out).all()):
+                raise ProtocolError(ErrorCode.BAD_TENSOR, "the output is not finite: the input's values are out of "
+                                                          "the range these blocks compute on")
+            out = (out if last is None else out[:, -last:]).to(reply_dtype)
+            return Computed(wire.encode_tensor(out), wire.tensor_digest(received), wire.tensor_digest(out))
+
+        return finish
+
+    def attestation(self, session: str, step: int, start: int, span: BlockStack, done: Computed) -> dict[str, Any]:
+        return attest(self.identity, session=session, step=step, start=start, manifest_root=bytes.fromhex(self.root),
+                      blocks=(span.start, span.end), dtype=wire.dtype_name(self.dtype),
+                      input_digest=done.input_digest, output_digest=done.output_digest).to_wire()
+
+    # ---- cache pages --------------------------------------------------------------------------------
+
+    def _grow(self, peer: str, rows: list[PagedSequence], end: int, exclude: NodeSession | None = None) -> None:
+        """Give `rows` exactly the pages positions [0, end) need, within the peer's share and the pool."""
+        delta = sum(self.pool.pages_for(end) - r.num_pages for r in rows)
+        self.book.check_pages(peer, delta)
+        if delta > self.pool.free_pages:
+            self._evict(delta - self.pool.free_pages, exclude)
+        try:
+            for row in rows:
+                before = row.num_pages
+                row.resize(end)
+                self.book.charge_pages(peer, row.num_pages - before)
+        except CacheFullError:
+            raise ProtocolError(ErrorCode.CACHE_FULL,
+                                f"cache full: {self.pool.free_pages} of {self.pool.num_pages} pages free and no idle "
+                                "session to evict; continue on another node") from None
+
+    def _release(self, peer: str, rows: list[PagedSequence]) -> None:
+        for row in rows:
+            self.book.charge_pages(peer, -row.num_pages)
+            row.release()
+
+    def _evict(self, needed: int, exclude: NodeSession | None) -> None:
+        """End sessions idle past `evict_idle_after`, least recently used first, until `needed` pages are free."""
+        limit = time.monotonic() - self.config.evict_idle_after
+        idle = sorted((s for s in self.sessions.values() if s is not exclude and not s.busy and s.last_active < limit),
+                      key=lambda s: s.last_active)
+        for session in idle:
+            if self.pool.free_pages >= needed:
+                return
+            self.expire(session, ErrorCode.SESSION_EXPIRED,
+                        f"your session was idle for {time.monotonic() - session.last_active:.0f}s and its cache "
+                        "was given to active sessions; reopen it (the client replays)")
+
+    # ---- sessions ---------------------------------------------------------------------------------
+
+    def open_session(self, frame: dict[str, Any], client: str, writer: asyncio.StreamWriter) -> NodeSession:
+        span = self.span(frame)
+        session_id = wire.field(frame, "session", str, max_len=MAX_SESSION_ID)
+        if not session_id or not session_id.isprintable():
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"session id must be 1..{MAX_SESSION_ID} printable characters")
+        max_length = wire.field(frame, "max_length", int, minimum=1)
+        batch = frame.get("batch", 1)
+        if type(batch) is not int or not 1 <= batch <= self.config.max_batch:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"batch must be 1..{self.config.max_batch}, got {batch!r:.20}")
+        if max_length > self.max_length:
+            raise ProtocolError(ErrorCode.MAX_LENGTH, f"max_length {max_length} exceeds this node's limit "
+                                                      f"{self.max_length}")
+        if self.draining:
+            raise ProtocolError(ErrorCode.DRAINING, "this node is draining and takes no new sessions")
+        if not self.can_record():
+            raise ProtocolError(ErrorCode.LEDGER_UNAVAILABLE, "this node cannot write its ledger right now, so it "
+                                                              "takes no sessions it could not record; use another node")
+        key = session_key(client, session_id)
+        if key in self.sessions:
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"session {session_id!r} is already open")
+        grant, maddrs = self._push_grant(frame, client, session_id, span)
+        self.book.add_session(client)
+        session = NodeSession(session_id, client, span, [PagedSequence(self.pool) for _ in range(batch)], max_length,
+                              self.reply_dtype(frame), frame.get("attest", True) is not False, writer, grant, maddrs)
+        self.sessions[key] = session
+        self._opened.pop(key, asyncio.Event()).set()
+        self.stats.session_opened()
+        log.info("session open   %s client=%s blocks=%d:%d max_length=%d%s", session_id, client[-8:],
+                 span.start, span.end, max_length, f" push→{session.next_peer[-8:]}" if session.next_peer else "",
+                 extra={"event": "session_open", "session": session_id, "client": client,
+                        "blocks": [span.start, span.end], "max_length": max_length})
+        return session
+
+    def _push_grant(self, frame: dict[str, Any], client: str, session_id: str, span: BlockStack
+                    ) -> tuple[PushGrant | None, list[str]]:
+        if frame.get("grant") is None:
+            return None, []
+        grant = accept_grant(frame["grant"], client=client, session=session_id, node=self.peer_id, root=self.root,
+                             blocks=(span.start, span.end))
+        maddrs = frame.get("next_maddrs", [])
+        if not (isinstance(maddrs, list) and len(maddrs) <= MAX_MADDRS
+                and all(isinstance(m, str) and 0 < len(m) <= 256 for m in maddrs)):
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"next_maddrs must be up to {MAX_MADDRS} multiaddr strings")
+        return grant, maddrs
+
+    def route(self, session: NodeSession, frame: dict[str, Any]) -> None:
+        """The client re-planned around a failure: new neighbours for this session."""
+        session.grant, session.next_maddrs = self._push_grant(frame, session.client, session.session_id,
+                                                               session.stack)
+
+    async def wait_session(self, client: str, session_id: str, timeout: float) -> NodeSession | None:
+        """The session, waiting briefly for its open: a push may outrun the client's open frame."""
+        key = session_key(client, session_id)
+        if key not in self.sessions and len(self._opened) < MAX_EARLY_PUSHES:
+            event = self._opened.setdefault(key, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                if self._opened.get(key) is event and not event.is_set():
+                    del self._opened[key]
+        return self.sessions.get(key)
+
+    async def step(self, session: NodeSession, hidden: torch.Tensor, start: int) -> tuple[int, Computed]:
+        """Run one step of `session` through the scheduler; returns its index and result."""
+        n = hidden.shape[1]
+        if hidden.shape[0] != session.batch:
+            raise ProtocolError(ErrorCode.BAD_TENSOR, f"batch {hidden.shape[0]} differs from the session's "
+                                                      f"{session.batch}")
+        if start > session.length:
+            raise ProtocolError(ErrorCode.BAD_POSITION, f"step starts at position {start}, but the session holds "
+                                                        f"{session.length} tokens; steps must not leave gaps")
+        if start + n > session.max_length:
+            raise ProtocolError(ErrorCode.MAX_LENGTH, f"session max length {session.max_length} exceeded: "
+                                                      f"positions {start}..{start + n - 1}")
+        if session.key not in self.sessions:
+            raise ProtocolError(ErrorCode.SESSION_EXPIRED, "this session has ended on this node; reopen it")
+        started = time.perf_counter()
+        session.rewind_to(start)
+        self._grow(session.client, session.rows, start + n, exclude=session)
+        assert self.scheduler is not None
+        done = await self.scheduler.submit(Work(session.client, session.stack, hidden, start, session.rows,
+                                                self._finish(hidden, session.reply_dtype)))
+        index = session.record_step(start, n, done.input_digest, done.output_digest)
+        self.stats.step(n * session.batch, time.perf_counter() - started)
+        return index, done
+
+    async def forward(self, peer: str, span: BlockStack, hidden: torch.Tensor, reply_dtype: torch.dtype,
+                      last: int) -> Computed:
+        """A stateless pass from position 0; long ones are chunked through temporary cache pages."""
+        assert self.scheduler is not None
+        started = time.perf_counter()
+        rows: list[PagedSequence] | None = None
+        if hidden.shape[0] * hidden.shape[1] > self.config.prefill_chunk:
+            rows = [PagedSequence(self.pool) for _ in range(hidden.shape[0])]
+            self._grow(peer, rows, hidden.shape[1])
+        try:
+            done = await self.scheduler.submit(Work(peer, span, hidden, 0, rows,
+                                                    self._finish(hidden, reply_dtype, last)))
+        finally:
+            if rows is not None:
+                self._release(peer, rows)
+        self.stats.forward(time.perf_counter() - started)
+        return done
+
+    def close(self, session: NodeSession, receipt: Any, final_length: int | None = None) -> None:
+        """End a session: free its pages, then log it (never skipped, whatever the receipt holds)."""
+        if self.sessions.pop(session.key, None) is None:
+            return
+        if final_length is not None:
+            session.rewind_to(final_length)
+        self._release(session.client, session.rows)
+        self.book.remove_session(session.client)
+        duration = (time.time_ns() - session.opened_ns) / 1e9
+        log.info("session close  %s client=%s blocks=%d:%d tokens=%d accepted=%d steps=%d duration=%.1fs receipt=%s",
+                 session.session_id, session.client[-8:], session.stack.start, session.stack.end, session.tokens,
+                 session.accepted, session.steps, duration, "yes" if receipt else "no",
+                 extra={"event": "session_close", "session": session.session_id, "client": session.client,
+                        "blocks": [session.stack.start, session.stack.end], "tokens": session.tokens,
+                        "accepted_tokens": session.accepted, "steps": session.steps,
+                        "duration_s": round(duration, 3), "receipted": bool(receipt)})
+        self.on_session_end(session, receipt if isinstance(receipt, bytes) else None)
+
+    def expire(self, session: NodeSession, code: ErrorCode, reason: str) -> None:
+        """End a session from the node's side; its client is told at once on its stream."""
+        if session.key not in self.sessions:
+            return
+        self.close(session, None)
+        asyncio.get_running_loop().create_task(self._tell(session, wire.error_frame(code, reason)))
+
+    @staticmethod
+    async def _tell(session: NodeSession, frame: dict[str, Any]) -> None:
+        try:
+            await session.send(frame)
+        except (ConnectionError, RuntimeError):
+            pass
+        session.writer.close()
+
+    async def expire_idle(self) -> int:
+        """Close sessions idle longer than the session timeout."""
+        limit = self.config.session_timeout
+        idle = [s for s in self.sessions.values() if not s.busy and time.monotonic() - s.last_active > limit]
+        for session in idle:
+            self.expire(session, ErrorCode.SESSION_EXPIRED,
+                        f"session idle for more than {limit:.0f}s; its cache was freed — reopen it")
+        return len(idle)
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new sessions, let live ones finish for up to `grace` seconds, then end the rest."""
+        self.draining = True
+        deadline = time.monotonic() + grace
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        for session in list(self.sessions.values()):
+            self.expire(session, ErrorCode.DRAINING, "this node is leaving; continue on another node")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("swarmlm")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,79 @@
+"""Every stream a node serves: per-peer stream caps, read deadlines, typed error frames, abandoned work.
+
+A request's first frame must begin within FIRST_FRAME_TIMEOUT and arrive in full at a minimum rate
+(routing.wire.read_frame), large frames draw on the node's read budget, and each client peer may
+hold at most `--peer-max-streams` streams. Work for a stream whose client has gone is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable, TypeVar
+
+from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
+
+from routing import wire
+from routing.errors import ErrorCode, ProtocolError
+
+from .limits import PeerBook
+from .metrics import NodeMetrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+FIRST_FRAME_TIMEOUT = 10.0  # seconds for a request's first frame to begin: clients send it at once
+SMALL_REQUEST = 4096  # bytes: info and ledger requests are tiny; nothing bigger is read for them
+
+
+def peer_of(info: StreamInfo) -> str:
+    return info.peer_id.to_base58()
+
+
+async def guard(book: PeerBook, metrics: NodeMetrics, serve: Callable[[], Awaitable[Any]],
+                writer: asyncio.StreamWriter, info: StreamInfo, timed_as: str | None = None) -> None:
+    """Run one stream's handler within its peer's stream cap; failures become error frames.
+
+    A vanished client is not an error. `timed_as` records the whole request's duration under
+    that handler label.
+    """
+    started = time.perf_counter()
+    peer = peer_of(info)
+    try:
+        with book.stream(peer):
+            await serve()
+        if timed_as:
+            metrics.rpc(timed_as, time.perf_counter() - started)
+    except ProtocolError as e:
+        metrics.error(e.code)
+        log.debug("rejected frame from %s: [%s] %s", peer, e.code.value, e)
+        await try_write(writer, wire.error_frame(e.code, str(e)))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        log.debug("stream from %s ended", peer)
+    except Exception as e:  # a bug of ours: report it to the client, keep serving others
+        metrics.error(ErrorCode.INTERNAL)
+        log.exception("internal error serving %s", peer)
+        await try_write(writer, wire.error_frame(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
+    finally:
+        writer.close()
+
+
+async def try_write(writer: asyncio.StreamWriter, frame: dict[str, Any]) -> None:
+    try:
+        await wire.write_frame(writer, frame)
+    except (ConnectionError, RuntimeError):
+        pass
+
+
+async def until_gone(reader: asyncio.StreamReader, work: Awaitable[T]) -> T:
+    """`work`'s result, cancelling it if the client closes the stream first (it sends nothing else)."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(reader.read(1))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            raise ConnectionError("the client closed the stream before its result was ready")
+        return task.result()
+    finally:
+        watch.cancel()

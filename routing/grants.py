@@ -1,0 +1,61 @@
+"""Push grants: a client's signed word on where one node of its chain takes input from and sends output to.
+
+With pushed hops, node i sends its output straight to node i+1. Node i+1 must accept such input
+only from the peer the session's client chose as i+1's predecessor: anyone else could inject
+hidden states into a stranger's session. The client signs, per node, (session, node, predecessor,
+successor, model, blocks); the node keeps the grant with the session and refuses pushes from any
+other peer. The client's own peer ID stands for "the client" at either end of the chain.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ledger import keys
+from ledger.errors import EncodingError
+from ledger.keys import Identity
+from ledger.schema import BLOCKS, DIGEST, PEER_ID, SIGNATURE, TEXT, UINT, SignedRecord, spec
+
+from .errors import ErrorCode, ProtocolError
+
+
+@dataclass(frozen=True)
+class PushGrant(SignedRecord):
+    name = "push grant"
+
+    client: str = spec(PEER_ID)
+    session: str = spec(TEXT)
+    node: str = spec(PEER_ID)
+    prev: str = spec(PEER_ID)  # who may push input to `node` (the client itself: nobody but the client)
+    next: str = spec(PEER_ID)  # where `node` pushes its output (the client itself: reply only)
+    manifest_root: bytes = spec(DIGEST)
+    blocks: tuple[int, int] = spec(BLOCKS)
+    time_ns: int = spec(UINT)
+    signature: bytes = spec(SIGNATURE)
+
+    def is_signed(self) -> bool:
+        return keys.verify(self.client, keys.PUSH_GRANT, self.signed_bytes(), self.signature)
+
+
+def grant(identity: Identity, *, session: str, node: str, prev: str | None, next: str | None, root: str,
+          blocks: tuple[int, int]) -> PushGrant:
+    """The client's grant for `node`; None for `prev`/`next` means the client itself."""
+    me = identity.peer_id
+    return PushGrant(client=me, session=session, node=node, prev=prev or me, next=next or me,
+                     manifest_root=bytes.fromhex(root), blocks=blocks, time_ns=time.time_ns(),
+                     signature=bytes(64)).signed(identity, keys.PUSH_GRANT)
+
+
+def accept_grant(obj: Any, *, client: str, session: str, node: str, root: str, blocks: tuple[int, int]) -> PushGrant:
+    """A grant from an open or route frame: well formed, signed by the stream's client, about this session."""
+    try:
+        g = PushGrant.from_wire(obj)
+    except (EncodingError, TypeError, ValueError):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "'grant' is not a well-formed push grant") from None
+    if (g.client, g.session, g.node, g.manifest_root, g.blocks) != (client, session, node, bytes.fromhex(root),
+                                                                    blocks) or not g.is_signed():
+        raise ProtocolError(ErrorCode.BAD_FRAME, "the push grant is not this client's signed grant for this "
+                                                 "session, node and span")
+    return g

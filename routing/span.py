@@ -1,0 +1,213 @@
+"""One node's part of a client's chain: an inference session over blocks [hop.start, hop.end).
+
+Frames to the node are sent without waiting (an `open` and the first `step` leave together, so
+opening costs no round trip of its own); a reader task takes every frame the node sends back
+into a queue — `opened`, step results (relayed replies, or copies of pushed outputs), `routed`,
+`closed`, errors — and `push_failed` notices (the node could not push to its successor) into
+another. Each result is checked: shape, finite values, and the node's signed attestation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Any
+
+import torch
+
+from ledger.keys import Identity
+
+from . import wire
+from .attestation import Attestation, check_step_attestation, parse_attestation
+from .client import PeerLink
+from .errors import PeerFailure, RemoteError, RoutingError
+from .grants import grant
+from .planner import Hop
+
+HANDLER = "swarmlm.inference"
+
+
+class SpanSession:
+    def __init__(self, link: PeerLink, hop: Hop, root: str, session_id: str, max_length: int,
+                 reply_dtype: torch.dtype, *, identity: Identity, attest: bool = True,
+                 prev: str | None = None, next_hop: Hop | None = None) -> None:
+        self.link, self.hop, self.root, self.identity = link, hop, root, identity
+        self.session_id, self.max_length, self.reply_dtype = session_id, max_length, reply_dtype
+        self.attest = attest
+        self.prev, self.next_hop = prev, next_hop  # push neighbours (None: the client)
+        self.attestations: list[Attestation] = []
+        self.send_dtype = wire.WIRE_DTYPES.get(hop.record.dtype, torch.float32)
+        self.tokens = 0  # computed, as the node counts them
+        self.rolled_back = 0  # computed, then discarded by a step or close that rewound over them
+        self.steps = 0
+        self.length = 0  # positions the node holds for us
+        self._batch = 1
+        self._outputs = hashlib.sha256()
+        self._writer: asyncio.StreamWriter | None = None
+        self._frames: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
+        self.notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._reading: asyncio.Task | None = None
+        self._opened = False
+        self.timing = {"wait": 0.0, "check": 0.0, "node": 0.0}  # seconds: blocked on replies, checking them,
+        # and what the node reported computing (queue wait included) — for first-token breakdowns
+
+    @property
+    def peer(self) -> str:
+        return self.hop.peer_id
+
+    def _grant(self) -> dict[str, Any]:
+        nxt = self.next_hop.peer_id if self.next_hop else None
+        return {"grant": grant(self.identity, session=self.session_id, node=self.peer, prev=self.prev, next=nxt,
+                               root=self.root, blocks=(self.hop.start, self.hop.end)).to_wire(),
+                "next_maddrs": list(self.next_hop.record.maddrs[:8]) if self.next_hop else []}
+
+    async def open(self) -> None:
+        """Send the open frame; its reply is read with the first result (`opened` is checked then)."""
+        reader, self._writer = await self.link.open_stream(self.peer, HANDLER)
+        self._reading = asyncio.ensure_future(self._read(reader))
+        await self._send({"type": "open", "v": wire.PROTOCOL_VERSION, "root": self.root, "session": self.session_id,
+                          "max_length": self.max_length, "blocks": [self.hop.start, self.hop.end],
+                          "reply_dtype": wire.dtype_name(self.reply_dtype), "attest": self.attest, **self._grant()})
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                frame = await wire.read_frame(reader)
+                (self.notices if frame["type"] == "push_failed" else self._frames).put_nowait(frame)
+        except (asyncio.IncompleteReadError, ConnectionError) as e:
+            self._frames.put_nowait(PeerFailure(self.peer, f"stream closed ({type(e).__name__})"))
+        except RoutingError as e:
+            self._frames.put_nowait(PeerFailure(self.peer, f"sent an invalid frame: {e}"))
+
+    async def expect(self, kind: str, timeout: float | None = None) -> dict[str, Any]:
+        """The node's next frame, which must be `kind`; errors become RemoteError, silence PeerFailure."""
+        if kind != "opened" and not self._opened:
+            await self.expect("opened", timeout)
+        timeout = timeout or self.link.request_timeout
+        try:
+            frame = await asyncio.wait_for(self._frames.get(), timeout)
+        except asyncio.TimeoutError:
+            raise PeerFailure(self.peer, f"no reply within {timeout:.0f}s") from None
+        if isinstance(frame, BaseException):
+            self._frames.put_nowait(frame)  # the stream stays broken for whoever asks next
+            raise frame
+        if frame["type"] == "error":
+            raise RemoteError(self.peer, str(frame.get("code")), str(frame.get("message")))
+        if frame["type"] != kind:
+            raise PeerFailure(self.peer, f"expected a '{kind}' frame, got '{frame['type']:.40}'")
+        if kind == "opened":
+            self._opened = True
+        return frame
+
+    async def send_step(self, hidden: torch.Tensor, start: int, push: bool = False) -> torch.Tensor:
+        """Send a step (pushed: the node forwards its output along the chain); returns what was sent."""
+        sent = hidden.to(self.send_dtype)
+        frame = {"type": "step", "session": self.session_id, "step": self.steps, "start": start,
+                 "hidden": wire.encode_tensor(sent)}
+        if push:
+            frame["push"] = True
+        await self._send(frame)
+        return sent
+
+    async def result(self, sent: torch.Tensor, start: int, timeout: float | None = None
+                     ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """This span's next step result for input `sent` at `start`, checked; and its frame."""
+        began = time.perf_counter()
+        frame = await self.expect("result", timeout)
+        received = time.perf_counter()
+        self.timing["wait"] += received - began
+        if type(frame.get("compute_ms")) in (int, float) and 0 <= frame["compute_ms"] < 1e9:
+            self.timing["node"] += frame["compute_ms"] / 1000
+        try:
+            out = wire.decode_tensor(frame.get("hidden"), hidden_size=sent.shape[-1], max_tokens=sent.shape[1],
+                                     max_batch=sent.shape[0], finite=True)
+        except RoutingError as e:
+            raise PeerFailure(self.peer, f"returned a malformed tensor: {e}") from None
+        if out.shape != sent.shape:
+            raise PeerFailure(self.peer, f"returned shape {list(out.shape)} for input {list(sent.shape)}")
+        if self.attest:
+            self.attestations.append(check_step_attestation(
+                parse_attestation(frame.get("attestation")), peer=self.peer, session=self.session_id, step=self.steps,
+                start=start, root=self.root, blocks=(self.hop.start, self.hop.end), dtype=self.hop.record.dtype,
+                sent=sent, received=out))
+        self.steps += 1
+        self._rewind(start)
+        self._batch = sent.shape[0]
+        self.tokens += sent.shape[0] * sent.shape[1]
+        self.length = start + sent.shape[1]
+        self._outputs.update(wire.tensor_digest(out))
+        self.timing["check"] += time.perf_counter() - received
+        return out, frame
+
+    async def step(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
+        """A relayed step: send, and wait for this node's result."""
+        sent = await self.send_step(hidden, start)
+        return (await self.result(sent, start))[0]
+
+    async def route(self, prev: str | None, next_hop: Hop | None) -> None:
+        """New push neighbours after a failover; waits until the node has them."""
+        self.prev, self.next_hop = prev, next_hop
+        await self._send({"type": "route", "session": self.session_id, **self._grant()})
+        await self.expect("routed")
+
+    def drop_notices(self) -> None:
+        while not self.notices.empty():
+            self.notices.get_nowait()
+
+    def _rewind(self, length: int) -> None:
+        if length < self.length:
+            self.rolled_back += (self.length - length) * self._batch
+            self.length = length
+
+    @property
+    def accepted(self) -> int:
+        """Tokens computed and kept (the node counts the same way for its ledger)."""
+        return self.tokens - self.rolled_back
+
+    def keep(self, length: int | None) -> None:
+        """The caller keeps only `length` positions: what the close frame tells the node."""
+        if length is not None:
+            self._rewind(length)
+
+    @property
+    def outputs_digest(self) -> bytes:
+        return self._outputs.copy().digest()
+
+    async def close(self, receipt: bytes | None = None) -> None:
+        """Send close (with the signed receipt and the positions kept) and wait briefly for the acknowledgement."""
+        if self._writer is None:
+            return
+        try:
+            await self._send({"type": "close", "session": self.session_id, "receipt": receipt,
+                              "length": self.length})
+            await self.expect("closed", timeout=5)
+        except (RoutingError, ConnectionError):
+            pass  # the node logs the session unreceipted; nothing else to do
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._reading is not None:
+            self._reading.cancel()
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        if self._writer is None:
+            raise PeerFailure(self.peer, "the session's stream is closed")
+        try:
+            await wire.write_frame(self._writer, frame)
+        except (ConnectionError, RuntimeError) as e:
+            if self._reading is not None:  # let the reader take in whatever the node said before closing
+                await asyncio.wait({self._reading}, timeout=1.0)
+            told = self._told()
+            raise told or PeerFailure(self.peer, f"stream broken while sending ({type(e).__name__})") from None
+
+    def _told(self) -> RemoteError | None:
+        """The error the node sent before closing the stream (say, its session expired), if any."""
+        for frame in list(self._frames._queue):  # type: ignore[attr-defined]
+            if isinstance(frame, dict) and frame.get("type") == "error":
+                return RemoteError(self.peer, str(frame.get("code")), str(frame.get("message")))
+        return None

@@ -1,0 +1,95 @@
+"""Pushed hops (real processes): nodes push outputs along the chain; only named predecessors may push."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from routing import wire
+from routing.client import SwarmClient
+from routing.grants import grant
+from swarmlm.sdk import RemoteModel
+
+from .raw import RawSession, output
+
+PROMPT = "What is the capital of France?"
+
+
+@pytest.mark.parametrize("push", [True, False], ids=["pushed", "relayed"])
+def test_pushed_and_relayed_generation_equal_local(swarm3, default_store, local_model, push):
+    with RemoteModel.connect(swarm3.initial_peers, default_store.path, push=push) as model:
+        with model.inference_session(max_length=128) as s:
+            g = s.generate(PROMPT, 24, ignore_eos=True)
+            relayed = s.runner.relayed_steps
+    assert g.token_ids == local_model.generate(PROMPT, 24, ignore_eos=True).token_ids
+    assert relayed == 0
+
+
+@pytest.fixture(scope="module")
+def two(swarm3):
+    """The nodes serving blocks 0:10 and 10:20, and two clients: the session's owner and a stranger."""
+    first = next(n for n in swarm3.nodes if n.blocks == (0, 10))
+    second = next(n for n in swarm3.nodes if n.blocks == (10, 20))
+    owner, stranger = SwarmClient(swarm3.initial_peers), SwarmClient(swarm3.initial_peers)
+    for c in (owner, stranger):
+        for n in (first, second):
+            c.remember(n.peer_id, n.maddrs)
+    yield first, second, owner, stranger
+    owner.close()
+    stranger.close()
+
+
+async def _push(link, peer: str, frame: dict) -> dict:
+    reader, writer = await link.open_stream(peer, "swarmlm.push")
+    try:
+        await wire.write_frame(writer, {"type": "push_open", "v": wire.PROTOCOL_VERSION})
+        await wire.write_frame(writer, frame)
+        return await asyncio.wait_for(wire.read_frame(reader), 60)
+    finally:
+        writer.close()
+
+
+def test_pushes_from_an_unnamed_peer_or_for_an_unknown_session_are_refused(two, default_store, local_model):
+    first, second, owner, stranger = two
+    root = default_store.root
+    x = torch.randn(1, 3, 576)
+
+    async def go():
+        g = grant(owner.identity, session="guarded", node=second.peer_id, prev=first.peer_id, next=None, root=root,
+                  blocks=(10, 20))
+        s = RawSession(owner, second.peer_id, root, "guarded", 32, blocks=[10, 20], grant=g.to_wire())
+        opened = await s.open()
+        push = {"type": "push", "client": owner.peer_id, "session": "guarded", "start": 0,
+                "hidden": wire.encode_tensor(torch.randn(1, 3, 576))}
+        intruder = await _push(stranger, second.peer_id, push)  # the stranger is not the named predecessor
+        unknown = await _push(stranger, second.peer_id, {**push, "session": "no-such-session"})
+        mine = output(await s.step(0, 3, x), 3)  # the session is unharmed: its first step is still step 0
+        await s.close()
+        return opened, intruder, unknown, mine
+
+    opened, intruder, unknown, mine = owner.run(go(), timeout=120)
+    assert opened["type"] == "opened"
+    for refusal in (intruder, unknown):
+        assert refusal["type"] == "error" and refusal["code"] == "push_refused"
+    assert (intruder["client"], intruder["session"]) == (owner.peer_id, "guarded")
+    with torch.inference_mode():
+        expected = local_model.stack.narrow(10, 20)(x)
+    assert float((mine - expected).norm() / expected.norm()) < 1e-5
+
+
+def test_a_grant_signed_by_someone_else_is_refused_at_open(two, default_store):
+    first, second, owner, stranger = two
+    forged = grant(stranger.identity, session="forged", node=second.peer_id, prev=first.peer_id, next=None,
+                   root=default_store.root, blocks=(10, 20))
+
+    async def go():
+        s = RawSession(owner, second.peer_id, default_store.root, "forged", 32, blocks=[10, 20], grant=forged.to_wire())
+        try:
+            return await s.open()
+        finally:
+            s.abort()
+
+    reply = owner.run(go(), timeout=60)
+    assert reply["code"] == "bad_frame" and "grant" in reply["message"]

@@ -55,5 +55,11 @@ browser:
 	         "tests/api/test_dashboard.py will skip: install Debian's chromium package."; \
 	  fi; }
 
+# A synthetic 1.07B-parameter model (packed once into the model cache, ~4 GiB) served by nodes that
+# each hold under half of it; minutes on 2 cores, so outside `make test`.
+.PHONY: bigmodel
+bigmodel: model
+	$(BIN)/python -m pytest -m bigmodel tests/big -s $(PYTEST_ARGS)
+
 clean-venv:
 	rm -rf $(VENV)

@@ -53,6 +53,8 @@ class LoadEntry(Entry):
     device: str = spec(TEXT)
     dtype: str = spec(TEXT)
     time_ns: int = spec(UINT)
+    base_root: bytes | None = added(DIGEST)  # a derived (quantized) store: manifest_root is its own root,
+    scheme: str | None = added(TEXT)  # derived from base_root by this scheme
 
 
 @dataclass(frozen=True)

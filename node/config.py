@@ -70,6 +70,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("device", str, "cpu", "cpu, cuda or cuda:N"),
     Option("dtype", str, None, "compute dtype (default: float32 on cpu, bfloat16 on cuda)",
            choices=("float32", "bfloat16", "float16")),
+    Option("quant", str, None, "serve weights quantized by this scheme, derived from --model on first start and "
+                               "cached (or point --model at a derived store); clients accept int8 by default, "
+                               "nf4 and q4_1 when asked", choices=("int8", "nf4", "q4_1")),
     Option("threads", int, 0, "compute threads (0: all cores); nodes sharing a machine should split its cores"),
     Option("cache_tokens", int, 8192, "KV-cache pool size in tokens, over all sessions (paged; see --page-tokens)"),
     Option("page_tokens", int, 64, "tokens per KV-cache page: sessions take pages as they grow"),
@@ -116,6 +119,7 @@ class NodeConfig:
     ledger: Path
     device: str
     dtype: str
+    quant: str | None
     threads: int
     cache_tokens: int
     page_tokens: int
@@ -264,7 +268,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 _RANGES: tuple[tuple[str, float, float | None], ...] = (
     ("num_blocks", 1, None), ("cache_tokens", 1, None), ("page_tokens", 1, 4096), ("evict_idle_after", 0, None),
     ("max_batch_tokens", 1, None), ("prefill_chunk", 1, None), ("peer_max_streams", 1, None),
-    ("peer_max_sessions", 1, None), ("peer_cache_tokens", 0, None), ("peer_queue_tokens", 1, None), ("max_batch", 1, None), ("max_step_tokens", 1, None),
+    ("peer_max_sessions", 1, None), ("peer_cache_tokens", 0, None), ("peer_queue_tokens", 1, None),
+    ("max_batch", 1, None), ("max_step_tokens", 1, None),
     ("max_session_length", 1, None), ("drain_grace", 0, None), ("rebalance_period", 0, None),
     ("witness_period", 1, None),
     ("port", 0, 65535), ("metrics_port", 0, 65535), ("threads", 0, None))

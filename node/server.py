@@ -32,6 +32,9 @@ from routing.client import PeerLink
 from routing.records import ServerRecord, SignedRecordValidator
 from shards.blocks import BlockStack
 from shards.catalog import resolve_model
+from shards.derive import derived_store
+from shards.manifest import Quantization
+from shards.memory import block_bytes, dequantize_workspace_bytes, kv_bytes_per_token
 from shards.store import ShardStore, parse_dtype
 
 from .config import NodeConfig
@@ -62,8 +65,13 @@ class Node:
         self.identity = Identity.load_or_create(config.identity)
         self.peer_id = self.identity.peer_id
         self.store = ShardStore(resolve_model(config.model))
-        self.root = self.store.root
-        self.num_blocks = self.store.manifest.num_blocks
+        if config.quant is not None:
+            self.store = derived_store(self.store, Quantization.of(config.quant))
+        m = self.store.manifest
+        self.quantization = m.quantization
+        self.root = m.base_root or self.store.root  # the model clients ask for (a derived store's base)
+        self.weights_root = self.store.root  # what this node computes with (its attestations say so)
+        self.num_blocks = m.num_blocks
         self.dtype = parse_dtype(config.dtype)
         self.dht: hivemind.DHT | None = None
         self.serving: Serving | None = None
@@ -95,7 +103,7 @@ class Node:
         start, end = await self._choose_span()
         stack = await self._load_span(start, end)
         self.serving = s = Serving(c, self.root, stack, self.identity, self.metrics, self._log_session,
-                                   self._info_extra, self._can_record)
+                                   self._info_extra, self._can_record, self.weights_root, self.quantization)
         await s.start()
         link = PeerLink(p2p, request_timeout=30)
         self.pushes = PushLinks(link, self._push_refused)
@@ -148,6 +156,8 @@ class Node:
         return start, start + min(length, self.num_blocks)
 
     def _blocks_that_fit(self) -> int:
+        """Blocks that fit the memory budget, counted in their real bytes (dtype or quantization) plus
+        their share of the KV cache and the dequantization workspace; reported at start."""
         c, m = self.config, self.store.manifest
         if c.max_memory:
             budget = parse_size(c.max_memory)
@@ -155,26 +165,34 @@ class Node:
             budget = int(torch.cuda.mem_get_info(torch.device(c.device))[0] * 0.8)
         else:
             budget = int(psutil.virtual_memory().available * 0.8)
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
-        block_bytes = m.block(0).size * itemsize // 4 if m.dtype == "float32" else m.block(0).size
-        cache_bytes = c.cache_tokens * 2 * m.config.num_kv_heads * m.config.head_dim * itemsize
-        return blocks_for_budget(budget, block_bytes, cache_bytes, self.num_blocks)
+        block = block_bytes(m, self.dtype)
+        cache = c.cache_tokens * kv_bytes_per_token(m.config, self.dtype)
+        workspace = dequantize_workspace_bytes(m, self.dtype)
+        fit = blocks_for_budget(budget - workspace, block, cache, self.num_blocks)
+        scheme = f"{self.quantization.scheme}/g{self.quantization.group_size}" if self.quantization else c.dtype
+        log.info("memory: a block takes %.1f MiB (%s), its KV cache %.1f MiB (%d tokens), dequantizing %.1f MiB; "
+                 "a budget of %.0f MiB holds %d blocks", block / 2**20, scheme, cache / 2**20, c.cache_tokens,
+                 workspace / 2**20, budget / 2**20, fit)
+        return fit
 
     async def _load_span(self, start: int, end: int) -> BlockStack:
         c = self.config
         loop = asyncio.get_running_loop()
-        log.info("loading blocks %d:%d of %s (%s, %s)", start, end, self.root[:16], c.device, c.dtype)
+        q = self.quantization
+        log.info("loading blocks %d:%d of %s (%s, %s%s)", start, end, self.weights_root[:16], c.device, c.dtype,
+                 f", {q.scheme} of {self.root[:16]}" if q else "")
         stack = await loop.run_in_executor(None, self.store.load_blocks, start, end, c.device, self.dtype)
-        self._log(LoadEntry(manifest_root=bytes.fromhex(self.root), blocks=(start, end),
-                            shard_digests=tuple(bytes.fromhex(d) for d in self.store.manifest.block_digests(start, end)),
-                            device=c.device, dtype=c.dtype, time_ns=time.time_ns()))
+        self._log(LoadEntry(manifest_root=bytes.fromhex(self.weights_root), blocks=(start, end),
+                            shard_digests=tuple(map(bytes.fromhex, self.store.manifest.block_digests(start, end))),
+                            device=c.device, dtype=c.dtype, time_ns=time.time_ns(),
+                            base_root=bytes.fromhex(self.root) if q else None, scheme=q.scheme if q else None))
         self.throughput = await loop.run_in_executor(None, self._throughput, stack)
         return stack
 
     def _throughput(self, stack: BlockStack) -> float:
         if self.config.throughput != "auto":
             return float(self.config.throughput)
-        key = f"{self.root}:{stack.start}:{stack.end}:{self.config.device}:{self.config.dtype}"
+        key = f"{self.weights_root}:{stack.start}:{stack.end}:{self.config.device}:{self.config.dtype}"
         return cached_throughput(self.config.state_dir / "throughput.json", key, stack)
 
     # ---- serve -----------------------------------------------------------------------------------
@@ -262,7 +280,10 @@ class Node:
                             version=wire.PROTOCOL_VERSION, name=self.config.public_name,
                             active_sessions=len(s.sessions), max_step_tokens=self.config.max_step_tokens,
                             max_session_length=s.max_length, maddrs=self._maddrs, rtt_ms=self.neighbours.announced(),
-                            extra={CHECKPOINT_KEY: checkpoint} if checkpoint else {})
+                            extra={CHECKPOINT_KEY: checkpoint} if checkpoint else {},
+                            scheme=self.quantization.scheme if self.quantization else "",
+                            group_size=self.quantization.group_size if self.quantization else 0,
+                            weights_root=self.weights_root if self.quantization else "")
 
     async def _announce(self, record: ServerRecord | None = None) -> None:
         """Store our record under each served block; the DHT is best-effort, never fatal."""
@@ -328,7 +349,7 @@ class Node:
             return
         receipt = self._valid_receipt(session, receipt_bytes)
         self._log(ServeEntry(
-            session=session.session_id, client=session.client, manifest_root=bytes.fromhex(self.root),
+            session=session.session_id, client=session.client, manifest_root=bytes.fromhex(self.weights_root),
             blocks=(session.stack.start, session.stack.end), tokens=session.tokens, steps=session.steps,
             start_ns=session.opened_ns, end_ns=time.time_ns(), steps_digest=session.steps_digest,
             receipt=receipt, time_ns=time.time_ns(), accepted_tokens=session.accepted))
@@ -343,7 +364,7 @@ class Node:
             log.warning("session %s: invalid receipt from %s (%s); logging it unreceipted",
                         session.session_id, session.client[-8:], e)
             return None
-        expected = (self.peer_id, session.client, session.session_id, bytes.fromhex(self.root),
+        expected = (self.peer_id, session.client, session.session_id, bytes.fromhex(self.weights_root),
                     (session.stack.start, session.stack.end), session.tokens, session.outputs_digest,
                     session.accepted if receipt.accepted_tokens is not None else None)
         got = (receipt.node, receipt.client, receipt.session, receipt.manifest_root, tuple(receipt.blocks),

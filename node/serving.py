@@ -31,6 +31,7 @@ from routing.errors import ErrorCode, ProtocolError
 from routing.grants import PushGrant, accept_grant
 from shards.blocks import BlockStack
 from shards.errors import CacheFullError
+from shards.manifest import Quantization
 from shards.paged_cache import PagedSequence, PagePool
 
 from .config import NodeConfig
@@ -91,8 +92,11 @@ SessionEnd = Callable[[NodeSession, "bytes | None"], None]
 class Serving:
     def __init__(self, config: NodeConfig, root: str, stack: BlockStack, identity: Identity, metrics: NodeMetrics,
                  on_session_end: SessionEnd, info_extra: Callable[[], dict[str, Any]],
-                 can_record: Callable[[], bool] = lambda: True) -> None:
+                 can_record: Callable[[], bool] = lambda: True, weights_root: str | None = None,
+                 quantization: Quantization | None = None) -> None:
         self.config, self.root, self.identity, self.metrics = config, root, identity, metrics
+        self.weights_root = weights_root or root  # the root of what it computes with (a derived store's own)
+        self.quantization = quantization
         self.peer_id = identity.peer_id
         self.on_session_end, self.info_extra, self.can_record = on_session_end, info_extra, can_record
         self.hidden_size = stack.config.hidden_size
@@ -103,6 +107,7 @@ class Serving:
         self.stats = Stats(metrics)
         self.started = time.time()
         self.read_budget = wire.ReadBudget(config.read_budget_bytes)
+        self.forward_pages = 0  # held by stateless forwards (chunked through temporary pages), all peers together
         self.scheduler: StepScheduler | None = None
         self.stack = stack
 
@@ -123,6 +128,8 @@ class Serving:
                              page_tokens=c.page_tokens, dtype=self.dtype, device=self.device)
         self.book = PeerBook(PeerLimits(c.peer_max_streams, c.peer_max_sessions,
                                         self.pool.pages_for(c.peer_cache_tokens or c.cache_tokens // 2)))
+        # Forwards from a few identities would otherwise hold every page and leave sessions `cache_full`.
+        self.max_forward_pages = max(pages // 4, self.pool.pages_for(c.max_batch_tokens))
         old = self.scheduler
         self.scheduler = StepScheduler(stack, max_batch_tokens=c.max_batch_tokens, prefill_chunk=c.prefill_chunk,
                                        peer_queue_tokens=c.peer_queue_tokens, batching=c.batching,
@@ -149,6 +156,7 @@ class Serving:
 
     def info(self) -> dict[str, Any]:
         return {"type": "info", "v": wire.PROTOCOL_VERSION, "peer_id": self.peer_id, "root": self.root,
+                "weights_root": self.weights_root, "scheme": self.quantization.scheme if self.quantization else None,
                 "start": self.stack.start, "end": self.stack.end, "dtype": wire.dtype_name(self.dtype),
                 "device": self.device.type, "versions": {"protocol": wire.PROTOCOL_VERSION, "swarmlm": _version()},
                 "load": {"sessions": len(self.sessions), "cache_tokens_used": self.cache_tokens_used,
@@ -213,9 +221,12 @@ class Serving:
         return finish
 
     def attestation(self, session: str, step: int, start: int, span: BlockStack, done: Computed) -> dict[str, Any]:
-        return attest(self.identity, session=session, step=step, start=start, manifest_root=bytes.fromhex(self.root),
-                      blocks=(span.start, span.end), dtype=wire.dtype_name(self.dtype),
-                      input_digest=done.input_digest, output_digest=done.output_digest).to_wire()
+        q = self.quantization
+        return attest(self.identity, session=session, step=step, start=start,
+                      manifest_root=bytes.fromhex(self.weights_root), blocks=(span.start, span.end),
+                      dtype=wire.dtype_name(self.dtype), input_digest=done.input_digest,
+                      output_digest=done.output_digest, base_root=bytes.fromhex(self.root) if q else None,
+                      scheme=q.scheme if q else None).to_wire()
 
     # ---- cache pages --------------------------------------------------------------------------------
 
@@ -344,19 +355,25 @@ class Serving:
 
     async def forward(self, peer: str, span: BlockStack, hidden: torch.Tensor, reply_dtype: torch.dtype,
                       last: int) -> Computed:
-        """A stateless pass from position 0; long ones are chunked through temporary cache pages."""
+        """A stateless pass from position 0; long ones are chunked through temporary cache pages, of
+        which all forwards together may hold `max_forward_pages` (beyond: `busy`)."""
         assert self.scheduler is not None
         started = time.perf_counter()
-        rows: list[PagedSequence] | None = None
+        rows: list[PagedSequence] = []
         if hidden.shape[0] * hidden.shape[1] > self.config.prefill_chunk:
             rows = [PagedSequence(self.pool) for _ in range(hidden.shape[0])]
-            self._grow(peer, rows, hidden.shape[1])
+        pages = len(rows) * self.pool.pages_for(hidden.shape[1])
+        if self.forward_pages + pages > self.max_forward_pages:
+            raise ProtocolError(ErrorCode.BUSY, f"stateless forwards hold {self.forward_pages} of the "
+                                                f"{self.max_forward_pages} cache pages they may use; retry later")
+        self.forward_pages += pages
         try:
-            done = await self.scheduler.submit(Work(peer, span, hidden, 0, rows,
+            self._grow(peer, rows, hidden.shape[1])  # inside: pages of rows grown before a refusal come back
+            done = await self.scheduler.submit(Work(peer, span, hidden, 0, rows or None,
                                                     self._finish(hidden, reply_dtype, last)))
         finally:
-            if rows is not None:
-                self._release(peer, rows)
+            self.forward_pages -= pages
+            self._release(peer, rows)
         self.stats.forward(time.perf_counter() - started)
         return done
 

@@ -66,11 +66,20 @@ def _print(info: dict[str, Any], rtt: float) -> None:
             ("compute", f"{info.get('dtype')} on {info.get('device')}, {info.get('throughput')} tok/s"),
             ("sessions", load.get("sessions")),
             ("cache", f"{load.get('cache_tokens_used')} used, {load.get('cache_tokens_free')} free tokens"),
-            ("served", f"{info.get('tokens_served')} tokens"), ("ledger", f"{info.get('ledger_size')} entries"),
+            ("served", f"{info.get('tokens_served')} tokens"),
+            ("ledger", f"{info.get('ledger_size')} entries{_ledger_health(info.get('ledger_health'))}"),
             ("version", f"swarmlm {info.get('versions', {}).get('swarmlm')}, protocol {info.get('v')}"),
             ("rtt", f"{rtt * 1000:.1f} ms")]
     for k, v in rows:
         print(f"{k:<9} {v}")
+
+
+def _ledger_health(health: Any) -> str:
+    """'' while the ledger commits; otherwise what waits and why (the node takes no sessions then)."""
+    if not isinstance(health, dict) or health.get("ok", True):
+        return ""
+    return (f" — NOT COMMITTING: {health.get('pending')} entries waiting ({health.get('last_error')}); "
+            "new sessions refused until the disk has room")
 
 
 def _duration(seconds: float) -> str:

@@ -19,19 +19,19 @@ log = logging.getLogger(__name__)
 
 def measure(stack: BlockStack, steps: int = 16, context: int = 64) -> float:
     """Median-free simple rate: `steps` single-token decode steps after a short prefill."""
-    weight = stack.blocks[0].self_attn.o_proj.weight_t
+    dtype, device = stack.dtype, stack.device
     with torch.inference_mode():
         cache = stack.new_cache(1, context + steps + 1)
-        stack(torch.randn(1, context, stack.config.hidden_size, dtype=weight.dtype, device=weight.device), cache, 0)
-        token = torch.randn(1, 1, stack.config.hidden_size, dtype=weight.dtype, device=weight.device)
+        stack(torch.randn(1, context, stack.config.hidden_size, dtype=dtype, device=device), cache, 0)
+        token = torch.randn(1, 1, stack.config.hidden_size, dtype=dtype, device=device)
         stack(token, cache, context)  # warm-up
-        if weight.is_cuda:
-            torch.cuda.synchronize(weight.device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         started = time.perf_counter()
         for i in range(steps):
             stack(token, cache, context + 1 + i)
-        if weight.is_cuda:
-            torch.cuda.synchronize(weight.device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     return steps / (time.perf_counter() - started)
 
 

@@ -17,7 +17,7 @@ import torch
 from ledger import keys
 from ledger.errors import EncodingError
 from ledger.keys import Identity
-from ledger.schema import BLOCKS, DIGEST, PEER_ID, SIGNATURE, TEXT, UINT, SignedRecord, spec
+from ledger.schema import BLOCKS, DIGEST, PEER_ID, SIGNATURE, TEXT, UINT, SignedRecord, added, spec
 
 from . import wire
 from .errors import PeerFailure
@@ -39,16 +39,21 @@ class Attestation(SignedRecord):
     input_digest: bytes = spec(DIGEST)
     output_digest: bytes = spec(DIGEST)
     signature: bytes = spec(SIGNATURE)
+    base_root: bytes | None = added(DIGEST)  # a quantized node: the model its weights were derived from
+    scheme: str | None = added(TEXT)  # ... and how (manifest_root is then the derived store's root)
 
     def is_signed(self) -> bool:
         return keys.verify(self.node, keys.STEP, self.signed_bytes(), self.signature)
 
 
 def attest(identity: Identity, *, session: str, step: int, start: int, manifest_root: bytes, blocks: tuple[int, int],
-           dtype: str, input_digest: bytes, output_digest: bytes) -> Attestation:
+           dtype: str, input_digest: bytes, output_digest: bytes, base_root: bytes | None = None,
+           scheme: str | None = None) -> Attestation:
+    """`manifest_root` is the root of the weights computed with; a quantized node adds what they derive from."""
     return Attestation(node=identity.peer_id, session=session, step=step, start=start,
                        manifest_root=manifest_root, blocks=blocks, dtype=dtype, input_digest=input_digest,
-                       output_digest=output_digest, signature=bytes(64)).signed(identity, keys.STEP)
+                       output_digest=output_digest, signature=bytes(64), base_root=base_root,
+                       scheme=scheme).signed(identity, keys.STEP)
 
 
 def parse_attestation(obj: Any) -> Attestation | None:
@@ -61,15 +66,15 @@ def parse_attestation(obj: Any) -> Attestation | None:
 
 def check_step_attestation(att: Attestation | None, *, peer: str, session: str, step: int, start: int, root: str,
                            blocks: tuple[int, int], dtype: str, sent: torch.Tensor,
-                           received: torch.Tensor) -> Attestation:
+                           received: torch.Tensor, scheme: str | None = None) -> Attestation:
     """The attestation a node must send with a step: signed by it, about exactly this step's bytes,
-    in the compute dtype it announced."""
+    in the compute dtype and weights (`root`, quantized by `scheme`) it announced."""
     if att is None:
         raise PeerFailure(peer, "sent no (or a malformed) step attestation")
     expected = (peer, session, step, start, bytes.fromhex(root), blocks, dtype, wire.tensor_digest(sent),
-                wire.tensor_digest(received))
+                wire.tensor_digest(received), scheme)
     got = (att.node, att.session, att.step, att.start, att.manifest_root, att.blocks, att.dtype, att.input_digest,
-           att.output_digest)
+           att.output_digest, att.scheme)
     if got != expected or not att.is_signed():
         raise PeerFailure(peer, "sent an attestation that does not match the step or is not signed by it")
     return att

@@ -37,6 +37,7 @@ from .planner import Hop, plan_route
 from .records import ServerRecord
 from .span import SpanSession
 from .verification import Referee, Verifier
+from .weights import AcceptedWeights
 from .wire import PROTOCOL_VERSION, WIRE_DTYPES
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,9 @@ class SwarmView:
     MAX_EVIDENCE_PER_REFRESH = 4  # each published document costs a recomputation; attackers publish many
 
     def __init__(self, client: SwarmClient, root: str, num_blocks: int, refresh_after: float = 30.0,
-                 referee: Referee | None = None) -> None:
+                 referee: Referee | None = None, weights: AcceptedWeights | None = None) -> None:
         self.client, self.root, self.num_blocks = client, root, num_blocks
-        self.refresh_after, self.referee = refresh_after, referee
+        self.refresh_after, self.referee, self.weights = refresh_after, referee, weights
         self.records: dict[str, ServerRecord] = {}
         self.rtt: dict[str, float] = {}
         self.bans = Bans()
@@ -95,7 +96,11 @@ class SwarmView:
     async def refresh(self, force: bool = False) -> None:
         if not force and not self.stale and self.records:
             return
-        self.records = await self.client.records(self.root, self.num_blocks)
+        records = await self.client.records(self.root, self.num_blocks)
+        if self.weights is not None:  # nodes of other weights: only those the client derives itself
+            await self.weights.admit(records.values())
+            records = {p: r for p, r in records.items() if self.weights.accepts(r)}
+        self.records = records
         self.client.learn(self.records.values())
         self._fetched = time.monotonic()
         await self._review_evidence()
@@ -139,7 +144,10 @@ class SwarmView:
             loop = asyncio.get_running_loop()
             try:
                 evidence = Evidence.from_bytes(document)
-                judgement = await loop.run_in_executor(None, check_evidence, evidence, self.referee.store)
+                store = self.referee.store_of(evidence.root.hex())
+                if store is None:
+                    continue  # about weights this client neither holds nor routes through: not its to judge
+                judgement = await loop.run_in_executor(None, check_evidence, evidence, store)
             except (RoutingError, ShardsError, LedgerError) as e:
                 untrusted.dropped("evidence", f"from {publisher}: {e}")
                 judgement = Judgement(False, None, str(e), {})

@@ -104,6 +104,7 @@ EXTRA = FieldType(f"a map of at most {MAX_EXTRA} names to scalars (checkpoint: a
                   f"{MAX_NOTE_SIZE} characters)", _is_extra)
 SCHEME = FieldType("a quantization scheme name ([a-z0-9_], at most 16), or ''",
                    lambda v: type(v) is str and _SCHEME.fullmatch(v) is not None)
+GROUP = FieldType("a quantization group size in [0, 4096]", lambda v: type(v) is int and 0 <= v <= 4096)
 ROOT_HEX = FieldType("a 64-hex-digit manifest root, or ''",
                      lambda v: type(v) is str and (v == "" or _HEX_ROOT.fullmatch(v) is not None))
 
@@ -131,7 +132,13 @@ class ServerRecord:
     rtt_ms: dict[str, float] = spec(RTT_MAP, default_factory=dict)  # measured round trips to next-block nodes
     extra: dict[str, Any] = spec(EXTRA, default_factory=dict)  # forward-compatible additions (e.g. checkpoint)
     scheme: str = spec(SCHEME, default="")  # quantization of its weights ("int8", "nf4"), "" for none
-    base_root: str = spec(ROOT_HEX, default="")  # the root of the weights it quantized, "" for none
+    group_size: int = spec(GROUP, default=0)  # the scheme's group size, 0 for none
+    weights_root: str = spec(ROOT_HEX, default="")  # the derived store it serves (of the model keyed), "" for none
+
+    @property
+    def served_root(self) -> str | None:
+        """The root of the weights this node computes with; None when it serves the keyed model itself."""
+        return self.weights_root or None
 
     def to_value(self) -> dict[str, Any]:
         d = asdict(self)

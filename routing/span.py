@@ -56,6 +56,11 @@ class SpanSession:
     def peer(self) -> str:
         return self.hop.peer_id
 
+    @property
+    def weights_root(self) -> str:
+        """The root of the weights this node computes with (a quantized store's own, else the model's)."""
+        return self.hop.record.served_root or self.root
+
     def _grant(self) -> dict[str, Any]:
         nxt = self.next_hop.peer_id if self.next_hop else None
         return {"grant": grant(self.identity, session=self.session_id, node=self.peer, prev=self.prev, next=nxt,
@@ -129,8 +134,8 @@ class SpanSession:
         if self.attest:
             self.attestations.append(check_step_attestation(
                 parse_attestation(frame.get("attestation")), peer=self.peer, session=self.session_id, step=self.steps,
-                start=start, root=self.root, blocks=(self.hop.start, self.hop.end), dtype=self.hop.record.dtype,
-                sent=sent, received=out))
+                start=start, root=self.weights_root, blocks=(self.hop.start, self.hop.end),
+                dtype=self.hop.record.dtype, sent=sent, received=out, scheme=self.hop.record.scheme or None))
         self.steps += 1
         self._rewind(start)
         self._batch = sent.shape[0]

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Mapping
 
 import torch
 
@@ -23,7 +23,7 @@ from shards.blocks import BlockStack
 from shards.store import ShardStore
 
 from . import wire
-from .attestation import FORWARD_SESSION, check_step_attestation, parse_attestation
+from .attestation import FORWARD_SESSION, Attestation, attest, check_step_attestation, parse_attestation
 from .errors import RoutingError
 from .evidence import PPM, Claim, Evidence, relative_error, tolerance
 from .records import ServerRecord
@@ -32,21 +32,26 @@ log = logging.getLogger(__name__)
 
 
 class Referee:
-    """The client's own float32 computation of a span, from shards it verified itself."""
+    """The client's own float32 computation of a span, from the base store it verified or a store it
+    derived from it (quantized weights: computed exactly as an honest node of that root computes)."""
 
-    def __init__(self, store: ShardStore) -> None:
-        self.store = store
-        self._stacks: dict[tuple[int, int], BlockStack] = {}
+    def __init__(self, stores: Mapping[str, ShardStore]) -> None:
+        self.stores = stores  # root -> store; routing.weights.AcceptedWeights adds derived ones
+        self._stacks: dict[tuple[str, int, int], BlockStack] = {}
 
-    def _compute(self, blocks: tuple[int, int], prefix: torch.Tensor, last: int) -> torch.Tensor:
-        if blocks not in self._stacks:
-            self._stacks[blocks] = self.store.load_blocks(blocks[0], blocks[1], dtype=torch.float32)
+    def store_of(self, root: str) -> ShardStore | None:
+        return self.stores.get(root)
+
+    def _compute(self, root: str, blocks: tuple[int, int], prefix: torch.Tensor, last: int) -> torch.Tensor:
+        key = (root, *blocks)
+        if key not in self._stacks:
+            self._stacks[key] = self.stores[root].load_blocks(blocks[0], blocks[1], dtype=torch.float32)
         with torch.inference_mode():
-            return self._stacks[blocks](prefix.float())[:, -last:]
+            return self._stacks[key](prefix.float())[:, -last:]
 
-    async def compute(self, blocks: tuple[int, int], prefix: torch.Tensor, last: int) -> torch.Tensor:
+    async def compute(self, root: str, blocks: tuple[int, int], prefix: torch.Tensor, last: int) -> torch.Tensor:
         """Off the event loop: loading and computing take real time."""
-        return await asyncio.get_running_loop().run_in_executor(None, self._compute, blocks, prefix, last)
+        return await asyncio.get_running_loop().run_in_executor(None, self._compute, root, blocks, prefix, last)
 
 
 @dataclass
@@ -54,7 +59,7 @@ class CheckStats:
     checks: int = 0
     matches: int = 0
     mismatches: int = 0
-    skipped: int = 0  # no other node serves the span, or the checker did not answer
+    skipped: int = 0  # no one to check with (no other node of those weights, no local shards), or no answer
     convicted: list[str] = field(default_factory=list)
 
 
@@ -67,10 +72,10 @@ async def attested_forward(link, record: ServerRecord, root: str, blocks: tuple[
         "type": "forward", "v": wire.PROTOCOL_VERSION, "root": root, "blocks": list(blocks), "last": last,
         "hidden": wire.encode_tensor(sent)})
     out = wire.decode_tensor(reply.get("hidden"), hidden_size=prefix.shape[2], max_tokens=last,
-                             max_batch=prefix.shape[0])
+                             max_batch=prefix.shape[0], finite=True)
     att = check_step_attestation(parse_attestation(reply.get("attestation")), peer=peer, session=FORWARD_SESSION,
-                                 step=0, start=0, root=root, blocks=blocks, dtype=record.dtype, sent=sent,
-                                 received=out)
+                                 step=0, start=0, root=record.served_root or root, blocks=blocks, dtype=record.dtype,
+                                 sent=sent, received=out, scheme=record.scheme or None)
     return Claim(att, out)
 
 
@@ -85,24 +90,32 @@ class Verifier:
     def sample(self) -> bool:
         return self.rate > 0 and self.rng.random() < self.rate
 
-    def _checker(self, accused: str, blocks: tuple[int, int]) -> str | None:
+    def _checker(self, accused: str, blocks: tuple[int, int], weights: bytes) -> str | None:
+        """Another node serving the span with the same weights (root): only those compute comparably."""
         candidates = [r.peer_id for r in self.view.records.values()
                       if r.peer_id != accused and r.is_serving and r.peer_id not in self.view.bans
-                      and r.start <= blocks[0] and blocks[1] <= r.end]
+                      and r.start <= blocks[0] and blocks[1] <= r.end
+                      and bytes.fromhex(r.served_root or self.view.root) == weights]
         return self.rng.choice(candidates) if candidates else None
 
     async def check(self, step: Claim, prefix: torch.Tensor) -> Evidence | None:
-        """Spot-check one step; returns evidence if someone was caught (already banned), else None."""
+        """Spot-check one step; returns evidence if someone was caught (already banned), else None.
+
+        The check re-runs the step on another node serving the same weights; where there is none,
+        the client runs it itself (its claim signed like a node's), so no node goes unchecked."""
         att = step.attestation
         blocks, n = att.blocks, step.output.shape[1]
-        checker = self._checker(att.node, blocks)
-        if checker is None:
-            self.stats.skipped += 1
-            return None
+        checker = self._checker(att.node, blocks, att.manifest_root)
         try:
-            other = await self._forward(checker, blocks, prefix, n)
+            if checker is not None:
+                other = await self._forward(checker, blocks, prefix, n)
+            elif self.referee is not None and self.referee.store_of(att.manifest_root.hex()) is not None:
+                other = await self._own_claim(att, prefix, n)
+            else:
+                self.stats.skipped += 1
+                return None
         except RoutingError as e:
-            log.info("spot check skipped: checker %s failed (%s)", checker[-8:], e)
+            log.info("spot check skipped: checker %s failed (%s)", checker and checker[-8:], e)
             self.stats.skipped += 1
             return None
         self.stats.checks += 1
@@ -115,6 +128,15 @@ class Verifier:
     async def _forward(self, peer: str, blocks: tuple[int, int], prefix: torch.Tensor, last: int) -> Claim:
         return await attested_forward(self.link, self.view.records[peer], self.view.root, blocks, prefix, last)
 
+    async def _own_claim(self, att: Attestation, prefix: torch.Tensor, last: int) -> Claim:
+        """The client's own float32 computation of the disputed span, attested by the client itself."""
+        assert self.referee is not None
+        out = await self.referee.compute(att.manifest_root.hex(), att.blocks, prefix, last)
+        mine = attest(self.identity, session=FORWARD_SESSION, step=0, start=0, manifest_root=att.manifest_root,
+                      blocks=att.blocks, dtype="float32", input_digest=wire.tensor_digest(prefix.float()),
+                      output_digest=wire.tensor_digest(out), base_root=att.base_root, scheme=att.scheme)
+        return Claim(mine, out)
+
     async def _judge(self, step: Claim, forward: Claim, prefix: torch.Tensor) -> Evidence | None:
         """Break the tie with our own computation; ban and document whoever is wrong."""
         att = step.attestation
@@ -122,7 +144,11 @@ class Verifier:
             log.warning("spot check mismatch on blocks %s between %s and %s, and no local shards to judge it",
                         att.blocks, att.node[-8:], forward.attestation.node[-8:])
             return None
-        reference = await self.referee.compute(att.blocks, prefix, step.output.shape[1])
+        if self.referee.store_of(att.manifest_root.hex()) is None:
+            log.warning("spot check mismatch on blocks %s of weights %s the client does not hold; no verdict",
+                        att.blocks, att.manifest_root.hex()[:16])
+            return None
+        reference = await self.referee.compute(att.manifest_root.hex(), att.blocks, prefix, step.output.shape[1])
         errors = {c.attestation.node: relative_error(c.output, reference) for c in (step, forward)}
         wrong = [c.attestation.node for c in (step, forward)
                  if errors[c.attestation.node] > tolerance(c.dtype, "float32")]
@@ -133,10 +159,16 @@ class Verifier:
         self.view.bans.ban_forever(dishonest)
         self.stats.convicted.append(dishonest)
         evidence = Evidence(root=att.manifest_root, blocks=att.blocks, start=att.start, prefix=prefix.float(),
-                            step=step, forward=forward, dishonest=dishonest, errors_ppm={k: round(v * PPM) for k, v in errors.items()},
+                            step=step, forward=forward, dishonest=dishonest,
+                            errors_ppm={k: _ppm(v) for k, v in errors.items()},
                             method="local", publisher=self.identity.peer_id, time_ns=time.time_ns()
                             ).signed(self.identity)
         log.error("DISHONEST NODE %s on blocks %d:%d (relative error %.2e against our float32 computation); "
                   "banned, evidence kept", dishonest, att.blocks[0], att.blocks[1], errors[dishonest])
         await self.on_evidence(evidence)
         return evidence
+
+
+def _ppm(error: float) -> int:
+    """A relative error in millionths, as evidence records it (bounded: the document must encode)."""
+    return round(error * PPM) if error * PPM < 2**62 else 2**62

@@ -74,7 +74,7 @@ def pull(name: str, out: Path | None = None, *, force: bool = False) -> Path:
         raise NotAModelError(f"unknown model {name!r}; known: {', '.join(CATALOG)}")
     entry = CATALOG[name]
     out = Path(out).expanduser() if out else models_dir() / name
-    with _locked(out.with_name(out.name + ".lock")):
+    with locked(out.with_name(out.name + ".lock")):
         if not force and (out / MANIFEST_FILE).is_file():
             try:
                 bad = ShardStore(out).verify()
@@ -117,7 +117,7 @@ def _fetch_gguf(entry: CatalogEntry) -> Path:
 
 
 @contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
+def locked(lock_path: Path) -> Iterator[None]:
     """One packer per store: concurrent node processes pulling the same model wait for the first."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as f:

@@ -19,8 +19,10 @@ import torch
 from safetensors.torch import save
 
 from .errors import ShardsError
+from .catalog import locked
 from .manifest import MANIFEST_FILE, Manifest, Quantization, ShardEntry
 from .pack import replacing_store, save_shard
+from .paths import models_dir
 from .progress import progress_bar
 from .quant import quantize
 from .store import ShardStore
@@ -52,6 +54,24 @@ def quantize_store(base: ShardStore, out: Path, quantization: Quantization, name
                            quantization=quantization)
         (tmp / MANIFEST_FILE).write_text(derived.dumps())
     return derived
+
+
+def derived_store(base: ShardStore, quantization: Quantization) -> ShardStore:
+    """`base` derived in `quantization`, kept under $SWARMLM_HOME/models/derived and made on first use.
+
+    Nodes serving `--quant` and clients checking quantized nodes' roots share it. Each load still
+    hashes every shard it reads, so a damaged copy is an error, not a silent load.
+    """
+    out = models_dir() / "derived" / f"{base.root[:16]}-{quantization.scheme}-g{quantization.group_size}"
+    with locked(out.with_name(out.name + ".lock")):
+        try:
+            store = ShardStore(out)
+            if store.manifest.base_root == base.root and store.manifest.quantization == quantization:
+                return store
+        except ShardsError:
+            pass  # absent or unreadable: derive it again
+        quantize_store(base, out, quantization)
+    return ShardStore(out)
 
 
 def quantize_block(tensors: dict[str, torch.Tensor], quantization: Quantization) -> dict[str, torch.Tensor]:

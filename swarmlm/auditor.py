@@ -49,7 +49,7 @@ def audit_node(client: SwarmClient, model: LocalModel, record: ServerRecord, roo
             problem = str(e)
             break
         errors.append(relative_error(claim.output, reference))
-    limit = tolerance(record.dtype, "float32")
+    limit = tolerance(record.dtype, "float32", record.scheme or None)  # a quantized node vs the base: gross faults only
     worst = max(errors) if errors else None
     verdict = "FAIL" if problem or worst is None or worst > limit else "PASS"
     return {"peer_id": record.peer_id, "blocks": [record.start, record.end], "dtype": record.dtype,

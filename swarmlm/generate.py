@@ -52,6 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object with text and token_ids instead")
     p.add_argument("--draft-model", metavar="STORE",
                    help="a small store with the model's tokenizer that drafts locally (needs --max-draft)")
+    p.add_argument("--accept-quant", nargs="*", default=["int8"], choices=["int8", "nf4", "q4_1"], metavar="SCHEME",
+                   help="route through nodes serving these quantizations too (default: int8; nf4 and q4_1 only "
+                        "when asked; no SCHEME: only the model's own weights). The client derives each one's "
+                        "root from its own shards and admits only nodes serving exactly that")
+    p.add_argument("--no-push", dest="push", action="store_false",
+                   help="relay every hop through this client instead of letting nodes push to the next node "
+                        "(slower over real links; for comparison)")
     add_generation_options(p)
     p.set_defaults(func=_generate)
 
@@ -83,7 +90,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     client_dir = swarmlm_home() / "client"
     with RemoteModel.connect(args.peers, args.model, identity=args.identity or client_dir / "identity.key",
-                             ledger=args.ledger or client_dir / "ledger.sqlite", device=args.device) as remote:
+                             ledger=args.ledger or client_dir / "ledger.sqlite", device=args.device,
+                             push=args.push, accept_quantized=args.accept_quant) as remote:
         return run_generation(remote, args)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 
 from ledger import canonical
@@ -31,6 +31,7 @@ from routing.evidence import Evidence
 from routing.planner import plan_route
 from routing.span import SpanSession
 from routing.verification import Referee, Verifier
+from routing.weights import DEFAULT_ACCEPTED, AcceptedWeights
 from shards.catalog import DEFAULT_MODEL, resolve_model
 from shards.errors import ShardsError
 from shards.generation import BlockRunner, GenerativeModel
@@ -61,7 +62,8 @@ class RemoteModel(GenerativeModel):
                 identity: str | Path | Identity | None = None, ledger: str | Path | None = None,
                 device: str = "cpu", request_timeout: float = 60.0, verify: bool = True,
                 spot_check_rate: float = DEFAULT_SPOT_CHECK_RATE, evidence_dir: str | Path | None = None,
-                seed: int | None = None, push: bool = True) -> "RemoteModel":
+                seed: int | None = None, push: bool = True,
+                accept_quantized: Iterable[str] = DEFAULT_ACCEPTED) -> "RemoteModel":
         """Join the swarm, check it serves this model's root, and load the head shard locally.
 
         `identity`: the client's key (a path is created on first use; default: a fresh key per
@@ -71,6 +73,9 @@ class RemoteModel(GenerativeModel):
         `evidence_dir` (default $SWARMLM_HOME/client/evidence), the ledger and the DHT.
         `push`: nodes push each step's output straight to the next node (one trip through the
         chain instead of a round trip per node); False relays every hop through the client.
+        `accept_quantized`: quantization schemes of nodes to route through besides the model's own
+        weights (default int8; add "nf4"/"q4_1" for 4-bit, () for none): the client derives each
+        scheme's store from its own shards and admits only nodes serving exactly that root.
         """
         if not 0 <= spot_check_rate <= 1:
             raise ShardsError(f"spot_check_rate must be in [0, 1], got {spot_check_rate}")
@@ -78,7 +83,9 @@ class RemoteModel(GenerativeModel):
         ident = identity if isinstance(identity, Identity) or identity is None else Identity.load_or_create(identity)
         client = SwarmClient(initial_peers, ident, request_timeout)
         try:
-            view = SwarmView(client, store.root, store.manifest.num_blocks, referee=Referee(store) if verify else None)
+            weights = AcceptedWeights(store, accept_quantized)
+            view = SwarmView(client, store.root, store.manifest.num_blocks,
+                             referee=Referee(weights.stores) if verify else None, weights=weights)
             client.run(view.refresh(force=True))
             if not view.records:
                 raise NoRouteError(f"no node in the swarm announces model root {store.root[:16]}… "
@@ -130,7 +137,7 @@ class RemoteModel(GenerativeModel):
     def _receipt(self, span: SpanSession) -> bytes:
         """Sign what this span served; keep a copy in the client's own ledger when it has one."""
         receipt = make_receipt(self.client.identity, session=span.session_id, node=span.peer,
-                               manifest_root=bytes.fromhex(self.root), blocks=(span.hop.start, span.hop.end),
+                               manifest_root=bytes.fromhex(span.weights_root), blocks=(span.hop.start, span.hop.end),
                                tokens=span.tokens, outputs_digest=span.outputs_digest, time_ns=time.time_ns(),
                                accepted_tokens=span.accepted)
         if self.ledger is not None:

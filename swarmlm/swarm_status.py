@@ -38,7 +38,8 @@ def swarm_report(records: dict[str, ServerRecord], manifest: Manifest) -> dict[s
     throughput = coverage(online, n)
     unserved = [b for b in range(n) if counts[b] == 0]
     nodes = [{"peer_id": r.peer_id, "name": r.name, "blocks": [r.start, r.end], "state": r.state, "dtype": r.dtype,
-              "device": r.device, "throughput": r.throughput, "active_sessions": r.active_sessions,
+              "device": r.device, "scheme": r.scheme or None, "weights_root": r.weights_root or None,
+              "throughput": r.throughput, "active_sessions": r.active_sessions,
               "cache_tokens_left": r.cache_tokens_left, "version": r.version}
              for r in sorted(records.values(), key=lambda r: (r.start, r.end, r.peer_id))]
     return {"root": manifest.root, "model": manifest.name, "num_blocks": n, "nodes": nodes, "servers_per_block": counts,
@@ -82,7 +83,8 @@ def _print(report: dict[str, Any]) -> None:
     for node in report["nodes"]:
         style = None if node["state"] == "online" else "dim"
         table.add_row(f"{node['blocks'][0]}:{node['blocks'][1]}", node["name"] or node["peer_id"],
-                      node["state"], f"{node['dtype']}/{node['device']}", f"{node['throughput']:.1f}",
+                      node["state"], f"{node['dtype']}/{node['device']} {node['scheme'] or ''}".strip(),
+                      f"{node['throughput']:.1f}",
                       str(node["active_sessions"]), str(node["cache_tokens_left"]), str(node["version"]),
                       style=style)
     console.print(table)

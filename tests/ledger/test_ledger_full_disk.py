@@ -5,11 +5,8 @@ The ledger lives on a real 2 MiB tmpfs, filled up by a filler file."""
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,33 +19,13 @@ from ledger.keys import Identity
 from ledger.store import Store, unwritten_path
 from ledger.verify import verify_ledger
 
+from ..full_disk import fill, tmpfs
+
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "disk") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
-
-
-def _fill(directory: Path) -> Path:
-    """Write a filler file until the disk refuses a single page more."""
-    filler = directory / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        for chunk in (b"\0" * (64 << 10), b"\0" * 4096):
-            try:
-                while True:
-                    f.write(chunk)
-            except OSError as e:
-                assert e.errno == errno.ENOSPC
-    return filler
 
 
 def _until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -71,7 +48,7 @@ def test_appends_on_a_full_disk_wait_and_all_commit_in_order_once_there_is_room(
     path = tiny_disk / "ledger.sqlite"
     store = Store(path, identity, time_ns=samples.T0)
     try:
-        filler = _fill(tiny_disk)
+        filler = fill(tiny_disk)
         with caplog.at_level(logging.INFO, logger="ledger.store"):
             futures = [store.append(samples.load(i)) for i in range(300)]
             _until(lambda: store.health().failures >= 3)  # it failed, and kept retrying
@@ -97,7 +74,7 @@ def test_closing_while_the_disk_is_full_writes_the_waiting_entries_to_the_side_f
 ) -> None:
     path = tiny_disk / "ledger.sqlite"
     store = Store(path, identity, time_ns=samples.T0)
-    filler = _fill(tiny_disk)
+    filler = fill(tiny_disk)
     futures = [store.append(samples.load(i)) for i in range(5)]
     _until(lambda: not store.health().ok)
     store.close()
@@ -116,7 +93,7 @@ def test_beyond_max_pending_new_entries_are_given_up_loudly_and_the_rest_commit(
     path = tiny_disk / "ledger.sqlite"
     store = Store(path, identity, max_pending=3, time_ns=samples.T0)
     try:
-        filler = _fill(tiny_disk)
+        filler = fill(tiny_disk)
         waiting = [store.append(samples.load(i)) for i in range(3)]
         _until(lambda: not store.health().ok)
         refused = [store.append(samples.load(i)) for i in (3, 4)]

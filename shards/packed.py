@@ -2,8 +2,11 @@
 
 The projections and MLPs — the weights, which dominate a decode step's memory traffic — run once
 over every row's tokens together; only attention is per row, each against its own paged cache.
-A row's queries therefore see exactly its own past: no padding, no cross-row mask, rows at any
+A row's queries therefore see exactly its own past: no padding across rows' tokens, rows at any
 position and of any length. This is what lets a node batch steps of unrelated sessions.
+
+Single-token decode rows, the common case under load, share one attention call: their pages are
+gathered into one padded batch with a mask that stops each row at its own position.
 """
 
 from __future__ import annotations
@@ -29,28 +32,72 @@ class Segment:
     row: PagedSequence | None = None
 
 
+class _DecodeGroup:
+    """The one-token rows of a batch: where their tokens sit, which pages they write and read."""
+
+    def __init__(self, offsets: list[int], rows: list[PagedSequence], positions: list[int],
+                 device: torch.device) -> None:
+        page = rows[0].pool.page_tokens
+        self.index = torch.tensor(offsets, device=device)
+        pos = torch.tensor(positions, device=device)
+        self.pages = torch.stack([r.table[p // page] for r, p in zip(rows, positions)])
+        self.slots = pos % page
+        widest = max(r.pool.pages_for(p + 1) for r, p in zip(rows, positions))
+        table = torch.zeros(len(rows), widest, dtype=torch.long, device=device)  # padding reads page 0: masked
+        for i, (r, p) in enumerate(zip(rows, positions)):
+            used = r.pool.pages_for(p + 1)
+            table[i, :used] = r.table[:used]
+        self.table = table.flatten()
+        self.width = widest * page
+        valid = torch.arange(self.width, device=device)[None, :] <= pos[:, None]
+        self.mask = valid[:, None, None, :]  # (n, 1, 1, width): each row's keys up to its own position
+        self.padding = ~valid[:, None, :, None]  # (n, 1, width, 1): slots past a row's end, zeroed
+        self.pool = rows[0].pool
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (heads, n, dim), k/v (kv_heads, n, dim) of the group's tokens → (heads, n, dim)."""
+        keys, values = self.pool.keys[layer], self.pool.values[layer]
+        keys[:, self.pages, self.slots] = k
+        values[:, self.pages, self.slots] = v
+        heads, dim, n = keys.shape[0], keys.shape[-1], len(self.slots)
+        ks = keys.index_select(1, self.table).view(heads, n, self.width, dim).transpose(0, 1)
+        vs = values.index_select(1, self.table).view(heads, n, self.width, dim).transpose(0, 1)
+        # Stale slots may hold anything, NaN included: masking alone would still add NaN into the scores
+        # and multiply 0 by NaN in the values, so they are zeroed first.
+        ks, vs = ks.masked_fill(self.padding, 0.0), vs.masked_fill(self.padding, 0.0)
+        out = attention(q.transpose(0, 1)[:, :, None], ks, vs, self.mask, False)  # (n, heads, 1, dim)
+        return out[:, :, 0].transpose(0, 1)
+
+
 def _packed_attend(segments: Sequence[Segment], layer_offset: int, device: torch.device) -> Attend:
+    singles: list[tuple[int, PagedSequence, int]] = []
     plans = []
     offset = 0
     for s in segments:
-        if s.row is not None and s.start > 0 and s.length > 1:
-            mask = attention_mask(s.start, s.length, None, device)
+        if s.row is not None and s.length == 1:
+            singles.append((offset, s.row, s.start))
         else:
-            mask = None
-        plans.append((offset, s, mask))
+            mask = attention_mask(s.start, s.length, None, device) if s.row is not None and s.start > 0 else None
+            plans.append((offset, s, mask))
         offset += s.length
+    group = _DecodeGroup(*map(list, zip(*singles)), device) if len(singles) > 1 else None
+    if group is None:
+        plans += [(at, Segment(1, start, row), None) for at, row, start in singles]
 
     def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        outputs = []
+        out = torch.empty_like(q)
+        pool_layer = layer_offset + layer
         for at, s, mask in plans:
             qs, ks, vs = q[:, :, at:at + s.length], k[:, :, at:at + s.length], v[:, :, at:at + s.length]
-            causal = s.length > 1 and mask is None
             if s.row is not None:
-                s.row.write(layer_offset + layer, s.start, ks[0], vs[0])
+                s.row.write(pool_layer, s.start, ks[0], vs[0])
                 if s.start > 0:
-                    ks, vs = s.row.read(layer_offset + layer, s.start + s.length)
-            outputs.append(attention(qs, ks, vs, mask, causal))
-        return torch.cat(outputs, dim=2)
+                    ks, vs = s.row.read(pool_layer, s.start + s.length)
+            out[:, :, at:at + s.length] = attention(qs, ks, vs, mask, s.length > 1 and mask is None)
+        if group is not None:
+            i = group.index
+            out[0][:, i] = group.attend(pool_layer, q[0][:, i], k[0][:, i], v[0][:, i])
+        return out
 
     return attend
 

@@ -72,7 +72,7 @@ class PagedSequence:
         self.pool = pool
         self.pages: list[int] = []
         self.length = 0
-        self._table = torch.empty(0, dtype=torch.long)
+        self.table = torch.empty(0, dtype=torch.long)  # page ids as a tensor, for indexing
 
     @property
     def num_pages(self) -> int:
@@ -91,7 +91,7 @@ class PagedSequence:
             self.pool.give_back(self.pages[want:])
             del self.pages[want:]
         self.length = min(self.length, end)
-        self._table = torch.tensor(self.pages, dtype=torch.long, device=self.pool.keys.device)
+        self.table = torch.tensor(self.pages, dtype=torch.long, device=self.pool.keys.device)
 
     def release(self) -> None:
         self.resize(0)
@@ -99,14 +99,14 @@ class PagedSequence:
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store one layer's keys and values (kv_heads, n, head_dim) at positions [start, start + n)."""
         positions = torch.arange(start, start + k.shape[1], device=k.device)
-        page = self._table[positions // self.pool.page_tokens]
+        page = self.table[positions // self.pool.page_tokens]
         slot = positions % self.pool.page_tokens
         self.pool.keys[layer][:, page, slot] = k
         self.pool.values[layer][:, page, slot] = v
 
     def read(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One layer's keys and values for positions [0, end), as (1, kv_heads, end, head_dim)."""
-        used = self._table[:self.pool.pages_for(end)]
+        used = self.table[:self.pool.pages_for(end)]
         heads, _, slots, dim = self.pool.keys.shape[1:]
         k = self.pool.keys[layer].index_select(1, used).view(heads, -1, dim)[:, :end]
         v = self.pool.values[layer].index_select(1, used).view(heads, -1, dim)[:, :end]

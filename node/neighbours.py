@@ -28,13 +28,14 @@ class Neighbours:
         self.pushes, self.own = pushes, own
         self.rtt: dict[str, float] = {}  # peer -> seconds, smoothed
 
-    async def measure(self, records: Iterable[ServerRecord], end: int) -> None:
-        """Ping (over push streams) up to MAX_NEIGHBOURS online nodes serving block `end`."""
+    async def measure(self, records: Iterable[ServerRecord], end: int, timeout: float) -> None:
+        """Ping (over push streams) up to MAX_NEIGHBOURS online nodes serving block `end`, each for at most
+        `timeout` seconds: a dead neighbour is dropped, it does not hold up the others."""
         nexts = [r for r in records if r.peer_id != self.own and r.is_serving and r.start <= end < r.end]
         nexts.sort(key=lambda r: (r.peer_id not in self.rtt, self.rtt.get(r.peer_id, 0.0)))
         nexts = nexts[:MAX_NEIGHBOURS]
-        results = await asyncio.gather(*(self.pushes.ping(r.peer_id, r.maddrs) for r in nexts),
-                                       return_exceptions=True)
+        results = await asyncio.gather(*(asyncio.wait_for(self.pushes.ping(r.peer_id, r.maddrs), timeout)
+                                         for r in nexts), return_exceptions=True)
         seen = set()
         for record, result in zip(nexts, results):
             if isinstance(result, (RoutingError, OSError, asyncio.TimeoutError)):

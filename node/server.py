@@ -249,12 +249,15 @@ class Node:
         await self._announce()
 
     async def _measure_and_announce(self) -> None:
-        """Refresh the round trips to our next-block neighbours, then announce them with the rest."""
+        """Refresh the round trips to our next-block neighbours (for at most half a period, so a dead
+        neighbour never delays the announcement past our record's expiry), then announce."""
         try:
             assert self.serving is not None
-            await self.neighbours.measure((await self._records()).values(), self.serving.stack.end)
+            budget = self.config.announce_period / 2
+            records = await asyncio.wait_for(self._records(), budget)
+            await self.neighbours.measure(records.values(), self.serving.stack.end, timeout=budget)
         except Exception as e:  # the DHT and the neighbours are best-effort; announcing is not
-            log.info("could not measure the next-block neighbours: %s", e)
+            log.info("could not measure the next-block neighbours: %s", e or type(e).__name__)
         await self._announce()
 
     async def _records(self) -> dict[str, ServerRecord]:

@@ -30,6 +30,16 @@ def bench_parser(doc: str | None, tokens: int = 64, repeats: int | None = 5) -> 
     return ap
 
 
+def wan_bench_parser(doc: str | None, rtts: list[float], repeats: int) -> argparse.ArgumentParser:
+    """bench_parser plus what a benchmark through the WAN lab varies: round trips, nodes, bandwidth."""
+    ap = bench_parser(doc, repeats=repeats)
+    ap.add_argument("--rtts", type=lambda text: [float(x) for x in text.split(",")], default=rtts,
+                    help=f"round trips in ms on every link, one lab each (default {','.join(f'{r:g}' for r in rtts)})")
+    ap.add_argument("--nodes", type=int, default=3, help="nodes splitting the blocks evenly (default 3)")
+    ap.add_argument("--mbit", type=float, default=100, help="each host's upload bandwidth (default 100)")
+    return ap
+
+
 def alternate(contenders: dict[str, Callable[[], Generation]], repeats: int) -> dict[str, list[Generation]]:
     """Each contender once per round, `repeats` rounds (after one untimed warm-up round)."""
     for run in contenders.values():

@@ -21,8 +21,9 @@ def _unavailable() -> str | None:
     return wanlab_netns.unavailable_reason()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _namespaces_available() -> None:
+    """Module scope: it then runs before the modules' own module-scoped labs, which it must guard."""
     if reason := _unavailable():
         pytest.skip(reason)
 

@@ -1,8 +1,8 @@
 """Continuous batching: every session's pending compute in one forward of the span per iteration.
 
 Requests (session steps, prefill chunks, stateless and spot-check forwards) are queued per client
-peer. Each iteration takes, peer by peer in rotating order, one chunk of each peer's oldest
-requests until `max_batch_tokens` is reached, and runs them as one packed forward
+peer. Each iteration takes, in passes over the peers in rotating order, one chunk of each peer's
+oldest request not yet taken, until `max_batch_tokens` is reached, and runs them as one packed forward
 (shards/packed.py) on the compute thread. No request waits for a batch to fill: an idle node runs
 a lone step at once, and whatever arrives while a batch computes joins the next iteration. A long
 prompt is cut into `prefill_chunk`-token chunks, so it delays other sessions' steps by at most one
@@ -88,6 +88,8 @@ class StepScheduler:
         self._turn: deque[str] = deque()  # peers in the order they get their next turn
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._computing: list[Work] = []  # requests of the batch on the compute thread now
+        self._computed: asyncio.Future | None = None  # resolved when that batch is done
         self.iterations = 0
         self.largest_batch = 0  # most requests computed in one iteration so far
 
@@ -124,7 +126,10 @@ class StepScheduler:
         try:
             return await asyncio.shield(work.future)
         except asyncio.CancelledError:
-            work.future.cancel()  # the scheduler skips it; a chunk already running finishes harmlessly
+            work.future.cancel()  # the scheduler skips it from now on, but a chunk of it on the compute
+            # thread still uses its cache pages, which the caller frees once this returns: wait for that chunk
+            while work in self._computing and self._computed is not None:
+                await asyncio.shield(self._computed)
             raise
 
     def _drop_abandoned(self) -> None:
@@ -138,25 +143,32 @@ class StepScheduler:
                 del self._queues[peer]
 
     def _select(self) -> list[Chunk]:
-        """One chunk from each peer in turn (oldest request first) until the token budget is spent."""
+        """Chunks of the oldest requests, in passes over the peers (each peer's first request, then each
+        one's second, ...) until the token budget is spent: a peer with many requests gets no more of a
+        batch than one with few while both have work, and a lone peer's requests still share a forward."""
         self._drop_abandoned()
         budget, chunks, taken, span = self.max_batch_tokens, [], set(), None
-        for _ in range(len(self._turn)):
-            peer = self._turn[0]
-            self._turn.rotate(-1)
-            work = next((w for w in self._queues[peer] if id(w) not in taken and w.span == (span or w.span)), None)
-            if work is None:
-                continue
-            per_row = work.tokens - work.done
-            limit = per_row if work.rows is None else min(per_row, self.prefill_chunk)
-            length = min(limit, budget // work.batch)
-            if length < limit and (work.rows is None or length < 1):
-                continue  # does not fit this iteration; it goes first in a later one
-            span, budget = work.span, budget - length * work.batch
-            taken.add(id(work))
-            chunks.append(Chunk(work, work.done, length))
-            if budget <= 0 or len(chunks) == self.max_requests:
-                break
+        peers = list(self._turn)
+        self._turn.rotate(-1)  # the next iteration starts with the next peer
+        added = True
+        while added and budget > 0 and len(chunks) != self.max_requests:
+            added = False
+            for peer in peers:
+                work = next((w for w in self._queues[peer] if id(w) not in taken and w.span == (span or w.span)),
+                            None)
+                if work is None:
+                    continue
+                per_row = work.tokens - work.done
+                limit = per_row if work.rows is None else min(per_row, self.prefill_chunk)
+                length = min(limit, budget // work.batch)
+                if length < limit and (work.rows is None or length < 1):
+                    continue  # does not fit this iteration; it goes first in a later one
+                span, budget = work.span, budget - length * work.batch
+                taken.add(id(work))
+                chunks.append(Chunk(work, work.done, length))
+                added = True
+                if budget <= 0 or len(chunks) == self.max_requests:
+                    break
         return chunks
 
     async def _loop(self) -> None:
@@ -171,6 +183,7 @@ class StepScheduler:
             waits = [now - c.work.enqueued for c in chunks if c.work.started is None]
             for c in chunks:
                 c.work.started = c.work.started or now
+            self._computing, self._computed = [c.work for c in chunks], loop.create_future()
             try:
                 finished = await loop.run_in_executor(self.executor, self._compute, chunks)
             except Exception as e:  # a bug, or a device error: fail this batch's requests, keep serving
@@ -178,6 +191,9 @@ class StepScheduler:
                 for c in chunks:
                     self._complete(c.work, e)
                 continue
+            finally:
+                self._computing = []
+                self._computed.set_result(None)
             self.iterations += 1
             self.largest_batch = max(self.largest_batch, len(chunks))
             if self.on_batch:

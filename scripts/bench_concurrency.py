@@ -3,8 +3,9 @@
 Starts two local 3-node swarms of the model — one batching steps of different sessions into one
 forward, one computing them one at a time (`--no-batching`) — and for each number of concurrent
 sessions alternates between them:
-  node-side   a load generator sends hidden states straight to the nodes (no LM head, so the two
-              cores are spent on the nodes): each session a 32-token prefill, then one-token steps;
+  node-side   a load generator sends hidden states straight into the chain, whose nodes push them
+              along (no LM head, so the two cores are spent on the nodes): each session a 32-token
+              prefill, then one-token steps;
   end to end  real SDK generations (greedy, EOS ignored) from one client process.
 It prints aggregate decode tokens/s and p50/p95 time per token, and the ratios the scheduler is
 judged by: aggregate at 8 sessions over 1 session, and p95 at 8 sessions over a lone session.
@@ -55,27 +56,30 @@ class Run:
 
 
 async def node_side(client: SwarmClient, root: str, num_blocks: int, sessions: int, tokens: int) -> Run:
-    """`sessions` concurrent sessions through the chain, the generator relaying hidden states itself."""
+    """`sessions` concurrent sessions sending hidden states into the chain, which pushes them along."""
     records = await client.records(root, num_blocks)
     client.learn(records.values())
-    hops = plan_route(records.values(), 0, num_blocks)
+    hops = plan_route(records.values(), 0, num_blocks, push=True)
     starts, ends, run = [], [], Run()
+
+    async def step(spans: list[SpanSession], h: torch.Tensor, start: int) -> None:
+        await spans[0].send_step(h, start, push=True)
+        for span in spans:  # each node's copy, the last one's output being the step's result
+            h, _ = await span.result(h.to(span.send_dtype), start)
 
     async def one() -> list[float]:
         sid = secrets.token_hex(8)
         spans = [SpanSession(client, hop, root, sid, PREFILL + tokens + 1, torch.float32, identity=client.identity,
-                             attest=False) for hop in hops]
+                             attest=False, prev=hops[k - 1].peer_id if k else None,
+                             next_hop=hops[k + 1] if k + 1 < len(hops) else None) for k, hop in enumerate(hops)]
         for s in spans:
             await s.open()
-        h = torch.randn(1, PREFILL, 576)
-        for s in spans:
-            h = await s.step(h, 0)
+        await step(spans, torch.randn(1, PREFILL, 576), 0)
         gaps, x = [], torch.randn(1, 1, 576)
         starts.append(time.perf_counter())
         for t in range(tokens):
-            began, h = time.perf_counter(), x
-            for s in spans:
-                h = await s.step(h, PREFILL + t)
+            began = time.perf_counter()
+            await step(spans, x, PREFILL + t)
             gaps.append(time.perf_counter() - began)
         ends.append(time.perf_counter())
         for s in spans:

@@ -92,7 +92,7 @@ def main() -> int:
 
     contenders = {"off": {}, "lookup": {"speculative": args.max_draft},
                   "target": {"speculative": args.max_draft, "drafter": "target"}}
-    for rtt, client in clients_per_rtt(args.model, args.rtts, args.nodes, args.mbit):
+    for rtt, client in clients_per_rtt(args.model, args.rtts, args.nodes, args.mbit, args.node_threads):
         results = {name: alternate({c: over_set(client, prompts, args.tokens, **options)
                                     for c, options in contenders.items()}, args.repeats)
                    for name, prompts in SETS.items()}

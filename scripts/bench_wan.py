@@ -34,7 +34,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
 
     summary = []
-    for rtt, client in clients_per_rtt(args.model, args.rtts, args.nodes, args.mbit):
+    for rtt, client in clients_per_rtt(args.model, args.rtts, args.nodes, args.mbit, args.node_threads):
         runs = alternate({mode: (lambda push=push: client.generate(args.prompt, args.tokens, push=push,
                                                                     ignore_eos=True))
                           for mode, push in MODES.items()}, args.repeats)

@@ -7,6 +7,7 @@ both sides, so the ratio printed is a fair side-by-side figure.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -37,6 +38,9 @@ def wan_bench_parser(doc: str | None, rtts: list[float], repeats: int) -> argpar
                     help=f"round trips in ms on every link, one lab each (default {','.join(f'{r:g}' for r in rtts)})")
     ap.add_argument("--nodes", type=int, default=3, help="nodes splitting the blocks evenly (default 3)")
     ap.add_argument("--mbit", type=float, default=100, help="each host's upload bandwidth (default 100)")
+    ap.add_argument("--node-threads", type=int, default=os.cpu_count() or 1,
+                    help="compute threads per node (default: every core, as on a volunteer's own machine; one "
+                         "client's chain computes on one node at a time)")
     return ap
 
 

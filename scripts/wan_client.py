@@ -145,7 +145,7 @@ def swarm_in_lab(model: str, state_dir: Path, spans: Sequence[tuple[int, int]], 
             yield lab, swarm, client
 
 
-def clients_per_rtt(model: str, rtts: Sequence[float], nodes: int, mbit: float
+def clients_per_rtt(model: str, rtts: Sequence[float], nodes: int, mbit: float, node_threads: int
                     ) -> Iterator[tuple[float, WanClient]]:
     """For each round trip in turn, a fresh lab with `nodes` nodes over even spans, and its client
     (benchmarks: nothing of one lab's run carries over to the next)."""
@@ -153,7 +153,8 @@ def clients_per_rtt(model: str, rtts: Sequence[float], nodes: int, mbit: float
     spans = even_spans(store.manifest.num_blocks, nodes)
     for rtt in rtts:
         with tempfile.TemporaryDirectory(prefix="wan-lab-") as tmp, \
-                swarm_in_lab(str(store.path), Path(tmp), spans, rtt, mbit=mbit) as (_, _, client):
+                swarm_in_lab(str(store.path), Path(tmp), spans, rtt, mbit=mbit,
+                             node_args=["--threads", str(node_threads)]) as (_, _, client):
             yield rtt, client
 
 

@@ -54,9 +54,14 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     return base58.b58encode(_IDENTITY_MULTIHASH + _PUBLIC_FRAME + public_key).decode()
 
 
+MAX_PEER_ID = 64  # an Ed25519 peer ID has 52 characters; base58 decoding takes time quadratic in the length
+
+
 @lru_cache(maxsize=4096)
 def public_key_from_peer_id(peer_id: str) -> bytes:
     """The Ed25519 public key inside a peer ID; KeyFormatError for any other kind of ID."""
+    if len(peer_id) > MAX_PEER_ID:  # before decoding: a megabyte of base58 would take minutes
+        raise KeyFormatError(f"a peer ID has at most {MAX_PEER_ID} characters, not {len(peer_id)}")
     try:
         raw = base58.b58decode(peer_id.encode("ascii"), autofix=False)
     except ValueError as e:

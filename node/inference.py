@@ -107,7 +107,7 @@ class Inference:
             return False
         task = asyncio.ensure_future(self.step(session, hidden, start, push=frame.get("push") is True))
         await asyncio.wait({task, upcoming}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done() and upcoming.done() and upcoming.exception() is not None:
+        if not task.done() and upcoming.done() and _gone(upcoming):
             task.cancel()  # the client is gone: its step is not worth computing
             await asyncio.gather(task, return_exceptions=True)
             raise ConnectionError("the client closed its session stream mid-step")
@@ -146,3 +146,10 @@ class Inference:
             await session.send(wire.error_frame(error.code, str(error)))
         except (ConnectionError, RuntimeError):
             pass
+
+
+def _gone(read: asyncio.Future) -> bool:
+    """Whether a read ahead failed because the stream ended (a bad frame only gets its error frame)."""
+    error = read.exception()
+    return isinstance(error, (asyncio.IncompleteReadError, ConnectionError)) or (
+        isinstance(error, ProtocolError) and error.code in (ErrorCode.TOO_LARGE, ErrorCode.TIMEOUT))

@@ -18,6 +18,7 @@ from routing.errors import ErrorCode, ProtocolError
 from routing.ledger_rpc import MAX_ENTRIES
 
 from .serving import Serving
+from .streams import FIRST_FRAME_TIMEOUT, SMALL_REQUEST
 
 
 class LedgerService:
@@ -26,7 +27,7 @@ class LedgerService:
 
     async def handle(self, info: StreamInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def serve() -> None:
-            frame = await wire.read_frame(reader)
+            frame = await wire.read_frame(reader, SMALL_REQUEST, idle_timeout=FIRST_FRAME_TIMEOUT)
             wire.check_opening(frame, "ledger")
             reply = await asyncio.get_running_loop().run_in_executor(None, self._answer, frame)
             await wire.write_frame(writer, {"type": "ledger", **reply})

@@ -290,8 +290,8 @@ class Node:
 
     async def _announce(self, record: ServerRecord | None = None) -> None:
         """Store our record under each served block; the DHT is best-effort, never fatal."""
-        if self.dht is None or self.serving is None:
-            return
+        if self.dht is None or self.serving is None or not self.dht.is_alive():
+            return  # no DHT to tell (its child process died, say, to a signal sent to our whole group)
         try:
             if record is None:
                 checkpoint = None

@@ -383,7 +383,10 @@ class Serving:
             return
         if final_length is not None:
             session.rewind_to(final_length)
-        self._release(session.client, session.rows)
+        if session.busy:  # a step (say, a pushed one) computes on its pages: they come back after it
+            asyncio.get_running_loop().create_task(self._release_when_idle(session))
+        else:
+            self._release(session.client, session.rows)
         self.book.remove_session(session.client)
         duration = (time.time_ns() - session.opened_ns) / 1e9
         log.info("session close  %s client=%s blocks=%d:%d tokens=%d accepted=%d steps=%d duration=%.1fs receipt=%s",
@@ -394,6 +397,10 @@ class Serving:
                         "accepted_tokens": session.accepted, "steps": session.steps,
                         "duration_s": round(duration, 3), "receipted": bool(receipt)})
         self.on_session_end(session, receipt if isinstance(receipt, bytes) else None)
+
+    async def _release_when_idle(self, session: NodeSession) -> None:
+        async with session.lock:
+            self._release(session.client, session.rows)
 
     def expire(self, session: NodeSession, code: ErrorCode, reason: str) -> None:
         """End a session from the node's side; its client is told at once on its stream."""

@@ -65,6 +65,12 @@ class Bans:
     def __contains__(self, peer: object) -> bool:
         return isinstance(peer, str) and self._until.get(peer, 0.0) > time.monotonic()
 
+    def next_expiry(self) -> float | None:
+        """When the earliest ban still running ends (monotonic time), None if none will."""
+        now = time.monotonic()
+        ending = [t for t in self._until.values() if now < t < float("inf")]
+        return min(ending, default=None)
+
 
 class SwarmView:
     """What a client knows of the swarm for one model: records, measured round trips, bans.
@@ -329,7 +335,12 @@ class RemoteRunner:
         """
         while True:
             began = time.perf_counter()
-            hops = await self.view.plan(start, end, self.max_length, self.push)
+            try:
+                hops = await self.view.plan(start, end, self.max_length, self.push)
+            except NoRouteError:
+                if not await self._waited_for_a_ban_to_end():
+                    raise
+                continue
             planned = time.perf_counter()
             self.timing["plan"] += planned - began
             dtypes = [WIRE_DTYPES.get(h.record.dtype, torch.float32) for h in hops[1:]] + [final_dtype]
@@ -354,6 +365,17 @@ class RemoteRunner:
                 if record is None or record.maddrs == span.hop.record.maddrs:
                     log.info("could not reach %s (%s); re-planning", span.peer[-8:], e)
                     self.view.bans.ban(span.peer)
+
+    async def _waited_for_a_ban_to_end(self) -> bool:
+        """No chain now: nodes that were full or busy may take us again when their ban ends. Wait for the
+        first to end if that is within the deadline (True); False when there is nothing to wait for."""
+        ends = self.view.bans.next_expiry()
+        if ends is None or ends > self._give_up_at:
+            return False
+        log.info("no chain covers the model now; retrying when a banned node's ban ends in %.1fs",
+                 ends - time.monotonic())
+        await asyncio.sleep(ends - time.monotonic() + 0.05)
+        return True
 
     async def _replace(self, i: int, start: int, error: RoutingError, through_end: bool = False) -> None:
         """Swap the failed span i for a fresh chain over its blocks, replaying positions [0, start).

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgpack
 from hivemind.dht.validation import DHTRecord, RecordValidatorBase
+from hivemind.utils.serializer import MSGPackSerializer
 from multiaddr import Multiaddr
 from multiaddr.exceptions import Error as MultiaddrError
 
@@ -189,6 +190,17 @@ class ServerRecord:
         return self.state == "online"
 
 
+def _decodes(payload: bytes) -> bool:
+    """Whether hivemind can decode a value. One it cannot (a map with an integer key packs, but does
+    not unpack) raises inside hivemind's search, which then never finishes: every read of its key
+    would hang until it timed out. Refused here, it is neither stored nor returned."""
+    try:
+        MSGPackSerializer.loads(payload)
+    except Exception:  # msgpack and hivemind's extension hooks raise a zoo of types on hostile bytes
+        return False
+    return True
+
+
 class SignedRecordValidator(RecordValidatorBase):
     """Signs our own records with the node key; accepts only records signed by their subkey's peer.
 
@@ -232,7 +244,7 @@ class SignedRecordValidator(RecordValidatorBase):
             payload, signature = msgpack.unpackb(record.value, raw=False)
         except (ValueError, TypeError, msgpack.ExtraData):
             return False
-        if not isinstance(payload, bytes) or not isinstance(signature, bytes):
+        if not isinstance(payload, bytes) or not isinstance(signature, bytes) or not _decodes(payload):
             return False
         return keys.verify(owner, keys.DHT_RECORD, self._message(record, payload), signature)
 

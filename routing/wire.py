@@ -22,6 +22,10 @@ from typing import Any, Mapping
 import msgpack
 import torch
 
+from ledger import bounds
+from ledger.bounds import Bounds
+from ledger.errors import EncodingError
+
 from .errors import ErrorCode, ProtocolError
 
 PROTOCOL_VERSION = 1
@@ -29,6 +33,8 @@ MAX_FRAME_BYTES = 64 << 20
 WIRE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                                        "float16": torch.float16}
 HANDLERS = ("swarmlm.info", "swarmlm.forward", "swarmlm.inference")
+# No honest frame nests deeper than 3 (a ledger reply's [[entry, signature]]); msgpack decodes 1024.
+FRAME_BOUNDS = Bounds(depth=8, items=100_000, size=MAX_FRAME_BYTES, string=MAX_FRAME_BYTES)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -45,6 +51,10 @@ def unpack_frame(body: bytes) -> dict[str, Any]:
         frame = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
     except Exception as e:  # msgpack raises a zoo of types on garbage
         raise ProtocolError(ErrorCode.BAD_FRAME, f"not a msgpack frame: {type(e).__name__}") from None
+    try:  # before any code walks it: a value nested 1000 deep breaks repr() in an error message
+        bounds.check(frame, FRAME_BOUNDS, "the frame")
+    except EncodingError as e:
+        raise ProtocolError(ErrorCode.BAD_FRAME, str(e)) from None
     if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
         raise ProtocolError(ErrorCode.BAD_FRAME, "a frame must be a msgpack map with a string 'type'")
     return frame
@@ -114,6 +124,8 @@ async def _within(read: Any, timeout: float | None, what: str) -> Any:
 
 
 async def write_frame(writer: asyncio.StreamWriter, frame: Mapping[str, Any]) -> None:
+    if writer.is_closing():  # the peer reset it: uvloop would raise RuntimeError, which reads as a bug of ours
+        raise ConnectionResetError("the stream is closed")
     writer.write(pack_frame(frame))
     await writer.drain()
 
@@ -141,7 +153,8 @@ def decode_tensor(obj: Any, *, hidden_size: int, max_tokens: int, max_batch: int
         raise ProtocolError(ErrorCode.BAD_TENSOR, f"dtype {obj['dtype']!r:.40} is not one of {', '.join(WIRE_DTYPES)}")
     shape, data = obj["shape"], obj["data"]
     if not (isinstance(shape, list) and len(shape) == 3 and all(type(d) is int and d > 0 for d in shape)):
-        raise ProtocolError(ErrorCode.BAD_TENSOR, f"shape must be [batch, tokens, hidden] positive ints, got {shape!r:.80}")
+        raise ProtocolError(ErrorCode.BAD_TENSOR,
+                            f"shape must be [batch, tokens, hidden] positive ints, got {shape!r:.80}")
     batch, tokens, hidden = shape
     if hidden != hidden_size:
         raise ProtocolError(ErrorCode.BAD_TENSOR, f"hidden size {hidden} does not match the model's {hidden_size}")

@@ -45,8 +45,8 @@ def test_an_honest_record_round_trips_with_every_field() -> None:
 
 
 def test_a_record_of_an_older_node_parses_with_the_new_fields_at_their_defaults() -> None:
-    parsed = _parse(_with(rtt_ms=..., scheme=..., base_root=..., extra=..., maddrs=..., name=...))
-    assert parsed is not None and (parsed.rtt_ms, parsed.scheme, parsed.base_root, parsed.extra) == ({}, "", "", {})
+    parsed = _parse(_with(rtt_ms=..., scheme=..., weights_root=..., extra=..., maddrs=..., name=...))
+    assert parsed is not None and (parsed.rtt_ms, parsed.scheme, parsed.weights_root, parsed.extra) == ({}, "", "", {})
 
 
 def test_unknown_fields_are_ignored_so_newer_nodes_can_add_some() -> None:
@@ -89,8 +89,8 @@ def test_unknown_fields_are_ignored_so_newer_nodes_can_add_some() -> None:
     pytest.param({"extra": {"nested": {"a": 1}}}, id="extra-not-shallow"),
     pytest.param({"extra": {f"k{i}": i for i in range(9)}}, id="extra-too-big"),
     pytest.param({"scheme": "INT8; drop table"}, id="scheme-not-a-name"),
-    pytest.param({"base_root": "AB" * 32}, id="base-root-not-lowercase-hex"),
-    pytest.param({"base_root": "ab" * 31}, id="base-root-too-short"),
+    pytest.param({"weights_root": "AB" * 32}, id="weights-root-not-lowercase-hex"),
+    pytest.param({"weights_root": "ab" * 31}, id="weights-root-too-short"),
     pytest.param({"state": ...}, id="required-field-missing"),
     pytest.param({"extra": {"deep": valid.deep_value(1000)}}, id="deep-value"),
 ])

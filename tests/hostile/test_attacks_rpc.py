@@ -1,0 +1,368 @@
+"""Attacks on the nodes' RPCs (issue 11), on a real 3-node swarm: streams and frames from fresh
+identities. Each attack gets its typed refusal (never `internal`), the nodes stay up within the
+stated memory bounds, and honest clients still get exactly their local greedy answer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+import torch
+
+from ledger import canonical
+from routing import wire
+from routing.grants import grant
+from tests.swarm.raw import HIDDEN, RawSession
+
+from . import valid
+from .attacker import (FORWARD, INFERENCE, INFO, LEDGER, PUSH, Attacker, Deep, frame, fresh_session,
+                       group_rss, header, metrics, serve_entries, tensor)
+
+MIB = 1 << 20
+NESTED = Deep(1000)  # 1 KB of msgpack, a list nested 1000 deep
+HUGE = (1 << 64) - 1
+
+
+@pytest.fixture(scope="module")
+def nodes(swarm) -> dict[tuple[int, int], Any]:
+    return {n.blocks: n for n in swarm.nodes}
+
+
+@pytest.fixture(scope="module")
+def accomplice(swarm):
+    """A second fresh identity: per-client limits count per identity, and identities are free."""
+    a = Attacker(swarm.initial_peers, swarm.nodes)
+    yield a
+    a.close()
+
+
+@pytest.fixture(scope="module")
+def root(default_store) -> str:
+    return default_store.root
+
+
+def _forward(root: str, shape: tuple[int, ...] = (1, 2, HIDDEN), **fields: Any) -> bytes:
+    return frame({"type": "forward", "v": wire.PROTOCOL_VERSION, "root": root, "hidden": tensor(shape), **fields})
+
+
+def _open(root: str, session: str, **fields: Any) -> bytes:
+    return frame({"type": "open", "v": wire.PROTOCOL_VERSION, "root": root, "session": session, "max_length": 16,
+                  **fields})
+
+
+def _computed_tokens(node: Any) -> float:
+    """Tokens the node's scheduler has computed (all iterations), once the count stops moving."""
+    last = -1.0
+    for _ in range(60):
+        now = metrics(node)["swarmlm_batch_tokens_sum"]
+        if now == last:
+            return now
+        last = now
+        time.sleep(1.0)
+    raise AssertionError("the node never went quiet")
+
+
+# ---- frames ----------------------------------------------------------------------------------------
+
+def test_hostile_field_values_get_typed_refusals(attacker, nodes, root, honest):
+    """`reply_dtype` as a list or a map, `v: true`, a value nested 1000 deep in any field."""
+    peer = nodes[0, 10].peer_id
+    cases = {
+        "forward reply_dtype list": (FORWARD, [_forward(root, reply_dtype=["float32"])], "bad_frame"),
+        "forward reply_dtype map": (FORWARD, [_forward(root, reply_dtype={"float32": 1})], "bad_frame"),
+        "open reply_dtype list": (INFERENCE, [_open(root, "r1", reply_dtype=["float32"])], "bad_frame"),
+        "open reply_dtype map": (INFERENCE, [_open(root, "r2", reply_dtype={})], "bad_frame"),
+        "info v true": (INFO, [frame({"type": "info", "v": True})], "version"),
+        "forward v true": (FORWARD, [frame({"type": "forward", "v": True})], "version"),
+        "open v true": (INFERENCE, [frame({"type": "open", "v": True})], "version"),
+        "push v true": (PUSH, [frame({"type": "push_open", "v": True})], "version"),
+        "ledger v true": (LEDGER, [frame({"type": "ledger", "v": True, "op": "checkpoint"})], "version"),
+        "info v 1.0": (INFO, [frame({"type": "info", "v": 1.0})], "version"),
+        "info v nested": (INFO, [frame({"type": "info", "v": NESTED})], "bad_frame"),
+        "forward blocks nested": (FORWARD, [_forward(root, blocks=NESTED)], "bad_frame"),
+        "forward dtype nested": (FORWARD, [_forward(root, hidden={**tensor((1, 1, HIDDEN)), "dtype": NESTED})],
+                                 "bad_frame"),
+        "open batch nested": (INFERENCE, [_open(root, "r3", batch=NESTED)], "bad_frame"),
+        "push client nested": (PUSH, [frame({"type": "push_open", "v": 1}),
+                                      frame({"type": "push", "client": NESTED, "session": "s", "start": 0})],
+                               "bad_frame"),
+        "ledger op nested": (LEDGER, [frame({"type": "ledger", "v": 1, "op": NESTED})], "bad_frame"),
+    }
+    got = {name: attacker.send(peer, handler, payloads, idle=30).codes for name, (handler, payloads, _) in
+           cases.items()}
+    assert got == {name: [code] for name, (_, _, code) in cases.items()}
+    honest()
+
+
+def test_ledger_indices_of_2_64_minus_1_are_bad_frames(attacker, nodes, honest):
+    """Indices past what SQLite holds are refused as the request's fault, and the ledger still answers."""
+    peer = nodes[0, 10].peer_id
+    requests = [{"op": "entries", "start": HUGE, "end": HUGE}, {"op": "consistency", "size1": HUGE, "size2": HUGE},
+                {"op": "inclusion", "index": HUGE, "size": HUGE}, {"op": "entries", "start": 0, "end": HUGE}]
+    got = [attacker.send(peer, LEDGER, [frame({"type": "ledger", "v": 1, **r})]).codes for r in requests]
+    assert got == [["bad_frame"]] * len(requests)
+    assert attacker.send(peer, LEDGER, [frame({"type": "ledger", "v": 1, "op": "checkpoint"})]).codes == ["ledger"]
+    honest()
+
+
+def test_nan_and_infinite_hidden_states_are_never_computed_on(attacker, nodes, root, honest):
+    """NaN or an infinity anywhere in a forward or a step: `bad_tensor`, no result and no
+    attestation; the session that got one goes on."""
+    peer = nodes[0, 10].peer_id
+
+    def poisoned(value: float) -> dict[str, Any]:
+        x = torch.randn(1, 3, HIDDEN)
+        x[0, 1, 7] = value
+        return wire.encode_tensor(x)
+
+    forwards = {value: attacker.send(peer, FORWARD, [_forward(root, hidden=poisoned(value))]).codes
+                for value in (float("nan"), float("inf"), float("-inf"))}
+    assert forwards == {value: ["bad_tensor"] for value in forwards}
+
+    async def session() -> tuple[list[str], dict[str, Any]]:
+        s = RawSession(attacker.link, peer, root, fresh_session(), 16)
+        x = torch.randn(1, 3, HIDDEN)
+        replies = [await s.open(), await s.step(0, 3, x * float("nan")), await s.step(0, 3, x)]
+        replies.append(await s.close())
+        return [r.get("code", r["type"]) for r in replies], replies[2]
+
+    codes, result = attacker.run(session())
+    assert codes == ["opened", "bad_tensor", "result", "closed"]
+    assert "attestation" in result
+    honest()
+
+
+def test_a_bad_frame_read_ahead_of_a_step_is_refused_after_it_not_instead(attacker, nodes, root, honest):
+    """A node reads the next frame while a step computes. A bad one used to pass for the client
+    leaving: the step was cancelled mid-compute and its cache pages freed under the compute thread
+    (IndexError, failing every request batched with it). Now the step is answered, then the bad
+    frame refused, and the session goes on."""
+    node, sid = nodes[0, 10], fresh_session()
+    step = frame({"type": "step", "session": sid, "step": 0, "start": 0, "hidden": tensor((1, 8, HIDDEN))})
+    reply = attacker.send(node.peer_id, INFERENCE, [_open(root, sid), step, header(0),
+                                                    frame({"type": "close", "session": sid})])
+    assert reply.codes == ["opened", "result", "bad_frame", "closed"]
+    assert "Traceback" not in open(node.log).read()
+    honest()
+
+
+# ---- receipts --------------------------------------------------------------------------------------
+
+RECEIPTS = {"nested bytes": valid.deep_list_bytes(1000), "nested value": NESTED, "random bytes": os.urandom(300),
+            "a map": {"session": "x"}, "someone else's": canonical.pack(valid.receipt().to_wire()), "2^64-1": HUGE}
+
+
+def test_garbage_receipts_at_close_still_get_the_session_logged(attacker, nodes, root, honest):
+    """Whatever the receipt, the close is answered (`closed`, or `bad_frame` for a frame nested
+    past the frame bounds, and the session then ends with its stream) and the node's ledger gets
+    the session's `serve` entry, unreceipted."""
+    node = nodes[0, 10]
+
+    async def close_with(receipt: Any) -> tuple[str, str]:
+        sid = fresh_session()
+        s = RawSession(attacker.link, node.peer_id, root, sid, 16)
+        await s.open()
+        await s.step(0, 3)
+        s.writer.write(frame({"type": "close", "session": sid, "receipt": receipt}))
+        reply = await s.read()
+        s.abort()
+        return sid, reply.get("code", reply["type"])
+
+    closed = {name: attacker.run(close_with(receipt)) for name, receipt in RECEIPTS.items()}
+    assert {name: code for name, (_, code) in closed.items()} == {
+        name: "bad_frame" if name == "nested value" else "closed" for name in RECEIPTS}
+    for sid, _ in closed.values():
+        [entry] = [e for e in serve_entries(node, session=sid) if e.session == sid]
+        assert (entry.client, entry.tokens, entry.receipt) == (attacker.peer_id, 3, None)
+    honest()
+
+
+# ---- memory and streams ----------------------------------------------------------------------------
+
+def test_idle_sessions_of_max_length_8192_reserve_nothing_and_give_way_to_others(attacker, accomplice, nodes, root,
+                                                                                  honest):
+    """Two identities open sessions of the node's maximum length: nothing is reserved. They fill
+    the whole 1024-token pool (each its half-pool share) and go idle: after `--evict-idle-after`
+    (5 s) an honest client takes the pages it needs, and the session that lost them is told
+    `session_expired`."""
+    node = nodes[0, 10]
+
+    async def hog(who: Attacker) -> tuple[RawSession, int]:
+        s = RawSession(who.link, node.peer_id, root, fresh_session(), 8192)
+        assert (await s.open())["type"] == "opened"
+        used = (await who.link.ping(node.peer_id))[1]["load"]["cache_tokens_used"]
+        assert (await s.step(0, 512))["type"] == "result"
+        return s, used
+
+    (first, reserved), (second, _) = attacker.run(hog(attacker)), accomplice.run(hog(accomplice))
+    assert reserved == 0
+    assert attacker.info(node)["load"]["cache_tokens_free"] == 0
+    time.sleep(6)
+    honest()
+    told = attacker.run(first.read())  # the least recently used gave way first
+    first.abort()
+    second.abort()
+    assert told["code"] == "session_expired"
+
+
+@pytest.mark.parametrize("handler", [INFO, FORWARD, INFERENCE, PUSH, LEDGER])
+def test_ten_streams_promising_64_mib_frames_are_cut_at_the_header(attacker, nodes, handler, honest):
+    """Ten streams each declare a 64 MiB frame and trickle up to 24 MiB of it (1 MiB pieces): each
+    is refused at its header (the handler's frame cap) before 8 MiB of it were sent, and the node's
+    process group grows by less than 64 MiB meanwhile (bound stated here, peak sampled)."""
+    node = nodes[20, 30]
+    before = group_rss(node)
+    peak = [before]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            peak.append(group_rss(node))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        replies = attacker.start(*(
+            attacker.exchange(node.peer_id, handler, [header(64 * MIB), bytes(24 * MIB)], piece=MIB, pace=0.02,
+                              idle=10) for _ in range(10))).result(timeout=300)
+    finally:
+        sampling.set()
+        sampler.join()
+    print(f"{handler}: node group RSS {before / MIB:.0f} MiB before, peak {max(peak) / MIB:.0f} MiB, "
+          f"after {group_rss(node) / MIB:.0f} MiB; sent {[r.sent // MIB for r in replies]} MiB")
+    assert all(r.ended == "closed" and set(r.codes) <= {"too_large"} and r.sent < 8 * MIB for r in replies)
+    assert max(peak) - before < 64 * MIB
+    honest()
+
+
+def test_slowloris_streams_are_cut_by_read_deadlines_while_others_are_served(attacker, nodes, root, honest):
+    """Streams that send a header promising 1000 bytes and then nothing, send nothing at all, or
+    stall mid-session: each gets `timeout` (first frame within 10 s, a begun frame within 10 s
+    plus its size at 1 MiB/s) and is closed, while an honest client is served meanwhile."""
+    peer = nodes[0, 10].peer_id
+    stalls = [stall for _ in range(3) for stall in ([header(1000), b"\x85"], [],
+                                                     [_open(root, fresh_session()), header(5000), b"\x85\xa4type"])]
+    stalled = attacker.start(*(attacker.exchange(peer, INFERENCE, p, idle=60) for p in stalls))
+    honest()
+    replies = stalled.result(timeout=120)
+    assert [r.codes for r in replies] == [["timeout"], ["timeout"], ["opened", "timeout"]] * 3
+    assert all(r.ended == "closed" for r in replies)
+
+
+# ---- compute ---------------------------------------------------------------------------------------
+
+MAX_FORWARD = (1, 512, HIDDEN)  # --max-batch-tokens: the largest stateless forward a node takes
+
+
+def test_a_flood_of_max_size_forwards_starves_no_honest_client(attacker, accomplice, nodes, root, honest):
+    """Two identities, four streams each, send back-to-back 512-token stateless forwards to the
+    first node for as long as an honest client generates. Forwards beyond the pages they may hold
+    (a quarter of the pool, at least one max-size forward) are refused `busy` or `peer_limit`, the
+    rest compute in fair turns with the honest sessions' steps, which always find cache pages.
+    Times are printed, not asserted."""
+    peer = nodes[0, 10].peer_id
+    baseline = honest()
+    flooding, codes = [True], Counter()
+
+    async def flood(who: Attacker) -> None:
+        while flooding[0]:
+            reply = await who.exchange(peer, FORWARD, [_forward(root, MAX_FORWARD)], idle=120)
+            codes.update(reply.codes)
+            if reply.codes != ["result"]:
+                await asyncio.sleep(0.05)
+
+    floods = [who.start(*(flood(who) for _ in range(4))) for who in (attacker, accomplice)]
+    time.sleep(2)  # the flood is under way before the honest client starts
+    try:
+        attacked = honest()
+    finally:
+        flooding[0] = False
+        for f in floods:
+            f.result(timeout=300)
+    print(f"honest client, connect + 12 tokens: {baseline:.1f} s alone, {attacked:.1f} s under a flood of "
+          f"max-size forwards ({dict(codes)})")
+    assert set(codes) <= {"result", "busy", "peer_limit"} and codes["result"] > 0
+
+
+def test_a_forward_refused_for_want_of_pages_gives_back_those_it_took(swarm, attacker, accomplice, nodes, root,
+                                                                     honest):
+    """Two others hold 10 of the node's 16 pages; a two-row forward needing 8 gets the first row's
+    4, then `cache_full` for the second: those 4 come back with the refusal."""
+    node = nodes[20, 30]
+    third = Attacker(swarm.initial_peers, [node])
+
+    async def hold(who: Attacker, tokens: int) -> RawSession:
+        s = RawSession(who.link, node.peer_id, root, fresh_session(), 1024)
+        await s.open()
+        assert (await s.step(0, tokens))["type"] == "result"
+        return s
+
+    try:
+        held = [accomplice.run(hold(accomplice, 512)), third.run(hold(third, 128))]
+        used = attacker.info(node)["load"]["cache_tokens_used"]
+        refused = attacker.send(node.peer_id, FORWARD, [_forward(root, (2, 250, HIDDEN))]).codes
+        after = attacker.info(node)["load"]["cache_tokens_used"]
+        for s in held:
+            s.abort()
+    finally:
+        third.close()
+    assert (used, refused, after) == (640, ["cache_full"], 640)
+    honest()
+
+
+def test_forwards_whose_client_hangs_up_are_not_computed(attacker, nodes, root, honest):
+    """A 512-token forward runs as four 128-token chunks: answered, it adds exactly 512 to the
+    node's computed tokens (swarmlm_batch_tokens). Four more, each hung up 20 ms after it was sent,
+    add less than half of their 2048: at most the chunk running when the hang-up is seen (a chunk
+    takes about 100 ms here), the rest is dropped."""
+    node = nodes[20, 30]
+    forward = _forward(root, MAX_FORWARD)
+    before = _computed_tokens(node)
+    assert attacker.send(node.peer_id, FORWARD, [forward]).codes == ["result"]
+    answered = _computed_tokens(node)
+    for _ in range(4):
+        attacker.send(node.peer_id, FORWARD, [forward], pace=0.02, hang_up=True)
+        time.sleep(0.5)  # its pages come back before the next one asks
+    abandoned = _computed_tokens(node) - answered
+    print(f"computed {abandoned:.0f} tokens of four abandoned 512-token forwards")
+    assert answered - before == 512
+    assert abandoned <= 2048 // 2
+    honest()
+
+
+# ---- pushes ----------------------------------------------------------------------------------------
+
+def test_pushes_from_an_unnamed_peer_are_refused_and_a_named_ones_poison_is_bad_tensor(attacker, accomplice, nodes,
+                                                                                       root, honest):
+    """The session on 10:20 names the accomplice as its predecessor: a push from anyone else, or
+    for another session, is `push_refused`; an infinite push from the accomplice is `bad_tensor`,
+    told on the session's stream, and the session goes on."""
+    node, sid = nodes[10, 20], fresh_session()
+    g = grant(attacker.link.identity, session=sid, node=node.peer_id, prev=accomplice.peer_id, next=None, root=root,
+              blocks=(10, 20))
+    push = {"type": "push", "client": attacker.peer_id, "session": sid, "start": 0, "hidden": tensor((1, 2, HIDDEN))}
+    opening = frame({"type": "push_open", "v": 1})
+
+    async def owner() -> tuple[RawSession, str]:
+        s = RawSession(attacker.link, node.peer_id, root, sid, 16, blocks=[10, 20], grant=g.to_wire())
+        return s, (await s.open())["type"]
+
+    session, opened = attacker.run(owner())
+    strangers = [attacker.send(node.peer_id, PUSH, [opening, frame(push)], frames=1).codes,
+                 attacker.send(node.peer_id, PUSH, [opening, frame({**push, "session": "other"})], frames=1).codes]
+    ping = frame({"type": "ping", "id": 7})  # answered once the push before it is read
+    poison = frame({**push, "hidden": tensor((1, 2, HIDDEN), float("inf"))})
+    pong = accomplice.send(node.peer_id, PUSH, [opening, poison, ping], frames=1).codes
+    told = attacker.run(session.read())
+    after = attacker.run(session.step(0, 2))
+    session.abort()
+    assert opened == "opened" and pong == ["pong"]
+    assert strangers == [["push_refused"], ["push_refused"]]
+    assert told["code"] == "bad_tensor" and after["type"] == "result"
+    honest()

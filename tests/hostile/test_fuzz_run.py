@@ -1,0 +1,27 @@
+"""A short run of the structure-aware fuzzer (scripts/fuzz.py) against a real node it starts itself:
+no `internal` error, no crash, no undocumented exception; and the run reached every target, with
+valid frames answered as such (the harness is not just collecting refusals)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+CASES = 400
+
+
+def test_a_short_fuzz_run_finds_no_failure(cli_env):
+    run = subprocess.run([sys.executable, str(REPO / "scripts" / "fuzz.py"), "--cases", str(CASES), "--seed", "11",
+                          "--seconds", "90", "--json"], capture_output=True, text=True, env=cli_env, timeout=300)
+    report = json.loads(run.stdout)
+    assert run.returncode == 0 and not report["failures"], report["failures"]
+    assert report["cases"] >= CASES
+    outcomes = {target: t["outcomes"] for target, t in report["targets"].items()}
+    assert all(t["cases"] > 0 for t in report["targets"].values())
+    assert any(k.startswith("result") for k in outcomes["forward"])
+    assert any("result" in k and "closed" in k for k in outcomes["inference"])
+    assert any(k.startswith("ledger") for k in outcomes["ledger"])
+    assert "record kept" in outcomes["dht"] and "ok" in outcomes["evidence"]

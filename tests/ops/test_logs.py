@@ -73,7 +73,7 @@ def test_a_json_node_logs_its_sessions_as_json_lines(default_store, tmp_path: Pa
         with RemoteModel.connect(swarm.initial_peers, default_store.path) as model:
             model.generate("Hi", 3, ignore_eos=True)
     lines = json_lines(node_log.read_text())  # raises if any log line is not JSON
-    messages = [line["message"] for line in lines if line["logger"] == "node.handlers"]
+    messages = [line["message"] for line in lines if line["logger"] == "node.serving"]
     assert [m.split()[:2] for m in messages] == [["session", "open"], ["session", "close"]]
     assert "blocks=0:30" in messages[1] and "tokens=" in messages[1] and "duration=" in messages[1]
     assert lines[-1]["message"].endswith("stopped")

@@ -23,11 +23,12 @@ from ledger.keys import Identity
 
 from . import dht as dht_io
 from . import wire
-from .errors import ErrorCode, PeerFailure, RemoteError, RoutingError
+from .errors import ErrorCode, PeerFailure, RemoteError, RoutingError, StreamClosed
 from .records import ServerRecord, SignedRecordValidator
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+REQUEST_ATTEMPTS = 2  # a one-shot request whose stream ends early is sent once more
 DIAL_TIMEOUT = 5.0  # an address that does not answer in this long is dead (or announced by a liar)
 
 
@@ -75,10 +76,25 @@ class PeerLink:
         return reader, writer
 
     async def request(self, peer: str, handler: str, frame: dict[str, Any]) -> dict[str, Any]:
-        """One frame out, one frame back (info, forward, ledger)."""
+        """One frame out, one frame back (info, forward, ledger).
+
+        These requests are idempotent, so a stream that ends before its reply (a reset on the way)
+        is retried once on a fresh stream before the node counts as failed.
+        """
+        for _ in range(REQUEST_ATTEMPTS - 1):
+            try:
+                return await self._request_once(peer, handler, frame)
+            except StreamClosed as e:
+                log.info("%s; retrying %s on a fresh stream", e, handler)
+        return await self._request_once(peer, handler, frame)
+
+    async def _request_once(self, peer: str, handler: str, frame: dict[str, Any]) -> dict[str, Any]:
         reader, writer = await self.open_stream(peer, handler)
         try:
-            await wire.write_frame(writer, frame)
+            try:
+                await wire.write_frame(writer, frame)
+            except ConnectionError as e:
+                raise StreamClosed(peer, f"stream closed ({type(e).__name__})") from None
             return await self.expect(peer, reader, _REPLY_TYPES[handler])
         finally:
             writer.close()
@@ -91,7 +107,7 @@ class PeerLink:
         except asyncio.TimeoutError:
             raise PeerFailure(peer, f"no reply within {timeout or self.request_timeout:.0f}s") from None
         except (asyncio.IncompleteReadError, ConnectionError) as e:
-            raise PeerFailure(peer, f"stream closed ({type(e).__name__})") from None
+            raise StreamClosed(peer, f"stream closed ({type(e).__name__})") from None
         except RoutingError as e:
             raise PeerFailure(peer, f"sent an invalid frame: {e}") from None
         if frame["type"] == "error":

@@ -58,3 +58,7 @@ class PeerFailure(RoutingError):
     def __init__(self, peer: str, reason: str) -> None:
         super().__init__(f"node {peer[-8:]} failed: {reason}")
         self.peer, self.reason = peer, reason
+
+
+class StreamClosed(PeerFailure):
+    """The stream ended before its reply: a reset or a node gone mid-request."""

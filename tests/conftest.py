@@ -13,6 +13,12 @@ REPO = Path(__file__).resolve().parents[1]
 SWARMLM = [sys.executable, "-m", "swarmlm.cli"]
 
 
+def log_tails(swarm, lines: int = 25) -> str:
+    """The last lines of every node's log, for an assertion message about a swarm."""
+    return "".join(f"\n--- {n.name} ({n.peer_id[-8:]}) ---\n" + "\n".join(Path(n.log).read_text().splitlines()[-lines:])
+                   for n in swarm.nodes)
+
+
 @pytest.fixture(scope="session")
 def default_store():
     from shards.catalog import DEFAULT_MODEL, resolve_model

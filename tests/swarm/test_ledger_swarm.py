@@ -16,7 +16,7 @@ from ledger.store import Ledger
 from node.local_swarm import LocalSwarm
 from routing import ledger_rpc
 from swarmlm.sdk import RemoteModel
-from tests.conftest import SWARMLM
+from tests.conftest import SWARMLM, log_tails
 
 PROMPTS = ["What is the capital of France?", "Name a colour."]
 
@@ -112,7 +112,7 @@ def test_remote_audit_of_every_node(ledger_swarm, cli_env):
     for node in swarm.nodes:
         proc = subprocess.run(SWARMLM + ["ledger", "audit", node.peer_id, "--peers", *swarm.initial_peers, "--json"],
                               capture_output=True, text=True, env=cli_env, timeout=120)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.returncode == 0, proc.stdout + proc.stderr + log_tails(swarm)
         report = json.loads(proc.stdout)
         assert report["ok"] and report["size"] >= 3
 

@@ -15,7 +15,7 @@ from ledger.store import Ledger
 from node.local_swarm import LocalSwarm
 from routing.evidence import Evidence, check_evidence
 from swarmlm.sdk import RemoteModel
-from tests.conftest import SWARMLM
+from tests.conftest import SWARMLM, log_tails
 
 PROMPT = "What is the capital of France?"
 DISHONEST = [sys.executable, str(Path(__file__).with_name("dishonest_node.py"))]
@@ -122,7 +122,7 @@ def test_audit_flags_the_dishonest_node_and_passes_the_honest(mixed_swarm, defau
     assert proc.returncode == 1, proc.stderr
     verdicts = {r["peer_id"]: r["verdict"] for r in map(json.loads, proc.stdout.splitlines())}
     assert verdicts.pop(liar.peer_id) == "FAIL"
-    assert len(verdicts) == 4 and set(verdicts.values()) == {"PASS"}
+    assert len(verdicts) == 4 and set(verdicts.values()) == {"PASS"}, proc.stdout + log_tails(swarm)
 
 
 def test_200_spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path):

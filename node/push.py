@@ -37,7 +37,7 @@ IDLE_TIMEOUT = 900.0  # a push stream with no frame for this long is closed (pin
 MAX_IN_FLIGHT = 64  # pushes per stream being handled at once
 PING_TIMEOUT = 10.0
 
-Refused = Callable[[dict[str, Any]], Awaitable[None]]
+Refused = Callable[[str, dict[str, Any]], Awaitable[None]]  # (the refusing peer, its error frame)
 
 
 @dataclass
@@ -110,7 +110,7 @@ class PushLinks:
                     if waiter is not None and not waiter.done():
                         waiter.set_result(None)
                 elif frame["type"] == "error":
-                    await self.on_refused(frame)
+                    await self.on_refused(peer, frame)
         except (asyncio.IncompleteReadError, ConnectionError, RoutingError):
             pass
         finally:
@@ -173,7 +173,9 @@ class PushReceiver:
             client = wire.field(frame, "client", str)
             session_id = wire.field(frame, "session", str)
             start = wire.field(frame, "start", int, minimum=0)
-            session = await s.wait_session(client, session_id, PUSH_OPEN_WAIT)
+            hidden = frame.get("hidden")
+            held = len(hidden["data"]) if isinstance(hidden, dict) and isinstance(hidden.get("data"), bytes) else 0
+            session = await s.wait_session(client, session_id, PUSH_OPEN_WAIT, held)
             if session is None or session.prev_peer != pusher:
                 raise ProtocolError(ErrorCode.PUSH_REFUSED, f"no session {session_id!r:.80} of client {client:.60} "
                                                             "names you as its predecessor on this node")

@@ -379,14 +379,15 @@ class Node:
             return None
         return receipt
 
-    async def _push_refused(self, frame: dict[str, Any]) -> None:
-        """A successor refused one of our pushes: tell that session's client, who relays instead."""
+    async def _push_refused(self, peer: str, frame: dict[str, Any]) -> None:
+        """`peer` refused one of our pushes: tell that session's client, who relays instead. Only the
+        session's own successor can say so (any peer we push to could name other sessions)."""
         s = self.serving
         client, session_id = frame.get("client"), frame.get("session")
         if s is None or not isinstance(client, str) or not isinstance(session_id, str):
             return
         session = s.sessions.get(session_key(client, session_id))
-        if session is not None:
+        if session is not None and session.next_peer == peer:
             try:
                 await session.send({"type": "push_failed", "session": session_id, "code": str(frame.get("code")),
                                     "message": str(frame.get("message"))[:500]})

@@ -51,12 +51,23 @@ class Bans:
     cap: float = 300.0
     _until: dict[str, float] = field(default_factory=dict)
     _failures: dict[str, int] = field(default_factory=dict)
+    _excused: dict[str, float] = field(default_factory=dict)
+    excuse_window: float = 60.0
 
     def ban(self, peer: str) -> float:
         n = self._failures[peer] = self._failures.get(peer, 0) + 1
         duration = min(self.cap, self.base * 2 ** (n - 1))
         self._until[peer] = max(self._until.get(peer, 0.0), time.monotonic() + duration)  # never shorten a ban
         return duration
+
+    def excuse(self, peer: str) -> bool:
+        """Whether to let a polite refusal (an expired session, a node draining) pass unbanned: once
+        per `excuse_window`, so a node that answers every open that way is avoided like any failure."""
+        now = time.monotonic()
+        if now - self._excused.get(peer, -self.excuse_window) < self.excuse_window:
+            return False
+        self._excused[peer] = now
+        return True
 
     def ban_forever(self, peer: str) -> None:
         """For a node proven to compute wrong results: no backoff ends this."""
@@ -90,7 +101,7 @@ class SwarmView:
         self.records: dict[str, ServerRecord] = {}
         self.rtt: dict[str, float] = {}
         self.bans = Bans()
-        self.judged: dict[bytes, Judgement | None] = {}  # published evidence seen, by document digest
+        self.judged: dict[str, Judgement | None] = {}  # published evidence seen, by hex document digest
         self.distrusted: set[str] = set()  # publishers of evidence that did not hold up
         self._fetched = 0.0
         self._background: asyncio.Task | None = None
@@ -139,25 +150,22 @@ class SwarmView:
         if self.referee is None:
             return
         try:
-            published = await dht_io.fetch_evidence(self.client.dht, self.root)
+            published = await dht_io.fetch_evidence(
+                self.client.dht, self.root, limit=self.MAX_EVIDENCE_PER_REFRESH,
+                skip=lambda publisher, digest: publisher in self.distrusted or digest in self.judged)
         except Exception as e:  # the DHT is best-effort
             log.debug("could not read published evidence: %s", e)
             return
-        fresh = [(p, d) for p, d in published.items()
-                 if p not in self.distrusted and hashlib.sha256(d).digest() not in self.judged]
-        for publisher, document in fresh[:self.MAX_EVIDENCE_PER_REFRESH]:
-            digest = hashlib.sha256(document).digest()
-            loop = asyncio.get_running_loop()
-            try:
-                evidence = Evidence.from_bytes(document)
-                store = self.referee.store_of(evidence.root.hex())
-                if store is None:
-                    continue  # about weights this client neither holds nor routes through: not its to judge
-                judgement = await loop.run_in_executor(None, check_evidence, evidence, store)
-            except (RoutingError, ShardsError, LedgerError) as e:
-                untrusted.dropped("evidence", f"from {publisher}: {e}")
+        loop = asyncio.get_running_loop()
+        for publisher, (digest, document) in published.items():
+            try:  # decoding and recomputing a document of up to 64 MiB: off the loop
+                judgement = await loop.run_in_executor(None, self._judge, document)
+            except Exception as e:  # whatever a document does to decoding or torch, it is the publisher's fault
+                untrusted.dropped("evidence", f"from {publisher}: {type(e).__name__}: {e}")
                 judgement = Judgement(False, None, str(e), {})
             self.judged[digest] = judgement
+            if judgement is None:
+                continue  # about weights this client neither holds nor routes through: not its to judge
             if judgement.valid and judgement.dishonest:
                 log.warning("published evidence from %s holds: avoiding %s for good", publisher[-8:],
                             judgement.dishonest)
@@ -165,6 +173,12 @@ class SwarmView:
             else:
                 log.warning("ignoring invalid evidence published by %s (%s)", publisher, judgement.reason[:200])
                 self.distrusted.add(publisher)
+
+    def _judge(self, document: bytes) -> Judgement | None:
+        """A published document's verdict, or None when it is about weights this client does not hold."""
+        evidence = Evidence.from_bytes(document)
+        store = self.referee.store_of(evidence.root.hex())
+        return None if store is None else check_evidence(evidence, store)
 
     async def plan(self, start: int, end: int, max_length: int = 1, push: bool = False) -> list[Hop]:
         """The best chain over nodes this client measured; unmeasured ones only when nothing else covers."""
@@ -308,7 +322,8 @@ class RemoteRunner:
                     task.cancel()
         if result.done() and not result.cancelled():
             return result.result()
-        raise _PushBroken(str(notice.result().get("message", "")))
+        message = notice.result().get("message")
+        raise _PushBroken(message[:500] if isinstance(message, str) else "its push failed")
 
     async def _caught(self, span: SpanSession, out: torch.Tensor, end: int) -> bool:
         """Spot-check a sample of steps; True when this span's node was proven wrong (its output unused)."""
@@ -418,7 +433,7 @@ class RemoteRunner:
                 log.info("could not re-route %s (%s)", span.peer[-8:], e)
 
     def _note_failure(self, peer: str, a: int, b: int, error: RoutingError) -> None:
-        if deserves_ban(error):
+        if deserves_ban(error) or not self.view.bans.excuse(peer):
             duration = self.view.bans.ban(peer)
             log.warning("node %s failed on blocks %d:%d (%s); banned for %.0fs, re-routing", peer[-8:], a, b, error,
                         duration)

@@ -111,7 +111,7 @@ class PeerLink:
         except RoutingError as e:
             raise PeerFailure(peer, f"sent an invalid frame: {e}") from None
         if frame["type"] == "error":
-            raise RemoteError(peer, str(frame.get("code")), str(frame.get("message")))
+            raise RemoteError.from_frame(peer, frame)
         if frame["type"] != frame_type:
             raise PeerFailure(peer, f"expected a '{frame_type}' frame, got '{frame['type']}'")
         return frame

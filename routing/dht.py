@@ -203,28 +203,42 @@ def _evidence_index(index: Any) -> tuple[str, int, int]:
     return digest, chunks, size
 
 
-async def fetch_evidence(dht: hivemind.DHT, root: str, timeout: float = DHT_TIMEOUT) -> dict[str, bytes]:
-    """Published evidence documents by publisher, reassembled and checked against their digests;
-    a malformed index, a missing or wrong chunk drops that publisher's document (counted)."""
+def _assemble(parts: list[bytes], size: int, digest: str) -> bytes:
+    """The document the chunks make, if it has the index's size and digest (up to 64 MiB: off the loop)."""
+    document = b"".join(parts)
+    if len(document) != size or hashlib.sha256(document).hexdigest() != digest:
+        raise RecordError("the evidence chunks do not match the index's size and digest")
+    return document
+
+
+async def fetch_evidence(dht: hivemind.DHT, root: str, timeout: float = DHT_TIMEOUT, *,
+                         skip: Callable[[str, str], bool] = lambda publisher, digest: False,
+                         limit: int | None = None) -> dict[str, tuple[str, bytes]]:
+    """Published evidence documents by publisher, as (hex digest, document), reassembled and checked
+    against their digests; a malformed index, a missing or wrong chunk drops that publisher's
+    document (counted). Indexes `skip(publisher, digest)` rejects are not fetched, and at most
+    `limit` documents are: each may be 64 MiB, and identities are free."""
     raw = await _call(dht, partial(_get_many, keys=[evidence_key(root)]), timeout)
-    documents: dict[str, bytes] = {}
+    documents: dict[str, tuple[str, bytes]] = {}
     for publisher, value in raw.get(evidence_key(root), {}).items():
+        if limit is not None and len(documents) >= limit:
+            break
         try:
             if not PEER_ID.check(publisher):
                 raise RecordError("its subkey is not an Ed25519 peer ID")
             if isinstance(value, Refused):
                 raise RecordError(value.reason)
             digest, chunks, size = _evidence_index(value)
+            if skip(publisher, digest):
+                continue
             keys = [_chunk_key(root, digest, i) for i in range(chunks)]
             found = await _call(dht, partial(_get_many, keys=keys), timeout)
             parts = [found.get(k, {}).get(publisher) for k in keys]
             if not all(type(p) is bytes for p in parts):
                 raise RecordError("a chunk of the evidence is missing or not bytes")
-            document = b"".join(parts)
-            if len(document) != size or hashlib.sha256(document).hexdigest() != digest:
-                raise RecordError("the evidence chunks do not match the index's size and digest")
+            document = await asyncio.get_running_loop().run_in_executor(None, _assemble, parts, size, digest)
         except RecordError as e:
             untrusted.dropped("evidence", f"from {publisher}: {e}")
             continue
-        documents[publisher] = document
+        documents[publisher] = digest, document
     return documents

@@ -252,6 +252,13 @@ def recompute(e: Evidence, store: ShardStore) -> torch.Tensor:
     """The disputed positions' output, computed in float32 from verified shards."""
     if bytes.fromhex(store.root) != e.root:
         raise EvidenceError(f"the evidence is about model root {e.root.hex()}, not this store's {store.root}")
+    config = store.manifest.config
+    if not 0 <= e.blocks[0] < e.blocks[1] <= store.manifest.num_blocks:
+        raise EvidenceError(f"blocks {e.blocks[0]}:{e.blocks[1]} are not a span of this {store.manifest.num_blocks}-"
+                            "block model")
+    if e.prefix.shape[2] != config.hidden_size or e.prefix.shape[1] > config.max_context:
+        raise EvidenceError(f"a prefix of {e.prefix.shape[1]} positions × {e.prefix.shape[2]} does not fit this model "
+                            f"(hidden size {config.hidden_size}, at most {config.max_context} positions)")
     stack = store.load_blocks(e.blocks[0], e.blocks[1], dtype=torch.float32)
     with torch.inference_mode():
         return stack(e.prefix)[:, e.start:]

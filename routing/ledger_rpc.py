@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from ledger import canonical
+from ledger.checkpoint import open_checkpoint
 from ledger.entries import LogKeyEntry, certified_log_keys
 from ledger.note import MAX_NOTE_SIZE
 from ledger.schema import DIGEST, SIGNATURE, FieldType
@@ -73,8 +74,14 @@ async def log_keys(client: PeerLink, peer: str) -> LogKeyEntry:
 
 
 async def audit(client: PeerLink, peer: str) -> tuple[int, str]:
-    """Fetch a peer's whole log and verify every entry and the tree against its latest checkpoint."""
+    """Fetch a peer's whole log and verify every entry and the tree against its latest checkpoint.
+
+    The checkpoint's signature and size are checked first (against the log key the peer's entry 0
+    certifies), so a peer cannot keep the auditor paging through a size it never signed."""
     size, note = await checkpoint(client, peer)
+    signed, _ = open_checkpoint(note, peer, (await log_keys(client, peer)).log_key)
+    if signed.size != size:
+        _refuse(peer, f"sent checkpoint size {size} for a signed size {signed.size}")
     fetched = await entries(client, peer, 0, size)
     audit_entries(iter(fetched), note, peer)
     return size, note

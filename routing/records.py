@@ -85,8 +85,9 @@ def _is_extra(v: Any) -> bool:
             and all(_is_text(k, 1, MAX_KEY) and _is_scalar(x) for k, x in v.items()))
 
 
-def _count(what: str) -> FieldType:
-    return FieldType(f"{what}: an integer in [0, {MAX_COUNT}]", lambda v: type(v) is int and 0 <= v <= MAX_COUNT)
+def _count(what: str, least: int = 0) -> FieldType:
+    return FieldType(f"{what}: an integer in [{least}, {MAX_COUNT}]",
+                     lambda v: type(v) is int and least <= v <= MAX_COUNT)
 
 
 STATE = FieldType(f"one of {', '.join(STATES)}", lambda v: type(v) is str and v in STATES)
@@ -127,8 +128,8 @@ class ServerRecord:
     version: int = spec(VERSION)
     name: str = spec(NAME, default="")
     active_sessions: int = spec(_count("active sessions"), default=0)
-    max_step_tokens: int = spec(_count("max step tokens"), default=2048)  # the node's limits, so clients
-    max_session_length: int = spec(_count("max session length"), default=8192)  # chunk and size sessions to fit
+    max_step_tokens: int = spec(_count("max step tokens", 1), default=2048)  # the node's limits, so clients
+    max_session_length: int = spec(_count("max session length", 1), default=8192)  # chunk and size sessions to fit
     maddrs: list[str] = spec(MADDRS, default_factory=list)  # where to dial it (peers need not find it via libp2p)
     rtt_ms: dict[str, float] = spec(RTT_MAP, default_factory=dict)  # measured round trips to next-block nodes
     extra: dict[str, Any] = spec(EXTRA, default_factory=dict)  # forward-compatible additions (e.g. checkpoint)

@@ -26,6 +26,7 @@ from .grants import grant
 from .planner import Hop
 
 HANDLER = "swarmlm.inference"
+MAX_UNREAD_FRAMES = 8  # frames of one session a node may have sent ahead of what we read
 
 
 class SpanSession:
@@ -45,8 +46,9 @@ class SpanSession:
         self._batch = 1
         self._outputs = hashlib.sha256()
         self._writer: asyncio.StreamWriter | None = None
-        self._frames: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
-        self.notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # Bounded: a node cannot make us hold more than a few of its frames (each up to 64 MiB) unread.
+        self._frames: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue(MAX_UNREAD_FRAMES)
+        self.notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_UNREAD_FRAMES)
         self._reading: asyncio.Task | None = None
         self._opened = False
         self.timing = {"wait": 0.0, "check": 0.0, "node": 0.0}  # seconds: blocked on replies, checking them,
@@ -79,11 +81,16 @@ class SpanSession:
         try:
             while True:
                 frame = await wire.read_frame(reader)
-                (self.notices if frame["type"] == "push_failed" else self._frames).put_nowait(frame)
+                if frame["type"] != "push_failed":
+                    await self._frames.put(frame)  # waits while we have not read earlier ones: backpressure
+                    continue
+                if self.notices.full():  # a notice nobody waited for is stale: the oldest goes
+                    self.notices.get_nowait()
+                self.notices.put_nowait(frame)
         except (asyncio.IncompleteReadError, ConnectionError) as e:
-            self._frames.put_nowait(PeerFailure(self.peer, f"stream closed ({type(e).__name__})"))
+            await self._frames.put(PeerFailure(self.peer, f"stream closed ({type(e).__name__})"))
         except RoutingError as e:
-            self._frames.put_nowait(PeerFailure(self.peer, f"sent an invalid frame: {e}"))
+            await self._frames.put(PeerFailure(self.peer, f"sent an invalid frame: {e}"))
 
     async def expect(self, kind: str, timeout: float | None = None) -> dict[str, Any]:
         """The node's next frame, which must be `kind`; errors become RemoteError, silence PeerFailure."""
@@ -98,7 +105,7 @@ class SpanSession:
             self._frames.put_nowait(frame)  # the stream stays broken for whoever asks next
             raise frame
         if frame["type"] == "error":
-            raise RemoteError(self.peer, str(frame.get("code")), str(frame.get("message")))
+            raise RemoteError.from_frame(self.peer, frame)
         if frame["type"] != kind:
             raise PeerFailure(self.peer, f"expected a '{kind}' frame, got '{frame['type']:.40}'")
         if kind == "opened":
@@ -214,5 +221,5 @@ class SpanSession:
         """The error the node sent before closing the stream (say, its session expired), if any."""
         for frame in list(self._frames._queue):  # type: ignore[attr-defined]
             if isinstance(frame, dict) and frame.get("type") == "error":
-                return RemoteError(self.peer, str(frame.get("code")), str(frame.get("message")))
+                return RemoteError.from_frame(self.peer, frame)
         return None

@@ -195,7 +195,8 @@ def check_record(record: ServerRecord | None, num_blocks: int, block: int | None
     ok = (0 <= record.start < record.end <= num_blocks and (block is None or record.start <= block < record.end)
           and math.isfinite(record.throughput) and record.throughput > 0
           and all(type(v) is int and v >= 0 for v in (record.active_sessions, record.cache_tokens_left,
-                                                      record.max_step_tokens, record.max_session_length)))
+                                                      record.max_step_tokens, record.max_session_length))
+          and record.max_step_tokens >= 1 and record.max_session_length >= 1)
     if not ok:
         raise Failure(f"an invalid record was accepted: {record!r:.300}")
 

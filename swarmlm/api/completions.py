@@ -25,6 +25,7 @@ from .schemas import GenerationRequest, chat_request, completion_request
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; nobody receives it
+MAX_BODY = 4 << 20  # bytes: far more than a full context of text, far less than what would hurt the gateway
 
 
 class _ClientGone(Exception):
@@ -32,8 +33,14 @@ class _ClientGone(Exception):
 
 
 async def _json(request: Request) -> Any:
+    """The body as JSON, read only up to MAX_BODY bytes (however the client sends it)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise APIError(413, f"the request body exceeds {MAX_BODY // (1 << 20)} MiB", code="request_too_large")
     try:
-        return json.loads(await request.body())
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise bad_request("the request body is not valid JSON") from None
 

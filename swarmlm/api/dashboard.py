@@ -59,9 +59,13 @@ class Dashboard:
             raise bad_request("limit must be an integer", param="limit") from None
         if not 1 <= limit <= MAX_SERVES:
             raise bad_request(f"limit must be in 1..{MAX_SERVES}", param="limit")
+        peer = request.path_params["peer"]
+        if peer not in await served.records():  # only nodes of this model: no dialling whatever a client names
+            raise APIError(404, f"no node {peer[:60]!r} serves {served.id}", type="not_found_error",
+                           code="unknown_node")
         explorer = self.explorers[served.id]
         return JSONResponse(await self._explore(served, explorer.serves(
-            request.path_params["peer"], limit, request.query_params.get("session") or None)))
+            peer, limit, request.query_params.get("session") or None)))
 
     @staticmethod
     async def _explore(served: ServedModel, coro: object) -> object:

@@ -106,8 +106,8 @@ class Gateway:
         remote = served.remote
         ids = await asyncio.get_running_loop().run_in_executor(None, _encode, remote, request)  # not behind generations
         limit = remote.config.max_context
-        max_tokens = request.max_tokens or min(self.settings.default_max_tokens, limit - len(ids))
-        if len(ids) + max_tokens > limit:
+        max_tokens = request.max_tokens or max(1, min(self.settings.default_max_tokens, limit - len(ids)))
+        if len(ids) + max_tokens > limit:  # with no max_tokens, a prompt that fills the context leaves room for none
             raise bad_request(f"This model's maximum context length is {limit} tokens. However, you requested "
                               f"{len(ids) + max_tokens} tokens ({len(ids)} in the prompt, {max_tokens} for the "
                               "completion). Please reduce the length of the prompt or max_tokens.",
@@ -152,13 +152,11 @@ class Gateway:
 def _encode(remote: RemoteModel, request: GenerationRequest) -> list[int]:
     from shards.generation import encode_prompt
 
+    param = "prompt" if request.raw else "messages"
     try:
-        ids = encode_prompt(remote.tokenizer, request.prompt, request.raw)
+        ids = encode_prompt(remote.tokenizer, request.prompt, request.raw, remote.config.vocab_size)
     except ShardsError as e:
-        raise bad_request(str(e), param="prompt" if request.raw else "messages") from None
-    vocab = remote.config.vocab_size
+        raise bad_request(str(e), param=param) from None
     if not ids:
-        raise bad_request("the prompt is empty", param="prompt" if request.raw else "messages")
-    if any(not 0 <= t < vocab for t in ids):
-        raise bad_request(f"token ids must be in [0, {vocab})", param="prompt")
+        raise bad_request("the prompt is empty", param=param)
     return ids

@@ -74,3 +74,25 @@ def test_a_body_that_is_not_json_is_a_400_in_openai_shape(gateway):
     assert reply.status_code == 400
     assert set(reply.json()["error"]) >= {"message", "type", "param", "code"}
     assert httpx.get(gateway.base_url + "/nowhere").json()["error"]["code"] == "not_found"
+
+
+def test_a_body_over_the_cap_is_a_413_whether_sized_or_streamed(gateway):
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    big = b'{"model": "x", "prompt": "' + b"a" * (5 << 20) + b'"}'
+    sized = httpx.post(gateway.base_url + "/completions", content=big, headers=headers, timeout=60)
+    streamed = httpx.post(gateway.base_url + "/completions", headers=headers, timeout=60,
+                          content=(big[i:i + (1 << 20)] for i in range(0, len(big), 1 << 20)))
+    for reply in (sized, streamed):
+        assert reply.status_code == 413 and reply.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_prompt_that_fills_the_context_without_max_tokens_is_explained(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MODEL, prompt=[1] * 8192)
+    assert caught.value.code == "context_length_exceeded"
+
+
+def test_the_ledger_explorer_dials_only_nodes_of_the_model(gateway):
+    reply = httpx.get(gateway.url + f"/swarm/ledger/12D3KooWnotanode?model={MODEL}",
+                      headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+    assert reply.status_code == 404 and reply.json()["error"]["code"] == "unknown_node"

@@ -30,7 +30,8 @@ def sybils(swarm):
 def _malformed(peer_ids: list[str]) -> dict[str, tuple[dict, range]]:
     """Each malformed record of issue 11, by the fresh peer publishing it, and the blocks it is stored under."""
     lies = [dict(active_sessions="x"), dict(start=0.5), dict(start=20, end=20), dict(start=25, end=5),
-            dict(throughput=1e300), dict(throughput=float("nan")), dict(extra={"deep": Deep(1000)})]
+            dict(throughput=1e300), dict(throughput=float("nan")), dict(extra={"deep": Deep(1000)}),
+            dict(max_step_tokens=0)]
     found = {peer: (fake_node(peer, N, **lie), range(N)) for peer, lie in zip(peer_ids, lies)}
     uncovered = peer_ids[len(lies)]  # a good record of span 0:1, stored under blocks it does not serve
     found[uncovered] = (fake_node(uncovered, N, start=0, end=1), range(5, N))
@@ -40,7 +41,7 @@ def _malformed(peer_ids: list[str]) -> dict[str, tuple[dict, range]]:
 def test_malformed_records_are_dropped_by_clients_status_and_auto_nodes(swarm, sybils, attacker, honest,
                                                                         default_store, cli_env):
     """Non-numeric load, fractional start, empty and reversed spans, absurd and NaN throughput, a
-    1000-deep `extra`, a record under a block its span does not cover: a client drops each (and
+    1000-deep `extra`, a zero step limit, a record under a block its span does not cover: a client drops each (and
     counts it), `swarm status` lists only the honest nodes, an `--blocks auto` node joins and
     rebalances among them."""
     malformed = _malformed(sybils.peer_ids)
@@ -89,16 +90,18 @@ def test_a_megabyte_subkey_costs_the_dht_nothing(sybils, honest, default_store):
 
 
 def test_evidence_nested_1000_deep_or_garbage_is_dropped_at_connect(sybils, honest, default_store):
-    """An evidence index nested 1000 deep, a 1 KB document nested 1000 deep, random bytes: a
-    connecting client (which reviews published evidence) drops all three and generates as usual."""
+    """An evidence index nested 1000 deep, a 1 KB document nested 1000 deep, random bytes, and a
+    validly signed document about this model whose hidden states are 4 wide (the model's are 576):
+    a connecting client (which reviews published evidence) drops all four and generates as usual."""
     root = default_store.root
-    deep_index, deep_document, garbage = sybils.peer_ids[:3]
+    deep_index, deep_document, garbage, narrow = sybils.peer_ids[:4]
     assert sybils.evidence_index(deep_index, root, Deep(1000))
     assert sybils.evidence(deep_document, root, valid.deep_list_bytes(1000))
     assert sybils.evidence(garbage, root, bytes(range(256)) * 4)
+    assert sybils.evidence(narrow, root, valid.evidence(bytes.fromhex(root)).to_bytes())
     before = untrusted.snapshot()["evidence"]
     honest(verify=True)
-    assert untrusted.snapshot()["evidence"] - before >= 3
+    assert untrusted.snapshot()["evidence"] - before >= 4
 
 
 def test_fifty_fake_nodes_claiming_every_block_do_not_stop_generation(sybils, honest, default_store):

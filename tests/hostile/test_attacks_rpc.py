@@ -70,7 +70,8 @@ def _computed_tokens(node: Any) -> float:
 # ---- frames ----------------------------------------------------------------------------------------
 
 def test_hostile_field_values_get_typed_refusals(attacker, nodes, root, honest):
-    """`reply_dtype` as a list or a map, `v: true`, a value nested 1000 deep in any field."""
+    """`reply_dtype` as a list or a map, `v: true`, a value nested 1000 deep in any field; none of the
+    refused opens counts against the sender's session cap."""
     peer = nodes[0, 10].peer_id
     cases = {
         "forward reply_dtype list": (FORWARD, [_forward(root, reply_dtype=["float32"])], "bad_frame"),
@@ -96,6 +97,11 @@ def test_hostile_field_values_get_typed_refusals(attacker, nodes, root, honest):
     got = {name: attacker.send(peer, handler, payloads, idle=30).codes for name, (handler, payloads, _) in
            cases.items()}
     assert got == {name: [code] for name, (_, _, code) in cases.items()}
+    # refused opens cost nothing: more of them than the per-peer session cap, then a valid one is served
+    for i in range(20):
+        assert attacker.send(peer, INFERENCE, [_open(root, f"refused-{i}", reply_dtype=["float32"])]).codes == \
+            ["bad_frame"]
+    assert attacker.send(peer, INFERENCE, [_open(root, "after-refusals")]).codes[:1] == ["opened"]
     honest()
 
 

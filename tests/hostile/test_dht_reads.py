@@ -4,6 +4,7 @@ and counted (and exported as a metric), and a DHT that never answers is a DHTTim
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -90,8 +91,25 @@ def test_fetch_evidence_reassembles_honest_documents_and_drops_the_rest() -> Non
         return await dht_io.fetch_evidence(dht, ROOT)
 
     before = untrusted.snapshot()["evidence"]
-    assert asyncio.run(publish()) == {honest: document}
+    assert asyncio.run(publish()) == {honest: (hashlib.sha256(document).hexdigest(), document)}
     assert untrusted.snapshot()["evidence"] == before + 4
+
+
+def test_fetch_evidence_skips_what_the_caller_has_seen_and_stops_at_its_limit() -> None:
+    """Documents may be 64 MiB each and identities are free: nothing judged before, and no more than
+    `limit`, is fetched."""
+    dht = _DHT()
+    publishers = [Identity(bytes([i]) * 32).peer_id for i in range(1, 7)]
+
+    async def fetch(**kw: Any) -> dict[str, tuple[str, bytes]]:
+        for i, publisher in enumerate(publishers):
+            assert await dht_io.publish_evidence(dht, ROOT, publisher, b"doc %d" % i, ttl=60)
+        return await dht_io.fetch_evidence(dht, ROOT, **kw)
+
+    seen = {hashlib.sha256(b"doc 0").hexdigest()}
+    got = asyncio.run(fetch(skip=lambda publisher, digest: digest in seen or publisher == publishers[1], limit=3))
+    assert len(got) == 3 and not {publishers[0], publishers[1]} & set(got)
+    assert all(document.startswith(b"doc ") for _, document in got.values())
 
 
 @pytest.mark.parametrize("call", [

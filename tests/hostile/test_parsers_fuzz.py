@@ -10,6 +10,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +19,7 @@ from ledger import canonical, entries, note
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.errors import EncodingError, LedgerError, NoteError, ReceiptError
 from ledger.receipts import Receipt, open_receipt
+from ledger.store import Ledger, Store
 from routing import ledger_rpc
 from routing.attestation import Attestation, parse_attestation
 from routing.errors import PeerFailure
@@ -175,6 +178,7 @@ def test_a_record_parses_to_none_or_to_a_record_within_the_model(value: Any, blo
         assert math.isfinite(record.throughput) and record.throughput > 0
         assert all(type(v) is int and v >= 0 for v in (record.active_sessions, record.cache_tokens_left,
                                                        record.max_step_tokens, record.max_session_length))
+        assert record.max_step_tokens >= 1 and record.max_session_length >= 1
 
 
 EVIDENCE = canonical.unpack(valid.evidence().to_bytes())
@@ -208,3 +212,27 @@ def test_ledger_replies_are_used_or_refused_as_peer_failures(reply: dict[str, An
     for call in (ledger_rpc.checkpoint(link, peer), ledger_rpc.entries(link, peer, 0, 1),
                  ledger_rpc.consistency(link, peer, 1, 3)):
         _parsed_or(PeerFailure, asyncio.run, call)
+
+
+class _LedgerPeer:
+    """A node's real log, served by a liar that claims `extra` more entries than its checkpoint signs."""
+
+    def __init__(self, log: Ledger, extra: int) -> None:
+        self.log, self.extra, self.entry_requests = log, extra, 0
+
+    async def request(self, peer: str, handler: str, frame: dict[str, Any]) -> Any:
+        if frame["op"] == "checkpoint":
+            size, note = self.log.latest_checkpoint()
+            return {"size": size + self.extra, "checkpoint": note}
+        self.entry_requests += 1
+        start, end = frame["start"], min(frame["end"], self.log.size())
+        return {"entries": [[r.data, r.signature] for r in self.log.rows(start, end)]}
+
+
+def test_an_audit_checks_the_signed_size_before_paging_through_a_claimed_one(tmp_path) -> None:
+    with Store(tmp_path / "ledger.sqlite", valid.NODE) as log:
+        honest, liar = _LedgerPeer(log, 0), _LedgerPeer(log, 10**12)
+        assert asyncio.run(ledger_rpc.audit(honest, valid.NODE.peer_id))[0] == log.size()
+        with pytest.raises(PeerFailure, match="signed size"):
+            asyncio.run(ledger_rpc.audit(liar, valid.NODE.peer_id))
+        assert liar.entry_requests == 1  # entry 0, for the log key; no page of the claimed log

@@ -75,6 +75,8 @@ def test_unknown_fields_are_ignored_so_newer_nodes_can_add_some() -> None:
     pytest.param({"name": "bell\a"}, id="control-character-in-name"),
     pytest.param({"cache_tokens_left": -1}, id="negative-cache"),
     pytest.param({"max_session_length": 1 << 50}, id="huge-session-length"),
+    pytest.param({"max_step_tokens": 0}, id="zero-step-tokens"),
+    pytest.param({"max_session_length": 0}, id="zero-session-length"),
     pytest.param({"version": 1.0}, id="float-version"),
     pytest.param({"maddrs": ["garbage"]}, id="maddr-that-does-not-parse"),
     pytest.param({"maddrs": "/ip4/1.2.3.4/tcp/1"}, id="maddrs-not-a-list"),

@@ -59,20 +59,21 @@ def checkpoint_note() -> str:
 LOG_KEY = log_key(NODE).public_key().public_bytes_raw()
 
 
-def _attested(identity: Identity, session: str, start: int, sent: torch.Tensor, output: torch.Tensor) -> Claim:
+def _attested(identity: Identity, session: str, start: int, sent: torch.Tensor, output: torch.Tensor,
+              root: bytes) -> Claim:
     att = attest(identity, session=session, step=0 if session == FORWARD_SESSION else 3, start=start,
-                 manifest_root=ROOT, blocks=(10, 20), dtype="float32", input_digest=wire.tensor_digest(sent),
+                 manifest_root=root, blocks=(10, 20), dtype="float32", input_digest=wire.tensor_digest(sent),
                  output_digest=wire.tensor_digest(output))
     return Claim(att, output)
 
 
-def evidence() -> Evidence:
-    """Signed, self-consistent evidence: a step at position 2 of 1 token, hidden width 4."""
+def evidence(root: bytes = ROOT) -> Evidence:
+    """Signed, self-consistent evidence about `root`: a step at position 2 of 1 token, hidden width 4."""
     torch.manual_seed(0)
     prefix, start = torch.randn(1, 3, 4), 2
-    step = _attested(NODE, "s1", start, prefix[:, start:], torch.randn(1, 1, 4))
-    forward = _attested(CHECKER, FORWARD_SESSION, 0, prefix, torch.randn(1, 1, 4))
-    return Evidence(root=ROOT, blocks=(10, 20), start=start, prefix=prefix, step=step, forward=forward,
+    step = _attested(NODE, "s1", start, prefix[:, start:], torch.randn(1, 1, 4), root)
+    forward = _attested(CHECKER, FORWARD_SESSION, 0, prefix, torch.randn(1, 1, 4), root)
+    return Evidence(root=root, blocks=(10, 20), start=start, prefix=prefix, step=step, forward=forward,
                     dishonest=NODE.peer_id, errors_ppm={NODE.peer_id: 5000, CHECKER.peer_id: 1}, method="local",
                     publisher=CLIENT.peer_id, time_ns=1_700_000_000_000_000_000).signed(CLIENT)
 

@@ -27,6 +27,7 @@ from .sessions import NodeSession
 from .streams import FIRST_FRAME_TIMEOUT, guard, peer_of
 
 log = logging.getLogger(__name__)
+UNSYNCABLE = (ErrorCode.TOO_LARGE, ErrorCode.TIMEOUT)  # after an oversized or unfinished frame the stream is lost
 
 
 class Inference:
@@ -65,8 +66,8 @@ class Inference:
                 try:
                     frame = await upcoming
                 except ProtocolError as e:
-                    if e.code in (ErrorCode.TOO_LARGE, ErrorCode.TIMEOUT):
-                        raise  # the stream cannot be resynchronised after an oversized or unfinished frame
+                    if e.code in UNSYNCABLE:
+                        raise
                     await self._refuse(session, e)
                     upcoming = read()
                     continue
@@ -152,4 +153,4 @@ def _gone(read: asyncio.Future) -> bool:
     """Whether a read ahead failed because the stream ended (a bad frame only gets its error frame)."""
     error = read.exception()
     return isinstance(error, (asyncio.IncompleteReadError, ConnectionError)) or (
-        isinstance(error, ProtocolError) and error.code in (ErrorCode.TOO_LARGE, ErrorCode.TIMEOUT))
+        isinstance(error, ProtocolError) and error.code in UNSYNCABLE)

@@ -18,7 +18,7 @@ from routing.errors import ErrorCode, ProtocolError
 from routing.ledger_rpc import MAX_ENTRIES
 
 from .serving import Serving
-from .streams import FIRST_FRAME_TIMEOUT, SMALL_REQUEST
+from .streams import FIRST_FRAME_TIMEOUT, SMALL_REQUEST, guard
 
 
 class LedgerService:
@@ -32,7 +32,7 @@ class LedgerService:
             reply = await asyncio.get_running_loop().run_in_executor(None, self._answer, frame)
             await wire.write_frame(writer, {"type": "ledger", **reply})
 
-        await self.serving.guard(serve, writer, info, "ledger")
+        await guard(self.serving.book, self.serving.metrics, serve, writer, info, "ledger")
 
     def _answer(self, frame: dict[str, Any]) -> dict[str, Any]:
         op = frame.get("op")

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import torch
 
+from routing import wire
 from routing.errors import ErrorCode, ProtocolError
 from shards.blocks import BlockStack
 from shards.packed import Segment, run_packed
@@ -104,7 +105,7 @@ class StepScheduler:
             for work in queue:
                 work.future.cancel()
         self._queues.clear()
-        self.executor.shutdown(wait=True)
+        await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown)  # waits for its last batch
 
     def queued_tokens(self, peer: str) -> int:
         return sum(w.remaining for w in self._queues.get(peer, ()))
@@ -218,9 +219,10 @@ class StepScheduler:
         for c in chunks:
             w = c.work
             if w._input is None:
-                if not bool(torch.isfinite(w.received).all()):
-                    finished.append((w, ProtocolError(ErrorCode.BAD_TENSOR, "the hidden states hold NaN or "
-                                                                            "infinite values")))
+                try:
+                    wire.check_finite(w.received)
+                except ProtocolError as e:
+                    finished.append((w, e))
                     continue
                 w._input = w.received.to(device=base.device, dtype=base.dtype)
             running.append(c)

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 
 from ledger.keys import Identity
 from routing import wire
 from routing.attestation import FORWARD_SESSION, attest
 from routing.errors import ErrorCode, ProtocolError
 from routing.grants import PushGrant, accept_grant
+from routing.records import MADDRS
 from shards.blocks import BlockStack
 from shards.errors import CacheFullError
 from shards.manifest import Quantization
@@ -39,12 +39,12 @@ from .limits import PeerBook, PeerLimits
 from .metrics import NodeMetrics
 from .scheduler import StepScheduler, Work
 from .sessions import NodeSession, session_key
-from .streams import guard
 
 log = logging.getLogger(__name__)
 MAX_SESSION_ID = 64
 MAX_MADDRS = 8
 MAX_EARLY_PUSHES = 256  # pushes waiting for their session's open frame, over all peers
+MAX_EARLY_BYTES = 64 << 20  # the hidden states those waiting pushes hold, over all peers
 
 
 @dataclass(frozen=True)
@@ -62,24 +62,18 @@ class Stats:
 
     metrics: NodeMetrics
     tokens: int = 0
-    steps: int = 0
-    forwards: int = 0
-    sessions_opened: int = 0
 
     def step(self, tokens: int, seconds: float) -> None:
         self.tokens += tokens
-        self.steps += 1
         self.metrics.tokens(tokens)
         self.metrics.step()
         self.metrics.rpc("inference", seconds)
 
     def forward(self, seconds: float) -> None:
-        self.forwards += 1
         self.metrics.forward()
         self.metrics.rpc("forward", seconds)
 
     def session_opened(self) -> None:
-        self.sessions_opened += 1
         self.metrics.session_opened()
 
     def error(self, code: ErrorCode) -> None:
@@ -103,12 +97,17 @@ class Serving:
         self.max_length = min(config.max_session_length, stack.config.max_context)
         self.sessions: dict[str, NodeSession] = {}
         self._opened: dict[str, asyncio.Event] = {}  # pushes that arrived before their session's open
+        self._early_waiting = self._early_bytes = 0  # those pushes, and the hidden-state bytes they hold
         self.draining = False
         self.stats = Stats(metrics)
         self.started = time.time()
         self.read_budget = wire.ReadBudget(config.read_budget_bytes)
         self.forward_pages = 0  # held by stateless forwards (chunked through temporary pages), all peers together
+        # One book for the node's life: a move must not forget the streams and sessions peers hold.
+        peer_pages = -(-(config.peer_cache_tokens or config.cache_tokens // 2) // config.page_tokens)
+        self.book = PeerBook(PeerLimits(config.peer_max_streams, config.peer_max_sessions, peer_pages))
         self.scheduler: StepScheduler | None = None
+        self._retiring: set[asyncio.Task[None]] = set()  # schedulers of an old span, finishing their last batch
         self.stack = stack
 
     # ---- the span ---------------------------------------------------------------------------------
@@ -126,8 +125,6 @@ class Serving:
         pages = -(-c.cache_tokens // c.page_tokens)
         self.pool = PagePool(len(stack.blocks), stack.config.num_kv_heads, stack.config.head_dim, pages,
                              page_tokens=c.page_tokens, dtype=self.dtype, device=self.device)
-        self.book = PeerBook(PeerLimits(c.peer_max_streams, c.peer_max_sessions,
-                                        self.pool.pages_for(c.peer_cache_tokens or c.cache_tokens // 2)))
         # Forwards from a few identities would otherwise hold every page and leave sessions `cache_full`.
         self.max_forward_pages = max(pages // 4, self.pool.pages_for(c.max_batch_tokens))
         old = self.scheduler
@@ -135,7 +132,9 @@ class Serving:
                                        peer_queue_tokens=c.peer_queue_tokens, batching=c.batching,
                                        on_batch=self.metrics.batch)
         if old is not None:
-            asyncio.get_running_loop().create_task(old.stop())
+            task = asyncio.get_running_loop().create_task(old.stop())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
             self.scheduler.start()
 
     async def start(self) -> None:
@@ -165,11 +164,6 @@ class Serving:
                               "largest_batch": self.scheduler.largest_batch if self.scheduler else 0},
                 "draining": self.draining, "uptime_s": round(time.time() - self.started, 1),
                 "tokens_served": self.stats.tokens, **self.info_extra()}
-
-    async def guard(self, serve: Callable[[], Any], writer: asyncio.StreamWriter, info: StreamInfo,
-                    timed_as: str | None = None) -> None:
-        """Run a handler within its peer's stream cap, turning failures into error frames (node/streams.py)."""
-        await guard(self.book, self.metrics, serve, writer, info, timed_as)
 
     # ---- frames -----------------------------------------------------------------------------------
 
@@ -215,7 +209,7 @@ class Serving:
             if not bool(torch.isfinite(out).all()):
                 raise ProtocolError(ErrorCode.BAD_TENSOR, "the output is not finite: the input's values are out of "
                                                           "the range these blocks compute on")
-            out = (out if last is None else out[:, -last:]).to(reply_dtype)
+            out = (out if last is None else out[:, -last:]).to(device="cpu", dtype=reply_dtype).contiguous()  # once
             return Computed(wire.encode_tensor(out), wire.tensor_digest(received), wire.tensor_digest(out))
 
         return finish
@@ -232,10 +226,10 @@ class Serving:
 
     def _grow(self, peer: str, rows: list[PagedSequence], end: int, exclude: NodeSession | None = None) -> None:
         """Give `rows` exactly the pages positions [0, end) need, within the peer's share and the pool."""
-        delta = sum(self.pool.pages_for(end) - r.num_pages for r in rows)
+        delta = sum(r.pages_needed(end) for r in rows)
         self.book.check_pages(peer, delta)
         if delta > self.pool.free_pages:
-            self._evict(delta - self.pool.free_pages, exclude)
+            self._evict(delta, exclude)
         try:
             for row in rows:
                 before = row.num_pages
@@ -286,9 +280,10 @@ class Serving:
         if key in self.sessions:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"session {session_id!r} is already open")
         grant, maddrs = self._push_grant(frame, client, session_id, span)
+        reply_dtype = self.reply_dtype(frame)  # every check before the session counts against its peer
         self.book.add_session(client)
         session = NodeSession(session_id, client, span, [PagedSequence(self.pool) for _ in range(batch)], max_length,
-                              self.reply_dtype(frame), frame.get("attest", True) is not False, writer, grant, maddrs)
+                              reply_dtype, frame.get("attest", True) is not False, writer, grant, maddrs)
         self.sessions[key] = session
         self._opened.pop(key, asyncio.Event()).set()
         self.stats.session_opened()
@@ -305,9 +300,8 @@ class Serving:
         grant = accept_grant(frame["grant"], client=client, session=session_id, node=self.peer_id, root=self.root,
                              blocks=(span.start, span.end))
         maddrs = frame.get("next_maddrs", [])
-        if not (isinstance(maddrs, list) and len(maddrs) <= MAX_MADDRS
-                and all(isinstance(m, str) and 0 < len(m) <= 256 for m in maddrs)):
-            raise ProtocolError(ErrorCode.BAD_FRAME, f"next_maddrs must be up to {MAX_MADDRS} multiaddr strings")
+        if not (MADDRS.check(maddrs) and len(maddrs) <= MAX_MADDRS):
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"next_maddrs must be up to {MAX_MADDRS} multiaddrs")
         return grant, maddrs
 
     def route(self, session: NodeSession, frame: dict[str, Any]) -> None:
@@ -315,16 +309,24 @@ class Serving:
         session.grant, session.next_maddrs = self._push_grant(frame, session.client, session.session_id,
                                                                session.stack)
 
-    async def wait_session(self, client: str, session_id: str, timeout: float) -> NodeSession | None:
-        """The session, waiting briefly for its open: a push may outrun the client's open frame."""
+    async def wait_session(self, client: str, session_id: str, timeout: float, held: int) -> NodeSession | None:
+        """The session, waiting briefly for its open: a push may outrun the client's open frame.
+
+        Waiting pushes are bounded in number and in the `held` bytes of hidden states they keep
+        (anyone can push before being checked); past either bound a push does not wait."""
         key = session_key(client, session_id)
-        if key not in self.sessions and len(self._opened) < MAX_EARLY_PUSHES:
+        if (key not in self.sessions and self._early_waiting < MAX_EARLY_PUSHES
+                and self._early_bytes + held <= MAX_EARLY_BYTES):
             event = self._opened.setdefault(key, asyncio.Event())
+            self._early_waiting += 1
+            self._early_bytes += held
             try:
                 await asyncio.wait_for(event.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
             finally:
+                self._early_waiting -= 1
+                self._early_bytes -= held
                 if self._opened.get(key) is event and not event.is_set():
                     del self._opened[key]
         return self.sessions.get(key)
@@ -344,8 +346,8 @@ class Serving:
         if session.key not in self.sessions:
             raise ProtocolError(ErrorCode.SESSION_EXPIRED, "this session has ended on this node; reopen it")
         started = time.perf_counter()
-        session.rewind_to(start)
         self._grow(session.client, session.rows, start + n, exclude=session)
+        session.rewind_to(start)  # once admitted: a refused step leaves the session's counts as they were
         assert self.scheduler is not None
         done = await self.scheduler.submit(Work(session.client, session.stack, hidden, start, session.rows,
                                                 self._finish(hidden, session.reply_dtype)))

@@ -49,10 +49,6 @@ class NodeSession:
         return len(self.rows)
 
     @property
-    def pages(self) -> int:
-        return sum(r.num_pages for r in self.rows)
-
-    @property
     def tokens(self) -> int:
         """Tokens computed for the client (what its receipt must name)."""
         return self.computed

@@ -55,7 +55,8 @@ class Run:
         return self.tokens / self.wall if self.wall else 0.0
 
 
-async def node_side(client: SwarmClient, root: str, num_blocks: int, sessions: int, tokens: int) -> Run:
+async def node_side(client: SwarmClient, root: str, num_blocks: int, hidden: int, sessions: int, tokens: int
+                    ) -> Run:
     """`sessions` concurrent sessions sending hidden states into the chain, which pushes them along."""
     records = await client.records(root, num_blocks)
     client.learn(records.values())
@@ -74,8 +75,8 @@ async def node_side(client: SwarmClient, root: str, num_blocks: int, sessions: i
                              next_hop=hops[k + 1] if k + 1 < len(hops) else None) for k, hop in enumerate(hops)]
         for s in spans:
             await s.open()
-        await step(spans, torch.randn(1, PREFILL, 576), 0)
-        gaps, x = [], torch.randn(1, 1, 576)
+        await step(spans, torch.randn(1, PREFILL, hidden), 0)
+        gaps, x = [], torch.randn(1, 1, hidden)
         starts.append(time.perf_counter())
         for t in range(tokens):
             began = time.perf_counter()
@@ -128,7 +129,7 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     store = ShardStore(resolve_model(args.model))
-    n = store.manifest.num_blocks
+    n, hidden = store.manifest.num_blocks, store.manifest.config.hidden_size
     results: dict[tuple[str, str, int], list[Run]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-concurrency-") as tmp, \
             LocalSwarm(str(store.path), Path(tmp) / "on") as on, \
@@ -140,14 +141,15 @@ def main() -> int:
         models = {k: RemoteModel.connect(s.initial_peers, store.path, verify=False) for k, s in swarms.items()}
         try:
             for k in swarms:  # warm-up: first sessions pay for imports, allocations and stream set-up
-                clients[k].run(node_side(clients[k], store.root, n, 2, 4))
+                clients[k].run(node_side(clients[k], store.root, n, hidden, 2, 4))
                 end_to_end(models[k], 2, 4)
             for sessions in args.sessions:
                 for r in range(args.repeats):
                     for kind in ("node-side", "end-to-end"):
                         for k in ("on", "off"):
                             if kind == "node-side":
-                                run = clients[k].run(node_side(clients[k], store.root, n, sessions, args.tokens))
+                                run = clients[k].run(node_side(clients[k], store.root, n, hidden, sessions,
+                                                               args.tokens))
                             else:
                                 run = end_to_end(models[k], sessions, args.tokens)
                             results.setdefault((kind, k, sessions), []).append(run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -132,7 +133,8 @@ def _verify_derivation(store: ShardStore, base_spec: str | None) -> int:
     from .store import ShardStore
 
     m = store.manifest
-    spec = base_spec or m.source.get("base_name")
+    named = m.source.get("base_name")  # from the manifest: a store's name, never a path
+    spec = base_spec or (named if isinstance(named, str) and re.fullmatch(r"[A-Za-z0-9][\w.-]{0,99}", named) else None)
     try:
         base = ShardStore(resolve_model(spec, fetch=False)) if spec else None
     except ShardsError:

@@ -57,14 +57,17 @@ class Generation:
         return len(self.token_ids) / self.total_time if self.total_time else 0.0
 
 
-def encode_prompt(tokenizer: Any, prompt: Prompt, raw: bool = False) -> list[int]:
-    """Token ids for a prompt: ids pass through; text and conversations use the chat template."""
+def encode_prompt(tokenizer: Any, prompt: Prompt, raw: bool = False, vocab_size: int | None = None) -> list[int]:
+    """Token ids for a prompt: ids pass through (each must be below `vocab_size`, when given);
+    text and conversations use the chat template."""
     if isinstance(prompt, str):
         if raw or not getattr(tokenizer, "chat_template", None):
             return list(tokenizer(prompt)["input_ids"])
         prompt = [{"role": "user", "content": prompt}]
     prompt = list(prompt)
     if prompt and all(isinstance(t, int) for t in prompt):
+        if vocab_size is not None and any(not 0 <= t < vocab_size for t in prompt):
+            raise ShardsError(f"token ids must be in [0, {vocab_size})")
         return [int(t) for t in prompt]
     if tokenizer is None:
         raise ShardsError("this model has no tokenizer: pass token ids")
@@ -157,7 +160,7 @@ class Session:
              ignore_eos: bool, result: Generation, speculation: _Speculation | None) -> Iterator[TokenEvent]:
         if max_new_tokens < 1:
             raise ShardsError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        ids = encode_prompt(self.tokenizer, prompt, raw)
+        ids = encode_prompt(self.tokenizer, prompt, raw, self.head.embed_tokens.num_embeddings)
         if not ids:
             raise ShardsError("the prompt is empty")
         result.prompt_tokens = len(ids)

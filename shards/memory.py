@@ -14,8 +14,8 @@ from .blocks import Block
 from .config import ModelConfig
 from .manifest import Manifest
 from .quant_linear import projection_factory
+from .store import DTYPES
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def module_bytes(module: nn.Module) -> int:
@@ -32,7 +32,7 @@ def block_bytes(manifest: Manifest, dtype: torch.dtype | None = None) -> int:
     """
     with torch.device("meta"):
         block = Block(manifest.config, projection_factory(manifest.quantization))
-    return module_bytes(block.to(dtype or _DTYPES.get(manifest.dtype, torch.float32)))
+    return module_bytes(block.to(dtype or DTYPES.get(manifest.dtype, torch.float32)))
 
 
 def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:

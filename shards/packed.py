@@ -64,7 +64,8 @@ class _DecodeGroup:
         vs = values.index_select(1, self.table).view(heads, n, self.width, dim).transpose(0, 1)
         # Stale slots may hold anything, NaN included: masking alone would still add NaN into the scores
         # and multiply 0 by NaN in the values, so they are zeroed first.
-        ks, vs = ks.masked_fill(self.padding, 0.0), vs.masked_fill(self.padding, 0.0)
+        ks.masked_fill_(self.padding, 0.0)  # in place: index_select made fresh copies
+        vs.masked_fill_(self.padding, 0.0)
         out = attention(q.transpose(0, 1)[:, :, None], ks, vs, self.mask, False)  # (n, heads, 1, dim)
         return out[:, :, 0].transpose(0, 1)
 

@@ -46,10 +46,6 @@ class PagePool:
     def used_pages(self) -> int:
         return self.num_pages - len(self._free)
 
-    @property
-    def nbytes(self) -> int:
-        return self.keys.nbytes + self.values.nbytes
-
     def pages_for(self, tokens: int) -> int:
         return -(-tokens // self.page_tokens)
 
@@ -85,12 +81,14 @@ class PagedSequence:
     def resize(self, end: int) -> None:
         """Hold exactly the pages positions [0, end) need: take missing ones, give back the rest."""
         want = self.pool.pages_for(end)
+        self.length = min(self.length, end)
+        if want == len(self.pages):
+            return  # most decode steps: the table stands (rebuilding it is a host-to-device copy)
         if want > len(self.pages):
             self.pages += self.pool.take(want - len(self.pages))
-        elif want < len(self.pages):
+        else:
             self.pool.give_back(self.pages[want:])
             del self.pages[want:]
-        self.length = min(self.length, end)
         self.table = torch.tensor(self.pages, dtype=torch.long, device=self.pool.keys.device)
 
     def release(self) -> None:

@@ -70,11 +70,6 @@ class QuantizedProjection(nn.Module):
     def device(self) -> torch.device:
         return self.qweight.device
 
-    @property
-    def weight_t(self) -> torch.Tensor:
-        """The dequantized weight, transposed like `Projection.weight_t` (costs a dequantization)."""
-        return self.weight().t()
-
     def weight(self) -> torch.Tensor:
         parts = {name: getattr(self, name) for name in self.quantization.parts}
         return dequantize(self.quantization, parts).to(self.compute_dtype)

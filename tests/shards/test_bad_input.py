@@ -77,3 +77,12 @@ def test_kv_cache_has_a_fixed_length_with_a_clear_error():
     cache.length = 4
     with pytest.raises(CacheLengthError, match="max length 8 exceeded"):
         cache.check_step(4, 5)
+
+
+def test_token_ids_outside_the_vocabulary_are_a_clear_error(local_model):
+    from shards.errors import ShardsError
+
+    with pytest.raises(ShardsError, match=r"token ids must be in \[0, 49152\)"):
+        local_model.generate([1, 2, 10**9], 2)
+    with pytest.raises(ShardsError, match="token ids"):
+        local_model.generate([-1], 2)

@@ -216,6 +216,33 @@ def test_idle_sessions_of_max_length_8192_reserve_nothing_and_give_way_to_others
     assert told["code"] == "session_expired"
 
 
+def test_a_step_needing_more_pages_than_are_free_evicts_enough_idle_ones(swarm, attacker, accomplice, nodes, root):
+    """Idle sessions hold 15 of the 16 pages; a newcomer's 128-token step needs 2. Eviction must free
+    what the step needs, not what it lacks beyond the free pages (which, being 1 <= 1 free, once
+    evicted nothing and answered cache_full)."""
+    node = nodes[0, 10]
+
+    async def hold(who: Attacker, tokens: int) -> RawSession:
+        s = RawSession(who.link, node.peer_id, root, fresh_session(), 1024)
+        assert (await s.open())["type"] == "opened"
+        assert (await s.step(0, tokens))["type"] == "result"
+        return s
+
+    first, second = attacker.run(hold(attacker, 512)), accomplice.run(hold(accomplice, 448))
+    assert attacker.info(node)["load"]["cache_tokens_free"] == 64
+    time.sleep(6)  # both idle past --evict-idle-after
+    newcomer = Attacker(swarm.initial_peers, swarm.nodes)
+    try:
+        third = newcomer.run(hold(newcomer, 128))
+        third.abort()
+    finally:
+        newcomer.close()
+    told = attacker.run(first.read())  # the least recently used gave way
+    first.abort()
+    second.abort()
+    assert told["code"] == "session_expired"
+
+
 @pytest.mark.parametrize("handler", [INFO, FORWARD, INFERENCE, PUSH, LEDGER])
 def test_ten_streams_promising_64_mib_frames_are_cut_at_the_header(attacker, nodes, handler, honest):
     """Ten streams each declare a 64 MiB frame and trickle up to 24 MiB of it (1 MiB pieces): each

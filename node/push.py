@@ -180,6 +180,9 @@ class PushReceiver:
                 raise ProtocolError(ErrorCode.PUSH_REFUSED, f"no session {session_id!r:.80} of client {client:.60} "
                                                             "names you as its predecessor on this node")
             hidden = s.decode_hidden(frame, session.batch)
+            # NaN or infinity is the pusher's fault: refused to it (its client relays instead), never
+            # computed and reported to our client as if we had failed.
+            await asyncio.get_running_loop().run_in_executor(None, wire.check_finite, hidden)
         except ProtocolError as e:
             s.stats.error(e.code)
             try:

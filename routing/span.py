@@ -2,9 +2,10 @@
 
 Frames to the node are sent without waiting (an `open` and the first `step` leave together, so
 opening costs no round trip of its own); a reader task takes every frame the node sends back
-into a queue — `opened`, step results (relayed replies, or copies of pushed outputs), `routed`,
-`closed`, errors — and `push_failed` notices (the node could not push to its successor) into
-another. Each result is checked: shape, finite values, and the node's signed attestation.
+into a queue — `opened`, step results (relayed replies, or copies of pushed outputs), `closed`,
+errors — and `push_failed` notices (the node could not push to its successor) and `routed`
+acknowledgements into queues of their own: a re-route answered while a result copy is still
+unread must not take that result's place. Each result is checked: shape, finite values, and the node's signed attestation.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .planner import Hop
 
 HANDLER = "swarmlm.inference"
 MAX_UNREAD_FRAMES = 8  # frames of one session a node may have sent ahead of what we read
+ROUTE_TIMEOUT = 10.0  # seconds for a node to acknowledge new push neighbours (an error frame waits for the next step)
 
 
 class SpanSession:
@@ -49,6 +51,7 @@ class SpanSession:
         # Bounded: a node cannot make us hold more than a few of its frames (each up to 64 MiB) unread.
         self._frames: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue(MAX_UNREAD_FRAMES)
         self.notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_UNREAD_FRAMES)
+        self._routed: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_UNREAD_FRAMES)
         self._reading: asyncio.Task | None = None
         self._opened = False
         self.timing = {"wait": 0.0, "check": 0.0, "node": 0.0}  # seconds: blocked on replies, checking them,
@@ -81,12 +84,13 @@ class SpanSession:
         try:
             while True:
                 frame = await wire.read_frame(reader)
-                if frame["type"] != "push_failed":
+                side = {"push_failed": self.notices, "routed": self._routed}.get(frame["type"])
+                if side is None:
                     await self._frames.put(frame)  # waits while we have not read earlier ones: backpressure
                     continue
-                if self.notices.full():  # a notice nobody waited for is stale: the oldest goes
-                    self.notices.get_nowait()
-                self.notices.put_nowait(frame)
+                if side.full():  # one nobody waited for is stale: the oldest goes
+                    side.get_nowait()
+                side.put_nowait(frame)
         except (asyncio.IncompleteReadError, ConnectionError) as e:
             await self._frames.put(PeerFailure(self.peer, f"stream closed ({type(e).__name__})"))
         except RoutingError as e:
@@ -161,7 +165,10 @@ class SpanSession:
         """New push neighbours after a failover; waits until the node has them."""
         self.prev, self.next_hop = prev, next_hop
         await self._send({"type": "route", "session": self.session_id, **self._grant()})
-        await self.expect("routed")
+        try:
+            await asyncio.wait_for(self._routed.get(), ROUTE_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise PeerFailure(self.peer, f"did not take its new push neighbours within {ROUTE_TIMEOUT:.0f}s") from None
 
     def drop_notices(self) -> None:
         while not self.notices.empty():

@@ -4,12 +4,14 @@ Usage: `malformed_node.py MODE swarmlm-arguments…`, MODE one of
 - `nan`: the reply's float32 values are all NaN;
 - `short`: the reply claims one more position than its bytes hold;
 - `huge`: the reply claims 8 × 2048 positions (about 38 MB) and sends a few bytes;
-- `dtype`: the reply claims float64.
-Its record, load entry and attestations are honest; only the tensors it sends are not.
+- `dtype`: the reply claims float64;
+- `attestation`: the tensor is right, but its signed attestation names another output digest.
+Its record and load entry are honest; only what it sends with each step is not.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -35,8 +37,18 @@ def _malformed(mode: str) -> Any:
     return encode
 
 
+def _misattest(*args: Any, **kwargs: Any) -> Any:
+    return dataclasses.replace(_genuine_attest(*args, **kwargs), output_digest=bytes(32))
+
+
 if __name__ == "__main__":
-    wire.encode_tensor = _malformed(sys.argv[1])  # type: ignore[assignment]
+    if sys.argv[1] == "attestation":
+        import node.serving
+
+        _genuine_attest = node.serving.attest
+        node.serving.attest = _misattest  # type: ignore[assignment]
+    else:
+        wire.encode_tensor = _malformed(sys.argv[1])  # type: ignore[assignment]
     from swarmlm.cli import main
 
     sys.exit(main(sys.argv[2:]))

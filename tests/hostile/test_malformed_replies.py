@@ -8,21 +8,23 @@ import sys
 from pathlib import Path
 
 MALFORMED = [sys.executable, str(Path(__file__).with_name("malformed_node.py"))]
-MODES = ("nan", "short", "huge", "dtype")
+MODES = ("nan", "short", "huge", "dtype", "attestation")
 
 
-def test_nodes_sending_nan_short_huge_or_mistyped_tensors_are_refused_and_banned(swarm, honest, caplog):
-    """Four hostile nodes on blocks 10:20, each announcing far more throughput than the honest one
-    (so the client tries them first), each sending one kind of malformed reply. Found with it: a
-    re-route acknowledged while a pushed result copy was unread took that result's place, and the
-    honest successor was banned for it; and the successor computed a liar's pushed NaN and reported
-    `bad_tensor` to the client as its own failure (now refused to the pusher, off the loop)."""
+def test_nodes_sending_malformed_tensors_or_attestations_are_refused_and_banned(swarm, honest, caplog):
+    """Five hostile nodes on blocks 10:20, each announcing far more throughput than the honest one
+    (so the client tries them first), each sending one kind of malformed reply: NaN, short, huge or
+    mistyped tensors, or an attestation that does not match its output (checked when verifying, the
+    default). Found with it: a re-route acknowledged while a pushed result copy was unread took that
+    result's place, and the honest successor was banned for it; and the successor computed a liar's
+    pushed NaN and reported `bad_tensor` to the client as its own failure (now refused to the
+    pusher, off the loop)."""
     honest_nodes = {n.peer_id for n in swarm.nodes}
     liars = {swarm.spawn_node((10, 20), extra=["--throughput", "100000"], program=[*MALFORMED, mode]).peer_id: mode
              for mode in MODES}
     try:
         with caplog.at_level(logging.INFO, logger="routing.chain"):
-            honest(verify=False)
+            honest()
         failed = {r.args[0] for r in caplog.records if r.name == "routing.chain" and "failed on blocks" in r.msg}
         refused = {p for p in liars if p[-8:] in failed}
         assert "malformed tensor" in caplog.text

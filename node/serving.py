@@ -25,7 +25,7 @@ import torch
 
 from ledger.keys import Identity
 from routing import wire
-from routing.attestation import FORWARD_SESSION, attest
+from routing.attestation import attest
 from routing.errors import ErrorCode, ProtocolError
 from routing.grants import PushGrant, accept_grant
 from routing.records import MADDRS

@@ -16,7 +16,6 @@ client keeps trying other nodes as long as some chain covers the model and its d
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import secrets
 import time
@@ -25,8 +24,6 @@ from typing import Callable
 
 import torch
 
-from ledger.errors import LedgerError
-from shards.errors import ShardsError
 
 from . import dht as dht_io
 from . import untrusted

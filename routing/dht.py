@@ -220,8 +220,9 @@ async def fetch_evidence(dht: hivemind.DHT, root: str, timeout: float = DHT_TIME
     `limit` documents are: each may be 64 MiB, and identities are free."""
     raw = await _call(dht, partial(_get_many, keys=[evidence_key(root)]), timeout)
     documents: dict[str, tuple[str, bytes]] = {}
+    fetched = 0  # documents whose chunks were asked for, assembled or not
     for publisher, value in raw.get(evidence_key(root), {}).items():
-        if limit is not None and len(documents) >= limit:
+        if limit is not None and fetched >= limit:
             break
         try:
             if not PEER_ID.check(publisher):
@@ -231,6 +232,7 @@ async def fetch_evidence(dht: hivemind.DHT, root: str, timeout: float = DHT_TIME
             digest, chunks, size = _evidence_index(value)
             if skip(publisher, digest):
                 continue
+            fetched += 1
             keys = [_chunk_key(root, digest, i) for i in range(chunks)]
             found = await _call(dht, partial(_get_many, keys=keys), timeout)
             parts = [found.get(k, {}).get(publisher) for k in keys]

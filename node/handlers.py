@@ -30,7 +30,7 @@ class Handlers:
             reply = await asyncio.get_running_loop().run_in_executor(None, s.info)  # it reads the ledger
             await wire.write_frame(writer, reply)
 
-        await guard(s.book, s.metrics, serve, writer, info, "info")
+        await guard(s.book, s.metrics, serve, reader, writer, info, "info")
 
     async def forward(self, info: StreamInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         s = self.serving
@@ -50,4 +50,4 @@ class Handlers:
                 reply["attestation"] = s.attestation(FORWARD_SESSION, 0, 0, span, done)
             await wire.write_frame(writer, reply)
 
-        await guard(s.book, s.metrics, serve, writer, info)
+        await guard(s.book, s.metrics, serve, reader, writer, info)

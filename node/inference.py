@@ -48,7 +48,7 @@ class Inference:
             await self._serve_session(session, reader)
 
         try:
-            await guard(s.book, s.metrics, serve, writer, info)
+            await guard(s.book, s.metrics, serve, reader, writer, info)
         finally:
             if holder:  # the stream ended without a close frame: still log the session, unreceipted
                 s.close(holder[0], None)

@@ -32,7 +32,7 @@ class LedgerService:
             reply = await asyncio.get_running_loop().run_in_executor(None, self._answer, frame)
             await wire.write_frame(writer, {"type": "ledger", **reply})
 
-        await guard(self.serving.book, self.serving.metrics, serve, writer, info, "ledger")
+        await guard(self.serving.book, self.serving.metrics, serve, reader, writer, info, "ledger")
 
     def _answer(self, frame: dict[str, Any]) -> dict[str, Any]:
         op = frame.get("op")

@@ -164,7 +164,7 @@ class PushReceiver:
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
 
-        await guard(s.book, s.metrics, serve, writer, info)
+        await guard(s.book, s.metrics, serve, reader, writer, info)
 
     async def _one(self, pusher: str, frame: dict[str, Any], reply: Callable[[dict[str, Any]], Awaitable[None]]
                    ) -> None:

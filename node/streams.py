@@ -23,6 +23,7 @@ from .metrics import NodeMetrics
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 FIRST_FRAME_TIMEOUT = 10.0  # seconds for a request's first frame to begin: clients send it at once
+LINGER_S = 0.5  # seconds an error frame gets to reach the client before its stream is closed
 SMALL_REQUEST = 4096  # bytes: info and ledger requests are tiny; nothing bigger is read for them
 
 
@@ -31,7 +32,8 @@ def peer_of(info: StreamInfo) -> str:
 
 
 async def guard(book: PeerBook, metrics: NodeMetrics, serve: Callable[[], Awaitable[Any]],
-                writer: asyncio.StreamWriter, info: StreamInfo, timed_as: str | None = None) -> None:
+                reader: asyncio.StreamReader, writer: asyncio.StreamWriter, info: StreamInfo,
+                timed_as: str | None = None) -> None:
     """Run one stream's handler within its peer's stream cap; failures become error frames.
 
     A vanished client is not an error. `timed_as` records the whole request's duration under
@@ -48,6 +50,7 @@ async def guard(book: PeerBook, metrics: NodeMetrics, serve: Callable[[], Awaita
         metrics.error(e.code)
         log.debug("rejected frame from %s: [%s] %s", peer, e.code.value, e)
         await try_write(writer, wire.error_frame(e.code, str(e)))
+        await linger(reader)
     except (asyncio.IncompleteReadError, ConnectionError):
         log.debug("stream from %s ended", peer)
     except Exception as e:  # a bug of ours: report it to the client, keep serving others
@@ -56,6 +59,22 @@ async def guard(book: PeerBook, metrics: NodeMetrics, serve: Callable[[], Awaita
         await try_write(writer, wire.error_frame(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
     finally:
         writer.close()
+
+
+async def linger(reader: asyncio.StreamReader) -> None:
+    """Before closing after an error frame, give the client LINGER_S to close first.
+
+    Closing our end while the client's is open lets p2pd reset the stream, and on a busy machine
+    the reset can overtake the error frame (the client then sees only a closed stream); what the
+    client sends meanwhile is discarded."""
+    async def drain() -> None:
+        while await reader.read(1 << 16):
+            pass
+
+    try:
+        await asyncio.wait_for(drain(), LINGER_S)
+    except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+        pass
 
 
 async def try_write(writer: asyncio.StreamWriter, frame: dict[str, Any]) -> None:

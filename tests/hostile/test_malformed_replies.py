@@ -24,9 +24,13 @@ def test_nodes_sending_malformed_tensors_or_attestations_are_refused_and_banned(
              for mode in MODES}
     try:
         with caplog.at_level(logging.INFO, logger="routing.chain"):
-            honest()
-        failed = {r.args[0] for r in caplog.records if r.name == "routing.chain" and "failed on blocks" in r.msg}
-        refused = {p for p in liars if p[-8:] in failed}
+            for _ in range(3):  # a client may finish its answer before it has tried every liar: ask again
+                honest()
+                failed = {r.args[0] for r in caplog.records
+                          if r.name == "routing.chain" and "failed on blocks" in r.msg}
+                refused = {p for p in liars if p[-8:] in failed}
+                if len(refused) == len(liars):
+                    break
         assert "malformed tensor" in caplog.text
         assert sorted(liars[p] for p in refused) == sorted(MODES), caplog.text
         assert not {p[-8:] for p in honest_nodes} & failed, caplog.text

@@ -219,7 +219,8 @@ class Serving:
         return attest(self.identity, session=session, step=step, start=start,
                       manifest_root=bytes.fromhex(self.weights_root), blocks=(span.start, span.end),
                       dtype=wire.dtype_name(self.dtype), input_digest=done.input_digest,
-                      output_digest=done.output_digest, base_root=bytes.fromhex(self.root) if q else None,
+                      output_digest=done.output_digest, travel_dtype=done.hidden["dtype"],
+                      base_root=bytes.fromhex(self.root) if q else None,
                       scheme=q.scheme if q else None).to_wire()
 
     # ---- cache pages --------------------------------------------------------------------------------

@@ -94,9 +94,25 @@ class Claim:
     output: torch.Tensor
 
     @property
-    def dtype(self) -> str:
-        """The node's attested compute dtype (its output may travel in another)."""
-        return self.attestation.dtype
+    def travel_dtype(self) -> str:
+        """The dtype the output was sent in: the output's own (its attested digest binds it), which a
+        current attestation also names; older attestations left it out."""
+        return wire.dtype_name(self.output.dtype)
+
+    @property
+    def precision(self) -> str:
+        """The coarsest rounding the output went through: "float32" only when it was both computed and
+        sent in float32. A float32 node whose output travels in the next node's bfloat16 is bounded as
+        bfloat16 (the rounding alone is about 2e-3, twenty times float32's bound)."""
+        compute = self.attestation.dtype
+        return compute if self.travel_dtype == "float32" else self.travel_dtype if compute == "float32" else compute
+
+    def bound(self, other: "Claim | None" = None) -> float:
+        """The honest relative error between this output and `other`'s, or a float32 reference of the
+        same weights (None): every rounding either went through, and each side's quantization."""
+        if other is None:
+            return tolerance(self.precision, "float32", self.attestation.scheme, self.attestation.scheme)
+        return tolerance(self.precision, other.precision, self.attestation.scheme, other.attestation.scheme)
 
     def to_wire(self) -> dict[str, Any]:
         return {"attestation": self.attestation.to_wire(), "output": wire.encode_tensor(self.output)}
@@ -228,6 +244,9 @@ def check_signatures(e: Evidence) -> None:
             raise EvidenceError(f"the {role}'s attested input is not the prefix in the evidence")
         if a.output_digest != wire.tensor_digest(claim.output):
             raise EvidenceError(f"the {role}'s output is not the one it attested")
+        if a.travel_dtype not in (None, claim.travel_dtype):
+            raise EvidenceError(f"the {role}'s attestation names travel dtype {a.travel_dtype}, its output is "
+                                f"{claim.travel_dtype}")
     if e.step.attestation.start != e.start or e.forward.attestation.session != FORWARD_SESSION:
         raise EvidenceError("the attestations are not a step at the disputed position and a forward")
     if e.dishonest not in (e.step.attestation.node, e.forward.attestation.node):
@@ -238,8 +257,7 @@ def judge(e: Evidence, reference: torch.Tensor) -> Judgement:
     """Each side's error against a float32 reference of the disputed positions; the one beyond its
     dtype's tolerance is dishonest."""
     errors = {c.attestation.node: relative_error(c.output, reference) for c in (e.step, e.forward)}
-    wrong = [c.attestation.node for c in (e.step, e.forward)
-             if errors[c.attestation.node] > tolerance(c.dtype, "float32")]
+    wrong = [c.attestation.node for c in (e.step, e.forward) if errors[c.attestation.node] > c.bound()]
     if len(wrong) != 1:
         return Judgement(False, None, "both sides agree with the reference" if not wrong else
                          "both sides disagree with the reference", errors)

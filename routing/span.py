@@ -142,6 +142,9 @@ class SpanSession:
             raise PeerFailure(self.peer, f"returned a malformed tensor: {e}") from None
         if out.shape != sent.shape:
             raise PeerFailure(self.peer, f"returned shape {list(out.shape)} for input {list(sent.shape)}")
+        if out.dtype != self.reply_dtype:  # a coarser dtype would also widen its spot check's bound
+            raise PeerFailure(self.peer, f"replied in {wire.dtype_name(out.dtype)}, asked for "
+                                         f"{wire.dtype_name(self.reply_dtype)}")
         if self.attest:
             self.attestations.append(check_step_attestation(
                 parse_attestation(frame.get("attestation")), peer=self.peer, session=self.session_id, step=self.steps,

@@ -2,7 +2,8 @@
 
 A spot check re-runs one step of one span as a stateless `forward` on another node serving the
 same blocks (the prefix up to that step, which the client already keeps for failover) and
-compares the outputs within the tolerance of the two nodes' dtypes. On disagreement the client
+compares the outputs within the tolerance of every rounding each went through (compute dtype,
+the dtype it travelled in, quantization). On disagreement the client
 breaks the tie with its own float32 computation from its verified shards; the node that is wrong
 is banned for good and signed evidence is written, logged and published.
 """
@@ -24,8 +25,8 @@ from shards.store import ShardStore
 
 from . import wire
 from .attestation import FORWARD_SESSION, Attestation, attest, check_step_attestation, parse_attestation
-from .errors import RoutingError
-from .evidence import PPM, Claim, Evidence, relative_error, tolerance
+from .errors import PeerFailure, RoutingError
+from .evidence import PPM, Claim, Evidence, relative_error
 from .records import ServerRecord
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,17 @@ class CheckStats:
 
 async def attested_forward(link, record: ServerRecord, root: str, blocks: tuple[int, int],  # noqa: ANN001
                            prefix: torch.Tensor, last: int) -> Claim:
-    """A stateless forward on `record`'s node, in its compute dtype, with its attestation checked."""
+    """A stateless forward on `record`'s node, in its compute dtype, with its attestation checked.
+    The output comes back in float32, so the check adds no rounding of its own to the node's."""
     peer = record.peer_id
     sent = prefix.to(wire.WIRE_DTYPES.get(record.dtype, torch.float32))
     reply = await link.request(peer, "swarmlm.forward", {
         "type": "forward", "v": wire.PROTOCOL_VERSION, "root": root, "blocks": list(blocks), "last": last,
-        "hidden": wire.encode_tensor(sent)})
+        "reply_dtype": "float32", "hidden": wire.encode_tensor(sent)})
     out = wire.decode_tensor(reply.get("hidden"), hidden_size=prefix.shape[2], max_tokens=last,
                              max_batch=prefix.shape[0], finite=True)
+    if out.dtype != torch.float32:
+        raise PeerFailure(peer, f"replied to a forward in {wire.dtype_name(out.dtype)}, asked for float32")
     att = check_step_attestation(parse_attestation(reply.get("attestation")), peer=peer, session=FORWARD_SESSION,
                                  step=0, start=0, root=record.served_root or root, blocks=blocks, dtype=record.dtype,
                                  sent=sent, received=out, scheme=record.scheme or None)
@@ -119,7 +123,7 @@ class Verifier:
             self.stats.skipped += 1
             return None
         self.stats.checks += 1
-        if relative_error(step.output, other.output) <= tolerance(step.dtype, other.dtype):
+        if relative_error(step.output, other.output) <= step.bound(other):
             self.stats.matches += 1
             return None
         self.stats.mismatches += 1
@@ -134,7 +138,8 @@ class Verifier:
         out = await self.referee.compute(att.manifest_root.hex(), att.blocks, prefix, last)
         mine = attest(self.identity, session=FORWARD_SESSION, step=0, start=0, manifest_root=att.manifest_root,
                       blocks=att.blocks, dtype="float32", input_digest=wire.tensor_digest(prefix.float()),
-                      output_digest=wire.tensor_digest(out), base_root=att.base_root, scheme=att.scheme)
+                      output_digest=wire.tensor_digest(out), travel_dtype=wire.dtype_name(out.dtype),
+                      base_root=att.base_root, scheme=att.scheme)
         return Claim(mine, out)
 
     async def _judge(self, step: Claim, forward: Claim, prefix: torch.Tensor) -> Evidence | None:
@@ -150,8 +155,7 @@ class Verifier:
             return None
         reference = await self.referee.compute(att.manifest_root.hex(), att.blocks, prefix, step.output.shape[1])
         errors = {c.attestation.node: relative_error(c.output, reference) for c in (step, forward)}
-        wrong = [c.attestation.node for c in (step, forward)
-                 if errors[c.attestation.node] > tolerance(c.dtype, "float32")]
+        wrong = [c.attestation.node for c in (step, forward) if errors[c.attestation.node] > c.bound()]
         if len(wrong) != 1:
             log.warning("spot check on blocks %s: errors %s; no single node to blame", att.blocks, errors)
             return None

@@ -30,7 +30,8 @@ def attestation_cost(rounds: int = 2000) -> tuple[float, float]:
     identity, root = Identity.generate(), "ab" * 32
     sent, received = torch.randn(1, 1, 576), torch.randn(1, 1, 576)
     fields = dict(session="s", step=0, start=7, manifest_root=bytes.fromhex(root), blocks=(0, 10), dtype="float32",
-                  input_digest=wire.tensor_digest(sent), output_digest=wire.tensor_digest(received))
+                  input_digest=wire.tensor_digest(sent), output_digest=wire.tensor_digest(received),
+                  travel_dtype="float32")
     started = time.perf_counter()
     for _ in range(rounds):
         att = attest(identity, **fields)

@@ -21,7 +21,7 @@ def register(ledger_commands: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from routing.evidence import Evidence, check_evidence, tolerance
+    from routing.evidence import Evidence, check_evidence
     from shards.store import ShardStore
 
     evidence = Evidence.load(args.file)
@@ -29,8 +29,8 @@ def _check(args: argparse.Namespace) -> int:
     result = {"confirmed": judgement.valid, "dishonest": judgement.dishonest, "claimed": evidence.dishonest,
               "reason": judgement.reason, "blocks": list(evidence.blocks), "position": evidence.start,
               "publisher": evidence.publisher, "relative_errors": judgement.errors,
-              "tolerances": {c.attestation.node: tolerance(c.dtype, "float32")
-                             for c in (evidence.step, evidence.forward)}}
+              "tolerances": {c.attestation.node: c.bound() for c in (evidence.step, evidence.forward)},
+              "precisions": {c.attestation.node: c.precision for c in (evidence.step, evidence.forward)}}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -38,5 +38,6 @@ def _check(args: argparse.Namespace) -> int:
         print(f"  claim: {evidence.dishonest} computed blocks {evidence.blocks[0]}:{evidence.blocks[1]} wrong at "
               f"position {evidence.start} (published by {evidence.publisher})")
         for node, err in judgement.errors.items():
-            print(f"  {node}: relative error {err:.2e} (tolerance {result['tolerances'][node]:.0e})")
+            print(f"  {node}: relative error {err:.2e} (tolerance {result['tolerances'][node]:.0e} for "
+                  f"{result['precisions'][node]})")
     return 0 if judgement.valid else 1

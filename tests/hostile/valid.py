@@ -63,7 +63,7 @@ def _attested(identity: Identity, session: str, start: int, sent: torch.Tensor, 
               root: bytes) -> Claim:
     att = attest(identity, session=session, step=0 if session == FORWARD_SESSION else 3, start=start,
                  manifest_root=root, blocks=(10, 20), dtype="float32", input_digest=wire.tensor_digest(sent),
-                 output_digest=wire.tensor_digest(output))
+                 output_digest=wire.tensor_digest(output), travel_dtype=wire.dtype_name(output.dtype))
     return Claim(att, output)
 
 

@@ -1,0 +1,127 @@
+"""Spot checks at rate 1.0 never convict an honest node, in any precision the swarm allows, while
+liars are still convicted: in process over every dtype and travel dtype (and quantized weights),
+and through real nodes of three dtypes — relayed, pushed, batched, chunked prefill, speculative
+rollback and failover replay."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from node.local_swarm import LocalSwarm
+from routing.evidence import tolerance
+from scripts.false_accusation_sweep import DTYPES, sweep
+from swarmlm.sdk import RemoteModel
+from tests.conftest import log_tails
+
+pytestmark = pytest.mark.swarm
+
+PROMPT = "What is the capital of France?"
+REPEAT = "Repeat after me: one two three four five, one two three four five, one two three"
+LONG = " ".join(["The river runs past the old mill and the children count the boats."] * 12)
+DISHONEST = [sys.executable, str(Path(__file__).with_name("dishonest_node.py"))]
+
+
+def test_in_process_sweep_honest_margins_below_one_and_liars_caught(default_store):
+    rows = list(sweep(default_store, [(10, 20)], prompts=(PROMPT, LONG[:200]), schemes=(None, "int8", "nf4")))
+    assert len(rows) == 3 * len(DTYPES) ** 2
+    assert [r for r in rows if r.margin > 1] == []
+    assert all(r.convicted("gross") for r in rows)
+    assert all(r.convicted("subtle") for r in rows if r.compute == r.travel == "float32")
+    # The old rule bounded a float32 node by float32's tolerance whatever its output travelled in:
+    # rounding to bfloat16 alone exceeds it, so this sweep would have convicted it.
+    f32_bf16 = [r for r in rows if r.compute == "float32" and r.travel == "bfloat16"]
+    assert all(r.honest_error > tolerance("float32", "float32") for r in f32_bf16)
+
+
+@pytest.fixture(scope="module")
+def mixed(default_store, tmp_path_factory):
+    """float32 0:10, bfloat16 10:20 (twice: a checker, and a spare for failover), float16 20:30; steps
+    of at most 64 tokens, so long prompts go in chunks."""
+    swarm = LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("accuse"),
+                       node_args=["--max-step-tokens", "64"])
+    with swarm:
+        swarm.start(3, 30, dtypes=["float32", "bfloat16", "float16"])
+        swarm.spawn_node((10, 20), dtype="bfloat16")
+        yield swarm
+
+
+def _client(swarm: LocalSwarm, store, **kwargs) -> RemoteModel:  # noqa: ANN001
+    return RemoteModel.connect(swarm.initial_peers, store.path, spot_check_rate=1.0, seed=1, **kwargs)
+
+
+def _assert_no_accusation(model: RemoteModel, swarm: LocalSwarm) -> None:
+    stats = model.verifier.stats
+    assert stats.checks > 0, "nothing was spot-checked"
+    assert (stats.convicted, stats.mismatches) == ([], 0), log_tails(swarm)
+    assert not any(n.peer_id in model.view.bans for n in swarm.nodes if n.process.poll() is None)
+
+
+@pytest.mark.parametrize("push", [False, True], ids=["relayed", "pushed"])
+def test_mixed_precision_chain_long_and_short_prompts(mixed, default_store, push):
+    with _client(mixed, default_store, push=push) as model:
+        assert model.generate(PROMPT, 12).text.startswith("The capital of France is Paris")
+        model.generate(LONG, 4)  # a prefill of several 64-token chunks, each spot-checked
+        _assert_no_accusation(model, mixed)
+
+
+def test_batched_with_other_sessions(mixed, default_store):
+    models = [_client(mixed, default_store) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            models[i % 2].generate([PROMPT, REPEAT, LONG[:300], "Name three colours."][i], 10)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+        assert errors == []
+        for m in models:
+            _assert_no_accusation(m, mixed)
+    finally:
+        for m in models:
+            m.close()
+
+
+def test_speculative_rollback(mixed, default_store):
+    with _client(mixed, default_store) as model:
+        g = model.generate(REPEAT, 20, speculative=4)
+        assert g.extra["speculation"]["drafted"] > 0
+        _assert_no_accusation(model, mixed)
+
+
+def test_after_failover_replay(mixed, default_store):
+    """The bfloat16 node of 10:20 in our chain dies mid-answer: the replacement replays the prefix,
+    and the steps after it are spot-checked like any other."""
+    with _client(mixed, default_store) as model:
+        ids: list[int] = []
+        with model.inference_session(max_length=128) as session:
+            for event in session.stream(PROMPT, 16, ignore_eos=True):
+                ids.append(event.token_id)
+                if len(ids) == 4:
+                    victim = next(s.peer for s in session.runner.spans if s.hop.start == 10)
+                    mixed.kill(next(n for n in mixed.nodes if n.peer_id == victim), signal.SIGKILL)
+            assert session.runner.failovers == 1
+        _assert_no_accusation(model, mixed)
+
+
+def test_a_gross_liar_among_low_precision_nodes_is_still_convicted(mixed, default_store):
+    """Weights that are not the model's, in bfloat16 ahead of a float16 node: convicted on sight."""
+    mixed.env["SWARMLM_TEST_LIE"] = "gross"
+    try:
+        liar = mixed.spawn_node((10, 20), dtype="bfloat16", extra=["--throughput", "100000"], program=DISHONEST)
+    finally:
+        del mixed.env["SWARMLM_TEST_LIE"]
+    with _client(mixed, default_store) as model:
+        model.generate(PROMPT, 8)
+        assert model.verifier.stats.convicted == [liar.peer_id], log_tails(mixed)

@@ -240,7 +240,11 @@ def check_signatures(e: Evidence) -> None:
             raise EvidenceError(f"the {role}'s attestation is not signed by {a.node}")
         if a.manifest_root != e.root or a.blocks != e.blocks:
             raise EvidenceError(f"the {role}'s attestation is about another model or span")
-        if a.input_digest != wire.tensor_digest(sent.to(claim.output.dtype)):
+        compute = wire.WIRE_DTYPES.get(a.dtype)  # a node receives its input in its compute dtype
+        if compute is None:
+            raise EvidenceError(f"the {role}'s attested dtype {a.dtype!r:.40} is not one of "
+                                f"{', '.join(wire.WIRE_DTYPES)}")
+        if a.input_digest != wire.tensor_digest(sent.to(compute)):
             raise EvidenceError(f"the {role}'s attested input is not the prefix in the evidence")
         if a.output_digest != wire.tensor_digest(claim.output):
             raise EvidenceError(f"the {role}'s output is not the one it attested")

@@ -11,9 +11,13 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
+from ledger.keys import Identity
 from node.local_swarm import LocalSwarm
-from routing.evidence import tolerance
+from routing import wire
+from routing.attestation import FORWARD_SESSION, attest
+from routing.evidence import Claim, Evidence, check_evidence, tolerance
 from scripts.false_accusation_sweep import DTYPES, sweep
 from swarmlm.sdk import RemoteModel
 from tests.conftest import log_tails
@@ -36,6 +40,36 @@ def test_in_process_sweep_honest_margins_below_one_and_liars_caught(default_stor
     # rounding to bfloat16 alone exceeds it, so this sweep would have convicted it.
     f32_bf16 = [r for r in rows if r.compute == "float32" and r.travel == "bfloat16"]
     assert all(r.honest_error > tolerance("float32", "float32") for r in f32_bf16)
+
+
+def _claim(node: Identity, session: str, start: int, sent: torch.Tensor, out: torch.Tensor, root: str) -> Claim:
+    return Claim(attest(node, session=session, step=0, start=start, manifest_root=bytes.fromhex(root), blocks=(0, 10),
+                        dtype=wire.dtype_name(sent.dtype), input_digest=wire.tensor_digest(sent),
+                        output_digest=wire.tensor_digest(out), travel_dtype=wire.dtype_name(out.dtype)), out)
+
+
+def test_published_evidence_against_an_honest_node_is_rejected_by_re_checkers(default_store):
+    """Evidence as the old rule wrote it: a float32 node whose output travelled in bfloat16, judged
+    dishonest. Anyone re-checking it now finds the verdict wrong (a client seeing it in the DHT
+    drops it and distrusts its publisher); about a real liar the same document holds."""
+    store, publisher, node, checker = default_store, Identity.generate(), Identity.generate(), Identity.generate()
+    head, stack = store.load_head(dtype=torch.float32), store.load_blocks(0, 10, dtype=torch.float32)
+    with torch.inference_mode():
+        prefix = head.embed(torch.tensor([store.tokenizer().encode(PROMPT)]))
+        start = prefix.shape[1] - 2
+        honest = stack(prefix)[:, start:]
+    forward = _claim(checker, FORWARD_SESSION, 0, prefix, honest, store.root)
+
+    def document(output: torch.Tensor) -> Evidence:
+        step = _claim(node, "s", start, prefix[:, start:], output, store.root)
+        return Evidence(root=bytes.fromhex(store.root), blocks=(0, 10), start=start, prefix=prefix, step=step,
+                        forward=forward, dishonest=node.peer_id, errors_ppm={}, method="local",
+                        publisher=publisher.peer_id, time_ns=1).signed(publisher)
+
+    framed = check_evidence(Evidence.from_bytes(document(honest.to(torch.bfloat16)).to_bytes()), store)
+    assert not framed.valid and framed.errors[node.peer_id] > tolerance("float32", "float32")
+    lied = check_evidence(document((-honest).to(torch.bfloat16)), store)
+    assert lied.valid and lied.dishonest == node.peer_id
 
 
 @pytest.fixture(scope="module")

@@ -96,8 +96,9 @@ class Inference:
                                     "accepted_tokens": session.accepted})
                 return True
             if kind == "route":
-                s.route(session, frame)
-                await session.send({"type": "routed", "session": session.session_id})
+                async with session.lock:  # a step pushed by the old neighbour ends before "routed" goes out,
+                    s.route(session, frame)  # so the client knows every result before it is stale
+                    await session.send({"type": "routed", "session": session.session_id})
                 return False
             if kind != "step":
                 raise ProtocolError(ErrorCode.BAD_FRAME, f"unexpected '{kind:.40}' frame in a session")
@@ -115,11 +116,17 @@ class Inference:
         await task
         return False
 
-    async def step(self, session: NodeSession, hidden: torch.Tensor, start: int, *, push: bool) -> None:
-        """Compute one step, push its output on when asked, and send the client its result (or why not)."""
+    async def step(self, session: NodeSession, hidden: torch.Tensor, start: int, *, push: bool,
+                   pusher: str | None = None) -> bool:
+        """Compute one step, push its output on when asked, and send the client its result (or why not).
+
+        A step `pusher` pushed is dropped (False) when the client re-routed it away while the step
+        waited for the session: its result would reach the client after "routed", as a stale one."""
         s = self.serving
         try:
             async with session.lock:
+                if pusher is not None and session.prev_peer != pusher:
+                    return False
                 began = time.perf_counter()
                 index, done = await s.step(session, hidden, start)
                 reply: dict[str, Any] = {"type": "result", "step": index, "hidden": done.hidden,
@@ -140,6 +147,7 @@ class Inference:
                 await session.send(reply)
         except ProtocolError as e:
             await self._refuse(session, e)
+        return True
 
     async def _refuse(self, session: NodeSession, error: ProtocolError) -> None:
         self.serving.stats.error(error.code)

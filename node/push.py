@@ -134,7 +134,7 @@ class PushLinks:
 class PushReceiver:
     """The `swarmlm.push` handler: pushes from predecessors, checked against each session's grant."""
 
-    def __init__(self, serving: Serving, run_step: Callable[..., Awaitable[None]]) -> None:
+    def __init__(self, serving: Serving, run_step: Callable[..., Awaitable[bool]]) -> None:
         self.serving, self.run_step = serving, run_step
 
     async def handle(self, info: StreamInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -185,12 +185,19 @@ class PushReceiver:
             await asyncio.get_running_loop().run_in_executor(None, wire.check_finite, hidden)
         except ProtocolError as e:
             s.stats.error(e.code)
-            try:
-                await reply(_refusal(frame, e.code, str(e)))
-            except (ConnectionError, RuntimeError):
-                pass
+            await _reply_quietly(reply, _refusal(frame, e.code, str(e)))
             return
-        await self.run_step(session, hidden, start, push=True)
+        if not await self.run_step(session, hidden, start, push=True, pusher=pusher):
+            await _reply_quietly(reply, _refusal(frame, ErrorCode.PUSH_REFUSED, f"session {session_id:.80} was "
+                                                 "re-routed: you are no longer its predecessor"))
+
+
+async def _reply_quietly(reply: Callable[[dict[str, Any]], Awaitable[None]], frame: dict[str, Any]) -> None:
+    """A refusal to a pusher that may already be gone."""
+    try:
+        await reply(frame)
+    except (ConnectionError, RuntimeError):
+        pass
 
 
 def _refusal(frame: dict[str, Any], code: ErrorCode, message: str) -> dict[str, Any]:

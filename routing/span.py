@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from typing import Any
 
@@ -25,6 +26,8 @@ from .client import PeerLink
 from .errors import PeerFailure, RemoteError, RoutingError
 from .grants import grant
 from .planner import Hop
+
+log = logging.getLogger(__name__)
 
 HANDLER = "swarmlm.inference"
 MAX_UNREAD_FRAMES = 8  # frames of one session a node may have sent ahead of what we read
@@ -85,6 +88,8 @@ class SpanSession:
             while True:
                 frame = await wire.read_frame(reader)
                 side = {"push_failed": self.notices, "routed": self._routed}.get(frame["type"])
+                if frame["type"] == "routed":
+                    self._drop_results()
                 if side is None:
                     await self._frames.put(frame)  # waits while we have not read earlier ones: backpressure
                     continue
@@ -172,6 +177,17 @@ class SpanSession:
             await asyncio.wait_for(self._routed.get(), ROUTE_TIMEOUT)
         except asyncio.TimeoutError:
             raise PeerFailure(self.peer, f"did not take its new push neighbours within {ROUTE_TIMEOUT:.0f}s") from None
+
+    def _drop_results(self) -> None:
+        """Results still unread when the node takes new neighbours answer pushes from the old ones (a
+        node that failed or lied mid-step): the node sends them before "routed", and the client
+        relays that step again, so reading one later would pair it with the wrong step."""
+        queue = self._frames._queue  # type: ignore[attr-defined]
+        stale = [f for f in queue if isinstance(f, dict) and f.get("type") == "result"]
+        for frame in stale:
+            queue.remove(frame)
+        if stale:
+            log.info("dropped %d result(s) of %s from before its re-route", len(stale), self.peer[-8:])
 
     def drop_notices(self) -> None:
         while not self.notices.empty():

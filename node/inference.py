@@ -138,7 +138,8 @@ class Inference:
                     try:
                         await self.pushes.send(nxt, session.next_maddrs, {
                             "type": "push", "client": session.client, "session": session.session_id,
-                            "start": start, "hidden": done.hidden})
+                            "start": start, "blocks": [session.stack.start, session.stack.end],
+                            "hidden": done.hidden})
                         reply["pushed"] = True
                     except RoutingError as e:
                         log.info("session %s: push to %s failed (%s); the client relays", session.session_id,

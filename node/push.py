@@ -179,6 +179,7 @@ class PushReceiver:
             if session is None or session.prev_peer != pusher:
                 raise ProtocolError(ErrorCode.PUSH_REFUSED, f"no session {session_id!r:.80} of client {client:.60} "
                                                             "names you as its predecessor on this node")
+            _check_forward(frame, session.stack.start)
             hidden = s.decode_hidden(frame, session.batch)
             # NaN or infinity is the pusher's fault: refused to it (its client relays instead), never
             # computed and reported to our client as if we had failed.
@@ -198,6 +199,18 @@ async def _reply_quietly(reply: Callable[[dict[str, Any]], Awaitable[None]], fra
         await reply(frame)
     except (ConnectionError, RuntimeError):
         pass
+
+
+def _check_forward(frame: dict[str, Any], start: int) -> None:
+    """Pushes only move forward: from the span that ends where this one begins. Honest nodes name
+    their own span, so grants a client crafted into a cycle (A pushes to B, B back to A) stop at the
+    first backward hop instead of recomputing the same step forever."""
+    blocks = frame.get("blocks")
+    if not (type(blocks) is list and len(blocks) == 2 and all(type(b) is int for b in blocks)):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "a push names the pusher's blocks as [start, end]")
+    if blocks[1] != start:
+        raise ProtocolError(ErrorCode.PUSH_REFUSED, f"a push must come from the span ending at block {start}, where "
+                                                    f"this session begins; yours ends at {blocks[1]}")
 
 
 def _refusal(frame: dict[str, Any], code: ErrorCode, message: str) -> dict[str, Any]:

@@ -137,6 +137,7 @@ def push(m: Mutator, ctx: Context, index: int) -> Probe:
     rng = m.rng
     frames = [{"type": "push_open", "v": wire.PROTOCOL_VERSION},
               {"type": "push", "client": ctx.client.peer_id, "session": ctx.push_session, "start": 0,
+               "blocks": [0, ctx.span[0]],
                "hidden": _tensor(rng, ctx, 1, rng.randint(1, 4))}]
     payloads, hang_up = _mutated(m, frames, [{"type": "ping", "id": index}])
     return Probe(PUSH, payloads, hang_up, sender="pusher", frames=1)

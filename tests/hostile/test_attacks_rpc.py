@@ -380,7 +380,8 @@ def test_pushes_from_an_unnamed_peer_are_refused_and_a_named_ones_poison_is_bad_
     node, sid = nodes[10, 20], fresh_session()
     g = grant(attacker.link.identity, session=sid, node=node.peer_id, prev=accomplice.peer_id, next=None, root=root,
               blocks=(10, 20))
-    push = {"type": "push", "client": attacker.peer_id, "session": sid, "start": 0, "hidden": tensor((1, 2, HIDDEN))}
+    push = {"type": "push", "client": attacker.peer_id, "session": sid, "start": 0, "blocks": [0, 10],
+            "hidden": tensor((1, 2, HIDDEN))}
     opening = frame({"type": "push_open", "v": 1})
 
     async def owner() -> tuple[RawSession, str]:
@@ -397,4 +398,35 @@ def test_pushes_from_an_unnamed_peer_are_refused_and_a_named_ones_poison_is_bad_
     assert opened == "opened" and refused == ["bad_tensor"]
     assert strangers == [["push_refused"], ["push_refused"]]
     assert after["type"] == "result"
+    honest()
+
+
+def test_a_push_cycle_crafted_by_grants_stops_at_the_first_backward_hop(attacker, nodes, root, honest):
+    """The attacker's grants make 0:10 push to 10:20 and 10:20 push back to 0:10, then it sends one
+    pushed step: before, the two nodes recomputed it for each other forever (one 128-token step made
+    35 steps in 115 s and never stopped). Now 0:10 refuses the backward push (`push_refused`, told
+    to the session's client as `push_failed`) and each node computes the step exactly once."""
+    a, b, sid, me = nodes[0, 10], nodes[10, 20], fresh_session(), attacker.link.identity
+    ga = grant(me, session=sid, node=a.peer_id, prev=b.peer_id, next=b.peer_id, root=root, blocks=(0, 10))
+    gb = grant(me, session=sid, node=b.peer_id, prev=a.peer_id, next=a.peer_id, root=root, blocks=(10, 20))
+    before = {n.blocks: _computed_tokens(n) for n in (a, b)}
+
+    async def cycle() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        sa = RawSession(attacker.link, a.peer_id, root, sid, 64, blocks=[0, 10], grant=ga.to_wire(),
+                        next_maddrs=list(b.maddrs))
+        sb = RawSession(attacker.link, b.peer_id, root, sid, 64, blocks=[10, 20], grant=gb.to_wire(),
+                        next_maddrs=list(a.maddrs))
+        try:
+            assert (await sa.open())["type"] == (await sb.open())["type"] == "opened"
+            first = await sa.send({"type": "step", "session": sid, "step": 0, "start": 0, "push": True,
+                                   "hidden": wire.encode_tensor(torch.randn(1, 8, HIDDEN))})
+            return first, [await sb.read(), await sb.read()]  # its result, then the refusal it met
+        finally:
+            sa.abort()
+            sb.abort()
+
+    first, second = attacker.run(cycle())
+    assert first["type"] == "result" and first.get("pushed") is True
+    assert [f["type"] for f in second] == ["result", "push_failed"] and second[1]["code"] == "push_refused"
+    assert {n.blocks: _computed_tokens(n) - before[n.blocks] for n in (a, b)} == {(0, 10): 8, (10, 20): 8}
     honest()

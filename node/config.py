@@ -93,6 +93,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("peer_max_streams", int, 32, "streams one client peer may hold open at once"),
     Option("peer_max_sessions", int, 16, "sessions one client peer may hold open at once"),
     Option("peer_cache_tokens", int, 0, "KV-cache tokens one client peer's sessions may hold (0: half the pool)"),
+    Option("peer_opens_per_minute", int, 240, "sessions one client peer may open per minute (bursting to as many)"),
     Option("peer_queue_tokens", int, 8192, "tokens of one client peer's work that may wait for compute"),
     Option("read_budget", str, "512MiB", "frame bytes all streams together may be reading at once"),
     Option("drain_grace", float, 30.0, "seconds live sessions get to finish on shutdown or move"),
@@ -138,6 +139,7 @@ class NodeConfig:
     peer_max_streams: int
     peer_max_sessions: int
     peer_cache_tokens: int
+    peer_opens_per_minute: int
     peer_queue_tokens: int
     read_budget: str
     drain_grace: float
@@ -268,7 +270,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 _RANGES: tuple[tuple[str, float, float | None], ...] = (
     ("num_blocks", 1, None), ("cache_tokens", 1, None), ("page_tokens", 1, 4096), ("evict_idle_after", 0, None),
     ("max_batch_tokens", 1, None), ("prefill_chunk", 1, None), ("peer_max_streams", 1, None),
-    ("peer_max_sessions", 1, None), ("peer_cache_tokens", 0, None), ("peer_queue_tokens", 1, None),
+    ("peer_max_sessions", 1, None), ("peer_cache_tokens", 0, None), ("peer_opens_per_minute", 1, None),
+    ("peer_queue_tokens", 1, None),
     ("max_batch", 1, None), ("max_step_tokens", 1, None),
     ("max_session_length", 1, None), ("drain_grace", 0, None), ("rebalance_period", 0, None),
     ("witness_period", 1, None),

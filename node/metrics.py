@@ -80,6 +80,8 @@ class NodeMetrics:
         self._steps = Counter("swarmlm_steps_served", "Inference session steps served.", registry=r)
         self._forwards = Counter("swarmlm_forwards", "Stateless forward requests served.", registry=r)
         self._sessions = Counter("swarmlm_sessions_opened", "Inference sessions opened.", registry=r)
+        self._empty = Counter("swarmlm_sessions_empty", "Sessions closed without computing a step: counted here, "
+                              "not given a ledger entry each.", registry=r)
         self._errors = Counter("swarmlm_errors", "Requests refused or failed, by error code.", ["code"], registry=r)
         self._spot_checks = Counter("swarmlm_spot_checks", "Spot checks of served steps, by outcome.", ["outcome"],
                                     registry=r)
@@ -116,6 +118,9 @@ class NodeMetrics:
 
     def session_opened(self) -> None:
         self._sessions.inc()
+
+    def session_empty(self) -> None:
+        self._empty.inc()
 
     def error(self, code: ErrorCode | str) -> None:
         self._errors.labels(code.value if isinstance(code, ErrorCode) else code).inc()

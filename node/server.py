@@ -347,7 +347,12 @@ class Node:
 
     def _log_session(self, session: NodeSession, receipt_bytes: bytes | None) -> None:
         """Append the session's `serve` entry, whatever its receipt holds: a receipt that does not check
-        out is dropped (and counted), never a reason to skip the entry."""
+        out is dropped (and counted), never a reason to skip the entry. A session that computed no
+        step served nothing: it is counted, not logged, so opening and closing empty sessions cannot
+        grow the append-only ledger (it grows with work, not with requests)."""
+        if session.steps == 0:
+            self.metrics.session_empty()
+            return
         if self.ledger is None:
             return
         receipt = self._valid_receipt(session, receipt_bytes)

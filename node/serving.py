@@ -105,7 +105,8 @@ class Serving:
         self.forward_pages = 0  # held by stateless forwards (chunked through temporary pages), all peers together
         # One book for the node's life: a move must not forget the streams and sessions peers hold.
         peer_pages = -(-(config.peer_cache_tokens or config.cache_tokens // 2) // config.page_tokens)
-        self.book = PeerBook(PeerLimits(config.peer_max_streams, config.peer_max_sessions, peer_pages))
+        self.book = PeerBook(PeerLimits(config.peer_max_streams, config.peer_max_sessions, peer_pages,
+                                        config.peer_opens_per_minute))
         self.scheduler: StepScheduler | None = None
         self._retiring: set[asyncio.Task[None]] = set()  # schedulers of an old span, finishing their last batch
         self.stack = stack

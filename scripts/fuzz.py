@@ -319,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
         swarm = None if args.peers else LocalSwarm(str(resolve_model(args.model)), args.state_dir or Path(tmp),
-                                                   node_args=["--throughput", "5"])
+                                                   # thousands of opens from one identity: past the open rate limit
+                                                   node_args=["--throughput", "5", "--peer-opens-per-minute", "1000000"])
         try:
             if swarm is not None:
                 swarm.start_spans([(0, 2)])

@@ -430,3 +430,26 @@ def test_a_push_cycle_crafted_by_grants_stops_at_the_first_backward_hop(attacker
     assert [f["type"] for f in second] == ["result", "push_failed"] and second[1]["code"] == "push_refused"
     assert {n.blocks: _computed_tokens(n) - before[n.blocks] for n in (a, b)} == {(0, 10): 8, (10, 20): 8}
     honest()
+
+
+def test_empty_sessions_are_counted_not_logged_one_entry_each(attacker, nodes, root, honest):
+    """Opening and closing sessions that compute nothing appended a ~1.2 KB signed entry each (8,746
+    in 30 s from one identity). Now they only count in a metric; a session that computed is logged."""
+    node = nodes[20, 30]
+    before, empty_before = len(serve_entries(node, wait=0)), metrics(node).get("swarmlm_sessions_empty_total", 0.0)
+
+    async def session(sid: str, steps: int) -> None:
+        s = RawSession(attacker.link, node.peer_id, root, sid, 16, blocks=[20, 30])
+        assert (await s.open())["type"] == "opened"
+        for i in range(steps):
+            assert (await s.step(i, 1))["type"] == "result"
+        assert (await s.close())["type"] == "closed"
+
+    for _ in range(20):
+        attacker.run(session(fresh_session(), 0))
+    worked = fresh_session()
+    attacker.run(session(worked, 2))
+    after = serve_entries(node, session=worked)  # waits for the writer thread to commit it
+    assert [e.session for e in after[before:] if e.client == attacker.peer_id] == [worked]
+    assert metrics(node)["swarmlm_sessions_empty_total"] - empty_before == 20
+    honest()

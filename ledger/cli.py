@@ -184,6 +184,8 @@ def _query(args: argparse.Namespace) -> int:
         )
     if args.session is not None:
         rows = [r for r in rows if _session_of(r.decode()) == args.session]
+    if args.n is not None:
+        rows = rows[-args.n:] if args.n > 0 else []
     _print_rows(rows, args.json, _console())
     return 0
 
@@ -276,7 +278,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     a package with a network (which this one must not import) can add `ledger audit`."""
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument(
-        "--ledger", metavar="PATH", help="ledger file (default: $SWARMLM_LEDGER, else $SWARMLM_HOME/ledger.sqlite)"
+        "--ledger", metavar="PATH", help="ledger file (default: $SWARMLM_LEDGER, else a node's "
+        "$SWARMLM_HOME/node/ledger.sqlite, else $SWARMLM_HOME/ledger.sqlite)"
     )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="machine-readable output")
@@ -303,6 +306,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     p.add_argument("--until", metavar="T", help="ISO-8601 time or age like 12h")
     p.add_argument("--session", metavar="ID", help="serve and receipt entries of one inference session (the id "
                                                    "an answer's provenance names)")
+    p.add_argument("-n", type=int, metavar="N", help="only the newest N matching entries")
     p.set_defaults(func=_query)
 
     p = commands.add_parser("verify", parents=common, help="check every signature, leaf and checkpoint offline")

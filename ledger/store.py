@@ -82,11 +82,14 @@ _ROW = "idx, entry, signature, leaf_hash, kind, time_ns, node, manifest_root, bl
 
 
 def default_path() -> Path:
-    """$SWARMLM_LEDGER, else $SWARMLM_HOME/ledger.sqlite (SWARMLM_HOME: ~/.cache/swarmlm)."""
+    """$SWARMLM_LEDGER; else the ledger a node on this machine writes, $SWARMLM_HOME/node/ledger.sqlite
+    (what an operator asks about), or $SWARMLM_HOME/ledger.sqlite — the first that exists, the
+    node's when neither does (SWARMLM_HOME: ~/.cache/swarmlm)."""
     if os.environ.get("SWARMLM_LEDGER"):
         return Path(os.environ["SWARMLM_LEDGER"])
-    home = os.environ.get("SWARMLM_HOME") or Path.home() / ".cache" / "swarmlm"
-    return Path(home) / "ledger.sqlite"
+    home = Path(os.environ.get("SWARMLM_HOME") or Path.home() / ".cache" / "swarmlm")
+    candidates = [home / "node" / "ledger.sqlite", home / "ledger.sqlite"]
+    return next((p for p in candidates if p.exists()), candidates[0])
 
 
 def index_columns(entry: Entry, owner: str) -> tuple[str, int, str, bytes | None, int | None, int | None]:

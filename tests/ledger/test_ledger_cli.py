@@ -66,6 +66,19 @@ def test_ledger_path_defaults_to_swarmlm_home(node_ledger, tmp_path: Path) -> No
     assert run("show", "0", "--json", env=env).returncode == 0
 
 
+def test_ledger_path_defaults_to_the_nodes_ledger(node_ledger, tmp_path: Path) -> None:
+    """A node writes $SWARMLM_HOME/node/ledger.sqlite: the README's `swarmlm ledger query` finds it."""
+    path, node, _ = node_ledger
+    (tmp_path / "node").mkdir()
+    (tmp_path / "node" / "ledger.sqlite").symlink_to(path)
+    env = {"SWARMLM_LEDGER": "", "SWARMLM_HOME": str(tmp_path)}
+    shown = run("query", "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert len(_json_lines(shown.stdout)) == 5
+    newest = _json_lines(run("query", "--json", "-n", "2", env=env).stdout)
+    assert [e["index"] for e in newest] == [3, 4]
+
+
 def test_show_prints_one_entry_in_full(node_ledger) -> None:
     path, node, client = node_ledger
     shown = json.loads(run("show", "3", "--json", "--ledger", str(path)).stdout)

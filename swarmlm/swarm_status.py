@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Collection
 
 from rich.console import Console
 from rich.table import Table
@@ -26,11 +26,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_status)
 
 
-def swarm_report(records: dict[str, ServerRecord], manifest: Manifest) -> dict[str, Any]:
+PING_TIMEOUT = 10.0  # seconds `swarm status` gives each node to answer before its record counts as unverified
+
+
+def swarm_report(records: dict[str, ServerRecord], manifest: Manifest, reached: Collection[str]) -> dict[str, Any]:
+    """Coverage and capacity from the nodes the observer `reached` (answered a ping, or were measured):
+    anyone can sign a record claiming any span and throughput, so the rest are listed as unverified
+    and counted apart, never as capacity."""
     from node.selection import coverage
 
     n = manifest.num_blocks
-    online = [r for r in records.values() if r.state == "online"]
+    claimed = [r for r in records.values() if r.state == "online"]
+    online = [r for r in claimed if r.peer_id in reached]
     counts = [0] * n
     for r in online:
         for b in range(r.start, min(r.end, n)):
@@ -40,11 +47,12 @@ def swarm_report(records: dict[str, ServerRecord], manifest: Manifest) -> dict[s
     nodes = [{"peer_id": r.peer_id, "name": r.name, "blocks": [r.start, r.end], "state": r.state, "dtype": r.dtype,
               "device": r.device, "scheme": r.scheme or None, "weights_root": r.weights_root or None,
               "throughput": r.throughput, "active_sessions": r.active_sessions,
-              "cache_tokens_left": r.cache_tokens_left, "version": r.version}
+              "cache_tokens_left": r.cache_tokens_left, "version": r.version, "reached": r.peer_id in reached}
              for r in sorted(records.values(), key=lambda r: (r.start, r.end, r.peer_id))]
     return {"root": manifest.root, "model": manifest.name, "num_blocks": n, "nodes": nodes, "servers_per_block": counts,
             "throughput_per_block": throughput, "unserved": unserved,
-            "totals": {"nodes": len(records), "online": len(online), "blocks_covered": n - len(unserved),
+            "totals": {"nodes": len(records), "online": len(online), "unverified": len(claimed) - len(online),
+                       "blocks_covered": n - len(unserved),
                        "weakest_block_throughput": min(throughput) if throughput else 0.0}}
 
 
@@ -55,14 +63,25 @@ def _status(args: argparse.Namespace) -> int:
     client = SwarmClient(args.peers, request_timeout=30)
     try:
         records = client.run(client.records(manifest.root, manifest.num_blocks))
+        reached = client.run(_reached(client, records))
     finally:
         client.close()
-    report = swarm_report(records, manifest)
+    report = swarm_report(records, manifest, reached)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         _print(report)
     return 0 if not report["unserved"] else 1
+
+
+async def _reached(client: Any, records: dict[str, ServerRecord]) -> set[str]:
+    """The peers among `records` that answer an info request within PING_TIMEOUT, all at once."""
+    import asyncio
+
+    peers = [p for p, r in records.items() if r.state != "offline"]
+    answers = await asyncio.gather(*(asyncio.wait_for(client.ping(p), PING_TIMEOUT) for p in peers),
+                                   return_exceptions=True)
+    return {p for p, a in zip(peers, answers) if not isinstance(a, BaseException)}
 
 
 def _ranges(blocks: list[int]) -> str:
@@ -81,9 +100,9 @@ def _print(report: dict[str, Any]) -> None:
     for col in ("blocks", "node", "state", "dtype", "tok/s", "sessions", "cache left", "version"):
         table.add_column(col)
     for node in report["nodes"]:
-        style = None if node["state"] == "online" else "dim"
+        style = None if node["state"] == "online" and node["reached"] else "dim"
         table.add_row(f"{node['blocks'][0]}:{node['blocks'][1]}", node["name"] or node["peer_id"],
-                      node["state"], f"{node['dtype']}/{node['device']} {node['scheme'] or ''}".strip(),
+                      node["state"] if node["reached"] or node["state"] != "online" else "unverified", f"{node['dtype']}/{node['device']} {node['scheme'] or ''}".strip(),
                       f"{node['throughput']:.1f}",
                       str(node["active_sessions"]), str(node["cache_tokens_left"]), str(node["version"]),
                       style=style)
@@ -95,3 +114,5 @@ def _print(report: dict[str, Any]) -> None:
     t = report["totals"]
     console.print(f"{t['online']} of {t['nodes']} nodes online, {t['blocks_covered']}/{report['num_blocks']} blocks "
                   f"covered, weakest block {t['weakest_block_throughput']:.1f} tok/s")
+    if t["unverified"]:
+        console.print(f"[yellow]{t['unverified']} record(s) claim to be online but did not answer: not counted[/]")

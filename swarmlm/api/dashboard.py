@@ -42,7 +42,9 @@ class Dashboard:
         self.authorize(request)
         reports = []
         for served in self.gateway.models.values():
-            reports.append({"id": served.id, **swarm_report(await served.records(), served.remote.store.manifest)})
+            reached = set(served.remote.view.rtt)  # the nodes the gateway's client measured itself
+            reports.append({"id": served.id, **swarm_report(await served.records(), served.remote.store.manifest,
+                                                             reached)})
         return JSONResponse({"models": reports})
 
     async def checkpoints(self, request: Request) -> Response:

@@ -119,3 +119,20 @@ def test_fifty_fake_nodes_claiming_every_block_do_not_stop_generation(sybils, ho
     attacked = honest(inspect=lambda model: banned.extend(p for p in fakes if p in model.view.bans))
     print(f"honest client, connect + 12 tokens: {baseline:.1f} s without fake nodes, {attacked:.1f} s with 50")
     assert sorted(banned) == sorted(fakes)
+
+
+def test_records_nobody_can_reach_are_not_counted_as_capacity(swarm, sybils, default_store, cli_env):
+    """A free identity's valid record claims every block at 1e6 tok/s with addresses where nothing
+    listens: `swarm status` said "30/30 covered · weakest block 1000026.5 tok/s". Now only nodes that
+    answered count; the record is listed as unverified, apart."""
+    peer = sybils.peer_ids[-1]
+    assert sybils.record(peer, default_store.root, fake_node(peer, N), range(N)) > 0
+    status = subprocess.run(SWARMLM + ["swarm", "status", "--peers", *swarm.initial_peers, "--model",
+                                       str(default_store.path), "--json"], capture_output=True, text=True,
+                            env=cli_env, timeout=120)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    [sybil] = [n for n in report["nodes"] if n["peer_id"] == peer]
+    assert not sybil["reached"] and all(n["reached"] for n in report["nodes"] if n["peer_id"] != peer)
+    assert report["totals"]["online"] == len(swarm.nodes) and report["totals"]["unverified"] >= 1
+    assert report["totals"]["weakest_block_throughput"] < 1e5

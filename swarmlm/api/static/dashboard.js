@@ -69,7 +69,7 @@ function drawCoverage(report) {
   strip.replaceChildren();
   const owners = report.servers_per_block.map(() => []);
   for (const n of report.nodes) {
-    if (n.state !== "online") continue;
+    if (n.state !== "online" || !n.reached) continue;
     for (let b = n.blocks[0]; b < Math.min(n.blocks[1], report.num_blocks); b++) {
       owners[b].push(n.name || short(n.peer_id));
     }
@@ -145,7 +145,8 @@ const refreshStatus = single(async () => {
     const t = report.totals;
     const summary = $("summary");
     summary.textContent = `${t.blocks_covered}/${report.num_blocks} blocks covered · ${t.online} of ${t.nodes} ` +
-      `nodes online · weakest block ${t.weakest_block_throughput.toFixed(1)} tok/s`;
+      `nodes online · weakest block ${t.weakest_block_throughput.toFixed(1)} tok/s` +
+      (t.unverified ? ` · ${t.unverified} unverified record(s) not counted` : "");
     summary.className = `summary ${report.unserved.length ? "bad" : "ok"}`;
     drawCoverage(report);
     drawNodes(report);

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -18,6 +19,7 @@ from .completions import Completions
 from .dashboard import Dashboard
 from .errors import APIError
 from .gateway import Gateway
+from .guard import RequestGuard
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -53,5 +55,8 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/swarm/ledger/{peer}", dashboard.ledger),
         Mount("/", StaticFiles(packages=[("swarmlm.api", "static")], html=True)),
     ]
-    return Starlette(routes=routes, exception_handlers={APIError: _api_error, HTTPException: _http_error,
-                                                        Exception: _internal_error})
+    settings = gateway.settings
+    guard = Middleware(RequestGuard, allowed_hosts=[*settings.allowed_host, settings.host],
+                       cors_origins=settings.cors_origin)
+    return Starlette(routes=routes, middleware=[guard],
+                     exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _internal_error})

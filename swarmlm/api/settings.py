@@ -51,6 +51,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_concurrency", int, 16, "generations running at once; later requests wait for a worker",
             metavar="N"),
     Setting("device", str, "cpu", "cpu, cuda or cuda:N for the head shard (embeddings and LM head)"),
+    Setting("allowed_host", str, [], "host names the gateway answers to besides localhost and --host ('*': any; "
+            "other Host headers get 421, against DNS rebinding)", multiple=True, metavar="NAME"),
+    Setting("cors_origin", str, [], "browser origins allowed to call the gateway cross-site, e.g. "
+            "https://app.example (others get 403)", multiple=True, metavar="ORIGIN"),
 )
 
 
@@ -66,6 +70,8 @@ class ApiSettings:
     default_max_tokens: int
     max_concurrency: int
     device: str
+    allowed_host: list[str]
+    cors_origin: list[str]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ function el(tag, attrs = {}, ...children) {
     if (k === "class") node.className = v;
     else if (k === "data") for (const [dk, dv] of Object.entries(v)) node.dataset[dk] = dv;
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (k === "style") node.style.cssText = v;  // CSSOM, which the page's CSP allows (a style attribute it would not)
     else node.setAttribute(k, v);
   }
   for (const c of children) node.append(c instanceof Node ? c : String(c ?? ""));

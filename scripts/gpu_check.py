@@ -47,7 +47,6 @@ from shards.graphed_decode import GraphedDecode
 from shards.manifest import Quantization
 from shards.packed import Segment, run_packed
 from shards.paged_cache import PagePool, PagedSequence
-from shards.quant_linear import _HAS_BITSANDBYTES
 from synthetic_model import random_stack
 
 Figures = dict[str, Any]
@@ -256,6 +255,15 @@ def bench_decode(plan: Plan) -> Figures:
 
 # --- quant ----------------------------------------------------------------------------------------
 
+def bitsandbytes_missing() -> str | None:
+    """Why bitsandbytes cannot be imported here (installed is not enough: its CUDA library must load), or None."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure is the reason
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 @torch.inference_mode()
 def bench_quant(plan: Plan) -> Figures:
     from routing.evidence import SCHEME_TOLERANCE
@@ -270,8 +278,8 @@ def bench_quant(plan: Plan) -> Figures:
     for scheme in ("int8", "nf4"):
         kernel = "dequantize, then matmul"
         if scheme == "nf4" and plan.device.startswith("cuda"):
-            if not _HAS_BITSANDBYTES:
-                figures[scheme] = {"skipped": "bitsandbytes is not importable here: nf4 on CUDA is its kernel"}
+            if reason := bitsandbytes_missing():
+                figures[scheme] = {"skipped": f"bitsandbytes is not importable, and nf4 on CUDA is its kernel: {reason}"}
                 continue
             kernel = "bitsandbytes matmul_4bit"
         try:
@@ -297,7 +305,8 @@ SECTIONS: dict[str, Callable[[Plan], Figures]] = {"blocks": check_blocks, "swarm
 
 def environment(plan: Plan) -> Figures:
     env: Figures = {"python": platform.python_version(), "torch": torch.__version__, "plan": asdict(plan),
-                    "cuda_available": torch.cuda.is_available(), "bitsandbytes": _HAS_BITSANDBYTES}
+                    "cuda_available": torch.cuda.is_available(),
+                    "bitsandbytes": bitsandbytes_missing() or "importable"}
     if plan.device.startswith("cuda"):
         free, total = torch.cuda.mem_get_info()
         env.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda, memory_free_bytes=free,

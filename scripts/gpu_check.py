@@ -46,7 +46,7 @@ from shards.catalog import DEFAULT_MODEL
 from shards.graphed_decode import GraphedDecode
 from shards.manifest import Quantization
 from shards.packed import Segment, run_packed
-from shards.paged_cache import PagePool, PagedSequence
+from shards.paged_cache import DEFAULT_PAGE_TOKENS, PagePool, PagedSequence
 from synthetic_model import random_stack
 
 Figures = dict[str, Any]
@@ -217,8 +217,8 @@ def batched_rates(stack: BlockStack, plan: Plan) -> Figures:
     """Aggregate decode tok/s of n sessions, each at `context` tokens, stepped together by the packed forward."""
     c = stack.config
     per_row = plan.context + plan.steps + 4
-    pool = PagePool(len(stack.blocks), c.num_kv_heads, c.head_dim, max(plan.batches) * -(-per_row // 64) + 1,
-                    dtype=stack.dtype, device=plan.device)
+    pool = PagePool(len(stack.blocks), c.num_kv_heads, c.head_dim,
+                    max(plan.batches) * -(-per_row // DEFAULT_PAGE_TOKENS), dtype=stack.dtype, device=plan.device)
     pool.keys.zero_(), pool.values.zero_()  # the benchmark skips prefill: its slots hold zeros, not NaN
     figures: Figures = {}
     for n in plan.batches:

@@ -63,3 +63,27 @@ bigmodel: model
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The GPU machine's bundle (scripts/gpu_check.py; README "Checking a GPU"): it reaches no registry and
+# has python 3.12 with torch, transformers, safetensors, numpy and msgpack. This builds the project's
+# wheel and downloads, for that target, the wheels of every dependency it lacks (versions pinned to
+# this venv's by scripts/gpu_requirements.py) plus bitsandbytes; a package with no wheel on the index
+# (pure Python, sdist only) is built into one here. Install there with
+# `pip install --no-index --find-links $(GPU_WHEELS) swarmlm bitsandbytes`.
+GPU_WHEELS ?= dist/gpu-wheels
+GPU_PYTHON ?= 3.12
+GPU_HAS ?= torch transformers safetensors numpy msgpack
+GPU_PLATFORMS ?= manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_24_x86_64 manylinux_2_28_x86_64 manylinux_2_34_x86_64
+.PHONY: gpu-wheels
+gpu-wheels: install
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(GPU_WHEELS) .
+	$(BIN)/python scripts/gpu_requirements.py --has $(GPU_HAS) --add "bitsandbytes>=0.48" > $(GPU_WHEELS)/requirements.txt
+	@# A binary for the target where one exists; else (sdist-only, pure Python) a wheel built here.
+	@while read -r req; do \
+	  $(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+	    $(addprefix --platform ,$(GPU_PLATFORMS)) -d $(GPU_WHEELS) "$$req" 2>/dev/null \
+	  || $(BIN)/python -m pip wheel -q --no-deps -w $(GPU_WHEELS) "$$req" \
+	  || { echo "gpu-wheels: no wheel for $$req"; exit 1; }; \
+	done < $(GPU_WHEELS)/requirements.txt
+	@du -sh $(GPU_WHEELS)

@@ -4,7 +4,9 @@ Random weights from a seed, generated block by block while the store is written 
 never committed), in the Llama architecture our blocks serve: GQA, RoPE, SwiGLU, tied embeddings.
 The tokenizer is the default model's (vocabulary 49152), so text goes in and out. Presets:
 `1b` (hidden 2048, 22 layers, intermediate 5632, 32 heads, 4 KV heads: 1.07 billion parameters,
-4.3 GB in float32), `mid` (about 210 million, for tests) and `tiny`.
+4.3 GB in float32), `mid` (about 210 million, for tests) and `tiny`; `8b` has Llama-3-8B's block
+shapes (hidden 4096, 32 layers, intermediate 14336, 32 heads, 8 KV heads) for GPU benchmarks, whose
+`random_stack` builds its blocks straight on the device (scripts/gpu_check.py).
 
 Scaled so activations stay finite over every layer in float32: the projections that read a
 normalized input (q, k, v, gate, up) have unit gain (std 1/sqrt(fan_in)); those that write into the
@@ -28,60 +30,96 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from shards.blocks import Block, BlockStack, to_module_layout
 from shards.catalog import DEFAULT_MODEL, resolve_model
 from shards.config import ModelConfig
-from shards.manifest import FileEntry
+from shards.derive import quantize_block
+from shards.manifest import FileEntry, Quantization
 from shards.pack import Source, pack_source
+from shards.quant_linear import projection_factory, quantized_module_layout
 from shards.store import ShardStore
 
 PRESETS: dict[str, dict[str, int]] = {
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32, num_kv_heads=4),
     "mid": dict(hidden_size=768, intermediate_size=3072, num_layers=20, num_heads=12, num_kv_heads=4),
     "tiny": dict(hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2),
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32, num_kv_heads=8),
 }
 HEAD_STREAM = 1 << 16  # generator stream of the head; blocks use streams 0..layers-1
+
+
+def preset_config(preset: str, vocab_size: int = 49152, **extra: Any) -> ModelConfig:
+    """The synthetic Llama config of `preset` (the vocabulary is the tokenizer's when packed)."""
+    shape = PRESETS[preset]
+    return ModelConfig(family="llama", head_dim=shape["hidden_size"] // shape["num_heads"], vocab_size=vocab_size,
+                       rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True,
+                       max_position_embeddings=2048, **shape, **extra)
+
+
+def normal_stream(seed: int, stream: int, device: torch.device | str = "cpu"
+                  ) -> Callable[[int, int, float], torch.Tensor]:
+    """Draws (rows, cols) with a given std from generator stream `stream` of this seed, on `device`
+    (a device's generator draws other numbers than the CPU's: only CPU draws make the packed model)."""
+    g = torch.Generator(device=device).manual_seed(seed * (HEAD_STREAM + 1) + stream)
+    return lambda rows, cols, std: torch.randn(rows, cols, generator=g, device=device).mul_(std)
+
+
+def block_tensors(c: ModelConfig, seed: int, i: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Block `i`'s tensors (Hugging Face names and layout) from its own stream, scaled as the module says."""
+    q_out, kv_out = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    residual = 1 / math.sqrt(2 * c.num_layers)
+    normal = normal_stream(seed, i, device)
+    return {
+        "input_layernorm.weight": torch.ones(c.hidden_size, device=device),
+        "post_attention_layernorm.weight": torch.ones(c.hidden_size, device=device),
+        "self_attn.q_proj.weight": normal(q_out, c.hidden_size, c.hidden_size ** -0.5),
+        "self_attn.k_proj.weight": normal(kv_out, c.hidden_size, c.hidden_size ** -0.5),
+        "self_attn.v_proj.weight": normal(kv_out, c.hidden_size, c.hidden_size ** -0.5),
+        "self_attn.o_proj.weight": normal(c.hidden_size, q_out, q_out ** -0.5 * residual),
+        "mlp.gate_proj.weight": normal(c.intermediate_size, c.hidden_size, c.hidden_size ** -0.5),
+        "mlp.up_proj.weight": normal(c.intermediate_size, c.hidden_size, c.hidden_size ** -0.5),
+        "mlp.down_proj.weight": normal(c.hidden_size, c.intermediate_size, c.intermediate_size ** -0.5 * residual),
+    }
+
+
+@torch.inference_mode()
+def random_stack(preset: str, device: torch.device | str, dtype: torch.dtype, *, layers: int | None = None,
+                 seed: int = 0, quantization: Quantization | None = None) -> BlockStack:
+    """The first `layers` blocks of `preset` drawn on `device`, no store or tokenizer needed: shapes no
+    store here holds, for benchmarks. Each block is cast (or quantized) as it is drawn, so the float32
+    draws of only one block are alive at a time. With `quantization`, its derived blocks computing in `dtype`."""
+    config = preset_config(preset)
+    layers = layers or config.num_layers
+    with torch.device("meta"):
+        stack = BlockStack(config, 0, layers, [Block(config, projection_factory(quantization)) for _ in range(layers)])
+    state: dict[str, torch.Tensor] = {}
+    for i in range(layers):
+        tensors = block_tensors(config, seed, i, device)
+        if quantization is None:
+            layout = {k: v.to(dtype) for k, v in to_module_layout(tensors).items()}
+        else:
+            layout = quantized_module_layout(quantize_block(tensors, quantization), quantization)
+        state.update({f"blocks.{i}.{k}": v for k, v in layout.items()})
+    stack.load_state_dict(state, strict=True, assign=True)
+    return stack.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 class SyntheticSource(Source):
     """Weights drawn from `seed`, one independent generator per block, so each block comes out alone."""
 
     def __init__(self, preset: str, seed: int, tokenizer_store: ShardStore) -> None:
-        shape = PRESETS[preset]
         t = tokenizer_store.config
-        self.config = ModelConfig(family="llama", head_dim=shape["hidden_size"] // shape["num_heads"],
-                                  vocab_size=t.vocab_size, rms_norm_eps=1e-5, rope_theta=10000.0,
-                                  tie_word_embeddings=True, max_position_embeddings=2048,
-                                  bos_token_id=t.bos_token_id, eos_token_ids=t.eos_token_ids, **shape)
+        self.config = preset_config(preset, vocab_size=t.vocab_size, bos_token_id=t.bos_token_id,
+                                    eos_token_ids=t.eos_token_ids)
         self.dtypes = {torch.float32}
         self.preset, self.seed, self.tokenizer_store = preset, seed, tokenizer_store
 
-    def _normal(self, stream: int) -> Callable[[int, int, float], torch.Tensor]:
-        """Draws (rows, cols) with a given std from generator stream `stream` of this seed."""
-        g = torch.Generator().manual_seed(self.seed * (HEAD_STREAM + 1) + stream)
-        return lambda rows, cols, std: torch.randn(rows, cols, generator=g).mul_(std)
-
     def blocks(self) -> Iterator[dict[str, torch.Tensor]]:
-        c = self.config
-        q_out, kv_out = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-        residual = 1 / math.sqrt(2 * c.num_layers)
-        for i in range(c.num_layers):
-            normal = self._normal(i)
-            yield {
-                "input_layernorm.weight": torch.ones(c.hidden_size),
-                "post_attention_layernorm.weight": torch.ones(c.hidden_size),
-                "self_attn.q_proj.weight": normal(q_out, c.hidden_size, c.hidden_size ** -0.5),
-                "self_attn.k_proj.weight": normal(kv_out, c.hidden_size, c.hidden_size ** -0.5),
-                "self_attn.v_proj.weight": normal(kv_out, c.hidden_size, c.hidden_size ** -0.5),
-                "self_attn.o_proj.weight": normal(c.hidden_size, q_out, q_out ** -0.5 * residual),
-                "mlp.gate_proj.weight": normal(c.intermediate_size, c.hidden_size, c.hidden_size ** -0.5),
-                "mlp.up_proj.weight": normal(c.intermediate_size, c.hidden_size, c.hidden_size ** -0.5),
-                "mlp.down_proj.weight": normal(c.hidden_size, c.intermediate_size,
-                                               c.intermediate_size ** -0.5 * residual),
-            }
+        return (block_tensors(self.config, self.seed, i) for i in range(self.config.num_layers))
 
     def head(self) -> dict[str, torch.Tensor]:
         c = self.config
-        return {"embed_tokens.weight": self._normal(HEAD_STREAM)(c.vocab_size, c.hidden_size, 0.02),
+        return {"embed_tokens.weight": normal_stream(self.seed, HEAD_STREAM)(c.vocab_size, c.hidden_size, 0.02),
                 "norm.weight": torch.ones(c.hidden_size)}
 
     def save_tokenizer(self, out: Path) -> tuple[FileEntry, ...]:

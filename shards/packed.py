@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from .blocks import Attend, BlockStack, attention, attention_mask
-from .paged_cache import PagedSequence
+from .paged_cache import PagedSequence, index_tensor
 
 
 @dataclass(frozen=True)
@@ -38,16 +38,17 @@ class _DecodeGroup:
     def __init__(self, offsets: list[int], rows: list[PagedSequence], positions: list[int],
                  device: torch.device) -> None:
         page = rows[0].pool.page_tokens
-        self.index = torch.tensor(offsets, device=device)
-        pos = torch.tensor(positions, device=device)
-        self.pages = torch.stack([r.table[p // page] for r, p in zip(rows, positions)])
-        self.slots = pos % page
+        n = len(rows)
         widest = max(r.pool.pages_for(p + 1) for r, p in zip(rows, positions))
-        table = torch.zeros(len(rows), widest, dtype=torch.long, device=device)  # padding reads page 0: masked
-        for i, (r, p) in enumerate(zip(rows, positions)):
-            used = r.pool.pages_for(p + 1)
-            table[i, :used] = r.table[:used]
-        self.table = table.flatten()
+        table = []
+        for r, p in zip(rows, positions):
+            used = r.pages[:r.pool.pages_for(p + 1)]
+            table += used + [0] * (widest - len(used))  # padding reads page 0: masked
+        # Built from the rows' host-side page lists and moved in one copy: no device work per row.
+        host = index_tensor(offsets + positions + [r.pages[p // page] for r, p in zip(rows, positions)] + table,
+                            device)
+        self.index, pos, self.pages, self.table = host.split([n, n, n, n * widest])
+        self.slots = pos % page
         self.width = widest * page
         valid = torch.arange(self.width, device=device)[None, :] <= pos[:, None]
         self.mask = valid[:, None, None, :]  # (n, 1, 1, width): each row's keys up to its own position
@@ -112,7 +113,7 @@ def run_packed(stack: BlockStack, hidden: torch.Tensor, segments: Sequence[Segme
     """
     if sum(s.length for s in segments) != hidden.shape[0]:
         raise ValueError("segments must cover the packed tokens exactly")
-    positions = torch.cat([torch.arange(s.start, s.start + s.length, device=hidden.device) for s in segments])
+    positions = index_tensor([p for s in segments for p in range(s.start, s.start + s.length)], hidden.device)
     out = stack.run(hidden[None], positions[None], _packed_attend(segments, layer_offset, hidden.device))
     for s in segments:
         if s.row is not None:

@@ -22,6 +22,16 @@ from .errors import CacheFullError
 DEFAULT_PAGE_TOKENS = 64
 
 
+def index_tensor(values: list[int], device: torch.device | str) -> torch.Tensor:
+    """`values` as a long tensor on `device`. To a GPU through pinned memory without blocking: a plain
+    host-to-device copy waits for the device's stream, so a step's indices would stall the CPU until
+    the previous step finished instead of letting it queue the next one."""
+    host = torch.tensor(values, dtype=torch.long)
+    if torch.device(device).type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 class PagePool:
     """`num_pages` pages of `page_tokens` slots for every layer of a span."""
 
@@ -89,7 +99,7 @@ class PagedSequence:
         else:
             self.pool.give_back(self.pages[want:])
             del self.pages[want:]
-        self.table = torch.tensor(self.pages, dtype=torch.long, device=self.pool.keys.device)
+        self.table = index_tensor(self.pages, self.pool.keys.device)
 
     def release(self) -> None:
         self.resize(0)

@@ -20,6 +20,7 @@ from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 
 from routing import wire
 from routing.errors import ErrorCode, ProtocolError, RoutingError
+from routing.tasks import background
 
 from .push import PushLinks
 from .serving import Serving
@@ -57,8 +58,9 @@ class Inference:
         s = self.serving
 
         def read() -> asyncio.Future:
-            return asyncio.ensure_future(wire.read_frame(reader, s.max_frame, budget=s.read_budget,
-                                                         idle_timeout=s.config.session_timeout + FIRST_FRAME_TIMEOUT))
+            return background(wire.read_frame(reader, s.max_frame, budget=s.read_budget,
+                                                         idle_timeout=s.config.session_timeout + FIRST_FRAME_TIMEOUT),
+                              "a session's next frame")
 
         upcoming = read()
         try:
@@ -107,7 +109,7 @@ class Inference:
         except ProtocolError as e:
             await self._refuse(session, e)
             return False
-        task = asyncio.ensure_future(self.step(session, hidden, start, push=frame.get("push") is True))
+        task = background(self.step(session, hidden, start, push=frame.get("push") is True), "a session step")
         await asyncio.wait({task, upcoming}, return_when=asyncio.FIRST_COMPLETED)
         if not task.done() and upcoming.done() and _gone(upcoming):
             task.cancel()  # the client is gone: its step is not worth computing

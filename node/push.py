@@ -26,6 +26,7 @@ from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 from routing import wire
 from routing.client import PeerLink
 from routing.errors import ErrorCode, PeerFailure, ProtocolError, RoutingError
+from routing.tasks import background
 
 from .serving import Serving
 from .streams import FIRST_FRAME_TIMEOUT, SMALL_REQUEST, guard, peer_of
@@ -97,7 +98,7 @@ class PushLinks:
                 except (ConnectionError, RuntimeError) as e:
                     raise PeerFailure(peer, f"push stream broken ({type(e).__name__})") from None
                 out = self._out[peer] = _Outgoing(reader, writer)
-                out.task = asyncio.ensure_future(self._replies(peer, out))
+                out.task = background(self._replies(peer, out), "a push stream's replies")
         return self._out[peer]
 
     async def _replies(self, peer: str, out: _Outgoing) -> None:
@@ -160,7 +161,7 @@ class PushReceiver:
                 if len(in_flight) >= MAX_IN_FLIGHT:
                     await reply(_refusal(frame, ErrorCode.BUSY, f"more than {MAX_IN_FLIGHT} pushes in flight"))
                     continue
-                task = asyncio.ensure_future(self._one(pusher, frame, reply))
+                task = background(self._one(pusher, frame, reply), "one push")
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
 

@@ -29,6 +29,7 @@ from routing.attestation import attest
 from routing.errors import ErrorCode, ProtocolError
 from routing.grants import PushGrant, accept_grant
 from routing.records import MADDRS
+from routing.tasks import background
 from shards.blocks import BlockStack
 from shards.errors import CacheFullError
 from shards.manifest import Quantization
@@ -108,7 +109,6 @@ class Serving:
         self.book = PeerBook(PeerLimits(config.peer_max_streams, config.peer_max_sessions, peer_pages,
                                         config.peer_opens_per_minute))
         self.scheduler: StepScheduler | None = None
-        self._retiring: set[asyncio.Task[None]] = set()  # schedulers of an old span, finishing their last batch
         self.stack = stack
 
     # ---- the span ---------------------------------------------------------------------------------
@@ -133,9 +133,7 @@ class Serving:
                                        peer_queue_tokens=c.peer_queue_tokens, batching=c.batching,
                                        on_batch=self.metrics.batch)
         if old is not None:
-            task = asyncio.get_running_loop().create_task(old.stop())
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            background(old.stop(), "retiring the old scheduler")
             self.scheduler.start()
 
     async def start(self) -> None:
@@ -388,7 +386,7 @@ class Serving:
         if final_length is not None:
             session.rewind_to(final_length)
         if session.busy:  # a step (say, a pushed one) computes on its pages: they come back after it
-            asyncio.get_running_loop().create_task(self._release_when_idle(session))
+            background(self._release_when_idle(session), "releasing a busy session's pages")
         else:
             self._release(session.client, session.rows)
         self.book.remove_session(session.client)
@@ -411,7 +409,7 @@ class Serving:
         if session.key not in self.sessions:
             return
         self.close(session, None)
-        asyncio.get_running_loop().create_task(self._tell(session, wire.error_frame(code, reason)))
+        background(self._tell(session, wire.error_frame(code, reason)), "telling a client its session expired")
 
     @staticmethod
     async def _tell(session: NodeSession, frame: dict[str, Any]) -> None:

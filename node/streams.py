@@ -16,6 +16,7 @@ from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 
 from routing import wire
 from routing.errors import ErrorCode, ProtocolError
+from routing.tasks import background
 
 from .limits import PeerBook
 from .metrics import NodeMetrics
@@ -86,8 +87,8 @@ async def try_write(writer: asyncio.StreamWriter, frame: dict[str, Any]) -> None
 
 async def until_gone(reader: asyncio.StreamReader, work: Awaitable[T]) -> T:
     """`work`'s result, cancelling it if the client closes the stream first (it sends nothing else)."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(reader.read(1))
+    task = background(work, "a request's work")
+    watch = background(reader.read(1), "a request stream's watch")
     try:
         await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
         if not task.done():

@@ -33,6 +33,7 @@ from .evidence import Claim, Evidence, Judgement, check_evidence
 from .planner import Hop, plan_route
 from .records import ServerRecord
 from .span import SpanSession
+from .tasks import background
 from .verification import Referee, Verifier
 from .weights import AcceptedWeights
 from .wire import PROTOCOL_VERSION, WIRE_DTYPES
@@ -133,7 +134,7 @@ class SwarmView:
     def refresh_soon(self) -> None:
         """Re-read the swarm in the background when the view is stale; never raises."""
         if self.stale and (self._background is None or self._background.done()):
-            self._background = asyncio.ensure_future(self._quiet_refresh())
+            self._background = background(self._quiet_refresh(), "a background swarm refresh")
 
     async def _quiet_refresh(self) -> None:
         try:
@@ -309,8 +310,8 @@ class RemoteRunner:
         sent = h.to(span.send_dtype)
         if i == 0:
             return await span.result(sent, start)
-        result = asyncio.ensure_future(span.result(sent, start))
-        notice = asyncio.ensure_future(self.spans[i - 1].notices.get())
+        result = background(span.result(sent, start), "a pushed step's result")
+        notice = background(self.spans[i - 1].notices.get(), "a push-failure notice")
         try:
             await asyncio.wait({result, notice}, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -198,11 +198,20 @@ def deserves_ban(error: RoutingError) -> bool:
                                                                    ErrorCode.DRAINING.value))
 
 
-async def gather_pings(client: PeerLink, peers: Sequence[str], timeout: float = 3.0
+async def gather_pings(client: PeerLink, peers: Sequence[str], timeout: float = 3.0, retry_timeout: float = 12.0
                        ) -> dict[str, tuple[float, dict[str, Any]] | BaseException]:
-    async def one(peer: str) -> tuple[float, dict[str, Any]]:
-        return await asyncio.wait_for(client.ping(peer), timeout)
+    """Each peer's (rtt, pong), or why not. A first ping also dials the peer, which on a loaded machine
+    or a slow path can outlast `timeout`: a peer that timed out is asked once more with `retry_timeout`
+    before it counts as silent, so a slow start does not cost an honest node its place in routes."""
+    async def one(peer: str, deadline: float) -> tuple[float, dict[str, Any]]:
+        return await asyncio.wait_for(client.ping(peer), deadline)
 
-    results: Sequence[Any] = await asyncio.gather(*(one(p) for p in peers), return_exceptions=True)
+    async def both(peer: str) -> tuple[float, dict[str, Any]]:
+        try:
+            return await one(peer, timeout)
+        except asyncio.TimeoutError:
+            return await one(peer, retry_timeout)
+
+    results: Sequence[Any] = await asyncio.gather(*(both(p) for p in peers), return_exceptions=True)
     return dict(zip(peers, results))
 

@@ -60,7 +60,15 @@ class SwarmDHT(hivemind.DHT):
     The DHT runs in a forked child. Forked after our event loop installed its SIGTERM handler, the
     child would inherit that handler and survive a SIGTERM; killed parents would leave it orphaned.
     So the child restores the default SIGTERM action and asks Linux to signal it when the parent dies.
+
+    hivemind's cache refresh is off: its background task re-fetches cached values and decodes them
+    outside our validator, so a hostile value made it die with an exception nobody collected. We
+    always ask the swarm afresh for what we route on, so the refresh saved us nothing.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("cache_refresh_before_expiry", 0)
+        super().__init__(*args, **kwargs)
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -26,6 +26,7 @@ from .client import PeerLink
 from .errors import PeerFailure, RemoteError, RoutingError
 from .grants import grant
 from .planner import Hop
+from .tasks import background
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class SpanSession:
     async def open(self) -> None:
         """Send the open frame; its reply is read with the first result (`opened` is checked then)."""
         reader, self._writer = await self.link.open_stream(self.peer, HANDLER)
-        self._reading = asyncio.ensure_future(self._read(reader))
+        self._reading = background(self._read(reader), "a span's reader")
         await self._send({"type": "open", "v": wire.PROTOCOL_VERSION, "root": self.root, "session": self.session_id,
                           "max_length": self.max_length, "blocks": [self.hop.start, self.hop.end],
                           "reply_dtype": wire.dtype_name(self.reply_dtype), "attest": self.attest, **self._grant()})

@@ -30,6 +30,7 @@ from routing.errors import NoRouteError
 from routing.evidence import Evidence
 from routing.planner import plan_route
 from routing.span import SpanSession
+from routing.tasks import background
 from routing.verification import Referee, Verifier
 from routing.weights import DEFAULT_ACCEPTED, AcceptedWeights
 from shards.catalog import DEFAULT_MODEL, resolve_model
@@ -118,8 +119,8 @@ class RemoteModel(GenerativeModel):
             payload = evidence.summary() if len(document) > LEDGER_PAYLOAD_LIMIT else canonical.unpack(
                 document, max_size=len(document))
             self.ledger.append(EvidenceEntry(payload=payload, time_ns=time.time_ns()))
-        loop.create_task(
-            dht_io.publish_evidence(self.client.dht, self.root, self.client.peer_id, document, EVIDENCE_TTL))
+        background(dht_io.publish_evidence(self.client.dht, self.root, self.client.peer_id, document, EVIDENCE_TTL),
+                   "publishing evidence")
 
     def _write_evidence(self, evidence: Evidence, document: bytes) -> Path:
         self.evidence_dir.mkdir(parents=True, exist_ok=True)

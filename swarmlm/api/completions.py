@@ -16,6 +16,8 @@ from typing import Any, AsyncIterator, Awaitable, TypeVar
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from routing.tasks import background
+
 from .errors import APIError, bad_request, unauthorized
 from .gateway import Gateway
 from .jobs import Event, Finished, GenerationJob, Text
@@ -51,7 +53,7 @@ async def _unless_gone(request: Request, awaitable: Awaitable[T]) -> T:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    waiting, watcher = asyncio.ensure_future(awaitable), asyncio.ensure_future(gone())
+    waiting, watcher = background(awaitable, "a completion"), background(gone(), "a request's disconnect watch")
     try:
         await asyncio.wait({waiting, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:

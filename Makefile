@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.swarmlm-installed
 
-.PHONY: demo test install model clean-venv
+.PHONY: demo test unit heavy install model clean-venv
 
 install: $(STAMP)
 
@@ -32,6 +32,14 @@ demo: model
 
 test: model tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Tests that need neither the model nor node processes (markers set in tests/conftest.py).
+unit: install
+	$(BIN)/python -m pytest -m "not model and not swarm and not bigmodel" $(PYTEST_ARGS)
+
+# The rest of `make test`: `make unit heavy` runs every test once.
+heavy: model tools
+	$(BIN)/python -m pytest -m "(model or swarm) and not bigmodel" $(PYTEST_ARGS)
 
 # systemd-analyze verifies the unit in tests/ops/test_systemd.py; slim images lack it.
 .PHONY: tools browser

@@ -69,3 +69,22 @@ def remote_model(swarm3, default_store, tmp_path_factory):
     with RemoteModel.connect(swarm3.initial_peers, default_store.path, identity=client_dir / "identity.key",
                              ledger=client_dir / "ledger.sqlite") as model:
         yield model
+
+
+MODEL_FIXTURES = {"default_store", "local_model", "reference_model", "expected"}
+SWARM_FIXTURES = {"swarm3", "remote_model", "gateway", "client", "async_client", "swarm", "attacker", "honest"}
+PROCESS_CALLS = ("LocalSwarm(", "subprocess.", "SWARMLM,", "*SWARMLM")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tier tests by what they need, so `make unit` runs without the model or processes."""
+    sources: dict[Path, str] = {}
+    for item in items:
+        names = set(item.fixturenames)
+        path = Path(item.fspath)
+        if path not in sources:
+            sources[path] = path.read_text(encoding="utf-8", errors="replace")
+        if names & SWARM_FIXTURES or any(call in sources[path] for call in PROCESS_CALLS):
+            item.add_marker(pytest.mark.swarm)
+        if names & (MODEL_FIXTURES | SWARM_FIXTURES):
+            item.add_marker(pytest.mark.model)

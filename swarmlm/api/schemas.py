@@ -154,11 +154,20 @@ def _message(m: Message, i: int) -> dict[str, str]:
     return {"role": "system" if m.role == "developer" else m.role, "content": text}
 
 
+def _shown(value: object, limit: int = 60) -> str:
+    """A value's repr cut at a word boundary with '…', so the error stays readable and bounded."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+    return cut.rstrip(",:") + " …"
+
+
 def _generation(req: _Sampling, prompt: Prompt, *, raw: bool, max_tokens: int | None) -> GenerationRequest:
     for name, neutral in _NEUTRAL.items():
         value = getattr(req, name, None)
         if value is not None and value not in neutral:
-            raise unsupported(name, f"'{name}' = {value!r:.60}")
+            raise unsupported(name, f"'{name}' = {_shown(value)}")
     if req.n not in (None, 1):
         raise unsupported("n", "More than one choice per request (n > 1)")
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())

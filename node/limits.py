@@ -1,10 +1,12 @@
 """Per-client limits: no one peer may take the whole node.
 
-A node counts, per client peer, its open streams, its sessions and the cache pages they hold;
-each has a cap (`--peer-max-streams`, `--peer-max-sessions`, `--peer-cache-tokens`), and so has
+A node counts, per client peer, its open streams and its sessions; each has a cap
+(`--peer-max-streams`, `--peer-max-sessions`), and so has
 the rate at which it opens sessions (`--peer-opens-per-minute`: each session that computes is a
-signed ledger entry); going over one is a `peer_limit` error to that peer only. Queued compute per peer is capped by the
-scheduler (`--peer-queue-tokens`, a `busy` error). Identities are free, so these caps bound what
+signed ledger entry); going over one is a `peer_limit` error to that peer only. Cache pages per peer
+are counted and shared fairly by node/admission.py (`--peer-cache-tokens` and a share that shrinks
+with the peers wanting pages); queued compute per peer is capped by the scheduler
+(`--peer-queue-tokens`, a `busy` error). Identities are free, so these caps bound what
 one identity can take; the global caps (the cache pool, the frame read budget, fair turns in the
 scheduler) bound what many can.
 """
@@ -24,7 +26,6 @@ from routing.errors import ErrorCode, ProtocolError
 class PeerLimits:
     streams: int
     sessions: int
-    cache_pages: int
     opens_per_minute: int = 240
 
 
@@ -38,7 +39,6 @@ class PeerBook:
         self.limits, self.clock = limits, clock
         self.streams: Counter[str] = Counter()
         self.sessions: Counter[str] = Counter()
-        self.pages: Counter[str] = Counter()
         self._opens: dict[str, tuple[float, float]] = {}  # peer -> (opens left in its bucket, when counted)
 
     @contextmanager
@@ -80,19 +80,6 @@ class PeerBook:
 
     def remove_session(self, peer: str) -> None:
         self._drop(self.sessions, peer, 1)
-
-    def check_pages(self, peer: str, more: int) -> None:
-        if more > 0 and self.pages[peer] + more > self.limits.cache_pages:
-            raise ProtocolError(ErrorCode.PEER_LIMIT, f"your sessions would hold {self.pages[peer] + more} cache pages "
-                                                      f"on this node (limit {self.limits.cache_pages}); shorten or "
-                                                      "close sessions, or use another node")
-
-    def charge_pages(self, peer: str, delta: int) -> None:
-        """Pages taken (positive) or given back (negative) by one of `peer`'s sessions."""
-        if delta >= 0:
-            self.pages[peer] += delta
-        else:
-            self._drop(self.pages, peer, -delta)
 
     @staticmethod
     def _drop(counter: Counter[str], peer: str, n: int) -> None:

@@ -4,11 +4,9 @@ Admission policy of the paged cache (`--cache-tokens` is the pool, in `--page-to
   - opening a session reserves no pages; it is refused only when the client is at its session
     limit, the node is draining, or its ledger cannot record sessions;
   - each step takes the pages its new positions need (a rewinding step first gives back the pages
-    past its end); a client may hold at most `--peer-cache-tokens` over all its sessions;
-  - when the pool is short, sessions idle for more than `--evict-idle-after` seconds lose their
-    cache, least recently used first (their client is told `session_expired` and replays
-    elsewhere); if that is still not enough, the growing session alone gets `cache_full` — no
-    other session is touched, no step is half-applied;
+    past its end); who may take them when the pool is short — idle sessions first, then the
+    largest holder above its fair share — is decided by node/admission.py, and carried out here:
+    ended sessions' clients are told on their stream; no step is half-applied;
   - any session idle for `--session-timeout` seconds is closed, pressure or not.
 """
 
@@ -35,6 +33,7 @@ from shards.errors import CacheFullError
 from shards.manifest import Quantization
 from shards.paged_cache import PagedSequence, PagePool
 
+from .admission import Admission
 from .config import NodeConfig
 from .limits import PeerBook, PeerLimits
 from .metrics import NodeMetrics
@@ -104,10 +103,12 @@ class Serving:
         self.started = time.time()
         self.read_budget = wire.ReadBudget(config.read_budget_bytes)
         self.forward_pages = 0  # held by stateless forwards (chunked through temporary pages), all peers together
-        # One book for the node's life: a move must not forget the streams and sessions peers hold.
-        peer_pages = -(-(config.peer_cache_tokens or config.cache_tokens // 2) // config.page_tokens)
-        self.book = PeerBook(PeerLimits(config.peer_max_streams, config.peer_max_sessions, peer_pages,
+        # One book for the node's life: a move must not forget the streams, sessions and pages peers hold.
+        self.book = PeerBook(PeerLimits(config.peer_max_streams, config.peer_max_sessions,
                                         config.peer_opens_per_minute))
+        self.admission = Admission(-(-config.cache_tokens // config.page_tokens),
+                                   -(-(config.peer_cache_tokens or config.cache_tokens // 2) // config.page_tokens),
+                                   config.evict_idle_after)
         self.scheduler: StepScheduler | None = None
         self.stack = stack
 
@@ -225,37 +226,30 @@ class Serving:
     # ---- cache pages --------------------------------------------------------------------------------
 
     def _grow(self, peer: str, rows: list[PagedSequence], end: int, exclude: NodeSession | None = None) -> None:
-        """Give `rows` exactly the pages positions [0, end) need, within the peer's share and the pool."""
+        """Give `rows` exactly the pages positions [0, end) need, as admission decides."""
         delta = sum(r.pages_needed(end) for r in rows)
-        self.book.check_pages(peer, delta)
-        if delta > self.pool.free_pages:
-            self._evict(delta, exclude)
+        decision = self.admission.admit(peer, delta, self.pool.free_pages, self.sessions.values(), exclude)
+        for eviction in decision.evict:
+            self.expire(eviction.session, eviction.code, eviction.reason)  # type: ignore[arg-type]
+        if not decision.admitted:
+            raise self._cache_full()
         try:
             for row in rows:
                 before = row.num_pages
                 row.resize(end)
-                self.book.charge_pages(peer, row.num_pages - before)
+                self.admission.charge(peer, row.num_pages - before)
         except CacheFullError:
-            raise ProtocolError(ErrorCode.CACHE_FULL,
-                                f"cache full: {self.pool.free_pages} of {self.pool.num_pages} pages free and no idle "
-                                "session to evict; continue on another node") from None
+            raise self._cache_full() from None
+
+    def _cache_full(self) -> ProtocolError:
+        return ProtocolError(ErrorCode.CACHE_FULL, f"cache full: {self.pool.free_pages} of {self.pool.num_pages} "
+                                                   "pages free, no idle session to evict and no peer above its fair "
+                                                   "share; continue on another node")
 
     def _release(self, peer: str, rows: list[PagedSequence]) -> None:
         for row in rows:
-            self.book.charge_pages(peer, -row.num_pages)
+            self.admission.charge(peer, -row.num_pages)
             row.release()
-
-    def _evict(self, needed: int, exclude: NodeSession | None) -> None:
-        """End sessions idle past `evict_idle_after`, least recently used first, until `needed` pages are free."""
-        limit = time.monotonic() - self.config.evict_idle_after
-        idle = sorted((s for s in self.sessions.values() if s is not exclude and not s.busy and s.last_active < limit),
-                      key=lambda s: s.last_active)
-        for session in idle:
-            if self.pool.free_pages >= needed:
-                return
-            self.expire(session, ErrorCode.SESSION_EXPIRED,
-                        f"your session was idle for {time.monotonic() - session.last_active:.0f}s and its cache "
-                        "was given to active sessions; reopen it (the client replays)")
 
     # ---- sessions ---------------------------------------------------------------------------------
 

@@ -59,6 +59,11 @@ class NodeSession:
         return self.computed - self.rolled_back
 
     @property
+    def pages(self) -> int:
+        """Cache pages held, over all batch rows."""
+        return sum(r.num_pages for r in self.rows)
+
+    @property
     def busy(self) -> bool:
         return self.lock.locked()
 

@@ -186,15 +186,17 @@ def is_node_failure(error: RoutingError) -> bool:
     if isinstance(error, PeerFailure):
         return True
     return isinstance(error, RemoteError) and error.code in (
-        ErrorCode.CACHE_FULL.value, ErrorCode.DRAINING.value, ErrorCode.INTERNAL.value, ErrorCode.WRONG_MODEL.value,
+        ErrorCode.CACHE_FULL.value, ErrorCode.CACHE_RECLAIMED.value, ErrorCode.DRAINING.value, ErrorCode.INTERNAL.value, ErrorCode.WRONG_MODEL.value,
         ErrorCode.VERSION.value, ErrorCode.UNKNOWN_SESSION.value, ErrorCode.SESSION_EXPIRED.value,
         ErrorCode.BUSY.value, ErrorCode.PEER_LIMIT.value, ErrorCode.LEDGER_UNAVAILABLE.value, ErrorCode.TIMEOUT.value,
         ErrorCode.PUSH_REFUSED.value)
 
 
 def deserves_ban(error: RoutingError) -> bool:
-    """A node that closed an idle session, or is leaving politely, did nothing wrong."""
+    """A node that closed an idle session, took back pages beyond a fair share, or is leaving politely,
+    did nothing wrong."""
     return not (isinstance(error, RemoteError) and error.code in (ErrorCode.SESSION_EXPIRED.value,
+                                                                   ErrorCode.CACHE_RECLAIMED.value,
                                                                    ErrorCode.DRAINING.value))
 
 

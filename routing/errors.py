@@ -21,6 +21,7 @@ class ErrorCode(str, Enum):
     UNKNOWN_SESSION = "unknown_session"
     SESSION_EXPIRED = "session_expired"  # idle too long, or the node is leaving: reopen (elsewhere) and replay
     CACHE_FULL = "cache_full"  # the node's KV-cache pool cannot hold the session
+    CACHE_RECLAIMED = "cache_reclaimed"  # your peer held more than its fair share and another needed pages: replay
     DRAINING = "draining"  # the node is leaving or moving and takes no new sessions
     WRONG_MODEL = "wrong_model"  # asked for another manifest root or span
     BAD_RECEIPT = "bad_receipt"

@@ -18,7 +18,7 @@ class Clock:
 
 def test_opens_burst_to_the_rate_then_refill_continuously() -> None:
     clock = Clock()
-    book = PeerBook(PeerLimits(streams=4, sessions=1000, cache_pages=10, opens_per_minute=60), clock)
+    book = PeerBook(PeerLimits(streams=4, sessions=1000, opens_per_minute=60), clock)
     for _ in range(60):
         book.add_session("a")
     with pytest.raises(ProtocolError) as refused:
@@ -34,7 +34,7 @@ def test_opens_burst_to_the_rate_then_refill_continuously() -> None:
 def test_refilled_buckets_are_forgotten_when_many_peers_opened(monkeypatch) -> None:
     monkeypatch.setattr("node.limits.MAX_TRACKED_OPENERS", 3)
     clock = Clock()
-    book = PeerBook(PeerLimits(streams=4, sessions=10, cache_pages=10, opens_per_minute=60), clock)
+    book = PeerBook(PeerLimits(streams=4, sessions=10, opens_per_minute=60), clock)
     for peer in "abc":
         book.add_session(peer)
     clock.now += 61

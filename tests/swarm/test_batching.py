@@ -67,6 +67,14 @@ def _run(client, coro):
     return client.run(coro, timeout=120)
 
 
+async def _holding(client, node, root: str, session: str, tokens: int) -> RawSession:
+    """An open session whose first step filled `tokens` positions."""
+    s = RawSession(client, node.peer_id, root, session, 256)
+    await s.open()
+    assert (await s.step(0, tokens))["type"] == "result"
+    return s
+
+
 def _wait_until_empty(client, node) -> None:
     """Sessions of earlier tests end when the node sees their streams close; wait for their pages."""
     deadline = time.monotonic() + 20
@@ -137,31 +145,48 @@ def test_a_client_over_its_limits_is_refused_while_another_is_served(small_node,
     assert [r["type"] for r in _run(other, polite())] == ["opened", "result"]
 
 
-def test_a_session_that_cannot_grow_gets_cache_full_and_an_idle_one_is_evicted(small_node, default_store):
+def test_a_session_beyond_its_fair_share_gets_cache_full_and_an_idle_one_is_evicted(small_node, default_store):
     node, (a, b) = small_node
     root = default_store.root
     _wait_until_empty(a, node)
 
-    async def first():
-        s = RawSession(a, node.peer_id, root, "first", 256)
-        await s.open()
-        assert (await s.step(0, 150))["type"] == "result"  # 10 of 16 pages
-        return s
 
     async def second():
         s = RawSession(b, node.peer_id, root, "second", 256)
         await s.open()
-        filled = await s.step(0, 96)  # the last 6 pages
-        full = await s.step(96, 1)  # no page left, and "first" was active a moment ago
+        filled = await s.step(0, 128)  # the last 8 pages
+        full = await s.step(128, 1)  # no page left, "first" was active a moment ago and holds no more than its half
         return s, filled, full
 
-    sa = _run(a, first())
+    sa = _run(a, _holding(a, node, root, "first", 120))  # 8 of 16 pages
     sb, filled, full = _run(b, second())
     assert filled["type"] == "result"
     assert full["code"] == "cache_full" and "cache full" in full["message"]
-    assert _run(a, sa.step(150, 1))["type"] == "result"  # the other session goes on (within its pages)
+    assert _run(a, sa.step(120, 1))["type"] == "result"  # the other session goes on (within its pages)
     time.sleep(4)  # past --evict-idle-after: "first" is now idle, so its pages may go to "second"
-    assert _run(b, sb.step(96, 1))["type"] == "result"
+    assert _run(b, sb.step(128, 1))["type"] == "result"
     told = _run(a, sa.read())
     assert told["code"] == "session_expired" and "idle" in told["message"]
+    sb.abort()
+
+
+def test_a_session_within_its_fair_share_takes_pages_from_the_largest_holder_above_its_own(small_node,
+                                                                                          default_store):
+    """Both sessions are active; "first" holds 10 of 16 pages, above the 8 each of two peers may
+    claim, so "second", growing from 6 to 7, gets its page and "first" is ended, its client told."""
+    node, (a, b) = small_node
+    root = default_store.root
+    _wait_until_empty(a, node)
+
+
+    async def second():
+        s = RawSession(b, node.peer_id, root, "small", 256)
+        await s.open()
+        return s, await s.step(0, 96), await s.step(96, 1)
+
+    sa = _run(a, _holding(a, node, root, "large", 160))
+    sb, filled, grown = _run(b, second())
+    assert (filled["type"], grown["type"]) == ("result", "result")
+    told = _run(a, sa.read())
+    assert told["code"] == "cache_reclaimed" and "fair share of 8" in told["message"]
     sb.abort()

@@ -37,6 +37,24 @@ def attacker(swarm) -> Iterator[Attacker]:
     a.close()
 
 
+@pytest.fixture(scope="module")
+def accomplice(swarm) -> Iterator[Attacker]:
+    """A second fresh identity: per-client limits count per identity, and identities are free."""
+    a = Attacker(swarm.initial_peers, swarm.nodes)
+    yield a
+    a.close()
+
+
+@pytest.fixture(scope="module")
+def nodes(swarm) -> dict[tuple[int, int], Any]:
+    return {n.blocks: n for n in swarm.nodes}
+
+
+@pytest.fixture(scope="module")
+def root(default_store) -> str:
+    return default_store.root
+
+
 @pytest.fixture(scope="session")
 def expected(local_model) -> Callable[[str, int], list[int]]:
     """Local greedy token ids of (prompt, tokens): what every honest answer must equal."""

@@ -28,24 +28,6 @@ NESTED = Deep(1000)  # 1 KB of msgpack, a list nested 1000 deep
 HUGE = (1 << 64) - 1
 
 
-@pytest.fixture(scope="module")
-def nodes(swarm) -> dict[tuple[int, int], Any]:
-    return {n.blocks: n for n in swarm.nodes}
-
-
-@pytest.fixture(scope="module")
-def accomplice(swarm):
-    """A second fresh identity: per-client limits count per identity, and identities are free."""
-    a = Attacker(swarm.initial_peers, swarm.nodes)
-    yield a
-    a.close()
-
-
-@pytest.fixture(scope="module")
-def root(default_store) -> str:
-    return default_store.root
-
-
 def _forward(root: str, shape: tuple[int, ...] = (1, 2, HIDDEN), **fields: Any) -> bytes:
     return frame({"type": "forward", "v": wire.PROTOCOL_VERSION, "root": root, "hidden": tensor(shape), **fields})
 

@@ -8,6 +8,13 @@ a lone step at once, and whatever arrives while a batch computes joins the next 
 prompt is cut into `prefill_chunk`-token chunks, so it delays other sessions' steps by at most one
 chunk per iteration; a peer with many requests gets no more turns than a peer with one. A request
 whose client has gone is dropped before it is computed.
+
+What bounds a peer here, free identities included (the reasoning of node/admission.py for the
+cache): turns are max-min fair — every peer with work gets one chunk before any gets a second, and
+each iteration starts one peer later, so with n peers queued a request's first chunk runs within n
+iterations of at most `max_batch_tokens`, whatever the others queue. What one identity may queue is
+capped (`peer_queue_tokens`, then `busy`); k identities queue at most k times that, which costs
+memory (bounded also by their session and stream caps), not others' turns.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ from swarmlm.sdk import RemoteModel
 from .raw import RawSession
 
 PROMPT = "What is the capital of France?"
+LONG_PROMPT = ("France, in western Europe, has many large cities: Marseille, Lyon, Toulouse, Nice, Nantes, "
+               "Strasbourg, Montpellier, Bordeaux and Lille among them. " + PROMPT)  # over 48 tokens
 LIMITED = ["--cache-tokens", "96", "--page-tokens", "16", "--peer-cache-tokens", "96", "--session-timeout", "2",
            "--max-step-tokens", "16", "--max-session-length", "128",
            "--throughput", "1000"]  # announced as fast: clients try it first
@@ -67,24 +69,25 @@ def model(limited, default_store):
 
 
 def test_a_client_refused_for_cache_full_uses_another_node(limited, model, local_model):
-    """Another client holds most of A's 96-token pool; our first step there gets cache_full, B serves."""
+    """Another client holds half of A's 96-token pool, its fair share; our prompt needs more than
+    the other half, gets cache_full there, and B serves."""
     swarm, a, b = limited
     hog = SwarmClient(swarm.initial_peers)
     hog.remember(a.peer_id, a.maddrs)
     try:
         holding = RawSession(hog, a.peer_id, model.root, "hog", 128)
         hog.run(holding.open(), timeout=60)
-        for start in range(0, 64, 16):
+        for start in range(0, 48, 16):
             assert hog.run(holding.step(start, 16), timeout=60)["type"] == "result"
         with model.inference_session(max_length=120) as s:
-            g = s.generate(PROMPT, 16)
+            g = s.generate(LONG_PROMPT, 16)
             served_by = {span.peer for span in s.runner.spans}
             failovers = s.runner.failovers
         holding.abort()
     finally:
         hog.close()
     assert served_by == {b.peer_id} and failovers == 1
-    assert g.token_ids == local_model.generate(PROMPT, 16).token_ids
+    assert g.token_ids == local_model.generate(LONG_PROMPT, 16).token_ids
 
 
 def test_per_step_and_per_session_token_limits(limited, model):

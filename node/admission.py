@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Generic, Protocol, TypeVar
 
 from routing.errors import ErrorCode, ProtocolError
 
@@ -43,18 +43,21 @@ class Holding(Protocol):
     def pages(self) -> int: ...
 
 
+S = TypeVar("S", bound=Holding)
+
+
 @dataclass(frozen=True)
-class Eviction:
-    session: Holding
+class Eviction(Generic[S]):
+    session: S
     code: ErrorCode
     reason: str
 
 
 @dataclass(frozen=True)
-class Decision:
+class Decision(Generic[S]):
     """Sessions to end (carried out whether admitted or not), and whether the step may then grow."""
 
-    evict: list[Eviction]
+    evict: list[Eviction[S]]
     admitted: bool
 
 
@@ -73,8 +76,7 @@ class Admission:
         wanting = {p for p, n in held.items() if n > 0} | {peer}
         return self.pool_pages // len(wanting)
 
-    def admit(self, peer: str, more: int, free: int, sessions: Iterable[Holding],
-              exclude: Holding | None = None) -> Decision:
+    def admit(self, peer: str, more: int, free: int, sessions: Iterable[S], exclude: S | None = None) -> Decision[S]:
         """May `peer` take `more` pages when `free` are? `exclude` is the session asking (never ended)."""
         if more <= 0:
             return Decision([], True)
@@ -90,7 +92,7 @@ class Admission:
         candidates = [s for s in sessions if s is not exclude and not s.busy and s.pages > 0]
         idle = sorted((s for s in candidates if now - s.last_active > self.evict_idle_after),
                       key=lambda s: s.last_active)
-        evict: list[Eviction] = []
+        evict: list[Eviction[S]] = []
         for s in idle:
             if short <= 0:
                 break
@@ -101,16 +103,17 @@ class Admission:
             held[s.client] -= s.pages
         if short <= 0:
             return Decision(evict, True)
-        reclaimed = self._reclaim(peer, more, short, held, [s for s in candidates if s not in {e.session for e in evict}])
+        ended = {id(e.session) for e in evict}
+        reclaimed = self._reclaim(peer, more, short, held, [s for s in candidates if id(s) not in ended])
         return Decision(evict + (reclaimed or []), reclaimed is not None)
 
-    def _reclaim(self, peer: str, more: int, short: int, held: Counter[str], candidates: list[Holding]
-                 ) -> list[Eviction] | None:
+    def _reclaim(self, peer: str, more: int, short: int, held: Counter[str], candidates: list[S]
+                 ) -> list[Eviction[S]] | None:
         """Sessions of holders above their share that free `short` pages for `peer`, or None if none can."""
         share = self.share(peer, held)
         if held[peer] + more > share:
             return None
-        evict: list[Eviction] = []
+        evict: list[Eviction[S]] = []
         while short > 0:
             above = [s for s in candidates if s.client != peer and held[s.client] > share]
             if not above:

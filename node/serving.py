@@ -230,7 +230,7 @@ class Serving:
         delta = sum(r.pages_needed(end) for r in rows)
         decision = self.admission.admit(peer, delta, self.pool.free_pages, self.sessions.values(), exclude)
         for eviction in decision.evict:
-            self.expire(eviction.session, eviction.code, eviction.reason)  # type: ignore[arg-type]
+            self.expire(eviction.session, eviction.code, eviction.reason)
         if not decision.admitted:
             raise self._cache_full()
         try:

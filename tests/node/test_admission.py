@@ -44,10 +44,10 @@ class Node:
     def grow(self, session: Held, more: int) -> bool:
         decision = self.admission.admit(session.client, more, self.free, self.sessions, exclude=session)
         for e in decision.evict:
-            self.sessions.remove(e.session)  # type: ignore[arg-type]
+            self.sessions.remove(e.session)
             self.admission.charge(e.session.client, -e.session.pages)
-            self.ended.append((e.session, e.code))  # type: ignore[arg-type]
-            e.session.pages = 0  # type: ignore[misc]
+            self.ended.append((e.session, e.code))
+            e.session.pages = 0
         if decision.admitted:
             if session not in self.sessions:
                 self.sessions.append(session)

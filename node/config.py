@@ -78,7 +78,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("page_tokens", int, 64, "tokens per KV-cache page: sessions take pages as they grow"),
     Option("max_memory", str, None, "memory budget for blocks and cache, e.g. 2GiB (default: 80%% of free)"),
     Option("public_name", str, "", "a name shown in swarm status"),
-    Option("announce_period", float, 30.0, "seconds between DHT announcements (records expire at twice this)"),
+    Option("announce_period", float, 30.0, "seconds between DHT announcements (records expire at three times this)"),
     Option("witness_period", float, 120.0, "seconds between checks of the peers' ledgers (witnessing)"),
     Option("max_batch", int, 8, "largest batch a session or forward may ask for"),
     Option("max_step_tokens", int, 2048, "most tokens one step or forward may carry"),

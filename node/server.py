@@ -54,6 +54,7 @@ from .witnessing import CHECKPOINT_KEY, Witness
 
 log = logging.getLogger(__name__)
 IDLE_CHECK_PERIOD = 5.0
+RECORD_LIFETIME = 3  # announce periods a record lives: one late or lost announcement leaves no gap
 
 
 class Node:
@@ -299,7 +300,7 @@ class Node:
                     _, checkpoint = await asyncio.get_running_loop().run_in_executor(
                         None, self.ledger.latest_checkpoint)
                 record = self.record(checkpoint)
-            if not await dht_io.announce(self.dht, self.root, record, 2 * self.config.announce_period):
+            if not await dht_io.announce(self.dht, self.root, record, RECORD_LIFETIME * self.config.announce_period):
                 log.warning("DHT announcement was not stored by any peer (is the swarm reachable?)")
             self._dht_peers = await dht_io.peer_count(self.dht)
         except Exception as e:
@@ -431,8 +432,10 @@ class _Periodic:
         self.due = time.monotonic() + period()
 
     async def run(self) -> None:
-        await self.action()
+        """The next run is due a period after this one began, not after it ended: a slow action (a
+        measurement on a loaded machine) must not stretch the gap between announcements."""
         self.due = time.monotonic() + self.period()
+        await self.action()
 
 
 def runtime_file(state_dir: Path) -> Path:

@@ -116,7 +116,7 @@ def test_a_killed_nodes_blocks_turn_unserved_and_requests_get_a_503_naming_them(
                                    timeout=WAIT_MS)
             second = next(n for n in swarm.nodes if n.blocks == (15, 30))
             swarm.kill(second, signal.SIGKILL)
-            page.wait_for_function(  # its record expires after two announce periods; the page refreshes itself
+            page.wait_for_function(  # its record expires after three announce periods; the page refreshes itself
                 "() => document.querySelectorAll('.block.unserved').length == 15", timeout=WAIT_MS)
             assert _servers_per_block(page) == [1] * 15 + [0] * 15
             assert "Unserved blocks 15-29" in page.inner_text("#unserved")

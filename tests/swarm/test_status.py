@@ -34,7 +34,7 @@ def test_swarm_status_covers_every_block_then_shows_a_dead_nodes_blocks_unserved
 
         middle = next(n for n in swarm.nodes if n.blocks == (10, 20))
         swarm.kill(middle, signal.SIGKILL)
-        deadline = time.monotonic() + 60  # its records expire after 2 announce periods
+        deadline = time.monotonic() + 60  # its records expire after 3 announce periods
         while True:
             code, report = _status(swarm, cli_env)
             if report["unserved"] or time.monotonic() > deadline:

@@ -3,8 +3,9 @@
     import swarmlm
     with swarmlm.RemoteModel.connect(["/ip4/…/p2p/…"], model="smollm2-135m-instruct") as model:
         print(model.generate("What is the capital of France?").text)
-        with model.inference_session(max_length=512) as chat:   # node caches persist across turns
-            chat.generate([{"role": "user", "content": "Hi!"}])
+        with model.inference_session(max_length=512) as chat:   # keeps the chat and the nodes' caches
+            chat.generate("Hi! My name is Ana.")
+            chat.generate("What's my name?")                     # I'm Ana, …
 
 The client holds the head shard (embeddings, final norm, LM head) and the tokenizer; nodes hold
 the blocks. Only nodes announcing the same manifest root as the local store are used.
@@ -48,7 +49,7 @@ EVIDENCE_TTL = 7 * 24 * 3600.0
 class RemoteModel(GenerativeModel):
     def __init__(self, store: ShardStore, client: SwarmClient, view: SwarmView, device: str,
                  ledger: Store | None, verifier_options: dict[str, Any] | None, evidence_dir: Path,
-                 push: bool = True, recover_timeout: float = DEFAULT_DEADLINE) -> None:
+                 push: bool = True, recover_timeout: float | None = None) -> None:
         super().__init__(store.load_head(device), store.tokenizer() if store.manifest.tokenizer else None,
                          store.config)
         self.store, self.client, self.view, self.ledger, self.push = store, client, view, ledger, push
@@ -65,7 +66,7 @@ class RemoteModel(GenerativeModel):
                 spot_check_rate: float = DEFAULT_SPOT_CHECK_RATE, evidence_dir: str | Path | None = None,
                 seed: int | None = None, push: bool = True,
                 accept_quantized: Iterable[str] = DEFAULT_ACCEPTED,
-                recover_timeout: float = DEFAULT_DEADLINE) -> "RemoteModel":
+                recover_timeout: float | None = None) -> "RemoteModel":
         """Join the swarm, check it serves this model's root, and load the head shard locally.
 
         `identity`: the client's key (a path is created on first use; default: a fresh key per
@@ -78,8 +79,9 @@ class RemoteModel(GenerativeModel):
         `accept_quantized`: quantization schemes of nodes to route through besides the model's own
         weights (default int8; add "nf4"/"q4_1" for 4-bit, () for none): the client derives each
         scheme's store from its own shards and admits only nodes serving exactly that root.
-        `recover_timeout`: seconds a token may spend finding (or waiting for) nodes when no chain
-        covers the model, at a session's start or after a node failed, before NoRouteError.
+        `recover_timeout`: seconds a token may wait for a chain (at a session's start or after a node
+        failed), polling for nodes that rejoin, before it raises; None (default): fail over for up to
+        300 s, but raise NoRouteError at once when no node could cover the model.
         """
         if not 0 <= spot_check_rate <= 1:
             raise ShardsError(f"spot_check_rate must be in [0, 1], got {spot_check_rate}")
@@ -111,7 +113,9 @@ class RemoteModel(GenerativeModel):
 
     def new_runner(self, max_length: int) -> BlockRunner:
         return RemoteRunner(self.view, max_length, self.config.hidden_size, make_receipt=self._receipt,
-                            verifier=self.verifier, push=self.push, deadline=self.recover_timeout)
+                            verifier=self.verifier, push=self.push,
+                            deadline=self.recover_timeout or DEFAULT_DEADLINE,
+                            await_coverage=self.recover_timeout is not None)
 
     async def _on_evidence(self, evidence: Evidence) -> None:
         """Keep the proof three ways: a file anyone can check offline, our ledger, and the DHT."""

@@ -37,7 +37,7 @@ class Metrics:
         self.latency = Histogram("swarmlm_api_request_seconds", "from request to the response's last byte",
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
         self.first_token = Histogram("swarmlm_api_time_to_first_token_seconds",
-                                     "from a generation's start to its first token", ["model"],
+                                     "streamed requests: from the generation's start to its first token", ["model"],
                                      buckets=LATENCY_BUCKETS, registry=r)
         self.tokens = Counter("swarmlm_api_tokens", "tokens of finished generations, by model and kind",
                               ["model", "kind"], registry=r)

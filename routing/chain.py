@@ -197,6 +197,7 @@ class SwarmView:
 
 ReceiptMaker = Callable[[SpanSession], "bytes | None"]
 DEFAULT_DEADLINE = 300.0  # seconds one forward may spend failing over before it gives up
+COVERAGE_POLL_S = 2.0  # while awaiting coverage, how often to re-plan (each failed plan re-reads the DHT)
 
 
 class RemoteRunner:
@@ -204,9 +205,12 @@ class RemoteRunner:
 
     def __init__(self, view: SwarmView, max_length: int, hidden_size: int, *, step_tokens: int = 512,
                  make_receipt: ReceiptMaker | None = None, verifier: Verifier | None = None, push: bool = True,
-                 deadline: float = DEFAULT_DEADLINE) -> None:
+                 deadline: float = DEFAULT_DEADLINE, await_coverage: bool = False) -> None:
+        """`await_coverage`: when no chain covers the model, poll for nodes that (re)join until the
+        deadline, instead of giving up unless a ban ends in time (a gateway bounds both by one timeout)."""
         self.view, self.client = view, view.client
         self.step_tokens, self.verifier, self.push, self.deadline = step_tokens, verifier, push, deadline
+        self.await_coverage = await_coverage
         self.max_length, self.hidden_size = max_length, hidden_size
         self.make_receipt = make_receipt
         self.session_id = secrets.token_hex(8)
@@ -351,7 +355,7 @@ class RemoteRunner:
             try:
                 hops = await self.view.plan(start, end, self.max_length, self.push)
             except NoRouteError:
-                if not await self._waited_for_a_ban_to_end():
+                if not await self._waited_for_nodes():
                     raise
                 continue
             planned = time.perf_counter()
@@ -379,15 +383,20 @@ class RemoteRunner:
                     log.info("could not reach %s (%s); re-planning", span.peer[-8:], e)
                     self.view.bans.ban(span.peer)
 
-    async def _waited_for_a_ban_to_end(self) -> bool:
-        """No chain now: nodes that were full or busy may take us again when their ban ends. Wait for the
-        first to end if that is within the deadline (True); False when there is nothing to wait for."""
+    async def _waited_for_nodes(self) -> bool:
+        """No chain now: nodes that were full or busy may take us again when their ban ends, and with
+        `await_coverage` new or restarted nodes may join. Wait for the first of these within the deadline
+        (True: plan again); False when there is nothing to wait for."""
+        now = time.monotonic()
         ends = self.view.bans.next_expiry()
-        if ends is None or ends > self._give_up_at:
+        if self.await_coverage and now < self._give_up_at:
+            wake = min(ends or self._give_up_at, now + COVERAGE_POLL_S, self._give_up_at)
+        elif ends is None or ends > self._give_up_at:
             return False
-        log.info("no chain covers the model now; retrying when a banned node's ban ends in %.1fs",
-                 ends - time.monotonic())
-        await asyncio.sleep(ends - time.monotonic() + 0.05)
+        else:
+            wake = ends
+        log.info("no chain covers the model now; planning again in %.1fs", wake - now)
+        await asyncio.sleep(wake - now + 0.05)
         return True
 
     async def _replace(self, i: int, start: int, error: RoutingError, through_end: bool = False) -> None:

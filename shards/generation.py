@@ -2,7 +2,8 @@
 
 A `Session` keeps the token history its runner's caches hold. Each call sends only what the
 caches lack (the new suffix after the longest common prefix), so a multi-turn chat re-sends
-nothing it already sent.
+nothing it already sent. A chat session also keeps the conversation: a call may pass only the new
+message (the session adds it and its answer to the chat) or the whole chat so far.
 
 With speculation (`speculative=k`), a trip sends the last token plus up to k drafted tokens as one
 step and judges all of them from that one forward (shards.speculative); the history is cut back to
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence, Union
+from typing import Any, Callable, Iterator, Protocol, Sequence, Union
 
 import torch
 
@@ -80,15 +81,18 @@ def encode_prompt(tokenizer: Any, prompt: Prompt, raw: bool = False, vocab_size:
 class Session:
     """One conversation's state on a runner: the ids its caches hold, and generation over them.
 
-    `speculative` (the most drafts per trip; 0 = off) and `drafter` are defaults for its calls.
+    `speculative` (the most drafts per trip; 0 = off) and `drafter` are defaults for its calls;
+    `details` adds facts about the runner (which nodes serve it) to each Generation's `extra`.
     """
 
     def __init__(self, head: Head, tokenizer: Any, runner: BlockRunner, max_length: int, eos_ids: set[int], *,
-                 speculative: int = 0, drafter: Drafter | None = None) -> None:
+                 speculative: int = 0, drafter: Drafter | None = None,
+                 details: Callable[[BlockRunner], dict[str, Any]] | None = None) -> None:
         self.head, self.tokenizer, self.runner = head, tokenizer, runner
         self.max_length, self.eos_ids = max_length, eos_ids
-        self.speculative, self.drafter = speculative, drafter
+        self.speculative, self.drafter, self.details = speculative, drafter, details
         self.history: list[int] = []
+        self.conversation: list[Message] = []  # the chat so far, its answers included
         self.draft_length: AdaptiveDraftLength | None = None  # kept across calls: it learns the runner's costs
 
     def __enter__(self) -> "Session":
@@ -156,17 +160,46 @@ class Session:
             self.draft_length = AdaptiveDraftLength(max_draft)
         return _Speculation(drafter or self.drafter or PromptLookupDrafter(), self.draft_length)
 
+    def _chat(self, prompt: Prompt, raw: bool) -> list[Message] | None:
+        """The whole chat this call continues, or None when the prompt is no chat (raw text, token ids).
+
+        Messages that begin with the session's conversation are the whole chat re-sent; any others
+        (or a plain string: one user message) are the next turn, after the conversation so far.
+        """
+        if raw or not getattr(self.tokenizer, "chat_template", None):
+            return None
+        if isinstance(prompt, str):
+            turn: list[Message] = [{"role": "user", "content": prompt}]
+        else:
+            turn = list(prompt)  # type: ignore[arg-type]
+            if not turn or not all(isinstance(m, dict) for m in turn):
+                return None
+        known = self.conversation
+        return turn if turn[:len(known)] == known else [*known, *turn]
+
     def _run(self, prompt: Prompt, max_new_tokens: int, params: SamplingParams, stop: Sequence[str], raw: bool,
              ignore_eos: bool, result: Generation, speculation: _Speculation | None) -> Iterator[TokenEvent]:
         if max_new_tokens < 1:
             raise ShardsError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        ids = encode_prompt(self.tokenizer, prompt, raw, self.head.embed_tokens.num_embeddings)
+        chat = self._chat(prompt, raw)
+        ids = encode_prompt(self.tokenizer, prompt if chat is None else chat, raw,
+                            self.head.embed_tokens.num_embeddings)
         if not ids:
             raise ShardsError("the prompt is empty")
         result.prompt_tokens = len(ids)
         sampler = Sampler(params)
-        detok = _Detokenizer(self.tokenizer)
         started = time.perf_counter()
+        try:
+            yield from self._tokens(ids, max_new_tokens, sampler, stop, ignore_eos, result, speculation, started)
+        finally:  # the answer so far joins the chat, also when the caller stopped reading early
+            if chat is not None and (result.total_time or result.token_ids):
+                self.conversation = [*chat, {"role": "assistant", "content": result.text}]
+        if self.details is not None:
+            result.extra.update(self.details(self.runner))
+
+    def _tokens(self, ids: list[int], max_new_tokens: int, sampler: Sampler, stop: Sequence[str], ignore_eos: bool,
+                result: Generation, speculation: _Speculation | None, started: float) -> Iterator[TokenEvent]:
+        detok = _Detokenizer(self.tokenizer)
         context = list(ids)
         hit = done = False
         while not done:
@@ -290,7 +323,7 @@ class GenerativeModel:
         raise NotImplementedError
 
     def run_details(self, runner: BlockRunner) -> dict[str, Any]:
-        """Extra facts about a finished run for `Generation.extra` (e.g. which nodes served it)."""
+        """Facts about a runner for `Generation.extra` (e.g. which nodes serve or served it)."""
         return {}
 
     def inference_session(self, max_length: int | None = None, *, speculative: int = 0,
@@ -301,7 +334,7 @@ class GenerativeModel:
         """
         max_length = max_length or self.config.max_context
         return Session(self.head, self.tokenizer, self.new_runner(max_length), max_length, self.eos_ids,
-                       speculative=speculative, drafter=drafter)
+                       speculative=speculative, drafter=drafter, details=self.run_details)
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 64, *, raw: bool = False, **kwargs: Any) -> Generation:
         """One-shot generation in a session sized for this prompt (see Session.generate for options,

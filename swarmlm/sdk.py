@@ -3,8 +3,9 @@
     import swarmlm
     with swarmlm.RemoteModel.connect(["/ip4/…/p2p/…"], model="smollm2-135m-instruct") as model:
         print(model.generate("What is the capital of France?").text)
-        with model.inference_session(max_length=512) as chat:   # node caches persist across turns
-            chat.generate([{"role": "user", "content": "Hi!"}])
+        with model.inference_session(max_length=512) as chat:   # keeps the chat and the nodes' caches
+            chat.generate("Hi! My name is Ana.")
+            chat.generate("What's my name?")                     # I'm Ana, …
 
 The client holds the head shard (embeddings, final norm, LM head) and the tokenizer; nodes hold
 the blocks. Only nodes announcing the same manifest root as the local store are used.
@@ -24,7 +25,7 @@ from ledger.keys import Identity
 from ledger.receipts import make_receipt
 from ledger.store import Store
 from routing import dht as dht_io
-from routing.chain import RemoteRunner, SwarmView
+from routing.chain import DEFAULT_DEADLINE, RemoteRunner, SwarmView
 from routing.client import SwarmClient
 from routing.errors import NoRouteError
 from routing.evidence import Evidence
@@ -48,11 +49,11 @@ EVIDENCE_TTL = 7 * 24 * 3600.0
 class RemoteModel(GenerativeModel):
     def __init__(self, store: ShardStore, client: SwarmClient, view: SwarmView, device: str,
                  ledger: Store | None, verifier_options: dict[str, Any] | None, evidence_dir: Path,
-                 push: bool = True) -> None:
+                 push: bool = True, recover_timeout: float | None = None) -> None:
         super().__init__(store.load_head(device), store.tokenizer() if store.manifest.tokenizer else None,
                          store.config)
         self.store, self.client, self.view, self.ledger, self.push = store, client, view, ledger, push
-        self.evidence_dir = evidence_dir
+        self.evidence_dir, self.recover_timeout = evidence_dir, recover_timeout
         self.evidence: list[tuple[Evidence, Path]] = []
         self.verifier = None if verifier_options is None else Verifier(
             client, view, referee=view.referee, identity=client.identity, on_evidence=self._on_evidence,
@@ -64,7 +65,8 @@ class RemoteModel(GenerativeModel):
                 device: str = "cpu", request_timeout: float = 60.0, verify: bool = True,
                 spot_check_rate: float = DEFAULT_SPOT_CHECK_RATE, evidence_dir: str | Path | None = None,
                 seed: int | None = None, push: bool = True,
-                accept_quantized: Iterable[str] = DEFAULT_ACCEPTED) -> "RemoteModel":
+                accept_quantized: Iterable[str] = DEFAULT_ACCEPTED,
+                recover_timeout: float | None = None) -> "RemoteModel":
         """Join the swarm, check it serves this model's root, and load the head shard locally.
 
         `identity`: the client's key (a path is created on first use; default: a fresh key per
@@ -77,6 +79,9 @@ class RemoteModel(GenerativeModel):
         `accept_quantized`: quantization schemes of nodes to route through besides the model's own
         weights (default int8; add "nf4"/"q4_1" for 4-bit, () for none): the client derives each
         scheme's store from its own shards and admits only nodes serving exactly that root.
+        `recover_timeout`: seconds a token may wait for a chain (at a session's start or after a node
+        failed), polling for nodes that rejoin, before it raises; None (default): fail over for up to
+        300 s, but raise NoRouteError at once when no node could cover the model.
         """
         if not 0 <= spot_check_rate <= 1:
             raise ShardsError(f"spot_check_rate must be in [0, 1], got {spot_check_rate}")
@@ -96,7 +101,8 @@ class RemoteModel(GenerativeModel):
             log = Store(ledger, client.identity) if ledger is not None else None
             options = {"rate": spot_check_rate, "seed": seed} if verify else None
             return cls(store, client, view, device, log, options,
-                       Path(evidence_dir) if evidence_dir else swarmlm_home() / "client" / "evidence", push)
+                       Path(evidence_dir) if evidence_dir else swarmlm_home() / "client" / "evidence", push,
+                       recover_timeout)
         except BaseException:
             client.close()
             raise
@@ -107,7 +113,9 @@ class RemoteModel(GenerativeModel):
 
     def new_runner(self, max_length: int) -> BlockRunner:
         return RemoteRunner(self.view, max_length, self.config.hidden_size, make_receipt=self._receipt,
-                            verifier=self.verifier, push=self.push)
+                            verifier=self.verifier, push=self.push,
+                            deadline=self.recover_timeout or DEFAULT_DEADLINE,
+                            await_coverage=self.recover_timeout is not None)
 
     async def _on_evidence(self, evidence: Evidence) -> None:
         """Keep the proof three ways: a file anyone can check offline, our ledger, and the DHT."""
@@ -130,9 +138,10 @@ class RemoteModel(GenerativeModel):
 
     def run_details(self, runner: BlockRunner) -> dict[str, Any]:
         assert isinstance(runner, RemoteRunner)
+        spans = runner.spans or runner.closed_spans  # serving now inside a session, receipted once it closed
         return {"session": runner.session_id,
                 "chain": [{"peer_id": s.peer, "blocks": [s.hop.start, s.hop.end], "tokens": s.tokens}
-                          for s in runner.closed_spans], "failovers": runner.failovers,
+                          for s in spans], "failovers": runner.failovers,
                 "relayed_steps": runner.relayed_steps}
 
     def _receipt(self, span: SpanSession) -> bytes:

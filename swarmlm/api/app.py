@@ -7,6 +7,8 @@ JSON shape, so clients raise their usual exception types.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -20,19 +22,9 @@ from .dashboard import Dashboard
 from .errors import APIError
 from .gateway import Gateway
 from .guard import RequestGuard
-
-
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, APIError)
-    return JSONResponse(exc.body(), status_code=exc.status)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    """Unknown paths and methods, in the same shape as every other error."""
-    assert isinstance(exc, HTTPException)
-    return JSONResponse(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                                 code="not_found" if exc.status_code == 404 else None).body(),
-                        status_code=exc.status_code)
+from .health import Health
+from .metrics import Metrics, MetricsMiddleware
+from .unknown import catch_all, supported, unknown_endpoint
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -42,9 +34,12 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(gateway: Gateway) -> Starlette:
-    completions = Completions(gateway)
+    metrics = Metrics()
+    completions = Completions(gateway, metrics)
     dashboard = Dashboard(gateway, completions.authorize)
     routes = [
+        Route("/health", Health(gateway).health),
+        Route("/metrics", metrics.page),
         Route("/v1/models", completions.list_models),
         Route("/v1/models/{model:path}", completions.get_model),
         Route("/v1/chat/completions", completions.chat, methods=["POST"]),
@@ -53,10 +48,27 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/swarm/status", dashboard.status),
         Route("/swarm/checkpoints", dashboard.checkpoints),
         Route("/swarm/ledger/{peer}", dashboard.ledger),
-        Mount("/", StaticFiles(packages=[("swarmlm.api", "static")], html=True)),
     ]
+    endpoints = supported(routes)
+    routes += [catch_all(endpoints), Mount("/", StaticFiles(packages=[("swarmlm.api", "static")], html=True))]
+
+    def answer(error: APIError, headers: Mapping[str, str] | None = None) -> Response:
+        metrics.error(error)
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, APIError)
+        return answer(exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Unknown paths and methods, in the same shape as every other error."""
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return answer(unknown_endpoint(request.method, request.url.path, endpoints))
+        return answer(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}"), exc.headers)
+
     settings = gateway.settings
     guard = Middleware(RequestGuard, allowed_hosts=[*settings.allowed_host, settings.host],
                        cors_origins=settings.cors_origin)
-    return Starlette(routes=routes, middleware=[guard],
-                     exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _internal_error})
+    return Starlette(routes=routes, middleware=[Middleware(MetricsMiddleware, metrics=metrics), guard],
+                     exception_handlers={APIError: api_error, HTTPException: http_error, Exception: _internal_error})

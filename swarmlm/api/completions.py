@@ -3,6 +3,7 @@
 A response starts once the first token is out, so its headers can name the chain that produced
 it and a swarm that cannot serve the model is a clean 503, not a broken stream. A client that
 disconnects (while waiting or mid-stream) cancels its generation, which closes the swarm session.
+A stream that waits on the swarm sends a keep-alive comment every `--keepalive` seconds.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import hmac
 import json
 import logging
+import time
 from typing import Any, AsyncIterator, Awaitable, TypeVar
 
 from starlette.requests import Request
@@ -21,6 +23,8 @@ from routing.tasks import background
 from .errors import APIError, bad_request, unauthorized
 from .gateway import Gateway
 from .jobs import Event, Finished, GenerationJob, Text
+from .keepalive import with_keepalive
+from .metrics import Metrics
 from .responses import DONE, Reply, sse
 from .schemas import GenerationRequest, chat_request, completion_request
 
@@ -65,8 +69,8 @@ async def _unless_gone(request: Request, awaitable: Awaitable[T]) -> T:
 
 
 class Completions:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, gateway: Gateway, metrics: Metrics) -> None:
+        self.gateway, self.metrics = gateway, metrics
         key = gateway.settings.api_key
         self._key = key.encode() if key else None
 
@@ -103,16 +107,21 @@ class Completions:
     async def _complete(self, request: Request, req: GenerationRequest, chat: bool) -> Response:
         served = self.gateway.model(req.model)
         job = await self.gateway.start(req)
-        reply = Reply(chat, served.id, served.root, req.include_usage)
+        began = time.perf_counter()
         streaming = False  # once the stream is handed over, its generator finishes the job
         try:
             if req.stream:
                 first = await _unless_gone(request, job.next())
-                headers = {**first.provenance.headers(), "Cache-Control": "no-cache"}  # type: ignore[union-attr]
+                self.metrics.first_token.labels(served.id).observe(time.perf_counter() - began)
+                provenance = first.provenance  # type: ignore[union-attr]
+                reply = Reply(chat, served.id, served.root, provenance.session_id, req.include_usage)
+                headers = {**provenance.headers(), "Cache-Control": "no-cache"}
                 streaming = True
-                return StreamingResponse(self._stream(reply, job, first), media_type="text/event-stream",
-                                         headers=headers)
+                frames = with_keepalive(self._stream(reply, job, first), self.gateway.settings.keepalive)
+                return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
             text, finished = await _unless_gone(request, self._collect(job))
+            self.metrics.finished(served.id, finished)
+            reply = Reply(chat, served.id, served.root, finished.provenance.session_id)
             return JSONResponse(reply.whole(text, finished), headers=finished.provenance.headers())
         except _ClientGone:
             return Response(status_code=CLIENT_CLOSED)
@@ -141,6 +150,7 @@ class Completions:
                 event = await job.next()
                 if isinstance(event, Text):
                     yield reply.chunk(event.text)
+            self.metrics.finished(reply.model, event)
             yield reply.chunk("", finish_reason=event.finish_reason, provenance=event.provenance)
             if reply.include_usage:
                 yield reply.usage_chunk(event)
@@ -150,6 +160,7 @@ class Completions:
             except Exception:
                 log.exception("generation failed mid-stream")
                 error = APIError(500, f"internal error: {type(e).__name__}", type="server_error")
+            self.metrics.error(error)
             yield sse(error.body())
         finally:
             self.gateway.finished(job)

@@ -9,7 +9,6 @@ chain that produced the first token). A stream is `data: {json}\\n\\n` frames en
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from typing import Any
 
@@ -29,11 +28,15 @@ def usage(finished: Finished) -> dict[str, int]:
 
 
 class Reply:
-    """One response's id, model and kind (chat or text); builds its whole object or its chunks."""
+    """One response's id, model and kind (chat or text); builds its whole object or its chunks.
 
-    def __init__(self, chat: bool, model: str, root: str, include_usage: bool = False) -> None:
+    The id names the swarm session (`chatcmpl-<session>`), so the provenance survives clients that
+    drop unknown fields and headers: the session id finds the answer in every node's ledger.
+    """
+
+    def __init__(self, chat: bool, model: str, root: str, session: str, include_usage: bool = False) -> None:
         self.chat, self.model, self.include_usage = chat, model, include_usage
-        self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
+        self.id = ("chatcmpl-" if chat else "cmpl-") + session
         self.created = int(time.time())
         self.fingerprint = f"swarmlm-{root[:16]}"  # the weights, by content
 

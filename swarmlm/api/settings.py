@@ -51,6 +51,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_concurrency", int, 16, "generations running at once; later requests wait for a worker",
             metavar="N"),
     Setting("device", str, "cpu", "cpu, cuda or cuda:N for the head shard (embeddings and LM head)"),
+    # Streams: how long a token may wait for the swarm to recover, and how often a waiting stream speaks.
+    Setting("recover_timeout", float, 30.0, "seconds a request waits for nodes to cover the model, at its start "
+            "or after a node failed mid-answer, before its error (503 or an error event)", metavar="S"),
+    Setting("keepalive", float, 15.0, "seconds of silence after which a stream sends an SSE comment, so proxies "
+            "and clients do not time out while it waits", metavar="S"),
     Setting("allowed_host", str, [], "host names the gateway answers to besides localhost and --host ('*': any; "
             "other Host headers get 421, against DNS rebinding)", multiple=True, metavar="NAME"),
     Setting("cors_origin", str, [], "browser origins allowed to call the gateway cross-site, e.g. "
@@ -70,6 +75,8 @@ class ApiSettings:
     default_max_tokens: int
     max_concurrency: int
     device: str
+    recover_timeout: float
+    keepalive: float
     allowed_host: list[str]
     cors_origin: list[str]
 
@@ -121,6 +128,9 @@ def _check(s: ApiSettings) -> None:
         raise ConfigError(f"{bad[0]!r} is not a multiaddr (like /ip4/127.0.0.1/tcp/PORT/p2p/PEER_ID)")
     if not 0 <= s.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {s.port}")
+    for name in ("recover_timeout", "keepalive"):
+        if not getattr(s, name) > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0 seconds, got {getattr(s, name)}")
     for name in ("default_max_tokens", "max_concurrency"):
         if getattr(s, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")

@@ -110,7 +110,7 @@ def test_the_chat_box_streams_an_answer_with_its_provenance(dashboard, local_mod
 def test_a_killed_nodes_blocks_turn_unserved_and_requests_get_a_503_naming_them(browser, default_store, tmp_path):
     with LocalSwarm(str(default_store.path), tmp_path / "swarm", announce_period=2.0) as swarm:
         swarm.start(2, default_store.manifest.num_blocks)
-        with run_gateway(swarm.initial_peers, tmp_path / "gateway") as gw:
+        with run_gateway(swarm.initial_peers, tmp_path / "gateway", args=["--recover-timeout", "3"]) as gw:
             page = _open(browser, gw.url)
             page.wait_for_function("() => document.querySelectorAll('.block[data-servers=\"1\"]').length == 30",
                                    timeout=WAIT_MS)

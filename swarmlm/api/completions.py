@@ -13,6 +13,7 @@ import json
 import logging
 from typing import Any, AsyncIterator, Awaitable, TypeVar
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -102,16 +103,17 @@ class Completions:
 
     async def _complete(self, request: Request, req: GenerationRequest, chat: bool) -> Response:
         served = self.gateway.model(req.model)
-        job = await self.gateway.start(req)
+        job = await self.gateway.start(req, request.client.host if request.client else "")
         reply = Reply(chat, served.id, served.root, req.include_usage)
-        streaming = False  # once the stream is handed over, its generator finishes the job
+        streaming = False  # once the stream is handed over, its background task finishes the job
         try:
             if req.stream:
                 first = await _unless_gone(request, job.next())
                 headers = {**first.provenance.headers(), "Cache-Control": "no-cache"}  # type: ignore[union-attr]
                 streaming = True
+                # the background task runs however the stream ends, also when the client stopped reading
                 return StreamingResponse(self._stream(reply, job, first), media_type="text/event-stream",
-                                         headers=headers)
+                                         headers=headers, background=BackgroundTask(self._finished, job))
             text, finished = await _unless_gone(request, self._collect(job))
             return JSONResponse(reply.whole(text, finished), headers=finished.provenance.headers())
         except _ClientGone:
@@ -121,6 +123,9 @@ class Completions:
         finally:
             if not streaming:
                 self.gateway.finished(job)
+
+    async def _finished(self, job: GenerationJob) -> None:
+        self.gateway.finished(job)  # on the server's loop, where the worker pool's bookkeeping lives
 
     def _api_error(self, error: Exception, job: GenerationJob) -> APIError:
         return self.gateway.api_error(error, job.request.model, len(job.ids) + job.max_tokens)
@@ -151,6 +156,4 @@ class Completions:
                 log.exception("generation failed mid-stream")
                 error = APIError(500, f"internal error: {type(e).__name__}", type="server_error")
             yield sse(error.body())
-        finally:
-            self.gateway.finished(job)
         yield DONE

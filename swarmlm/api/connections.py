@@ -66,9 +66,8 @@ class _Connection(asyncio.Protocol):
         self.close_when_done = False
         self._deadline: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport  # uvloop's transports are not asyncio.Transport subclasses, but alike
         if len(self.limits.live) >= self.limits.max_connections:
             transport.write(OVER_CAPACITY)
             transport.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -33,7 +34,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-WRITE_BUFFER = 16 << 10  # bytes buffered per connection before sending waits: a stalled reader is seen soon
+WRITE_BUFFER = 16 << 10  # bytes buffered per connection (and asked of the kernel): a stalled reader is seen soon
 OVER_CAPACITY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\n"
                  b"connection: close\r\ncontent-length: 36\r\n\r\nthe gateway has too many connections")
 _CURRENT: contextvars.ContextVar[_Connection] = contextvars.ContextVar("swarmlm_api_connection")
@@ -75,6 +76,9 @@ class _Connection(asyncio.Protocol):
         self.admitted = True
         self.limits.live.add(self)
         transport.set_write_buffer_limits(high=WRITE_BUFFER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # and no kernel buffer that grows to megabytes for a client that reads nothing
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WRITE_BUFFER)
         self.inner.connection_made(transport)
         self._await_head()
 

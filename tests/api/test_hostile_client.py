@@ -21,6 +21,8 @@ HEAD_TIMEOUT_S = 3
 MAX_CONNECTIONS = 64
 MAX_QUEUE = 8
 HONEST = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
+ENDLESS = {"model": MODEL, "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "max_tokens": 3000, "temperature": 0,
+           "stream": True}
 LONG = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 200, "temperature": 0, "stream": True}
 
 
@@ -47,8 +49,13 @@ def _honest(gw: GatewayProcess, address: str = "127.0.0.2") -> tuple[str, float]
     return r.json()["choices"][0]["text"], time.monotonic() - started
 
 
-def _connect(gw: GatewayProcess) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", _port(gw)), timeout=10)
+def _connect(gw: GatewayProcess, receive_buffer: int | None = None) -> socket.socket:
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", _port(gw)))
+    return sock
 
 
 def _post(gw: GatewayProcess, body: dict) -> bytes:
@@ -117,3 +124,39 @@ def test_a_flood_of_unread_streams_gets_429s_and_does_not_stop_another_client(ga
     assert attacked_text == text == after_text
     print(f"\nunread streams: honest 4-token completion {calm_s:.2f}s calm, {attacked_s:.2f}s while 12 unread "
           f"streams from one address ran or waited ({len(refused)} got 429), {after_s:.2f}s from that address after")
+
+
+def _rest(sock: socket.socket) -> bytes:
+    """What the socket still holds, up to its end (the gateway resets a stream it ended: nothing more)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return data
+
+
+def test_a_body_that_stops_coming_gets_408_and_the_connection_closed(gateway) -> None:
+    with _connect(gateway) as s:
+        s.sendall(_post(gateway, HONEST)[:-10])  # the head and all but 10 bytes of the body
+        assert select.select([s], [], [], 3 + 10)[0], "no answer after the body deadline"
+        assert s.recv(65536).startswith(b"HTTP/1.1 408")
+        assert _closed_by_server(s, 5)
+
+
+def test_streams_nobody_reads_stop_generating_and_give_their_workers_back(gateway) -> None:
+    """Two 3000-token streams whose client reads nothing hold this address's 2 workers; once the buffers
+    are full, the send deadline (5 s) ends them, so a request from the same address runs long before
+    3000 tokens could have been generated."""
+    text, calm_s = _honest(gateway, "127.0.0.1")
+    with ExitStack() as stack:
+        unread = [stack.enter_context(_connect(gateway, receive_buffer=4096)) for _ in range(2)]
+        for s in unread:
+            s.sendall(_post(gateway, ENDLESS))
+        time.sleep(2)
+        attacked_text, attacked_s = _honest(gateway, "127.0.0.1")
+        assert not any(b"data: [DONE]" in _rest(s) for s in unread), "an unread stream ran to its end"
+    assert attacked_text == text
+    print(f"\nstalled readers: a 4-token completion from their address {calm_s:.2f}s calm, {attacked_s:.2f}s "
+          "behind 2 unread 3000-token streams (the time their buffers took to fill, plus the 5 s deadline)")

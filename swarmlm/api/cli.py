@@ -53,7 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
         gateway = Gateway.connect(settings)
         try:
             limits = Limits(settings.max_connections, settings.head_timeout, settings.body_timeout,
-                            settings.send_timeout)
+                            settings.send_timeout, settings.max_client_connections, frozenset(settings.trusted_proxy))
             config = uvicorn.Config(limits.middleware(create_app(gateway)), log_config=None,
                                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, http=limits.protocol, ws="none",
                                     proxy_headers=bool(settings.trusted_proxy),

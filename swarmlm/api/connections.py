@@ -6,7 +6,8 @@ between requests, and `limit_concurrency` answers 503 only once a head is parsed
 that each send half a request line are held forever and the open-file limit is reached. So uvicorn's
 HTTP protocol is wrapped (`Limits.protocol`, given to uvicorn as its `http` class):
 
-- a connection beyond `max_connections` gets a 503 and is closed as soon as it is accepted;
+- a connection beyond `max_connections`, or beyond `per_client` from one address (trusted proxies
+  excepted), gets a 503 and is closed as soon as it is accepted: one address cannot fill the cap;
 - a connection that has not completed a request head within `head_timeout` of opening (or of the end
   of its previous request) is closed;
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import socket
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -34,7 +36,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-WRITE_BUFFER = 16 << 10  # bytes buffered per connection (and asked of the kernel): a stalled reader is seen soon
+WRITE_BUFFER = 8 << 10  # bytes buffered per connection (and asked of the kernel): a stalled reader is seen soon
 OVER_CAPACITY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\n"
                  b"connection: close\r\ncontent-length: 36\r\n\r\nthe gateway has too many connections")
 _CURRENT: contextvars.ContextVar[_Connection] = contextvars.ContextVar("swarmlm_api_connection")
@@ -46,7 +48,15 @@ class Limits:
     head_timeout: float
     body_timeout: float
     send_timeout: float
+    per_client: int
+    trusted: frozenset[str] = frozenset()  # reverse proxies: their connections are many clients'
     live: set[_Connection] = field(default_factory=set)
+    by_address: Counter[str] = field(default_factory=Counter)
+
+    def admit(self, address: str) -> bool:
+        if len(self.live) >= self.max_connections:
+            return False
+        return address in self.trusted or self.by_address[address] < self.per_client
 
     def protocol(self, **uvicorn_args: Any) -> asyncio.Protocol:
         """uvicorn's HTTP protocol (h11: the gateway has no websockets) behind the cap and the head deadline."""
@@ -63,18 +73,22 @@ class _Connection(asyncio.Protocol):
         self.limits, self.inner = limits, inner
         self.transport: asyncio.Transport | None = None
         self.admitted = False
+        self.address = ""
         self.requests = 0  # in the app now (pipelined requests may overlap by a moment)
         self.close_when_done = False
         self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport  # uvloop's transports are not asyncio.Transport subclasses, but alike
-        if len(self.limits.live) >= self.limits.max_connections:
+        peer = transport.get_extra_info("peername")
+        self.address = str(peer[0]) if isinstance(peer, (tuple, list)) else ""
+        if not self.limits.admit(self.address):
             transport.write(OVER_CAPACITY)
             transport.close()
             return
         self.admitted = True
         self.limits.live.add(self)
+        self.limits.by_address[self.address] += 1
         transport.set_write_buffer_limits(high=WRITE_BUFFER)
         sock = transport.get_extra_info("socket")
         if sock is not None:  # and no kernel buffer that grows to megabytes for a client that reads nothing
@@ -86,6 +100,9 @@ class _Connection(asyncio.Protocol):
         if not self.admitted:
             return
         self.limits.live.discard(self)
+        self.limits.by_address[self.address] -= 1
+        if not self.limits.by_address[self.address]:
+            del self.limits.by_address[self.address]
         self._cancel_deadline()
         self.inner.connection_lost(exc)
 

@@ -56,6 +56,9 @@ SETTINGS: tuple[Setting, ...] = (
             "with Retry-After", metavar="N"),
     Setting("max_connections", int, 0, "open HTTP connections; more are closed at once (503), so the open-file "
             "limit is never reached; 0: half the open-file limit", metavar="N", shown="half the open-file limit"),
+    Setting("max_client_connections", int, 0, "open HTTP connections from one address (reverse proxies named "
+            "with --trusted-proxy excepted); 0: an eighth of --max-connections", metavar="N",
+            shown="an eighth of --max-connections"),
     Setting("head_timeout", float, 10.0, "seconds a connection has to send a request's head, from opening or "
             "from its previous answer; then it is closed (against slowloris)", metavar="S"),
     Setting("body_timeout", float, 30.0, "seconds a request has to send its whole body after its head (408)",
@@ -86,6 +89,7 @@ class ApiSettings:
     max_per_client: int
     max_queue: int
     max_connections: int
+    max_client_connections: int
     head_timeout: float
     body_timeout: float
     send_timeout: float
@@ -131,6 +135,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     values["ledger"] = Path(values["ledger"] or home / "ledger.sqlite").expanduser()
     values["max_per_client"] = values["max_per_client"] or max(1, values["max_concurrency"] // 2)
     values["max_connections"] = values["max_connections"] or max(1, _open_file_limit() // 2)
+    values["max_client_connections"] = values["max_client_connections"] or max(1, values["max_connections"] // 8)
     settings = ApiSettings(**values)
     _check(settings)
     return settings
@@ -144,7 +149,8 @@ def _check(s: ApiSettings) -> None:
         raise ConfigError(f"{bad[0]!r} is not a multiaddr (like /ip4/127.0.0.1/tcp/PORT/p2p/PEER_ID)")
     if not 0 <= s.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {s.port}")
-    for name in ("default_max_tokens", "max_concurrency", "max_per_client", "max_queue", "max_connections"):
+    for name in ("default_max_tokens", "max_concurrency", "max_per_client", "max_queue", "max_connections",
+                 "max_client_connections"):
         if getattr(s, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")
     for name in ("head_timeout", "body_timeout", "send_timeout"):

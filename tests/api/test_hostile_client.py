@@ -19,6 +19,7 @@ from tests.api.gateway_process import GatewayProcess, run_gateway
 MODEL = "smollm2-135m-instruct"
 HEAD_TIMEOUT_S = 3
 MAX_CONNECTIONS = 64
+PER_CLIENT = 16  # connections from one address
 MAX_QUEUE = 8
 HONEST = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
 ENDLESS = {"model": MODEL, "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "max_tokens": 3000, "temperature": 0,
@@ -30,7 +31,8 @@ LONG = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 200, "temper
 def gateway(swarm3, tmp_path_factory) -> Iterator[GatewayProcess]:
     """Keyless, 4 workers (2 per client), a short queue, a short head deadline and a small connection cap."""
     args = ["--max-concurrency", "4", "--max-queue", str(MAX_QUEUE), "--head-timeout", str(HEAD_TIMEOUT_S),
-            "--body-timeout", "3", "--send-timeout", "5", "--max-connections", str(MAX_CONNECTIONS)]
+            "--body-timeout", "3", "--send-timeout", "5", "--max-connections", str(MAX_CONNECTIONS),
+            "--max-client-connections", str(PER_CLIENT)]
     with run_gateway(swarm3.initial_peers, tmp_path_factory.mktemp("hostile-gateway"), args=args) as gw:
         yield gw
 
@@ -49,8 +51,9 @@ def _honest(gw: GatewayProcess, address: str = "127.0.0.2") -> tuple[str, float]
     return r.json()["choices"][0]["text"], time.monotonic() - started
 
 
-def _connect(gw: GatewayProcess, receive_buffer: int | None = None) -> socket.socket:
+def _connect(gw: GatewayProcess, receive_buffer: int | None = None, address: str = "127.0.0.1") -> socket.socket:
     sock = socket.socket()
+    sock.bind((address, 0))
     if receive_buffer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     sock.settimeout(10)
@@ -78,21 +81,49 @@ def _closed_by_server(sock: socket.socket, wait_s: float) -> bool:
     return False
 
 
-def test_slowloris_connections_are_closed_at_the_head_deadline_and_over_the_cap_at_once(gateway) -> None:
+def _half_heads(gw: GatewayProcess, n: int, address: str, stack: ExitStack) -> list[socket.socket]:
+    """n connections from `address`, each sending half a request line and nothing more."""
+    socks = [stack.enter_context(_connect(gw, address=address)) for _ in range(n)]
+    for s in socks:
+        try:
+            s.sendall(b"GET /v1/mod")
+        except ConnectionResetError:  # refused at once already
+            pass
+    return socks
+
+
+def _answered(socks: list[socket.socket], wait_s: float) -> list[socket.socket]:
+    """Those the gateway answered (a refusal: these connections sent no full request) within wait_s."""
+    time.sleep(wait_s)
+    return select.select(socks, [], [], 0)[0]
+
+
+def test_slowloris_from_one_address_leaves_connections_for_others_and_is_closed_at_the_head_deadline(gateway):
     text, calm_s = _honest(gateway)
     with ExitStack() as stack:
-        slow = [stack.enter_context(_connect(gateway)) for _ in range(MAX_CONNECTIONS - 8)]
-        for s in slow:
-            s.sendall(b"GET /v1/mod")  # half a request line, never finished
-        attacked_text, attacked_s = _honest(gateway)  # under the cap: served as usual
-        over = [stack.enter_context(_connect(gateway)) for _ in range(24)]
-        refused = [s for s in over if _closed_by_server(s, 1.0)]
-        assert len(refused) >= 16, f"only {len(refused)} of the connections over the cap were closed at once"
+        slow = _half_heads(gateway, 80, "127.0.0.1", stack)
+        refused = _answered(slow, 0.5)
+        assert len(refused) >= 80 - PER_CLIENT, f"only {len(refused)} over the address's share closed at once"
+        attacked_text, attacked_s = _honest(gateway)  # another address: its share of connections is intact
         assert all(_closed_by_server(s, HEAD_TIMEOUT_S + 5) for s in slow)
+    assert attacked_text == text
+    print(f"\nslowloris: honest 4-token completion {calm_s:.2f}s calm, {attacked_s:.2f}s while one address "
+          f"held {80 - len(refused)} half-sent heads ({len(refused)} more closed at once)")
+
+
+def test_connections_over_the_cap_are_closed_at_once_and_the_rest_at_the_head_deadline(gateway) -> None:
+    """Many addresses fill the cap: one more connection gets a 503 at once; the head deadline frees them all."""
+    text, calm_s = _honest(gateway)
+    with ExitStack() as stack:
+        held = [s for i in range(MAX_CONNECTIONS // PER_CLIENT)
+                for s in _half_heads(gateway, PER_CLIENT, f"127.0.1.{i + 1}", stack)]
+        over = _half_heads(gateway, 4, "127.0.2.1", stack)
+        assert len(_answered(over, 1.0)) == len(over)
+        assert all(_closed_by_server(s, HEAD_TIMEOUT_S + 5) for s in held)
         after_text, after_s = _honest(gateway)
-    assert attacked_text == text == after_text
-    print(f"\nslowloris: honest 4-token completion {calm_s:.2f}s calm, {attacked_s:.2f}s with "
-          f"{len(slow)} half-sent heads open, {after_s:.2f}s once they were closed")
+    assert after_text == text
+    print(f"\nconnection cap: honest 4-token completion {calm_s:.2f}s calm, {after_s:.2f}s right after "
+          f"{len(held)} half-sent heads from {MAX_CONNECTIONS // PER_CLIENT} addresses were closed")
 
 
 def _answers(flood: list[socket.socket], wait_s: float) -> dict[socket.socket, str]:

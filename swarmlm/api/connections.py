@@ -59,7 +59,8 @@ class Limits:
         return address in self.trusted or self.by_address[address] < self.per_client
 
     def protocol(self, **uvicorn_args: Any) -> asyncio.Protocol:
-        """uvicorn's HTTP protocol (h11: the gateway has no websockets) behind the cap and the head deadline."""
+        """uvicorn's h11 protocol (what its "auto" picks without httptools) behind the cap and the head deadline;
+        the gateway serves no websockets, so no protocol switch takes a connection out of the wrapper."""
         from uvicorn.protocols.http.h11_impl import H11Protocol
 
         return _Connection(self, H11Protocol(**uvicorn_args))

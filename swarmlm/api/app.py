@@ -58,7 +58,7 @@ def create_app(gateway: Gateway) -> Starlette:
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, APIError)
-        return answer(exc)
+        return answer(exc, exc.headers)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         """Unknown paths and methods, in the same shape as every other error."""

@@ -43,6 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from .app import create_app
+        from .connections import Limits
         from .gateway import Gateway
     except ImportError as e:
         raise ConfigError(f"the gateway needs its web stack ({e.name} is missing): "
@@ -51,8 +52,12 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         gateway = Gateway.connect(settings)
         try:
-            config = uvicorn.Config(create_app(gateway), log_config=None,
-                                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+            limits = Limits(settings.max_connections, settings.head_timeout, settings.body_timeout,
+                            settings.send_timeout, settings.max_client_connections, frozenset(settings.trusted_proxy))
+            config = uvicorn.Config(limits.middleware(create_app(gateway)), log_config=None,
+                                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, http=limits.protocol, ws="none",
+                                    proxy_headers=bool(settings.trusted_proxy),
+                                    forwarded_allow_ips=settings.trusted_proxy or None)
             host, port = sock.getsockname()[:2]
             url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
             for m in gateway.models.values():

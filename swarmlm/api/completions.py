@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any, AsyncIterator, Awaitable, TypeVar
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -106,9 +107,9 @@ class Completions:
 
     async def _complete(self, request: Request, req: GenerationRequest, chat: bool) -> Response:
         served = self.gateway.model(req.model)
-        job = await self.gateway.start(req)
+        job = await self.gateway.start(req, request.client.host if request.client else "")
         began = time.perf_counter()
-        streaming = False  # once the stream is handed over, its generator finishes the job
+        streaming = False  # once the stream is handed over, its background task finishes the job
         try:
             if req.stream:
                 first = await _unless_gone(request, job.next())
@@ -118,7 +119,9 @@ class Completions:
                 headers = {**provenance.headers(), "Cache-Control": "no-cache"}
                 streaming = True
                 frames = with_keepalive(self._stream(reply, job, first), self.gateway.settings.keepalive)
-                return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
+                # the background task runs however the stream ends, also when the client stopped reading
+                return StreamingResponse(frames, media_type="text/event-stream", headers=headers,
+                                         background=BackgroundTask(self._finished, job))
             text, finished = await _unless_gone(request, self._collect(job))
             self.metrics.finished(served.id, finished)
             reply = Reply(chat, served.id, served.root, finished.provenance.session_id)
@@ -130,6 +133,9 @@ class Completions:
         finally:
             if not streaming:
                 self.gateway.finished(job)
+
+    async def _finished(self, job: GenerationJob) -> None:
+        self.gateway.finished(job)  # on the server's loop, where the worker pool's bookkeeping lives
 
     def _api_error(self, error: Exception, job: GenerationJob) -> APIError:
         return self.gateway.api_error(error, job.request.model, len(job.ids) + job.max_tokens)
@@ -162,6 +168,4 @@ class Completions:
                 error = APIError(500, f"internal error: {type(e).__name__}", type="server_error")
             self.metrics.error(error)
             yield sse(error.body())
-        finally:
-            self.gateway.finished(job)
         yield DONE

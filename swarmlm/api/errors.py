@@ -16,10 +16,10 @@ class APIError(Exception):
     """A request the gateway answers with an error; `extra` adds fields (e.g. uncovered blocks)."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, **extra: Any) -> None:
+                 code: str | None = None, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.extra = extra
+        self.headers, self.extra = headers, extra
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code,

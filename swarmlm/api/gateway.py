@@ -1,7 +1,7 @@
 """The models a gateway serves, each a `RemoteModel` whose swarm client every request shares.
 
-Requests become generation jobs on a bounded pool of worker threads (no lock between them: each
-has its own session, so the nodes batch or interleave them). Errors the SDK raises become OpenAI
+Requests become generation jobs on a bounded pool of worker threads shared fairly between clients
+(`workers.py`; no lock between jobs: each has its own session, so the nodes batch or interleave them). Errors the SDK raises become OpenAI
 errors: a bad prompt is a 400, a swarm that cannot cover the model a 503 naming the blocks.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Coroutine, TypeVar
@@ -24,6 +23,7 @@ from .errors import APIError, bad_request, model_not_found, no_route, swarm_fail
 from .jobs import GenerationJob
 from .schemas import GenerationRequest
 from .settings import ApiSettings
+from .workers import Client, Workers
 
 if TYPE_CHECKING:
     from routing.records import ServerRecord
@@ -66,8 +66,8 @@ class Gateway:
     def __init__(self, models: list[ServedModel], settings: ApiSettings) -> None:
         self.models = {m.id: m for m in models}
         self.settings = settings
-        self.pool = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix="swarmlm-api")
-        self.jobs: set[GenerationJob] = set()
+        self.workers = Workers(settings.max_concurrency, settings.max_queue, settings.max_per_client)
+        self.jobs: dict[GenerationJob, Client] = {}
 
     @classmethod
     def connect(cls, settings: ApiSettings) -> "Gateway":
@@ -100,8 +100,9 @@ class Gateway:
                 return m
         raise model_not_found(name, list(self.models))
 
-    async def start(self, request: GenerationRequest) -> GenerationJob:
-        """Check the request against the model (prompt, context length) and start generating."""
+    async def start(self, request: GenerationRequest, client: Client) -> GenerationJob:
+        """Check the request against the model (prompt, context length) and start generating, or queue it in
+        `client`'s turn (429 when the queue is full)."""
         served = self.model(request.model)
         remote = served.remote
         ids = await asyncio.get_running_loop().run_in_executor(None, _encode, remote, request)  # not behind generations
@@ -112,13 +113,16 @@ class Gateway:
                               f"{len(ids) + max_tokens} tokens ({len(ids)} in the prompt, {max_tokens} for the "
                               "completion). Please reduce the length of the prompt or max_tokens.",
                               param="messages" if not request.raw else "prompt", code="context_length_exceeded")
-        job = GenerationJob(remote, ids, max_tokens, request).start(self.pool)
-        self.jobs.add(job)
+        job = GenerationJob(remote, ids, max_tokens, request)
+        self.workers.submit(client, job)
+        self.jobs[job] = client
         return job
 
     def finished(self, job: GenerationJob) -> None:
         job.cancel()  # no-op once it finished; stops it if the client left
-        self.jobs.discard(job)
+        client = self.jobs.pop(job, None)
+        if client is not None:
+            self.workers.withdraw(client, job)
 
     def api_error(self, error: Exception, model: str, max_length: int = 1) -> APIError:
         """The OpenAI error for what a generation raised (re-raises what is not the user's or swarm's)."""
@@ -144,7 +148,7 @@ class Gateway:
         """Stop live generations (their sessions close with receipts), then leave the swarm."""
         for job in list(self.jobs):
             job.cancel()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.workers.shutdown()
         for m in self.models.values():
             m.remote.close()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from concurrent.futures import Executor
 from contextlib import closing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
@@ -62,10 +61,6 @@ class GenerationJob:
         self._queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
         self._cancelled = threading.Event()
 
-    def start(self, pool: Executor) -> "GenerationJob":
-        pool.submit(self._run)
-        return self
-
     def cancel(self) -> None:
         """Stop after the current token and close the session (safe from any thread, idempotent)."""
         self._cancelled.set()
@@ -80,7 +75,13 @@ class GenerationJob:
     def _emit(self, item: Event | BaseException) -> None:
         self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
-    def _run(self) -> None:
+    def refuse(self, error: Exception) -> None:
+        """It will not run (pushed out of a full queue): its waiter gets `error` (call on the server's loop)."""
+        self._cancelled.set()
+        self._queue.put_nowait(error)
+
+    def run(self) -> None:
+        """Generate, on a worker thread."""
         if self._cancelled.is_set():  # the client left while the request waited for a worker
             return
         try:

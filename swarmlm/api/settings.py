@@ -48,8 +48,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ledger", Path, None, "where the gateway logs the receipts it signs", metavar="PATH",
             shown="$SWARMLM_HOME/api/ledger.sqlite"),
     Setting("default_max_tokens", int, 512, "completion tokens when a request sets no max_tokens", metavar="N"),
-    Setting("max_concurrency", int, 16, "generations running at once; later requests wait for a worker",
-            metavar="N"),
+    Setting("max_concurrency", int, 16, "generations running at once; later requests wait for a worker, in turn "
+            "across clients", metavar="N"),
+    Setting("max_per_client", int, 0, "generations one client (by address) runs at once, so one client never "
+            "holds every worker; 0: half --max-concurrency", metavar="N", shown="half --max-concurrency"),
+    Setting("max_queue", int, 64, "requests waiting for a worker, served in turn across clients; beyond it 429 "
+            "with Retry-After", metavar="N"),
+    Setting("max_connections", int, 0, "open HTTP connections; more are closed at once (503), so the open-file "
+            "limit is never reached; 0: half the open-file limit", metavar="N", shown="half the open-file limit"),
+    Setting("max_client_connections", int, 0, "open HTTP connections from one address (reverse proxies named "
+            "with --trusted-proxy excepted); 0: an eighth of --max-connections", metavar="N",
+            shown="an eighth of --max-connections"),
+    Setting("head_timeout", float, 10.0, "seconds a connection has to send a request's head, from opening or "
+            "from its previous answer; then it is closed (against slowloris)", metavar="S"),
+    Setting("body_timeout", float, 30.0, "seconds a request has to send its whole body after its head (408)",
+            metavar="S"),
+    Setting("send_timeout", float, 30.0, "seconds an answer may wait for a client that stopped reading (its "
+            "buffers are full); then the connection is closed and the generation stopped", metavar="S"),
+    Setting("trusted_proxy", str, [], "addresses of reverse proxies whose X-Forwarded-For/-Proto are believed "
+            "(the client address they name gets the fair share)", multiple=True, metavar="ADDR"),
     Setting("device", str, "cpu", "cpu, cuda or cuda:N for the head shard (embeddings and LM head)"),
     # Streams: how long a token may wait for the swarm to recover, and how often a waiting stream speaks.
     Setting("recover_timeout", float, 30.0, "seconds a request waits for nodes to cover the model, at its start "
@@ -74,6 +91,14 @@ class ApiSettings:
     ledger: Path
     default_max_tokens: int
     max_concurrency: int
+    max_per_client: int
+    max_queue: int
+    max_connections: int
+    max_client_connections: int
+    head_timeout: float
+    body_timeout: float
+    send_timeout: float
+    trusted_proxy: list[str]
     device: str
     recover_timeout: float
     keepalive: float
@@ -115,6 +140,9 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     home = swarmlm_home() / "api"
     values["identity"] = Path(values["identity"] or home / "identity.key").expanduser()
     values["ledger"] = Path(values["ledger"] or home / "ledger.sqlite").expanduser()
+    values["max_per_client"] = values["max_per_client"] or max(1, values["max_concurrency"] // 2)
+    values["max_connections"] = values["max_connections"] or max(1, _open_file_limit() // 2)
+    values["max_client_connections"] = values["max_client_connections"] or max(1, values["max_connections"] // 8)
     settings = ApiSettings(**values)
     _check(settings)
     return settings
@@ -128,9 +156,16 @@ def _check(s: ApiSettings) -> None:
         raise ConfigError(f"{bad[0]!r} is not a multiaddr (like /ip4/127.0.0.1/tcp/PORT/p2p/PEER_ID)")
     if not 0 <= s.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {s.port}")
-    for name in ("recover_timeout", "keepalive"):
-        if not getattr(s, name) > 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be > 0 seconds, got {getattr(s, name)}")
-    for name in ("default_max_tokens", "max_concurrency"):
+    for name in ("default_max_tokens", "max_concurrency", "max_per_client", "max_queue", "max_connections",
+                 "max_client_connections"):
         if getattr(s, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")
+    for name in ("head_timeout", "body_timeout", "send_timeout", "recover_timeout", "keepalive"):
+        if not getattr(s, name) > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0 seconds, got {getattr(s, name)}")
+
+
+def _open_file_limit() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

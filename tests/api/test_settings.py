@@ -42,3 +42,16 @@ def test_the_cli_reports_a_bad_setting_as_a_user_error(cli_env):
     proc = subprocess.run(SWARMLM + ["api", "--peers", PEER, "--port", "70000"], capture_output=True, text=True,
                           env=cli_env, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --port must be in 0..65535")
+
+
+def test_the_limits_default_to_shares_of_the_workers_and_of_the_open_file_limit(tmp_path):
+    import resource
+
+    s = resolve(_parse("--peers", PEER, "--max-concurrency", "6"), {"SWARMLM_HOME": str(tmp_path)})
+    assert s.max_per_client == 3 and s.max_queue == 64 and s.trusted_proxy == []
+    assert s.max_connections == resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2
+    assert resolve(_parse("--peers", PEER, "--max-concurrency", "1"), {}).max_per_client == 1
+    with pytest.raises(ConfigError, match="--head-timeout must be > 0"):
+        resolve(_parse("--peers", PEER, "--head-timeout", "0"), {})
+    with pytest.raises(ConfigError, match="--max-queue must be >= 1"):
+        resolve(_parse("--peers", PEER), {"SWARMLM_API_MAX_QUEUE": "0"})

@@ -1,0 +1,187 @@
+"""A hostile HTTP client against a real `swarmlm api` process: slowloris, a flood that fills the queue,
+streams nobody reads. Each attack ends with an honest client (another address, 127.0.0.2) getting the
+same text as without the attack; its latency attacked vs not is printed (-s), not asserted."""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from typing import Iterator
+
+import httpx
+import pytest
+
+from tests.api.gateway_process import GatewayProcess, run_gateway
+
+MODEL = "smollm2-135m-instruct"
+HEAD_TIMEOUT_S = 3
+MAX_CONNECTIONS = 64
+PER_CLIENT = 16  # connections from one address
+MAX_QUEUE = 8
+HONEST = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
+ENDLESS = {"model": MODEL, "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "max_tokens": 3000, "temperature": 0,
+           "stream": True}
+LONG = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 200, "temperature": 0, "stream": True}
+
+
+@pytest.fixture(scope="module")
+def gateway(swarm3, tmp_path_factory) -> Iterator[GatewayProcess]:
+    """Keyless, 4 workers (2 per client), a short queue, a short head deadline and a small connection cap."""
+    args = ["--max-concurrency", "4", "--max-queue", str(MAX_QUEUE), "--head-timeout", str(HEAD_TIMEOUT_S),
+            "--body-timeout", "3", "--send-timeout", "5", "--max-connections", str(MAX_CONNECTIONS),
+            "--max-client-connections", str(PER_CLIENT)]
+    with run_gateway(swarm3.initial_peers, tmp_path_factory.mktemp("hostile-gateway"), args=args) as gw:
+        yield gw
+
+
+def _port(gw: GatewayProcess) -> int:
+    return int(gw.url.rsplit(":", 1)[1])
+
+
+def _honest(gw: GatewayProcess, address: str = "127.0.0.2") -> tuple[str, float]:
+    """A 4-token greedy completion (by default from another address than the attacker's), its text and time."""
+    transport = httpx.HTTPTransport(local_address=address)
+    started = time.monotonic()
+    with httpx.Client(transport=transport, timeout=120) as client:
+        r = client.post(gw.base_url + "/completions", json=HONEST)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["text"], time.monotonic() - started
+
+
+def _connect(gw: GatewayProcess, receive_buffer: int | None = None, address: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket()
+    sock.bind((address, 0))
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", _port(gw)))
+    return sock
+
+
+def _post(gw: GatewayProcess, body: dict) -> bytes:
+    data = json.dumps(body).encode()
+    return (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{_port(gw)}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+
+
+def _closed_by_server(sock: socket.socket, wait_s: float) -> bool:
+    """True if the server closes the socket within wait_s (whatever it said first)."""
+    deadline = time.monotonic() + wait_s
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([sock], [], [], left)[0]:
+            return False
+        try:
+            if not sock.recv(65536):
+                return True
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def _half_heads(gw: GatewayProcess, n: int, address: str, stack: ExitStack) -> list[socket.socket]:
+    """n connections from `address`, each sending half a request line and nothing more."""
+    socks = [stack.enter_context(_connect(gw, address=address)) for _ in range(n)]
+    for s in socks:
+        try:
+            s.sendall(b"GET /v1/mod")
+        except ConnectionResetError:  # refused at once already
+            pass
+    return socks
+
+
+def _answered(socks: list[socket.socket], wait_s: float) -> list[socket.socket]:
+    """Those the gateway answered (a refusal: these connections sent no full request) within wait_s."""
+    time.sleep(wait_s)
+    return select.select(socks, [], [], 0)[0]
+
+
+def test_slowloris_from_one_address_leaves_connections_for_others_and_is_closed_at_the_head_deadline(gateway):
+    text, calm_s = _honest(gateway)
+    with ExitStack() as stack:
+        slow = _half_heads(gateway, 80, "127.0.0.1", stack)
+        refused = _answered(slow, 0.5)
+        assert len(refused) >= 80 - PER_CLIENT, f"only {len(refused)} over the address's share closed at once"
+        attacked_text, attacked_s = _honest(gateway)  # another address: its share of connections is intact
+        assert all(_closed_by_server(s, HEAD_TIMEOUT_S + 5) for s in slow)
+    assert attacked_text == text
+    print(f"\nslowloris: honest 4-token completion {calm_s:.2f}s calm, {attacked_s:.2f}s while one address "
+          f"held {80 - len(refused)} half-sent heads ({len(refused)} more closed at once)")
+
+
+def test_connections_over_the_cap_are_closed_at_once_and_the_rest_at_the_head_deadline(gateway) -> None:
+    """Many addresses fill the cap: one more connection gets a 503 at once; the head deadline frees them all."""
+    text, calm_s = _honest(gateway)
+    with ExitStack() as stack:
+        held = [s for i in range(MAX_CONNECTIONS // PER_CLIENT)
+                for s in _half_heads(gateway, PER_CLIENT, f"127.0.1.{i + 1}", stack)]
+        over = _half_heads(gateway, 4, "127.0.2.1", stack)
+        assert len(_answered(over, 1.0)) == len(over)
+        assert all(_closed_by_server(s, HEAD_TIMEOUT_S + 5) for s in held)
+        after_text, after_s = _honest(gateway)
+    assert after_text == text
+    print(f"\nconnection cap: honest 4-token completion {calm_s:.2f}s calm, {after_s:.2f}s right after "
+          f"{len(held)} half-sent heads from {MAX_CONNECTIONS // PER_CLIENT} addresses were closed")
+
+
+def _answers(flood: list[socket.socket], wait_s: float) -> dict[socket.socket, str]:
+    """The response heads that came within wait_s (the rest are still waiting for a worker)."""
+    heads: dict[socket.socket, str] = {}
+    deadline = time.monotonic() + wait_s
+    while (left := deadline - time.monotonic()) > 0 and len(heads) < len(flood):
+        for s in select.select([s for s in flood if s not in heads], [], [], left)[0]:
+            heads[s] = s.recv(65536).decode(errors="replace").partition("\r\n\r\n")[0]
+    return heads
+
+
+def test_a_flood_of_unread_streams_gets_429s_and_does_not_stop_another_client(gateway) -> None:
+    """12 streams nobody reads from one address, 4 workers (2 per client), a queue of 8: 2 run, 8 wait,
+    2 are refused; another client is served meanwhile, and the flood's address once it has gone."""
+    text, calm_s = _honest(gateway)
+    with ExitStack() as stack:
+        flood = [stack.enter_context(_connect(gateway)) for _ in range(12)]
+        for s in flood:
+            s.sendall(_post(gateway, LONG))
+        heads = _answers(flood, 10)
+        refused = [h for h in heads.values() if h.startswith("HTTP/1.1 429")]
+        assert len(refused) == 12 - 2 - MAX_QUEUE, heads.values()
+        retry_after = [line.split(":", 1)[1] for line in refused[0].split("\r\n")
+                       if line.lower().startswith("retry-after:")]
+        assert retry_after and int(retry_after[0]) >= 1, refused[0]
+        attacked_text, attacked_s = _honest(gateway)
+    after_text, after_s = _honest(gateway, "127.0.0.1")  # the flood's sockets closed: its generations stopped
+    assert attacked_text == text == after_text
+    print(f"\nunread streams: honest 4-token completion {calm_s:.2f}s calm, {attacked_s:.2f}s while 12 unread "
+          f"streams from one address ran or waited ({len(refused)} got 429), {after_s:.2f}s from that address after")
+
+
+def test_a_body_that_stops_coming_gets_408_and_the_connection_closed(gateway) -> None:
+    with _connect(gateway) as s:
+        s.sendall(_post(gateway, HONEST)[:-10])  # the head and all but 10 bytes of the body
+        assert select.select([s], [], [], 3 + 10)[0], "no answer after the body deadline"
+        assert s.recv(65536).startswith(b"HTTP/1.1 408")
+        assert _closed_by_server(s, 5)
+
+
+def test_streams_nobody_reads_stop_generating_and_give_their_workers_back(gateway) -> None:
+    """Two 3000-token streams whose client reads nothing hold this address's 2 workers; once the buffers
+    are full, the send deadline (5 s) ends them, so two requests from the same address, which need both
+    workers, are answered long before 3000 tokens could have been generated."""
+    text, calm_s = _honest(gateway, "127.0.0.1")
+    with ExitStack() as stack:
+        unread = [stack.enter_context(_connect(gateway, receive_buffer=4096)) for _ in range(2)]
+        for s in unread:
+            s.sendall(_post(gateway, ENDLESS))
+        time.sleep(2)
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda _: _honest(gateway, "127.0.0.1"), range(2)))
+        for s in unread:  # closed unread: reading them would let a stream that was not ended go on
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    assert [a[0] for a in answers] == [text, text]
+    print(f"\nstalled readers: a 4-token completion from their address {calm_s:.2f}s calm, "
+          f"{max(a[1] for a in answers):.2f}s for two at once behind 2 unread 3000-token streams (the time "
+          "their buffers took to fill, plus the 5 s deadline)")

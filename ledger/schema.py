@@ -88,7 +88,7 @@ def _is_packable_map(v: Any) -> bool:
 MAP = FieldType("a map with str keys and canonical values (no floats)", _is_packable_map)
 
 
-def _brief(value: Any) -> str:
+def brief(value: Any) -> str:
     """An untrusted value for an error message: never the repr of a whole, possibly deep, structure."""
     if isinstance(value, (list, tuple, dict)):
         return f"a {type(value).__name__} of {len(value)}"
@@ -119,7 +119,7 @@ class Record:
                 if not (value is None and f.metadata["optional"]) and not isinstance(value, nested):
                     raise EncodingError(f"{self.name}.{f.name} must be a {nested.name}")
             elif not field_type.check(value):
-                raise EncodingError(f"{self.name}.{f.name} must be {field_type.what}, got {_brief(value)}")
+                raise EncodingError(f"{self.name}.{f.name} must be {field_type.what}, got {brief(value)}")
 
     def to_wire(self) -> dict[str, Any]:
         """The msgpack map of this record (feed it to `canonical.pack`)."""
@@ -172,6 +172,30 @@ class SignedRecord(Record):
     def signed(self: SR, identity: Identity, context: str) -> SR:
         """This record with `signature` made by `identity` under the domain-separation `context`."""
         return dataclasses.replace(self, signature=identity.sign(context, self.signed_bytes()))
+
+
+def open_fields(cls: type, wire: Any, what: str) -> dict[str, Any]:
+    """The values of dataclass `cls`'s `spec` fields in a map from a peer that may run a newer version
+    (an open schema, unlike `Record.from_wire`): keys this version does not know are ignored, absent
+    fields with a default keep it, and each value is checked against its FieldType before it is
+    converted, so no converter sees a wrong type. Looks no deeper than the checks do; EncodingError
+    names the first field that is wrong."""
+    if type(wire) is not dict:
+        raise EncodingError(f"{what} is a map")
+    values = {}
+    for f in dataclasses.fields(cls):
+        field_type: FieldType | None = f.metadata.get("type")
+        if field_type is None:
+            continue  # not carried in the map (a record's DHT subkey)
+        if f.name not in wire:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise EncodingError(f"{f.name} is missing")
+            continue
+        value = wire[f.name]
+        if not field_type.check(value):
+            raise EncodingError(f"{f.name} must be {field_type.what}, got {brief(value)}")
+        values[f.name] = field_type.from_wire(value)
+    return values
 
 
 def added(field_type: FieldType) -> Any:

@@ -83,8 +83,6 @@ class NodeMetrics:
         self._empty = Counter("swarmlm_sessions_empty", "Sessions closed without computing a step: counted here, "
                               "not given a ledger entry each.", registry=r)
         self._errors = Counter("swarmlm_errors", "Requests refused or failed, by error code.", ["code"], registry=r)
-        self._spot_checks = Counter("swarmlm_spot_checks", "Spot checks of served steps, by outcome.", ["outcome"],
-                                    registry=r)
         self._batch_requests = Histogram("swarmlm_batch_requests", "Requests (session steps, prefill chunks, "
                                          "forwards) computed together in one scheduler iteration.",
                                          buckets=BATCH_BUCKETS, registry=r)
@@ -124,9 +122,6 @@ class NodeMetrics:
 
     def error(self, code: ErrorCode | str) -> None:
         self._errors.labels(code.value if isinstance(code, ErrorCode) else code).inc()
-
-    def spot_check(self, outcome: str) -> None:
-        self._spot_checks.labels(outcome).inc()
 
     def batch(self, requests: int, tokens: int, waits: list[float]) -> None:
         """One scheduler iteration: how many requests and tokens shared the forward, and how long

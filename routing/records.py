@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import msgpack
@@ -19,12 +19,12 @@ from hivemind.utils.serializer import MSGPackSerializer
 from multiaddr import Multiaddr
 from multiaddr.exceptions import Error as MultiaddrError
 
-from ledger import bounds, keys
+from ledger import keys
 from ledger.bounds import Bounds
 from ledger.errors import EncodingError
 from ledger.keys import Identity
 from ledger.note import MAX_NOTE_SIZE
-from ledger.schema import PEER_ID, FieldType, spec
+from ledger.schema import PEER_ID, FieldType, open_fields, spec
 
 from . import untrusted
 from .errors import RoutingError
@@ -38,7 +38,8 @@ MAX_RTT_MS = 60_000.0
 MAX_NEIGHBOURS = 16
 MAX_MADDRS, MAX_MADDR = 16, 256
 MAX_EXTRA, MAX_KEY = 8, 64
-# What any SwarmLM DHT value may be, checked before anything walks it (in the DHT process, too).
+# What any SwarmLM DHT value may be, checked once, in the DHT process, before it is pickled back and walked;
+# the parsers that read it after (`ServerRecord.from_value`) look no deeper than their schema does.
 VALUE_BOUNDS = Bounds(depth=3, items=256, size=MAX_NOTE_SIZE + (16 << 10), string=MAX_NOTE_SIZE)
 _HEX_ROOT = re.compile(r"[0-9a-f]{64}")
 _SCHEME = re.compile(r"[a-z0-9_]{0,16}")
@@ -115,7 +116,8 @@ ROOT_HEX = FieldType("a 64-hex-digit manifest root, or ''",
 class ServerRecord:
     """One node's announcement for the blocks it serves (the same value under each block's key).
 
-    Each field declares its schema; `from_value` accepts a value only if every field meets it."""
+    Each field declares its schema (ledger/schema.py); `from_value` accepts a value only if every
+    field meets it."""
 
     peer_id: str
     state: str = spec(STATE)
@@ -164,22 +166,9 @@ class ServerRecord:
         if not PEER_ID.check(peer_id):
             raise RecordError("its subkey is not an Ed25519 peer ID")
         try:
-            bounds.check(value, VALUE_BOUNDS, "the record")
+            record = cls(peer_id=peer_id, **open_fields(cls, value, "a record"))
         except EncodingError as e:
             raise RecordError(str(e)) from None
-        if type(value) is not dict:
-            raise RecordError("a record is a map")
-        parsed = {}
-        for f in fields(cls)[1:]:
-            if f.name not in value:
-                if f.default is MISSING and f.default_factory is MISSING:
-                    raise RecordError(f"{f.name} is missing")
-                continue
-            field_type: FieldType = f.metadata["type"]
-            if not field_type.check(value[f.name]):
-                raise RecordError(f"{f.name} must be {field_type.what}, got {value[f.name]!r:.80}")
-            parsed[f.name] = field_type.from_wire(value[f.name])
-        record = cls(peer_id=peer_id, **parsed)
         if not record.start < record.end <= num_blocks:
             raise RecordError(f"blocks {record.start}:{record.end} are not a span of the model's {num_blocks}")
         if block is not None and not record.start <= block < record.end:

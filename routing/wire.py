@@ -32,7 +32,6 @@ PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 64 << 20
 WIRE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                                        "float16": torch.float16}
-HANDLERS = ("swarmlm.info", "swarmlm.forward", "swarmlm.inference")
 # No honest frame nests deeper than 3 (a ledger reply's [[entry, signature]]); msgpack decodes 1024.
 FRAME_BOUNDS = Bounds(depth=8, items=100_000, size=MAX_FRAME_BYTES, string=MAX_FRAME_BYTES)
 

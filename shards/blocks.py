@@ -160,10 +160,9 @@ class BlockStack(nn.Module):
     def device(self) -> torch.device:
         return self.blocks[0].input_layernorm.weight.device
 
-    def new_cache(self, batch: int, max_length: int, pad_lengths: list[int] | None = None) -> KVCache:
+    def new_cache(self, batch: int, max_length: int) -> KVCache:
         c = self.config
-        return KVCache(len(self.blocks), batch, c.num_kv_heads, c.head_dim, max_length, self.dtype, self.device,
-                       pad_lengths)
+        return KVCache(len(self.blocks), batch, c.num_kv_heads, c.head_dim, max_length, self.dtype, self.device)
 
     def forward(self, hidden: torch.Tensor, cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
         """Run the span on `hidden` (batch, n, hidden) at slots [start, start + n).
@@ -177,12 +176,11 @@ class BlockStack(nn.Module):
             positions = torch.arange(n, device=hidden.device).expand(b, n)
             return self.run(hidden, positions, dense_attend(None, 0, n, None, n > 1))
         cache.check_step(start, n)
-        pads = cache.pad_lengths
-        if pads is None and (start == 0 or n == 1):
+        if start == 0 or n == 1:
             # Fast paths: a fresh causal prefill, or one new token that sees every cached slot.
             attend = dense_attend(cache, start, n, None, n > 1)
         else:
-            attend = dense_attend(cache, start, n, attention_mask(start, n, pads, hidden.device), False)
+            attend = dense_attend(cache, start, n, attention_mask(start, n, hidden.device), False)
         hidden = self.run(hidden, cache.positions(start, n), attend)
         cache.length = start + n
         return hidden
@@ -198,19 +196,11 @@ class BlockStack(nn.Module):
         return hidden
 
 
-def attention_mask(start: int, n: int, pad_lengths: torch.Tensor | None,
-                   device: torch.device) -> torch.Tensor:
-    """Boolean (batch|1, 1, n, start+n) mask: causal over slots, padding slots hidden as keys.
-
-    A padding query may see itself, so no row is fully masked (which would give NaN).
-    """
+def attention_mask(start: int, n: int, device: torch.device) -> torch.Tensor:
+    """Boolean (1, 1, n, start+n) causal mask over slots, for queries at [start, start + n)."""
     q = torch.arange(start, start + n, device=device)[:, None]
     k = torch.arange(start + n, device=device)[None, :]
-    allowed = k <= q
-    if pad_lengths is None:
-        return allowed[None, None]
-    valid_key = k[None] >= pad_lengths[:, None, None]
-    return ((allowed[None] & valid_key) | (k == q)[None])[:, None]
+    return (k <= q)[None, None]
 
 
 _FUSED = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),

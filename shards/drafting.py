@@ -8,17 +8,14 @@ need no separate undo call.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import torch
 
+from .config import ModelConfig
 from .errors import ShardsError
 from .manifest import Manifest
 from .sampling import Sampler
-
-if TYPE_CHECKING:
-    from .generation import Session
-    from .local import LocalModel
 
 # Tokenizer files that only format prompts or name special tokens' roles: they may differ
 # between a model and its draft (base vs instruct) without changing which text is which id.
@@ -41,6 +38,28 @@ class Drafter(Protocol):
     def propose(self, context: Sequence[int], k: int, sampler: Sampler) -> Draft:
         """Up to `k` tokens likely to follow `context`, drawn as `sampler` would draw (k >= 1)."""
         ...
+
+
+class DraftSession(Protocol):
+    """A draft model's inference session, as a drafter uses it (shards/generation.py's Session)."""
+
+    max_length: int
+
+    def feed(self, ids: list[int]) -> torch.Tensor: ...
+
+    def close(self) -> None: ...
+
+
+class DraftModel(Protocol):
+    """What a draft model must offer (shards/local.py's LocalModel does): declared here, so this
+    module imports neither generation nor local, which import it."""
+
+    config: ModelConfig
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+    def inference_session(self, max_length: int) -> DraftSession: ...
 
 
 class PromptLookupDrafter:
@@ -102,10 +121,10 @@ class ModelDrafter:
     """Drafts with a small local model of the target's vocabulary, one token per forward, with
     its own KV cache (grown by doubling; rewound to the common prefix at every call)."""
 
-    def __init__(self, draft: "LocalModel", target: Manifest) -> None:
-        check_compatible(target, draft.store.manifest)
+    def __init__(self, draft: DraftModel, target: Manifest) -> None:
+        check_compatible(target, draft.manifest)
         self.model = draft
-        self.session: Session | None = None
+        self.session: DraftSession | None = None
 
     def propose(self, context: Sequence[int], k: int, sampler: Sampler) -> Draft:
         ids = list(context)
@@ -125,7 +144,7 @@ class ModelDrafter:
             rows.append(q)
         return Draft(tokens, torch.stack(rows) if rows else None)
 
-    def _session(self, length: int) -> "Session":
+    def _session(self, length: int) -> DraftSession:
         """A draft session holding at least `length` positions (a new, larger one re-reads the context)."""
         session = self.session
         if session is None or length > session.max_length:

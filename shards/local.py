@@ -11,6 +11,7 @@ from .blocks import BlockStack
 from .generation import GenerativeModel
 from .head import Head
 from .kv_cache import KVCache
+from .manifest import Manifest
 from .store import ShardStore
 
 
@@ -32,6 +33,10 @@ class LocalModel(GenerativeModel):
     def __init__(self, store: ShardStore, head: Head, stack: BlockStack, tokenizer: Any) -> None:
         super().__init__(head, tokenizer, store.config)
         self.store, self.stack = store, stack
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.store.manifest
 
     @classmethod
     def load(cls, store: ShardStore | Path | str, device: str = "cpu",

@@ -79,7 +79,7 @@ def _packed_attend(segments: Sequence[Segment], layer_offset: int, device: torch
         if s.row is not None and s.length == 1:
             singles.append((offset, s.row, s.start))
         else:
-            mask = attention_mask(s.start, s.length, None, device) if s.row is not None and s.start > 0 else None
+            mask = attention_mask(s.start, s.length, device) if s.row is not None and s.start > 0 else None
             plans.append((offset, s, mask))
         offset += s.length
     group = _DecodeGroup(*map(list, zip(*singles)), device) if len(singles) > 1 else None

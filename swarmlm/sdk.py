@@ -25,7 +25,7 @@ from ledger.keys import Identity
 from ledger.receipts import make_receipt
 from ledger.store import Store
 from routing import dht as dht_io
-from routing.chain import DEFAULT_DEADLINE, RemoteRunner, SwarmView
+from routing.chain import DEFAULT_DEADLINE, RemoteRunner
 from routing.client import SwarmClient
 from routing.errors import NoRouteError
 from routing.evidence import Evidence
@@ -33,6 +33,7 @@ from routing.planner import plan_route
 from routing.span import SpanSession
 from routing.tasks import background
 from routing.verification import Referee, Verifier
+from routing.view import SwarmView
 from routing.weights import DEFAULT_ACCEPTED, AcceptedWeights
 from shards.catalog import DEFAULT_MODEL, resolve_model
 from shards.errors import ShardsError

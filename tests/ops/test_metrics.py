@@ -46,7 +46,6 @@ def test_counters_move_by_exactly_what_was_recorded(metrics):
     metrics.forward()
     metrics.session_opened()
     metrics.error("bad_frame")
-    metrics.spot_check("match")
     metrics.rpc("inference", 0.02)
     metrics.rpc("inference", 3.0)
     after = scrape(port)
@@ -57,7 +56,6 @@ def test_counters_move_by_exactly_what_was_recorded(metrics):
     assert after[("swarmlm_sessions_opened_total", ())] == 1
     assert after[("swarmlm_errors_total", (("code", "bad_frame"),))] == 1
     assert after[("swarmlm_errors_total", (("code", "internal"),))] == 0  # every code exists before it happens
-    assert after[("swarmlm_spot_checks_total", (("outcome", "match"),))] == 1
     assert after[("swarmlm_rpc_duration_seconds_count", (("handler", "inference"),))] == 2
     assert after[("swarmlm_rpc_duration_seconds_sum", (("handler", "inference"),))] == pytest.approx(3.02)
     assert after[("swarmlm_rpc_duration_seconds_bucket", (("handler", "inference"), ("le", "0.025")))] == 1
@@ -110,7 +108,6 @@ def exported_names(metrics: NodeMetrics) -> set[str]:
     """Every sample name a node with full state and one of each labelled event exports."""
     metrics.set_state_source(lambda: STATE)
     metrics.rpc("info", 0.001)
-    metrics.spot_check("match")
     return {s.name for family in metrics.registry.collect() for s in family.samples
             if not s.name.endswith("_created")}  # the time a counter started: nothing to chart
 

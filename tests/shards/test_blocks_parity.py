@@ -68,28 +68,6 @@ def test_tiny_variant_chunked_prefill_uses_the_mask_path(tiny):
     assert _max_diff(logits, ref(ids).logits[:, 5:]) <= TOL
 
 
-@torch.inference_mode()
-def test_tiny_variant_batch_of_two_lengths_with_left_padding(tiny):
-    """Rows of different lengths share slots; the shorter row is left-padded (pad_lengths)."""
-    ours, ref = tiny
-    g = torch.Generator().manual_seed(3)
-    long_row, short_row = torch.randint(0, 256, (10,), generator=g), torch.randint(0, 256, (6,), generator=g)
-    batch = torch.stack([long_row, torch.cat([torch.zeros(4, dtype=torch.long), short_row])])
-    cache = ours.stack.new_cache(2, 14, pad_lengths=[0, 4])
-    logits = ours.head.logits(ours.stack(ours.head.embed(batch), cache, 0))
-    assert _max_diff(logits[0], ref(long_row[None]).logits[0]) <= TOL
-    assert _max_diff(logits[1, 4:], ref(short_row[None]).logits[0]) <= TOL
-    # Two decode steps, different next tokens per row.
-    nxt = torch.tensor([[7], [9]])
-    seqs = [torch.cat([long_row, nxt[0]]), torch.cat([short_row, nxt[1]])]
-    for pos in (10, 11):
-        logits = ours.head.logits(ours.stack(ours.head.embed(nxt), cache, pos))
-        for row in (0, 1):
-            assert _max_diff(logits[row, -1], ref(seqs[row][None]).logits[0, -1]) <= TOL
-        nxt = torch.tensor([[3], [4]])
-        seqs = [torch.cat([seqs[0], nxt[0]]), torch.cat([seqs[1], nxt[1]])]
-
-
 def test_stateless_forward_equals_cached_prefill(tiny):
     ours, _ = tiny
     hidden = torch.randn(2, 6, ours.store.config.hidden_size)

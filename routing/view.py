@@ -1,0 +1,184 @@
+"""What a client knows of the swarm for one model: records, measured round trips, bans.
+
+The failover runner (routing/chain.py) plans its chains through this view; the view decides which
+nodes may be planned through: it re-reads the DHT in the background, pings new nodes, bans failing
+ones with backoff, and reviews evidence others published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import dht as dht_io
+from . import untrusted
+from .client import SwarmClient, gather_pings
+from .errors import NoRouteError
+from .evidence import Evidence, Judgement, check_evidence
+from .planner import Hop, plan_route
+from .records import ServerRecord
+from .tasks import background
+from .verification import Referee
+from .weights import AcceptedWeights
+from .wire import PROTOCOL_VERSION
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Bans:
+    """Failing peers are avoided for `base * 2**(failures-1)` seconds, capped; `clock` is monotonic
+    seconds (passed in by tests, so they never sleep)."""
+
+    base: float = 5.0
+    cap: float = 300.0
+    _until: dict[str, float] = field(default_factory=dict)
+    _failures: dict[str, int] = field(default_factory=dict)
+    _excused: dict[str, float] = field(default_factory=dict)
+    excuse_window: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+
+    def ban(self, peer: str) -> float:
+        n = self._failures[peer] = self._failures.get(peer, 0) + 1
+        duration = min(self.cap, self.base * 2 ** (n - 1))
+        self._until[peer] = max(self._until.get(peer, 0.0), self.clock() + duration)  # never shorten a ban
+        return duration
+
+    def excuse(self, peer: str) -> bool:
+        """Whether to let a polite refusal (an expired session, a node draining) pass unbanned: once
+        per `excuse_window`, so a node that answers every open that way is avoided like any failure."""
+        now = self.clock()
+        if now - self._excused.get(peer, -self.excuse_window) < self.excuse_window:
+            return False
+        self._excused[peer] = now
+        return True
+
+    def ban_forever(self, peer: str) -> None:
+        """For a node proven to compute wrong results: no backoff ends this."""
+        self._until[peer] = float("inf")
+
+    def __contains__(self, peer: object) -> bool:
+        return isinstance(peer, str) and self._until.get(peer, 0.0) > self.clock()
+
+    def next_expiry(self) -> float | None:
+        """When the earliest ban still running ends (monotonic time), None if none will."""
+        now = self.clock()
+        ending = [t for t in self._until.values() if now < t < float("inf")]
+        return min(ending, default=None)
+
+
+class SwarmView:
+    """What a client knows of the swarm for one model: records, measured round trips, bans.
+
+    Records are re-read every `refresh_after` seconds in the background, so a step never waits
+    for the DHT. Every new node is pinged: one that does not answer (a dead address, or a record
+    made up by an attacker) is banned with backoff like any failing node, and the planner prefers
+    nodes it has measured.
+    """
+
+    MAX_EVIDENCE_PER_REFRESH = 4  # each published document costs a recomputation; attackers publish many
+
+    def __init__(self, client: SwarmClient, root: str, num_blocks: int, refresh_after: float = 30.0,
+                 referee: Referee | None = None, weights: AcceptedWeights | None = None) -> None:
+        self.client, self.root, self.num_blocks = client, root, num_blocks
+        self.refresh_after, self.referee, self.weights = refresh_after, referee, weights
+        self.records: dict[str, ServerRecord] = {}
+        self.rtt: dict[str, float] = {}
+        self.bans = Bans()
+        self.judged: dict[str, Judgement | None] = {}  # published evidence seen, by hex document digest
+        self.distrusted: set[str] = set()  # publishers of evidence that did not hold up
+        self._fetched = 0.0
+        self._background: asyncio.Task | None = None
+
+    @property
+    def stale(self) -> bool:
+        return time.monotonic() - self._fetched >= self.refresh_after
+
+    async def refresh(self, force: bool = False) -> None:
+        if not force and not self.stale and self.records:
+            return
+        records = await self.client.records(self.root, self.num_blocks)
+        if self.weights is not None:  # nodes of other weights: only those the client derives itself
+            await self.weights.admit(records.values())
+            records = {p: r for p, r in records.items() if self.weights.accepts(r)}
+        self.records = records
+        self.client.learn(self.records.values())
+        self._fetched = time.monotonic()
+        await self._review_evidence()
+        new = [p for p, r in self.records.items() if p not in self.rtt and r.is_serving and p not in self.bans]
+        for peer, result in (await gather_pings(self.client, new)).items():
+            if isinstance(result, BaseException):
+                log.info("node %s did not answer a ping (%s); avoiding it", peer[-8:], result)
+                self.bans.ban(peer)
+            elif result[1].get("root") != self.root or result[1].get("v") != PROTOCOL_VERSION:
+                log.warning("node %s announces our model but serves root %s / protocol %s; avoiding it",
+                            peer[-8:], str(result[1].get("root"))[:70], str(result[1].get("v"))[:10])
+                self.bans.ban(peer)
+            else:
+                self.rtt[peer] = result[0]
+
+    def refresh_soon(self) -> None:
+        """Re-read the swarm in the background when the view is stale; never raises."""
+        if self.stale and (self._background is None or self._background.done()):
+            self._background = background(self._quiet_refresh(), "a background swarm refresh")
+
+    async def _quiet_refresh(self) -> None:
+        try:
+            await self.refresh(force=True)
+        except Exception as e:  # the DHT is best-effort; the next plan tries again
+            log.info("background refresh of the swarm failed: %s", e)
+
+    async def _review_evidence(self) -> None:
+        """Check a few documents others published: valid evidence bans its node for good, invalid
+        evidence gets its publisher ignored. No document, however malformed, reaches the caller."""
+        if self.referee is None:
+            return
+        try:
+            published = await dht_io.fetch_evidence(
+                self.client.dht, self.root, limit=self.MAX_EVIDENCE_PER_REFRESH,
+                skip=lambda publisher, digest: publisher in self.distrusted or digest in self.judged)
+        except Exception as e:  # the DHT is best-effort
+            log.debug("could not read published evidence: %s", e)
+            return
+        loop = asyncio.get_running_loop()
+        for publisher, (digest, document) in published.items():
+            try:  # decoding and recomputing a document of up to 64 MiB: off the loop
+                judgement = await loop.run_in_executor(None, self._judge, document)
+            except Exception as e:  # whatever a document does to decoding or torch, it is the publisher's fault
+                untrusted.dropped("evidence", f"from {publisher}: {type(e).__name__}: {e}")
+                judgement = Judgement(False, None, str(e), {})
+            self.judged[digest] = judgement
+            if judgement is None:
+                continue  # about weights this client neither holds nor routes through: not its to judge
+            if judgement.valid and judgement.dishonest:
+                log.warning("published evidence from %s holds: avoiding %s for good", publisher[-8:],
+                            judgement.dishonest)
+                self.bans.ban_forever(judgement.dishonest)
+            else:
+                log.warning("ignoring invalid evidence published by %s (%s)", publisher, judgement.reason[:200])
+                self.distrusted.add(publisher)
+
+    def _judge(self, document: bytes) -> Judgement | None:
+        """A published document's verdict, or None when it is about weights this client does not hold."""
+        evidence = Evidence.from_bytes(document)
+        store = self.referee.store_of(evidence.root.hex())
+        return None if store is None else check_evidence(evidence, store)
+
+    async def plan(self, start: int, end: int, max_length: int = 1, push: bool = False) -> list[Hop]:
+        """The best chain over nodes this client measured; unmeasured ones only when nothing else covers."""
+        if not self.records:
+            await self.refresh(force=True)
+        self.refresh_soon()
+        for attempt in range(2):
+            for measured_only in (True, False):
+                try:
+                    return plan_route(self.records.values(), start, end, rtt=self.rtt, banned=self.bans,
+                                      max_length=max_length, push=push, measured_only=measured_only)
+                except NoRouteError:
+                    if attempt == 1 and not measured_only:
+                        raise
+            await self.refresh(force=True)
+        raise AssertionError("unreachable")

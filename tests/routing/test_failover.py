@@ -1,0 +1,62 @@
+"""Which chain replaces a node that failed: its blocks are planned again around it, until its ban ends."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from routing.chain import RemoteRunner
+from routing.errors import ErrorCode, NoRouteError, PeerFailure, RemoteError
+from routing.planner import plan_route
+from routing.view import Bans, SwarmView
+from tests.routing.nodes import Clock, chain, node
+
+
+def runner(*records, clock: Clock) -> RemoteRunner:
+    """A runner over a view that already knows `records` (all measured) and never re-reads the swarm."""
+    view = SwarmView(None, "root", 30, refresh_after=float("inf"))  # type: ignore[arg-type]
+    view.records = {r.peer_id: r for r in records}
+    view.rtt = {r.peer_id: 0.01 for r in records}
+    view.bans = Bans(clock=clock)
+    return RemoteRunner(view, max_length=64, hidden_size=8)
+
+
+def replacement(r: RemoteRunner, failed: str, start: int, end: int, error: Exception) -> list:
+    """What the runner plans for [start, end) once `failed` failed there with `error`."""
+    r._note_failure(failed, start, end, error)
+    return chain(asyncio.run(r.view.plan(start, end, r.max_length, r.push)))
+
+
+def test_a_failed_node_is_replaced_by_the_next_best_for_its_blocks() -> None:
+    r = runner(node("a", 0, 15), node("b", 15, 30, 50.0), node("c", 15, 30, 10.0), clock=Clock())
+    assert chain(asyncio.run(r.view.plan(0, 30))) == [("a", 0, 15), ("b", 15, 30)]
+    assert replacement(r, "b", 15, 30, PeerFailure("b", "stream closed")) == [("c", 15, 30)]
+
+
+def test_a_replacement_may_take_several_nodes() -> None:
+    r = runner(node("a", 0, 30), node("b", 0, 12), node("c", 12, 30), clock=Clock())
+    assert replacement(r, "a", 0, 30, PeerFailure("a", "timed out")) == [("b", 0, 12), ("c", 12, 30)]
+
+
+def test_a_polite_refusal_reopens_on_the_same_node_once() -> None:
+    r = runner(node("a", 0, 30, 50.0), node("b", 0, 30), clock=Clock())
+    expired = RemoteError("a", ErrorCode.SESSION_EXPIRED.value, "idle too long")
+    assert replacement(r, "a", 0, 30, expired) == [("a", 0, 30)]
+    assert replacement(r, "a", 0, 30, expired) == [("b", 0, 30)]
+
+
+def test_a_banned_node_returns_when_its_ban_ends() -> None:
+    clock = Clock()
+    r = runner(node("a", 0, 30, 50.0), node("b", 0, 30), clock=clock)
+    assert replacement(r, "a", 0, 30, PeerFailure("a", "reset")) == [("b", 0, 30)]
+    clock.now += r.view.bans.base
+    assert chain(asyncio.run(r.view.plan(0, 30))) == [("a", 0, 30)]
+
+
+def test_with_no_other_node_for_its_blocks_the_gap_is_named() -> None:
+    r = runner(node("a", 0, 15), node("b", 15, 30), clock=Clock())
+    r._note_failure("b", 15, 30, PeerFailure("b", "reset"))
+    with pytest.raises(NoRouteError, match="block 15"):
+        plan_route(r.view.records.values(), 15, 30, rtt=r.view.rtt, banned=r.view.bans)
+    assert r.view.bans.next_expiry() is not None  # what the runner waits for, within its deadline

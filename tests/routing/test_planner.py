@@ -1,0 +1,101 @@
+"""The planner picks the chain a client routes through: covering, cheapest by what the client measured."""
+
+from __future__ import annotations
+
+import pytest
+
+from routing.errors import NoRouteError
+from routing.planner import CLAIM_CAP, Links, compute_costs, plan_route
+from tests.routing.nodes import chain, node
+
+RTT = {"a": 0.01, "b": 0.01, "c": 0.01, "d": 0.01}
+
+
+def test_a_chain_of_halves_covers_the_model_in_order() -> None:
+    hops = plan_route([node("b", 15, 30), node("a", 0, 15)], 0, 30, rtt=RTT)
+    assert chain(hops) == [("a", 0, 15), ("b", 15, 30)]
+
+
+def test_the_faster_of_two_whole_nodes_is_chosen() -> None:
+    assert chain(plan_route([node("a", 0, 30, 10.0), node("b", 0, 30, 30.0)], 0, 30, rtt=RTT)) == [("b", 0, 30)]
+
+
+def test_a_closer_node_wins_at_equal_speed() -> None:
+    rtt = {"a": 0.2, "b": 0.01}
+    assert chain(plan_route([node("a", 0, 30), node("b", 0, 30)], 0, 30, rtt=rtt)) == [("b", 0, 30)]
+
+
+def test_a_loaded_node_loses_to_an_idle_one() -> None:
+    records = [node("a", 0, 30, active_sessions=3), node("b", 0, 30)]
+    assert chain(plan_route(records, 0, 30, rtt=RTT)) == [("b", 0, 30)]
+
+
+def test_one_hop_beats_two_of_the_same_compute() -> None:
+    records = [node("a", 0, 15, 5.0), node("b", 15, 30, 5.0), node("c", 0, 30, 10.0)]
+    assert chain(plan_route(records, 0, 30, rtt=RTT)) == [("c", 0, 30)]
+
+
+def test_a_slow_node_is_left_mid_span_for_a_fast_one() -> None:
+    records = [node("a", 0, 30, 1.0), node("b", 10, 30, 100.0)]
+    assert chain(plan_route(records, 0, 30, rtt=RTT)) == [("a", 0, 10), ("b", 10, 30)]
+
+
+def test_a_part_of_the_model_is_planned_within_its_bounds() -> None:
+    hops = plan_route([node("a", 0, 20), node("b", 10, 30)], 12, 25, rtt=RTT)
+    assert hops[0].start == 12 and hops[-1].end == 25
+    assert all(h.record.start <= h.start < h.end <= h.record.end for h in hops)
+
+
+def test_a_gap_is_named_in_the_error() -> None:
+    with pytest.raises(NoRouteError, match=r"block 10 of \[0, 30\)"):
+        plan_route([node("a", 0, 10), node("b", 12, 30)], 0, 30, rtt=RTT)
+
+
+def test_no_node_at_all_is_a_gap_at_the_start() -> None:
+    with pytest.raises(NoRouteError, match=r"block 0 of \[0, 30\); 0 usable"):
+        plan_route([], 0, 30)
+
+
+@pytest.mark.parametrize("unusable", [dict(state="draining"), dict(state="joining"), dict(version=99),
+                                      dict(max_session_length=100)], ids=str)
+def test_nodes_that_cannot_serve_the_session_are_skipped(unusable: dict) -> None:
+    records = [node("a", 0, 30, 100.0, **unusable), node("b", 0, 30)]
+    assert chain(plan_route(records, 0, 30, rtt=RTT, max_length=1000)) == [("b", 0, 30)]
+
+
+def test_banned_nodes_are_skipped() -> None:
+    records = [node("a", 0, 30, 100.0), node("b", 0, 30)]
+    assert chain(plan_route(records, 0, 30, rtt=RTT, banned={"a"})) == [("b", 0, 30)]
+    with pytest.raises(NoRouteError):
+        plan_route(records, 0, 30, rtt=RTT, banned={"a", "b"})
+
+
+def test_unmeasured_nodes_are_a_last_resort() -> None:
+    records = [node("fast", 0, 30, 1000.0), node("a", 0, 30)]
+    assert chain(plan_route(records, 0, 30, rtt={"a": 0.01})) == [("a", 0, 30)]
+    with pytest.raises(NoRouteError):
+        plan_route([node("fast", 0, 30)], 0, 30, rtt={"a": 0.01}, measured_only=True)
+    assert chain(plan_route([node("fast", 0, 30)], 0, 30, rtt={"a": 0.01})) == [("fast", 0, 30)]
+
+
+def test_announced_throughput_counts_up_to_a_multiple_of_the_median() -> None:
+    records = [node("a", 0, 30, 10.0), node("b", 0, 30, 10.0), node("liar", 0, 30, 1e6)]
+    costs = compute_costs(records)
+    assert costs["liar"] == pytest.approx(1 / (CLAIM_CAP * 10.0 * 30))
+    assert costs["a"] == pytest.approx(1 / (10.0 * 30))
+
+
+def test_a_claimed_round_trip_between_nodes_is_clamped_by_what_the_client_measured() -> None:
+    rtt = {"a": 0.01, "b": 0.05}
+    assert Links({"a": node("a", 0, 15, rtt_ms={"b": 0.0})}, rtt).one_way("a", "b") == pytest.approx(0.02)
+    assert Links({"a": node("a", 0, 15, rtt_ms={"b": 1000.0})}, rtt).one_way("a", "b") == pytest.approx(0.03)
+    assert Links({"a": node("a", 0, 15, rtt_ms={"b": 50.0})}, rtt).one_way("b", "a") == pytest.approx(0.025)
+    assert Links({}, rtt).one_way("a", "b") == pytest.approx(0.03)  # no claim: the worst the bounds allow
+    assert Links({}, rtt).one_way("", "b") == pytest.approx(0.025)  # the client's own leg: half its round trip
+
+
+@pytest.mark.parametrize("claimed_ms, want", [(0.0, [("a", 0, 15), ("b", 15, 30)]), (2000.0, [("c", 0, 30)])])
+def test_pushed_chains_pay_for_the_link_between_nodes(claimed_ms: float, want: list) -> None:
+    """Two fast halves (0.04 s pushed, plus their link) against a slower whole node (0.05 s): the link decides."""
+    records = [node("a", 0, 15, 100.0, rtt_ms={"b": claimed_ms}), node("b", 15, 30, 100.0), node("c", 0, 30, 1 / 0.03)]
+    assert chain(plan_route(records, 0, 30, rtt={"a": 0.02, "b": 0.02, "c": 0.02}, push=True)) == want

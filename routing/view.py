@@ -63,6 +63,10 @@ class Bans:
     def __contains__(self, peer: object) -> bool:
         return isinstance(peer, str) and self._until.get(peer, 0.0) > self.clock()
 
+    def failures(self, peer: str) -> int:
+        """How often `peer` was banned so far, whether or not its ban has ended since."""
+        return self._failures.get(peer, 0)
+
     def next_expiry(self) -> float | None:
         """When the earliest ban still running ends (monotonic time), None if none will."""
         now = self.clock()

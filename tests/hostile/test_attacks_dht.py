@@ -116,7 +116,8 @@ def test_fifty_fake_nodes_claiming_every_block_do_not_stop_generation(sybils, ho
     fakes = sybils.peer_ids
     assert sum(sybils.record(p, default_store.root, fake_node(p, N), range(N)) > 0 for p in fakes) == len(fakes)
     banned: list[str] = []
-    attacked = honest(inspect=lambda model: banned.extend(p for p in fakes if p in model.view.bans))
+    # banned at least once: a short first ban may already have ended on a loaded machine
+    attacked = honest(inspect=lambda model: banned.extend(p for p in fakes if model.view.bans.failures(p)))
     print(f"honest client, connect + 12 tokens: {baseline:.1f} s without fake nodes, {attacked:.1f} s with 50")
     assert sorted(banned) == sorted(fakes)
 

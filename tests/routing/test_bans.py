@@ -67,3 +67,11 @@ def test_only_peer_ids_can_be_banned() -> None:
     bans = Bans(clock=Clock())
     bans.ban("node")
     assert None not in bans and 3 not in bans
+
+
+def test_failures_are_remembered_after_the_ban_ends() -> None:
+    clock = Clock()
+    bans = Bans(base=5.0, clock=clock)
+    bans.ban("node")
+    clock.now += 5.0
+    assert "node" not in bans and bans.failures("node") == 1 and bans.failures("other") == 0

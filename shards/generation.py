@@ -282,7 +282,7 @@ class Session:
 def _choice_options(options: dict[str, Any], i: int) -> dict[str, Any]:
     """Answer i of several: its seed is the request's plus i, so answers differ yet repeat."""
     seed = options.get("seed")
-    return {**options, "seed": None if seed is None else seed + i}
+    return {**options, "seed": None if seed is None else (seed + i if seed + i < 2**64 else seed + i - 2**64)}
 
 
 class _Speculation:

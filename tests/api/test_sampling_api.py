@@ -140,3 +140,29 @@ def test_token_bytes_are_exact_where_a_character_spans_tokens(local_model):
     ids = local_model.tokenizer(text)["input_ids"]
     assert any("\ufffd" in tokens.text(t) for t in ids)  # some token holds part of a character
     assert bytes(b for t in ids for b in tokens.bytes(t)).decode() == text
+
+
+def test_a_plain_stream_keeps_its_shape(api):
+    body = {"model": "m", "messages": QUESTION, "temperature": 0, "max_tokens": 3, "stream": True}
+    with api.stream("POST", "/v1/chat/completions", json=body) as reply:
+        frames = [json.loads(line[6:]) for line in reply.iter_lines() if line.startswith("data: {")]
+    assert frames[0]["choices"][0] == {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                       "finish_reason": None}
+    assert frames[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
+
+
+def test_the_official_client_parses_logprobs_and_n(api, local_model):
+    from openai import OpenAI
+
+    client = OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=api)
+    chat = client.chat.completions.create(model="m", messages=QUESTION, temperature=0, max_tokens=4, n=2,
+                                          logprobs=True, top_logprobs=2, frequency_penalty=0.5)
+    sdk = local_model.generate(QUESTION, 4, logprobs=2, frequency_penalty=0.5)
+    assert [c.message.content for c in chat.choices] == [sdk.text, sdk.text]  # greedy: both answers alike
+    tokens = chat.choices[1].logprobs.content
+    assert [t.logprob for t in tokens] == pytest.approx([lp.logprob for lp in sdk.logprobs], abs=1e-5)
+    assert all(len(t.top_logprobs) == 2 and t.bytes for t in tokens)
+    text = client.completions.create(model="m", prompt="The sky is", temperature=0, max_tokens=3, logprobs=1,
+                                     extra_body={"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2})
+    assert text.choices[0].text == local_model.generate("The sky is", 3, raw=True, repetition_penalty=1.2).text
+    assert len(text.choices[0].logprobs.token_logprobs) == 3

@@ -21,6 +21,7 @@ import torch
 from .drafting import Draft, Drafter, PromptLookupDrafter
 from .errors import ShardsError
 from .head import Head
+from .logits_processing import TokenLogprob, token_logprobs
 from .sampling import Sampler, SamplingParams
 from .speculative import AdaptiveDraftLength, accept_greedy, accept_sampled
 
@@ -41,6 +42,7 @@ class BlockRunner(Protocol):
 class TokenEvent:
     token_id: int | None  # None for the final flush of text held back at the end
     text: str  # the text this token completes (may be empty while a character is incomplete)
+    logprob: TokenLogprob | None = None  # when asked for (`logprobs=`)
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Generation:
     time_to_first_token: float = 0.0
     total_time: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    logprobs: list[TokenLogprob] | None = None  # one per token id, when asked for (`logprobs=`)
 
     @property
     def tokens_per_second(self) -> float:
@@ -123,32 +126,65 @@ class Session:
         self.history = list(ids)
         return self.head.logits(out[0, -n:]), len(ids) - common
 
-    def stream(self, prompt: Prompt, max_new_tokens: int = 64, *, temperature: float = 0.0, top_p: float = 1.0,
-               top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (), raw: bool = False,
-               ignore_eos: bool = False, speculative: int | None = None,
-               drafter: Drafter | None = None) -> Iterator[TokenEvent]:
+    def stream(self, prompt: Prompt, max_new_tokens: int = 64, **kwargs: Any) -> Iterator[TokenEvent]:
         """Yield tokens as they are produced; the last event may carry only held-back text.
 
-        `speculative`: draft up to that many tokens per trip and verify them in one forward (None: the
-        session's default); `drafter`: who drafts (default: prompt lookup).
+        Keyword options: SamplingParams fields (temperature, top_p, top_k, min_p, seed, presence_penalty,
+        frequency_penalty, repetition_penalty; the default is greedy); `stop` strings; `raw` (no chat
+        template); `ignore_eos`; `logprobs`: None for none, else each token's log-probability under the
+        model and that many likeliest alternatives (`TokenEvent.logprob`); `speculative`: draft up to
+        that many tokens per trip and verify them in one forward (None: the session's default);
+        `drafter`: who drafts (default: prompt lookup). Every sampling feature works with speculation:
+        penalties are applied at each drafted position for the context it follows.
         """
-        result = Generation("", [], "length", 0)
-        yield from self._run(prompt, max_new_tokens, SamplingParams(temperature, top_p, top_k, seed), stop, raw,
-                             ignore_eos, result, self._speculation(speculative, drafter))
+        yield from self._call(prompt, max_new_tokens, Generation("", [], "length", 0), **kwargs)
 
-    def generate(self, prompt: Prompt, max_new_tokens: int = 64, *, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (), raw: bool = False,
-                 ignore_eos: bool = False, speculative: int | None = None,
-                 drafter: Drafter | None = None) -> Generation:
-        """Generate up to `max_new_tokens` (exactly that many with `ignore_eos`, as benchmarks need).
+    def generate(self, prompt: Prompt, max_new_tokens: int = 64, **kwargs: Any) -> Generation:
+        """Generate up to `max_new_tokens` (exactly that many with `ignore_eos`, as benchmarks need);
+        options as for `stream`.
 
         With speculation, `extra["speculation"]` counts trips, drafted and accepted tokens.
         """
         result = Generation("", [], "length", 0)
-        for _ in self._run(prompt, max_new_tokens, SamplingParams(temperature, top_p, top_k, seed), stop, raw,
-                           ignore_eos, result, self._speculation(speculative, drafter)):
+        for _ in self._call(prompt, max_new_tokens, result, **kwargs):
             pass
         return result
+
+    def stream_choices(self, prompt: Prompt, n: int, max_new_tokens: int = 64, *, raw: bool = False,
+                       **kwargs: Any) -> Iterator[tuple[int, TokenEvent]]:
+        """`n` answers to one prompt as (choice index, event), one answer after the other in this session.
+
+        They share the prompt's prefill: each later answer rewinds the caches to the prompt and
+        recomputes only its last token. They are not batched (n answers take n times as long). With a
+        `seed`, answer i uses seed + i, so they differ and each is repeatable. The session's
+        conversation keeps none of them. Options as for `stream`.
+        """
+        ids = self._choices_prompt(prompt, n, raw)
+        for i in range(n):
+            for event in self.stream(ids, max_new_tokens, **_choice_options(kwargs, i)):
+                yield i, event
+
+    def choices(self, prompt: Prompt, n: int, max_new_tokens: int = 64, *, raw: bool = False,
+                **kwargs: Any) -> list[Generation]:
+        """`n` answers to one prompt (see `stream_choices`)."""
+        ids = self._choices_prompt(prompt, n, raw)
+        return [self.generate(ids, max_new_tokens, **_choice_options(kwargs, i)) for i in range(n)]
+
+    def _choices_prompt(self, prompt: Prompt, n: int, raw: bool) -> list[int]:
+        if n < 1:
+            raise ShardsError(f"n (the number of answers) must be >= 1, got {n}")
+        chat = self._chat(prompt, raw)
+        return encode_prompt(self.tokenizer, prompt if chat is None else chat, raw,
+                             self.head.embed_tokens.num_embeddings)
+
+    def _call(self, prompt: Prompt, max_new_tokens: int, result: Generation, *, stop: Sequence[str] = (),
+              raw: bool = False, ignore_eos: bool = False, logprobs: int | None = None,
+              speculative: int | None = None, drafter: Drafter | None = None,
+              **sampling: Any) -> Iterator[TokenEvent]:
+        if logprobs is not None and logprobs < 0:
+            raise ShardsError(f"logprobs (alternatives per token) must be >= 0, got {logprobs}")
+        yield from self._run(prompt, max_new_tokens, SamplingParams(**sampling), stop, raw, ignore_eos, logprobs,
+                             result, self._speculation(speculative, drafter))
 
     def _speculation(self, speculative: int | None, drafter: Drafter | None) -> _Speculation | None:
         max_draft = self.speculative if speculative is None else speculative
@@ -178,7 +214,8 @@ class Session:
         return turn if turn[:len(known)] == known else [*known, *turn]
 
     def _run(self, prompt: Prompt, max_new_tokens: int, params: SamplingParams, stop: Sequence[str], raw: bool,
-             ignore_eos: bool, result: Generation, speculation: _Speculation | None) -> Iterator[TokenEvent]:
+             ignore_eos: bool, logprobs: int | None, result: Generation,
+             speculation: _Speculation | None) -> Iterator[TokenEvent]:
         if max_new_tokens < 1:
             raise ShardsError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         chat = self._chat(prompt, raw)
@@ -187,10 +224,11 @@ class Session:
         if not ids:
             raise ShardsError("the prompt is empty")
         result.prompt_tokens = len(ids)
-        sampler = Sampler(params)
+        sampler = Sampler(params, len(ids))
         started = time.perf_counter()
         try:
-            yield from self._tokens(ids, max_new_tokens, sampler, stop, ignore_eos, result, speculation, started)
+            yield from self._tokens(ids, max_new_tokens, sampler, stop, ignore_eos, logprobs, result, speculation,
+                                    started)
         finally:  # the answer so far joins the chat, also when the caller stopped reading early
             if chat is not None and (result.total_time or result.token_ids):
                 self.conversation = [*chat, {"role": "assistant", "content": result.text}]
@@ -198,28 +236,35 @@ class Session:
             result.extra.update(self.details(self.runner))
 
     def _tokens(self, ids: list[int], max_new_tokens: int, sampler: Sampler, stop: Sequence[str], ignore_eos: bool,
-                result: Generation, speculation: _Speculation | None, started: float) -> Iterator[TokenEvent]:
+                logprobs: int | None, result: Generation, speculation: _Speculation | None,
+                started: float) -> Iterator[TokenEvent]:
         detok = _Detokenizer(self.tokenizer)
+        if logprobs is not None:
+            result.logprobs = []
         context = list(ids)
         hit = done = False
         while not done:
             remaining = max_new_tokens - len(result.token_ids)
             if speculation is None:
-                tokens = [sampler(self.feed(context))]
+                rows = self.feed(context)[None]
+                tokens = [sampler(rows[0], context)]
             else:
-                tokens = speculation.trip(self, context, sampler, remaining)
+                tokens, rows = speculation.trip(self, context, sampler, remaining)
             if not result.token_ids:
                 result.time_to_first_token = time.perf_counter() - started
-            for token in tokens:  # a trip may yield several; never emit past EOS, a stop string or the limit
+            for token, row in zip(tokens, rows):  # a trip may yield several; never emit past EOS, a stop string or the limit
                 if token in self.eos_ids and not ignore_eos:
                     result.finish_reason = "stop"
                     done = True
                     break
+                logprob = None if logprobs is None else token_logprobs(row, token, logprobs)
+                if result.logprobs is not None and logprob is not None:
+                    result.logprobs.append(logprob)
                 result.token_ids.append(token)
                 context.append(token)
                 delta, hit = detok.push(token, stop)
                 result.text += delta
-                yield TokenEvent(token, delta)
+                yield TokenEvent(token, delta, logprob)
                 if hit:
                     result.finish_reason = "stop"
                 if hit or len(result.token_ids) == max_new_tokens:
@@ -234,6 +279,12 @@ class Session:
         result.total_time = time.perf_counter() - started
 
 
+def _choice_options(options: dict[str, Any], i: int) -> dict[str, Any]:
+    """Answer i of several: its seed is the request's plus i, so answers differ yet repeat."""
+    seed = options.get("seed")
+    return {**options, "seed": None if seed is None else (seed + i if seed + i < 2**64 else seed + i - 2**64)}
+
+
 class _Speculation:
     """One run's speculative trips: draft, verify all drafts in one forward, keep what the rule accepts."""
 
@@ -241,8 +292,10 @@ class _Speculation:
         self.drafter, self.draft_length = drafter, draft_length
         self.trips = self.drafted = self.accepted = 0
 
-    def trip(self, session: Session, context: list[int], sampler: Sampler, remaining: int) -> list[int]:
-        """Tokens the target emits after `context` (1 to k+1); the caches keep only verified ones."""
+    def trip(self, session: Session, context: list[int], sampler: Sampler,
+             remaining: int) -> tuple[list[int], torch.Tensor]:
+        """Tokens the target emits after `context` (1 to k+1), each with the logits it was chosen from;
+        the caches keep only verified ones."""
         k = self.draft_length.choose(min(remaining - 1, session.max_length - len(context)))
         draft = Draft([])
         if k > 0:
@@ -252,17 +305,19 @@ class _Speculation:
         began = time.perf_counter()
         logits, positions = session.advance(context + draft.tokens, len(draft.tokens) + 1)
         self.draft_length.record_forward(positions, time.perf_counter() - began)
+        contexts = [context + draft.tokens[:i] for i in range(len(draft.tokens) + 1)]
+        target = sampler.probs(logits, contexts)
         if sampler.params.greedy:
-            tokens = accept_greedy(logits.argmax(-1).tolist(), draft.tokens)
+            tokens = accept_greedy(target.argmax(-1).tolist(), draft.tokens)
         else:
-            tokens = accept_sampled(sampler.probs(logits), draft.tokens, draft.probs, sampler.generator)
+            tokens = accept_sampled(target, draft.tokens, draft.probs, sampler.generator)
         kept = len(tokens) - 1
         session.history = session.history[:len(context) + kept]  # rejected drafts: the next step rewinds them
         self.draft_length.record_trip(len(draft.tokens), kept)
         self.trips += 1
         self.drafted += len(draft.tokens)
         self.accepted += kept
-        return tokens
+        return tokens, logits
 
     def stats(self) -> dict[str, Any]:
         return {"max_draft": self.draft_length.max_draft, "trips": self.trips, "drafted": self.drafted,
@@ -350,3 +405,13 @@ class GenerativeModel:
         ids = encode_prompt(self.tokenizer, prompt, raw)
         with self.inference_session(min(len(ids) + max_new_tokens, self.config.max_context)) as s:
             yield from s.stream(ids, max_new_tokens, **kwargs)
+
+    def choices(self, prompt: Prompt, n: int, max_new_tokens: int = 64, *, raw: bool = False,
+                **kwargs: Any) -> list[Generation]:
+        """`n` answers to one prompt in one session, sharing its prefill (see Session.stream_choices)."""
+        ids = encode_prompt(self.tokenizer, prompt, raw)
+        with self.inference_session(min(len(ids) + max_new_tokens, self.config.max_context)) as s:
+            results = s.choices(ids, n, max_new_tokens, **kwargs)
+        for result in results:
+            result.extra.update(self.run_details(s.runner))
+        return results

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from routing.errors import RoutingError
 from shards.catalog import DEFAULT_MODEL, resolve_model
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from shards.drafting import ModelDrafter
     from shards.generation import Generation, GenerativeModel
     from shards.local import LocalModel
+    from shards.logits_processing import TokenLogprob
 
 
 def add_generation_options(p: argparse.ArgumentParser) -> None:
@@ -25,7 +26,21 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (default 0 = off)")
-    p.add_argument("--seed", type=int, help="sampling seed, for repeatable samples")
+    p.add_argument("--min-p", type=float, default=0.0,
+                   help="drop tokens less likely than this times the likeliest (default 0 = off)")
+    p.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="OpenAI's: subtract this from every token already in the answer (-2..2, default 0)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="OpenAI's: subtract this times a token's count in the answer (-2..2, default 0)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="Hugging Face's: divide positive logits of tokens in prompt or answer by this "
+                        "(multiply negative ones; default 1 = off)")
+    p.add_argument("--seed", type=int, help="sampling seed, for repeatable samples (answer i of -n uses seed + i)")
+    p.add_argument("-n", type=int, default=1, metavar="N",
+                   help="N answers, one after the other, sharing the prompt's prefill (printed whole, not streamed)")
+    p.add_argument("--logprobs", type=int, metavar="K",
+                   help="each token's log-probability and its K likeliest alternatives (printed after the "
+                        "answer, or in --json)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)")
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
     p.add_argument("--max-draft", type=int, default=0, metavar="N",
@@ -64,8 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
-    return {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed,
-            "stop": args.stop, "speculative": args.max_draft}
+    return {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "min_p": args.min_p,
+            "presence_penalty": args.presence_penalty, "frequency_penalty": args.frequency_penalty,
+            "repetition_penalty": args.repetition_penalty, "seed": args.seed, "stop": args.stop,
+            "logprobs": args.logprobs, "speculative": args.max_draft}
 
 
 def split_trailing_prompt(args: argparse.Namespace, peers_attr: str = "peers") -> None:
@@ -99,16 +116,26 @@ def run_generation(model: GenerativeModel, args: argparse.Namespace) -> int:
     """Stream to stdout, or print one JSON object with --json; shared by local and swarm generation."""
     drafter = load_drafter(model, args)
     try:
-        if args.json:
-            g = model.generate(args.prompt, args.max_new_tokens, raw=args.raw, drafter=drafter,
-                               **sampling_kwargs(args))
-            print(json.dumps(generation_json(g)))
+        if args.json or args.n > 1:
+            answers = model.choices(args.prompt, args.n, args.max_new_tokens, raw=args.raw, drafter=drafter,
+                                    **sampling_kwargs(args))
+            if args.json:
+                out = [generation_json(g, model.tokenizer) for g in answers]
+                print(json.dumps(out[0] if args.n == 1 else {"choices": out}))
+                return 0
+            for i, g in enumerate(answers):
+                print(f"--- answer {i + 1} of {args.n} ---\n{g.text}")
+                _print_logprobs(g.logprobs, model.tokenizer)
             return 0
+        logprobs: list[TokenLogprob] = []
         for event in model.stream(args.prompt, args.max_new_tokens, raw=args.raw, drafter=drafter,
                                   **sampling_kwargs(args)):
             sys.stdout.write(event.text)
             sys.stdout.flush()
+            if event.logprob is not None:
+                logprobs.append(event.logprob)
         sys.stdout.write("\n")
+        _print_logprobs(logprobs if args.logprobs is not None else None, model.tokenizer)
         return 0
     finally:
         if drafter is not None:
@@ -132,7 +159,23 @@ def load_local(model: str, args: argparse.Namespace) -> LocalModel:
     return LocalModel.load(resolve_model(model), args.device, parse_dtype(args.dtype) if args.dtype else None)
 
 
-def generation_json(g: Generation) -> dict:
-    return {"text": g.text, "token_ids": g.token_ids, "finish_reason": g.finish_reason,
-            "prompt_tokens": g.prompt_tokens, "time_to_first_token_s": round(g.time_to_first_token, 4),
-            "tokens_per_second": round(g.tokens_per_second, 2), **g.extra}
+def _token_text(tokenizer: Any, token: int) -> str:
+    return tokenizer.decode([token]) if tokenizer is not None else ""
+
+
+def _print_logprobs(logprobs: list[TokenLogprob] | None, tokenizer: Any) -> None:
+    """One line per token: its log-probability, id and text, then the alternatives as id:logprob."""
+    for lp in logprobs or []:
+        alternatives = " ".join(f"{t}:{v:.4f}" for t, v in lp.top)
+        print(f"{lp.logprob:9.4f} {lp.token_id:>7} {_token_text(tokenizer, lp.token_id)!r:<16} {alternatives}".rstrip())
+
+
+def generation_json(g: Generation, tokenizer: Any = None) -> dict:
+    out = {"text": g.text, "token_ids": g.token_ids, "finish_reason": g.finish_reason,
+           "prompt_tokens": g.prompt_tokens, "time_to_first_token_s": round(g.time_to_first_token, 4),
+           "tokens_per_second": round(g.tokens_per_second, 2), **g.extra}
+    if g.logprobs is not None:
+        out["logprobs"] = [{"token_id": lp.token_id, "token": _token_text(tokenizer, lp.token_id),
+                            "logprob": lp.logprob, "top": [{"token_id": t, "logprob": v} for t, v in lp.top]}
+                           for lp in g.logprobs]
+    return out

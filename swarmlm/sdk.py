@@ -6,8 +6,10 @@
         with model.inference_session(max_length=512) as chat:   # keeps the chat and the nodes' caches
             chat.generate("Hi! My name is Ana.")
             chat.generate("What's my name?")                     # I'm Ana, …
+        model.choices("Name a colour.", 3, temperature=1.0, seed=1, logprobs=2)  # 3 answers, one prefill
 
-The client holds the head shard (embeddings, final norm, LM head) and the tokenizer; nodes hold
+Sampling (temperature, top_p, top_k, min_p, penalties, seed, logprobs) happens here, at the head:
+see shards.generation.Session.stream. The client holds the head shard (embeddings, final norm, LM head) and the tokenizer; nodes hold
 the blocks. Only nodes announcing the same manifest root as the local store are used.
 """
 

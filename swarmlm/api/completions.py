@@ -22,11 +22,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from routing.tasks import background
 
 from .errors import APIError, bad_request, unauthorized
-from .gateway import Gateway
-from .jobs import Event, Finished, GenerationJob, Text
+from .gateway import Gateway, ServedModel
+from .jobs import AnswerDone, Event, Finished, GenerationJob, Text
 from .keepalive import with_keepalive
+from .logprobs import TokenText
 from .metrics import Metrics
-from .responses import DONE, Reply, sse
+from .responses import DONE, Answer, Reply, sse
 from .schemas import GenerationRequest, chat_request, completion_request
 
 log = logging.getLogger(__name__)
@@ -115,17 +116,19 @@ class Completions:
                 first = await _unless_gone(request, job.next())
                 self.metrics.first_token.labels(served.id).observe(time.perf_counter() - began)
                 provenance = first.provenance  # type: ignore[union-attr]
-                reply = Reply(chat, served.id, served.root, provenance.session_id, req.include_usage)
+                reply = Reply(chat, served.id, served.root, provenance.session_id, req.include_usage,
+                              self._tokens(served, req))
                 headers = {**provenance.headers(), "Cache-Control": "no-cache"}
                 streaming = True
                 frames = with_keepalive(self._stream(reply, job, first), self.gateway.settings.keepalive)
                 # the background task runs however the stream ends, also when the client stopped reading
                 return StreamingResponse(frames, media_type="text/event-stream", headers=headers,
                                          background=BackgroundTask(self._finished, job))
-            text, finished = await _unless_gone(request, self._collect(job))
+            answers, finished = await _unless_gone(request, self._collect(job))
             self.metrics.finished(served.id, finished)
-            reply = Reply(chat, served.id, served.root, finished.provenance.session_id)
-            return JSONResponse(reply.whole(text, finished), headers=finished.provenance.headers())
+            reply = Reply(chat, served.id, served.root, finished.provenance.session_id,
+                          tokens=self._tokens(served, req))
+            return JSONResponse(reply.whole(answers, finished), headers=finished.provenance.headers())
         except _ClientGone:
             return Response(status_code=CLIENT_CLOSED)
         except Exception as e:
@@ -141,23 +144,38 @@ class Completions:
         return self.gateway.api_error(error, job.request.model, len(job.ids) + job.max_tokens)
 
     @staticmethod
-    async def _collect(job: GenerationJob) -> tuple[str, Finished]:
-        parts: list[str] = []
+    def _tokens(served: ServedModel, req: GenerationRequest) -> TokenText | None:
+        return None if req.logprobs is None else TokenText(served.remote.tokenizer)
+
+    @staticmethod
+    async def _collect(job: GenerationJob) -> tuple[list[Answer], Finished]:
+        answers = [Answer() for _ in range(job.request.n)]
         while not isinstance(event := await job.next(), Finished):
             if isinstance(event, Text):
-                parts.append(event.text)
-        return "".join(parts), event
+                answers[event.index].text += event.text
+                answers[event.index].logprobs.extend(event.logprobs)
+            elif isinstance(event, AnswerDone):
+                answers[event.index].finish_reason = event.finish_reason
+        answers[-1].finish_reason = event.finish_reason
+        return answers, event
 
     async def _stream(self, reply: Reply, job: GenerationJob, first: Event) -> AsyncIterator[bytes]:
         try:
             event = first
             yield reply.chunk("", first=True, provenance=event.provenance)  # type: ignore[union-attr]
+            begun = {0}
             while not isinstance(event, Finished):
                 event = await job.next()
                 if isinstance(event, Text):
-                    yield reply.chunk(event.text)
+                    if event.index not in begun:  # the next of n answers
+                        begun.add(event.index)
+                        yield reply.chunk("", index=event.index, first=True)
+                    yield reply.chunk(event.text, index=event.index, logprobs=event.logprobs)
+                elif isinstance(event, AnswerDone):
+                    yield reply.chunk("", index=event.index, finish_reason=event.finish_reason)
             self.metrics.finished(reply.model, event)
-            yield reply.chunk("", finish_reason=event.finish_reason, provenance=event.provenance)
+            yield reply.chunk("", index=job.request.n - 1, finish_reason=event.finish_reason,
+                              provenance=event.provenance)
             if reply.include_usage:
                 yield reply.usage_chunk(event)
         except Exception as e:  # mid-stream: the status is sent, so the error travels as an event

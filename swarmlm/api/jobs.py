@@ -18,6 +18,7 @@ from .provenance import Provenance
 from .schemas import GenerationRequest
 
 if TYPE_CHECKING:
+    from shards.logits_processing import TokenLogprob
     from swarmlm.sdk import RemoteModel
 
 
@@ -30,20 +31,30 @@ class Opened:
 
 @dataclass(frozen=True)
 class Text:
-    text: str
+    text: str  # may be empty when only log-probabilities are new (a character is still incomplete)
+    index: int = 0  # which answer, when the request asked for n of them
+    logprobs: tuple[TokenLogprob, ...] = ()  # its tokens', when the request asked for them
+
+
+@dataclass(frozen=True)
+class AnswerDone:
+    """Answer `index` of several is complete; the last answer's end comes with `Finished`."""
+
+    index: int
+    finish_reason: str
 
 
 @dataclass(frozen=True)
 class Finished:
     """The session is closed (receipts sent); `provenance` is the chain that served to the end."""
 
-    finish_reason: str  # "stop" (end of text or a stop sequence) or "length"
+    finish_reason: str  # the last answer's: "stop" (end of text or a stop sequence) or "length"
     prompt_tokens: int
-    completion_tokens: int
+    completion_tokens: int  # all answers'
     provenance: Provenance
 
 
-Event = Union[Opened, Text, Finished]
+Event = Union[Opened, Text, AnswerDone, Finished]
 
 
 def finish_reason(tokenizer: object, tokens: list[int], max_tokens: int, stop: tuple[str, ...]) -> str:
@@ -66,7 +77,8 @@ class GenerationJob:
         self._cancelled.set()
 
     async def next(self) -> Event:
-        """Opened (unless no token came), Text…, then Finished; a failure is raised where it happened."""
+        """Opened (unless no token came), Text… (and AnswerDone between answers when n > 1), then Finished;
+        a failure is raised where it happened."""
         item = await self._queue.get()
         if isinstance(item, BaseException):
             raise item
@@ -90,22 +102,35 @@ class GenerationJob:
             self._emit(e)
 
     def _generate(self) -> None:
-        model, root, me = self.model, self.model.root, self.model.client.peer_id
-        tokens: list[int] = []
+        """Answers one after the other in one session (they share the prompt's prefill)."""
+        model, root, me, n = self.model, self.model.root, self.model.client.peer_id, self.request.n
+        tokens: list[int] = []  # the current answer's
+        answer = total = 0
+        opened = False
         session = model.inference_session(len(self.ids) + self.max_tokens)
         try:
-            with closing(session.stream(self.ids, self.max_tokens, **self.request.sampling())) as stream:
-                for event in stream:
-                    if not tokens and event.token_id is not None:
+            with closing(session.stream_choices(self.ids, n, self.max_tokens, **self.request.sampling())) as stream:
+                for index, event in stream:
+                    if not opened:
                         self._emit(Opened(Provenance.of(session.runner, root, me)))  # type: ignore[arg-type]
+                        opened = True
+                    while answer < index:  # an answer that ended with no token yields no event
+                        self._emit(AnswerDone(answer, self._reason(tokens)))
+                        total, tokens, answer = total + len(tokens), [], answer + 1
                     if event.token_id is not None:
                         tokens.append(event.token_id)
-                    if event.text:
-                        self._emit(Text(event.text))
+                    if event.text or event.logprob is not None:
+                        self._emit(Text(event.text, index, () if event.logprob is None else (event.logprob,)))
                     if self._cancelled.is_set():
                         break
         finally:
             session.close()
-        reason = finish_reason(model.tokenizer, tokens, self.max_tokens, self.request.stop)
-        self._emit(Finished(reason, len(self.ids), len(tokens),
+        if not self._cancelled.is_set():
+            while answer < n - 1:
+                self._emit(AnswerDone(answer, self._reason(tokens)))
+                total, tokens, answer = total + len(tokens), [], answer + 1
+        self._emit(Finished(self._reason(tokens), len(self.ids), total + len(tokens),
                             Provenance.of(session.runner, root, me)))  # type: ignore[arg-type]
+
+    def _reason(self, tokens: list[int]) -> str:
+        return finish_reason(self.model.tokenizer, tokens, self.max_tokens, self.request.stop)

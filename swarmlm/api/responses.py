@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from shards.logits_processing import TokenLogprob
 
 from .jobs import Finished
+from .logprobs import TokenText
 from .provenance import Provenance
 
 DONE = b"data: [DONE]\n\n"
@@ -27,42 +31,70 @@ def usage(finished: Finished) -> dict[str, int]:
             "total_tokens": finished.prompt_tokens + finished.completion_tokens}
 
 
+@dataclass
+class Answer:
+    """One choice of a whole response, as collected from its job's events."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str = "stop"
+
+
 class Reply:
     """One response's id, model and kind (chat or text); builds its whole object or its chunks.
 
     The id names the swarm session (`chatcmpl-<session>`), so the provenance survives clients that
     drop unknown fields and headers: the session id finds the answer in every node's ledger.
+    `tokens` (given when the request asked for log-probabilities) spells them out per token.
     """
 
-    def __init__(self, chat: bool, model: str, root: str, session: str, include_usage: bool = False) -> None:
-        self.chat, self.model, self.include_usage = chat, model, include_usage
+    def __init__(self, chat: bool, model: str, root: str, session: str, include_usage: bool = False,
+                 tokens: TokenText | None = None) -> None:
+        self.chat, self.model, self.include_usage, self.tokens = chat, model, include_usage, tokens
         self.id = ("chatcmpl-" if chat else "cmpl-") + session
         self.created = int(time.time())
         self.fingerprint = f"swarmlm-{root[:16]}"  # the weights, by content
+        self._offsets: dict[int, int] = {}  # per answer: where the next streamed token's text starts
 
     def _envelope(self, kind: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
                 "system_fingerprint": self.fingerprint, "choices": choices}
 
-    def whole(self, text: str, finished: Finished) -> dict[str, Any]:
+    def _logprobs(self, index: int, logprobs: Sequence[TokenLogprob]) -> dict[str, Any] | None:
+        """The choice's `logprobs` for these tokens (None when not asked for); legacy offsets run on per answer."""
+        if self.tokens is None or not logprobs:
+            return None
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                      "logprobs": None, "finish_reason": finished.finish_reason}
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finished.finish_reason}
-        body = self._envelope("chat.completion" if self.chat else "text_completion", [choice])
+            return self.tokens.chat(logprobs)
+        body = self.tokens.legacy(logprobs, self._offsets.get(index, 0))
+        self._offsets[index] = body["text_offset"][-1] + len(body["tokens"][-1])
+        return body
+
+    def whole(self, answers: list[Answer], finished: Finished) -> dict[str, Any]:
+        choices = []
+        for i, a in enumerate(answers):
+            logprobs = self._logprobs(i, a.logprobs)
+            if self.tokens is not None and logprobs is None:  # asked for, but the answer has no tokens
+                logprobs = self.tokens.chat([]) if self.chat else self.tokens.legacy([])
+            if self.chat:
+                choices.append({"index": i, "message": {"role": "assistant", "content": a.text, "refusal": None},
+                                "logprobs": logprobs, "finish_reason": a.finish_reason})
+            else:
+                choices.append({"index": i, "text": a.text, "logprobs": logprobs, "finish_reason": a.finish_reason})
+        body = self._envelope("chat.completion" if self.chat else "text_completion", choices)
         return {**body, "usage": usage(finished), "swarmlm": finished.provenance.to_json()}
 
-    def chunk(self, text: str, *, first: bool = False, finish_reason: str | None = None,
-              provenance: Provenance | None = None) -> bytes:
+    def chunk(self, text: str, *, index: int = 0, first: bool = False, finish_reason: str | None = None,
+              logprobs: Sequence[TokenLogprob] = (), provenance: Provenance | None = None) -> bytes:
         """A choice chunk: the first (chat: role 'assistant') and the last (finish_reason) carry provenance."""
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
             if finish_reason is not None and not text:
                 delta = {}
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            choice: dict[str, Any] = {"index": index, "delta": delta}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "text": text}
+        choice.update(logprobs=self._logprobs(index, logprobs), finish_reason=finish_reason)
         body = self._envelope("chat.completion.chunk" if self.chat else "text_completion", [choice])
         if self.include_usage:
             body["usage"] = None

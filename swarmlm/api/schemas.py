@@ -1,9 +1,10 @@
 """OpenAI request bodies, validated strictly on entry, and what a generation needs from them.
 
-Fields the official client sends are accepted with OpenAI's defaults (null means default).
-Features this gateway cannot honour (n > 1, penalties, logprobs, tools, JSON mode) are refused
-with a 400 naming the parameter rather than silently ignored; unknown fields are ignored, as
-newer clients send fields older servers do not know.
+Fields the official client sends are accepted with OpenAI's defaults (null means default), and
+vLLM's sampling extensions too (`top_k`, `min_p`, `repetition_penalty`). Features this gateway
+cannot honour (logit_bias, tools, JSON mode) are refused with a 400 naming the parameter rather
+than silently ignored; unknown fields are ignored, as newer clients send fields older servers do
+not know.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from .errors import bad_request, unsupported
 
 Prompt = Union[str, list[int], list[dict[str, str]]]
 MAX_STOP = 4
+MAX_N = 16  # answers per request: they run one after the other, so each costs a whole generation
+MAX_TOP_LOGPROBS = 20  # chat's bound; legacy completions allow 5
 
 
 class _Schema(BaseModel):
@@ -41,8 +44,7 @@ class Message(_Schema):
 
 # What we cannot honour, and the values that mean "not used" (which clients often send explicitly).
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logit_bias": ({},), "logprobs": (False, 0),
-    "top_logprobs": (0,), "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
+    "logit_bias": ({},), "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
     "function_call": ("none", "auto"), "best_of": (1,), "echo": (False,), "suffix": ("",),
     "response_format": ({"type": "text"},),
 }
@@ -55,18 +57,21 @@ class _Sampling(_Schema):
     top_p: float | None = Field(None, ge=0, le=1)
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what torch's generator takes
     stop: str | list[str] | None = None
-    n: int | None = None
+    n: int | None = Field(None, ge=1, le=MAX_N)
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    presence_penalty: Any = None
-    frequency_penalty: Any = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    top_k: int | None = Field(None, ge=-1)  # vLLM's extension: -1 or 0 means off
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
     logit_bias: Any = None
-    logprobs: Any = None
-    top_logprobs: Any = None
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: Any = None
     tool_choice: Any = None
@@ -77,6 +82,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0, le=5)  # legacy: how many alternatives per token
     best_of: Any = None
     echo: Any = None
     suffix: Any = None
@@ -96,12 +102,21 @@ class GenerationRequest:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    n: int = 1
+    logprobs: int | None = None  # None: no log-probabilities; else how many alternatives per token
 
     def sampling(self) -> dict[str, Any]:
         """Keyword arguments for `Session.stream`; top_p 0 (allowed by OpenAI) means the likeliest token."""
         greedy = self.temperature == 0 or self.top_p == 0
         return {"temperature": 0.0 if greedy else self.temperature, "top_p": self.top_p or 1.0, "seed": self.seed,
-                "stop": self.stop}
+                "stop": self.stop, "top_k": self.top_k, "min_p": self.min_p,
+                "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
+                "repetition_penalty": self.repetition_penalty, "logprobs": self.logprobs}
 
 
 def parse(schema: type[_Sampling], body: Any) -> _Sampling:
@@ -121,7 +136,11 @@ def chat_request(body: Any) -> GenerationRequest:
     req = parse(ChatCompletionRequest, body)
     assert isinstance(req, ChatCompletionRequest)
     messages = [_message(m, i) for i, m in enumerate(req.messages)]
-    return _generation(req, messages, raw=False, max_tokens=req.max_completion_tokens or req.max_tokens)
+    if req.top_logprobs is not None and not req.logprobs:
+        raise bad_request("'top_logprobs' needs 'logprobs' set to true", param="top_logprobs")
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    return _generation(req, messages, raw=False, max_tokens=req.max_completion_tokens or req.max_tokens,
+                       logprobs=logprobs)
 
 
 def completion_request(body: Any) -> GenerationRequest:
@@ -139,7 +158,7 @@ def completion_request(body: Any) -> GenerationRequest:
                           param="prompt")
     if not prompt:
         raise bad_request("the prompt is empty", param="prompt")
-    return _generation(req, prompt, raw=True, max_tokens=req.max_tokens)
+    return _generation(req, prompt, raw=True, max_tokens=req.max_tokens, logprobs=req.logprobs)
 
 
 def _message(m: Message, i: int) -> dict[str, str]:
@@ -163,13 +182,12 @@ def _shown(value: object, limit: int = 60) -> str:
     return cut.rstrip(",:") + " …"
 
 
-def _generation(req: _Sampling, prompt: Prompt, *, raw: bool, max_tokens: int | None) -> GenerationRequest:
+def _generation(req: _Sampling, prompt: Prompt, *, raw: bool, max_tokens: int | None,
+                logprobs: int | None) -> GenerationRequest:
     for name, neutral in _NEUTRAL.items():
         value = getattr(req, name, None)
         if value is not None and value not in neutral:
             raise unsupported(name, f"'{name}' = {_shown(value)}")
-    if req.n not in (None, 1):
-        raise unsupported("n", "More than one choice per request (n > 1)")
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     if len(stop) > MAX_STOP:
         raise bad_request(f"'stop' takes at most {MAX_STOP} sequences, got {len(stop)}", param="stop")
@@ -179,5 +197,9 @@ def _generation(req: _Sampling, prompt: Prompt, *, raw: bool, max_tokens: int | 
         model=req.model, prompt=prompt, raw=raw, max_tokens=max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, stop=stop, stream=bool(req.stream),
-        include_usage=bool(req.stream_options and req.stream_options.include_usage))
+        include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        top_k=max(0, req.top_k or 0), min_p=req.min_p or 0.0, presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty, n=req.n or 1,
+        logprobs=logprobs)
 

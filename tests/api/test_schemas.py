@@ -34,9 +34,9 @@ def test_null_means_default_and_unknown_fields_are_ignored() -> None:
     assert chat(temperature=None, top_p=None, n=None, stop=None, stream=None, store=True, user="u") == chat()
 
 
-def test_neutral_values_of_unsupported_features_pass() -> None:
+def test_neutral_values_pass() -> None:
     assert chat(n=1, presence_penalty=0, frequency_penalty=0.0, logprobs=False, tool_choice="none", tools=[],
-                response_format={"type": "text"}, logit_bias={}) == chat()
+                response_format={"type": "text"}, logit_bias={}, top_k=-1, min_p=0, repetition_penalty=1) == chat()
 
 
 def test_messages_become_a_conversation_of_plain_text() -> None:
@@ -65,7 +65,31 @@ def test_stop_and_streaming_options() -> None:
     (0.7, 0.9, {"temperature": 0.7, "top_p": 0.9}),
 ])
 def test_sampling_arguments(temperature: float, top_p: float, sampling: dict) -> None:
-    assert chat(temperature=temperature, top_p=top_p, seed=3).sampling() == {**sampling, "seed": 3, "stop": ()}
+    neutral = {"top_k": 0, "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+               "repetition_penalty": 1.0, "logprobs": None}
+    assert chat(temperature=temperature, top_p=top_p, seed=3).sampling() == {**sampling, **neutral, "seed": 3,
+                                                                             "stop": ()}
+
+
+def test_sampling_features_reach_the_sampler() -> None:
+    req = chat(top_k=40, min_p=0.05, presence_penalty=0.5, frequency_penalty=-0.25, repetition_penalty=1.1, n=3,
+               logprobs=True, top_logprobs=4, seed=9)
+    assert req.n == 3
+    assert req.sampling() == {"temperature": 1.0, "top_p": 1.0, "seed": 9, "stop": (), "top_k": 40, "min_p": 0.05,
+                              "presence_penalty": 0.5, "frequency_penalty": -0.25, "repetition_penalty": 1.1,
+                              "logprobs": 4}
+
+
+@pytest.mark.parametrize("fields, logprobs", [({}, None), ({"logprobs": False}, None), ({"logprobs": True}, 0),
+                                              ({"logprobs": True, "top_logprobs": 20}, 20)])
+def test_chat_logprobs_are_a_flag_and_a_count(fields: dict, logprobs: int | None) -> None:
+    assert chat(**fields).logprobs == logprobs
+
+
+def test_legacy_logprobs_are_a_count() -> None:
+    assert completion_request({"model": "m", "prompt": "a", "logprobs": 3}).logprobs == 3
+    assert completion_request({"model": "m", "prompt": "a", "logprobs": 0}).logprobs == 0
+    assert completion_request({"model": "m", "prompt": "a"}).logprobs is None
 
 
 @pytest.mark.parametrize("prompt, want", [("hi", "hi"), ([1, 2, 3], [1, 2, 3]), (["hi"], "hi"), ([[4, 5]], [4, 5])])
@@ -80,6 +104,15 @@ def test_a_completion_takes_one_prompt_of_text_or_tokens(prompt: Any, want: Any)
     ({"top_p": 1.5}, "top_p"),
     ({"max_tokens": 0}, "max_tokens"),
     ({"seed": 2**64}, "seed"),
+    ({"n": 0}, "n"),
+    ({"n": 17}, "n"),
+    ({"presence_penalty": 2.5}, "presence_penalty"),
+    ({"frequency_penalty": -3}, "frequency_penalty"),
+    ({"min_p": 1.5}, "min_p"),
+    ({"top_k": "5"}, "top_k"),
+    ({"repetition_penalty": 0}, "repetition_penalty"),
+    ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+    ({"logprobs": 1}, "logprobs"),  # chat's is a flag
     ({"stream": "yes"}, "stream"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
@@ -99,9 +132,7 @@ def test_a_missing_model_is_named() -> None:
 
 
 @pytest.mark.parametrize("fields, param", [
-    ({"n": 2}, "n"),
-    ({"logprobs": True}, "logprobs"),
-    ({"presence_penalty": 0.5}, "presence_penalty"),
+    ({"logit_bias": {"5": 1}}, "logit_bias"),
     ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0]"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
@@ -114,6 +145,7 @@ def test_features_the_gateway_cannot_honour_are_refused(fields: dict, param: str
 @pytest.mark.parametrize("fields, param", [
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs: true
 ])
 def test_inconsistent_options_are_refused(fields: dict, param: str) -> None:
     assert refusal(chat_request, {"model": "m", "messages": HI, **fields}).param == param

@@ -8,6 +8,7 @@ non-speculative sampling follows (computed from the model's processed distributi
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import asdict
 from typing import Sequence
 
 import pytest
@@ -21,6 +22,8 @@ from .random_model import RandomModel
 
 TOKENS = 3
 SAMPLES = 3000
+PENALISED = SamplingParams(temperature=0.9, min_p=0.02, presence_penalty=0.8, frequency_penalty=0.4,
+                           repetition_penalty=1.3)
 
 
 class FixedDistributionDrafter:
@@ -57,11 +60,12 @@ def one_thread():
 
 
 def exact_distribution(model: RandomModel, prompt: list[int], params: SamplingParams) -> dict[tuple[int, ...], float]:
-    sampler = Sampler(params)
+    sampler = Sampler(params, len(prompt))
     dist: dict[tuple[int, ...], float] = {(): 1.0}
     for _ in range(TOKENS):
         seqs = list(dist)
-        probs = sampler.probs(model.next_logits(torch.tensor([prompt + list(s) for s in seqs]))).double()
+        contexts = [prompt + list(s) for s in seqs]
+        probs = sampler.probs(model.next_logits(torch.tensor(contexts)), contexts).double()
         dist = {s + (t,): dist[s] * float(row[t]) for s, row in zip(seqs, probs) for t in range(len(row)) if row[t] > 0}
     return dist
 
@@ -82,22 +86,23 @@ def sample(model: RandomModel, prompt: list[int], params: SamplingParams, specul
     accepted = 0
     with model.inference_session(len(prompt) + TOKENS + 1) as session:
         for seed in range(SAMPLES):
-            g = session.generate(prompt, TOKENS, temperature=params.temperature, top_k=params.top_k,
-                                 top_p=params.top_p, seed=seed, speculative=speculative, drafter=drafter)
+            g = session.generate(prompt, TOKENS, **{**asdict(params), "seed": seed}, speculative=speculative,
+                                 drafter=drafter)
             counts[tuple(g.token_ids)] += 1
             accepted += g.extra.get("speculation", {}).get("accepted", 0)
     return counts, accepted
 
 
-def test_ordinary_sampling_fits_the_exact_distribution(model, prompt):
+@pytest.mark.parametrize("params", [SamplingParams(temperature=1.0), PENALISED], ids=["t1", "penalties-minp"])
+def test_ordinary_sampling_fits_the_exact_distribution(model, prompt, params):
     """The yardstick itself: without speculation the same test passes."""
-    params = SamplingParams(temperature=1.0)
     counts, _ = sample(model, prompt, params)
     assert fit_pvalue(counts, exact_distribution(model, prompt, params)) > 1e-3
 
 
 @pytest.mark.parametrize("params", [SamplingParams(temperature=1.0),
-                                    SamplingParams(temperature=0.8, top_k=6, top_p=0.9)], ids=["t1", "topk-topp"])
+                                    SamplingParams(temperature=0.8, top_k=6, top_p=0.9), PENALISED],
+                         ids=["t1", "topk-topp", "penalties-minp"])
 @pytest.mark.parametrize("drafter", ["prompt-lookup", "fixed-distribution"])
 def test_speculative_sampling_fits_the_exact_distribution(model, prompt, params, drafter, always_max_drafts):
     noise = torch.randn(16, generator=torch.Generator().manual_seed(5)) * 1.5

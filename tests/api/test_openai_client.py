@@ -92,8 +92,9 @@ def test_seed_repeats_a_sample_and_stop_ends_the_text_before_it(client):
 async def test_a_request_completes_while_another_streams_and_leaving_closes_that_session(async_client, local_model,
                                                                                         swarm3):
     """No global lock: a short answer completes while a long one is mid-stream. Then the long one's
-    client leaves, and the gateway closes its session (receipted) long before its 200 tokens."""
-    stream = await async_client.chat.completions.create(model=MODEL, messages=LONG, temperature=0, max_tokens=200,
+    client leaves, and the gateway closes its session (receipted) long before its 1000 tokens (200
+    could all be made on loaded cores while the short answer waited its turn)."""
+    stream = await async_client.chat.completions.create(model=MODEL, messages=LONG, temperature=0, max_tokens=1000,
                                                         stream=True)
     chunks = aiter(stream)
     first = await anext(chunks)
@@ -104,7 +105,7 @@ async def test_a_request_completes_while_another_streams_and_leaving_closes_that
     await stream.close()
 
     session = first.model_extra["swarmlm"]["session_id"]
-    whole = len(encode_prompt(local_model.tokenizer, LONG)) + 199  # what 200 tokens take through the chain
+    whole = len(encode_prompt(local_model.tokenizer, LONG)) + 999  # what 1000 tokens take through the chain
     for node in swarm3.nodes:
         entry = await asyncio.to_thread(serve_entry, node.ledger, session)
         assert entry.receipt is not None  # closed by the gateway, not timed out by the node

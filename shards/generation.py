@@ -23,7 +23,7 @@ from .errors import ShardsError
 from .head import Head
 from .logits_processing import TokenLogprob, token_logprobs
 from .sampling import Sampler, SamplingParams
-from .speculative import AdaptiveDraftLength, accept_greedy, accept_sampled
+from .speculative import AdaptiveDraftLength, FixedDraftLength, accept_greedy, accept_sampled
 
 Message = dict[str, str]
 Prompt = Union[str, Sequence[int], Sequence[Message]]
@@ -183,18 +183,24 @@ class Session:
               **sampling: Any) -> Iterator[TokenEvent]:
         if logprobs is not None and logprobs < 0:
             raise ShardsError(f"logprobs (alternatives per token) must be >= 0, got {logprobs}")
-        yield from self._run(prompt, max_new_tokens, SamplingParams(**sampling), stop, raw, ignore_eos, logprobs,
-                             result, self._speculation(speculative, drafter))
+        params = SamplingParams(**sampling)
+        yield from self._run(prompt, max_new_tokens, params, stop, raw, ignore_eos, logprobs, result,
+                             self._speculation(speculative, drafter, seeded=params.seed is not None))
 
-    def _speculation(self, speculative: int | None, drafter: Drafter | None) -> _Speculation | None:
+    def _speculation(self, speculative: int | None, drafter: Drafter | None, seeded: bool) -> _Speculation | None:
+        """Drafts per trip adapt to measured costs, except for a seeded call: how many drafts a trip
+        takes decides which random numbers it draws, so a seed repeats its answer only at a fixed k."""
         max_draft = self.speculative if speculative is None else speculative
         if max_draft < 0:
             raise ShardsError(f"speculative (the most drafts per trip) must be >= 0, got {max_draft}")
         if max_draft == 0:
             return None
+        drafter = drafter or self.drafter or PromptLookupDrafter()
+        if seeded:
+            return _Speculation(drafter, FixedDraftLength(max_draft))
         if self.draft_length is None or self.draft_length.max_draft != max_draft:
             self.draft_length = AdaptiveDraftLength(max_draft)
-        return _Speculation(drafter or self.drafter or PromptLookupDrafter(), self.draft_length)
+        return _Speculation(drafter, self.draft_length)
 
     def _chat(self, prompt: Prompt, raw: bool) -> list[Message] | None:
         """The whole chat this call continues, or None when the prompt is no chat (raw text, token ids).

@@ -183,3 +183,11 @@ class AdaptiveDraftLength:
                  for k in range(top + 1)]
         best = max(rates)
         return next(k for k, r in enumerate(rates) if r >= best * (1 - 1e-9))
+
+
+class FixedDraftLength(AdaptiveDraftLength):
+    """Always the most drafts allowed, whatever the measured costs: for seeded sampling, which must
+    draw the same random numbers on every run."""
+
+    def choose(self, limit: int | None = None) -> int:
+        return self.max_draft if limit is None else max(0, min(self.max_draft, limit))

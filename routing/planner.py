@@ -18,6 +18,7 @@ exists, at UNMEASURED_RTT.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import statistics
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
     came_from: dict[tuple[int, str], tuple[tuple[int, str], ServerRecord]] = {}
     queue: list[tuple[float, int, str]] = [(0.0, start, CLIENT)]
     reached: tuple[int, str] | None = None
+    covering = {p: [r for r in servers if r.start <= p < r.end] for p in boundaries}  # in planning order
     while queue:
         cost, p, prev = heapq.heappop(queue)
         if p == end:
@@ -99,19 +101,17 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
             break
         if cost > best.get((p, prev), float("inf")):
             continue
-        for r in servers:
-            if not r.start <= p < r.end:
-                continue
+        after = bisect.bisect_right(boundaries, p)
+        for r in covering[p]:
             link = links.one_way(prev, r.peer_id) if push else links.client_rtt(r.peer_id)
-            for q in boundaries:
-                if p < q <= min(r.end, end):
-                    c = cost + link + (q - p) * per_block[r.peer_id]
-                    if push and q == end:
-                        c += links.one_way(r.peer_id, CLIENT)
-                    state = (q, r.peer_id if push else CLIENT)
-                    if c < best.get(state, float("inf")):
-                        best[state], came_from[state] = c, ((p, prev), r)
-                        heapq.heappush(queue, (c, q, state[1]))
+            for q in boundaries[after:bisect.bisect_right(boundaries, min(r.end, end))]:
+                c = cost + link + (q - p) * per_block[r.peer_id]
+                if push and q == end:
+                    c += links.one_way(r.peer_id, CLIENT)
+                state = (q, r.peer_id if push else CLIENT)
+                if c < best.get(state, float("inf")):
+                    best[state], came_from[state] = c, ((p, prev), r)
+                    heapq.heappush(queue, (c, q, state[1]))
     if reached is None:
         gap = max(p for p, _ in best)
         raise NoRouteError(f"no online node serves block {gap} of [{start}, {end}); "
@@ -123,4 +123,15 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
         hops.append(Hop(r.peer_id, p, state[0], r))
         state = (p, prev)
     return hops[::-1]
+
+
+def plan_measured_first(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Mapping[str, float],
+                        banned: Container[str] = (), max_length: int = 1, push: bool = False) -> list[Hop]:
+    """The best chain over nodes the client measured; unmeasured ones only when nothing else covers."""
+    records = list(records)
+    try:
+        return plan_route(records, start, end, rtt=rtt, banned=banned, max_length=max_length, push=push,
+                          measured_only=True)
+    except NoRouteError:
+        return plan_route(records, start, end, rtt=rtt, banned=banned, max_length=max_length, push=push)
 

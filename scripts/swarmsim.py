@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the production p
 from swarmsim.engine import PLACEMENTS, Simulation  # noqa: E402
 from swarmsim.scenarios import SCENARIOS  # noqa: E402
 
-COLUMNS = (("placement", "{}"), ("tokens/s", "{:.1f}"), ("bound", "{:.1f}"), ("of bound", "{:.2f}"),
+COLUMNS = (("placement", "{}"), ("offered/s", "{:.0f}"), ("tokens/s", "{:.1f}"), ("bound", "{:.1f}"), ("of bound", "{:.2f}"),
            ("best bound", "{:.1f}"), ("uncovered blk·s", "{:.0f}"), ("sessions", "{}"), ("failed", "{}"),
            ("failed w/ cover", "{}"), ("failovers", "{}"), ("moves", "{}"), ("tpt p50 s", "{:.3f}"),
            ("tpt p95 s", "{:.3f}"), ("ttft p50 s", "{:.2f}"), ("J/token", "{:.1f}"), ("wall s", "{:.0f}"))
-KEYS = ("tokens_s", "bound_s", "of_bound", "best_bound_s", "uncovered_block_s", "sessions", "failed",
+KEYS = ("offered_s", "tokens_s", "bound_s", "of_bound", "best_bound_s", "uncovered_block_s", "sessions", "failed",
         "failed_with_cover", "failovers", "moves", "tpt_p50", "tpt_p95", "ttft_p50", "j_per_token", "wall_s")
 
 

@@ -2,8 +2,10 @@
 
 Events (joins, departures, rebalancing checks, client arrivals, retries) run in time order on a
 virtual clock. Decoding is a fluid between ticks of `tick_s`: every session's time per token is
-re-derived each tick from its chain (round trips, hidden-state transfers on the senders' uplinks,
-and each node's roofline step at the batch of sessions it holds), and tokens accrue at that rate.
+re-derived each tick from its chain (round trips; each node's roofline step at the batch of
+sessions it holds, and the upload of that batch's outputs on its uplink), and tokens accrue at
+that rate. Batching is ideal (every session on a node rides every step), which favours the
+simulated swarm; prefill and replays delay a session but load no node.
 
 Policies are the production code: where a node sits (`best_start`, `should_move`, `rebalance_delay`,
 `blocks_for_budget`), which chain a client takes (`plan_measured_first`, as `SwarmView.plan` calls
@@ -78,14 +80,15 @@ class SimNode:
         self.moving_to: int | None = None
         self.drain_until = 0.0
         self.epoch = 0  # changes whenever the node stops serving its span
-        self.sessions: set[Session] = set()
+        self.sessions: dict[Session, None] = {}  # dicts, not sets: runs must not depend on id()
         self.cache_used = 0
         self.held: set[int] = set()  # blocks on its disk
         self.next_announce = 0.0
         self.step = 0.0  # seconds per step of its whole span at this tick's batch
-        best = max(1, cfg.cache_tokens // (workload.PROMPT_MEAN + workload.ANSWER_MEAN))
-        context = best * (workload.PROMPT_MEAN + workload.ANSWER_MEAN // 2)
-        self.cost = step_time(self.hw, m, best, context) / best  # seconds per block-token at its best batch
+        self.send = 0.0  # seconds to upload that batch's outputs
+        # The least seconds per block-token any batch can take: the cache holds at most `cache_tokens`
+        # sessions, and a block's step time over its batch only falls as the batch grows.
+        self.cost = step_time(self.hw, m, cfg.cache_tokens, 0) / cfg.cache_tokens
         self.cache_limit = cfg.cache_tokens
         # what the node measures and announces: single-stream decode tokens/s through its span
         self.announced = 1.0 / (min(self.length, m.num_blocks) * step_time(self.hw, m, 1, workload.PROMPT_MEAN))
@@ -122,6 +125,7 @@ class Session:
 @dataclass
 class Metrics:
     tokens: float = 0.0
+    offered: float = 0.0  # answer tokens the sessions that arrived asked for
     bound_token_s: float = 0.0  # ∫ placement bound dt
     best_token_s: float = 0.0
     uncovered_block_s: float = 0.0
@@ -138,7 +142,7 @@ class Metrics:
     def summary(self, seconds: float) -> dict[str, float]:
         def pct(xs: list[float], q: float) -> float:
             return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] if len(xs) > 1 else float("nan")
-        return {"tokens_s": self.tokens / seconds, "bound_s": self.bound_token_s / seconds,
+        return {"tokens_s": self.tokens / seconds, "offered_s": self.offered / seconds, "bound_s": self.bound_token_s / seconds,
                 "best_bound_s": self.best_token_s / seconds,
                 "of_bound": self.tokens / self.bound_token_s if self.bound_token_s else float("nan"),
                 "uncovered_block_s": self.uncovered_block_s, "sessions": self.done, "failed": self.failed,
@@ -158,13 +162,14 @@ class Simulation:
         self.nodes: dict[str, SimNode] = {}
         self.records: dict[str, ServerRecord] = {}  # the DHT
         self.announced_at: dict[str, float] = {}
-        self.sessions: set[Session] = set()
+        self.sessions: dict[Session, None] = {}
         self.metrics = Metrics()
         self._events: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._ids = itertools.count()
         self._rtt: dict[tuple[str, str], float] = {}
         self._bound = (0.0, 0.0)
+        self.departures = 0
 
     # ---- the event loop ------------------------------------------------------------------------
 
@@ -264,6 +269,7 @@ class Simulation:
     def _leave(self, node: SimNode) -> None:
         if node.state == "gone":
             return
+        self.departures += 1
         if node.state == "loading":  # announced nothing yet: just goes
             self._gone(node, announce=False)
         elif self.rng.random() < self.cfg.crash_fraction:
@@ -303,7 +309,8 @@ class Simulation:
         s = Session(f"client{next(self._ids)}", network.Endpoint(network.pick_region(self.rng)), prompt, answer,
                     self.now, Bans(clock=self.clock))
         s.give_up_at = self.now + DEFAULT_DEADLINE
-        self.sessions.add(s)
+        self.metrics.offered += answer
+        self.sessions[s] = None
         self._repair(s)
         self.at(self.now + workload.next_arrival(self.rng, self.cfg.client_rate), self._arrive)
 
@@ -333,7 +340,7 @@ class Simulation:
             refused = [(n, why) for n, _, _ in chain if (why := self._refusal(n, s)) is not None]
             if not refused:
                 for n, _, _ in chain:
-                    n.sessions.add(s)
+                    n.sessions[s] = None
                     n.cache_used += s.length
                 return [(n, a, b, n.epoch) for n, a, b in chain]
             for n, deserved in refused:
@@ -350,7 +357,7 @@ class Simulation:
 
     def _release(self, s: Session, node: SimNode) -> None:
         if s in node.sessions:
-            node.sessions.discard(s)
+            del node.sessions[s]
             node.cache_used -= s.length
 
     def _repair(self, s: Session) -> None:
@@ -394,15 +401,15 @@ class Simulation:
     def _fail(self, s: Session) -> None:
         for node, *_ in s.hops:
             self._release(s, node)
-        self.sessions.discard(s)
+        del self.sessions[s]
         self.metrics.failed += 1
-        if not any(self._uncovered()):
+        if not any(self._uncovered(lambda n: n.state == "online" and n.cache_used + s.length <= n.cache_limit)):
             self.metrics.failed_with_cover += 1
 
     def _finish(self, s: Session) -> None:
         for node, *_ in s.hops:
             self._release(s, node)
-        self.sessions.discard(s)
+        del self.sessions[s]
         self.metrics.done += 1
         self.metrics.time_per_token.append((self.now - s.decode_started) / s.answer)
 
@@ -412,20 +419,22 @@ class Simulation:
         hidden = self.model.hidden_bytes
         client_up = network.CLIENT_UPLOAD
         if not self.cfg.push or len(s.hops) == 1:
-            return sum(self._client_rtt(s, n.peer_id) + hidden / client_up + hidden / n.upload
+            return sum(self._client_rtt(s, n.peer_id) + hidden / client_up + n.send
                        + (b - a) / (n.end - n.start) * n.step for n, a, b, _ in s.hops)
         first, last = s.hops[0][0], s.hops[-1][0]
         t = (self._client_rtt(s, first.peer_id) + self._client_rtt(s, last.peer_id)) / 2 + hidden / client_up
         for k, (n, a, b, _) in enumerate(s.hops):
-            t += hidden / n.upload + (b - a) / (n.end - n.start) * n.step
+            t += n.send + (b - a) / (n.end - n.start) * n.step
             if k + 1 < len(s.hops):
                 t += network.rtt(n.endpoint, s.hops[k + 1][0].endpoint) / 2
         return t
 
-    def _uncovered(self) -> list[bool]:
+    def _uncovered(self, serves: Callable[[SimNode], bool] = lambda n: n.state in ("online", "draining")
+                   ) -> list[bool]:
+        """Per block: whether no node (that `serves`) holds it."""
         diff = [0] * (self.model.num_blocks + 1)
         for n in self.nodes.values():
-            if n.state in ("online", "draining"):
+            if serves(n):
                 diff[n.start] += 1
                 diff[n.end] -= 1
         out, running = [], 0
@@ -455,6 +464,7 @@ class Simulation:
             if node.state in ("online", "draining") and active:
                 context = sum(s.prompt + int(s.tokens) for s in active)
                 node.step = (node.end - node.start) * step_time(node.hw, self.model, len(active), context)
+                node.send = len(active) * self.model.hidden_bytes / node.upload  # its uplink carries the batch
         busy: dict[str, float] = {}
         made = 0.0
         for s in decoding:

@@ -22,7 +22,7 @@ import bisect
 import heapq
 import statistics
 from dataclasses import dataclass
-from typing import Container, Iterable, Mapping
+from typing import Callable, Container, Iterable, Mapping
 
 from .errors import NoRouteError
 from .records import ServerRecord
@@ -76,6 +76,19 @@ def compute_costs(servers: list[ServerRecord]) -> dict[str, float]:
             for r in servers}
 
 
+def _undominated(servers: list[ServerRecord], rtt: Callable[[str], float], per_block: Mapping[str, float],
+                 end: int) -> list[ServerRecord]:
+    """`servers` less those an earlier one beats at every boundary they reach (a round trip and a cost
+    per block no higher, reaching as far): relayed, they lead to the same states, where the earlier
+    one's cost is never higher, so they never improve one. Saves most of the search in a big swarm."""
+    kept: list[tuple[ServerRecord, float, float, int]] = []
+    for r in servers:
+        link, cost, reach = rtt(r.peer_id), per_block[r.peer_id], min(r.end, end)
+        if not any(k_link <= link and k_cost <= cost and k_reach >= reach for _, k_link, k_cost, k_reach in kept):
+            kept.append((r, link, cost, reach))
+    return [r for r, *_ in kept]
+
+
 def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Mapping[str, float] | None = None,
                banned: Container[str] = (), max_length: int = 1, push: bool = False,
                measured_only: bool = False) -> list[Hop]:
@@ -94,6 +107,8 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
     queue: list[tuple[float, int, str]] = [(0.0, start, CLIENT)]
     reached: tuple[int, str] | None = None
     covering = {p: [r for r in servers if r.start <= p < r.end] for p in boundaries}  # in planning order
+    if not push:
+        covering = {p: _undominated(rs, links.client_rtt, per_block, end) for p, rs in covering.items()}
     while queue:
         cost, p, prev = heapq.heappop(queue)
         if p == end:

@@ -8,6 +8,7 @@ removes uncovered blocks), never for a marginal gain, so nodes do not oscillate.
 
 from __future__ import annotations
 
+import random
 from typing import Iterable, Sequence
 
 from routing.records import ServerRecord
@@ -58,6 +59,11 @@ def should_move(records: Iterable[ServerRecord], num_blocks: int, me: ServerReco
     else:
         better = low_moved > low_now * (1 + HYSTERESIS)
     return target if better else None
+
+
+def rebalance_delay(period: float, rng: random.Random | None = None) -> float:
+    """Seconds to the next coverage check: jittered, so nodes do not all move in step."""
+    return period * (rng or random).uniform(0.75, 1.25)
 
 
 def parse_size(text: str) -> int:

@@ -12,7 +12,6 @@ import fcntl
 import json
 import logging
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -46,7 +45,7 @@ from .metrics import NodeMetrics, NodeState
 from .neighbours import Neighbours
 from .push import HANDLER as PUSH_HANDLER
 from .push import PushLinks, PushReceiver
-from .selection import blocks_for_budget, best_start, coverage, parse_size, should_move
+from .selection import blocks_for_budget, best_start, coverage, parse_size, rebalance_delay, should_move
 from .serving import Serving
 from .sessions import NodeSession, session_key
 from .throughput import cached_throughput
@@ -205,8 +204,8 @@ class Node:
                 _Periodic(lambda: IDLE_CHECK_PERIOD, self._expire_idle)]
         if self.witness is not None:
             jobs.append(_Periodic(lambda: c.witness_period, self._witness))
-        if c.block_range is None and c.rebalance_period > 0:  # jitter: nodes do not all move in step
-            jobs.append(_Periodic(lambda: c.rebalance_period * random.uniform(0.75, 1.25),
+        if c.block_range is None and c.rebalance_period > 0:
+            jobs.append(_Periodic(lambda: rebalance_delay(c.rebalance_period),
                                   lambda: self._rebalance(stop)))
         while not stop.is_set():
             try:

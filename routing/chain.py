@@ -41,6 +41,16 @@ DEFAULT_DEADLINE = 300.0  # seconds one forward may spend failing over before it
 COVERAGE_POLL_S = 2.0  # while awaiting coverage, how often to re-plan (each failed plan re-reads the DHT)
 
 
+def coverage_wake(now: float, give_up_at: float, ban_ends: float | None, await_coverage: bool) -> float | None:
+    """When to plan again while no chain covers the model: when the first ban ends, or (awaiting
+    coverage) at the next poll, all within the deadline; None when there is nothing to wait for."""
+    if await_coverage and now < give_up_at:
+        return min(ban_ends or give_up_at, now + COVERAGE_POLL_S, give_up_at)
+    if ban_ends is None or ban_ends > give_up_at:
+        return None
+    return ban_ends
+
+
 class RemoteRunner:
     """A `BlockRunner` whose blocks live on a chain of nodes (see the module docstring)."""
 
@@ -229,13 +239,9 @@ class RemoteRunner:
         `await_coverage` new or restarted nodes may join. Wait for the first of these within the deadline
         (True: plan again); False when there is nothing to wait for."""
         now = time.monotonic()
-        ends = self.view.bans.next_expiry()
-        if self.await_coverage and now < self._give_up_at:
-            wake = min(ends or self._give_up_at, now + COVERAGE_POLL_S, self._give_up_at)
-        elif ends is None or ends > self._give_up_at:
+        wake = coverage_wake(now, self._give_up_at, self.view.bans.next_expiry(), self.await_coverage)
+        if wake is None:
             return False
-        else:
-            wake = ends
         log.info("no chain covers the model now; planning again in %.1fs", wake - now)
         await asyncio.sleep(wake - now + 0.05)
         return True
@@ -281,8 +287,8 @@ class RemoteRunner:
                 log.info("could not re-route %s (%s)", span.peer[-8:], e)
 
     def _note_failure(self, peer: str, a: int, b: int, error: RoutingError) -> None:
-        if deserves_ban(error) or not self.view.bans.excuse(peer):
-            duration = self.view.bans.ban(peer)
+        duration = self.view.bans.penalize(peer, deserves_ban(error))
+        if duration is not None:
             log.warning("node %s failed on blocks %d:%d (%s); banned for %.0fs, re-routing", peer[-8:], a, b, error,
                         duration)
         else:

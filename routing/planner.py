@@ -18,10 +18,11 @@ exists, at UNMEASURED_RTT.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import statistics
 from dataclasses import dataclass
-from typing import Container, Iterable, Mapping
+from typing import Callable, Container, Iterable, Mapping
 
 from .errors import NoRouteError
 from .records import ServerRecord
@@ -75,6 +76,19 @@ def compute_costs(servers: list[ServerRecord]) -> dict[str, float]:
             for r in servers}
 
 
+def _undominated(servers: list[ServerRecord], rtt: Callable[[str], float], per_block: Mapping[str, float],
+                 end: int) -> list[ServerRecord]:
+    """`servers` less those an earlier one beats at every boundary they reach (a round trip and a cost
+    per block no higher, reaching as far): relayed, they lead to the same states, where the earlier
+    one's cost is never higher, so they never improve one. Saves most of the search in a big swarm."""
+    kept: list[tuple[ServerRecord, float, float, int]] = []
+    for r in servers:
+        link, cost, reach = rtt(r.peer_id), per_block[r.peer_id], min(r.end, end)
+        if not any(k_link <= link and k_cost <= cost and k_reach >= reach for _, k_link, k_cost, k_reach in kept):
+            kept.append((r, link, cost, reach))
+    return [r for r, *_ in kept]
+
+
 def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Mapping[str, float] | None = None,
                banned: Container[str] = (), max_length: int = 1, push: bool = False,
                measured_only: bool = False) -> list[Hop]:
@@ -92,6 +106,9 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
     came_from: dict[tuple[int, str], tuple[tuple[int, str], ServerRecord]] = {}
     queue: list[tuple[float, int, str]] = [(0.0, start, CLIENT)]
     reached: tuple[int, str] | None = None
+    covering = {p: [r for r in servers if r.start <= p < r.end] for p in boundaries}  # in planning order
+    if not push:
+        covering = {p: _undominated(rs, links.client_rtt, per_block, end) for p, rs in covering.items()}
     while queue:
         cost, p, prev = heapq.heappop(queue)
         if p == end:
@@ -99,19 +116,17 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
             break
         if cost > best.get((p, prev), float("inf")):
             continue
-        for r in servers:
-            if not r.start <= p < r.end:
-                continue
+        after = bisect.bisect_right(boundaries, p)
+        for r in covering[p]:
             link = links.one_way(prev, r.peer_id) if push else links.client_rtt(r.peer_id)
-            for q in boundaries:
-                if p < q <= min(r.end, end):
-                    c = cost + link + (q - p) * per_block[r.peer_id]
-                    if push and q == end:
-                        c += links.one_way(r.peer_id, CLIENT)
-                    state = (q, r.peer_id if push else CLIENT)
-                    if c < best.get(state, float("inf")):
-                        best[state], came_from[state] = c, ((p, prev), r)
-                        heapq.heappush(queue, (c, q, state[1]))
+            for q in boundaries[after:bisect.bisect_right(boundaries, min(r.end, end))]:
+                c = cost + link + (q - p) * per_block[r.peer_id]
+                if push and q == end:
+                    c += links.one_way(r.peer_id, CLIENT)
+                state = (q, r.peer_id if push else CLIENT)
+                if c < best.get(state, float("inf")):
+                    best[state], came_from[state] = c, ((p, prev), r)
+                    heapq.heappush(queue, (c, q, state[1]))
     if reached is None:
         gap = max(p for p, _ in best)
         raise NoRouteError(f"no online node serves block {gap} of [{start}, {end}); "
@@ -123,4 +138,15 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
         hops.append(Hop(r.peer_id, p, state[0], r))
         state = (p, prev)
     return hops[::-1]
+
+
+def plan_measured_first(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Mapping[str, float],
+                        banned: Container[str] = (), max_length: int = 1, push: bool = False) -> list[Hop]:
+    """The best chain over nodes the client measured; unmeasured ones only when nothing else covers."""
+    records = list(records)
+    try:
+        return plan_route(records, start, end, rtt=rtt, banned=banned, max_length=max_length, push=push,
+                          measured_only=True)
+    except NoRouteError:
+        return plan_route(records, start, end, rtt=rtt, banned=banned, max_length=max_length, push=push)
 

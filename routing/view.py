@@ -18,7 +18,7 @@ from . import untrusted
 from .client import SwarmClient, gather_pings
 from .errors import NoRouteError
 from .evidence import Evidence, Judgement, check_evidence
-from .planner import Hop, plan_route
+from .planner import Hop, plan_measured_first
 from .records import ServerRecord
 from .tasks import background
 from .verification import Referee
@@ -55,6 +55,13 @@ class Bans:
             return False
         self._excused[peer] = now
         return True
+
+    def penalize(self, peer: str, deserved: bool) -> float | None:
+        """After a failure: a ban when it was `deserved`, or for a polite refusal beyond the peer's one
+        excuse per window; the ban's length, or None when excused."""
+        if deserved or not self.excuse(peer):
+            return self.ban(peer)
+        return None
 
     def ban_forever(self, peer: str) -> None:
         """For a node proven to compute wrong results: no backoff ends this."""
@@ -176,13 +183,10 @@ class SwarmView:
         if not self.records:
             await self.refresh(force=True)
         self.refresh_soon()
-        for attempt in range(2):
-            for measured_only in (True, False):
-                try:
-                    return plan_route(self.records.values(), start, end, rtt=self.rtt, banned=self.bans,
-                                      max_length=max_length, push=push, measured_only=measured_only)
-                except NoRouteError:
-                    if attempt == 1 and not measured_only:
-                        raise
+        try:
+            return plan_measured_first(self.records.values(), start, end, rtt=self.rtt, banned=self.bans,
+                                       max_length=max_length, push=push)
+        except NoRouteError:
             await self.refresh(force=True)
-        raise AssertionError("unreachable")
+        return plan_measured_first(self.records.values(), start, end, rtt=self.rtt, banned=self.bans,
+                                   max_length=max_length, push=push)

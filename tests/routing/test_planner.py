@@ -99,3 +99,12 @@ def test_pushed_chains_pay_for_the_link_between_nodes(claimed_ms: float, want: l
     """Two fast halves (0.04 s pushed, plus their link) against a slower whole node (0.05 s): the link decides."""
     records = [node("a", 0, 15, 100.0, rtt_ms={"b": claimed_ms}), node("b", 15, 30, 100.0), node("c", 0, 30, 1 / 0.03)]
     assert chain(plan_route(records, 0, 30, rtt={"a": 0.02, "b": 0.02, "c": 0.02}, push=True)) == want
+
+
+def test_a_tie_goes_to_the_first_node_listed_relayed_or_pushed() -> None:
+    """Planning skips nodes an earlier one beats everywhere; equal ones must still resolve as before."""
+    records = [node("a", 0, 30), node("b", 0, 30), node("c", 0, 15), node("d", 15, 30)]
+    for push in (False, True):
+        assert chain(plan_route(records, 0, 30, rtt=RTT, push=push)) == [("a", 0, 30)]
+        assert chain(plan_route(records, 0, 30, rtt=RTT, push=push, banned={"a"})) == [("b", 0, 30)]
+        assert chain(plan_route(records[2:], 0, 30, rtt=RTT, push=push)) == [("c", 0, 15), ("d", 15, 30)]

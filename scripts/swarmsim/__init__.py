@@ -1,0 +1,9 @@
+"""A discrete-event simulator of a volunteer swarm that runs the production policies.
+
+Block selection and rebalancing (node/selection.py), chain planning (routing/planner.py), bans with
+backoff (routing/view.py `Bans`) and the failover runner's decisions (routing/chain.py) are imported,
+not copied; the simulator supplies what the daemon and the SDK would measure: hardware speed from a
+roofline (hardware.py), round trips between regions (network.py), volunteer lifetimes (churn.py),
+and clients (workload.py). `bound.py` is the yardstick: a linear program over the nodes present.
+Run it with `python scripts/swarmsim.py --scenario hetero-200 --hours 1`.
+"""

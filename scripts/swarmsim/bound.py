@@ -1,0 +1,62 @@
+"""Upper bounds on a swarm's throughput: Helix's max-flow formulation, relaxed to a linear program.
+
+Every generated token must pass through every block once. A node serving blocks [start, end) spends
+`cost` seconds per block-token at its best batch and can send at most `upload` tokens/s onward, so
+with f[i,b] the tokens/s node i computes of block b:
+    maximise T  subject to  Σ_i f[i,b] ≥ T for every block b,  Σ_b cost_i·f[i,b] ≤ 1,  0 ≤ f[i,b] ≤ upload_i.
+Latency, batching gaps and the choice of chains are relaxed away, so no policy on these nodes can beat
+it. `best_placement_bound` also frees the placement: a node of k blocks computes at most
+min(1/cost, k·upload) block-tokens/s wherever it sits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import linprog
+from scipy.sparse import coo_matrix
+
+
+@dataclass(frozen=True)
+class Capacity:
+    start: int
+    end: int
+    cost: float  # seconds per block-token at the node's best batch
+    upload: float  # tokens/s the node can send on
+
+
+def placement_bound(nodes: Sequence[Capacity], num_blocks: int) -> float:
+    """Tokens/s no routing can exceed over these nodes as they are placed (0 if a block is uncovered)."""
+    served = [False] * num_blocks
+    for n in nodes:
+        for b in range(n.start, n.end):
+            served[b] = True
+    if not nodes or not all(served):
+        return 0.0
+    rows, cols, vals, upper = [], [], [], [np.inf]
+    var = 1
+    for i, n in enumerate(nodes):
+        for b in range(n.start, n.end):
+            rows += [b, num_blocks + i]
+            cols += [var, var]
+            vals += [-1.0, n.cost]
+            upper.append(n.upload)
+            var += 1
+    rows += list(range(num_blocks))
+    cols += [0] * num_blocks
+    vals += [1.0] * num_blocks
+    a = coo_matrix((vals, (rows, cols)), shape=(num_blocks + len(nodes), var)).tocsr()
+    b = np.concatenate([np.zeros(num_blocks), np.ones(len(nodes))])
+    c = np.zeros(var)
+    c[0] = -1.0
+    result = linprog(c, A_ub=a, b_ub=b, bounds=list(zip([0.0] * var, upper)), method="highs")
+    if not result.success:
+        raise RuntimeError(f"the bound's linear program failed: {result.message}")
+    return float(-result.fun)
+
+
+def best_placement_bound(nodes: Sequence[Capacity], num_blocks: int) -> float:
+    """Tokens/s with the same nodes placed as well as possible."""
+    return sum(min(1 / n.cost, (n.end - n.start) * n.upload) for n in nodes) / num_blocks

@@ -1,0 +1,504 @@
+"""The event loop: volunteers join, serve, move and leave; clients plan chains, decode and fail over.
+
+Events (joins, departures, rebalancing checks, client arrivals, retries) run in time order on a
+virtual clock. Decoding is a fluid between ticks of `tick_s`: every session's time per token is
+re-derived each tick from its chain (round trips; each node's roofline step at the batch of
+sessions it holds, and the upload of that batch's outputs on its uplink), and tokens accrue at
+that rate. Batching is ideal (every session on a node rides every step), which favours the
+simulated swarm; prefill and replays delay a session but load no node.
+
+Policies are the production code: where a node sits (`best_start`, `should_move`, `rebalance_delay`,
+`blocks_for_budget`), which chain a client takes (`plan_measured_first`, as `SwarmView.plan` calls
+it), how it punishes a failing node (`Bans.penalize`, the runner's ban-or-excuse), when it gives up
+or waits for a ban to end (`coverage_wake`, `DEFAULT_DEADLINE`). Clients see only the DHT: records
+nodes announced (every `announce_period`, and at each change of state); a crashed node's record
+stays until it expires at three periods, as hivemind's do.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import statistics
+from dataclasses import dataclass, field
+from typing import Callable
+
+from node.selection import best_start, blocks_for_budget, coverage, rebalance_delay, should_move
+from routing.chain import DEFAULT_DEADLINE, coverage_wake
+from routing.errors import NoRouteError
+from routing.planner import plan_measured_first
+from routing.records import ServerRecord
+from routing.view import Bans
+from routing.wire import PROTOCOL_VERSION
+
+from . import churn, network, workload
+from .bound import Capacity, best_placement_bound, placement_bound
+from .hardware import PROFILES, Model, step_time
+
+PLACEMENTS = ("petals", "random")
+DISK_BYTES_S = 2e9  # loading blocks a volunteer already holds
+
+
+@dataclass
+class Config:
+    model: Model
+    nodes: int  # volunteers present on average (and at the start)
+    hardware_mix: dict[str, float]
+    client_rate: float  # sessions per second
+    hours: float = 1.0
+    mean_lifetime_s: float = 3 * 3600.0
+    crash_fraction: float = 0.5  # departures that are crashes; the rest drain politely
+    nat_fraction: float = 0.4
+    placement: str = "petals"
+    seed: int = 0
+    push: bool = False
+    tick_s: float = 2.0
+    bound_every_s: float = 60.0
+    announce_period: float = 30.0  # node/config.py defaults from here down
+    rebalance_period: float = 60.0
+    drain_grace: float = 30.0
+    cache_tokens: int = 8192
+    memory_fraction: float = 0.8  # of free memory, as node/server.py budgets it
+
+
+class SimNode:
+    def __init__(self, peer_id: str, hw_name: str, cfg: Config, rng: random.Random) -> None:
+        self.peer_id, self.hw = peer_id, PROFILES[hw_name]
+        datacenter = hw_name == "a100"
+        self.endpoint = network.Endpoint(network.pick_region(rng))
+        if not datacenter and rng.random() < cfg.nat_fraction:
+            self.endpoint.relay = network.pick_region(rng)
+        self.upload = network.DATACENTER_MBPS * 1e6 / 8 if datacenter else network.home_upload(rng)
+        self.download = 5 * self.upload
+        m = cfg.model
+        budget = int(self.hw.memory_gb * 1e9 * cfg.memory_fraction)
+        self.length = blocks_for_budget(budget, m.block_bytes, cfg.cache_tokens * m.kv_bytes_per_token, m.num_blocks)
+        self.start = self.end = 0
+        self.state = "loading"  # loading, online, draining, gone
+        self.crashed = False
+        self.moving_to: int | None = None
+        self.drain_until = 0.0
+        self.epoch = 0  # changes whenever the node stops serving its span
+        self.sessions: dict[Session, None] = {}  # dicts, not sets: runs must not depend on id()
+        self.cache_used = 0
+        self.held: set[int] = set()  # blocks on its disk
+        self.next_announce = 0.0
+        self.step = 0.0  # seconds per step of its whole span at this tick's batch
+        self.send = 0.0  # seconds to upload that batch's outputs
+        # The least seconds per block-token any batch can take: the cache holds at most `cache_tokens`
+        # sessions, and a block's step time over its batch only falls as the batch grows.
+        self.cost = step_time(self.hw, m, cfg.cache_tokens, 0) / cfg.cache_tokens
+        self.cache_limit = cfg.cache_tokens
+        # what the node measures and announces: single-stream decode tokens/s through its span
+        self.announced = 1.0 / (min(self.length, m.num_blocks) * step_time(self.hw, m, 1, workload.PROMPT_MEAN))
+
+    def record(self, state: str) -> ServerRecord:
+        return ServerRecord(peer_id=self.peer_id, state=state, start=self.start, end=self.end,
+                            throughput=self.announced, dtype="float16", device=self.hw.name,
+                            cache_tokens_left=max(0, self.cache_limit - self.cache_used), version=PROTOCOL_VERSION,
+                            active_sessions=len(self.sessions), max_session_length=self.cache_limit)
+
+
+@dataclass(eq=False)
+class Session:
+    peer_id: str
+    endpoint: network.Endpoint
+    prompt: int
+    answer: int
+    arrived: float
+    bans: Bans
+    hops: list[tuple[SimNode, int, int, int]] = field(default_factory=list)  # node, start, end, epoch
+    tokens: float = 0.0
+    ready_at: float = float("inf")  # decoding proceeds from here (after prefill or a replay)
+    first_token_at: float | None = None
+    decode_started: float | None = None
+    give_up_at: float = 0.0
+    waiting: bool = False
+    failovers: int = 0
+
+    @property
+    def length(self) -> int:
+        return self.prompt + self.answer
+
+
+@dataclass
+class Metrics:
+    tokens: float = 0.0
+    offered: float = 0.0  # answer tokens the sessions that arrived asked for
+    bound_token_s: float = 0.0  # ∫ placement bound dt
+    best_token_s: float = 0.0
+    uncovered_block_s: float = 0.0
+    energy_j: float = 0.0
+    done: int = 0
+    failed: int = 0
+    failed_with_cover: int = 0  # failed although the nodes online covered the model
+    failovers: int = 0
+    moves: int = 0
+    time_per_token: list[float] = field(default_factory=list)
+    first_token: list[float] = field(default_factory=list)
+    series: list[tuple[float, float, float, int]] = field(default_factory=list)  # t, tokens/s, bound, uncovered
+
+    def summary(self, seconds: float) -> dict[str, float]:
+        def pct(xs: list[float], q: float) -> float:
+            return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] if len(xs) > 1 else float("nan")
+        return {"tokens_s": self.tokens / seconds, "offered_s": self.offered / seconds, "bound_s": self.bound_token_s / seconds,
+                "best_bound_s": self.best_token_s / seconds,
+                "of_bound": self.tokens / self.bound_token_s if self.bound_token_s else float("nan"),
+                "uncovered_block_s": self.uncovered_block_s, "sessions": self.done, "failed": self.failed,
+                "failed_with_cover": self.failed_with_cover, "failovers": self.failovers, "moves": self.moves,
+                "tpt_p50": pct(self.time_per_token, 50), "tpt_p95": pct(self.time_per_token, 95),
+                "ttft_p50": pct(self.first_token, 50), "ttft_p95": pct(self.first_token, 95),
+                "j_per_token": self.energy_j / self.tokens if self.tokens else float("nan")}
+
+
+class Simulation:
+    def __init__(self, cfg: Config) -> None:
+        if cfg.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}")
+        self.cfg, self.model = cfg, cfg.model
+        self.now = 0.0
+        self.rng = random.Random(cfg.seed)
+        self.nodes: dict[str, SimNode] = {}
+        self.records: dict[str, ServerRecord] = {}  # the DHT
+        self.announced_at: dict[str, float] = {}
+        self.sessions: dict[Session, None] = {}
+        self.metrics = Metrics()
+        self._events: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._ids = itertools.count()
+        self._rtt: dict[tuple[str, str], float] = {}
+        self._bound = (0.0, 0.0)
+        self.departures = 0
+
+    # ---- the event loop ------------------------------------------------------------------------
+
+    def at(self, t: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._events, (t, next(self._seq), action))
+
+    def clock(self) -> float:
+        return self.now
+
+    def run(self) -> dict[str, float]:
+        cfg = self.cfg
+        for _ in range(cfg.nodes):
+            self._join(self._new_node(), loaded=True)
+        self.at(workload.next_arrival(self.rng, cfg.client_rate), self._arrive)
+        self.at(self.rng.expovariate(cfg.nodes / cfg.mean_lifetime_s), self._volunteer_arrives)
+        end = cfg.hours * 3600
+        t = 0.0
+        while t < end:
+            self._run_events_until(t)
+            self._tick(t, min(cfg.tick_s, end - t))
+            t += cfg.tick_s
+        return self.metrics.summary(end)
+
+    def _run_events_until(self, t: float) -> None:
+        while self._events and self._events[0][0] <= t:
+            when, _, action = heapq.heappop(self._events)
+            self.now = max(self.now, when)
+            action()
+        self.now = t
+
+    # ---- volunteers ------------------------------------------------------------------------------
+
+    def _new_node(self) -> SimNode:
+        mix = self.cfg.hardware_mix
+        node = SimNode(f"node{next(self._ids)}", self.rng.choices(list(mix), list(mix.values()))[0], self.cfg, self.rng)
+        self.nodes[node.peer_id] = node
+        return node
+
+    def _volunteer_arrives(self) -> None:
+        self._join(self._new_node(), loaded=False)
+        rate = self.cfg.nodes / self.cfg.mean_lifetime_s  # arrivals balance departures on average
+        self.at(self.now + self.rng.expovariate(rate), self._volunteer_arrives)
+
+    def _join(self, node: SimNode, loaded: bool) -> None:
+        n = self.model.num_blocks
+        length = min(node.length, n)
+        if self.cfg.placement == "petals":
+            start = best_start(coverage(self.records.values(), n), length)
+        else:
+            start = self.rng.randint(0, n - length)
+        node.start, node.end = start, start + length
+        self.at(self.now + churn.lifetime(self.rng, self.cfg.mean_lifetime_s), lambda: self._leave(node))
+        if loaded:
+            node.held = set(range(node.start, node.end))
+            self._online(node)
+        else:
+            self.at(self.now + self._load_time(node), lambda: self._online(node))
+
+    def _load_time(self, node: SimNode) -> float:
+        span = set(range(node.start, node.end))
+        fetched = len(span - node.held) * self.model.block_bytes / node.download
+        node.held |= span
+        return fetched + len(span) * self.model.block_bytes / DISK_BYTES_S
+
+    def _online(self, node: SimNode) -> None:
+        if node.state != "loading":  # it left while loading
+            return
+        node.state = "online"
+        self._announce(node)
+        if self.cfg.placement == "petals":
+            self.at(self.now + rebalance_delay(self.cfg.rebalance_period, self.rng), lambda: self._rebalance(node))
+
+    def _announce(self, node: SimNode) -> None:
+        state = {"online": "online", "draining": "draining", "loading": "offline", "gone": "offline"}[node.state]
+        if state == "offline":
+            self.records.pop(node.peer_id, None)
+            self.announced_at.pop(node.peer_id, None)
+            return
+        self.records[node.peer_id] = node.record(state)
+        self.announced_at[node.peer_id] = self.now
+        node.next_announce = self.now + self.cfg.announce_period
+
+    def _rebalance(self, node: SimNode) -> None:
+        if node.state != "online":
+            return
+        me = node.record("online")
+        records = dict(self.records)
+        records[node.peer_id] = me
+        target = should_move(records.values(), self.model.num_blocks, me)
+        if target is None:
+            self.at(self.now + rebalance_delay(self.cfg.rebalance_period, self.rng), lambda: self._rebalance(node))
+            return
+        self.metrics.moves += 1
+        node.moving_to = target
+        self._drain(node)
+
+    def _leave(self, node: SimNode) -> None:
+        if node.state == "gone":
+            return
+        self.departures += 1
+        if node.state == "loading":  # announced nothing yet: just goes
+            self._gone(node, announce=False)
+        elif self.rng.random() < self.cfg.crash_fraction:
+            node.crashed = True
+            self._gone(node, announce=False)
+        else:
+            node.moving_to = None
+            self._drain(node)
+
+    def _drain(self, node: SimNode) -> None:
+        """Refuse new sessions, let live ones finish for up to `drain_grace` (as `Serving.drain`)."""
+        node.drain_until = self.now + self.cfg.drain_grace
+        node.state = "draining"
+        self._announce(node)
+
+    def _drained(self, node: SimNode) -> None:
+        if node.moving_to is None:
+            self._gone(node, announce=True)
+            return
+        node.epoch += 1
+        node.state = "loading"
+        self._announce(node)
+        node.start, node.end = node.moving_to, node.moving_to + (node.end - node.start)
+        node.moving_to = None
+        self.at(self.now + self._load_time(node), lambda: self._online(node))
+
+    def _gone(self, node: SimNode, announce: bool) -> None:
+        node.state = "gone"
+        node.epoch += 1
+        if announce:
+            self._announce(node)
+
+    # ---- clients -------------------------------------------------------------------------------
+
+    def _arrive(self) -> None:
+        prompt, answer = workload.lengths(self.rng)
+        s = Session(f"client{next(self._ids)}", network.Endpoint(network.pick_region(self.rng)), prompt, answer,
+                    self.now, Bans(clock=self.clock))
+        s.give_up_at = self.now + DEFAULT_DEADLINE
+        self.metrics.offered += answer
+        self.sessions[s] = None
+        self._repair(s)
+        self.at(self.now + workload.next_arrival(self.rng, self.cfg.client_rate), self._arrive)
+
+    def _client_rtt(self, s: Session, peer: str) -> float:
+        key = (s.endpoint.region, peer)
+        if key not in self._rtt:
+            self._rtt[key] = network.rtt(s.endpoint, self.nodes[peer].endpoint)
+        return self._rtt[key]
+
+    def _plan(self, s: Session, start: int, end: int) -> list[tuple[SimNode, int, int, int]] | None:
+        """A chain over [start, end) whose nodes took the session, as `RemoteRunner._open_chain` gets one;
+        None after scheduling a retry (or failing the session) when no chain covers it now."""
+        while True:
+            rtt = {p: self._client_rtt(s, p) for p in self.records}  # the view pings every node it reads
+            try:
+                hops = plan_measured_first(self.records.values(), start, end, rtt=rtt, banned=s.bans,
+                                           max_length=s.length, push=self.cfg.push)
+            except NoRouteError:
+                wake = coverage_wake(self.now, s.give_up_at, s.bans.next_expiry(), await_coverage=False)
+                if wake is None:
+                    self._fail(s)
+                else:
+                    s.waiting = True
+                    self.at(wake, lambda: self._repair(s))
+                return None
+            chain = [(self.nodes[h.peer_id], h.start, h.end) for h in hops]
+            refused = [(n, why) for n, _, _ in chain if (why := self._refusal(n, s)) is not None]
+            if not refused:
+                for n, _, _ in chain:
+                    n.sessions[s] = None
+                    n.cache_used += s.length
+                return [(n, a, b, n.epoch) for n, a, b in chain]
+            for n, deserved in refused:
+                s.bans.penalize(n.peer_id, deserved)
+
+    def _refusal(self, node: SimNode, s: Session) -> bool | None:
+        """None if `node` takes the session, else whether its refusal deserves a ban (`deserves_ban`):
+        unreachable or full does, draining does not."""
+        if node.state == "gone" or node.state == "loading":
+            return True
+        if node.state == "draining":
+            return False
+        return True if node.cache_used + s.length > node.cache_limit else None
+
+    def _release(self, s: Session, node: SimNode) -> None:
+        if s in node.sessions:
+            del node.sessions[s]
+            node.cache_used -= s.length
+
+    def _repair(self, s: Session) -> None:
+        """Open the chain, or replace its broken spans (as `RemoteRunner._replace`), then replay."""
+        if s not in self.sessions:
+            return
+        s.waiting = False
+        if not s.hops:
+            hops = self._plan(s, 0, self.model.num_blocks)
+            if hops is None:
+                return
+            s.hops = hops
+            s.ready_at = self.now + self._prefill(s, hops, s.prompt)
+            return
+        i = 0
+        while i < len(s.hops):
+            node, a, b, epoch = s.hops[i]
+            if node.epoch == epoch:
+                i += 1
+                continue
+            self._release(s, node)
+            if epoch != -1:  # newly broken: by a crash, or closed at the end of a drain (excusable)
+                s.bans.penalize(node.peer_id, deserved=node.crashed)
+                s.failovers += 1
+                self.metrics.failovers += 1
+                s.hops[i] = (node, a, b, -1)
+                s.give_up_at = self.now + DEFAULT_DEADLINE
+            new = self._plan(s, a, b)
+            if new is None:
+                return
+            s.hops[i:i + 1] = new
+            s.ready_at = max(s.ready_at, self.now) + self._prefill(s, new, s.prompt + int(s.tokens))
+            i += len(new)
+
+    def _prefill(self, s: Session, hops: list[tuple[SimNode, int, int, int]], tokens: int) -> float:
+        """Seconds to send `tokens` through fresh spans (the prompt, or a replay after failover)."""
+        wire = tokens * self.model.hidden_bytes
+        return sum(self._client_rtt(s, n.peer_id) + wire / n.upload + wire / network.CLIENT_UPLOAD
+                   + (b - a) * step_time(n.hw, self.model, tokens, tokens) for n, a, b, _ in hops)
+
+    def _fail(self, s: Session) -> None:
+        for node, *_ in s.hops:
+            self._release(s, node)
+        del self.sessions[s]
+        self.metrics.failed += 1
+        if not any(self._uncovered(lambda n: n.state == "online" and n.cache_used + s.length <= n.cache_limit)):
+            self.metrics.failed_with_cover += 1
+
+    def _finish(self, s: Session) -> None:
+        for node, *_ in s.hops:
+            self._release(s, node)
+        del self.sessions[s]
+        self.metrics.done += 1
+        self.metrics.time_per_token.append((self.now - s.decode_started) / s.answer)
+
+    # ---- a tick of decoding --------------------------------------------------------------------
+
+    def _time_per_token(self, s: Session) -> float:
+        hidden = self.model.hidden_bytes
+        client_up = network.CLIENT_UPLOAD
+        if not self.cfg.push or len(s.hops) == 1:
+            return sum(self._client_rtt(s, n.peer_id) + hidden / client_up + n.send
+                       + (b - a) / (n.end - n.start) * n.step for n, a, b, _ in s.hops)
+        first, last = s.hops[0][0], s.hops[-1][0]
+        t = (self._client_rtt(s, first.peer_id) + self._client_rtt(s, last.peer_id)) / 2 + hidden / client_up
+        for k, (n, a, b, _) in enumerate(s.hops):
+            t += n.send + (b - a) / (n.end - n.start) * n.step
+            if k + 1 < len(s.hops):
+                t += network.rtt(n.endpoint, s.hops[k + 1][0].endpoint) / 2
+        return t
+
+    def _uncovered(self, serves: Callable[[SimNode], bool] = lambda n: n.state in ("online", "draining")
+                   ) -> list[bool]:
+        """Per block: whether no node (that `serves`) holds it."""
+        diff = [0] * (self.model.num_blocks + 1)
+        for n in self.nodes.values():
+            if serves(n):
+                diff[n.start] += 1
+                diff[n.end] -= 1
+        out, running = [], 0
+        for d in diff[:-1]:
+            running += d
+            out.append(running == 0)
+        return out
+
+    def _tick(self, t: float, dt: float) -> None:
+        cfg, m = self.cfg, self.metrics
+        for node in list(self.nodes.values()):
+            if node.state == "draining" and (t >= node.drain_until or not node.sessions):
+                self._drained(node)
+            if node.state == "online" and t >= node.next_announce:
+                self._announce(node)
+            if node.state == "gone" and t - self.announced_at.get(node.peer_id, t) > 3 * cfg.announce_period:
+                self.records.pop(node.peer_id, None)  # a crashed node's record expires
+                self.announced_at.pop(node.peer_id, None)
+            if node.state == "gone" and not node.sessions and node.peer_id not in self.records:
+                del self.nodes[node.peer_id]
+        for s in list(self.sessions):
+            if not s.waiting and any(n.epoch != e for n, _, _, e in s.hops):
+                self._repair(s)
+        decoding = [s for s in self.sessions if not s.waiting and s.ready_at < t + dt]
+        for node in self.nodes.values():
+            active = [s for s in node.sessions if s.ready_at < t + dt]
+            if node.state in ("online", "draining") and active:
+                context = sum(s.prompt + int(s.tokens) for s in active)
+                node.step = (node.end - node.start) * step_time(node.hw, self.model, len(active), context)
+                node.send = len(active) * self.model.hidden_bytes / node.upload  # its uplink carries the batch
+        busy: dict[str, float] = {}
+        made = 0.0
+        for s in decoding:
+            tpt = self._time_per_token(s)
+            began = max(t, s.ready_at)
+            if s.decode_started is None:
+                s.decode_started = began
+                m.first_token.append(began + tpt - s.arrived)
+            tokens = min(s.answer - s.tokens, (t + dt - began) / tpt)
+            s.tokens += tokens
+            made += tokens
+            for n, a, b, _ in s.hops:
+                busy[n.peer_id] = busy.get(n.peer_id, 0.0) + tokens * (b - a) / (n.end - n.start) * n.step / max(
+                    1, len(n.sessions))
+            if s.tokens >= s.answer - 1e-9:
+                self.now = began + (s.answer - (s.tokens - tokens)) * tpt
+                self._finish(s)
+                self.now = t
+        m.tokens += made
+        for node in self.nodes.values():
+            if node.state != "gone":
+                use = min(1.0, busy.get(node.peer_id, 0.0) / dt)
+                m.energy_j += (node.hw.idle_w + (node.hw.power_w - node.hw.idle_w) * use) * dt
+        uncovered = sum(self._uncovered())
+        m.uncovered_block_s += uncovered * dt
+        if not m.series or t - m.series[-1][0] >= cfg.bound_every_s - 1e-9:
+            self._bound = self.bounds()
+        m.bound_token_s += self._bound[0] * dt
+        m.best_token_s += self._bound[1] * dt
+        if not m.series or t - m.series[-1][0] >= cfg.bound_every_s - 1e-9:
+            m.series.append((t, made / dt, self._bound[0], uncovered))
+
+    def bounds(self) -> tuple[float, float]:
+        """(the bound for the nodes as placed, the bound for the same nodes placed anywhere), tokens/s."""
+        caps = [Capacity(n.start, n.end, n.cost, n.upload / self.model.hidden_bytes)
+                for n in self.nodes.values() if n.state in ("online", "draining")]
+        return placement_bound(caps, self.model.num_blocks), best_placement_bound(caps, self.model.num_blocks)

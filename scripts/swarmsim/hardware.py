@@ -1,0 +1,91 @@
+"""Hardware profiles and a roofline cost for one step of one transformer block.
+
+Figures are the vendors' spec sheets (dense FP16 tensor throughput, no sparsity; board power):
+  - RTX 3060 12 GB: 360 GB/s, 51 TFLOPS FP16 tensor (FP16 accumulate), 170 W
+    (NVIDIA GA10x / Ampere GA102 architecture whitepapers; nvidia.com RTX 3060 specs)
+  - RTX 3090 24 GB: 936 GB/s, 142 TFLOPS, 350 W (NVIDIA Ampere GA102 whitepaper, table 9)
+  - RTX 4090 24 GB: 1008 GB/s, 330 TFLOPS, 450 W (NVIDIA Ada Lovelace architecture whitepaper, table 2)
+  - Tesla T4 16 GB: 320 GB/s, 65 TFLOPS mixed precision, 70 W (NVIDIA T4 datasheet)
+  - A100 SXM 80 GB: 2039 GB/s, 312 TFLOPS, 400 W (NVIDIA A100 datasheet)
+  - Apple M2 Max 64 GB unified: 400 GB/s, 13.6 TFLOPS GPU (Apple newsroom, January 2023); ~60 W under
+    GPU load is a reviewer's wall-power figure, not Apple's
+  - CPU-only desktop: dual-channel DDR4-3200 (2 × 25.6 GB/s), 8 cores × AVX2 FMA at ~3.5 GHz
+    (~0.9 TFLOPS FP32 peak), 65 W TDP (a Ryzen 7 5700G class part)
+Idle power is taken as 15% of board power (an assumption). Achieved fractions of peak (BW_EFF,
+FLOP_EFF) and the per-block launch overhead are assumptions too, not measurements.
+
+A step of `batch` tokens through one block reads the block's weights once and each token's KV cache,
+and does 2·params FLOPs per token: its time is the larger of the two, plus the overhead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BW_EFF = 0.7
+FLOP_EFF = 0.5
+
+
+@dataclass(frozen=True)
+class Hardware:
+    name: str
+    memory_gb: float
+    bandwidth_gbs: float
+    tflops: float
+    power_w: float
+    overhead_s: float = 0.0002  # kernel launches per block per step
+
+    @property
+    def idle_w(self) -> float:
+        return 0.15 * self.power_w
+
+
+PROFILES = {h.name: h for h in (
+    Hardware("rtx3060", 12, 360, 51, 170),
+    Hardware("rtx3090", 24, 936, 142, 350),
+    Hardware("rtx4090", 24, 1008, 330, 450),
+    Hardware("t4", 16, 320, 65, 70),
+    Hardware("a100", 80, 2039, 312, 400),
+    Hardware("m2max", 64, 400, 13.6, 60, overhead_s=0.0005),
+    Hardware("cpu", 32, 51.2, 0.9, 65, overhead_s=0.001),
+)}
+
+
+@dataclass(frozen=True)
+class Model:
+    """A Llama-like model: `num_blocks` blocks of `params_per_block` weights at `bytes_per_param`."""
+
+    name: str
+    num_blocks: int
+    params_per_block: float
+    hidden_size: int
+    kv_heads: int = 8
+    head_dim: int = 128
+    bytes_per_param: float = 0.53  # NF4 with a 16-bit scale per 64 weights, as Petals serves 70B models
+
+    @property
+    def block_bytes(self) -> int:
+        return int(self.params_per_block * self.bytes_per_param)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Keys and values of one token in one block, in float16."""
+        return 2 * self.kv_heads * self.head_dim * 2
+
+    @property
+    def hidden_bytes(self) -> int:
+        """One token's hidden state on the wire (float16)."""
+        return 2 * self.hidden_size
+
+
+# Block sizes: total parameters less the embeddings and LM head, over the blocks (Meta's model cards).
+LLAMA3_70B = Model("llama-3-70b", 80, (70.6e9 - 2 * 128256 * 8192) / 80, 8192)
+LLAMA3_405B = Model("llama-3-405b", 126, (405.9e9 - 2 * 128256 * 16384) / 126, 16384)
+MODELS = {m.name: m for m in (LLAMA3_70B, LLAMA3_405B)}
+
+
+def step_time(hw: Hardware, model: Model, batch: int, context_tokens: int) -> float:
+    """Seconds for one block to process `batch` new tokens that attend `context_tokens` cached ones in all."""
+    moved = model.block_bytes + context_tokens * model.kv_bytes_per_token
+    flops = 2 * model.params_per_block * batch
+    return max(moved / (hw.bandwidth_gbs * 1e9 * BW_EFF), flops / (hw.tflops * 1e12 * FLOP_EFF)) + hw.overhead_s

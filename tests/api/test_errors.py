@@ -26,14 +26,15 @@ def test_an_unknown_model_is_a_404(client, create):
     ({"temperature": 3}, "temperature"),
     ({"top_p": 1.5}, "top_p"),
     ({"max_tokens": 0}, "max_tokens"),
-    ({"n": 2}, "n"),
+    ({"n": 17}, "n"),  # answers share one prefill, up to 16
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "wizard", "content": "Hi"}]}, "messages.0.role"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"max_tokens": 9000}, "messages"),  # past the model's 8192-token context
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-    ({"logprobs": True}, "logprobs"),
-    ({"frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),  # chat allows 20 alternatives
+    ({"top_logprobs": 2}, "top_logprobs"),  # alternatives without logprobs
+    ({"frequency_penalty": 2.5}, "frequency_penalty"),  # OpenAI's range is [-2, 2]
     ({"stream_options": {"include_usage": True}}, "stream_options"),
 ])
 def test_bad_parameters_are_a_400_naming_the_parameter(client, params, param):

@@ -35,11 +35,16 @@ test: model tools
 
 # Tests that need neither the model nor node processes (markers set in tests/conftest.py).
 unit: install
-	$(BIN)/python -m pytest -m "not model and not swarm and not bigmodel" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not model and not swarm and not bigmodel and not long" $(PYTEST_ARGS)
 
 # The rest of `make test`: `make unit heavy` runs every test once.
 heavy: model tools
-	$(BIN)/python -m pytest -m "(model or swarm) and not bigmodel" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "(model or swarm) and not bigmodel and not long" $(PYTEST_ARGS)
+
+# The long forms of scenarios CI runs short (hundreds of spot checks, every kill, the whole sweep).
+.PHONY: long
+long: model tools
+	$(BIN)/python -m pytest -m long $(PYTEST_ARGS)
 
 # systemd-analyze verifies the unit in tests/ops/test_systemd.py; slim images lack it.
 .PHONY: tools browser

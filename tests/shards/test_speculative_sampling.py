@@ -1,7 +1,7 @@
 """Sampling with speculation draws from exactly the distribution ordinary sampling draws from.
 
-End to end on a tiny random model (16 tokens): the first three generated tokens, over a few
-thousand seeded generations, are compared by chi-square with the exact joint distribution that
+End to end on a tiny random model (16 tokens): the first three generated tokens, over a thousand
+seeded generations (ten thousand under `make long`, for power against small biases), are compared by chi-square with the exact joint distribution that
 non-speculative sampling follows (computed from the model's processed distributions).
 """
 
@@ -21,7 +21,7 @@ from shards.sampling import Sampler, SamplingParams
 from .random_model import RandomModel
 
 TOKENS = 3
-SAMPLES = 3000
+SAMPLES = [pytest.param(1200, id="1200"), pytest.param(10_000, id="10000", marks=pytest.mark.long)]
 PENALISED = SamplingParams(temperature=0.9, min_p=0.02, presence_penalty=0.8, frequency_penalty=0.4,
                            repetition_penalty=1.3)
 
@@ -80,12 +80,12 @@ def fit_pvalue(counts: Counter, expected: dict[tuple[int, ...], float]) -> float
     return float(chisquare(observed, wanted).pvalue)
 
 
-def sample(model: RandomModel, prompt: list[int], params: SamplingParams, speculative: int = 0,
+def sample(model: RandomModel, prompt: list[int], params: SamplingParams, samples: int, speculative: int = 0,
            drafter: Drafter | None = None) -> tuple[Counter, int]:
     counts: Counter = Counter()
     accepted = 0
     with model.inference_session(len(prompt) + TOKENS + 1) as session:
-        for seed in range(SAMPLES):
+        for seed in range(samples):
             g = session.generate(prompt, TOKENS, **{**asdict(params), "seed": seed}, speculative=speculative,
                                  drafter=drafter)
             counts[tuple(g.token_ids)] += 1
@@ -93,10 +93,11 @@ def sample(model: RandomModel, prompt: list[int], params: SamplingParams, specul
     return counts, accepted
 
 
+@pytest.mark.parametrize("samples", SAMPLES)
 @pytest.mark.parametrize("params", [SamplingParams(temperature=1.0), PENALISED], ids=["t1", "penalties-minp"])
-def test_ordinary_sampling_fits_the_exact_distribution(model, prompt, params):
+def test_ordinary_sampling_fits_the_exact_distribution(model, prompt, params, samples):
     """The yardstick itself: without speculation the same test passes."""
-    counts, _ = sample(model, prompt, params)
+    counts, _ = sample(model, prompt, params, samples)
     assert fit_pvalue(counts, exact_distribution(model, prompt, params)) > 1e-3
 
 
@@ -104,10 +105,11 @@ def test_ordinary_sampling_fits_the_exact_distribution(model, prompt, params):
                                     SamplingParams(temperature=0.8, top_k=6, top_p=0.9), PENALISED],
                          ids=["t1", "topk-topp", "penalties-minp"])
 @pytest.mark.parametrize("drafter", ["prompt-lookup", "fixed-distribution"])
-def test_speculative_sampling_fits_the_exact_distribution(model, prompt, params, drafter, always_max_drafts):
+@pytest.mark.parametrize("samples", SAMPLES)
+def test_speculative_sampling_fits_the_exact_distribution(model, prompt, params, drafter, samples, always_max_drafts):
     noise = torch.randn(16, generator=torch.Generator().manual_seed(5)) * 1.5
     chosen = PromptLookupDrafter() if drafter == "prompt-lookup" else \
         FixedDistributionDrafter(model.next_logits(torch.tensor([prompt]))[0] + noise)
-    counts, accepted = sample(model, prompt, params, speculative=2, drafter=chosen)
-    assert SAMPLES // 10 < accepted < SAMPLES * TOKENS  # drafts were both kept and rejected
+    counts, accepted = sample(model, prompt, params, samples, speculative=2, drafter=chosen)
+    assert samples // 10 < accepted < samples * TOKENS  # drafts were both kept and rejected
     assert fit_pvalue(counts, exact_distribution(model, prompt, params)) > 1e-3

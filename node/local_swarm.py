@@ -103,16 +103,28 @@ class LocalSwarm:
                 "node", "bootstrap", "--host", self._listen_host(BOOTSTRAP),
                 "--identity", str(self.state_dir / "bootstrap.key")]))
             self.threads = max(1, (os.cpu_count() or 1) // max(1, len(spans)))
-            pending = [self.spawn_node(blocks=span, dtype=dtypes[i] if dtypes else None, wait=False)
-                       for i, span in enumerate(spans)]
+            self.await_nodes([self.spawn_node(blocks=span, dtype=dtypes[i] if dtypes else None, wait=False)
+                              for i, span in enumerate(spans)])
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def await_nodes(self, pending: Sequence[LocalNode]) -> list[LocalNode]:
+        """Wait for nodes spawned with `wait=False` and add them: started together, their start-ups
+        overlap. If one fails, those not yet ready are stopped too."""
+        try:
             for node in pending:
                 self.nodes.append(self._wait(node))
                 log.info("%s ready: blocks %s peer %s", node.name, node.blocks, node.peer_id)
         except BaseException:
-            self.stop()
+            for node in pending:
+                if node not in self.nodes:
+                    self._terminate(node)
             raise
-        self.write_state()
-        return self
+        finally:
+            self.write_state()
+        return list(pending)
 
     def spawn_node(self, blocks: tuple[int, int] | None = None, *, dtype: str | None = None,
                    extra: Sequence[str] = (), wait: bool = True, program: Sequence[str] | None = None) -> LocalNode:

@@ -1,7 +1,8 @@
 """Spot checks at rate 1.0 never convict an honest node, in any precision the swarm allows, while
 liars are still convicted: in process over every dtype and travel dtype (and quantized weights),
 and through real nodes of three dtypes — relayed, pushed, batched, chunked prefill, speculative
-rollback and failover replay."""
+rollback and failover replay. The whole in-process sweep (three spans, longer prompts) is the `long`
+test; CI runs every combination on one span with short prompts and answers of a few tokens."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from node.local_swarm import LocalSwarm
 from routing import wire
 from routing.attestation import FORWARD_SESSION, attest
 from routing.evidence import Claim, Evidence, check_evidence, tolerance
-from scripts.false_accusation_sweep import DTYPES, sweep
+from scripts.false_accusation_sweep import DTYPES, PROMPTS, SCHEMES, Row, sweep
 from swarmlm.sdk import RemoteModel
 from tests.conftest import log_tails
 
@@ -26,13 +27,12 @@ pytestmark = pytest.mark.swarm
 
 PROMPT = "What is the capital of France?"
 REPEAT = "Repeat after me: one two three four five, one two three four five, one two three"
-LONG = " ".join(["The river runs past the old mill and the children count the boats."] * 12)
+LONG = " ".join(["The river runs past the old mill and the children count the boats."] * 5)  # > 2 steps of 32
 DISHONEST = [sys.executable, str(Path(__file__).with_name("dishonest_node.py"))]
 
 
-def test_in_process_sweep_honest_margins_below_one_and_liars_caught(default_store):
-    rows = list(sweep(default_store, [(10, 20)], prompts=(PROMPT, LONG[:200]), schemes=(None, "int8", "nf4")))
-    assert len(rows) == 3 * len(DTYPES) ** 2
+def _assert_honest_margins_below_one_and_liars_caught(rows: list[Row], spans: int) -> None:
+    assert len(rows) == spans * len(SCHEMES) * len(DTYPES) ** 2
     assert [r for r in rows if r.margin > 1] == []
     assert all(r.convicted("gross") for r in rows)
     assert all(r.convicted("subtle") for r in rows if r.compute == r.travel == "float32")
@@ -40,6 +40,19 @@ def test_in_process_sweep_honest_margins_below_one_and_liars_caught(default_stor
     # rounding to bfloat16 alone exceeds it, so this sweep would have convicted it.
     f32_bf16 = [r for r in rows if r.compute == "float32" and r.travel == "bfloat16"]
     assert all(r.honest_error > tolerance("float32", "float32") for r in f32_bf16)
+
+
+def test_in_process_sweep_honest_margins_below_one_and_liars_caught(default_store):
+    """Every scheme × compute × travel dtype, on the middle span."""
+    _assert_honest_margins_below_one_and_liars_caught(
+        list(sweep(default_store, [(10, 20)], prompts=(LONG[:100],))), spans=1)
+
+
+@pytest.mark.long
+def test_full_sweep_honest_margins_below_one_and_liars_caught(default_store):
+    """As `scripts/false_accusation_sweep.py` runs it: every span, every prompt."""
+    _assert_honest_margins_below_one_and_liars_caught(
+        list(sweep(default_store, [(0, 10), (10, 20), (20, 30)], prompts=(*PROMPTS, LONG))), spans=3)
 
 
 def _claim(node: Identity, session: str, start: int, sent: torch.Tensor, out: torch.Tensor, root: str) -> Claim:
@@ -75,12 +88,12 @@ def test_published_evidence_against_an_honest_node_is_rejected_by_re_checkers(de
 @pytest.fixture(scope="module")
 def mixed(default_store, tmp_path_factory):
     """float32 0:10, bfloat16 10:20 (twice: a checker, and a spare for failover), float16 20:30; steps
-    of at most 64 tokens, so long prompts go in chunks."""
+    of at most 32 tokens, so long prompts go in chunks."""
     swarm = LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("accuse"),
-                       node_args=["--max-step-tokens", "64"])
+                       node_args=["--max-step-tokens", "32"])
     with swarm:
-        swarm.start(3, 30, dtypes=["float32", "bfloat16", "float16"])
-        swarm.spawn_node((10, 20), dtype="bfloat16")
+        swarm.start_spans([(0, 10), (10, 20), (20, 30), (10, 20)],
+                          dtypes=["float32", "bfloat16", "float16", "bfloat16"])
         yield swarm
 
 
@@ -98,8 +111,8 @@ def _assert_no_accusation(model: RemoteModel, swarm: LocalSwarm) -> None:
 @pytest.mark.parametrize("push", [False, True], ids=["relayed", "pushed"])
 def test_mixed_precision_chain_long_and_short_prompts(mixed, default_store, push):
     with _client(mixed, default_store, push=push) as model:
-        assert model.generate(PROMPT, 12).text.startswith("The capital of France is Paris")
-        model.generate(LONG, 4)  # a prefill of several 64-token chunks, each spot-checked
+        assert model.generate(PROMPT, 8).text.startswith("The capital of France is Paris")
+        model.generate(LONG, 2)  # a prefill of three 32-token chunks, each spot-checked
         _assert_no_accusation(model, mixed)
 
 
@@ -109,7 +122,7 @@ def test_batched_with_other_sessions(mixed, default_store):
 
     def run(i: int) -> None:
         try:
-            models[i % 2].generate([PROMPT, REPEAT, LONG[:300], "Name three colours."][i], 10)
+            models[i % 2].generate([PROMPT, REPEAT, LONG[:150], "Name three colours."][i], 6)
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -129,7 +142,7 @@ def test_batched_with_other_sessions(mixed, default_store):
 
 def test_speculative_rollback(mixed, default_store):
     with _client(mixed, default_store) as model:
-        g = model.generate(REPEAT, 20, speculative=4)
+        g = model.generate(REPEAT, 12, speculative=4)
         assert g.extra["speculation"]["drafted"] > 0
         _assert_no_accusation(model, mixed)
 
@@ -140,9 +153,9 @@ def test_after_failover_replay(mixed, default_store):
     with _client(mixed, default_store) as model:
         ids: list[int] = []
         with model.inference_session(max_length=128) as session:
-            for event in session.stream(PROMPT, 16, ignore_eos=True):
+            for event in session.stream(PROMPT, 8, ignore_eos=True):
                 ids.append(event.token_id)
-                if len(ids) == 4:
+                if len(ids) == 3:
                     victim = next(s.peer for s in session.runner.spans if s.hop.start == 10)
                     mixed.kill(next(n for n in mixed.nodes if n.peer_id == victim), signal.SIGKILL)
             assert session.runner.failovers == 1
@@ -157,5 +170,5 @@ def test_a_gross_liar_among_low_precision_nodes_is_still_convicted(mixed, defaul
     finally:
         del mixed.env["SWARMLM_TEST_LIE"]
     with _client(mixed, default_store) as model:
-        model.generate(PROMPT, 8)
+        model.generate(PROMPT, 4)
         assert model.verifier.stats.convicted == [liar.peer_id], log_tails(mixed)

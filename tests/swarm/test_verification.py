@@ -14,6 +14,7 @@ from ledger.keys import Identity
 from ledger.store import Ledger
 from node.local_swarm import LocalSwarm
 from routing.evidence import Evidence, check_evidence
+from shards.store import ShardStore
 from swarmlm.sdk import RemoteModel
 from tests.conftest import SWARMLM, log_tails
 
@@ -29,8 +30,9 @@ def mixed_swarm(default_store, tmp_path_factory):
     """
     with LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("verify")) as swarm:
         swarm.start(3, 30)
-        swarm.spawn_node((10, 20))
-        liar = swarm.spawn_node((10, 20), extra=["--throughput", "100000"], program=DISHONEST)
+        _, liar = swarm.await_nodes([
+            swarm.spawn_node((10, 20), wait=False),
+            swarm.spawn_node((10, 20), extra=["--throughput", "100000"], program=DISHONEST, wait=False)])
         yield swarm, liar
 
 
@@ -125,20 +127,30 @@ def test_audit_flags_the_dishonest_node_and_passes_the_honest(mixed_swarm, defau
     assert len(verdicts) == 4 and set(verdicts.values()) == {"PASS"}, proc.stdout + log_tails(swarm)
 
 
-def test_200_spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path):
+def _spot_checks_between_float32_and_bfloat16_accuse_no_one(store: ShardStore, tmp_path: Path, checks: int,
+                                                            tokens: int) -> None:
     """Blocks 0:10 served by a bfloat16 node (preferred) and a float32 node that checks it at every step."""
-    with LocalSwarm(str(default_store.path), tmp_path) as swarm:
+    with LocalSwarm(str(store.path), tmp_path) as swarm:
         swarm.start(0, 30)
-        swarm.spawn_node((0, 10), dtype="bfloat16", extra=["--throughput", "100000"])
-        swarm.spawn_node((0, 10), dtype="float32")
-        swarm.spawn_node((10, 30), dtype="float32")
-        with RemoteModel.connect(swarm.initial_peers, default_store.path, spot_check_rate=1.0, seed=0,
+        swarm.await_nodes([swarm.spawn_node((0, 10), dtype="bfloat16", extra=["--throughput", "100000"], wait=False),
+                           swarm.spawn_node((0, 10), dtype="float32", wait=False),
+                           swarm.spawn_node((10, 30), dtype="float32", wait=False)])
+        with RemoteModel.connect(swarm.initial_peers, store.path, spot_check_rate=1.0, seed=0,
                                  evidence_dir=tmp_path / "evidence") as model:
             prompts = ["Tell me about Rome.", "Write a poem about the sea.", "Explain photosynthesis.",
                        "List five fruits.", PROMPT, "Who wrote Hamlet?", "Name a planet."]
-            for i in range(20):  # bounded; each generation adds 25 checks on blocks 0:10
-                model.generate(prompts[i % len(prompts)], 24, ignore_eos=True)
-                if model.verifier.stats.checks >= 200:
+            for i in range(2 * checks // tokens + 1):  # bounded; each generation adds tokens + 1 checks on 0:10
+                model.generate(prompts[i % len(prompts)], tokens, ignore_eos=True)
+                if model.verifier.stats.checks >= checks:
                     break
             stats = model.verifier.stats
-    assert stats.checks >= 200 and stats.convicted == [] and model.evidence == []
+    assert stats.checks >= checks and stats.convicted == [] and model.evidence == [], log_tails(swarm)
+
+
+def test_spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path):
+    _spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path, checks=30, tokens=16)
+
+
+@pytest.mark.long
+def test_200_spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path):
+    _spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path, checks=200, tokens=24)

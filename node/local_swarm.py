@@ -103,15 +103,11 @@ class LocalSwarm:
                 "node", "bootstrap", "--host", self._listen_host(BOOTSTRAP),
                 "--identity", str(self.state_dir / "bootstrap.key")]))
             self.threads = max(1, (os.cpu_count() or 1) // max(1, len(spans)))
-            pending = [self.spawn_node(blocks=span, dtype=dtypes[i] if dtypes else None, wait=False)
-                       for i, span in enumerate(spans)]
-            for node in pending:
-                self.nodes.append(self._wait(node))
-                log.info("%s ready: blocks %s peer %s", node.name, node.blocks, node.peer_id)
+            self.wait_ready([self.spawn_node(blocks=span, dtype=dtypes[i] if dtypes else None, wait=False)
+                             for i, span in enumerate(spans)])
         except BaseException:
             self.stop()
             raise
-        self.write_state()
         return self
 
     def spawn_node(self, blocks: tuple[int, int] | None = None, *, dtype: str | None = None,
@@ -133,6 +129,22 @@ class LocalSwarm:
             self.nodes.append(node)
             self.write_state()
         return node
+
+    def wait_ready(self, pending: Sequence[LocalNode]) -> list[LocalNode]:
+        """Await nodes spawned with `wait=False`, in order: they load together instead of one after
+        another. If one fails, the others are stopped too before the error propagates."""
+        try:
+            for node in pending:
+                self.nodes.append(self._wait(node))
+                log.info("%s ready: blocks %s peer %s", node.name, node.blocks, node.peer_id)
+        except BaseException:
+            for node in pending:
+                if not any(n is node for n in self.nodes):
+                    self._terminate(node)
+            raise
+        finally:
+            self.write_state()
+        return list(pending)
 
     def _spawn(self, name: str, blocks: tuple[int, int] | None, args: list[str],
                program: Sequence[str] | None = None) -> LocalNode:

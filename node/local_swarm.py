@@ -119,7 +119,7 @@ class LocalSwarm:
                 log.info("%s ready: blocks %s peer %s", node.name, node.blocks, node.peer_id)
         except BaseException:
             for node in pending:
-                if node not in self.nodes:
+                if not any(n is node for n in self.nodes):
                     self._terminate(node)
             raise
         finally:
@@ -140,11 +140,7 @@ class LocalSwarm:
                 "--threads", str(self.threads),
                 *(["--dtype", dtype] if dtype else []), *self.node_args, *extra]
         node = self._spawn(name, blocks, args, program)
-        if wait:
-            node = self._wait(node)
-            self.nodes.append(node)
-            self.write_state()
-        return node
+        return self.await_nodes([node])[0] if wait else node
 
     def _spawn(self, name: str, blocks: tuple[int, int] | None, args: list[str],
                program: Sequence[str] | None = None) -> LocalNode:

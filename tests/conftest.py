@@ -11,6 +11,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SWARMLM = [sys.executable, "-m", "swarmlm.cli"]
+# Node args for swarms whose tests do not route by speed: announce a fixed tokens/s instead of measuring
+# it at every start (a quantized span takes tens of seconds to measure on a CI core).
+FIXED_THROUGHPUT = ("--throughput", "100")
 
 
 def log_tails(swarm, lines: int = 25) -> str:

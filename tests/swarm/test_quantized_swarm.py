@@ -15,6 +15,7 @@ from routing.errors import NoRouteError
 from shards.derive import derived_store
 from shards.manifest import Quantization
 from swarmlm.sdk import RemoteModel
+from tests.conftest import FIXED_THROUGHPUT
 
 PROMPT = "What is the capital of France?"
 TEXTS = ["The quick brown fox jumps over the lazy dog because it wanted to see the world.",
@@ -26,12 +27,15 @@ LIAR = [sys.executable, str(Path(__file__).with_name("lying_quant_node.py"))]
 @pytest.fixture(scope="module")
 def mixed(default_store, tmp_path_factory):
     """float32 0:10, int8 10:20, nf4 20:30, and a second int8 node over 10:20 (a same-weights checker)."""
-    swarm = LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("quant"), announce_period=2.0)
+    swarm = LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("quant"), announce_period=2.0,
+                       node_args=FIXED_THROUGHPUT)
     with swarm:
         swarm.start(0, 30)
-        nodes = {"float32": swarm.spawn_node((0, 10)), "int8": swarm.spawn_node((10, 20), extra=["--quant", "int8"]),
-                 "nf4": swarm.spawn_node((20, 30), extra=["--quant", "nf4"]),
-                 "int8-b": swarm.spawn_node((10, 20), extra=["--quant", "int8"])}
+        nodes = {"float32": swarm.spawn_node((0, 10), wait=False),
+                 "int8": swarm.spawn_node((10, 20), extra=["--quant", "int8"], wait=False),
+                 "nf4": swarm.spawn_node((20, 30), extra=["--quant", "nf4"], wait=False),
+                 "int8-b": swarm.spawn_node((10, 20), extra=["--quant", "int8"], wait=False)}
+        swarm.await_nodes(list(nodes.values()))
         yield swarm, nodes
 
 
@@ -68,14 +72,16 @@ def test_a_mixed_chain_generates_and_names_its_weights(mixed, default_store, loc
     assert (load.manifest_root.hex(), load.base_root.hex(), load.scheme) == (int8.root, default_store.root, "int8")
 
 
-def test_honest_nodes_of_every_scheme_are_never_accused(mixed, default_store):
+@pytest.mark.parametrize("checks", [60, pytest.param(200, marks=pytest.mark.long)])
+def test_honest_nodes_of_every_scheme_are_never_accused(mixed, default_store, checks):
+    """Every step of every span checked: a generation of 24 tokens makes about 70 checks."""
     swarm, _ = mixed
     with RemoteModel.connect(swarm.initial_peers, default_store.path, accept_quantized=("int8", "nf4"),
                              spot_check_rate=1.0, seed=1) as model:
-        while model.verifier.stats.checks < 200:
+        while model.verifier.stats.checks < checks:
             model.generate(PROMPT, 24, ignore_eos=True)
         stats = model.verifier.stats
-    assert stats.checks >= 200 and stats.mismatches == 0 and stats.convicted == []
+    assert stats.checks >= checks and stats.mismatches == 0 and stats.convicted == []
 
 
 def test_a_node_lying_about_its_scheme_is_caught(mixed, default_store):
@@ -100,8 +106,8 @@ def test_a_node_lying_about_its_scheme_is_caught(mixed, default_store):
 def test_placement_counts_the_real_bytes_of_quantized_blocks(mixed, default_store):
     swarm, _ = mixed
     budget = ["--blocks", "auto", "--max-memory", "100MiB", "--cache-tokens", "1024", "--rebalance-period", "0"]
-    full = swarm.spawn_node(extra=budget)
-    small = swarm.spawn_node(extra=[*budget, "--quant", "int8"])
+    full, small = swarm.await_nodes([swarm.spawn_node(extra=budget, wait=False),
+                                    swarm.spawn_node(extra=[*budget, "--quant", "int8"], wait=False)])
     logs = {name: Path(n.log).read_text() for name, n in (("float32", full), ("int8", small))}
     held = {name: int(re.search(r"holds (\d+) blocks", text).group(1)) for name, text in logs.items()}
     assert 0 < held["float32"] < held["int8"] <= 30

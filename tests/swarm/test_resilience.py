@@ -7,11 +7,12 @@ import time
 
 import pytest
 
-from node.local_swarm import LocalSwarm
+from node.local_swarm import LocalSwarm, even_spans
 from swarmlm.sdk import RemoteModel
+from tests.conftest import FIXED_THROUGHPUT
 
 PROMPT = "What is the capital of France?"
-TOKENS = 48
+TOKENS = 24  # a kill lands within the first 8: most of the answer comes after the failover
 
 
 @pytest.fixture(scope="module")
@@ -34,31 +35,31 @@ def _generate_killing(model: RemoteModel, swarm: LocalSwarm, blocks_start: int, 
 
 
 def test_kill_9_mid_generation_the_client_finishes_with_identical_tokens(default_store, tmp_path, reference_ids):
-    with LocalSwarm(str(default_store.path), tmp_path) as swarm:
-        swarm.start(3, default_store.manifest.num_blocks)
-        swarm.spawn_node((10, 20))  # a second holder of the middle blocks
+    with LocalSwarm(str(default_store.path), tmp_path, node_args=FIXED_THROUGHPUT) as swarm:
+        swarm.start_spans([*even_spans(default_store.manifest.num_blocks, 3), (10, 20)])  # two hold the middle
         with RemoteModel.connect(swarm.initial_peers, default_store.path) as model:
             ids, failovers = _generate_killing(model, swarm, 10, after=5)
     assert failovers == 1
     assert ids == reference_ids
 
 
-def test_repeated_kills_over_five_generations_with_spare_nodes(default_store, tmp_path, reference_ids):
-    spans = [(0, 10), (10, 20), (20, 30)]
-    with LocalSwarm(str(default_store.path), tmp_path) as swarm:
-        swarm.start(3, default_store.manifest.num_blocks)
-        for span in spans:
-            swarm.spawn_node(span)
+@pytest.mark.parametrize("generations", [2, pytest.param(5, marks=pytest.mark.long)])
+def test_repeated_kills_over_generations_with_spare_nodes(default_store, tmp_path, reference_ids, generations):
+    """Generation i kills a holder of span i % 3; a killed span gets a new spare if a later round needs one."""
+    spans = even_spans(default_store.manifest.num_blocks, 3)
+    with LocalSwarm(str(default_store.path), tmp_path, node_args=FIXED_THROUGHPUT) as swarm:
+        swarm.start_spans([*spans, *spans[:generations]])
         with RemoteModel.connect(swarm.initial_peers, default_store.path) as model:
-            for i in range(5):
+            for i in range(generations):
                 span = spans[i % 3]
                 ids, failovers = _generate_killing(model, swarm, span[0], after=3 + i)
                 assert (ids, failovers) == (reference_ids, 1), f"generation {i + 1}"
-                swarm.spawn_node(span)  # keep a spare for the next round
+                if i + 3 < generations:
+                    swarm.spawn_node(span)
 
 
 def test_cpu_float32_and_bfloat16_nodes_in_one_chain(default_store, tmp_path):
-    with LocalSwarm(str(default_store.path), tmp_path) as swarm:
+    with LocalSwarm(str(default_store.path), tmp_path, node_args=FIXED_THROUGHPUT) as swarm:
         swarm.start(3, default_store.manifest.num_blocks, dtypes=["float32", "bfloat16", "float32"])
         with RemoteModel.connect(swarm.initial_peers, default_store.path) as model:
             g = model.generate(PROMPT, 16)
@@ -69,7 +70,7 @@ def test_cpu_float32_and_bfloat16_nodes_in_one_chain(default_store, tmp_path):
 
 def test_sigterm_drains_live_sessions_then_a_restart_resumes(default_store, tmp_path, reference_ids):
     """The only node of blocks 10:20 gets SIGTERM mid-answer: the answer still completes on it."""
-    with LocalSwarm(str(default_store.path), tmp_path) as swarm:
+    with LocalSwarm(str(default_store.path), tmp_path, node_args=FIXED_THROUGHPUT) as swarm:
         swarm.start(3, default_store.manifest.num_blocks)
         middle = next(n for n in swarm.nodes if n.blocks == (10, 20))
         with RemoteModel.connect(swarm.initial_peers, default_store.path) as model:

@@ -128,10 +128,14 @@ class LocalSwarm:
                 "--threads", str(self.threads),
                 *(["--dtype", dtype] if dtype else []), *self.node_args, *extra]
         node = self._spawn(name, blocks, args, program)
-        if wait:
-            node = self._wait(node)
-            self.nodes.append(node)
-            self.write_state()
+        return self.join(node) if wait else node
+
+    def join(self, node: LocalNode) -> LocalNode:
+        """Once a node spawned without waiting is ready, count it in the swarm (nodes started
+        together load at once instead of one after the other)."""
+        node = self._wait(node)
+        self.nodes.append(node)
+        self.write_state()
         return node
 
     def _spawn(self, name: str, blocks: tuple[int, int] | None, args: list[str],

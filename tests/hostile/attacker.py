@@ -109,6 +109,14 @@ class Sybils:
         """`value` as `who`'s server record under each of `blocks`' keys (whatever span it claims)."""
         return self.store((block_key(root, b), who, value) for b in blocks)
 
+    def records(self, root: str, values: dict[str, tuple[Any, Iterable[int]]]) -> dict[str, int]:
+        """Each identity's (value, blocks) stored as its server record, all in one batch; by identity,
+        under how many keys some peer accepted it."""
+        items = [(block_key(root, b), who, value) for who, (value, blocks) in values.items() for b in blocks]
+        store = partial(_store_many, items=items, expiration=get_dht_time() + self.ttl)
+        stored = self.dht.run_coroutine(store, return_future=True).result(timeout=120)
+        return {who: sum(stored.get((key, who), False) for key, sub, _ in items if sub == who) for who in values}
+
     def evidence(self, who: str, root: str, document: bytes) -> bool:
         """`document` published as `who`'s evidence, chunks and index, the way honest clients publish."""
         return asyncio.run(dht_io.publish_evidence(self.dht, root, who, document, self.ttl))
@@ -142,6 +150,15 @@ async def _store(dht: hivemind.DHT, node: Any, items: list[tuple[str, str, Any]]
     stored = await asyncio.gather(*(node.store(key, built(value), expiration, subkey=subkey)
                                     for key, subkey, value in items), return_exceptions=True)
     return sum(result is True for result in stored)
+
+
+async def _store_many(dht: hivemind.DHT, node: Any, items: list[tuple[str, str, Any]], expiration: float
+                      ) -> dict[tuple[str, str], bool]:
+    """Runs in the DHT process: one traversal for all the items, however many (`_store` runs one
+    per item); whether each (key, subkey) was stored."""
+    stored = await node.store_many([k for k, _, _ in items], [built(v) for _, _, v in items], expiration,
+                                   subkeys=[s for _, s, _ in items])
+    return {(k, s): ok is True for (k, s), ok in stored.items()}
 
 
 def fake_node(peer_id: str, num_blocks: int, **changes: Any) -> dict[str, Any]:

@@ -1,10 +1,13 @@
-"""The attack modules' swarm, attacker and honest client: real processes, one swarm per module
-(attacks leave records in its DHT and sessions on its nodes that later modules must not see)."""
+"""The attack modules' swarm, attacker and honest client: real processes. Modules whose attacks
+leave nothing later modules could see (streams and sessions, ended when their attacker leaves;
+nodes they spawn and kill, whose records expire) share one swarm, each with fresh attacker identities; a module whose
+attacks leave lasting state (records and evidence in the DHT) overrides `swarm` with its own."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -15,19 +18,31 @@ from swarmlm.sdk import RemoteModel
 from .attacker import Attacker, down
 
 PROMPT = "What is the capital of France?"
-TOKENS = 12
+TOKENS = 6  # the answer must match the local one token for token; a few tokens are enough to tell
 # Small enough that one client can fill a node's cache in a few steps, and idle sessions lose it
 # after 5 s instead of 30 (the defaults otherwise); metrics on, for what info does not tell.
 NODE_ARGS = ["--cache-tokens", "1024", "--evict-idle-after", "5", "--drain-grace", "5", "--metrics-port", "0"]
 
 
-@pytest.fixture(scope="module")
-def swarm(default_store, tmp_path_factory) -> Iterator[LocalSwarm]:
+@contextmanager
+def hostile_swarm(default_store: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSwarm]:
     """A bootstrap peer and 3 real nodes (float32) over blocks 0:10, 10:20, 20:30."""
     with LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("hostile"), announce_period=5.0,
                     node_args=NODE_ARGS) as s:
         s.start(3, default_store.manifest.num_blocks)
         yield s
+
+
+@pytest.fixture(scope="package")
+def shared_swarm(default_store, tmp_path_factory) -> Iterator[LocalSwarm]:
+    """The swarm of the modules that leave nothing behind; it stops with this directory's tests."""
+    with hostile_swarm(default_store, tmp_path_factory) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def swarm(shared_swarm) -> LocalSwarm:
+    return shared_swarm
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from collections import Counter
 from tests.swarm.raw import RawSession
 
 from .attacker import Attacker, fresh_session
+from .conftest import TOKENS
 
 HOGGED = 512  # tokens each hog grows its session to: its cap, half the block-0 node's 1024-token pool
 
@@ -54,6 +55,6 @@ def test_two_identities_stepping_within_their_caps_do_not_keep_an_honest_client_
         hogging[0] = False
         for h in hogs:
             h.result(timeout=60)
-    print(f"honest client, connect + 12 tokens: {baseline:.1f} s alone, {attacked:.1f} s with the block-0 "
+    print(f"honest client, connect + {TOKENS} tokens: {baseline:.1f} s alone, {attacked:.1f} s with the block-0 "
           f"node's cache held by two stepping identities (hogs told {dict(told)})")
     assert told["cache_reclaimed"] >= 1

@@ -20,12 +20,13 @@ def test_nodes_sending_malformed_tensors_or_attestations_are_refused_and_banned(
     pushed NaN and reported `bad_tensor` to the client as its own failure (now refused to the
     pusher, off the loop)."""
     honest_nodes = {n.peer_id for n in swarm.nodes}
-    liars = {swarm.spawn_node((10, 20), extra=["--throughput", "100000"], program=[*MALFORMED, mode]).peer_id: mode
-             for mode in MODES}
+    spawned = {mode: swarm.spawn_node((10, 20), extra=["--throughput", "100000"], program=[*MALFORMED, mode],
+                                      wait=False) for mode in MODES}
     try:
+        liars = {node.peer_id: mode for mode, node in zip(spawned, swarm.await_nodes(list(spawned.values())))}
         with caplog.at_level(logging.INFO, logger="routing.chain"):
             for _ in range(3):  # a client may finish its answer before it has tried every liar: ask again
-                honest()
+                honest(tokens=12)  # steps enough to meet every liar
                 failed = {r.args[0] for r in caplog.records
                           if r.name == "routing.chain" and "failed on blocks" in r.msg}
                 refused = {p for p in liars if p[-8:] in failed}
@@ -35,5 +36,5 @@ def test_nodes_sending_malformed_tensors_or_attestations_are_refused_and_banned(
         assert sorted(liars[p] for p in refused) == sorted(MODES), caplog.text
         assert not {p[-8:] for p in honest_nodes} & failed, caplog.text
     finally:
-        for node in [n for n in swarm.nodes if n.peer_id in liars]:
+        for node in spawned.values():
             swarm.kill(node)

@@ -128,10 +128,14 @@ class LocalSwarm:
                 "--threads", str(self.threads),
                 *(["--dtype", dtype] if dtype else []), *self.node_args, *extra]
         node = self._spawn(name, blocks, args, program)
-        if wait:
-            node = self._wait(node)
-            self.nodes.append(node)
-            self.write_state()
+        return self.join(node) if wait else node
+
+    def join(self, node: LocalNode) -> LocalNode:
+        """Wait for a node spawned with `wait=False` to be ready and count it in: nodes with different
+        flags start together this way."""
+        node = self._wait(node)
+        self.nodes.append(node)
+        self.write_state()
         return node
 
     def _spawn(self, name: str, blocks: tuple[int, int] | None, args: list[str],

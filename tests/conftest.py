@@ -55,10 +55,12 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def swarm3(default_store, tmp_path_factory):
-    """A bootstrap peer and 3 real node processes (float32) splitting the default model's 30 blocks."""
+    """A bootstrap peer and 3 real node processes (float32) splitting the default model's 30 blocks,
+    each serving /metrics on a port of its own (its log's `metrics URL` line)."""
     from node.local_swarm import LocalSwarm
 
-    swarm = LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("swarm3"), announce_period=5.0)
+    swarm = LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("swarm3"), announce_period=5.0,
+                       node_args=["--metrics-port", "0"])
     with swarm:
         swarm.start(3, default_store.manifest.num_blocks)
         yield swarm

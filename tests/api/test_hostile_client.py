@@ -20,6 +20,7 @@ from tests.api.gateway_process import GatewayProcess, run_gateway
 
 MODEL = "smollm2-135m-instruct"
 HEAD_TIMEOUT_S = 3
+SEND_TIMEOUT_S = 2
 MAX_CONNECTIONS = 64
 PER_CLIENT = 16  # connections from one address
 MAX_QUEUE = 8
@@ -33,7 +34,7 @@ LONG = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 200, "temper
 def gateway(swarm3, tmp_path_factory) -> Iterator[GatewayProcess]:
     """Keyless, 4 workers (2 per client), a short queue, a short head deadline and a small connection cap."""
     args = ["--max-concurrency", "4", "--max-queue", str(MAX_QUEUE), "--head-timeout", str(HEAD_TIMEOUT_S),
-            "--body-timeout", "3", "--send-timeout", "5", "--max-connections", str(MAX_CONNECTIONS),
+            "--body-timeout", "3", "--send-timeout", str(SEND_TIMEOUT_S), "--max-connections", str(MAX_CONNECTIONS),
             "--max-client-connections", str(PER_CLIENT)]
     with run_gateway(swarm3.initial_peers, tmp_path_factory.mktemp("hostile-gateway"), args=args) as gw:
         yield gw
@@ -169,7 +170,7 @@ def test_a_body_that_stops_coming_gets_408_and_the_connection_closed(gateway) ->
 
 def test_streams_nobody_reads_stop_generating_and_give_their_workers_back(gateway) -> None:
     """Two 3000-token streams whose client reads nothing hold this address's 2 workers; once the buffers
-    are full, the send deadline (5 s) ends them, so two requests from the same address, which need both
+    are full, the send deadline (SEND_TIMEOUT_S) ends them, so two requests from the same address, which need both
     workers, are answered long before 3000 tokens could have been generated."""
     text, calm_s = _honest(gateway, "127.0.0.1")
     with ExitStack() as stack:
@@ -184,4 +185,4 @@ def test_streams_nobody_reads_stop_generating_and_give_their_workers_back(gatewa
     assert [a[0] for a in answers] == [text, text]
     print(f"\nstalled readers: a 4-token completion from their address {calm_s:.2f}s calm, "
           f"{max(a[1] for a in answers):.2f}s for two at once behind 2 unread 3000-token streams (the time "
-          "their buffers took to fill, plus the 5 s deadline)")
+          f"their buffers took to fill, plus the {SEND_TIMEOUT_S} s deadline)")

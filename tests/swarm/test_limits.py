@@ -16,7 +16,7 @@ from routing.client import SwarmClient
 from routing.errors import RemoteError
 from swarmlm.sdk import RemoteModel
 
-from .raw import RawSession
+from .raw import RawSession, info
 
 PROMPT = "What is the capital of France?"
 LONG_PROMPT = ("France, in western Europe, has many large cities: Marseille, Lyon, Toulouse, Nice, Nantes, "
@@ -32,8 +32,8 @@ def limited(default_store, tmp_path_factory):
     swarm = LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("limits"), announce_period=2.0)
     with swarm:
         swarm.start(0, 30)
-        a = swarm.spawn_node((0, 30), extra=LIMITED)
-        b = swarm.spawn_node((0, 30))
+        starting = [swarm.spawn_node((0, 30), extra=LIMITED, wait=False), swarm.spawn_node((0, 30), wait=False)]
+        a, b = swarm.await_nodes(starting)
         yield swarm, a, b
 
 
@@ -121,12 +121,18 @@ def test_the_sdk_chunks_prompts_and_survives_an_expired_session(limited, default
         m.view.bans._until[b.peer_id] = time.monotonic() + 3600
         with m.inference_session(max_length=96) as chat:
             first = chat.generate(PROMPT, 8)
-            time.sleep(9)  # longer than A's 2 s session timeout (checked every 5 s)
+            _wait_until_idle_sessions_expired(m.client, a)  # A's 2 s session timeout, checked every 5 s
             conversation = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": first.text},
                             {"role": "user", "content": "And of Germany?"}]
             second = chat.generate(conversation, 8)
             assert chat.runner.failovers == 1 and {s.peer for s in chat.runner.spans} == {a.peer_id}
     assert second.token_ids == local_model.generate(conversation, 8).token_ids
+
+
+def _wait_until_idle_sessions_expired(client, node, deadline_s: float = 30.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while client.run(info(client, node.peer_id), timeout=60)["load"]["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def test_remote_errors_carry_the_node_message(limited, model):

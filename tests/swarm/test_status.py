@@ -17,31 +17,35 @@ def _status(swarm, env) -> tuple[int, dict]:
     return proc.returncode, json.loads(proc.stdout)
 
 
-def test_swarm_status_covers_every_block_then_shows_a_dead_nodes_blocks_unserved(default_store, tmp_path, cli_env):
+def test_swarm_status_covers_every_block_and_node_status_shows_one_node(swarm3, cli_env):
+    code, report = _status(swarm3, cli_env)
+    assert code == 0 and report["unserved"] == [] and report["servers_per_block"] == [1] * 30
+    assert sorted(tuple(n["blocks"]) for n in report["nodes"]) == [(0, 10), (10, 20), (20, 30)]
+    assert report["totals"]["online"] == 3
+
+    local = subprocess.run(SWARMLM + ["node", "status", "--identity", f"{swarm3.nodes[0].state_dir}/identity.key",
+                                      "--json"], capture_output=True, text=True, env=cli_env, timeout=60)
+    info = json.loads(local.stdout)
+    assert info["peer_id"] == swarm3.nodes[0].peer_id and info["state"] == "online"
+    assert [info["start"], info["end"]] == list(swarm3.nodes[0].blocks)
+
+
+def test_swarm_status_shows_a_dead_nodes_blocks_unserved(default_store, tmp_path, cli_env):
     with LocalSwarm(str(default_store.path), tmp_path, announce_period=2.0) as swarm:
-        swarm.start(3, 30)
+        swarm.start(2, 30)
         code, report = _status(swarm, cli_env)
-        assert code == 0 and report["unserved"] == [] and report["servers_per_block"] == [1] * 30
-        assert sorted(tuple(n["blocks"]) for n in report["nodes"]) == [(0, 10), (10, 20), (20, 30)]
-        assert report["totals"]["online"] == 3
+        assert code == 0 and report["unserved"] == [] and report["totals"]["online"] == 2
 
-        local = subprocess.run(SWARMLM + ["node", "status", "--identity",
-                                          f"{swarm.nodes[0].state_dir}/identity.key", "--json"],
-                               capture_output=True, text=True, env=cli_env, timeout=60)
-        info = json.loads(local.stdout)
-        assert info["peer_id"] == swarm.nodes[0].peer_id and info["state"] == "online"
-        assert [info["start"], info["end"]] == list(swarm.nodes[0].blocks)
-
-        middle = next(n for n in swarm.nodes if n.blocks == (10, 20))
-        swarm.kill(middle, signal.SIGKILL)
+        second = next(n for n in swarm.nodes if n.blocks == (15, 30))
+        swarm.kill(second, signal.SIGKILL)
         deadline = time.monotonic() + 60  # its records expire after 3 announce periods
         while True:
             code, report = _status(swarm, cli_env)
             if report["unserved"] or time.monotonic() > deadline:
                 break
             time.sleep(1)
-        assert code == 1 and report["unserved"] == list(range(10, 20))
-        assert report["totals"]["blocks_covered"] == 20
+        assert code == 1 and report["unserved"] == list(range(15, 30))
+        assert report["totals"]["blocks_covered"] == 15
 
 
 def test_swarm_status_human_output(swarm3, cli_env):

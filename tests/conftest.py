@@ -60,7 +60,7 @@ def swarm3(default_store, tmp_path_factory):
     from node.local_swarm import LocalSwarm
 
     swarm = LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("swarm3"), announce_period=5.0,
-                       node_args=["--metrics-port", "0"])
+                       node_args=["--metrics-port", "0", *FIXED_THROUGHPUT])
     with swarm:
         swarm.start(3, default_store.manifest.num_blocks)
         yield swarm

@@ -15,13 +15,17 @@ import pytest
 from node.local_swarm import LocalSwarm
 from swarmlm.sdk import RemoteModel
 
+from tests.conftest import FIXED_THROUGHPUT
+
 from .attacker import Attacker, down
 
 PROMPT = "What is the capital of France?"
 TOKENS = 6  # the answer must match the local one token for token; a few tokens are enough to tell
 # Small enough that one client can fill a node's cache in a few steps, and idle sessions lose it
-# after 5 s instead of 30 (the defaults otherwise); metrics on, for what info does not tell.
-NODE_ARGS = ["--cache-tokens", "1024", "--evict-idle-after", "5", "--drain-grace", "5", "--metrics-port", "0"]
+# after 5 s instead of 30 (the defaults otherwise); metrics on, for what info does not tell; a fixed
+# announced speed instead of a measurement at every start.
+NODE_ARGS = ["--cache-tokens", "1024", "--evict-idle-after", "5", "--drain-grace", "5", "--metrics-port", "0",
+             *FIXED_THROUGHPUT]
 
 
 @contextmanager

@@ -23,11 +23,11 @@ PROMPTS = ["What is the capital of France?", "Name a colour."]
 
 @pytest.fixture(scope="module")
 def ledger_swarm(default_store, tmp_path_factory):
-    """2 nodes announcing and witnessing every 2 s (so witnessing rounds come quickly), two generations."""
+    """3 nodes announcing and witnessing every 2 s (so witnessing rounds come quickly), two generations."""
     state = tmp_path_factory.mktemp("ledger-swarm")
     with LocalSwarm(str(default_store.path), state / "swarm", announce_period=2.0,
                     node_args=["--witness-period", "2"]) as swarm:
-        swarm.start(2, default_store.manifest.num_blocks)
+        swarm.start(3, default_store.manifest.num_blocks)
         with RemoteModel.connect(swarm.initial_peers, default_store.path, identity=state / "client.key",
                                  ledger=state / "client.sqlite") as model:
             sessions = []

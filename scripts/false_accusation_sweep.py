@@ -124,11 +124,12 @@ def sweep(base: ShardStore, spans: list[tuple[int, int]], prompts: tuple[str, ..
                 honest, liars, bound = 0.0, {liar: float("inf") for liar in LIARS}, 0.0
                 to = wire.WIRE_DTYPES[travel]
                 for sent, start, truth, out, lied in runs:
-                    claim = _claim(identity, out.to(to), sent, store.root, span, compute, scheme, start)
-                    bound = claim.bound()
-                    honest = max(honest, relative_error(claim.output, truth))
-                    for liar in LIARS:
-                        liars[liar] = min(liars[liar], relative_error(lied[liar].to(to), truth))
+                    with torch.inference_mode():
+                        claim = _claim(identity, out.to(to), sent, store.root, span, compute, scheme, start)
+                        bound = claim.bound()
+                        honest = max(honest, relative_error(claim.output, truth))
+                        for liar in LIARS:
+                            liars[liar] = min(liars[liar], relative_error(lied[liar].to(to), truth))
                 yield Row(compute, travel, scheme or "-", span, bound, honest, liars)
 
 

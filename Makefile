@@ -33,9 +33,12 @@ demo: model
 test: model tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Tests that need neither the model nor node processes (markers set in tests/conftest.py).
+# Tests that need neither the model nor node processes (markers set in tests/conftest.py): mostly
+# single-threaded Python, so one worker per core (UNIT_WORKERS=0 runs them in this process).
+UNIT_WORKERS ?= 2
 unit: install
-	$(BIN)/python -m pytest -m "not model and not swarm and not bigmodel and not long" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not model and not swarm and not bigmodel and not long" \
+	  $(if $(filter-out 0,$(UNIT_WORKERS)),-n $(UNIT_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
 
 # The rest of `make test`: `make unit heavy` runs every test once.
 heavy: model tools

@@ -82,11 +82,15 @@ PROCESS_CALLS = ("LocalSwarm(", "subprocess.", "SWARMLM,", "*SWARMLM")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tier tests by what they need, so `make unit` runs without the model or processes."""
+    """Tier tests by what they need, so `make unit` runs without the model or processes; group them
+    for `pytest -n` (`--dist loadgroup`): a module's tests stay on one worker, so its module fixtures
+    start once, and the WAN lab's modules share one worker, since they make and count namespaces."""
     sources: dict[Path, str] = {}
     for item in items:
         names = set(item.fixturenames)
         path = Path(item.fspath)
+        group = "wan" if path.parent.name == "wan" else str(path.relative_to(REPO))
+        item.add_marker(pytest.mark.xdist_group(group))
         if path not in sources:
             sources[path] = path.read_text(encoding="utf-8", errors="replace")
         if names & SWARM_FIXTURES or any(call in sources[path] for call in PROCESS_CALLS):

@@ -4,6 +4,7 @@ schema the engine cannot compile is refused before anything runs."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import jsonschema
@@ -12,6 +13,7 @@ import torch
 
 from shards.constrained import JsonConstraint, ResponseFormatError, json_grammar
 from shards.drafting import ModelDrafter
+from swarmlm.generate import register, run_generation
 
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "hobbies"],
           "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer", "minimum": 0},
@@ -109,3 +111,15 @@ def test_bad_formats_are_refused(local_model, response_format, says):
         json_grammar(response_format)
     with pytest.raises(ResponseFormatError, match=says):
         local_model.generate(ASK, 4, response_format=response_format)
+
+
+def test_the_cli_takes_a_schema_file(local_model, tmp_path, capsys):
+    (tmp_path / "person.json").write_text(json.dumps(PERSON))
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["generate", "--local", "--json", "--max-new-tokens", "60", "--json-schema",
+                              str(tmp_path / "person.json"), ASK])
+    assert run_generation(local_model, args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["token_ids"] == local_model.generate(ASK, 60, response_format=AS_SCHEMA).token_ids
+    person(out["text"])

@@ -100,8 +100,9 @@ class JsonConstraint:
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """A row of logits (vocab,) with every token the grammar refuses next set to -inf."""
         self.matcher.unsafe_compute_mask_ptr(self._bits.data_ptr(), self._bits.numel() * 4)
-        allowed = np.unpackbits(self._bits.numpy().view(np.uint8), bitorder="little")[:logits.shape[-1]]
-        return logits.float().masked_fill(torch.from_numpy(allowed == 0).to(logits.device), float("-inf"))
+        bits = np.unpackbits(self._bits.numpy().view(np.uint8), bitorder="little")[:logits.shape[-1]]
+        allowed = torch.from_numpy(bits.view(np.bool_)).to(logits.device)
+        return torch.where(allowed, logits.float(), float("-inf"))
 
     def mask_along(self, logits: torch.Tensor, drafts: Sequence[int]) -> torch.Tensor:
         """Rows (len(drafts) + 1, vocab): row i masked for the state after drafts[:i]; the state is

@@ -8,6 +8,9 @@ message (the session adds it and its answer to the chat) or the whole chat so fa
 With speculation (`speculative=k`), a trip sends the last token plus up to k drafted tokens as one
 step and judges all of them from that one forward (shards.speculative); the history is cut back to
 the verified tokens, so the next step starts below what the caches hold and overwrites the rest.
+
+With `response_format` (shards.constrained), a grammar masks each position's logits before a
+token is chosen, drafts included, so JSON answers always parse and follow their schema.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence, Union
 
 import torch
 
+from .constrained import JsonConstraint, json_grammar
 from .drafting import Draft, Drafter, PromptLookupDrafter
 from .errors import ShardsError
 from .head import Head
@@ -134,8 +138,10 @@ class Session:
         template); `ignore_eos`; `logprobs`: None for none, else each token's log-probability under the
         model and that many likeliest alternatives (`TokenEvent.logprob`); `speculative`: draft up to
         that many tokens per trip and verify them in one forward (None: the session's default);
-        `drafter`: who drafts (default: prompt lookup). Every sampling feature works with speculation:
-        penalties are applied at each drafted position for the context it follows.
+        `drafter`: who drafts (default: prompt lookup); `response_format`: OpenAI's `{"type": "json_object"}`
+        or `{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}` constrains the answer
+        to JSON (shards.constrained), which ends when the value does. Every sampling feature works with
+        speculation: penalties and the grammar apply at each drafted position for the context it follows.
         """
         yield from self._call(prompt, max_new_tokens, Generation("", [], "length", 0), **kwargs)
 
@@ -180,12 +186,15 @@ class Session:
     def _call(self, prompt: Prompt, max_new_tokens: int, result: Generation, *, stop: Sequence[str] = (),
               raw: bool = False, ignore_eos: bool = False, logprobs: int | None = None,
               speculative: int | None = None, drafter: Drafter | None = None,
-              **sampling: Any) -> Iterator[TokenEvent]:
+              response_format: dict[str, Any] | None = None, **sampling: Any) -> Iterator[TokenEvent]:
         if logprobs is not None and logprobs < 0:
             raise ShardsError(f"logprobs (alternatives per token) must be >= 0, got {logprobs}")
         params = SamplingParams(**sampling)
+        grammar = json_grammar(response_format)
+        constraint = None if grammar is None else JsonConstraint(
+            grammar, self.tokenizer, self.head.embed_tokens.num_embeddings, sorted(self.eos_ids))
         yield from self._run(prompt, max_new_tokens, params, stop, raw, ignore_eos, logprobs, result,
-                             self._speculation(speculative, drafter, seeded=params.seed is not None))
+                             self._speculation(speculative, drafter, seeded=params.seed is not None), constraint)
 
     def _speculation(self, speculative: int | None, drafter: Drafter | None, seeded: bool) -> _Speculation | None:
         """Drafts per trip adapt to measured costs, except for a seeded call: how many drafts a trip
@@ -221,7 +230,7 @@ class Session:
 
     def _run(self, prompt: Prompt, max_new_tokens: int, params: SamplingParams, stop: Sequence[str], raw: bool,
              ignore_eos: bool, logprobs: int | None, result: Generation,
-             speculation: _Speculation | None) -> Iterator[TokenEvent]:
+             speculation: _Speculation | None, constraint: JsonConstraint | None) -> Iterator[TokenEvent]:
         if max_new_tokens < 1:
             raise ShardsError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         chat = self._chat(prompt, raw)
@@ -234,7 +243,7 @@ class Session:
         started = time.perf_counter()
         try:
             yield from self._tokens(ids, max_new_tokens, sampler, stop, ignore_eos, logprobs, result, speculation,
-                                    started)
+                                    constraint, started)
         finally:  # the answer so far joins the chat, also when the caller stopped reading early
             if chat is not None and (result.total_time or result.token_ids):
                 self.conversation = [*chat, {"role": "assistant", "content": result.text}]
@@ -243,7 +252,7 @@ class Session:
 
     def _tokens(self, ids: list[int], max_new_tokens: int, sampler: Sampler, stop: Sequence[str], ignore_eos: bool,
                 logprobs: int | None, result: Generation, speculation: _Speculation | None,
-                started: float) -> Iterator[TokenEvent]:
+                constraint: JsonConstraint | None, started: float) -> Iterator[TokenEvent]:
         detok = _Detokenizer(self.tokenizer)
         if logprobs is not None:
             result.logprobs = []
@@ -253,9 +262,9 @@ class Session:
             remaining = max_new_tokens - len(result.token_ids)
             if speculation is None:
                 rows = self.feed(context)[None]
-                tokens = [sampler(rows[0], context)]
+                tokens = [sampler(rows[0] if constraint is None else constraint.mask(rows[0]), context)]
             else:
-                tokens, rows = speculation.trip(self, context, sampler, remaining)
+                tokens, rows = speculation.trip(self, context, sampler, remaining, constraint)
             if not result.token_ids:
                 result.time_to_first_token = time.perf_counter() - started
             for token, row in zip(tokens, rows):  # a trip may yield several; never emit past EOS, a stop string or the limit
@@ -268,12 +277,15 @@ class Session:
                     result.logprobs.append(logprob)
                 result.token_ids.append(token)
                 context.append(token)
+                if constraint is not None:
+                    constraint.accept(token)
                 delta, hit = detok.push(token, stop)
                 result.text += delta
                 yield TokenEvent(token, delta, logprob)
-                if hit:
+                complete = constraint is not None and constraint.done  # the value ended: as at EOS
+                if hit or complete:
                     result.finish_reason = "stop"
-                if hit or len(result.token_ids) == max_new_tokens:
+                if hit or complete or len(result.token_ids) == max_new_tokens:
                     done = True
                     break
         tail = "" if hit else detok.flush()
@@ -298,21 +310,26 @@ class _Speculation:
         self.drafter, self.draft_length = drafter, draft_length
         self.trips = self.drafted = self.accepted = 0
 
-    def trip(self, session: Session, context: list[int], sampler: Sampler,
-             remaining: int) -> tuple[list[int], torch.Tensor]:
-        """Tokens the target emits after `context` (1 to k+1), each with the logits it was chosen from;
-        the caches keep only verified ones."""
+    def trip(self, session: Session, context: list[int], sampler: Sampler, remaining: int,
+             constraint: JsonConstraint | None = None) -> tuple[list[int], torch.Tensor]:
+        """Tokens the target emits after `context` (1 to k+1), each with the model's logits where it was
+        chosen; the caches keep only verified ones. A `constraint` cuts drafts at the first it refuses
+        (the target would reject it) and masks each position (it follows the emitted tokens itself)."""
         k = self.draft_length.choose(min(remaining - 1, session.max_length - len(context)))
         draft = Draft([])
         if k > 0:
             began = time.perf_counter()
             draft = self.drafter.propose(context, k, sampler)
             self.draft_length.record_draft(len(draft.tokens), time.perf_counter() - began)
+        if constraint is not None:
+            valid = constraint.valid_prefix(draft.tokens)
+            draft = Draft(draft.tokens[:valid], None if draft.probs is None else draft.probs[:valid])
         began = time.perf_counter()
         logits, positions = session.advance(context + draft.tokens, len(draft.tokens) + 1)
         self.draft_length.record_forward(positions, time.perf_counter() - began)
         contexts = [context + draft.tokens[:i] for i in range(len(draft.tokens) + 1)]
-        target = sampler.probs(logits, contexts)
+        target = sampler.probs(logits if constraint is None else constraint.mask_along(logits, draft.tokens),
+                               contexts)
         if sampler.params.greedy:
             tokens = accept_greedy(target.argmax(-1).tolist(), draft.tokens)
         else:

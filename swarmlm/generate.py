@@ -46,6 +46,11 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-draft", type=int, default=0, metavar="N",
                    help="speculative decoding: draft up to N tokens per trip and verify them in one "
                         "(default 0 = off; drafts come from the prompt unless --draft-model is given)")
+    structured = p.add_mutually_exclusive_group()
+    structured.add_argument("--json-object", action="store_true",
+                            help="constrain the answer to one JSON object (OpenAI's JSON mode)")
+    structured.add_argument("--json-schema", type=Path, metavar="FILE",
+                            help="constrain the answer to JSON valid against the JSON Schema in FILE")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,7 +87,20 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
     return {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "min_p": args.min_p,
             "presence_penalty": args.presence_penalty, "frequency_penalty": args.frequency_penalty,
             "repetition_penalty": args.repetition_penalty, "seed": args.seed, "stop": args.stop,
-            "logprobs": args.logprobs, "speculative": args.max_draft}
+            "logprobs": args.logprobs, "speculative": args.max_draft, "response_format": response_format(args)}
+
+
+def response_format(args: argparse.Namespace) -> dict | None:
+    """OpenAI's `response_format` for --json-object or --json-schema FILE (named after the file)."""
+    if args.json_object:
+        return {"type": "json_object"}
+    if args.json_schema is None:
+        return None
+    try:
+        schema = json.loads(args.json_schema.read_text())
+    except (OSError, ValueError) as e:
+        raise ShardsError(f"--json-schema {args.json_schema}: {e}") from None
+    return {"type": "json_schema", "json_schema": {"name": args.json_schema.stem, "schema": schema, "strict": True}}
 
 
 def split_trailing_prompt(args: argparse.Namespace, peers_attr: str = "peers") -> None:

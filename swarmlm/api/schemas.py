@@ -1,9 +1,11 @@
 """OpenAI request bodies, validated strictly on entry, and what a generation needs from them.
 
 Fields the official client sends are accepted with OpenAI's defaults (null means default), and
-vLLM's sampling extensions too (`top_k`, `min_p`, `repetition_penalty`). Features this gateway
-cannot honour (logit_bias, tools, JSON mode) are refused with a 400 naming the parameter rather
-than silently ignored; unknown fields are ignored, as newer clients send fields older servers do
+vLLM's sampling extensions too (`top_k`, `min_p`, `repetition_penalty`), and `response_format`
+(JSON mode and JSON schemas, by constrained decoding: shards.constrained), whose schema is compiled
+here so that one the grammar engine cannot follow is a 400 before any work. Features this gateway
+cannot honour (logit_bias, tools) are refused with a 400 naming the parameter rather than silently
+ignored; unknown fields are ignored, as newer clients send fields older servers do
 not know.
 """
 
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shards.constrained import ResponseFormatError, json_grammar
 
 from .errors import bad_request, unsupported
 
@@ -46,7 +50,6 @@ class Message(_Schema):
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "logit_bias": ({},), "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
     "function_call": ("none", "auto"), "best_of": (1,), "echo": (False,), "suffix": ("",),
-    "response_format": ({"type": "text"},),
 }
 
 
@@ -109,6 +112,7 @@ class GenerationRequest:
     repetition_penalty: float = 1.0
     n: int = 1
     logprobs: int | None = None  # None: no log-probabilities; else how many alternatives per token
+    response_format: dict[str, Any] | None = None  # OpenAI's, checked to compile; None: plain text
 
     def sampling(self) -> dict[str, Any]:
         """Keyword arguments for `Session.stream`; top_p 0 (allowed by OpenAI) means the likeliest token."""
@@ -116,7 +120,8 @@ class GenerationRequest:
         return {"temperature": 0.0 if greedy else self.temperature, "top_p": self.top_p or 1.0, "seed": self.seed,
                 "stop": self.stop, "top_k": self.top_k, "min_p": self.min_p,
                 "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
-                "repetition_penalty": self.repetition_penalty, "logprobs": self.logprobs}
+                "repetition_penalty": self.repetition_penalty, "logprobs": self.logprobs,
+                "response_format": self.response_format}
 
 
 def parse(schema: type[_Sampling], body: Any) -> _Sampling:
@@ -139,8 +144,12 @@ def chat_request(body: Any) -> GenerationRequest:
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("'top_logprobs' needs 'logprobs' set to true", param="top_logprobs")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    try:
+        response_format = req.response_format if json_grammar(req.response_format) is not None else None
+    except ResponseFormatError as e:
+        raise bad_request(str(e), param="response_format", code="invalid_value") from None
     return _generation(req, messages, raw=False, max_tokens=req.max_completion_tokens or req.max_tokens,
-                       logprobs=logprobs)
+                       logprobs=logprobs, response_format=response_format)
 
 
 def completion_request(body: Any) -> GenerationRequest:
@@ -182,8 +191,8 @@ def _shown(value: object, limit: int = 60) -> str:
     return cut.rstrip(",:") + " …"
 
 
-def _generation(req: _Sampling, prompt: Prompt, *, raw: bool, max_tokens: int | None,
-                logprobs: int | None) -> GenerationRequest:
+def _generation(req: _Sampling, prompt: Prompt, *, raw: bool, max_tokens: int | None, logprobs: int | None,
+                response_format: dict[str, Any] | None = None) -> GenerationRequest:
     for name, neutral in _NEUTRAL.items():
         value = getattr(req, name, None)
         if value is not None and value not in neutral:
@@ -201,5 +210,5 @@ def _generation(req: _Sampling, prompt: Prompt, *, raw: bool, max_tokens: int | 
         top_k=max(0, req.top_k or 0), min_p=req.min_p or 0.0, presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
         repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty, n=req.n or 1,
-        logprobs=logprobs)
+        logprobs=logprobs, response_format=response_format)
 

@@ -89,6 +89,26 @@ def test_seed_repeats_a_sample_and_stop_ends_the_text_before_it(client):
     assert stopped.choices[0].finish_reason == "stop"
 
 
+def test_structured_output_through_the_swarm_is_the_sdks(client, local_model):
+    """response_format json_schema (create) and a pydantic model (parse): the answer validates and is the
+    local model's constrained greedy answer, token for token through the chain."""
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        city: str
+        country: str
+
+    schema = City.model_json_schema() | {"additionalProperties": False}
+    response_format = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}}
+    chat = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=40,
+                                          response_format=response_format)
+    assert chat.choices[0].message.content == local_model.generate(QUESTION, 40, response_format=response_format).text
+    assert chat.choices[0].finish_reason == "stop"
+    parsed = client.chat.completions.parse(model=MODEL, messages=QUESTION, temperature=0, max_tokens=40,
+                                           response_format=City)
+    assert parsed.choices[0].message.parsed == City.model_validate_json(chat.choices[0].message.content)
+
+
 async def test_a_request_completes_while_another_streams_and_leaving_closes_that_session(async_client, local_model,
                                                                                         swarm3):
     """No global lock: a short answer completes while a long one is mid-stream. Then the long one's

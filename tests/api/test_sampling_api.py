@@ -166,3 +166,41 @@ def test_the_official_client_parses_logprobs_and_n(api, local_model):
                                      extra_body={"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2})
     assert text.choices[0].text == local_model.generate("The sky is", 3, raw=True, repetition_penalty=1.2).text
     assert len(text.choices[0].logprobs.token_logprobs) == 3
+
+
+PERSON = [{"role": "user", "content": "Describe a fictional person as JSON with a name and an age."}]
+
+
+def test_the_official_client_gets_structured_output(api, local_model):
+    """json_schema through `create` and a pydantic model through `parse`: the SDK's constrained answers."""
+    import jsonschema
+    from openai import OpenAI
+    from pydantic import BaseModel
+
+    class Person(BaseModel):
+        name: str
+        age: int
+
+    client = OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=api)
+    schema = Person.model_json_schema() | {"additionalProperties": False}
+    response_format = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}}
+    chat = client.chat.completions.create(model="m", messages=PERSON, temperature=0, max_tokens=40,
+                                          response_format=response_format)
+    sdk = local_model.generate(PERSON, 40, response_format=response_format)
+    assert chat.choices[0].message.content == sdk.text and chat.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(sdk.text), schema)
+    parsed = client.chat.completions.parse(model="m", messages=PERSON, temperature=0.8, seed=5, max_tokens=40,
+                                           response_format=Person)
+    assert isinstance(parsed.choices[0].message.parsed, Person)
+    fruits = [{"role": "user", "content": "List three fruits as a JSON object."}]
+    stream = client.chat.completions.create(model="m", messages=fruits, temperature=0, max_tokens=40, stream=True,
+                                            response_format={"type": "json_object"})
+    assert isinstance(json.loads("".join(c.choices[0].delta.content or "" for c in stream if c.choices)), dict)
+
+
+def test_a_schema_the_engine_cannot_follow_is_a_400(api):
+    reply = api.post("/v1/chat/completions", json={"model": "m", "messages": PERSON, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "string", "pattern": "(?<=a)b"}}}})
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert error["param"] == "response_format" and "look-around" in error["message"]

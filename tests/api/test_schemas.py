@@ -66,7 +66,7 @@ def test_stop_and_streaming_options() -> None:
 ])
 def test_sampling_arguments(temperature: float, top_p: float, sampling: dict) -> None:
     neutral = {"top_k": 0, "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
-               "repetition_penalty": 1.0, "logprobs": None}
+               "repetition_penalty": 1.0, "logprobs": None, "response_format": None}
     assert chat(temperature=temperature, top_p=top_p, seed=3).sampling() == {**sampling, **neutral, "seed": 3,
                                                                              "stop": ()}
 
@@ -77,7 +77,7 @@ def test_sampling_features_reach_the_sampler() -> None:
     assert req.n == 3
     assert req.sampling() == {"temperature": 1.0, "top_p": 1.0, "seed": 9, "stop": (), "top_k": 40, "min_p": 0.05,
                               "presence_penalty": 0.5, "frequency_penalty": -0.25, "repetition_penalty": 1.1,
-                              "logprobs": 4}
+                              "logprobs": 4, "response_format": None}
 
 
 @pytest.mark.parametrize("fields, logprobs", [({}, None), ({"logprobs": False}, None), ({"logprobs": True}, 0),
@@ -133,13 +133,35 @@ def test_a_missing_model_is_named() -> None:
 
 @pytest.mark.parametrize("fields, param", [
     ({"logit_bias": {"5": 1}}, "logit_bias"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0]"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
 ])
 def test_features_the_gateway_cannot_honour_are_refused(fields: dict, param: str) -> None:
     error = refusal(chat_request, {"model": "m", "messages": HI, **fields})
     assert error.param == param and error.code == "unsupported_parameter"
+
+
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+
+
+@pytest.mark.parametrize("response_format", [
+    {"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "n", "schema": SCHEMA, "strict": True}}])
+def test_json_formats_reach_the_generation(response_format: dict) -> None:
+    req = chat(response_format=response_format)
+    assert req.response_format == response_format and req.sampling()["response_format"] == response_format
+
+
+@pytest.mark.parametrize("response_format, says", [
+    ({"type": "xml"}, "'text', 'json_object' or 'json_schema'"),
+    ("json_object", "must be an object"),
+    ({"type": "json_schema", "json_schema": {"schema": SCHEMA}}, "'name'"),
+    ({"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "bogus"}}}, "bogus"),
+    ({"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "string", "pattern": "(?=x)"}}},
+     "look-around"),
+])
+def test_bad_response_formats_are_refused_saying_why(response_format: Any, says: str) -> None:
+    error = refusal(chat_request, {"model": "m", "messages": HI, "response_format": response_format})
+    assert error.param == "response_format" and error.code == "invalid_value" and says in error.message
 
 
 @pytest.mark.parametrize("fields, param", [

@@ -22,7 +22,7 @@ from multiaddr import Multiaddr
 from ledger.keys import Identity
 
 from . import dht as dht_io
-from . import wire
+from . import protocol, wire
 from .errors import ErrorCode, PeerFailure, RemoteError, RoutingError, StreamClosed
 from .records import ServerRecord, SignedRecordValidator
 
@@ -30,9 +30,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 REQUEST_ATTEMPTS = 2  # a one-shot request whose stream ends early is sent once more
 DIAL_TIMEOUT = 5.0  # an address that does not answer in this long is dead (or announced by a liar)
-
-
-_REPLY_TYPES = {"swarmlm.info": "info", "swarmlm.forward": "result", "swarmlm.ledger": "ledger"}
 
 
 class PeerLink:
@@ -95,7 +92,7 @@ class PeerLink:
                 await wire.write_frame(writer, frame)
             except ConnectionError as e:
                 raise StreamClosed(peer, f"stream closed ({type(e).__name__})") from None
-            return await self.expect(peer, reader, _REPLY_TYPES[handler])
+            return await self.expect(peer, reader, protocol.REPLY_TYPES[handler])
         finally:
             writer.close()
 
@@ -110,8 +107,8 @@ class PeerLink:
             raise StreamClosed(peer, f"stream closed ({type(e).__name__})") from None
         except RoutingError as e:
             raise PeerFailure(peer, f"sent an invalid frame: {e}") from None
-        if frame["type"] == "error":
-            raise RemoteError.from_frame(peer, frame)
+        if frame["type"] == protocol.Error.TYPE:
+            raise protocol.Error.lenient(frame).remote(peer)
         if frame["type"] != frame_type:
             raise PeerFailure(peer, f"expected a '{frame_type}' frame, got '{frame['type']}'")
         return frame
@@ -119,7 +116,7 @@ class PeerLink:
     async def ping(self, peer: str) -> tuple[float, dict[str, Any]]:
         """Round-trip time of an info request, and the info."""
         started = time.perf_counter()
-        info = await self.request(peer, "swarmlm.info", {"type": "info", "v": wire.PROTOCOL_VERSION})
+        info = await self.request(peer, protocol.INFO, protocol.Info().to_wire())
         return time.perf_counter() - started, info
 
 

@@ -92,25 +92,21 @@ class PeerLink:
                 await wire.write_frame(writer, frame)
             except ConnectionError as e:
                 raise StreamClosed(peer, f"stream closed ({type(e).__name__})") from None
-            return await self.expect(peer, reader, protocol.REPLY_TYPES[handler])
+            return await self._reply(peer, reader, protocol.REPLY_TYPES[handler])
         finally:
             writer.close()
 
-    async def expect(self, peer: str, reader: asyncio.StreamReader, frame_type: str,
-                     timeout: float | None = None) -> dict[str, Any]:
-        """The next frame, which must be `frame_type`; errors become RemoteError, silence PeerFailure."""
+    async def _reply(self, peer: str, reader: asyncio.StreamReader, frame_type: str) -> dict[str, Any]:
+        """The reply, which must be `frame_type`; errors become RemoteError, silence PeerFailure."""
         try:
-            frame = await asyncio.wait_for(wire.read_frame(reader), timeout or self.request_timeout)
+            frame = await asyncio.wait_for(wire.read_frame(reader), self.request_timeout)
         except asyncio.TimeoutError:
-            raise PeerFailure(peer, f"no reply within {timeout or self.request_timeout:.0f}s") from None
+            raise PeerFailure(peer, f"no reply within {self.request_timeout:.0f}s") from None
         except (asyncio.IncompleteReadError, ConnectionError) as e:
             raise StreamClosed(peer, f"stream closed ({type(e).__name__})") from None
         except RoutingError as e:
             raise PeerFailure(peer, f"sent an invalid frame: {e}") from None
-        if frame["type"] == protocol.Error.TYPE:
-            raise protocol.Error.lenient(frame).remote(peer)
-        if frame["type"] != frame_type:
-            raise PeerFailure(peer, f"expected a '{frame_type}' frame, got '{frame['type']}'")
+        protocol.check_reply(peer, frame, frame_type)
         return frame
 
     async def ping(self, peer: str) -> tuple[float, dict[str, Any]]:

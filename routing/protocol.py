@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Mapping, TypeVar
 from ledger.errors import EncodingError
 from ledger.schema import FieldType, brief, open_fields, spec
 
-from .errors import ErrorCode, ProtocolError, RemoteError
+from .errors import ErrorCode, PeerFailure, ProtocolError, RemoteError
 from .records import MADDRS
 from .wire import PROTOCOL_VERSION, WIRE_DTYPES
 
@@ -126,6 +126,15 @@ def opening(frame: Mapping[str, Any], cls: type[F]) -> F:
         raise ProtocolError(ErrorCode.VERSION, f"protocol version {brief(version)} is not supported; "
                                                f"this node speaks {PROTOCOL_VERSION}")
     return cls.parse(frame)
+
+
+def check_reply(peer: str, frame: Mapping[str, Any], expected: str) -> None:
+    """A peer's reply must be of type `expected`: its error frame is raised as RemoteError, another
+    frame as PeerFailure (the peer broke the protocol)."""
+    if frame["type"] == Error.TYPE:
+        raise Error.lenient(frame).remote(peer)
+    if frame["type"] != expected:
+        raise PeerFailure(peer, f"expected a '{expected}' frame, got {brief(frame['type'])}")
 
 
 def one_of(frame: Mapping[str, Any], kinds: tuple[type[F], ...], where: str) -> F:

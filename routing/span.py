@@ -118,10 +118,9 @@ class SpanSession:
         if isinstance(frame, BaseException):
             self._frames.put_nowait(frame)  # the stream stays broken for whoever asks next
             raise frame
-        if frame["type"] == protocol.Error.TYPE:
-            raise protocol.Error.lenient(frame).remote(self.peer)
+        protocol.check_reply(self.peer, frame, kind.TYPE)
         try:
-            parsed = kind.parse(frame)
+            parsed = kind.read(frame)
         except RoutingError as e:
             raise PeerFailure(self.peer, f"sent an invalid frame: {e}") from None
         if kind is protocol.Opened:

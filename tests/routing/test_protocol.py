@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from routing import protocol, wire
-from routing.errors import ErrorCode, ProtocolError, RemoteError
+from routing.errors import ErrorCode, PeerFailure, ProtocolError, RemoteError
 
 TENSOR = wire.encode_tensor(torch.zeros(1, 2, 4))
 MADDR = "/ip4/127.0.0.1/tcp/4000/p2p/12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d69Lr2NASuq"
@@ -173,3 +173,12 @@ def _frames() -> list[type[protocol.Frame]]:
             if "TYPE" in vars(sub):
                 found.append(sub)
     return found
+
+
+def test_a_reply_of_another_type_is_a_peer_failure_and_an_error_a_remote_error() -> None:
+    protocol.check_reply("12D3KooWpeer", protocol.Routed("s").to_wire(), "routed")
+    with pytest.raises(PeerFailure, match="expected a 'result' frame"):
+        protocol.check_reply("12D3KooWpeer", protocol.Routed("s").to_wire(), "result")
+    with pytest.raises(RemoteError) as e:
+        protocol.check_reply("12D3KooWpeer", protocol.Error("busy", "later").to_wire(), "result")
+    assert e.value.code == "busy"

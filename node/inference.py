@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
+
 import torch
 from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 
@@ -78,7 +80,7 @@ class Inference:
         finally:
             upcoming.cancel()
 
-    async def _frame(self, session: NodeSession, raw: dict, upcoming: asyncio.Future) -> bool:
+    async def _frame(self, session: NodeSession, raw: dict[str, Any], upcoming: asyncio.Future) -> bool:
         """Handle one client frame; True when the session is closed."""
         s = self.serving
         try:
@@ -132,8 +134,8 @@ class Inference:
                 if push and nxt is not None:
                     try:
                         await self.pushes.send(nxt, session.next_maddrs, protocol.Push(
-                            session.client, session.session_id, start, (session.stack.start, session.stack.end),
-                            done.hidden))
+                            session.client, session.session_id, start, done.hidden,
+                            (session.stack.start, session.stack.end)))
                         pushed = True
                     except RoutingError as e:
                         log.info("session %s: push to %s failed (%s); the client relays", session.session_id,

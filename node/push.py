@@ -20,9 +20,9 @@ from typing import Any, Awaitable, Callable
 
 from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 
+from ledger.schema import brief
 from routing import protocol, wire
 from routing.client import PeerLink
-from ledger.schema import brief
 from routing.errors import ErrorCode, PeerFailure, ProtocolError, RoutingError
 from routing.tasks import background
 
@@ -154,7 +154,8 @@ class PushReceiver:
                     await reply(protocol.Pong(protocol.Ping.parse(frame).id).to_wire())
                     continue
                 if frame["type"] != protocol.Push.TYPE:  # parsed in `_one`: a bad push is refused, the stream kept
-                    raise ProtocolError(ErrorCode.BAD_FRAME, f"unexpected {brief(frame['type'])} frame on a push stream")
+                    raise ProtocolError(ErrorCode.BAD_FRAME,
+                                        f"unexpected {brief(frame['type'])} frame on a push stream")
                 if len(in_flight) >= MAX_IN_FLIGHT:
                     await reply(_refusal(frame, ErrorCode.BUSY, f"more than {MAX_IN_FLIGHT} pushes in flight"))
                     continue
@@ -198,10 +199,12 @@ async def _reply_quietly(reply: Callable[[dict[str, Any]], Awaitable[None]], fra
         pass
 
 
-def _check_forward(blocks: tuple[int, int], start: int) -> None:
+def _check_forward(blocks: tuple[int, int] | None, start: int) -> None:
     """Pushes only move forward: from the span that ends where this one begins. Honest nodes name
     their own span, so grants a client crafted into a cycle (A pushes to B, B back to A) stop at the
     first backward hop instead of recomputing the same step forever."""
+    if blocks is None:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "a push names the pusher's blocks as [start, end]")
     if blocks[1] != start:
         raise ProtocolError(ErrorCode.PUSH_REFUSED, f"a push must come from the span ending at block {start}, where "
                                                     f"this session begins; yours ends at {blocks[1]}")

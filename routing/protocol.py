@@ -331,14 +331,16 @@ class Error(Frame):
 
 @dataclass(frozen=True)
 class Push(Frame):
-    """A session's step output, pushed by the node serving `blocks` to the one serving the next."""
+    """A session's step output, pushed by the node serving `blocks` to the one serving the next.
+    `blocks` is required of the session's named predecessor only (node/push.py): a push from anyone
+    else is `push_refused` whatever it holds, so its client relays instead."""
 
     TYPE = "push"
     client: str = spec(CLIENT)
     session: str = spec(SESSION)
     start: int = spec(uint())
-    blocks: tuple[int, int] = spec(BLOCKS)
     hidden: dict[str, Any] = spec(TENSOR)
+    blocks: tuple[int, int] | None = spec(maybe(BLOCKS), default=None)
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,8 @@ class SpanSession:
         reader, self._writer = await self.link.open_stream(self.peer, protocol.INFERENCE)
         self._reading = background(self._read(reader), "a span's reader")
         signed, maddrs = self._grant()
-        await self._send(protocol.Open(self.root, self.session_id, self.max_length, blocks=(self.hop.start, self.hop.end),
+        await self._send(protocol.Open(self.root, self.session_id, self.max_length,
+                                       blocks=(self.hop.start, self.hop.end),
                                        reply_dtype=wire.dtype_name(self.reply_dtype), attest=self.attest,
                                        grant=signed, next_maddrs=maddrs))
 

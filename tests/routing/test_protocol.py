@@ -31,7 +31,7 @@ EXAMPLES: list[protocol.Frame] = [
     protocol.Closed("s-1", 12, 10),
     protocol.PushFailed("s-1", "push_refused", "not its predecessor"),
     protocol.Error("busy", "retry later", client="12D3KooW", session="s-1"),
-    protocol.Push("12D3KooW", "s-1", 3, (0, 10), TENSOR),
+    protocol.Push("12D3KooW", "s-1", 3, TENSOR, (0, 10)),
     protocol.Ping(7),
     protocol.Pong(7),
 ]

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from routing import protocol, wire
 from routing.errors import ErrorCode, PeerFailure, ProtocolError, RemoteError
@@ -182,3 +184,19 @@ def test_a_reply_of_another_type_is_a_peer_failure_and_an_error_a_remote_error()
     with pytest.raises(RemoteError) as e:
         protocol.check_reply("12D3KooWpeer", protocol.Error("busy", "later").to_wire(), "result")
     assert e.value.code == "busy"
+
+
+VALUES = st.recursive(st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70) | st.floats() | st.text(max_size=70)
+                      | st.binary(max_size=8), lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
+FIELDS = sorted({f.name for frame in EXAMPLES for f in dataclasses.fields(frame)} | {"v", "type"})
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.sampled_from(_frames()), st.dictionaries(st.sampled_from(FIELDS), VALUES, max_size=8))
+def test_any_map_parses_or_is_refused_with_a_typed_code(cls: type[protocol.Frame], fields: dict[str, Any]) -> None:
+    frame = {**fields, "type": cls.TYPE}
+    try:
+        protocol.opening(frame, cls) if cls.OPENS else cls.parse(frame)
+    except ProtocolError as e:
+        assert e.code in (ErrorCode.BAD_FRAME, ErrorCode.VERSION) and len(str(e)) < 300

@@ -14,13 +14,13 @@ import asyncio
 import hashlib
 import logging
 import time
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
 from ledger.keys import Identity
 
-from . import protocol, wire
+from . import wire
 from .attestation import Attestation, check_step_attestation, parse_attestation
 from .client import PeerLink
 from .errors import PeerFailure, RemoteError, RoutingError
@@ -29,7 +29,8 @@ from .planner import Hop
 from .tasks import background
 
 log = logging.getLogger(__name__)
-F = TypeVar("F", bound=protocol.Frame)
+
+HANDLER = "swarmlm.inference"
 MAX_UNREAD_FRAMES = 8  # frames of one session a node may have sent ahead of what we read
 ROUTE_TIMEOUT = 10.0  # seconds for a node to acknowledge new push neighbours (an error frame waits for the next step)
 
@@ -53,8 +54,8 @@ class SpanSession:
         self._writer: asyncio.StreamWriter | None = None
         # Bounded: a node cannot make us hold more than a few of its frames (each up to 64 MiB) unread.
         self._frames: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue(MAX_UNREAD_FRAMES)
-        self.notices: asyncio.Queue[protocol.PushFailed] = asyncio.Queue(MAX_UNREAD_FRAMES)
-        self._routed: asyncio.Queue[protocol.Routed] = asyncio.Queue(MAX_UNREAD_FRAMES)
+        self.notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_UNREAD_FRAMES)
+        self._routed: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_UNREAD_FRAMES)
         self._reading: asyncio.Task | None = None
         self._opened = False
         self.timing = {"wait": 0.0, "check": 0.0, "node": 0.0}  # seconds: blocked on replies, checking them,
@@ -69,48 +70,42 @@ class SpanSession:
         """The root of the weights this node computes with (a quantized store's own, else the model's)."""
         return self.hop.record.served_root or self.root
 
-    def _grant(self) -> tuple[dict[str, Any], list[str]]:
-        """The signed push grant for the current neighbours, and where the successor listens."""
+    def _grant(self) -> dict[str, Any]:
         nxt = self.next_hop.peer_id if self.next_hop else None
-        signed = grant(self.identity, session=self.session_id, node=self.peer, prev=self.prev, next=nxt,
-                       root=self.root, blocks=(self.hop.start, self.hop.end)).to_wire()
-        return signed, list(self.next_hop.record.maddrs[:protocol.MAX_NEXT_MADDRS]) if self.next_hop else []
+        return {"grant": grant(self.identity, session=self.session_id, node=self.peer, prev=self.prev, next=nxt,
+                               root=self.root, blocks=(self.hop.start, self.hop.end)).to_wire(),
+                "next_maddrs": list(self.next_hop.record.maddrs[:8]) if self.next_hop else []}
 
     async def open(self) -> None:
         """Send the open frame; its reply is read with the first result (`opened` is checked then)."""
-        reader, self._writer = await self.link.open_stream(self.peer, protocol.INFERENCE)
+        reader, self._writer = await self.link.open_stream(self.peer, HANDLER)
         self._reading = background(self._read(reader), "a span's reader")
-        signed, maddrs = self._grant()
-        await self._send(protocol.Open(self.root, self.session_id, self.max_length,
-                                       blocks=(self.hop.start, self.hop.end),
-                                       reply_dtype=wire.dtype_name(self.reply_dtype), attest=self.attest,
-                                       grant=signed, next_maddrs=maddrs))
+        await self._send({"type": "open", "v": wire.PROTOCOL_VERSION, "root": self.root, "session": self.session_id,
+                          "max_length": self.max_length, "blocks": [self.hop.start, self.hop.end],
+                          "reply_dtype": wire.dtype_name(self.reply_dtype), "attest": self.attest, **self._grant()})
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
                 frame = await wire.read_frame(reader)
-                side: asyncio.Queue[Any]
-                if frame["type"] == protocol.PushFailed.TYPE:
-                    side, notice = self.notices, protocol.PushFailed.parse(frame)
-                elif frame["type"] == protocol.Routed.TYPE:
-                    side, notice = self._routed, protocol.Routed.parse(frame)
+                side = {"push_failed": self.notices, "routed": self._routed}.get(frame["type"])
+                if frame["type"] == "routed":
                     self._drop_results()
-                else:
+                if side is None:
                     await self._frames.put(frame)  # waits while we have not read earlier ones: backpressure
                     continue
                 if side.full():  # one nobody waited for is stale: the oldest goes
                     side.get_nowait()
-                side.put_nowait(notice)
+                side.put_nowait(frame)
         except (asyncio.IncompleteReadError, ConnectionError) as e:
             await self._frames.put(PeerFailure(self.peer, f"stream closed ({type(e).__name__})"))
         except RoutingError as e:
             await self._frames.put(PeerFailure(self.peer, f"sent an invalid frame: {e}"))
 
-    async def expect(self, kind: type[F], timeout: float | None = None) -> F:
+    async def expect(self, kind: str, timeout: float | None = None) -> dict[str, Any]:
         """The node's next frame, which must be `kind`; errors become RemoteError, silence PeerFailure."""
-        if kind is not protocol.Opened and not self._opened:
-            await self.expect(protocol.Opened, timeout)
+        if kind != "opened" and not self._opened:
+            await self.expect("opened", timeout)
         timeout = timeout or self.link.request_timeout
         try:
             frame = await asyncio.wait_for(self._frames.get(), timeout)
@@ -119,32 +114,35 @@ class SpanSession:
         if isinstance(frame, BaseException):
             self._frames.put_nowait(frame)  # the stream stays broken for whoever asks next
             raise frame
-        protocol.check_reply(self.peer, frame, kind.TYPE)
-        try:
-            parsed = kind.read(frame)
-        except RoutingError as e:
-            raise PeerFailure(self.peer, f"sent an invalid frame: {e}") from None
-        if kind is protocol.Opened:
+        if frame["type"] == "error":
+            raise RemoteError.from_frame(self.peer, frame)
+        if frame["type"] != kind:
+            raise PeerFailure(self.peer, f"expected a '{kind}' frame, got '{frame['type']:.40}'")
+        if kind == "opened":
             self._opened = True
-        return parsed
+        return frame
 
     async def send_step(self, hidden: torch.Tensor, start: int, push: bool = False) -> torch.Tensor:
         """Send a step (pushed: the node forwards its output along the chain); returns what was sent."""
         sent = hidden.to(self.send_dtype)
-        await self._send(protocol.Step(self.session_id, start, wire.encode_tensor(sent), push))
+        frame = {"type": "step", "session": self.session_id, "step": self.steps, "start": start,
+                 "hidden": wire.encode_tensor(sent)}
+        if push:
+            frame["push"] = True
+        await self._send(frame)
         return sent
 
     async def result(self, sent: torch.Tensor, start: int, timeout: float | None = None
-                     ) -> tuple[torch.Tensor, protocol.Result]:
+                     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """This span's next step result for input `sent` at `start`, checked; and its frame."""
         began = time.perf_counter()
-        frame = await self.expect(protocol.Result, timeout)
+        frame = await self.expect("result", timeout)
         received = time.perf_counter()
         self.timing["wait"] += received - began
-        if frame.compute_ms is not None:
-            self.timing["node"] += frame.compute_ms / 1000
+        if type(frame.get("compute_ms")) in (int, float) and 0 <= frame["compute_ms"] < 1e9:
+            self.timing["node"] += frame["compute_ms"] / 1000
         try:
-            out = wire.decode_tensor(frame.hidden, hidden_size=sent.shape[-1], max_tokens=sent.shape[1],
+            out = wire.decode_tensor(frame.get("hidden"), hidden_size=sent.shape[-1], max_tokens=sent.shape[1],
                                      max_batch=sent.shape[0], finite=True)
         except RoutingError as e:
             raise PeerFailure(self.peer, f"returned a malformed tensor: {e}") from None
@@ -155,7 +153,7 @@ class SpanSession:
                                          f"{wire.dtype_name(self.reply_dtype)}")
         if self.attest:
             self.attestations.append(check_step_attestation(
-                parse_attestation(frame.attestation), peer=self.peer, session=self.session_id, step=self.steps,
+                parse_attestation(frame.get("attestation")), peer=self.peer, session=self.session_id, step=self.steps,
                 start=start, root=self.weights_root, blocks=(self.hop.start, self.hop.end),
                 dtype=self.hop.record.dtype, sent=sent, received=out, scheme=self.hop.record.scheme or None))
         self.steps += 1
@@ -175,8 +173,7 @@ class SpanSession:
     async def route(self, prev: str | None, next_hop: Hop | None) -> None:
         """New push neighbours after a failover; waits until the node has them."""
         self.prev, self.next_hop = prev, next_hop
-        signed, maddrs = self._grant()
-        await self._send(protocol.Route(self.session_id, signed, maddrs))
+        await self._send({"type": "route", "session": self.session_id, **self._grant()})
         try:
             await asyncio.wait_for(self._routed.get(), ROUTE_TIMEOUT)
         except asyncio.TimeoutError:
@@ -187,7 +184,7 @@ class SpanSession:
         node that failed or lied mid-step): the node sends them before "routed", and the client
         relays that step again, so reading one later would pair it with the wrong step."""
         queue = self._frames._queue  # type: ignore[attr-defined]
-        stale = [f for f in queue if isinstance(f, dict) and f.get("type") == protocol.Result.TYPE]
+        stale = [f for f in queue if isinstance(f, dict) and f.get("type") == "result"]
         for frame in stale:
             queue.remove(frame)
         if stale:
@@ -221,8 +218,9 @@ class SpanSession:
         if self._writer is None:
             return
         try:
-            await self._send(protocol.Close(self.session_id, receipt, self.length))
-            await self.expect(protocol.Closed, timeout=5)
+            await self._send({"type": "close", "session": self.session_id, "receipt": receipt,
+                              "length": self.length})
+            await self.expect("closed", timeout=5)
         except (RoutingError, ConnectionError):
             pass  # the node logs the session unreceipted; nothing else to do
         finally:
@@ -235,11 +233,11 @@ class SpanSession:
         if self._reading is not None:
             self._reading.cancel()
 
-    async def _send(self, frame: protocol.Frame) -> None:
+    async def _send(self, frame: dict[str, Any]) -> None:
         if self._writer is None:
             raise PeerFailure(self.peer, "the session's stream is closed")
         try:
-            await wire.write_frame(self._writer, frame.to_wire())
+            await wire.write_frame(self._writer, frame)
         except (ConnectionError, RuntimeError) as e:
             if self._reading is not None:  # let the reader take in whatever the node said before closing
                 await asyncio.wait({self._reading}, timeout=1.0)
@@ -249,6 +247,6 @@ class SpanSession:
     def _told(self) -> RemoteError | None:
         """The error the node sent before closing the stream (say, its session expired), if any."""
         for frame in list(self._frames._queue):  # type: ignore[attr-defined]
-            if isinstance(frame, dict) and frame.get("type") == protocol.Error.TYPE:
-                return protocol.Error.lenient(frame).remote(self.peer)
+            if isinstance(frame, dict) and frame.get("type") == "error":
+                return RemoteError.from_frame(self.peer, frame)
         return None

@@ -30,10 +30,16 @@ import llguidance.hf
 import numpy as np
 import torch
 
+from ledger import bounds
+from ledger.errors import EncodingError
+
 from .errors import ShardsError
 
 # `{"a": 1, "b": [2, 3]}`: json.dumps' spacing and no other whitespace, so a small model cannot
 # wander off into endless blank lines between values.
+# A schema arrives from any HTTP client and compiles on the caller's thread (the gateway's event loop):
+# bounded so that compiling stays in milliseconds; real schemas are a few KiB.
+SCHEMA_BOUNDS = bounds.Bounds(depth=32, items=4096, size=64 << 10, string=4096)
 _COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
@@ -66,7 +72,11 @@ def json_grammar(response_format: dict[str, Any] | None) -> str | None:
             raise ResponseFormatError("response_format.json_schema.schema must be a JSON Schema object")
     else:
         raise ResponseFormatError(f"response_format.type must be 'text', 'json_object' or 'json_schema', "
-                                  f"got {kind!r}")
+                                  f"got {kind!r:.40}")
+    try:
+        bounds.check(schema, SCHEMA_BOUNDS, "response_format schema")
+    except EncodingError as e:
+        raise ResponseFormatError(str(e)) from None
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=_COMPACT)  # type: ignore[arg-type]
     except ValueError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -158,6 +159,10 @@ def test_json_formats_reach_the_generation(response_format: dict) -> None:
     ({"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "bogus"}}}, "bogus"),
     ({"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "string", "pattern": "(?=x)"}}},
      "look-around"),
+    ({"type": "json_schema", "json_schema": {"name": "n", "schema": {"properties": {"a": {"enum": ["x" * 100] * 1000}}}}},
+     "response_format schema"),
+    ({"type": "json_schema", "json_schema": {"name": "n", "schema": functools.reduce(
+        lambda inner, _: {"type": "array", "items": inner}, range(100), {"type": "integer"})}}, "response_format schema"),
 ])
 def test_bad_response_formats_are_refused_saying_why(response_format: Any, says: str) -> None:
     error = refusal(chat_request, {"model": "m", "messages": HI, "response_format": response_format})

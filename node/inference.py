@@ -131,7 +131,7 @@ class Inference:
                     return False
                 began = time.perf_counter()
                 index, done = await s.step(session, hidden, start)
-                reply: dict[str, Any] = {"type": "result", "step": index, "hidden": done.hidden,
+                reply: dict[str, Any] = {"type": "result", "step": index, "start": start, "hidden": done.hidden,
                                          "compute_ms": round((time.perf_counter() - began) * 1000, 3)}
                 if session.attesting:
                     reply["attestation"] = s.attestation(session.session_id, index, start, session.stack, done)

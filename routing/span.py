@@ -56,6 +56,7 @@ class SpanSession:
         self._frames: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue(MAX_UNREAD_FRAMES)
         self.notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_UNREAD_FRAMES)
         self._routed: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_UNREAD_FRAMES)
+        self._stale: list[dict[str, Any]] = []  # results dropped at a re-route, still to be counted
         self._reading: asyncio.Task | None = None
         self._opened = False
         self.timing = {"wait": 0.0, "check": 0.0, "node": 0.0}  # seconds: blocked on replies, checking them,
@@ -135,6 +136,7 @@ class SpanSession:
     async def result(self, sent: torch.Tensor, start: int, timeout: float | None = None
                      ) -> tuple[torch.Tensor, dict[str, Any]]:
         """This span's next step result for input `sent` at `start`, checked; and its frame."""
+        self._settle_stale(sent)
         began = time.perf_counter()
         frame = await self.expect("result", timeout)
         received = time.perf_counter()
@@ -156,14 +158,37 @@ class SpanSession:
                 parse_attestation(frame.get("attestation")), peer=self.peer, session=self.session_id, step=self.steps,
                 start=start, root=self.weights_root, blocks=(self.hop.start, self.hop.end),
                 dtype=self.hop.record.dtype, sent=sent, received=out, scheme=self.hop.record.scheme or None))
-        self.steps += 1
-        self._rewind(start)
-        self._batch = sent.shape[0]
-        self.tokens += sent.shape[0] * sent.shape[1]
-        self.length = start + sent.shape[1]
-        self._outputs.update(wire.tensor_digest(out))
+        self._count(start, out)
         self.timing["check"] += time.perf_counter() - received
         return out, frame
+
+    def _count(self, start: int, out: torch.Tensor) -> None:
+        """Count a step the node computed, as it counts it for its receipt and its step numbers."""
+        self.steps += 1
+        self._rewind(start)
+        self._batch = out.shape[0]
+        self.tokens += out.shape[0] * out.shape[1]
+        self.length = start + out.shape[1]
+        self._outputs.update(wire.tensor_digest(out))
+
+    def _settle_stale(self, sent: torch.Tensor) -> None:
+        """Count the results dropped at a re-route: the node computed them (an old neighbour's push),
+        so its step numbers and receipt include them. Unused, they are only parsed within bounds;
+        one that cannot be parsed still moves the step number (the receipt may then not match, and
+        that node logs its session unreceipted: nobody is blamed)."""
+        while self._stale:
+            frame = self._stale.pop(0)
+            start = frame.get("start")
+            try:
+                if not (type(start) is int and 0 <= start < self.max_length):
+                    raise RoutingError(f"result start {start!r:.20} is not a position")
+                out = wire.decode_tensor(frame.get("hidden"), hidden_size=sent.shape[-1],
+                                         max_tokens=self.max_length - start, max_batch=sent.shape[0])
+            except RoutingError as e:
+                log.info("could not count a stale result of %s (%s)", self.peer[-8:], e)
+                self.steps += 1
+                continue
+            self._count(start, out)
 
     async def step(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
         """A relayed step: send, and wait for this node's result."""
@@ -182,11 +207,14 @@ class SpanSession:
     def _drop_results(self) -> None:
         """Results still unread when the node takes new neighbours answer pushes from the old ones (a
         node that failed or lied mid-step): the node sends them before "routed", and the client
-        relays that step again, so reading one later would pair it with the wrong step."""
+        relays that step again, so reading one later would pair it with the wrong step. They are
+        set aside to be counted, not used (`_settle_stale`)."""
         queue = self._frames._queue  # type: ignore[attr-defined]
         stale = [f for f in queue if isinstance(f, dict) and f.get("type") == "result"]
         for frame in stale:
             queue.remove(frame)
+        self._stale.extend(stale)
+        del self._stale[MAX_UNREAD_FRAMES:]  # unsolicited "routed" frames must not make us hold more
         if stale:
             log.info("dropped %d result(s) of %s from before its re-route", len(stale), self.peer[-8:])
 

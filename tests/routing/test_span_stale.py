@@ -1,0 +1,138 @@
+"""A re-route drops the results a node computed for an old neighbour's push: the client must still
+count them as the node does, or the node's next attestation names a step number the client does
+not expect and an honest node is convicted (#19: seen after a liar's push in a pushed chain)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+import pytest
+import torch
+
+from ledger.keys import Identity
+from routing import wire
+from routing.attestation import attest
+from routing.errors import PeerFailure
+from routing.planner import Hop
+from routing.span import SpanSession
+from tests.routing.nodes import node
+
+HIDDEN, ROOT, SESSION = 8, "ab" * 32, "s1"
+
+
+class _Writer:
+    """The client's half of the stream: frames it sends are kept, not delivered."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    async def drain(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+class _Link:
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader, self.request_timeout = reader, 5.0
+
+    async def open_stream(self, peer: str, handler: str) -> tuple[asyncio.StreamReader, _Writer]:
+        return self.reader, _Writer()
+
+
+class _Node:
+    """An honest node's side of one session: numbers its steps and attests each, as node/serving does."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.identity, self.reader = Identity.generate(), reader
+        self.steps, self.tokens, self.outputs = 0, 0, hashlib.sha256()
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.reader.feed_data(wire.pack_frame(frame))
+
+    def result(self, hidden: torch.Tensor, start: int, *, with_start: bool = True) -> torch.Tensor:
+        out = hidden * 2
+        att = attest(self.identity, session=SESSION, step=self.steps, start=start, manifest_root=bytes.fromhex(ROOT),
+                     blocks=(10, 20), dtype="float32", input_digest=wire.tensor_digest(hidden),
+                     output_digest=wire.tensor_digest(out), travel_dtype="float32")
+        frame = {"type": "result", "step": self.steps, "hidden": wire.encode_tensor(out),
+                 "attestation": att.to_wire(), **({"start": start} if with_start else {})}
+        self.steps += 1
+        self.tokens += out.shape[1]
+        self.outputs.update(wire.tensor_digest(out))
+        self.send(frame)
+        return out
+
+
+async def _span() -> tuple[SpanSession, _Node]:
+    reader = asyncio.StreamReader()
+    honest = _Node(reader)
+    hop = Hop(honest.identity.peer_id, 10, 20, node(honest.identity.peer_id, 10, 20))
+    span = SpanSession(_Link(reader), hop, ROOT, SESSION, 64, torch.float32,  # type: ignore[arg-type]
+                       identity=Identity.generate())
+    await span.open()
+    honest.send({"type": "opened", "session": SESSION})
+    return span, honest
+
+
+def _rerouted(span: SpanSession, honest: _Node, stale: torch.Tensor, start: int, **kw: Any) -> None:
+    """The node computes an old neighbour's push of `stale`, then takes its new neighbours."""
+    honest.result(stale, start, **kw)
+    honest.send({"type": "routed", "session": SESSION})
+
+
+def test_a_result_dropped_at_a_re_route_is_counted_so_the_next_attestation_matches() -> None:
+    async def run() -> None:
+        span, honest = await _span()
+        prompt = torch.randn(1, 5, HIDDEN)
+        honest.result(prompt, 0)
+        await span.result(prompt, 0)
+        pushed_by_liar, relayed_again = torch.randn(1, 1, HIDDEN), torch.randn(1, 1, HIDDEN)
+        _rerouted(span, honest, pushed_by_liar, 5)
+        await asyncio.wait_for(span._routed.get(), 5)
+        honest.result(relayed_again, 5)
+        out, _ = await span.result(relayed_again, 5)  # before the fix: "an attestation that does not match"
+        assert torch.equal(out, relayed_again * 2)
+        assert (span.steps, span.tokens, span.outputs_digest) == (honest.steps, honest.tokens,
+                                                                  honest.outputs.digest())
+        assert span.accepted == 6  # the re-sent position replaced the stale one, as the node counts it
+        span.abort()
+
+    asyncio.run(run())
+
+
+def test_a_stale_result_that_cannot_be_counted_still_moves_the_step_number() -> None:
+    async def run() -> None:
+        span, honest = await _span()
+        _rerouted(span, honest, torch.randn(1, 3, HIDDEN), 0, with_start=False)  # an older node's frame
+        await asyncio.wait_for(span._routed.get(), 5)
+        again = torch.randn(1, 3, HIDDEN)
+        honest.result(again, 0)
+        await span.result(again, 0)
+        assert span.steps == honest.steps == 2
+        span.abort()
+
+    asyncio.run(run())
+
+
+def test_a_result_the_node_was_not_asked_for_is_still_refused() -> None:
+    """Counting stale results must not let a node skip step numbers in the results the client reads."""
+    async def run() -> None:
+        span, honest = await _span()
+        honest.steps = 1  # claims a step the client never saw dropped
+        hidden = torch.randn(1, 2, HIDDEN)
+        honest.result(hidden, 0)
+        with pytest.raises(PeerFailure, match="attestation that does not match"):
+            await span.result(hidden, 0)
+        span.abort()
+
+    asyncio.run(run())

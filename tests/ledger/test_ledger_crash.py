@@ -28,15 +28,21 @@ def _run_and_kill(ledger: Path, identity: Path, run: int, rng: random.Random) ->
         stderr=subprocess.PIPE,
         env=env,
     )
+    out = b""
     try:
         if rng.random() < 0.25:  # sometimes while it is still opening (or creating) the ledger
             time.sleep(rng.uniform(0.0, 0.4))
         else:
             assert proc.stdout.readline() == b"ready\n", proc.stderr.read()
-            time.sleep(rng.uniform(0.0, 0.12))
+            # A moment counted in acknowledgements (a loaded machine cannot make it empty), then a little more.
+            out = b"".join(proc.stdout.readline() for _ in range(rng.randint(1, 30)))
+            time.sleep(rng.uniform(0.0, 0.05))
         proc.send_signal(signal.SIGKILL)
     finally:
-        out, err = proc.communicate(timeout=30)
+        proc.kill()
+        out += proc.stdout.read()  # the same buffered reader: nothing readline took ahead is lost
+        err = proc.stderr.read()
+        proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, err.decode()
     acknowledged = {}
     for line in out.decode().split("\n")[:-1]:  # the last piece may be cut mid-line

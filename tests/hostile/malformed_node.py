@@ -5,12 +5,16 @@ Usage: `malformed_node.py MODE swarmlm-arguments…`, MODE one of
 - `short`: the reply claims one more position than its bytes hold;
 - `huge`: the reply claims 8 × 2048 positions (about 38 MB) and sends a few bytes;
 - `dtype`: the reply claims float64;
-- `attestation`: the tensor is right, but its signed attestation names another output digest.
+- `attestation`: the tensor is right, but its signed attestation names another output digest; and
+  after a push its copy to the client is late, so the successor has computed the pushed step before
+  the client re-routes around this node (the results the successor sent before "routed" must be
+  counted, not blamed).
 Its record and load entry are honest; only what it sends with each step is not.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sys
 from typing import Any
@@ -41,12 +45,22 @@ def _misattest(*args: Any, **kwargs: Any) -> Any:
     return dataclasses.replace(_genuine_attest(*args, **kwargs), output_digest=bytes(32))
 
 
+async def _late_after_push(self: Any, frame: dict[str, Any]) -> None:
+    if frame.get("type") == "result" and frame.get("pushed"):
+        await asyncio.sleep(1.0)
+    await _genuine_send(self, frame)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "attestation":
         import node.serving
 
         _genuine_attest = node.serving.attest
         node.serving.attest = _misattest  # type: ignore[assignment]
+        import node.sessions
+
+        _genuine_send = node.sessions.NodeSession.send
+        node.sessions.NodeSession.send = _late_after_push  # type: ignore[method-assign]
     else:
         wire.encode_tensor = _malformed(sys.argv[1])  # type: ignore[assignment]
     from swarmlm.cli import main

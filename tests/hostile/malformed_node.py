@@ -6,9 +6,10 @@ Usage: `malformed_node.py MODE swarmlm-arguments…`, MODE one of
 - `huge`: the reply claims 8 × 2048 positions (about 38 MB) and sends a few bytes;
 - `dtype`: the reply claims float64;
 - `attestation`: the tensor is right, but its signed attestation names another output digest; and
-  after a push its copy to the client is late, so the successor has computed the pushed step before
-  the client re-routes around this node (the results the successor sent before "routed" must be
-  counted, not blamed).
+  after a push its copy to the client is late, so when the client meets it in a pushed step, the
+  successor has computed the push before the client re-routes around this node (the result the
+  successor sent before "routed" must be counted, not blamed; tests/routing/test_span_stale.py
+  pins that path down in process).
 Its record and load entry are honest; only what it sends with each step is not.
 """
 

@@ -22,9 +22,8 @@ def test_nodes_sending_malformed_tensors_or_attestations_are_refused_and_banned(
     the re-route, was not counted, so the successor's next attestation named a step number the
     client did not expect and it was convicted (#19)."""
     honest_nodes = {n.peer_id for n in swarm.nodes}
-    # The attestation liar is the fastest, so the client meets it first, in a pushed step (see malformed_node.py).
-    spawned = {mode: swarm.spawn_node((10, 20), extra=["--throughput", "200000" if mode == "attestation" else "100000"],
-                                      program=[*MALFORMED, mode], wait=False) for mode in MODES}
+    spawned = {mode: swarm.spawn_node((10, 20), extra=["--throughput", "100000"], program=[*MALFORMED, mode],
+                                      wait=False) for mode in MODES}
     try:
         liars = {node.peer_id: mode for mode, node in zip(spawned, swarm.await_nodes(list(spawned.values())))}
         with caplog.at_level(logging.INFO, logger="routing.chain"):

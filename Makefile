@@ -45,6 +45,14 @@ heavy: model tools
 	$(BIN)/python -m pytest -m "(model or swarm) and not bigmodel and not long" $(PYTEST_ARGS)
 
 # The long forms of scenarios CI runs short (hundreds of spot checks, every kill, the whole sweep).
+# Line coverage per package of the unit tier (what runs in this process and its xdist workers).
+.PHONY: coverage
+coverage: install
+	$(BIN)/python -m pytest -m "not model and not swarm and not bigmodel and not long" \
+	  $(if $(filter-out 0,$(UNIT_WORKERS)),-n $(UNIT_WORKERS) --dist loadgroup) \
+	  --cov=ledger --cov=shards --cov=routing --cov=node --cov=swarmlm --cov-report= $(PYTEST_ARGS)
+	$(BIN)/python scripts/coverage_by_package.py
+
 .PHONY: long
 long: model tools
 	$(BIN)/python -m pytest -m long $(PYTEST_ARGS)

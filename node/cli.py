@@ -1,4 +1,8 @@
-"""`swarmlm node …`: set up a node, run it, run a bootstrap peer."""
+"""`swarmlm node …`: set up a node, run it, run a bootstrap peer.
+
+The same commands run as `python -m node …` (this package's own entry point): LocalSwarm starts its
+nodes that way, so the daemon never needs the top-level `swarmlm` package to run.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +17,30 @@ import uvloop
 
 from . import config as node_config
 from . import status
+from .errors import run_command
 from .logs import setup_logging
 
 log = logging.getLogger(__name__)
 
 
+DESCRIPTION = "A node serves a contiguous span of a model's blocks to the swarm."
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("node", help="run and inspect a volunteer node",
-                              description="A node serves a contiguous span of a model's blocks to the swarm.")
+    _add_commands(subparsers.add_parser("node", help="run and inspect a volunteer node", description=DESCRIPTION))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m node COMMAND …`: the node's commands without the top-level CLI."""
+    parser = argparse.ArgumentParser(prog="python -m node", description=DESCRIPTION)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_commands(parser)
+    args = parser.parse_args(argv)
+    setup_logging("text", args.verbose)
+    return run_command(args)
+
+
+def _add_commands(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="node_command", required=True, metavar="COMMAND")
 
     run = sub.add_parser(

@@ -1,6 +1,6 @@
 """A swarm of real node processes on this machine: for trying SwarmLM, tests, benchmarks and the demo.
 
-`LocalSwarm` starts a bootstrap peer and N `swarmlm node run` processes splitting the blocks
+`LocalSwarm` starts a bootstrap peer and N `python -m node run` processes splitting the blocks
 evenly, waits until each prints its `ready` line, records them in `STATE/swarm.json`, and stops
 exactly the processes it started. With a `Placement` (the WAN lab in scripts/wanlab.py) each process
 runs on a host of its own, named `bootstrap`, `node-1`, `node-2`, … and listens on that host's address.
@@ -22,7 +22,7 @@ from typing import Protocol, Sequence
 from .errors import NodeError
 
 log = logging.getLogger(__name__)
-SWARMLM = [sys.executable, "-m", "swarmlm.cli"]
+NODE_CLI = [sys.executable, "-m", "node"]  # the daemon's own entry point: no need of the top-level CLI
 BOOTSTRAP = "bootstrap"
 
 
@@ -100,7 +100,7 @@ class LocalSwarm:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.bootstrap = self._wait(self._spawn(BOOTSTRAP, None, [
-                "node", "bootstrap", "--host", self._listen_host(BOOTSTRAP),
+                "bootstrap", "--host", self._listen_host(BOOTSTRAP),
                 "--identity", str(self.state_dir / "bootstrap.key")]))
             self.threads = max(1, (os.cpu_count() or 1) // max(1, len(spans)))
             self.await_nodes([self.spawn_node(blocks=span, dtype=dtypes[i] if dtypes else None, wait=False)
@@ -130,11 +130,11 @@ class LocalSwarm:
                    extra: Sequence[str] = (), wait: bool = True, program: Sequence[str] | None = None) -> LocalNode:
         """Start one more node (blocks None = auto); with `wait`, return once it is ready.
 
-        `program` replaces `python -m swarmlm.cli` (tests run a deliberately dishonest node this way).
+        `program` replaces `python -m node` (tests run a deliberately dishonest node this way).
         """
         self._counter += 1
         name = node_name(self._counter)
-        args = ["node", "run", "--model", self.model, "--blocks", f"{blocks[0]}:{blocks[1]}" if blocks else "auto",
+        args = ["run", "--model", self.model, "--blocks", f"{blocks[0]}:{blocks[1]}" if blocks else "auto",
                 "--initial-peers", *self.initial_peers, "--host", self._listen_host(name),
                 "--state-dir", str(self.state_dir / name), "--announce-period", str(self.announce_period),
                 "--threads", str(self.threads),
@@ -147,7 +147,7 @@ class LocalSwarm:
         node_dir = self.state_dir / name
         node_dir.mkdir(parents=True, exist_ok=True)
         log_path = node_dir / "node.log"
-        argv = [*(program or SWARMLM), *args]
+        argv = [*(program or NODE_CLI), *args]
         with open(log_path, "wb") as out:
             proc = subprocess.Popen(self.placement.wrap(name, argv) if self.placement else argv, stdout=out,
                                     stderr=subprocess.STDOUT, env=self.env, start_new_session=True,

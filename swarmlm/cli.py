@@ -7,18 +7,12 @@ so `swarmlm --help` and `--version` answer at once (tests/ops/test_cli_startup.p
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from ledger.errors import LedgerError
-from node.errors import NodeError
+from node.errors import run_command
 from node.logs import setup_logging
-from routing.errors import RoutingError
-from shards.errors import ShardsError
 
 from . import __version__
-
-USER_ERRORS: tuple[type[BaseException], ...] = (ShardsError, LedgerError, RoutingError, NodeError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,16 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("text", args.verbose)  # `node run` switches to its --log-format once it has its config
-    try:
-        return int(args.func(args) or 0)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `swarmlm … | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    return run_command(args)
 
 
 if __name__ == "__main__":

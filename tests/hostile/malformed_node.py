@@ -1,6 +1,6 @@
 """A test-only hostile node: serves honestly but answers every step with a malformed hidden-state tensor.
 
-Usage: `malformed_node.py MODE swarmlm-arguments…`, MODE one of
+Usage: `malformed_node.py MODE node-arguments…` (those of `python -m node`), MODE one of
 - `nan`: the reply's float32 values are all NaN;
 - `short`: the reply claims one more position than its bytes hold;
 - `huge`: the reply claims 8 × 2048 positions (about 38 MB) and sends a few bytes;
@@ -64,6 +64,6 @@ if __name__ == "__main__":
         node.sessions.NodeSession.send = _late_after_push  # type: ignore[method-assign]
     else:
         wire.encode_tensor = _malformed(sys.argv[1])  # type: ignore[assignment]
-    from swarmlm.cli import main
+    from node.cli import main
 
     sys.exit(main(sys.argv[2:]))

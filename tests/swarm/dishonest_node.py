@@ -3,7 +3,7 @@
 It loads and verifies the genuine shards (so its manifest root and load entry look honest), then
 scales one block's MLP output projection. With SWARMLM_TEST_LIE=gross it flips the sign of every
 block's instead: weights that are not the model's at all, which spot checks catch in any dtype. Usage: the
-arguments of `swarmlm`, e.g. `node run ...`.
+arguments of `python -m node`, e.g. `run ...`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,6 @@ def _perturbed_load(self: ShardStore, *args, **kwargs):  # noqa: ANN001, ANN202
 ShardStore.load_blocks = _perturbed_load  # type: ignore[method-assign]
 
 if __name__ == "__main__":
-    from swarmlm.cli import main
+    from node.cli import main
 
     sys.exit(main(sys.argv[1:]))

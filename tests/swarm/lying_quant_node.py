@@ -2,7 +2,7 @@
 
 Run with `--quant int8`: it derives and verifies the genuine int8 store, so its record, load entry
 and attestations name the int8 root, then loads every span from the nf4 store instead. Usage: the
-arguments of `swarmlm`, e.g. `node run ... --quant int8`.
+arguments of `python -m node`, e.g. `run ... --quant int8`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,6 @@ def _nf4_instead(self: ShardStore, *args, **kwargs):  # noqa: ANN001, ANN202
 ShardStore.load_blocks = _nf4_instead  # type: ignore[method-assign]
 
 if __name__ == "__main__":
-    from swarmlm.cli import main
+    from node.cli import main
 
     sys.exit(main(sys.argv[1:]))

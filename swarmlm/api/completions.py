@@ -13,10 +13,10 @@ import hmac
 import json
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 from starlette.background import BackgroundTask
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from routing.tasks import background
@@ -120,12 +120,18 @@ class Completions:
                             "max_context": served.remote.config.max_context}}
 
     async def chat(self, request: Request) -> Response:
-        self.authorize(request)
-        return await self._complete(request, chat_request(await _json(request)), chat=True)
+        return await self._answer(request, chat_request, chat=True)
 
     async def completions(self, request: Request) -> Response:
+        return await self._answer(request, completion_request, chat=False)
+
+    async def _answer(self, request: Request, parse: Callable[[Any], GenerationRequest], chat: bool) -> Response:
         self.authorize(request)
-        return await self._complete(request, completion_request(await _json(request)), chat=False)
+        try:
+            body = await _json(request)
+        except ClientDisconnect:  # it left while sending its body (a traceback in the log, before)
+            return Response(status_code=CLIENT_CLOSED)
+        return await self._complete(request, parse(body), chat=chat)
 
     async def _complete(self, request: Request, req: GenerationRequest, chat: bool) -> Response:
         served = self.gateway.model(req.model)

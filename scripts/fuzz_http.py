@@ -198,8 +198,8 @@ async def exchange(host: str, port: int, c: HttpCase, idle: float) -> str:
                 await writer.drain()
             if c.hang_up:
                 return "hung up"
-        except ConnectionError:
-            pass  # the gateway closed early (a 413 or 431 before the rest came): read what it said
+        except (ConnectionError, RuntimeError):  # asyncio's RuntimeError: a write to a transport closed meanwhile
+            pass  # the gateway closed early (a 413, or a 408 at the head deadline): read what it said
         try:
             while len(answer) < c.read or not answer:
                 chunk = await asyncio.wait_for(reader.read(65536), idle)

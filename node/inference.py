@@ -1,7 +1,8 @@
 """Inference sessions: the client's stream to one node, and steps arriving relayed or pushed.
 
 Frames on the client's stream (`swarmlm.inference`, see routing/wire.py): `open` (with an optional
-signed push grant naming this node's predecessor and successor), then any of `step`, `route`
+signed push grant naming this node's predecessor and successor), then any of `step` (a pushed one
+with the client's signed step ticket, which travels on with it: node/step_budget.py), `route`
 (new neighbours after a failover) and `close`. The node reads ahead while a step computes, so a
 client that goes away cancels its step. A step's result goes back on this stream; with a grant
 naming a successor, the output is pushed to it first and the client gets a copy, off the critical
@@ -106,10 +107,13 @@ class Inference:
                 raise ProtocolError(ErrorCode.BAD_FRAME, f"unexpected '{kind:.40}' frame in a session")
             start = wire.field(frame, "start", int, minimum=0)
             hidden = s.decode_hidden(frame, session.batch)
+            push = frame.get("push") is True
+            ticket = session.budget.spend(frame.get("ticket"), client=session.client, session=session.session_id,
+                                          start=start, shape=hidden.shape) if push else None
         except ProtocolError as e:
             await self._refuse(session, e)
             return False
-        task = background(self.step(session, hidden, start, push=frame.get("push") is True), "a session step")
+        task = background(self.step(session, hidden, start, push=push, ticket=ticket), "a session step")
         await asyncio.wait({task, upcoming}, return_when=asyncio.FIRST_COMPLETED)
         if not task.done() and upcoming.done() and _gone(upcoming):
             task.cancel()  # the client is gone: its step is not worth computing
@@ -119,8 +123,9 @@ class Inference:
         return False
 
     async def step(self, session: NodeSession, hidden: torch.Tensor, start: int, *, push: bool,
-                   pusher: str | None = None) -> bool:
-        """Compute one step, push its output on when asked, and send the client its result (or why not).
+                   pusher: str | None = None, ticket: dict[str, Any] | None = None) -> bool:
+        """Compute one step, push its output on when asked (with the client's step `ticket`, if it
+        came with one), and send the client its result (or why not).
 
         A step `pusher` pushed is dropped (False) when the client re-routed it away while the step
         waited for the session: its result would reach the client after "routed", as a stale one."""
@@ -141,7 +146,7 @@ class Inference:
                         await self.pushes.send(nxt, session.next_maddrs, {
                             "type": "push", "client": session.client, "session": session.session_id,
                             "start": start, "blocks": [session.stack.start, session.stack.end],
-                            "hidden": done.hidden})
+                            "hidden": done.hidden, **({"ticket": ticket} if ticket is not None else {})})
                         reply["pushed"] = True
                     except RoutingError as e:
                         log.info("session %s: push to %s failed (%s); the client relays", session.session_id,

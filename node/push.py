@@ -5,10 +5,12 @@ opening a stream; the node keeps it warm by measuring its round trip over it (`p
 which is also the figure it announces for latency-aware routing. The receiver accepts a push only
 for a session whose client named the pushing peer as its predecessor in a signed grant; anything
 else is answered on the push stream with a `push_refused` error naming the session, and the pusher
-tells that session's client (`push_failed`), who then relays the step itself.
+tells that session's client (`push_failed`), who then relays the step itself. A push carries the
+client's step ticket when its client signs them, and is computed only within what the tickets ask
+for (node/step_budget.py): a replayed or grown push is refused the same way.
 
     push_open {v}                               (first frame of the stream)
-    push {client, session, start, hidden}       ← nothing, or {type: error, code, client, session}
+    push {client, session, start, blocks, hidden, ticket?}   ← nothing, or {type: error, code, client, session}
     ping {id}                                   ← {type: pong, id}
 """
 
@@ -182,6 +184,8 @@ class PushReceiver:
                                                             "names you as its predecessor on this node")
             _check_forward(frame, session.stack.start)
             hidden = s.decode_hidden(frame, session.batch)
+            ticket = session.budget.spend(frame.get("ticket"), client=client, session=session_id, start=start,
+                                          shape=hidden.shape)
             # NaN or infinity is the pusher's fault: refused to it (its client relays instead), never
             # computed and reported to our client as if we had failed.
             await asyncio.get_running_loop().run_in_executor(None, wire.check_finite, hidden)
@@ -189,7 +193,7 @@ class PushReceiver:
             s.stats.error(e.code)
             await _reply_quietly(reply, _refusal(frame, e.code, str(e)))
             return
-        if not await self.run_step(session, hidden, start, push=True, pusher=pusher):
+        if not await self.run_step(session, hidden, start, push=True, pusher=pusher, ticket=ticket):
             await _reply_quietly(reply, _refusal(frame, ErrorCode.PUSH_REFUSED, f"session {session_id:.80} was "
                                                  "re-routed: you are no longer its predecessor"))
 

@@ -278,6 +278,7 @@ class Serving:
         self.book.add_session(client)
         session = NodeSession(session_id, client, span, [PagedSequence(self.pool) for _ in range(batch)], max_length,
                               reply_dtype, frame.get("attest", True) is not False, writer, grant, maddrs)
+        session.budget.required = frame.get("tickets") is True  # its pushed steps come with tickets
         self.sessions[key] = session
         self._opened.pop(key, asyncio.Event()).set()
         self.stats.session_opened()

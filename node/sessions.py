@@ -1,4 +1,5 @@
-"""Live inference sessions on a node: their paged caches, push grant, counters and digest of what was served."""
+"""Live inference sessions on a node: their paged caches, push grant and step budget, counters and digest of
+what was served."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from routing.grants import PushGrant
 from shards.blocks import BlockStack
 from shards.paged_cache import PagedSequence
 
+from .step_budget import StepBudget
+
 
 @dataclass(eq=False)
 class NodeSession:
@@ -28,6 +31,7 @@ class NodeSession:
     writer: asyncio.StreamWriter  # the client's stream: replies, copies of pushed outputs, errors
     grant: PushGrant | None = None  # where pushed input may come from and output goes
     next_maddrs: list[str] = field(default_factory=list)
+    budget: StepBudget = field(default_factory=StepBudget)  # the client's step tickets spent by pushed steps
     opened_ns: int = field(default_factory=time.time_ns)
     last_active: float = field(default_factory=time.monotonic)
     length: int = 0  # positions held

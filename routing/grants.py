@@ -5,6 +5,12 @@ only from the peer the session's client chose as i+1's predecessor: anyone else 
 hidden states into a stranger's session. The client signs, per node, (session, node, predecessor,
 successor, model, blocks); the node keeps the grant with the session and refuses pushes from any
 other peer. The client's own peer ID stands for "the client" at either end of the chain.
+
+A grant says who may push, not how much: a predecessor (or a client with an accomplice for one)
+could push the same step again and again. So the client also signs each pushed step it starts, a
+step ticket (session, seq, start, tokens, batch): it travels with the step from node to node, and
+each node computes a pushed step only for a ticket whose `seq` is above every one it has spent in
+that session, and only the positions the ticket names (node/step_budget.py).
 """
 
 from __future__ import annotations
@@ -59,3 +65,42 @@ def accept_grant(obj: Any, *, client: str, session: str, node: str, root: str, b
         raise ProtocolError(ErrorCode.BAD_FRAME, "the push grant is not this client's signed grant for this "
                                                  "session, node and span")
     return g
+
+
+@dataclass(frozen=True)
+class StepTicket(SignedRecord):
+    name = "step ticket"
+
+    client: str = spec(PEER_ID)
+    session: str = spec(TEXT)
+    seq: int = spec(UINT)  # above every earlier ticket of the session: each is spent once per node
+    start: int = spec(UINT)
+    tokens: int = spec(UINT)
+    batch: int = spec(UINT)
+    signature: bytes = spec(SIGNATURE)
+
+    def is_signed(self) -> bool:
+        return keys.verify(self.client, keys.STEP_TICKET, self.signed_bytes(), self.signature)
+
+
+_seq = 0  # the last seq this process signed
+
+
+def ticket(identity: Identity, *, session: str, start: int, tokens: int, batch: int) -> StepTicket:
+    """The client's ticket for one pushed step. Its `seq` grows with time (so tickets signed after a
+    failover re-planned the chain stay above those the nodes have spent) and never repeats."""
+    global _seq
+    _seq = max(time.time_ns(), _seq + 1)
+    return StepTicket(client=identity.peer_id, session=session, seq=_seq, start=start, tokens=tokens, batch=batch,
+                      signature=bytes(64)).signed(identity, keys.STEP_TICKET)
+
+
+def accept_ticket(obj: Any, *, client: str, session: str) -> StepTicket:
+    """A ticket from a step or push frame: well formed, and signed by the session's client for it."""
+    try:
+        t = StepTicket.from_wire(obj)
+    except (EncodingError, TypeError, ValueError):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "'ticket' is not a well-formed step ticket") from None
+    if (t.client, t.session) != (client, session) or not t.is_signed():
+        raise ProtocolError(ErrorCode.PUSH_REFUSED, "the step ticket is not signed by this session's client for it")
+    return t

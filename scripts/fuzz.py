@@ -3,17 +3,22 @@
 Each case starts from a valid frame or value built by the real code and mutates it structurally
 (mutate.py; targets in fuzz_targets.py):
   info, forward, inference (open, step, route, close), push, ledger   frames over real streams to
-                                         a real node (started here: bootstrap + one node on 0:2)
+                                         a real node (started here: bootstrap + one node on 0:2,
+                                         and one on the other blocks for the gateway's chains)
+  gateway    raw HTTP requests to a real `swarmlm api` gateway over the same swarm (fuzz_http.py):
+             mutated, non-JSON, deeply nested and oversized bodies, wrong content types, hostile
+             heads, slow and cut-off requests, streams left unread
   dht        server records and evidence indexes and documents, published from fresh identities
              into the real DHT, read back through routing.dht's fetch_records / fetch_evidence and
              Evidence.from_bytes (8 values per case, each counted)
   record, evidence, receipt, entry, checkpoint, grant, attestation     the parsers, in process
-A case fails on an `internal` error frame, a reply that is not a frame, a node that dies or stops
-answering, an error line in its log, or any exception but a parser's documented one. Cases are
+A case fails on an `internal` error frame, a reply that is not a frame, a 500 or `server_error`
+from the gateway, a node or gateway that dies or stops answering, an error line in their logs,
+or any exception but a parser's documented one. Cases are
 drawn from `--seed` and their index, so `--replay N` re-runs case N alone.
 
     python scripts/fuzz.py [--cases 10000] [--seconds 900] [--seed 0] [--concurrency 8] [--json]
-    python scripts/fuzz.py --peers MADDR... --node PEER_ID      (a running node instead of one of its own)
+    python scripts/fuzz.py --peers MADDR... --node PEER_ID [--gateway URL]   (a running swarm instead)
 
 Prints progress every 5 s and a summary (cases and outcomes per target, failures); exit status 1
 on any failure.
@@ -29,12 +34,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import fuzz_http  # noqa: E402
 import fuzz_targets as targets  # noqa: E402
 from fuzz_targets import Context, Failure, Probe  # noqa: E402
 from mutate import Mutator  # noqa: E402
@@ -47,14 +54,21 @@ from routing.grants import grant  # noqa: E402
 from routing.records import ServerRecord, block_key  # noqa: E402
 from shards.catalog import DEFAULT_MODEL, resolve_model  # noqa: E402
 from shards.store import ShardStore  # noqa: E402
+from tests.api.gateway_process import run_gateway  # noqa: E402
 from tests.hostile.attacker import Attacker, Sybils, built  # noqa: E402
 from tests.swarm.raw import RawSession  # noqa: E402
 
-WEIGHTS = {"info": 6, "forward": 14, "inference": 14, "push": 8, "ledger": 6, "dht": 2, "record": 10, "evidence": 6,
-           "receipt": 6, "entry": 6, "checkpoint": 6, "grant": 5, "attestation": 5}
+WEIGHTS = {"info": 6, "forward": 14, "inference": 14, "push": 8, "ledger": 6, "dht": 2, "gateway": 16, "record": 10,
+           "evidence": 6, "receipt": 6, "entry": 6, "checkpoint": 6, "grant": 5, "attestation": 5}
+# short deadlines, so cut-off requests end soon; requests without max_tokens get 16, not a long answer
+GATEWAY_ARGS = ["--head-timeout", "3", "--body-timeout", "3", "--max-concurrency", "4", "--max-queue", "64",
+                "--default-max-tokens", "16"]
 DHT_VALUES = 8  # values published per dht case
 IDLE = 15.0  # seconds a node may stay silent on a stream before the probe gives up waiting
 CASE_TIMEOUT = 120.0  # a case taking longer hangs somewhere: a failure
+# seconds without a byte before a gateway case that expects an answer fails: a whole (unstreamed)
+# answer to a long mutated prompt waits for its turn and its prefill on two busy cores
+GATEWAY_IDLE = CASE_TIMEOUT - 10
 MAX_FAILURES = 20  # then stop: a broken node fails every case after
 LOG_ERRORS = ("Traceback", "internal error", "exception was never retrieved", "Unhandled")
 
@@ -79,8 +93,9 @@ class Tally:
 
 class Fuzzer:
     def __init__(self, args: argparse.Namespace, initial_peers: list[str], node_peer: str,
-                 node: LocalNode | None) -> None:
+                 node: LocalNode | None, gateway: str | None) -> None:
         self.args, self.node, self.initial_peers = args, node, initial_peers
+        self.gateway = gateway  # http://HOST:PORT, or None: no gateway cases
         self.client = Attacker(initial_peers, [node] if node else [])
         self.pusher = Attacker(initial_peers, [node] if node else [])
         self.node_peer, self.tally = node_peer, Tally()
@@ -157,6 +172,8 @@ class Fuzzer:
         monitor.cancel()
         if not await self._node_up():
             self.tally.fail(None, "node", "the node is down after the run")
+        if self.gateway and not await self._gateway_up():
+            self.tally.fail(None, "gateway", "the gateway is down after the run")
         if self._push is not None:
             self._push.abort()
 
@@ -168,13 +185,16 @@ class Fuzzer:
 
     async def case(self, index: int) -> None:
         rng = random.Random(f"{self.args.seed}:{index}")
-        target = rng.choices(list(WEIGHTS), list(WEIGHTS.values()))[0]
+        weights = {t: w for t, w in WEIGHTS.items() if t != "gateway" or self.gateway}
+        target = rng.choices(list(weights), list(weights.values()))[0]
         m = Mutator(rng)
         assert self.ctx is not None
         try:
             if target in targets.STREAMS:
                 probe = targets.STREAMS[target](m, self.ctx, index)
                 self.tally.add(target, await asyncio.wait_for(self._probe(probe), CASE_TIMEOUT))
+            elif target == "gateway":
+                self.tally.add(target, await asyncio.wait_for(self._http(fuzz_http.case(m)), CASE_TIMEOUT))
             elif target == "dht":
                 async with self._dht_turn:
                     await asyncio.wait_for(self._dht(m), CASE_TIMEOUT)
@@ -202,6 +222,29 @@ class Fuzzer:
         if reply.ended == "garbled":
             raise Failure(f"the node sent something that is not a frame after {reply.codes}")
         return ",".join(reply.codes[-3:]) + f" ({reply.ended})"
+
+    async def _http(self, case: fuzz_http.HttpCase) -> str:
+        assert self.gateway is not None
+        host, port = self.gateway.removeprefix("http://").rsplit(":", 1)
+        try:
+            return await fuzz_http.exchange(host, int(port), case, GATEWAY_IDLE)
+        except OSError as e:  # the connection would not open: is the gateway still there?
+            if await self._gateway_up():
+                return f"{case.kind}: unopened ({type(e).__name__})"
+            raise Failure(f"the gateway stopped answering: {e}") from None
+
+    async def _gateway_up(self) -> bool:
+        """Whether the gateway answers GET /health with a status line (of any code)."""
+        assert self.gateway is not None
+        host, port = self.gateway.removeprefix("http://").rsplit(":", 1)
+        for _ in range(3):
+            try:
+                answer = await fuzz_http.exchange(host, int(port), fuzz_http.HttpCase(
+                    "health", [b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"]), 20)
+                return answer.startswith("health: ") and answer[-3:].isdigit()
+            except (OSError, Failure):
+                await asyncio.sleep(1)
+        return False
 
     async def _read_dht(self, root: str) -> tuple[dict[str, ServerRecord], dict[str, tuple[str, bytes]]]:
         """Records and evidence as a client reads them. A read that times out once is asked again with
@@ -288,9 +331,9 @@ class Fuzzer:
         self.client.close()
 
 
-def _log_errors(node: LocalNode) -> list[str]:
-    """Error lines of the node's log, each traceback as its last line (the exception)."""
-    lines = Path(node.log).read_text(errors="replace").splitlines()
+def _log_errors(log: Path | str) -> list[str]:
+    """Error lines of a node's or the gateway's log, each traceback as its last line (the exception)."""
+    lines = Path(log).read_text(errors="replace").splitlines()
     found = []
     for i, line in enumerate(lines):
         if "Traceback" in line:
@@ -328,31 +371,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=DEFAULT_MODEL, help=f"store folder or catalogued name (default {DEFAULT_MODEL})")
     ap.add_argument("--peers", nargs="+", metavar="MADDR", help="fuzz a running swarm's node (with --node)")
     ap.add_argument("--node", metavar="PEER_ID", help="with --peers: the node to fuzz")
+    ap.add_argument("--gateway", metavar="URL", help="with --peers: a running gateway to fuzz (http://HOST:PORT; "
+                                                      "default: no gateway cases)")
     ap.add_argument("--state-dir", type=Path, help="where its swarm keeps logs and ledgers (default: a temporary "
                                                    "folder, removed after)")
     ap.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = ap.parse_args(argv)
-    if bool(args.peers) != bool(args.node):
-        ap.error("--peers and --node go together")
+    if bool(args.peers) != bool(args.node) or (args.gateway and not args.peers):
+        ap.error("--peers and --node go together, and --gateway goes with them")
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
-        swarm = None if args.peers else LocalSwarm(str(resolve_model(args.model)), args.state_dir or Path(tmp),
+    with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp, ExitStack() as stack:
+        state = args.state_dir or Path(tmp)
+        swarm = None if args.peers else LocalSwarm(str(resolve_model(args.model)), state,
                                                    # thousands of opens from one identity: past the open rate limit
                                                    node_args=["--throughput", "5", "--peer-opens-per-minute", "1000000"])
+        gateway, gateway_log = args.gateway, None
         try:
             if swarm is not None:
-                swarm.start_spans([(0, 2)])
+                blocks = ShardStore(resolve_model(args.model)).manifest.num_blocks
+                swarm.start_spans([(0, 2), (2, blocks)])  # the second node completes the gateway's chains
+                gw = stack.enter_context(run_gateway(swarm.initial_peers, state / "gateway", args=GATEWAY_ARGS))
+                gateway, gateway_log = gw.url, gw.log
             node = swarm.nodes[0] if swarm else None
             fuzzer = Fuzzer(args, swarm.initial_peers if swarm else args.peers,
-                            node.peer_id if node else args.node, node)
+                            node.peer_id if node else args.node, node, gateway)
             try:
                 fuzzer.client.run(fuzzer.run(), timeout=args.seconds + 600)
             finally:
                 fuzzer.close()
-            if node is not None:
-                for line in _log_errors(node)[:5]:
-                    fuzzer.tally.fail(None, "node", f"node log: {line}")
+            logs = ([("node", node.log)] if node is not None else []) + ([("gateway", gateway_log)] if gateway_log
+                                                                         else [])
+            for who, log in logs:
+                for line in _log_errors(log)[:5]:
+                    fuzzer.tally.fail(None, who, f"{who} log: {line}")
         finally:
+            stack.close()  # the gateway before the swarm it uses
             if swarm is not None:
                 swarm.stop()
     report = summary(fuzzer.tally, args, time.monotonic() - started)

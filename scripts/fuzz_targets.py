@@ -1,7 +1,7 @@
 """What the fuzzer (fuzz.py) attacks: every handler of a node and every parser of untrusted values.
 
 Each target turns a case's `random.Random` into a case: valid frames or values built by the real
-code (the frames routing/span.py and the SDK send, push grants, receipts, server records,
+code (the frames routing/span.py and the SDK send, push grants and step tickets, receipts, server records,
 evidence, checkpoint notes), mutated by mutate.Mutator.
   - stream targets return a `Probe`: frames for one stream to the node, sent by the fuzzer's
     client identity or by the peer its push session names as predecessor;
@@ -26,11 +26,12 @@ from ledger.checkpoint import open_checkpoint
 from ledger.errors import EncodingError, LedgerError, NoteError, ReceiptError
 from ledger.keys import Identity
 from ledger.receipts import make_receipt, open_receipt
+from node.step_budget import StepBudget
 from routing import wire
 from routing.attestation import parse_attestation
 from routing.errors import ProtocolError
 from routing.evidence import Evidence, EvidenceError
-from routing.grants import accept_grant, grant
+from routing.grants import accept_grant, grant, ticket
 from routing.records import ServerRecord
 from tests.hostile import valid
 from tests.hostile.attacker import FORWARD, INFERENCE, INFO, LEDGER, PUSH, built, pack
@@ -119,8 +120,10 @@ def inference(m: Mutator, ctx: Context, index: int) -> Probe:
     length = 0
     for _ in range(rng.randint(1, 2)):
         start, tokens = rng.randint(0, length), rng.randint(1, 6)
-        frames.append({"type": "step", "session": session, "step": len(frames) - 1, "start": start,
-                       "hidden": _tensor(rng, ctx, 1, tokens)})
+        frames.append(_some(rng, {"type": "step", "session": session, "step": len(frames) - 1, "start": start,
+                                  "hidden": _tensor(rng, ctx, 1, tokens)},
+                            {"push": True, "ticket": ticket(ctx.client, session=session, start=start, tokens=tokens,
+                                                            batch=1).to_wire()}))
         length = start + tokens
     if rng.random() < 0.3:
         frames.append({"type": "route", "session": session, **grant_fields})
@@ -132,13 +135,16 @@ def inference(m: Mutator, ctx: Context, index: int) -> Probe:
 
 
 def push(m: Mutator, ctx: Context, index: int) -> Probe:
-    """Pushes from the push session's named predecessor; the ping after them is answered once
-    they are read, so the probe ends at the first frame back (the pong, or a refusal)."""
+    """Pushes from the push session's named predecessor, half of them with the client's step ticket
+    (after the first, the session refuses pushes without one); the ping after them is answered
+    once they are read, so the probe ends at the first frame back (the pong, or a refusal)."""
     rng = m.rng
+    tokens = rng.randint(1, 4)
     frames = [{"type": "push_open", "v": wire.PROTOCOL_VERSION},
-              {"type": "push", "client": ctx.client.peer_id, "session": ctx.push_session, "start": 0,
-               "blocks": [0, ctx.span[0]],
-               "hidden": _tensor(rng, ctx, 1, rng.randint(1, 4))}]
+              _some(rng, {"type": "push", "client": ctx.client.peer_id, "session": ctx.push_session, "start": 0,
+                          "blocks": [0, ctx.span[0]], "hidden": _tensor(rng, ctx, 1, tokens)},
+                    {"ticket": ticket(ctx.client, session=ctx.push_session, start=0, tokens=tokens,
+                                      batch=1).to_wire()})]
     payloads, hang_up = _mutated(m, frames, [{"type": "ping", "id": index}])
     return Probe(PUSH, payloads, hang_up, sender="pusher", frames=1)
 
@@ -187,6 +193,7 @@ NOTE = valid.checkpoint_note()
 ATTESTATION = valid.attestation_wire()
 GRANT = grant(valid.CLIENT, session="s1", node=valid.NODE.peer_id, prev=valid.CHECKER.peer_id, next=None,
               root=valid.ROOT.hex(), blocks=(10, 20)).to_wire()
+TICKET = ticket(valid.CLIENT, session="s1", start=4, tokens=2, batch=1).to_wire()
 
 
 def check_record(record: ServerRecord | None, num_blocks: int, block: int | None = None) -> None:
@@ -230,6 +237,11 @@ def checkpoint(m: Mutator, ctx: Context, index: int) -> str:
 
 
 def push_grant(m: Mutator, ctx: Context, index: int) -> str:
+    """A push grant, or a step ticket spent by a fresh session's budget (a third of the time)."""
+    if m.rng.random() < 1 / 3:
+        raw = built(m.document(TICKET) if m.rng.random() < 0.9 else m.hostile())
+        return "ticket " + parsed(lambda: StepBudget().spend(raw, client=valid.CLIENT.peer_id, session="s1", start=4,
+                                                             shape=(1, 2, ctx.hidden)), ProtocolError)
     obj = built(m.document(GRANT) if m.rng.random() < 0.9 else m.hostile())
     return parsed(lambda: accept_grant(obj, client=valid.CLIENT.peer_id, session="s1", node=valid.NODE.peer_id,
                                         root=valid.ROOT.hex(), blocks=(10, 20)), ProtocolError)

@@ -13,10 +13,10 @@ import hmac
 import json
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 from starlette.background import BackgroundTask
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from routing.tasks import background
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer; nobody receives it
 MAX_BODY = 4 << 20  # bytes: far more than a full context of text, far less than what would hurt the gateway
+MAX_DEPTH = 64  # JSON nesting: requests use under 10 levels (schemas are bounded at 32 on their own)
 
 
 class _ClientGone(Exception):
@@ -48,9 +49,29 @@ async def _json(request: Request) -> Any:
         if len(body) > MAX_BODY:
             raise APIError(413, f"the request body exceeds {MAX_BODY // (1 << 20)} MiB", code="request_too_large")
     try:
-        return json.loads(body)
+        value = json.loads(body)
+        deep = _deeper_than(value, MAX_DEPTH)  # shallower than the parser's limit, it would recurse later
     except (ValueError, UnicodeDecodeError):
         raise bad_request("the request body is not valid JSON") from None
+    except RecursionError:  # the parser recurses per level: a body nested past ~1000 stops it here
+        deep = True
+    if deep:
+        raise bad_request(f"the request body is nested deeper than {MAX_DEPTH} levels", code="too_deep")
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether `value` nests lists or maps more than `limit` deep (iterative: no recursion of its own)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 async def _unless_gone(request: Request, awaitable: Awaitable[T]) -> T:
@@ -99,12 +120,18 @@ class Completions:
                             "max_context": served.remote.config.max_context}}
 
     async def chat(self, request: Request) -> Response:
-        self.authorize(request)
-        return await self._complete(request, chat_request(await _json(request)), chat=True)
+        return await self._answer(request, chat_request, chat=True)
 
     async def completions(self, request: Request) -> Response:
+        return await self._answer(request, completion_request, chat=False)
+
+    async def _answer(self, request: Request, parse: Callable[[Any], GenerationRequest], chat: bool) -> Response:
         self.authorize(request)
-        return await self._complete(request, completion_request(await _json(request)), chat=False)
+        try:
+            body = await _json(request)
+        except ClientDisconnect:  # it left while sending its body (a traceback in the log, before)
+            return Response(status_code=CLIENT_CLOSED)
+        return await self._complete(request, parse(body), chat=chat)
 
     async def _complete(self, request: Request, req: GenerationRequest, chat: bool) -> Response:
         served = self.gateway.model(req.model)

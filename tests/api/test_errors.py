@@ -77,6 +77,15 @@ def test_a_body_that_is_not_json_is_a_400_in_openai_shape(gateway):
     assert httpx.get(gateway.base_url + "/nowhere").json()["error"]["code"] == "not_found"
 
 
+@pytest.mark.parametrize("depth", [65, 900, 10_000, 1_000_000])
+def test_a_body_nested_too_deep_is_a_400_not_a_500(gateway, depth):
+    """JSON's parser recurses per level: 10,000 deep raised RecursionError, a 500 (found by the fuzzer)."""
+    body = b'{"model": "x", "prompt": ' + b"[" * depth + b"]" * depth + b"}"
+    reply = httpx.post(gateway.base_url + "/completions", content=body, timeout=60,
+                       headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "too_deep"
+
+
 def test_a_body_over_the_cap_is_a_413_whether_sized_or_streamed(gateway):
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     big = b'{"model": "x", "prompt": "' + b"a" * (5 << 20) + b'"}'

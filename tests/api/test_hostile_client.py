@@ -1,5 +1,5 @@
 """A hostile HTTP client against a real `swarmlm api` process: slowloris, a flood that fills the queue,
-streams nobody reads. Each attack ends with an honest client (another address, 127.0.0.2) getting the
+streams nobody reads, 100k-token prompts, clients leaving mid-stream. Each attack ends with an honest client (another address, 127.0.0.2) getting the
 same text as without the attack; its latency attacked vs not is printed (-s), not asserted."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.api.gateway_process import GatewayProcess, run_gateway
+from tests.hostile.attacker import metrics
 
 MODEL = "smollm2-135m-instruct"
 HEAD_TIMEOUT_S = 3
@@ -168,6 +169,16 @@ def test_a_body_that_stops_coming_gets_408_and_the_connection_closed(gateway) ->
         assert _closed_by_server(s, 5)
 
 
+def test_a_client_leaving_mid_body_is_not_an_error_in_the_log(gateway) -> None:
+    """Starlette raises ClientDisconnect while the body is read: it was logged as an unhandled
+    traceback (found by the fuzzer)."""
+    with _connect(gateway) as s:
+        s.sendall(_post(gateway, HONEST)[:-10])
+        time.sleep(0.5)
+    _honest(gateway)  # after the one that left, so its traces would be in the log by now
+    assert "ClientDisconnect" not in gateway.log.read_text(errors="replace")
+
+
 def test_streams_nobody_reads_stop_generating_and_give_their_workers_back(gateway) -> None:
     """Two 3000-token streams whose client reads nothing hold this address's 2 workers; once the buffers
     are full, the send deadline (SEND_TIMEOUT_S) ends them, so two requests from the same address, which need both
@@ -186,3 +197,68 @@ def test_streams_nobody_reads_stop_generating_and_give_their_workers_back(gatewa
     print(f"\nstalled readers: a 4-token completion from their address {calm_s:.2f}s calm, "
           f"{max(a[1] for a in answers):.2f}s for two at once behind 2 unread 3000-token streams (the time "
           f"their buffers took to fill, plus the {SEND_TIMEOUT_S} s deadline)")
+
+
+HUGE_TEXT = "hello " * 100_000  # 100,000 tokens of text, 600 KB: far past the 8,192-token context
+HUGE = [{"model": MODEL, "prompt": HUGE_TEXT, "max_tokens": 4},
+        {"model": MODEL, "prompt": [1] * 100_000, "max_tokens": 4},
+        {"model": MODEL, "prompt": HUGE_TEXT},
+        {"model": MODEL, "messages": [{"role": "user", "content": HUGE_TEXT}], "max_tokens": 4}]
+
+
+def test_hundred_thousand_token_prompts_are_refused_and_another_client_is_served_meanwhile(gateway) -> None:
+    """Twelve 100k-token prompts at once (text, token ids, chat; with and without max_tokens): each is a
+    400 `context_length_exceeded` (tokenizing runs off the event loop, so the gateway keeps answering),
+    and another client gets the same text as without them."""
+    text, calm_s = _honest(gateway)
+
+    def huge(i: int) -> tuple[int, str]:
+        path = "/chat/completions" if "messages" in HUGE[i % 4] else "/completions"
+        with httpx.Client(timeout=300) as client:
+            r = client.post(gateway.base_url + path, json=HUGE[i % 4])
+        return r.status_code, r.json()["error"]["code"]
+
+    with ThreadPoolExecutor(12) as pool:
+        refused = pool.map(huge, range(12))
+        attacked_text, attacked_s = _honest(gateway)
+        refused = list(refused)
+    assert refused == [(400, "context_length_exceeded")] * 12
+    assert attacked_text == text
+    print(f"\n100k-token prompts: honest 4-token completion {calm_s:.2f}s calm, {attacked_s:.2f}s while 12 "
+          "prompts of 100,000 tokens were tokenized and refused")
+
+
+def _quiet(nodes: list, idle: list[dict[str, float]], keys: tuple[str, ...]) -> list[dict[str, float]]:
+    """The nodes' `keys` once they are back at `idle` (sessions closed, cache given back); polled."""
+    deadline = time.monotonic() + 120
+    while True:
+        now = [{k: metrics(n)[k] for k in keys} for n in nodes]
+        if now == idle or time.monotonic() > deadline:
+            return now
+        time.sleep(1)
+
+
+def test_clients_leaving_mid_stream_under_load_free_their_sessions_pages_and_workers(gateway, swarm3) -> None:
+    """Sixteen clients (16 addresses) each start a 200-token stream, read until it is generating or
+    queued, and vanish (a reset, not a close): the gateway's 4 workers were all busy and 8 queued.
+    Afterwards every node is back to its idle sessions and cache, and four requests at once (all
+    four workers) get the same text as before."""
+    keys = ("swarmlm_active_sessions", "swarmlm_cache_tokens_used")
+    text, calm_s = _honest(gateway)
+    idle = _quiet(swarm3.nodes, [{k: metrics(n)[k] for k in keys} for n in swarm3.nodes], keys)
+    with ExitStack() as stack:
+        leaving = [stack.enter_context(_connect(gateway, address=f"127.0.3.{i + 1}")) for i in range(16)]
+        for s in leaving:
+            s.sendall(_post(gateway, LONG))
+        heads = _answers(leaving, 10)  # the running ones have started their streams
+        for s in leaving:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    after = _quiet(swarm3.nodes, idle, keys)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda i: _honest(gateway, f"127.0.4.{i + 1}"), range(4)))
+    assert after == idle
+    assert [a[0] for a in answers] == [text] * 4
+    started = sum(h.startswith("HTTP/1.1 200") for h in heads.values())
+    print(f"\nclients leaving mid-stream: {started} streams started, {16 - started} queued or refused, all reset; "
+          f"nodes back to {idle}; honest 4-token completion {calm_s:.2f}s calm, "
+          f"{max(a[1] for a in answers):.2f}s for four at once after")

@@ -114,6 +114,30 @@ def test_evidence_nested_1000_deep_or_garbage_is_dropped_at_connect(sybils, hone
     assert untrusted.snapshot()["evidence"] - before >= 4
 
 
+def test_a_flood_of_signed_evidence_bans_no_serving_node(swarm, sybils, honest, default_store):
+    """Fifty fresh identities each publish a validly signed document about this model, 576 wide with
+    a 64-token prefix, accusing the next of them (whose attestation it signed): well formed and
+    consistent, but no node of the swarm ever computed it. A connecting client judges at most a few
+    per refresh (each costs a recomputation), off its event loop; no serving node is avoided, and
+    the answer is still the local one."""
+    root, ids = bytes.fromhex(default_store.root), sybils.identities
+    baseline = honest(verify=True)
+    for i, publisher in enumerate(ids):
+        document = valid.evidence(root, width=576, tokens=64, node=ids[(i + 1) % len(ids)],
+                                  checker=ids[(i + 2) % len(ids)], publisher=publisher).to_bytes()
+        assert sybils.evidence(publisher.peer_id, default_store.root, document)
+    seen: dict = {}
+
+    def inspect(model) -> None:
+        seen.update(judged=len(model.view.judged), distrusted=len(model.view.distrusted),
+                    avoided=[n.name for n in swarm.nodes if n.peer_id in model.view.bans])
+
+    attacked = honest(verify=True, inspect=inspect)
+    print(f"honest client, connect + {TOKENS} tokens: {baseline:.1f} s alone, {attacked:.1f} s with {len(ids)} "
+          f"signed evidence documents published ({seen['judged']} judged, {seen['distrusted']} publishers distrusted)")
+    assert seen["avoided"] == []
+
+
 @pytest.mark.parametrize("count", [10, pytest.param(FAKES, marks=pytest.mark.long)])
 def test_fifty_fake_nodes_claiming_every_block_do_not_stop_generation(sybils, honest, default_store, count):
     """Fifty fresh identities (ten in the short form) announce all 30 blocks at the highest
@@ -132,6 +156,27 @@ def test_fifty_fake_nodes_claiming_every_block_do_not_stop_generation(sybils, ho
     attacked = honest(inspect=lambda model: banned.extend(p for p in fakes if model.view.bans.failures(p)))
     print(f"honest client, connect + {TOKENS} tokens: {baseline:.1f} s without fake nodes, {attacked:.1f} s with {count}")
     assert sorted(banned) == sorted(fakes)
+
+
+def test_records_announcing_weights_the_client_did_not_derive_are_never_routed_through(sybils, honest,
+                                                                                       default_store):
+    """Fresh identities announce every block at the top throughput as int8 under a root that is not
+    int8's, as nf4 (which clients accept only when asked), and as the base weights under a derived
+    root: the client derives int8 itself, so it drops each record before it would even ping it
+    (none is ever tried, unlike the fake nodes above), and the answer is still the local one."""
+    lies = [dict(scheme="int8", group_size=32, weights_root="ab" * 32),
+            dict(scheme="nf4", group_size=64, weights_root="cd" * 32), dict(weights_root="ef" * 32)]
+    liars = sybils.peer_ids[:len(lies)]
+    baseline = honest()
+    stored = sybils.records(default_store.root, {p: (fake_node(p, N, **lie), range(N)) for p, lie in zip(liars, lies)})
+    assert all(stored.values()), stored
+    tried: list[str] = []
+    before = untrusted.snapshot()["record"]
+    attacked = honest(inspect=lambda model: tried.extend(p for p in liars if model.view.bans.failures(p)))
+    print(f"honest client, connect + {TOKENS} tokens: {baseline:.1f} s alone, {attacked:.1f} s with "
+          f"{len(lies)} records announcing weights they do not serve")
+    assert tried == []
+    assert untrusted.snapshot()["record"] > before  # the int8 one, named in the client's log
 
 
 def test_records_nobody_can_reach_are_not_counted_as_capacity(swarm, sybils, default_store, cli_env):

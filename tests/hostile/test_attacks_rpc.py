@@ -16,7 +16,7 @@ import torch
 
 from ledger import canonical
 from routing import wire
-from routing.grants import grant
+from routing.grants import grant, ticket
 from tests.swarm.raw import HIDDEN, RawSession
 
 from . import valid
@@ -415,6 +415,41 @@ def test_a_push_cycle_crafted_by_grants_stops_at_the_first_backward_hop(attacker
     assert [f["type"] for f in second] == ["result", "push_failed"] and second[1]["code"] == "push_refused"
     assert {n.blocks: _computed_tokens(n) - before[n.blocks] for n in (a, b)} == {(0, 10): 8, (10, 20): 8}
     honest()
+
+
+def test_a_replayed_or_grown_push_is_refused_and_only_the_ticketed_step_is_computed(attacker, accomplice, nodes,
+                                                                                     root, honest):
+    """The attacker's grant names its accomplice as 10:20's predecessor, and it signs one step
+    ticket (8 positions from 0). The accomplice pushes that step 300 times on one stream: a grant
+    alone let each push rewind and recompute (one signature, any number of steps). Now 10:20
+    computes the ticketed 8 positions once and answers every replay `push_refused`, as it does the
+    ticket on a 64-token push and, once the session has spent a ticket, a push without one. 300
+    more replays run while an honest client generates."""
+    node, sid, me = nodes[10, 20], fresh_session(), attacker.link.identity
+    g = grant(me, session=sid, node=node.peer_id, prev=accomplice.peer_id, next=None, root=root, blocks=(10, 20))
+    push = {"type": "push", "client": attacker.peer_id, "session": sid, "start": 0, "blocks": [0, 10],
+            "hidden": tensor((1, 8, HIDDEN)),
+            "ticket": ticket(me, session=sid, start=0, tokens=8, batch=1).to_wire()}
+    opening, replays = frame({"type": "push_open", "v": 1}), 300
+    replayed = opening + frame(push) * replays  # one write: the harness stops writing at the first refusal
+    baseline = honest()
+    before = _computed_tokens(node)
+    session = RawSession(attacker.link, node.peer_id, root, sid, 64, blocks=[10, 20], grant=g.to_wire())
+    assert attacker.run(session.open())["type"] == "opened"
+    flooded = accomplice.send(node.peer_id, PUSH, [replayed], frames=replays - 1).codes
+    result = attacker.run(session.read())
+    others = accomplice.send(node.peer_id, PUSH, [opening, frame({**push, "hidden": tensor((1, 64, HIDDEN))}),
+                                                  frame({k: v for k, v in push.items() if k != "ticket"})], frames=2)
+    computed = _computed_tokens(node) - before
+    flood = accomplice.start(accomplice.exchange(node.peer_id, PUSH, [replayed], frames=replays))
+    attacked = honest()
+    again = flood.result(timeout=300)[0].codes
+    session.abort()
+    print(f"honest client, connect + {TOKENS} tokens: {baseline:.1f} s alone, {attacked:.1f} s during "
+          f"{replays} replayed pushes")
+    assert result["type"] == "result" and computed == 8
+    assert Counter(flooded) == {"push_refused": replays - 1} and Counter(again) == {"push_refused": replays}
+    assert others.codes == ["push_refused", "push_refused"]
 
 
 def test_empty_sessions_are_counted_not_logged_one_entry_each(attacker, nodes, root, honest):

@@ -67,15 +67,17 @@ def _attested(identity: Identity, session: str, start: int, sent: torch.Tensor, 
     return Claim(att, output)
 
 
-def evidence(root: bytes = ROOT) -> Evidence:
-    """Signed, self-consistent evidence about `root`: a step at position 2 of 1 token, hidden width 4."""
+def evidence(root: bytes = ROOT, *, width: int = 4, tokens: int = 3, node: Identity = NODE,
+             checker: Identity = CHECKER, publisher: Identity = CLIENT) -> Evidence:
+    """Signed, self-consistent evidence about `root` accusing `node`: a step at the last of `tokens`
+    positions (by default position 2, hidden width 4)."""
     torch.manual_seed(0)
-    prefix, start = torch.randn(1, 3, 4), 2
-    step = _attested(NODE, "s1", start, prefix[:, start:], torch.randn(1, 1, 4), root)
-    forward = _attested(CHECKER, FORWARD_SESSION, 0, prefix, torch.randn(1, 1, 4), root)
+    prefix, start = torch.randn(1, tokens, width), tokens - 1
+    step = _attested(node, "s1", start, prefix[:, start:], torch.randn(1, 1, width), root)
+    forward = _attested(checker, FORWARD_SESSION, 0, prefix, torch.randn(1, 1, width), root)
     return Evidence(root=root, blocks=(10, 20), start=start, prefix=prefix, step=step, forward=forward,
-                    dishonest=NODE.peer_id, errors_ppm={NODE.peer_id: 5000, CHECKER.peer_id: 1}, method="local",
-                    publisher=CLIENT.peer_id, time_ns=1_700_000_000_000_000_000).signed(CLIENT)
+                    dishonest=node.peer_id, errors_ppm={node.peer_id: 5000, checker.peer_id: 1}, method="local",
+                    publisher=publisher.peer_id, time_ns=1_700_000_000_000_000_000).signed(publisher)
 
 
 def attestation_wire() -> dict[str, Any]:

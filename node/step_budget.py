@@ -1,0 +1,50 @@
+"""What a session's client asked pushed steps to compute: its signed step tickets, each spent once.
+
+The push grant names who may push into a session, not how much: the predecessor it names (or a
+client's own accomplice) could push the same step again and again, and each push rewinds and
+recomputes. So a pushed step carries its client's step ticket (routing/grants.py), and a node
+computes it only if the ticket's `seq` is above every ticket the session has spent and the push
+holds exactly the positions the ticket names: a session computes at most what its client asked
+for, step by step. A replay, a push grown past its ticket, or one without a ticket in a session
+that uses them is `push_refused` to the pusher (whose client then relays).
+
+A session uses tickets once its client says so when opening (`tickets: true`) or once it has spent
+one; until then a push without a ticket is taken, as from clients that sign none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from routing.errors import ErrorCode, ProtocolError
+from routing.grants import accept_ticket
+
+
+@dataclass
+class StepBudget:
+    required: bool = False  # pushes without a ticket are refused
+    seq: int = -1  # the highest ticket spent
+    requested: int = 0  # positions × rows the spent tickets asked for
+
+    def spend(self, raw: Any, *, client: str, session: str, start: int, shape: Sequence[int]
+              ) -> dict[str, Any] | None:
+        """Check the ticket `raw` of a step of `shape` (batch, tokens, …) at `start` and spend it;
+        returns it to travel on with the step's output (None: the step came without one)."""
+        if raw is None:
+            if self.required:
+                raise ProtocolError(ErrorCode.PUSH_REFUSED, "a pushed step of this session must carry its "
+                                                            "client's signed step ticket")
+            return None
+        t = accept_ticket(raw, client=client, session=session)
+        batch, tokens = shape[0], shape[1]
+        if t.seq <= self.seq:
+            raise ProtocolError(ErrorCode.PUSH_REFUSED, f"step ticket {t.seq} is spent: the client asked for that step "
+                                                        f"once (this session has spent tickets up to {self.seq})")
+        if (t.start, t.tokens, t.batch) != (start, tokens, batch):
+            raise ProtocolError(ErrorCode.PUSH_REFUSED, f"the ticket asks for {t.tokens} position(s) from {t.start} "
+                                                        f"(batch {t.batch}); the push holds {tokens} from {start} "
+                                                        f"(batch {batch})")
+        self.seq, self.required = t.seq, True
+        self.requested += tokens * batch
+        return t.to_wire()

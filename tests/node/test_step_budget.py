@@ -1,0 +1,79 @@
+"""A session's step budget, in process: each of its client's step tickets is spent once, for exactly
+the positions it names, so pushes compute no more than the client asked for."""
+
+from __future__ import annotations
+
+import pytest
+
+from ledger.keys import Identity
+from node.step_budget import StepBudget
+from routing.errors import ErrorCode, ProtocolError
+from routing.grants import ticket
+
+CLIENT, OTHER = Identity.generate(), Identity.generate()
+SID = "s1"
+
+
+def _spend(budget: StepBudget, raw, start: int, shape: tuple[int, ...], client: str = CLIENT.peer_id):
+    return budget.spend(raw, client=client, session=SID, start=start, shape=shape)
+
+
+def _refused(budget: StepBudget, raw, start: int, shape: tuple[int, ...], code: ErrorCode = ErrorCode.PUSH_REFUSED,
+             client: str = CLIENT.peer_id) -> str:
+    with pytest.raises(ProtocolError) as caught:
+        _spend(budget, raw, start, shape, client)
+    assert caught.value.code == code
+    return str(caught.value)
+
+
+def test_each_ticket_is_spent_once_and_counts_the_positions_it_names() -> None:
+    budget = StepBudget()
+    prompt = ticket(CLIENT, session=SID, start=0, tokens=8, batch=1).to_wire()
+    assert _spend(budget, prompt, 0, (1, 8, 4)) == prompt  # travels on with the step's output
+    assert "spent" in _refused(budget, prompt, 0, (1, 8, 4))  # the same step pushed again
+    for position in range(8, 12):  # decoding, one token at a time
+        _spend(budget, ticket(CLIENT, session=SID, start=position, tokens=1, batch=1).to_wire(), position, (1, 1, 4))
+    rewind = ticket(CLIENT, session=SID, start=9, tokens=3, batch=1).to_wire()  # speculation rolled back
+    _spend(budget, rewind, 9, (1, 3, 4))
+    assert budget.requested == 8 + 4 + 3
+
+
+def test_a_push_other_than_the_ticketed_step_is_refused_and_spends_nothing() -> None:
+    budget = StepBudget()
+    one = ticket(CLIENT, session=SID, start=4, tokens=2, batch=1).to_wire()
+    for start, shape in [(4, (1, 64, 4)), (0, (1, 2, 4)), (4, (2, 2, 4))]:  # grown, rewound, widened
+        assert "the ticket asks for 2 position(s) from 4" in _refused(budget, one, start, shape)
+    assert (budget.requested, budget.seq) == (0, -1)
+    _spend(budget, one, 4, (1, 2, 4))
+    assert budget.requested == 2
+
+
+def test_an_older_ticket_after_a_newer_one_is_refused() -> None:
+    budget = StepBudget()
+    older = ticket(CLIENT, session=SID, start=0, tokens=1, batch=1).to_wire()
+    newer = ticket(CLIENT, session=SID, start=1, tokens=1, batch=1).to_wire()
+    _spend(budget, newer, 1, (1, 1, 4))
+    assert "spent" in _refused(budget, older, 0, (1, 1, 4))
+
+
+def test_tickets_of_another_client_or_session_or_forged_are_refused() -> None:
+    budget = StepBudget()
+    theirs = ticket(OTHER, session=SID, start=0, tokens=1, batch=1).to_wire()
+    _refused(budget, theirs, 0, (1, 1, 4))
+    _refused(budget, ticket(CLIENT, session=SID, start=0, tokens=1, batch=1).to_wire(), 0, (1, 1, 4),
+             client=OTHER.peer_id)  # our ticket, pushed into another client's session of the same name
+    elsewhere = ticket(CLIENT, session="s2", start=0, tokens=1, batch=1).to_wire()
+    _refused(budget, elsewhere, 0, (1, 1, 4))
+    forged = {**ticket(CLIENT, session=SID, start=0, tokens=1, batch=1).to_wire(), "tokens": 100}
+    _refused(budget, forged, 0, (1, 100, 4))
+    for garbage in ({}, [], "ticket", {**elsewhere, "seq": -1}):
+        _refused(budget, garbage, 0, (1, 1, 4), code=ErrorCode.BAD_FRAME)
+    assert (budget.requested, budget.required) == (0, False)
+
+
+def test_a_session_that_spent_a_ticket_or_asked_for_them_takes_no_push_without_one() -> None:
+    legacy = StepBudget()
+    assert _spend(legacy, None, 0, (1, 5, 4)) is None  # a client that signs no tickets
+    _spend(legacy, ticket(CLIENT, session=SID, start=5, tokens=1, batch=1).to_wire(), 5, (1, 1, 4))
+    assert "must carry" in _refused(legacy, None, 6, (1, 1, 4))
+    assert "must carry" in _refused(StepBudget(required=True), None, 0, (1, 1, 4))

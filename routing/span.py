@@ -24,7 +24,7 @@ from . import wire
 from .attestation import Attestation, check_step_attestation, parse_attestation
 from .client import PeerLink
 from .errors import PeerFailure, RemoteError, RoutingError
-from .grants import grant
+from .grants import grant, ticket
 from .planner import Hop
 from .tasks import background
 
@@ -83,7 +83,8 @@ class SpanSession:
         self._reading = background(self._read(reader), "a span's reader")
         await self._send({"type": "open", "v": wire.PROTOCOL_VERSION, "root": self.root, "session": self.session_id,
                           "max_length": self.max_length, "blocks": [self.hop.start, self.hop.end],
-                          "reply_dtype": wire.dtype_name(self.reply_dtype), "attest": self.attest, **self._grant()})
+                          "reply_dtype": wire.dtype_name(self.reply_dtype), "attest": self.attest, "tickets": True,
+                          **self._grant()})
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -128,8 +129,10 @@ class SpanSession:
         sent = hidden.to(self.send_dtype)
         frame = {"type": "step", "session": self.session_id, "step": self.steps, "start": start,
                  "hidden": wire.encode_tensor(sent)}
-        if push:
+        if push:  # each node along the chain computes a pushed step once, as far as this ticket says
             frame["push"] = True
+            frame["ticket"] = ticket(self.identity, session=self.session_id, start=start, tokens=sent.shape[1],
+                                     batch=sent.shape[0]).to_wire()
         await self._send(frame)
         return sent
 

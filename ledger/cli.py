@@ -140,7 +140,12 @@ def _print_rows(rows: Iterable[Row], as_json: bool, console: Console) -> None:
 
 
 def _ledger_path(args: argparse.Namespace) -> Path:
-    return Path(args.ledger) if args.ledger else default_path()
+    if args.ledger:
+        return Path(args.ledger)
+    try:
+        return default_path()
+    except FileNotFoundError as e:
+        raise LedgerError(str(e)) from None
 
 
 def _tail(args: argparse.Namespace) -> int:

@@ -206,3 +206,9 @@ def test_times_parse_as_iso_or_relative() -> None:
     for bad in ("12x", "h12", "tomorrow", ""):
         with pytest.raises(UsageError):
             parse_time(bad, now)
+
+
+def test_missing_ledger_names_the_places_tried(tmp_path: Path) -> None:
+    result = run("tail", env={"SWARMLM_LEDGER": "", "SWARMLM_HOME": str(tmp_path)})
+    assert result.returncode != 0
+    assert str(tmp_path / "node" / "ledger.sqlite") in result.stderr and "--ledger" in result.stderr

@@ -1,7 +1,8 @@
 """`swarmlm node status`: one node's uptime, span, sessions, tokens served and ledger height.
 
 Reach it by multiaddr (`--peer`), or on this machine through the runtime file a running node
-writes beside its identity (`--identity`, default: the default state folder's).
+writes beside its identity (`--identity`, or the one a config file and SWARMLM_* variables name:
+`--config`; default: the default state folder's).
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shards.paths import swarmlm_home
-
+from . import config as node_config
 from .errors import NodeError
 
 
@@ -21,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--identity", type=Path, help="a local node's identity file "
                                                      "(default $SWARMLM_HOME/node/identity.key)")
+    where.add_argument("--config", type=Path, help="the node's TOML config (as given to `node run --config`): "
+                                                   "its state_dir or identity says where the node is "
+                                                   "[env SWARMLM_CONFIG]")
     where.add_argument("--peer", metavar="MADDR", help="a node's multiaddr, ending in /p2p/PEER_ID")
     p.add_argument("--json", action="store_true", help="print the node's info as JSON")
     p.set_defaults(func=_status)
@@ -32,7 +35,7 @@ def _target(args: argparse.Namespace) -> tuple[str, list[str]]:
         if "/p2p/" not in args.peer:
             raise NodeError(f"{args.peer} has no /p2p/PEER_ID part; copy a node's 'maddr' line")
         return args.peer.rsplit("/p2p/", 1)[1], [args.peer]
-    identity = args.identity or swarmlm_home() / "node" / "identity.key"
+    identity = args.identity or _configured_identity(args.config)
     runtime = identity.parent / "node.json"
     try:
         info = json.loads(runtime.read_text())
@@ -42,10 +45,15 @@ def _target(args: argparse.Namespace) -> tuple[str, list[str]]:
     return info["peer_id"], info["maddrs"]
 
 
-def _status(args: argparse.Namespace) -> int:
-    from routing.client import SwarmClient
+def _configured_identity(config: Path | None) -> Path:
+    """The identity file `node run` would use with this config file and environment (default state folder's)."""
+    return node_config.resolve(argparse.Namespace(config=config)).identity
 
+
+def _status(args: argparse.Namespace) -> int:
     peer, maddrs = _target(args)
+    from routing.client import SwarmClient  # after the checks above: it imports hivemind and torch (seconds)
+
     client = SwarmClient(maddrs, request_timeout=15)
     try:
         rtt, info = client.run(client.ping(peer))

@@ -17,7 +17,7 @@ def _status(swarm, env) -> tuple[int, dict]:
     return proc.returncode, json.loads(proc.stdout)
 
 
-def test_swarm_status_covers_every_block_and_node_status_shows_one_node(swarm3, cli_env):
+def test_swarm_status_covers_every_block_and_node_status_shows_one_node(swarm3, cli_env, tmp_path):
     code, report = _status(swarm3, cli_env)
     assert code == 0 and report["unserved"] == [] and report["servers_per_block"] == [1] * 30
     assert sorted(tuple(n["blocks"]) for n in report["nodes"]) == [(0, 10), (10, 20), (20, 30)]
@@ -28,6 +28,11 @@ def test_swarm_status_covers_every_block_and_node_status_shows_one_node(swarm3, 
     info = json.loads(local.stdout)
     assert info["peer_id"] == swarm3.nodes[0].peer_id and info["state"] == "online"
     assert [info["start"], info["end"]] == list(swarm3.nodes[0].blocks)
+    config = tmp_path / "node.toml"
+    config.write_text(f'state_dir = "{swarm3.nodes[1].state_dir}"\n')
+    by_config = subprocess.run(SWARMLM + ["node", "status", "--config", str(config), "--json"], capture_output=True,
+                               text=True, env=cli_env, timeout=60)
+    assert json.loads(by_config.stdout)["peer_id"] == swarm3.nodes[1].peer_id
 
 
 def test_swarm_status_shows_a_dead_nodes_blocks_unserved(default_store, tmp_path, cli_env):

@@ -29,30 +29,43 @@ log = logging.getLogger(__name__)
 
 MAX_SERVES = 100
 PING_EVERY_S = 5.0  # status re-pings the nodes at most this often, however many tabs refresh every 2 s
-PING_S = 5.0  # a node silent this long does not count as online
+PING_S = 10.0  # a node silent this long does not count as online (as in `swarm status`)
 GONE_KEPT = 64  # gone nodes remembered per model: records are anyone's to publish, so the memory is bounded
 
 
 class _Watch:
     """One model's nodes across status refreshes, kept by the gateway so that every tab sees the same:
-    who answered a ping lately (a killed node's signed record outlives it by up to three announce
-    periods, and the client's round-trip table keeps it for good) and who has gone (its record expired)."""
+    who answered the latest ping round (a killed node's signed record outlives it by up to three
+    announce periods, and the client's round-trip table keeps it for good) and who has gone (its
+    record expired)."""
 
     def __init__(self) -> None:
         self.reached: set[str] = set()
-        self.asked: set[str] = set()  # the peers the last pings went to: a new one is pinged at once
-        self.pinged = -math.inf
-        self.lock = asyncio.Lock()
+        self.asked: set[str] = set()  # the peers the latest round pinged
+        self.pinged = -math.inf  # when the latest round ended
+        self.round: asyncio.Future[None] | None = None  # referenced here; _ping collects its own errors
         self.last: dict[str, dict[str, Any]] = {}  # peer -> its node in the last report
         self.gone: dict[str, dict[str, Any]] = {}  # peer -> its last node, with gone_at; oldest first
 
     async def answering(self, served: ServedModel, records: dict[str, Any]) -> set[str]:
-        async with self.lock:
-            if time.monotonic() - self.pinged >= PING_EVERY_S or set(records) - self.asked:
-                self.asked = set(records)
-                self.reached = await served.on_client(answering(served.remote.client, records, PING_S))
-                self.pinged = time.monotonic()
+        """The peers among `records` that answered the latest round. A round starts when the last is
+        PING_EVERY_S old; a status waits for it only when there are peers never asked (at start, a new
+        node), so a node that hangs rather than refuses never holds the page up."""
+        new = set(records) - self.asked
+        if self.round is None or self.round.done() and (new or time.monotonic() - self.pinged >= PING_EVERY_S):
+            self.asked = set(records)
+            self.round = asyncio.ensure_future(self._ping(served, records))
+        if new:
+            await asyncio.shield(self.round)
         return self.reached & set(records)
+
+    async def _ping(self, served: ServedModel, records: dict[str, Any]) -> None:
+        try:
+            self.reached = await served.on_client(answering(served.remote.client, records, PING_S))
+        except Exception as e:  # the client is closing: the next round tries again
+            log.warning("pinging the nodes failed: %s", e)
+        finally:
+            self.pinged = time.monotonic()
 
     def note(self, nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Record who left since the last report; the gone nodes, the latest first."""

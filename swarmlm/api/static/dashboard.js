@@ -272,12 +272,13 @@ async function send(event) {
   const bubble = el("div", { class: "msg assistant answer" }, answer);
   log.append(bubble);
   $("chat-input").value = "";
+  const maxTokens = Number($("max-tokens").value);
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(true),
       body: JSON.stringify({
         model: state.model, messages: state.messages, stream: true, stream_options: { include_usage: true },
-        temperature: Number($("temperature").value), max_tokens: Number($("max-tokens").value),
+        temperature: Number($("temperature").value), max_tokens: maxTokens,
       }),
     });
     if (!response.ok) {
@@ -297,7 +298,7 @@ async function send(event) {
     state.messages.push({ role: "assistant", content: answer.textContent });
     bubble.dataset.finish = finish || "";
     if (finish === "length") bubble.append(el("div", { class: "truncated" },
-      `cut off at ${$("max-tokens").value} tokens (max tokens): raise it for the whole answer`));
+      `cut off at ${maxTokens} tokens (max tokens): raise it for the whole answer`));
     if (provenance) bubble.append(provenanceView(provenance));
     if (usage) bubble.append(el("div", { class: "provenance" },
       `${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens`));

@@ -118,7 +118,7 @@ def test_the_chat_box_streams_an_answer_with_its_provenance(dashboard, local_mod
 def test_no_sideways_scrolling_on_narrow_screens(dashboard):
     """Wide tables scroll inside their box; the page itself fits the screen (after a chat, with long IDs)."""
     try:
-        for width in (990, 760, 420):
+        for width in (990, 760, 360):
             dashboard.set_viewport_size({"width": width, "height": 900})
             assert dashboard.evaluate("document.documentElement.scrollWidth") <= width
     finally:

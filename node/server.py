@@ -36,6 +36,7 @@ from shards.manifest import Quantization
 from shards.memory import block_bytes, dequantize_workspace_bytes, kv_bytes_per_token
 from shards.store import ShardStore, parse_dtype
 
+from . import status
 from .config import NodeConfig, parse_size
 from .errors import NodeError
 from .handlers import Handlers
@@ -45,7 +46,6 @@ from .metrics import NodeMetrics, NodeState
 from .neighbours import Neighbours
 from .push import HANDLER as PUSH_HANDLER
 from .push import PushLinks, PushReceiver
-from . import status
 from .selection import blocks_for_budget, best_start, coverage, rebalance_delay, should_move
 from .serving import Serving
 from .sessions import NodeSession, session_key

@@ -51,6 +51,7 @@ def setup_logging(fmt: str, verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     global _hivemind_level
     _hivemind_level = logging.DEBUG if verbose else logging.WARNING  # its INFO lines are for its developers
+    logging.getLogger("hivemind").setLevel(_hivemind_level)
     if _HIVEMIND_LOGGING in sys.modules:
         _route_hivemind()
     elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):

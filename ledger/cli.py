@@ -84,29 +84,37 @@ def _when(time_ns: int) -> str:
     return datetime.fromtimestamp(time_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _console() -> Console:
-    """Rich output at the terminal's width, or wide enough not to wrap when piped."""
+def _console(wide: bool = False) -> Console:
+    """Rich output at the terminal's width, or wide enough not to wrap when piped; with `wide`, never cut."""
+    if wide:
+        return Console(width=100_000)  # whole IDs on one line each, for pasting; the terminal folds them
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
-def _short(text: str | None, keep: int = 12) -> str:
-    return "" if text is None else text if len(text) <= keep + 1 else text[:keep] + "…"
+class _Ids:
+    """How IDs show in a table: cut to tell rows apart at a glance, or whole (`--wide`) to paste."""
+
+    def __init__(self, wide: bool) -> None:
+        self.wide = wide
+
+    def short(self, text: str | None, keep: int = 12) -> str:
+        return "" if text is None else text if self.wide or len(text) <= keep + 1 else text[:keep] + "…"
+
+    def peer(self, peer_id: str) -> str:
+        """Peer IDs all start 12D3KooW; their tail tells them apart."""
+        return peer_id if self.wide else "…" + peer_id[-10:]
 
 
-def _peer(peer_id: str) -> str:
-    """Peer IDs all start 12D3KooW; their tail tells them apart."""
-    return "…" + peer_id[-10:]
-
-
-def _details(wire: dict[str, Any]) -> str:
+def _details(wire: dict[str, Any], ids: _Ids) -> str:
     kind = wire["kind"]
     if kind == "load":
         return f"{len(wire['shard_digests'])} shards on {wire['device']} as {wire['dtype']}"
     if kind == "serve":
         receipt = "receipted" if wire["receipt"] else "UNRECEIPTED"
-        return f"session {_short(wire['session'])} client {_peer(wire['client'])} {wire['tokens']} tokens {receipt}"
+        return (f"session {ids.short(wire['session'])} client {ids.peer(wire['client'])} {wire['tokens']} tokens "
+                f"{receipt}")
     if kind == "receipt":
-        return f"session {_short(wire['receipt']['session'])} {wire['receipt']['tokens']} tokens"
+        return f"session {ids.short(wire['receipt']['session'])} {wire['receipt']['tokens']} tokens"
     if kind == "witness":
         return wire["checkpoint"].split("\n")[1] + " entries cosigned"
     if kind == "log_key":
@@ -114,7 +122,7 @@ def _details(wire: dict[str, Any]) -> str:
     return ""
 
 
-def _print_rows(rows: Iterable[Row], as_json: bool, console: Console) -> None:
+def _print_rows(rows: Iterable[Row], as_json: bool, console: Console, wide: bool = False) -> None:
     if as_json:
         for row in rows:
             print(json.dumps({"index": row.index, **_row_json(row)}), flush=True)
@@ -122,7 +130,8 @@ def _print_rows(rows: Iterable[Row], as_json: bool, console: Console) -> None:
     table = Table(box=None)
     for column in ("index", "time", "kind", "node", "model", "blocks"):
         table.add_column(column, no_wrap=True)
-    table.add_column("details")
+    table.add_column("details", no_wrap=wide)
+    ids = _Ids(wide)
     for row in rows:
         wire = canonical.unpack(row.data)
         _, _, node, root, start, end = row.columns
@@ -131,30 +140,35 @@ def _print_rows(rows: Iterable[Row], as_json: bool, console: Console) -> None:
             str(row.index),
             _when(wire["time_ns"]),
             wire["kind"],
-            _peer(node),
-            _short(root and root.hex()),
+            ids.peer(node),
+            ids.short(root and root.hex()),
             blocks,
-            _details(wire),
+            _details(wire, ids),
         )
     console.print(table)
 
 
 def _ledger_path(args: argparse.Namespace) -> Path:
-    return Path(args.ledger) if args.ledger else default_path()
+    if args.ledger:
+        return Path(args.ledger)
+    try:
+        return default_path()
+    except FileNotFoundError as e:
+        raise LedgerError(str(e)) from None
 
 
 def _tail(args: argparse.Namespace) -> int:
-    console = _console()
+    console = _console(args.wide)
     with Ledger(_ledger_path(args)) as ledger:
         rows = ledger.query(last=args.n)
-        _print_rows(rows, args.json, console)
+        _print_rows(rows, args.json, console, args.wide)
         after = rows[-1].index + 1 if rows else 0
         try:
             while args.follow:
                 time.sleep(args.interval)
                 new = list(ledger.rows(after))
                 if new:
-                    _print_rows(new, args.json, console)
+                    _print_rows(new, args.json, console, args.wide)
                     after = new[-1].index + 1
         except KeyboardInterrupt:
             pass
@@ -186,7 +200,7 @@ def _query(args: argparse.Namespace) -> int:
         rows = [r for r in rows if _session_of(r.decode()) == args.session]
     if args.n is not None:
         rows = rows[-args.n:] if args.n > 0 else []
-    _print_rows(rows, args.json, _console())
+    _print_rows(rows, args.json, _console(args.wide), args.wide)
     return 0
 
 
@@ -284,10 +298,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="machine-readable output")
     common = [where, as_json]
+    whole_ids = argparse.ArgumentParser(add_help=False)
+    whole_ids.add_argument("--wide", action="store_true", help="whole session, peer and model IDs (to paste into "
+                                                          "`query --session/--node/--model`)")
     group = subparsers.add_parser("ledger", help="inspect, query, verify and prove a node's or client's ledger")
     commands = group.add_subparsers(dest="ledger_command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("tail", parents=common, help="show the newest entries")
+    p = commands.add_parser("tail", parents=[*common, whole_ids], help="show the newest entries")
     p.add_argument("-n", type=int, default=10, help="how many (default 10)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new entries")
     p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
@@ -297,7 +314,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     p.add_argument("index", type=int)
     p.set_defaults(func=_show)
 
-    p = commands.add_parser("query", parents=common, help="entries matching every filter given")
+    p = commands.add_parser("query", parents=[*common, whole_ids], help="entries matching every filter given")
     p.add_argument("--model", metavar="ROOT", help="manifest root (hex)")
     p.add_argument("--block", type=int, metavar="B", help="entries whose block range contains B")
     p.add_argument("--node", metavar="PEER", help="the serving (or witnessed) node's peer ID")

@@ -81,15 +81,21 @@ _TRIGGERS = "".join(
 _ROW = "idx, entry, signature, leaf_hash, kind, time_ns, node, manifest_root, block_start, block_end"
 
 
-def default_path() -> Path:
-    """$SWARMLM_LEDGER; else the ledger a node on this machine writes, $SWARMLM_HOME/node/ledger.sqlite
-    (what an operator asks about), or $SWARMLM_HOME/ledger.sqlite — the first that exists, the
-    node's when neither does (SWARMLM_HOME: ~/.cache/swarmlm)."""
+def default_paths() -> list[Path]:
+    """Where a ledger is looked for, in order: $SWARMLM_LEDGER, else a node's then a shared one under $SWARMLM_HOME."""
     if os.environ.get("SWARMLM_LEDGER"):
-        return Path(os.environ["SWARMLM_LEDGER"])
+        return [Path(os.environ["SWARMLM_LEDGER"])]
     home = Path(os.environ.get("SWARMLM_HOME") or Path.home() / ".cache" / "swarmlm")
-    candidates = [home / "node" / "ledger.sqlite", home / "ledger.sqlite"]
-    return next((p for p in candidates if p.exists()), candidates[0])
+    return [home / "node" / "ledger.sqlite", home / "ledger.sqlite"]
+
+
+def default_path() -> Path:
+    """The first existing ledger of `default_paths`; FileNotFoundError names every place tried."""
+    tried = default_paths()
+    for path in tried:
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"no ledger found (tried {', '.join(map(str, tried))}); pass --ledger PATH")
 
 
 def index_columns(entry: Entry, owner: str) -> tuple[str, int, str, bytes | None, int | None, int | None]:

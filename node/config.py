@@ -160,9 +160,18 @@ class NodeConfig:
 
     @property
     def read_budget_bytes(self) -> int:
-        from .selection import parse_size
-
         return parse_size(self.read_budget)
+
+
+def parse_size(text: str) -> int:
+    """'2GiB', '512MiB', '1.5GB', '1000000' -> bytes."""
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9,
+             "tb": 10**12, "b": 1}
+    t = text.strip().lower().replace(" ", "")
+    for unit, factor in units.items():
+        if t.endswith(unit):
+            return int(float(t[: -len(unit)]) * factor)
+    return int(float(t))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -304,8 +313,6 @@ def _finish(values: dict[str, Any], sources: dict[str, str]) -> NodeConfig:
             raise ConfigError(f"{where(name)} must be {bounds}, got {value}")
     for name in ("read_budget", "max_memory"):
         if values[name] is not None:
-            from .selection import parse_size
-
             try:
                 parse_size(values[name])
             except ValueError:

@@ -58,5 +58,6 @@ def start_instructions(result: InitResult) -> str:
             f"  {run} --initial-peers /ip4/HOST/tcp/PORT/p2p/PEER_ID\n"
             f"or start a new swarm of your own:\n"
             f"  {run} --new-swarm\n"
-            f"(flags and SWARMLM_* environment variables override the file)\n")
+            f"(flags and SWARMLM_* environment variables override the file)\n"
+            f"and check on it:\n  swarmlm node status --config {result.config}\n")
 

@@ -137,7 +137,7 @@ class LocalSwarm:
         args = ["run", "--model", self.model, "--blocks", f"{blocks[0]}:{blocks[1]}" if blocks else "auto",
                 "--initial-peers", *self.initial_peers, "--host", self._listen_host(name),
                 "--state-dir", str(self.state_dir / name), "--announce-period", str(self.announce_period),
-                "--threads", str(self.threads),
+                "--threads", str(self.threads), "--public-name", name,  # what status and the dashboard show
                 *(["--dtype", dtype] if dtype else []), *self.node_args, *extra]
         node = self._spawn(name, blocks, args, program)
         return self.await_nodes([node])[0] if wait else node

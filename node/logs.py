@@ -7,10 +7,14 @@ Everything a node logs goes through the root logger's one handler: our loggers, 
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import json
 import logging
 import sys
 from datetime import datetime, timezone
+from typing import Any, Callable
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # hivemind renames WARNING to "WARN" process-wide; JSON consumers get the standard names.
@@ -45,9 +49,48 @@ def setup_logging(fmt: str, verbose: bool) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    from hivemind.utils.logging import use_hivemind_log_handler  # not at import: see swarmlm/cli.py
-
-    use_hivemind_log_handler("nowhere")  # hivemind's lines propagate to our handler
-    # hivemind's INFO lines are for its developers, not our users
-    logging.getLogger("hivemind").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    global _hivemind_level
+    _hivemind_level = logging.DEBUG if verbose else logging.WARNING  # its INFO lines are for its developers
+    logging.getLogger("hivemind").setLevel(_hivemind_level)
+    if _HIVEMIND_LOGGING in sys.modules:
+        _route_hivemind()
+    elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        # importing hivemind costs seconds (it imports torch): a command that never uses it must not pay that
+        sys.meta_path.insert(0, _AfterImport(_HIVEMIND_LOGGING, _route_hivemind))
     logging.captureWarnings(True)
+
+
+_HIVEMIND_LOGGING = "hivemind.utils.logging"
+_hivemind_level = logging.WARNING
+
+
+def _route_hivemind() -> None:
+    """hivemind's lines propagate to our handler instead of its own coloured one."""
+    from hivemind.utils.logging import use_hivemind_log_handler
+
+    use_hivemind_log_handler("nowhere")
+    logging.getLogger("hivemind").setLevel(_hivemind_level)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Runs `then` right after module `name` first executes, before any module that imports it goes on."""
+
+    def __init__(self, name: str, then: Callable[[], None]) -> None:
+        self.name, self.then, self.loader = name, then, None
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        self.loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.loader.exec_module(module)
+        self.then()

@@ -66,17 +66,6 @@ def rebalance_delay(period: float, rng: random.Random | None = None) -> float:
     return period * (rng or random).uniform(0.75, 1.25)
 
 
-def parse_size(text: str) -> int:
-    """'2GiB', '512MiB', '1.5GB', '1000000' -> bytes."""
-    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9,
-             "tb": 10**12, "b": 1}
-    t = text.strip().lower().replace(" ", "")
-    for unit, factor in units.items():
-        if t.endswith(unit):
-            return int(float(t[: -len(unit)]) * factor)
-    return int(float(t))
-
-
 def blocks_for_budget(budget_bytes: int, block_bytes: int, cache_bytes_per_block: int, num_blocks: int) -> int:
     """How many blocks fit in `budget_bytes` with room for their KV cache (at least one)."""
     per_block = block_bytes + cache_bytes_per_block

@@ -36,7 +36,8 @@ from shards.manifest import Quantization
 from shards.memory import block_bytes, dequantize_workspace_bytes, kv_bytes_per_token
 from shards.store import ShardStore, parse_dtype
 
-from .config import NodeConfig
+from . import status
+from .config import NodeConfig, parse_size
 from .errors import NodeError
 from .handlers import Handlers
 from .inference import Inference
@@ -45,7 +46,7 @@ from .metrics import NodeMetrics, NodeState
 from .neighbours import Neighbours
 from .push import HANDLER as PUSH_HANDLER
 from .push import PushLinks, PushReceiver
-from .selection import blocks_for_budget, best_start, coverage, parse_size, rebalance_delay, should_move
+from .selection import blocks_for_budget, best_start, coverage, rebalance_delay, should_move
 from .serving import Serving
 from .sessions import NodeSession, session_key
 from .throughput import cached_throughput
@@ -82,6 +83,7 @@ class Node:
         self.throughput = 0.0
         self._dht_peers = 0
         self._maddrs: list[str] = []
+        self._status_server: asyncio.Server | None = None  # `node status` on this machine asks here
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then leave cleanly."""
@@ -123,6 +125,7 @@ class Node:
             print(f"metrics http://{c.metrics_host}:{port}/metrics", flush=True)
         self.state = "online"
         await self._announce()
+        self._status_server = await status.serve_local(s.info)
         self._write_runtime_file()
         for maddr in self._maddrs:
             print(f"maddr {maddr}", flush=True)
@@ -131,8 +134,9 @@ class Node:
     def _write_runtime_file(self) -> None:
         """STATE_DIR/node.json tells `swarmlm node status` (same machine) where this node listens."""
         path = runtime_file(self.config.state_dir)
+        port = self._status_server.sockets[0].getsockname()[1] if self._status_server else None
         path.write_text(json.dumps({"peer_id": self.peer_id, "maddrs": self._maddrs, "pid": os.getpid(),
-                                    "started": time.time()}))
+                                    "started": time.time(), "status_port": port}))
 
     def _start_dht(self) -> hivemind.DHT:
         c = self.config
@@ -415,6 +419,8 @@ class Node:
             await self.pushes.close()
             await self.serving.stop()
         self.metrics.stop_http()
+        if self._status_server is not None:
+            self._status_server.close()
         if self.ledger is not None:
             self.ledger.close()
         if self.dht is not None:

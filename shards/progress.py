@@ -6,7 +6,8 @@ import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TransferSpeedColumn)
 
 
 @contextmanager
@@ -27,3 +28,26 @@ def progress_bar(what: str, total: int) -> Iterator[Callable[[], None]]:
     with Progress(*columns, transient=True) as progress:
         task = progress.add_task(what, total=total)
         yield lambda: progress.advance(task)
+
+
+@contextmanager
+def byte_progress(what: str) -> Iterator[Callable[[int, int], None]]:
+    """Yield `update(done, total)` for a transfer: a bar with size and speed on a terminal, else a line
+    at every tenth of the total, so a minute-long download is never silent."""
+    if not sys.stderr.isatty():
+        shown = -1
+
+        def update(done: int, total: int) -> None:
+            nonlocal shown
+            tenth = 10 * done // total if total else 0
+            if tenth > shown:
+                shown = tenth
+                print(f"{what}: {done / 2**20:.1f} of {total / 2**20:.1f} MiB", file=sys.stderr, flush=True)
+
+        yield update
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task(what, total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total or None)

@@ -23,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peers", nargs="+", required=True, metavar="MADDR", help="multiaddrs to join the swarm through")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"store folder or catalogued name (default {DEFAULT_MODEL})")
     p.add_argument("--json", action="store_true", help="one JSON object instead of tables")
+    p.add_argument("--wide", action="store_true", help="whole peer IDs beside names and the whole model root "
+                                                       "(to paste into `ledger query --node/--model`)")
     p.set_defaults(func=_status)
 
 
@@ -63,23 +65,23 @@ def _status(args: argparse.Namespace) -> int:
     client = SwarmClient(args.peers, request_timeout=30)
     try:
         records = client.run(client.records(manifest.root, manifest.num_blocks))
-        reached = client.run(_reached(client, records))
+        reached = client.run(answering(client, records))
     finally:
         client.close()
     report = swarm_report(records, manifest, reached)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        _print(report)
+        _print(report, args.wide)
     return 0 if not report["unserved"] else 1
 
 
-async def _reached(client: Any, records: dict[str, ServerRecord]) -> set[str]:
-    """The peers among `records` that answer an info request within PING_TIMEOUT, all at once."""
+async def answering(client: Any, records: dict[str, ServerRecord], timeout: float = PING_TIMEOUT) -> set[str]:
+    """The peers among `records` that answer an info request within `timeout`, all asked at once."""
     import asyncio
 
     peers = [p for p, r in records.items() if r.state != "offline"]
-    answers = await asyncio.gather(*(asyncio.wait_for(client.ping(p), PING_TIMEOUT) for p in peers),
+    answers = await asyncio.gather(*(asyncio.wait_for(client.ping(p), timeout) for p in peers),
                                    return_exceptions=True)
     return {p for p, a in zip(peers, answers) if not isinstance(a, BaseException)}
 
@@ -94,14 +96,16 @@ def _ranges(blocks: list[int]) -> str:
     return ", ".join(out)
 
 
-def _print(report: dict[str, Any]) -> None:
-    console = Console(width=None if Console().is_terminal else 120)
-    table = Table(title=f"{report['model'] or 'model'} {report['root'][:16]}… ({report['num_blocks']} blocks)")
+def _print(report: dict[str, Any], wide: bool = False) -> None:
+    console = Console(width=100_000 if wide else None if Console().is_terminal else 120)
+    root = report["root"] if wide else report["root"][:16] + "…"
+    table = Table(title=f"{report['model'] or 'model'} {root} ({report['num_blocks']} blocks)")
     for col in ("blocks", "node", "state", "dtype", "tok/s", "sessions", "cache left", "version"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=wide)
     for node in report["nodes"]:
         style = None if node["state"] == "online" and node["reached"] else "dim"
-        table.add_row(f"{node['blocks'][0]}:{node['blocks'][1]}", node["name"] or node["peer_id"],
+        name = f"{node['name']} {node['peer_id']}" if wide and node["name"] else node["name"] or node["peer_id"]
+        table.add_row(f"{node['blocks'][0]}:{node['blocks'][1]}", name,
                       node["state"] if node["reached"] or node["state"] != "online" else "unverified", f"{node['dtype']}/{node['device']} {node['scheme'] or ''}".strip(),
                       f"{node['throughput']:.1f}",
                       str(node["active_sessions"]), str(node["cache_tokens_left"]), str(node["version"]),

@@ -26,7 +26,7 @@ from ledger.note import parse as parse_note
 from ledger.proofs import FORMAT, check_inclusion_proof
 from routing import ledger_rpc
 from routing.client import PeerLink
-from routing.errors import PeerFailure, RoutingError
+from routing.errors import PeerFailure, RemoteError, RoutingError, StreamClosed
 
 WINDOW = 256  # newest entries read per node: where its recent `serve` and `witness` entries are
 PEER_TIMEOUT_S = 10.0  # a node that left still has a record for a while; do not wait on it for long
@@ -58,6 +58,16 @@ def _check_entry(log: _Log, index: int) -> Entry | None:
         return entry
     except LedgerError:
         return None
+
+
+def unreadable(error: RoutingError | LedgerError) -> str:
+    """Why a node's ledger could not be read, in words a person acts on: a node that left keeps its
+    record for a while, and dialling it gives a libp2p error nobody should have to decode."""
+    if isinstance(error, StreamClosed) or isinstance(error, PeerFailure) and error.reason.startswith("cannot open"):
+        return "the node does not answer: it has probably stopped or left the swarm"
+    if isinstance(error, RemoteError):
+        return f"the node refused: {error.remote_message or error.code}"
+    return str(error)
 
 
 def _serve_json(index: int, entry: ServeEntry) -> dict[str, Any]:
@@ -109,7 +119,7 @@ class LedgerExplorer:
             except asyncio.TimeoutError:
                 return f"no answer within {PEER_TIMEOUT_S:.0f}s"
             except (RoutingError, LedgerError) as e:
-                return str(e)
+                return unreadable(e)
 
         peers = list(peers)
         return dict(zip(peers, await asyncio.gather(*(one(p) for p in peers))))

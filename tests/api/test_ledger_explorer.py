@@ -18,8 +18,8 @@ from ledger.keys import Identity
 from ledger.store import Store
 from ledger.witness import witness
 from node.ledger_service import LedgerService
-from routing.errors import ProtocolError, RemoteError
-from swarmlm.api.ledger_explorer import LedgerExplorer
+from routing.errors import PeerFailure, ProtocolError, RemoteError, StreamClosed
+from swarmlm.api.ledger_explorer import LedgerExplorer, unreadable
 
 ROOT = hashlib.sha256(b"model").digest()
 
@@ -99,3 +99,12 @@ def test_checkpoints_carry_the_witnesses_verified_cosignatures(two_logs):
     assert found[a]["cosignatures"] == [] and found[a]["size"] == 5  # log key, 3 serves, 1 witness entry
     nodes.lie[a] = "entry"  # the witness entry is A's newest: altered, it no longer counts
     assert asyncio.run(LedgerExplorer(nodes).checkpoints([a, b]))[b]["cosignatures"] == []  # type: ignore[arg-type]
+
+
+def test_why_a_ledger_is_unreadable_is_said_in_words() -> None:
+    peer = Identity.generate().peer_id
+    dial = PeerFailure(peer, "cannot open swarmlm.ledger: P2PDaemonError: failed to dial: all dials failed")
+    assert unreadable(dial) == unreadable(StreamClosed(peer, "stream closed (ConnectionResetError)"))
+    assert "probably stopped or left the swarm" in unreadable(dial) and "dial" not in unreadable(dial)
+    assert unreadable(RemoteError(peer, "busy", "too much queued")) == "the node refused: too much queued"
+    assert "malformed inclusion proof" in unreadable(PeerFailure(peer, "sent a malformed inclusion proof"))

@@ -206,3 +206,19 @@ def test_times_parse_as_iso_or_relative() -> None:
     for bad in ("12x", "h12", "tomorrow", ""):
         with pytest.raises(UsageError):
             parse_time(bad, now)
+
+
+def test_missing_ledger_names_the_places_tried(tmp_path: Path) -> None:
+    result = run("tail", env={"SWARMLM_LEDGER": "", "SWARMLM_HOME": str(tmp_path)})
+    assert result.returncode != 0
+    assert str(tmp_path / "node" / "ledger.sqlite") in result.stderr and "--ledger" in result.stderr
+
+
+def test_wide_tables_show_whole_ids_to_paste(node_ledger) -> None:
+    path, node, client = node_ledger
+    query = ["query", "--kind", "serve", "--ledger", str(path)]
+    root = _json_lines(run(*query, "--json").stdout)[0]["entry"]["manifest_root"]
+    narrow, wide = run(*query).stdout, run(*query, "--wide").stdout
+    assert node[-10:] in narrow and node not in narrow and root not in narrow
+    assert all(whole in wide for whole in (node, client, root))
+    assert node in run("tail", "--wide", "--ledger", str(path)).stdout

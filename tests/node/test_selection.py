@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from node.selection import best_start, blocks_for_budget, coverage, parse_size, should_move
+from node.config import parse_size
+from node.selection import best_start, blocks_for_budget, coverage, should_move
 from routing.records import ServerRecord
 
 

@@ -31,3 +31,21 @@ def test_building_the_whole_cli_imports_no_heavy_library() -> None:
 def test_version_answers() -> None:
     out = subprocess.run([sys.executable, "-m", "swarmlm.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("swarmlm ")
+
+
+RUN = """
+import json, sys
+from swarmlm.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "loaded": sorted(m for m in sys.modules if m.split(".")[0] in %r)}))
+""" % (HEAVY,)
+
+
+def test_node_init_and_a_status_that_finds_no_node_import_no_heavy_library(tmp_path) -> None:
+    """Logging set up for every command routes hivemind's lines only once something imports hivemind."""
+    for argv in (["node", "init", "--dir", str(tmp_path)], ["node", "status", "--config", str(tmp_path / "node.toml")],
+                 ["ledger", "tail", "--ledger", str(tmp_path / "none.sqlite")]):
+        out = subprocess.run([sys.executable, "-c", RUN, *argv], capture_output=True, text=True, timeout=120)
+        report = json.loads(out.stdout.splitlines()[-1])
+        assert report["loaded"] == [], f"{argv[:2]} pulled in {report['loaded'][:5]}"
+    assert report["code"] == 2 and "no ledger" in out.stderr

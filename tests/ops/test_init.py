@@ -39,3 +39,12 @@ def test_init_refuses_to_overwrite_a_config_and_force_keeps_the_identity(tmp_pat
     assert "mine" not in forced.config.read_text()
     assert (forced.peer_id, forced.new_identity) == (first.peer_id, False)
     assert "kept the existing identity" in start_instructions(forced)
+
+
+def test_status_finds_the_node_a_config_names(tmp_path, cli_env):
+    """`node status --config` looks where `node run --config` puts the node (no node runs: it says so)."""
+    state = tmp_path / "state"
+    assert f"swarmlm node status --config {state / 'node.toml'}" in node_init("--dir", str(state), env=cli_env).stdout
+    proc = subprocess.run(SWARMLM + ["node", "status", "--config", str(state / "node.toml")], capture_output=True,
+                          text=True, env=cli_env, timeout=120)
+    assert proc.returncode == 2 and f"no running node found beside {state / 'identity.key'}" in proc.stderr

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 
 from node.local_swarm import LocalSwarm
 from tests.conftest import SWARMLM
+from tests.ops.test_cli_startup import RUN
 
 
 def _status(swarm, env) -> tuple[int, dict]:
@@ -17,7 +19,7 @@ def _status(swarm, env) -> tuple[int, dict]:
     return proc.returncode, json.loads(proc.stdout)
 
 
-def test_swarm_status_covers_every_block_and_node_status_shows_one_node(swarm3, cli_env):
+def test_swarm_status_covers_every_block_and_node_status_shows_one_node(swarm3, cli_env, tmp_path):
     code, report = _status(swarm3, cli_env)
     assert code == 0 and report["unserved"] == [] and report["servers_per_block"] == [1] * 30
     assert sorted(tuple(n["blocks"]) for n in report["nodes"]) == [(0, 10), (10, 20), (20, 30)]
@@ -28,6 +30,17 @@ def test_swarm_status_covers_every_block_and_node_status_shows_one_node(swarm3, 
     info = json.loads(local.stdout)
     assert info["peer_id"] == swarm3.nodes[0].peer_id and info["state"] == "online"
     assert [info["start"], info["end"]] == list(swarm3.nodes[0].blocks)
+    quick = subprocess.run([sys.executable, "-c", RUN, "node", "status", "--identity",  # the local status port
+                            f"{swarm3.nodes[2].state_dir}/identity.key", "--json"], capture_output=True, text=True,
+                           env=cli_env, timeout=60)
+    *shown, report = quick.stdout.strip().splitlines()
+    assert json.loads("\n".join(shown))["peer_id"] == swarm3.nodes[2].peer_id
+    assert json.loads(report) == {"code": 0, "loaded": []}  # no hivemind, no torch: well under a second
+    config = tmp_path / "node.toml"
+    config.write_text(f'state_dir = "{swarm3.nodes[1].state_dir}"\n')
+    by_config = subprocess.run(SWARMLM + ["node", "status", "--config", str(config), "--json"], capture_output=True,
+                               text=True, env=cli_env, timeout=60)
+    assert json.loads(by_config.stdout)["peer_id"] == swarm3.nodes[1].peer_id
 
 
 def test_swarm_status_shows_a_dead_nodes_blocks_unserved(default_store, tmp_path, cli_env):
@@ -53,3 +66,6 @@ def test_swarm_status_human_output(swarm3, cli_env):
                           text=True, env=cli_env, timeout=120)
     assert proc.returncode == 0
     assert "30/30 blocks covered" in proc.stdout and "servers per block: " + "1" * 30 in proc.stdout
+    wide = subprocess.run(SWARMLM + ["swarm", "status", "--wide", "--peers", *swarm3.initial_peers],
+                          capture_output=True, text=True, env=cli_env, timeout=120).stdout
+    assert all(node.peer_id in wide for node in swarm3.nodes)

@@ -40,6 +40,8 @@ def test_two_turn_chat_reuses_node_caches_and_matches_local(remote_model, local_
     assert sent == [len(ids2) + len(second.token_ids)] * 3
     assert second.token_ids == local_model.generate(conversation, 32).token_ids
     assert "Berlin" in second.text
+    assert first.extra["session"] == second.extra["session"]  # inside a session, extra names it and its chain
+    assert [hop["blocks"] for hop in second.extra["chain"]] == [[0, 10], [10, 20], [20, 30]]
 
 
 def test_cli_generate_through_the_swarm(swarm3, cli_env, tmp_path):

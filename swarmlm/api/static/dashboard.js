@@ -6,7 +6,7 @@ const STATUS_EVERY_MS = 2000;
 const LEDGER_EVERY_MS = 8000;
 const $ = (id) => document.getElementById(id);
 const state = {
-  model: null, authRequired: false, report: null, checkpoints: {}, seen: new Map(),
+  model: null, authRequired: false, report: null, checkpoints: {}, names: new Map(),
   messages: [], ledgerPeer: null, busy: false,
 };
 
@@ -24,6 +24,8 @@ function el(tag, attrs = {}, ...children) {
 }
 
 const short = (peer) => (peer ? "…" + peer.slice(-10) : "");
+// A node by the public name its record gives (the whole peer ID in the tooltip), else its ID's tail.
+const label = (peer) => state.names.get(peer) || short(peer);
 const when = (ns) => new Date(ns / 1e6).toLocaleTimeString();
 const ranges = (blocks) => {
   const out = [];
@@ -72,7 +74,7 @@ function drawCoverage(report) {
   for (const n of report.nodes) {
     if (n.state !== "online" || !n.reached) continue;
     for (let b = n.blocks[0]; b < Math.min(n.blocks[1], report.num_blocks); b++) {
-      owners[b].push(n.name || short(n.peer_id));
+      owners[b].push(label(n.peer_id));
     }
   }
   report.servers_per_block.forEach((count, b) => {
@@ -90,20 +92,20 @@ function drawCoverage(report) {
   for (const n of allNodes(report)) {
     const left = (100 * n.blocks[0]) / report.num_blocks;
     const width = (100 * (n.blocks[1] - n.blocks[0])) / report.num_blocks;
-    const label = `${n.name || short(n.peer_id)} ${n.blocks[0]}:${n.blocks[1]} ${n.gone ? "(gone)" : n.state}`;
+    const text = `${label(n.peer_id)} ${n.blocks[0]}:${n.blocks[1]} ${n.gone ? "(gone)" : stateOf(n)}`;
     spans.append(el("div", { class: "span-row" },
-      el("div", { class: `span-bar ${n.gone ? "gone" : n.state}`, style: `left:${left}%;width:${width}%`,
-                  title: label }, label)));
+      el("div", { class: `span-bar ${n.gone ? "gone" : stateOf(n)}`, style: `left:${left}%;width:${width}%`,
+                  title: `${text}\n${n.peer_id}` }, text)));
   }
 }
 
-// Nodes whose records expired stay listed as gone, so a vanished node is visible, not just absent.
+// Nodes whose records expired stay listed as gone (the gateway remembers them), so a vanished node
+// is visible, not just absent; a record whose node does not answer is not counted as online.
 function allNodes(report) {
-  const live = new Set(report.nodes.map((n) => n.peer_id));
-  for (const n of report.nodes) state.seen.set(n.peer_id, n);
-  const gone = [...state.seen.values()].filter((n) => !live.has(n.peer_id)).map((n) => ({ ...n, gone: true }));
-  return [...report.nodes, ...gone];
+  return [...report.nodes, ...report.gone.map((n) => ({ ...n, gone: true }))];
 }
+
+const stateOf = (n) => (n.state === "online" && !n.reached ? "not-answering" : n.state);
 
 function drawNodes(report) {
   const body = $("nodes").querySelector("tbody");
@@ -115,11 +117,13 @@ function drawNodes(report) {
     const cosigs = !cp || cp.error ? "" : cp.cosignatures.length === 0 ? el("span", { class: "muted" }, "none yet") :
       el("span", { title: cp.cosignatures.map((c) =>
         `${c.witness} at size ${c.size}, ${new Date(c.timestamp * 1000).toLocaleTimeString()}`).join("\n") },
-        cp.cosignatures.map((c) => `${short(c.witness)}@${c.size}`).join(", "));
+        cp.cosignatures.map((c) => `${label(c.witness)}@${c.size}`).join(", "));
     body.append(el("tr", { class: n.gone ? "gone" : "", data: { peer: n.peer_id } },
       el("td", { title: n.peer_id }, n.name ? `${n.name} ${short(n.peer_id)}` : short(n.peer_id)),
       el("td", {}, `${n.blocks[0]}:${n.blocks[1]}`),
-      el("td", { class: n.gone ? "state-gone" : `state-${n.state}` }, n.gone ? "gone (record expired)" : n.state),
+      el("td", { class: n.gone ? "state-gone" : `state-${stateOf(n)}` },
+        n.gone ? `gone (record expired ${new Date(n.gone_at * 1000).toLocaleTimeString()})` :
+          stateOf(n).replace("-", " ")),
       el("td", {}, `${n.dtype} / ${n.device}`),
       el("td", {}, n.throughput.toFixed(1)),
       el("td", {}, n.active_sessions),
@@ -127,7 +131,7 @@ function drawNodes(report) {
       el("td", {}, cpCell), el("td", {}, cosigs), el("td", {}, n.version)));
   }
   const select = $("ledger-node");
-  const options = report.nodes.map((n) => [n.peer_id, `${n.name || short(n.peer_id)} ${n.blocks[0]}:${n.blocks[1]}`]);
+  const options = report.nodes.map((n) => [n.peer_id, `${label(n.peer_id)} ${n.blocks[0]}:${n.blocks[1]}`]);
   if (JSON.stringify(options) !== select.dataset.options) {  // rebuilt only when nodes change: keeps it usable
     const current = state.ledgerPeer || select.value;
     select.replaceChildren(...options.map(([peer, label]) => el("option", { value: peer }, label)));
@@ -142,12 +146,13 @@ const refreshStatus = single(async () => {
     const status = await getJSON("/swarm/status");
     const report = status.models.find((m) => m.id === state.model) || status.models[0];
     state.report = report;
+    for (const n of allNodes(report)) if (n.name) state.names.set(n.peer_id, n.name);
     $("root").textContent = `root ${report.root.slice(0, 16)}… · ${report.num_blocks} blocks`;
     const t = report.totals;
     const summary = $("summary");
     summary.textContent = `${t.blocks_covered}/${report.num_blocks} blocks covered · ${t.online} of ${t.nodes} ` +
       `nodes online · weakest block ${t.weakest_block_throughput.toFixed(1)} tok/s` +
-      (t.unverified ? ` · ${t.unverified} unverified record(s) not counted` : "");
+      (t.unverified ? ` · ${t.unverified} not answering (not counted)` : "") + (t.gone ? ` · ${t.gone} gone` : "");
     summary.className = `summary ${report.unserved.length ? "bad" : "ok"}`;
     drawCoverage(report);
     drawNodes(report);
@@ -182,18 +187,18 @@ const refreshLedger = single(async () => {
     const seen = JSON.stringify([peer, session, log.size, log.serves.map((s) => [s.index, s.proof.valid])]);
     if (seen === bodyEl.dataset.seen) return;  // unchanged: keep the rows (and whatever is being clicked)
     bodyEl.dataset.seen = seen;
-    $("ledger-head").textContent = `${short(peer)}: ${log.size} entries under its signed checkpoint; ` +
+    $("ledger-head").textContent = `${label(peer)}: ${log.size} entries under its signed checkpoint; ` +
       `newest serve entries${session ? " of that session" : ""}: ${log.serves.length}` +
       (log.unverified_entries ? `; ${log.unverified_entries} entries FAILED verification` : "");
     bodyEl.replaceChildren(...log.serves.map((s) => el("tr", {
       class: session && s.session === session ? "highlight" : "", data: { session: s.session } },
       el("td", {}, s.index), el("td", {}, when(s.time_ns)), el("td", { class: "mono" }, s.session),
-      el("td", { title: s.client }, short(s.client)), el("td", {}, `${s.blocks[0]}:${s.blocks[1]}`),
+      el("td", { title: s.client }, label(s.client)), el("td", {}, `${s.blocks[0]}:${s.blocks[1]}`),
       el("td", {}, s.tokens),
       el("td", { class: s.receipted ? "ok" : "bad" }, s.receipted ? "signed" : "none"),
       el("td", {}, proofCell(s)))));
   } catch (e) {
-    $("ledger-head").textContent = `cannot read ${short(peer)}'s ledger: ${e.message}`;
+    $("ledger-head").textContent = `${label(peer)}: ${e.message}`;
     bodyEl.replaceChildren();
     delete bodyEl.dataset.seen;
   }
@@ -227,7 +232,7 @@ function explore(peer, session) {
 function provenanceView(p) {
   const links = p.chain.map((c, i) => [i ? " → " : "", el("a", {
     title: `${c.peer_id}: open its ledger at this session`, onclick: () => explore(c.peer_id, p.session_id),
-  }, `${short(c.peer_id)} [${c.blocks[0]}:${c.blocks[1]})`)]).flat();
+  }, `${label(c.peer_id)} [${c.blocks[0]}:${c.blocks[1]})`)]).flat();
   return el("div", { class: "provenance", data: { session: p.session_id, root: p.model_root } },
     "session ", el("code", {}, p.session_id),
     " · model root ", el("code", { title: p.model_root }, p.model_root.slice(0, 16) + "…"),
@@ -267,28 +272,33 @@ async function send(event) {
   const bubble = el("div", { class: "msg assistant answer" }, answer);
   log.append(bubble);
   $("chat-input").value = "";
+  const maxTokens = Number($("max-tokens").value);
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(true),
       body: JSON.stringify({
         model: state.model, messages: state.messages, stream: true, stream_options: { include_usage: true },
-        temperature: Number($("temperature").value), max_tokens: Number($("max-tokens").value),
+        temperature: Number($("temperature").value), max_tokens: maxTokens,
       }),
     });
     if (!response.ok) {
       const body = await response.json();
       throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
     }
-    let provenance = null, usage = null;
+    let provenance = null, usage = null, finish = null;
     for await (const chunk of sseEvents(response)) {
       if (chunk.error) throw new Error(chunk.error.message);
       if (chunk.swarmlm) provenance = chunk.swarmlm;
       if (chunk.usage) usage = chunk.usage;
       const delta = chunk.choices.length ? chunk.choices[0].delta : {};
       if (delta.content) answer.textContent += delta.content;
+      if (chunk.choices.length && chunk.choices[0].finish_reason) finish = chunk.choices[0].finish_reason;
       log.scrollTop = log.scrollHeight;
     }
     state.messages.push({ role: "assistant", content: answer.textContent });
+    bubble.dataset.finish = finish || "";
+    if (finish === "length") bubble.append(el("div", { class: "truncated" },
+      `cut off at ${maxTokens} tokens (max tokens): raise it for the whole answer`));
     if (provenance) bubble.append(provenanceView(provenance));
     if (usage) bubble.append(el("div", { class: "provenance" },
       `${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens`));
@@ -317,7 +327,6 @@ async function start() {
   state.model = info.models[0];
   $("model").addEventListener("change", () => {
     state.model = $("model").value;
-    state.seen.clear();
     refreshStatus(); refreshCheckpoints();
   });
   $("ledger-node").addEventListener("change", () => { state.ledgerPeer = $("ledger-node").value; refreshLedger(); });

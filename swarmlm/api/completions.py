@@ -27,7 +27,7 @@ from .jobs import AnswerDone, Event, Finished, GenerationJob, Text
 from .keepalive import with_keepalive
 from .logprobs import TokenText
 from .metrics import Metrics
-from .responses import DONE, Answer, Reply, sse
+from .responses import DONE, Answer, CallChunks, Reply, sse
 from .schemas import GenerationRequest, chat_request, completion_request
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,9 @@ class Completions:
             elif isinstance(event, AnswerDone):
                 answers[event.index].finish_reason = event.finish_reason
         answers[-1].finish_reason = event.finish_reason
+        if job.request.tools is not None and job.request.tools.active:
+            for answer in answers:
+                answer.read_calls()
         return answers, event
 
     async def _stream(self, reply: Reply, job: GenerationJob, first: Event) -> AsyncIterator[bytes]:
@@ -164,18 +167,33 @@ class Completions:
             event = first
             yield reply.chunk("", first=True, provenance=event.provenance)  # type: ignore[union-attr]
             begun = {0}
+            tools = job.request.tools
+            calls = CallChunks(reply) if tools is not None and tools.active else None
             while not isinstance(event, Finished):
                 event = await job.next()
                 if isinstance(event, Text):
                     if event.index not in begun:  # the next of n answers
                         begun.add(event.index)
                         yield reply.chunk("", index=event.index, first=True)
-                    yield reply.chunk(event.text, index=event.index, logprobs=event.logprobs)
+                    if calls is None:
+                        yield reply.chunk(event.text, index=event.index, logprobs=event.logprobs)
+                    else:
+                        for chunk in calls.text(event.index, event.text, event.logprobs):
+                            yield chunk
                 elif isinstance(event, AnswerDone):
-                    yield reply.chunk("", index=event.index, finish_reason=event.finish_reason)
+                    reason = event.finish_reason
+                    if calls is not None:
+                        chunks, reason = calls.end(event.index, reason)
+                        for chunk in chunks:
+                            yield chunk
+                    yield reply.chunk("", index=event.index, finish_reason=reason)
             self.metrics.finished(reply.model, event)
-            yield reply.chunk("", index=job.request.n - 1, finish_reason=event.finish_reason,
-                              provenance=event.provenance)
+            reason = event.finish_reason
+            if calls is not None:
+                chunks, reason = calls.end(job.request.n - 1, reason)
+                for chunk in chunks:
+                    yield chunk
+            yield reply.chunk("", index=job.request.n - 1, finish_reason=reason, provenance=event.provenance)
             if reply.include_usage:
                 yield reply.usage_chunk(event)
         except Exception as e:  # mid-stream: the status is sent, so the error travels as an event

@@ -5,6 +5,7 @@ tools are refused naming the parameter."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import jsonschema
@@ -15,6 +16,7 @@ from shards.constrained import JsonConstraint
 from shards.generation import encode_prompt
 from shards.tool_calls import (MAX_TOOLS, CallArguments, CallBegun, Content, ToolError, call_text, read_answer,
                                renders_tools, tool_spec)
+from swarmlm.generate import register, run_generation
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"},
                                             "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
@@ -146,3 +148,20 @@ def test_a_named_call_validates_and_the_chat_goes_on(local_model):
         answer = session.generate([{"role": "tool", "tool_call_id": call["id"], "content": "21 C, sunny"}], 12,
                                   tools=TOOLS, tool_choice="none")
         assert answer.tool_calls is None and answer.text
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "streamed"])
+def test_the_cli_takes_a_tools_file(local_model, tmp_path, capsys, as_json):
+    (tmp_path / "tools.json").write_text(json.dumps(TOOLS))
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["generate", "--local", "--max-new-tokens", "40", "--tools", str(tmp_path / "tools.json"),
+                              "--tool-choice", "get_time", *["--json"] * as_json, ASK[0]["content"]])
+    assert run_generation(local_model, args) == 0
+    out = capsys.readouterr().out
+    if as_json:
+        [call] = json.loads(out)["tool_calls"]
+        assert call["function"]["name"] == "get_time" and json.loads(call["function"]["arguments"])["city"]
+    else:  # the answer as the model writes it, then the call
+        assert out.startswith("<tool_call>") and out.splitlines()[-1].startswith("tool call call_")
+        assert ": get_time({" in out.splitlines()[-1]

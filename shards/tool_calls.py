@@ -167,11 +167,13 @@ def _check_compiles(grammar: str, tools: Sequence[Tool]) -> None:
 
 
 def _tool(value: Any, i: int) -> Tool:
+    """Chat's `{"type": "function", "function": {...}}`, or the Responses API's flat `{"type": "function", "name": …}`."""
     where = f"tools[{i}]"
-    if not isinstance(value, dict) or value.get("type") != "function" or not isinstance(value.get("function"), dict):
+    if not isinstance(value, dict) or value.get("type") != "function" or not isinstance(
+            value.get("function", value), dict):
         raise ToolError(f"{where} must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}} "
                         "(only function tools are supported)", where)
-    function = value["function"]
+    function = value.get("function", value)
     name = function.get("name")
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ToolError(f"{where}.function.name must be 1 to 64 letters, digits, '_' or '-'", f"{where}.function.name")

@@ -137,9 +137,10 @@ def test_tool_calls_through_the_swarm_are_the_sdks_and_the_chat_goes_on(client, 
 
 def test_streamed_tool_calls_add_up_to_the_whole(client):
     """tool_choice required, streamed: the openai client's accumulated deltas are the whole answer's calls."""
+    city = {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}},
+            "additionalProperties": False}
     tools = [{"type": "function", "function": {"name": "get_time", "description": "Local time in a city",
-                                               "parameters": {"type": "object", "required": ["city"],
-                                                              "properties": {"city": {"type": "string"}}}}}]
+                                               "parameters": city, "strict": True}}]  # the stream helper wants strict
     ask = [{"role": "user", "content": "What time is it in Tokyo?"}]
     fields = {"model": MODEL, "messages": ask, "tools": tools, "tool_choice": "required", "parallel_tool_calls": False,
               "temperature": 0, "max_tokens": 40}

@@ -165,3 +165,10 @@ def test_the_cli_takes_a_tools_file(local_model, tmp_path, capsys, as_json):
     else:  # the answer as the model writes it, then the call
         assert out.startswith("<tool_call>") and out.splitlines()[-1].startswith("tool call call_")
         assert ": get_time({" in out.splitlines()[-1]
+
+
+def test_the_responses_apis_flat_tools_are_taken_too():
+    flat = {"type": "function", "name": "get_weather", "description": "Current weather in a city",
+            "parameters": WEATHER, "strict": True}
+    spec = tool_spec([flat], {"type": "function", "name": "get_weather"})
+    assert spec.choice == "get_weather" and spec.prompt_tools() == [TOOLS[0]]

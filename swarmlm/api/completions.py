@@ -27,7 +27,7 @@ from .jobs import AnswerDone, Event, Finished, GenerationJob, Text
 from .keepalive import with_keepalive
 from .logprobs import TokenText
 from .metrics import Metrics
-from .responses import DONE, Answer, CallChunks, Reply, sse
+from .responses import DONE, Answer, ChoiceChunks, Reply, sse
 from .schemas import GenerationRequest, chat_request, completion_request
 
 log = logging.getLogger(__name__)
@@ -171,31 +171,24 @@ class Completions:
             yield reply.chunk("", first=True, provenance=event.provenance)  # type: ignore[union-attr]
             begun = {0}
             tools = job.request.tools
-            calls = CallChunks(reply) if tools is not None and tools.active else None
+            texts = ChoiceChunks(reply, calls=tools is not None and tools.active)
             while not isinstance(event, Finished):
                 event = await job.next()
                 if isinstance(event, Text):
                     if event.index not in begun:  # the next of n answers
                         begun.add(event.index)
                         yield reply.chunk("", index=event.index, first=True)
-                    if calls is None:
-                        yield reply.chunk(event.text, index=event.index, logprobs=event.logprobs)
-                    else:
-                        for chunk in calls.text(event.index, event.text, event.logprobs):
-                            yield chunk
+                    for chunk in texts.text(event.index, event.text, event.logprobs):
+                        yield chunk
                 elif isinstance(event, AnswerDone):
-                    reason = event.finish_reason
-                    if calls is not None:
-                        chunks, reason = calls.end(event.index, reason)
-                        for chunk in chunks:
-                            yield chunk
+                    chunks, reason = texts.end(event.index, event.finish_reason)
+                    for chunk in chunks:
+                        yield chunk
                     yield reply.chunk("", index=event.index, finish_reason=reason)
             self.metrics.finished(reply.model, event)
-            reason = event.finish_reason
-            if calls is not None:
-                chunks, reason = calls.end(job.request.n - 1, reason)
-                for chunk in chunks:
-                    yield chunk
+            chunks, reason = texts.end(job.request.n - 1, event.finish_reason)
+            for chunk in chunks:
+                yield chunk
             yield reply.chunk("", index=job.request.n - 1, finish_reason=reason, provenance=event.provenance)
             if reply.include_usage:
                 yield reply.usage_chunk(event)

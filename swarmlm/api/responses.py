@@ -128,24 +128,27 @@ class Reply:
         return sse({**body, "usage": usage(finished)})
 
 
-class CallChunks:
-    """A streamed chat's answers as content and tool-call chunks (for a request whose answer may call tools).
-
-    Text that may begin a call is held back (CallReader), and so are its tokens' log-probabilities,
-    which leave with the next chunk.
+class ChoiceChunks:
+    """A stream's answers as text chunks, or, when the answer may call tools (`calls`), as content and
+    tool-call chunks: text that may begin a call is held back (CallReader), and so are its tokens'
+    log-probabilities, which leave with the next chunk.
     """
 
-    def __init__(self, reply: Reply) -> None:
-        self.reply = reply
+    def __init__(self, reply: Reply, calls: bool) -> None:
+        self.reply, self.calls = reply, calls
         self.readers: dict[int, CallReader] = {}
         self.logprobs: dict[int, list[TokenLogprob]] = {}
 
     def text(self, index: int, text: str, logprobs: Sequence[TokenLogprob] = ()) -> list[bytes]:
+        if not self.calls:
+            return [self.reply.chunk(text, index=index, logprobs=logprobs)]
         self.logprobs.setdefault(index, []).extend(logprobs)
         return self._chunks(index, self.readers.setdefault(index, CallReader()).push(text))
 
     def end(self, index: int, finish_reason: str) -> tuple[list[bytes], str]:
         """The chunks held back at the end of answer `index`, and its finish reason."""
+        if not self.calls:
+            return [], finish_reason
         reader = self.readers.setdefault(index, CallReader())
         chunks = self._chunks(index, reader.finish())
         if self.logprobs.get(index):

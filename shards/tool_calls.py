@@ -133,6 +133,7 @@ def tool_spec(tools: Any, tool_choice: Any = None, parallel_tool_calls: Any = No
         raise ToolError("'tools' must be an array of {\"type\": \"function\", \"function\": {...}}", "tools")
     if len(tools) > MAX_TOOLS:
         raise ToolError(f"'tools' holds {len(tools)} tools; at most {MAX_TOOLS} are allowed", "tools")
+    tools = [_plain(t) for t in tools]
     try:
         bounds.check(tools, TOOLS_BOUNDS, "'tools'")
     except EncodingError as e:
@@ -164,6 +165,13 @@ def _check_compiles(grammar: str, tools: Sequence[Tool]) -> None:
         except ResponseFormatError as e:
             raise ToolError(str(e), f"tools[{i}].function.parameters") from None
     raise ToolError(f"the tools cannot be compiled together: {messages[0]}", "tools")
+
+
+def _plain(tool: Any) -> Any:
+    """openai's `pydantic_function_tool` is a dict subclass (so is its `function`): plain dicts, as decoded JSON."""
+    if not isinstance(tool, dict):
+        return tool
+    return {k: dict(v) if k == "function" and isinstance(v, dict) else v for k, v in tool.items()}
 
 
 def _tool(value: Any, i: int) -> Tool:

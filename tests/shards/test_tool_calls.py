@@ -172,3 +172,14 @@ def test_the_responses_apis_flat_tools_are_taken_too():
             "parameters": WEATHER, "strict": True}
     spec = tool_spec([flat], {"type": "function", "name": "get_weather"})
     assert spec.choice == "get_weather" and spec.prompt_tools() == [TOOLS[0]]
+
+
+def test_openais_pydantic_function_tool_is_taken_as_it_comes():
+    import openai
+    from pydantic import BaseModel
+
+    class GetWeather(BaseModel):
+        city: str
+
+    [tool] = tool_spec([openai.pydantic_function_tool(GetWeather)], "required").tools
+    assert tool.name == "GetWeather" and tool.parameters["required"] == ["city"]

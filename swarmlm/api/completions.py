@@ -40,7 +40,7 @@ class _ClientGone(Exception):
     pass
 
 
-async def _json(request: Request) -> Any:
+async def read_json(request: Request) -> Any:
     """The body as JSON, read only up to MAX_BODY bytes (however the client sends it)."""
     body = bytearray()
     async for chunk in request.stream():
@@ -100,14 +100,14 @@ class Completions:
 
     async def chat(self, request: Request) -> Response:
         self.authorize(request)
-        body = await _json(request)
+        body = await read_json(request)
         # off the loop: a request's tool and response_format schemas compile in up to a few hundred ms
         req = await asyncio.get_running_loop().run_in_executor(None, chat_request, body)
         return await self._complete(request, req, chat=True)
 
     async def completions(self, request: Request) -> Response:
         self.authorize(request)
-        return await self._complete(request, completion_request(await _json(request)), chat=False)
+        return await self._complete(request, completion_request(await read_json(request)), chat=False)
 
     async def _complete(self, request: Request, req: GenerationRequest, chat: bool) -> Response:
         served = self.gateway.model(req.model)
@@ -127,8 +127,7 @@ class Completions:
                 # the background task runs however the stream ends, also when the client stopped reading
                 return StreamingResponse(frames, media_type="text/event-stream", headers=headers,
                                          background=BackgroundTask(self._finished, job))
-            answers, finished = await _unless_gone(request, self._collect(job))
-            self.metrics.finished(served.id, finished)
+            answers, finished = await self._whole(request, served, job)
             reply = Reply(chat, served.id, served.root, finished.provenance.session_id,
                           tokens=self._tokens(served, req))
             return JSONResponse(reply.whole(answers, finished), headers=finished.provenance.headers())
@@ -139,6 +138,24 @@ class Completions:
         finally:
             if not streaming:
                 self.gateway.finished(job)
+
+    async def whole(self, request: Request, req: GenerationRequest) -> tuple[list[Answer], Finished] | None:
+        """A request's answers, generated to the end (None: the client left), for other endpoints."""
+        served = self.gateway.model(req.model)
+        job = await self.gateway.start(req, request.client.host if request.client else "")
+        try:
+            return await self._whole(request, served, job)
+        except _ClientGone:
+            return None
+        except Exception as e:
+            raise self._api_error(e, job) from None
+        finally:
+            self.gateway.finished(job)
+
+    async def _whole(self, request: Request, served: ServedModel, job: GenerationJob) -> tuple[list[Answer], Finished]:
+        answers, finished = await _unless_gone(request, self._collect(job))
+        self.metrics.finished(served.id, finished)
+        return answers, finished
 
     async def _finished(self, job: GenerationJob) -> None:
         self.gateway.finished(job)  # on the server's loop, where the worker pool's bookkeeping lives

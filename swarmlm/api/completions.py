@@ -13,7 +13,7 @@ import hmac
 import json
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -110,27 +110,52 @@ class Completions:
         return await self._complete(request, completion_request(await read_json(request)), chat=False)
 
     async def _complete(self, request: Request, req: GenerationRequest, chat: bool) -> Response:
+        if req.stream:
+            def frames(served: ServedModel, job: GenerationJob, first: Event) -> AsyncIterator[bytes]:
+                session = first.provenance.session_id  # type: ignore[union-attr]
+                reply = Reply(chat, served.id, served.root, session, req.include_usage, self._tokens(served, req))
+                return self._stream(reply, job, first)
+            return await self.streamed(request, req, frames)
+        result = await self.whole(request, req)
+        if result is None:
+            return Response(status_code=CLIENT_CLOSED)
+        (answers, finished), served = result, self.gateway.model(req.model)
+        reply = Reply(chat, served.id, served.root, finished.provenance.session_id, tokens=self._tokens(served, req))
+        return JSONResponse(reply.whole(answers, finished), headers=finished.provenance.headers())
+
+    async def whole(self, request: Request, req: GenerationRequest) -> tuple[list[Answer], Finished] | None:
+        """A request's answers, generated to the end (None: the client left)."""
+        served = self.gateway.model(req.model)
+        job = await self.gateway.start(req, request.client.host if request.client else "")
+        try:
+            answers, finished = await _unless_gone(request, self._collect(job))
+        except _ClientGone:
+            return None
+        except Exception as e:
+            raise self._api_error(e, job) from None
+        finally:
+            self.gateway.finished(job)
+        self.metrics.finished(served.id, finished)
+        return answers, finished
+
+    async def streamed(self, request: Request, req: GenerationRequest,
+                       frames: Callable[[ServedModel, GenerationJob, Event], AsyncIterator[bytes]]) -> Response:
+        """A server-sent-event stream of `frames(served, job, first)` once the first event is out (Opened, or
+        Finished when no token came), so its headers name the chain; the frames report errors themselves
+        and call `metrics.finished`."""
         served = self.gateway.model(req.model)
         job = await self.gateway.start(req, request.client.host if request.client else "")
         began = time.perf_counter()
         streaming = False  # once the stream is handed over, its background task finishes the job
         try:
-            if req.stream:
-                first = await _unless_gone(request, job.next())
-                self.metrics.first_token.labels(served.id).observe(time.perf_counter() - began)
-                provenance = first.provenance  # type: ignore[union-attr]
-                reply = Reply(chat, served.id, served.root, provenance.session_id, req.include_usage,
-                              self._tokens(served, req))
-                headers = {**provenance.headers(), "Cache-Control": "no-cache"}
-                streaming = True
-                frames = with_keepalive(self._stream(reply, job, first), self.gateway.settings.keepalive)
-                # the background task runs however the stream ends, also when the client stopped reading
-                return StreamingResponse(frames, media_type="text/event-stream", headers=headers,
-                                         background=BackgroundTask(self._finished, job))
-            answers, finished = await self._whole(request, served, job)
-            reply = Reply(chat, served.id, served.root, finished.provenance.session_id,
-                          tokens=self._tokens(served, req))
-            return JSONResponse(reply.whole(answers, finished), headers=finished.provenance.headers())
+            first = await _unless_gone(request, job.next())
+            self.metrics.first_token.labels(served.id).observe(time.perf_counter() - began)
+            headers = {**first.provenance.headers(), "Cache-Control": "no-cache"}  # type: ignore[union-attr]
+            body = with_keepalive(frames(served, job, first), self.gateway.settings.keepalive)
+            streaming = True
+            # the background task runs however the stream ends, also when the client stopped reading
+            return StreamingResponse(body, media_type="text/event-stream", headers=headers,
+                                     background=BackgroundTask(self._finished, job))
         except _ClientGone:
             return Response(status_code=CLIENT_CLOSED)
         except Exception as e:
@@ -139,23 +164,15 @@ class Completions:
             if not streaming:
                 self.gateway.finished(job)
 
-    async def whole(self, request: Request, req: GenerationRequest) -> tuple[list[Answer], Finished] | None:
-        """A request's answers, generated to the end (None: the client left), for other endpoints."""
-        served = self.gateway.model(req.model)
-        job = await self.gateway.start(req, request.client.host if request.client else "")
+    def stream_error(self, error: Exception, job: GenerationJob) -> APIError:
+        """What a generation raised mid-stream, as the error event to send (logged when it is a bug)."""
         try:
-            return await self._whole(request, served, job)
-        except _ClientGone:
-            return None
-        except Exception as e:
-            raise self._api_error(e, job) from None
-        finally:
-            self.gateway.finished(job)
-
-    async def _whole(self, request: Request, served: ServedModel, job: GenerationJob) -> tuple[list[Answer], Finished]:
-        answers, finished = await _unless_gone(request, self._collect(job))
-        self.metrics.finished(served.id, finished)
-        return answers, finished
+            api_error = self._api_error(error, job)
+        except Exception:
+            log.exception("generation failed mid-stream")
+            api_error = APIError(500, f"internal error: {type(error).__name__}", type="server_error")
+        self.metrics.error(api_error)
+        return api_error
 
     async def _finished(self, job: GenerationJob) -> None:
         self.gateway.finished(job)  # on the server's loop, where the worker pool's bookkeeping lives
@@ -210,11 +227,5 @@ class Completions:
             if reply.include_usage:
                 yield reply.usage_chunk(event)
         except Exception as e:  # mid-stream: the status is sent, so the error travels as an event
-            try:
-                error = self._api_error(e, job)
-            except Exception:
-                log.exception("generation failed mid-stream")
-                error = APIError(500, f"internal error: {type(e).__name__}", type="server_error")
-            self.metrics.error(error)
-            yield sse(error.body())
+            yield sse(self.stream_error(e, job).body())
         yield DONE

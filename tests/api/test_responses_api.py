@@ -1,6 +1,7 @@
 """POST /v1/responses in-process through the official openai client (the app of test_sampling_api as its
 HTTP transport): text answers are the SDK's, previous_response_id continues the chat, function tools
-are called and their outputs read, and what is not supported yet is a 400 naming it."""
+are called and their outputs read, streams add up to the whole answer through the client's own
+stream helper, and what is not supported is a 400 naming it."""
 
 from __future__ import annotations
 
@@ -61,7 +62,6 @@ def test_input_items_become_the_chat():
 
 
 @pytest.mark.parametrize("fields, param", [
-    ({"stream": True}, "stream"),
     ({"previous_response_id": "resp_unknown"}, "previous_response_id"),
     ({"input": [{"type": "web_search_call"}]}, "input[0]"),
     ({"tools": [{"type": "function", "name": "bad name"}]}, "tools[0].function.name"),
@@ -70,3 +70,21 @@ def test_what_is_not_supported_is_a_400_naming_it(client, fields, param):
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(**{"model": "m", "input": "Hi", **fields})
     assert caught.value.param == param
+
+
+@pytest.mark.parametrize("fields", [
+    {"input": "What is the capital of France?"},  # ends within the budget: the helper wants response.completed
+    {"input": "What is the weather in Paris?", "tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False,
+     "max_output_tokens": 60},
+], ids=["text", "function_call"])
+def test_a_stream_adds_up_to_the_whole_answer(client, fields):
+    fields = {"model": "m", "temperature": 0, "max_output_tokens": 30, **fields}
+    whole = client.responses.create(**fields)
+    with client.responses.stream(**fields) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == f"response.{whole.status}"
+    assert final.output_text == whole.output_text and final.status == whole.status
+    assert [(o.type, getattr(o, "name", None), getattr(o, "arguments", None)) for o in final.output] == [
+        (o.type, getattr(o, "name", None), getattr(o, "arguments", None)) for o in whole.output]
+    assert final.id.startswith("resp_") and final.usage.output_tokens == whole.usage.output_tokens

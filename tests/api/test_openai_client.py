@@ -152,6 +152,22 @@ def test_streamed_tool_calls_add_up_to_the_whole(client):
     assert final.finish_reason == whole.finish_reason == "tool_calls"
 
 
+def test_responses_create_and_stream_through_the_swarm(client, local_model):
+    """client.responses: a streamed text answer is the local greedy one, and a function tool is called."""
+    with client.responses.stream(model=MODEL, input="What is the capital of France?", temperature=0,
+                                 max_output_tokens=24) as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert text == final.output_text == local_model.generate(QUESTION, 24).text
+    tools = [{"type": "function", "name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    called = client.responses.create(model=MODEL, input="What is the weather in Paris?", tools=tools,
+                                     tool_choice="required", parallel_tool_calls=False, temperature=0,
+                                     max_output_tokens=60)
+    [call] = called.output
+    assert call.type == "function_call" and call.name == "get_weather" and called.id.startswith("resp_")
+
+
 async def test_a_request_completes_while_another_streams_and_leaving_closes_that_session(async_client, local_model,
                                                                                         swarm3):
     """No global lock: a short answer completes while a long one is mid-stream. Then the long one's

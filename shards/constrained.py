@@ -40,7 +40,7 @@ from .errors import ShardsError
 # A schema arrives from any HTTP client and compiles on the caller's thread (the gateway's event loop):
 # bounded so that compiling stays in milliseconds; real schemas are a few KiB.
 SCHEMA_BOUNDS = bounds.Bounds(depth=32, items=4096, size=64 << 10, string=4096)
-_COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 class ResponseFormatError(ShardsError):
@@ -48,7 +48,13 @@ class ResponseFormatError(ShardsError):
 
 
 def json_grammar(response_format: dict[str, Any] | None) -> str | None:
-    """The llguidance grammar for an OpenAI `response_format` (None for plain text), checked to compile.
+    """The llguidance grammar for an OpenAI `response_format` (None for plain text), checked to compile."""
+    schema = response_schema(response_format)
+    return None if schema is None else schema_grammar(schema, "response_format schema")
+
+
+def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON schema an OpenAI `response_format` asks for (None for plain text).
 
     `{"type": "text"}`, `{"type": "json_object"}` (any JSON object), or `{"type": "json_schema",
     "json_schema": {"name": ..., "schema": {...}, "strict": ...}}`; strict or not, the output follows
@@ -73,17 +79,23 @@ def json_grammar(response_format: dict[str, Any] | None) -> str | None:
     else:
         raise ResponseFormatError(f"response_format.type must be 'text', 'json_object' or 'json_schema', "
                                   f"got {kind!r:.40}")
+    return schema
+
+
+def schema_grammar(schema: dict[str, Any], what: str) -> str:
+    """The llguidance grammar for a JSON schema from a client (named `what` in errors), bounded and
+    checked to compile; compact JSON (`COMPACT_JSON`)."""
     try:
-        bounds.check(schema, SCHEMA_BOUNDS, "response_format schema")
+        bounds.check(schema, SCHEMA_BOUNDS, what)
     except EncodingError as e:
         raise ResponseFormatError(str(e)) from None
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=_COMPACT)  # type: ignore[arg-type]
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=COMPACT_JSON)  # type: ignore[arg-type]
     except ValueError as e:
-        raise ResponseFormatError(f"response_format schema: {e}") from None
+        raise ResponseFormatError(f"{what}: {e}") from None
     failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if failed:
-        raise ResponseFormatError(f"response_format schema is not supported: {messages[0]}")
+        raise ResponseFormatError(f"{what} is not supported: {messages[0]}")
     return grammar
 
 

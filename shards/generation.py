@@ -10,7 +10,9 @@ step and judges all of them from that one forward (shards.speculative); the hist
 the verified tokens, so the next step starts below what the caches hold and overwrites the rest.
 
 With `response_format` (shards.constrained), a grammar masks each position's logits before a
-token is chosen, drafts included, so JSON answers always parse and follow their schema.
+token is chosen, drafts included, so JSON answers always parse and follow their schema. With
+`tools` (shards.tool_calls) the prompt shows them and a grammar shapes the calls, whose arguments
+follow each tool's schema; the answer's calls land in `Generation.tool_calls`.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from .head import Head
 from .logits_processing import TokenLogprob, token_logprobs
 from .sampling import Sampler, SamplingParams
 from .speculative import AdaptiveDraftLength, FixedDraftLength, accept_greedy, accept_sampled
+from .tool_calls import ToolSpec, read_answer, render_chat, tool_spec, uses_tools
 
-Message = dict[str, str]
+Message = dict[str, Any]  # OpenAI's: role and content, and tool_calls or tool_call_id where tools are used
 Prompt = Union[str, Sequence[int], Sequence[Message]]
 
 
@@ -53,21 +56,23 @@ class TokenEvent:
 class Generation:
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    finish_reason: str  # "stop" (EOS or a stop string), "length", or "tool_calls" (the answer called tools)
     prompt_tokens: int
     time_to_first_token: float = 0.0
     total_time: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
     logprobs: list[TokenLogprob] | None = None  # one per token id, when asked for (`logprobs=`)
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's shape, when `tools` were given and the answer called some
 
     @property
     def tokens_per_second(self) -> float:
         return len(self.token_ids) / self.total_time if self.total_time else 0.0
 
 
-def encode_prompt(tokenizer: Any, prompt: Prompt, raw: bool = False, vocab_size: int | None = None) -> list[int]:
+def encode_prompt(tokenizer: Any, prompt: Prompt, raw: bool = False, vocab_size: int | None = None,
+                  tools: list[dict[str, Any]] | None = None) -> list[int]:
     """Token ids for a prompt: ids pass through (each must be below `vocab_size`, when given);
-    text and conversations use the chat template."""
+    text and conversations use the chat template, with `tools` (OpenAI's) where given."""
     if isinstance(prompt, str):
         if raw or not getattr(tokenizer, "chat_template", None):
             return list(tokenizer(prompt)["input_ids"])
@@ -81,7 +86,10 @@ def encode_prompt(tokenizer: Any, prompt: Prompt, raw: bool = False, vocab_size:
         raise ShardsError("this model has no tokenizer: pass token ids")
     if not getattr(tokenizer, "chat_template", None):
         raise ShardsError("the tokenizer has no chat template: pass a plain string with raw=True")
-    text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    if uses_tools(prompt, tools):  # type: ignore[arg-type]
+        text = render_chat(tokenizer, prompt, tools)  # type: ignore[arg-type]
+    else:
+        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -140,8 +148,11 @@ class Session:
         that many tokens per trip and verify them in one forward (None: the session's default);
         `drafter`: who drafts (default: prompt lookup); `response_format`: OpenAI's `{"type": "json_object"}`
         or `{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}` constrains the answer
-        to JSON (shards.constrained), which ends when the value does. Every sampling feature works with
-        speculation: penalties and the grammar apply at each drafted position for the context it follows.
+        to JSON (shards.constrained), which ends when the value does; `tools` (OpenAI's function tools),
+        `tool_choice` ("auto" by default, "none", "required" or {"type": "function", "function": {"name": …}})
+        and `parallel_tool_calls` (default True) let the answer call tools (shards.tool_calls). Every
+        sampling feature works with speculation: penalties and the grammar apply at each drafted position
+        for the context it follows.
         """
         yield from self._call(prompt, max_new_tokens, Generation("", [], "length", 0), **kwargs)
 
@@ -165,7 +176,7 @@ class Session:
         `seed`, answer i uses seed + i, so they differ and each is repeatable. The session's
         conversation keeps none of them. Options as for `stream`.
         """
-        ids = self._choices_prompt(prompt, n, raw)
+        ids = self._choices_prompt(prompt, n, raw, kwargs)
         for i in range(n):
             for event in self.stream(ids, max_new_tokens, **_choice_options(kwargs, i)):
                 yield i, event
@@ -173,28 +184,35 @@ class Session:
     def choices(self, prompt: Prompt, n: int, max_new_tokens: int = 64, *, raw: bool = False,
                 **kwargs: Any) -> list[Generation]:
         """`n` answers to one prompt (see `stream_choices`)."""
-        ids = self._choices_prompt(prompt, n, raw)
+        ids = self._choices_prompt(prompt, n, raw, kwargs)
         return [self.generate(ids, max_new_tokens, **_choice_options(kwargs, i)) for i in range(n)]
 
-    def _choices_prompt(self, prompt: Prompt, n: int, raw: bool) -> list[int]:
+    def _choices_prompt(self, prompt: Prompt, n: int, raw: bool, options: dict[str, Any]) -> list[int]:
+        """The prompt's ids; `options` get the tools compiled once for all answers."""
         if n < 1:
             raise ShardsError(f"n (the number of answers) must be >= 1, got {n}")
+        spec = _tools(options)
+        options["tools"] = spec
         chat = self._chat(prompt, raw)
         return encode_prompt(self.tokenizer, prompt if chat is None else chat, raw,
-                             self.head.embed_tokens.num_embeddings)
+                             self.head.embed_tokens.num_embeddings, spec and spec.prompt_tools())
 
     def _call(self, prompt: Prompt, max_new_tokens: int, result: Generation, *, stop: Sequence[str] = (),
               raw: bool = False, ignore_eos: bool = False, logprobs: int | None = None,
               speculative: int | None = None, drafter: Drafter | None = None,
-              response_format: dict[str, Any] | None = None, **sampling: Any) -> Iterator[TokenEvent]:
+              response_format: dict[str, Any] | None = None, tools: Sequence[dict[str, Any]] | ToolSpec | None = None,
+              tool_choice: Any = None, parallel_tool_calls: bool | None = None,
+              **sampling: Any) -> Iterator[TokenEvent]:
         if logprobs is not None and logprobs < 0:
             raise ShardsError(f"logprobs (alternatives per token) must be >= 0, got {logprobs}")
         params = SamplingParams(**sampling)
-        grammar = json_grammar(response_format)
+        spec = _tools({"tools": tools, "tool_choice": tool_choice, "parallel_tool_calls": parallel_tool_calls,
+                       "response_format": response_format})
+        grammar = spec.grammar(response_format) if spec is not None and spec.active else json_grammar(response_format)
         constraint = None if grammar is None else JsonConstraint(
             grammar, self.tokenizer, self.head.embed_tokens.num_embeddings, sorted(self.eos_ids))
         yield from self._run(prompt, max_new_tokens, params, stop, raw, ignore_eos, logprobs, result,
-                             self._speculation(speculative, drafter, seeded=params.seed is not None), constraint)
+                             self._speculation(speculative, drafter, seeded=params.seed is not None), constraint, spec)
 
     def _speculation(self, speculative: int | None, drafter: Drafter | None, seeded: bool) -> _Speculation | None:
         """Drafts per trip adapt to measured costs, except for a seeded call: how many drafts a trip
@@ -230,12 +248,13 @@ class Session:
 
     def _run(self, prompt: Prompt, max_new_tokens: int, params: SamplingParams, stop: Sequence[str], raw: bool,
              ignore_eos: bool, logprobs: int | None, result: Generation,
-             speculation: _Speculation | None, constraint: JsonConstraint | None) -> Iterator[TokenEvent]:
+             speculation: _Speculation | None, constraint: JsonConstraint | None,
+             spec: ToolSpec | None) -> Iterator[TokenEvent]:
         if max_new_tokens < 1:
             raise ShardsError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         chat = self._chat(prompt, raw)
         ids = encode_prompt(self.tokenizer, prompt if chat is None else chat, raw,
-                            self.head.embed_tokens.num_embeddings)
+                            self.head.embed_tokens.num_embeddings, spec and spec.prompt_tools())
         if not ids:
             raise ShardsError("the prompt is empty")
         result.prompt_tokens = len(ids)
@@ -244,9 +263,16 @@ class Session:
         try:
             yield from self._tokens(ids, max_new_tokens, sampler, stop, ignore_eos, logprobs, result, speculation,
                                     constraint, started)
+            if spec is not None and spec.active:
+                answer = read_answer(result.text)
+                result.tool_calls = [c.to_json() for c in answer.calls] or None
+                result.finish_reason = answer.finish_reason(result.finish_reason)
         finally:  # the answer so far joins the chat, also when the caller stopped reading early
             if chat is not None and (result.total_time or result.token_ids):
-                self.conversation = [*chat, {"role": "assistant", "content": result.text}]
+                reply: Message = {"role": "assistant", "content": result.text}
+                if result.tool_calls:
+                    reply = {"role": "assistant", "content": None, "tool_calls": result.tool_calls}
+                self.conversation = [*chat, reply]
         if self.details is not None:
             result.extra.update(self.details(self.runner))
 
@@ -295,6 +321,15 @@ class Session:
         if speculation is not None:
             result.extra["speculation"] = speculation.stats()
         result.total_time = time.perf_counter() - started
+
+
+def _tools(options: dict[str, Any]) -> ToolSpec | None:
+    """The call's tools, validated and compiled (once: a ToolSpec passes through)."""
+    tools = options.get("tools")
+    if isinstance(tools, ToolSpec):
+        return tools
+    return tool_spec(tools, options.get("tool_choice"), options.get("parallel_tool_calls"),
+                     options.get("response_format"))
 
 
 def _choice_options(options: dict[str, Any], i: int) -> dict[str, Any]:
@@ -414,10 +449,15 @@ class GenerativeModel:
         return Session(self.head, self.tokenizer, self.new_runner(max_length), max_length, self.eos_ids,
                        speculative=speculative, drafter=drafter, details=self.run_details)
 
+    def _prompt_ids(self, prompt: Prompt, raw: bool, options: dict[str, Any]) -> list[int]:
+        """The prompt's ids (with its tools; `options` get them compiled once)."""
+        spec = options["tools"] = _tools(options)
+        return encode_prompt(self.tokenizer, prompt, raw, tools=spec and spec.prompt_tools())
+
     def generate(self, prompt: Prompt, max_new_tokens: int = 64, *, raw: bool = False, **kwargs: Any) -> Generation:
         """One-shot generation in a session sized for this prompt (see Session.generate for options,
         `speculative=` and `drafter=` included)."""
-        ids = encode_prompt(self.tokenizer, prompt, raw)
+        ids = self._prompt_ids(prompt, raw, kwargs)
         with self.inference_session(min(len(ids) + max_new_tokens, self.config.max_context)) as s:
             result = s.generate(ids, max_new_tokens, **kwargs)
         result.extra.update(self.run_details(s.runner))
@@ -425,14 +465,14 @@ class GenerativeModel:
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 64, *, raw: bool = False,
                **kwargs: Any) -> Iterator[TokenEvent]:
-        ids = encode_prompt(self.tokenizer, prompt, raw)
+        ids = self._prompt_ids(prompt, raw, kwargs)
         with self.inference_session(min(len(ids) + max_new_tokens, self.config.max_context)) as s:
             yield from s.stream(ids, max_new_tokens, **kwargs)
 
     def choices(self, prompt: Prompt, n: int, max_new_tokens: int = 64, *, raw: bool = False,
                 **kwargs: Any) -> list[Generation]:
         """`n` answers to one prompt in one session, sharing its prefill (see Session.stream_choices)."""
-        ids = encode_prompt(self.tokenizer, prompt, raw)
+        ids = self._prompt_ids(prompt, raw, kwargs)
         with self.inference_session(min(len(ids) + max_new_tokens, self.config.max_context)) as s:
             results = s.choices(ids, n, max_new_tokens, **kwargs)
         for result in results:

@@ -51,6 +51,11 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
                             help="constrain the answer to one JSON object (OpenAI's JSON mode)")
     structured.add_argument("--json-schema", type=Path, metavar="FILE",
                             help="constrain the answer to JSON valid against the JSON Schema in FILE")
+    p.add_argument("--tools", type=Path, metavar="FILE",
+                   help="OpenAI function tools (a JSON array) the answer may call; its calls are listed after "
+                        "the answer (or under tool_calls in --json)")
+    p.add_argument("--tool-choice", default=None, metavar="CHOICE",
+                   help="with --tools: auto (default: the model chooses), none, required, or a tool's name")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -87,7 +92,24 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
     return {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "min_p": args.min_p,
             "presence_penalty": args.presence_penalty, "frequency_penalty": args.frequency_penalty,
             "repetition_penalty": args.repetition_penalty, "seed": args.seed, "stop": args.stop,
-            "logprobs": args.logprobs, "speculative": args.max_draft, "response_format": response_format(args)}
+            "logprobs": args.logprobs, "speculative": args.max_draft, "response_format": response_format(args),
+            **tool_options(args)}
+
+
+def tool_options(args: argparse.Namespace) -> dict:
+    """`tools` from --tools FILE and `tool_choice` from --tool-choice (a bare name means that function)."""
+    if args.tools is None:
+        if args.tool_choice is not None:
+            raise ShardsError("--tool-choice needs --tools FILE")
+        return {}
+    try:
+        tools = json.loads(args.tools.read_text())
+    except (OSError, ValueError) as e:
+        raise ShardsError(f"--tools {args.tools}: {e}") from None
+    choice = args.tool_choice
+    if choice not in (None, "auto", "none", "required"):
+        choice = {"type": "function", "function": {"name": choice}}
+    return {"tools": tools, "tool_choice": choice}
 
 
 def response_format(args: argparse.Namespace) -> dict | None:
@@ -144,16 +166,23 @@ def run_generation(model: GenerativeModel, args: argparse.Namespace) -> int:
             for i, g in enumerate(answers):
                 print(f"--- answer {i + 1} of {args.n} ---\n{g.text}")
                 _print_logprobs(g.logprobs, model.tokenizer)
+                _print_calls(g.tool_calls)
             return 0
         logprobs: list[TokenLogprob] = []
-        for event in model.stream(args.prompt, args.max_new_tokens, raw=args.raw, drafter=drafter,
-                                  **sampling_kwargs(args)):
+        text = ""
+        options = sampling_kwargs(args)
+        for event in model.stream(args.prompt, args.max_new_tokens, raw=args.raw, drafter=drafter, **options):
+            text += event.text
             sys.stdout.write(event.text)
             sys.stdout.flush()
             if event.logprob is not None:
                 logprobs.append(event.logprob)
         sys.stdout.write("\n")
         _print_logprobs(logprobs if args.logprobs is not None else None, model.tokenizer)
+        if options.get("tools") and options.get("tool_choice") != "none":
+            from shards.tool_calls import read_answer
+
+            _print_calls([c.to_json() for c in read_answer(text).calls])
         return 0
     finally:
         if drafter is not None:
@@ -188,6 +217,11 @@ def _print_logprobs(logprobs: list[TokenLogprob] | None, tokenizer: Any) -> None
         print(f"{lp.logprob:9.4f} {lp.token_id:>7} {_token_text(tokenizer, lp.token_id)!r:<16} {alternatives}".rstrip())
 
 
+def _print_calls(calls: list[dict] | None) -> None:
+    for call in calls or []:
+        print(f"tool call {call['id']}: {call['function']['name']}({call['function']['arguments']})")
+
+
 def generation_json(g: Generation, tokenizer: Any = None) -> dict:
     out = {"text": g.text, "token_ids": g.token_ids, "finish_reason": g.finish_reason,
            "prompt_tokens": g.prompt_tokens, "time_to_first_token_s": round(g.time_to_first_token, 4),
@@ -196,4 +230,6 @@ def generation_json(g: Generation, tokenizer: Any = None) -> dict:
         out["logprobs"] = [{"token_id": lp.token_id, "token": _token_text(tokenizer, lp.token_id),
                             "logprob": lp.logprob, "top": [{"token_id": t, "logprob": v} for t, v in lp.top]}
                            for lp in g.logprobs]
+    if g.tool_calls is not None:
+        out["tool_calls"] = g.tool_calls
     return out

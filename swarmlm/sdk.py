@@ -7,8 +7,10 @@
             chat.generate("Hi! My name is Ana.")
             chat.generate("What's my name?")                     # I'm Ana, …
         model.choices("Name a colour.", 3, temperature=1.0, seed=1, logprobs=2)  # 3 answers, one prefill
+        model.generate(messages, tools=[...], tool_choice="required").tool_calls  # OpenAI's function tools
 
-Sampling (temperature, top_p, top_k, min_p, penalties, seed, logprobs) happens here, at the head:
+Sampling (temperature, top_p, top_k, min_p, penalties, seed, logprobs, structured output and tool
+calls' grammars) happens here, at the head:
 see shards.generation.Session.stream. The client holds the head shard (embeddings, final norm, LM head) and the tokenizer; nodes hold
 the blocks. Only nodes announcing the same manifest root as the local store are used.
 """

@@ -24,6 +24,7 @@ from .gateway import Gateway
 from .guard import RequestGuard
 from .health import Health
 from .metrics import Metrics, MetricsMiddleware
+from .responses_api import Responses
 from .unknown import catch_all, supported, unknown_endpoint
 
 
@@ -44,6 +45,7 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/v1/models/{model:path}", completions.get_model),
         Route("/v1/chat/completions", completions.chat, methods=["POST"]),
         Route("/v1/completions", completions.completions, methods=["POST"]),
+        Route("/v1/responses", Responses(completions).create, methods=["POST"]),
         Route("/swarm/info", dashboard.info),
         Route("/swarm/status", dashboard.status),
         Route("/swarm/checkpoints", dashboard.checkpoints),

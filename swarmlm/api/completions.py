@@ -27,7 +27,7 @@ from .jobs import AnswerDone, Event, Finished, GenerationJob, Text
 from .keepalive import with_keepalive
 from .logprobs import TokenText
 from .metrics import Metrics
-from .responses import DONE, Answer, Reply, sse
+from .responses import DONE, Answer, ChoiceChunks, Reply, sse
 from .schemas import GenerationRequest, chat_request, completion_request
 
 log = logging.getLogger(__name__)
@@ -41,13 +41,18 @@ class _ClientGone(Exception):
     pass
 
 
-async def _json(request: Request) -> Any:
-    """The body as JSON, read only up to MAX_BODY bytes (however the client sends it)."""
+async def read_json(request: Request) -> Any:
+    """The body as JSON, read only up to MAX_BODY bytes (however the client sends it); a client that
+    leaves while sending it gets a quiet 499 (it was a traceback in the log)."""
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise APIError(413, f"the request body exceeds {MAX_BODY // (1 << 20)} MiB", code="request_too_large")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise APIError(413, f"the request body exceeds {MAX_BODY // (1 << 20)} MiB",
+                               code="request_too_large")
+    except ClientDisconnect:
+        raise APIError(CLIENT_CLOSED, "the client left while sending its request", code="client_closed") from None
     try:
         value = json.loads(body)
         deep = _deeper_than(value, MAX_DEPTH)  # shallower than the parser's limit, it would recurse later
@@ -127,35 +132,58 @@ class Completions:
 
     async def _answer(self, request: Request, parse: Callable[[Any], GenerationRequest], chat: bool) -> Response:
         self.authorize(request)
-        try:
-            body = await _json(request)
-        except ClientDisconnect:  # it left while sending its body (a traceback in the log, before)
-            return Response(status_code=CLIENT_CLOSED)
-        return await self._complete(request, parse(body), chat=chat)
+        body = await read_json(request)
+        # off the loop: a request's tool and response_format schemas compile in up to a few hundred ms
+        req = await asyncio.get_running_loop().run_in_executor(None, parse, body)
+        return await self._complete(request, req, chat=chat)
 
     async def _complete(self, request: Request, req: GenerationRequest, chat: bool) -> Response:
+        if req.stream:
+            def frames(served: ServedModel, job: GenerationJob, first: Event) -> AsyncIterator[bytes]:
+                session = first.provenance.session_id  # type: ignore[union-attr]
+                reply = Reply(chat, served.id, served.root, session, req.include_usage, self._tokens(served, req))
+                return self._stream(reply, job, first)
+            return await self.streamed(request, req, frames)
+        result = await self.whole(request, req)
+        if result is None:
+            return Response(status_code=CLIENT_CLOSED)
+        (answers, finished), served = result, self.gateway.model(req.model)
+        reply = Reply(chat, served.id, served.root, finished.provenance.session_id, tokens=self._tokens(served, req))
+        return JSONResponse(reply.whole(answers, finished), headers=finished.provenance.headers())
+
+    async def whole(self, request: Request, req: GenerationRequest) -> tuple[list[Answer], Finished] | None:
+        """A request's answers, generated to the end (None: the client left)."""
+        served = self.gateway.model(req.model)
+        job = await self.gateway.start(req, request.client.host if request.client else "")
+        try:
+            answers, finished = await _unless_gone(request, self._collect(job))
+        except _ClientGone:
+            return None
+        except Exception as e:
+            raise self._api_error(e, job) from None
+        finally:
+            self.gateway.finished(job)
+        self.metrics.finished(served.id, finished)
+        return answers, finished
+
+    async def streamed(self, request: Request, req: GenerationRequest,
+                       frames: Callable[[ServedModel, GenerationJob, Event], AsyncIterator[bytes]]) -> Response:
+        """A server-sent-event stream of `frames(served, job, first)` once the first event is out (Opened, or
+        Finished when no token came), so its headers name the chain; the frames report errors themselves
+        and call `metrics.finished`."""
         served = self.gateway.model(req.model)
         job = await self.gateway.start(req, request.client.host if request.client else "")
         began = time.perf_counter()
         streaming = False  # once the stream is handed over, its background task finishes the job
         try:
-            if req.stream:
-                first = await _unless_gone(request, job.next())
-                self.metrics.first_token.labels(served.id).observe(time.perf_counter() - began)
-                provenance = first.provenance  # type: ignore[union-attr]
-                reply = Reply(chat, served.id, served.root, provenance.session_id, req.include_usage,
-                              self._tokens(served, req))
-                headers = {**provenance.headers(), "Cache-Control": "no-cache"}
-                streaming = True
-                frames = with_keepalive(self._stream(reply, job, first), self.gateway.settings.keepalive)
-                # the background task runs however the stream ends, also when the client stopped reading
-                return StreamingResponse(frames, media_type="text/event-stream", headers=headers,
-                                         background=BackgroundTask(self._finished, job))
-            answers, finished = await _unless_gone(request, self._collect(job))
-            self.metrics.finished(served.id, finished)
-            reply = Reply(chat, served.id, served.root, finished.provenance.session_id,
-                          tokens=self._tokens(served, req))
-            return JSONResponse(reply.whole(answers, finished), headers=finished.provenance.headers())
+            first = await _unless_gone(request, job.next())
+            self.metrics.first_token.labels(served.id).observe(time.perf_counter() - began)
+            headers = {**first.provenance.headers(), "Cache-Control": "no-cache"}  # type: ignore[union-attr]
+            body = with_keepalive(frames(served, job, first), self.gateway.settings.keepalive)
+            streaming = True
+            # the background task runs however the stream ends, also when the client stopped reading
+            return StreamingResponse(body, media_type="text/event-stream", headers=headers,
+                                     background=BackgroundTask(self._finished, job))
         except _ClientGone:
             return Response(status_code=CLIENT_CLOSED)
         except Exception as e:
@@ -163,6 +191,16 @@ class Completions:
         finally:
             if not streaming:
                 self.gateway.finished(job)
+
+    def stream_error(self, error: Exception, job: GenerationJob) -> APIError:
+        """What a generation raised mid-stream, as the error event to send (logged when it is a bug)."""
+        try:
+            api_error = self._api_error(error, job)
+        except Exception:
+            log.exception("generation failed mid-stream")
+            api_error = APIError(500, f"internal error: {type(error).__name__}", type="server_error")
+        self.metrics.error(api_error)
+        return api_error
 
     async def _finished(self, job: GenerationJob) -> None:
         self.gateway.finished(job)  # on the server's loop, where the worker pool's bookkeeping lives
@@ -184,6 +222,9 @@ class Completions:
             elif isinstance(event, AnswerDone):
                 answers[event.index].finish_reason = event.finish_reason
         answers[-1].finish_reason = event.finish_reason
+        if job.request.tools is not None and job.request.tools.active:
+            for answer in answers:
+                answer.read_calls()
         return answers, event
 
     async def _stream(self, reply: Reply, job: GenerationJob, first: Event) -> AsyncIterator[bytes]:
@@ -191,26 +232,28 @@ class Completions:
             event = first
             yield reply.chunk("", first=True, provenance=event.provenance)  # type: ignore[union-attr]
             begun = {0}
+            tools = job.request.tools
+            texts = ChoiceChunks(reply, calls=tools is not None and tools.active)
             while not isinstance(event, Finished):
                 event = await job.next()
                 if isinstance(event, Text):
                     if event.index not in begun:  # the next of n answers
                         begun.add(event.index)
                         yield reply.chunk("", index=event.index, first=True)
-                    yield reply.chunk(event.text, index=event.index, logprobs=event.logprobs)
+                    for chunk in texts.text(event.index, event.text, event.logprobs):
+                        yield chunk
                 elif isinstance(event, AnswerDone):
-                    yield reply.chunk("", index=event.index, finish_reason=event.finish_reason)
+                    chunks, reason = texts.end(event.index, event.finish_reason)
+                    for chunk in chunks:
+                        yield chunk
+                    yield reply.chunk("", index=event.index, finish_reason=reason)
             self.metrics.finished(reply.model, event)
-            yield reply.chunk("", index=job.request.n - 1, finish_reason=event.finish_reason,
-                              provenance=event.provenance)
+            chunks, reason = texts.end(job.request.n - 1, event.finish_reason)
+            for chunk in chunks:
+                yield chunk
+            yield reply.chunk("", index=job.request.n - 1, finish_reason=reason, provenance=event.provenance)
             if reply.include_usage:
                 yield reply.usage_chunk(event)
         except Exception as e:  # mid-stream: the status is sent, so the error travels as an event
-            try:
-                error = self._api_error(e, job)
-            except Exception:
-                log.exception("generation failed mid-stream")
-                error = APIError(500, f"internal error: {type(e).__name__}", type="server_error")
-            self.metrics.error(error)
-            yield sse(error.body())
+            yield sse(self.stream_error(e, job).body())
         yield DONE

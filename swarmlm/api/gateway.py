@@ -158,7 +158,8 @@ def _encode(remote: RemoteModel, request: GenerationRequest) -> list[int]:
 
     param = "prompt" if request.raw else "messages"
     try:
-        ids = encode_prompt(remote.tokenizer, request.prompt, request.raw, remote.config.vocab_size)
+        ids = encode_prompt(remote.tokenizer, request.prompt, request.raw, remote.config.vocab_size,
+                            request.tools and request.tools.prompt_tools())
     except ShardsError as e:
         raise bad_request(str(e), param=param) from None
     if not ids:

@@ -2,10 +2,11 @@
 
 Fields the official client sends are accepted with OpenAI's defaults (null means default), and
 vLLM's sampling extensions too (`top_k`, `min_p`, `repetition_penalty`), and `response_format`
-(JSON mode and JSON schemas, by constrained decoding: shards.constrained), whose schema is compiled
-here so that one the grammar engine cannot follow is a 400 before any work. Features this gateway
-cannot honour (logit_bias, tools) are refused with a 400 naming the parameter rather than silently
-ignored; unknown fields are ignored, as newer clients send fields older servers do
+(JSON mode and JSON schemas, by constrained decoding: shards.constrained), and `tools` with
+`tool_choice` and `parallel_tool_calls` (shards.tool_calls), whose schemas are compiled here so that
+one the grammar engine cannot follow is a 400 before any work. Features this gateway cannot honour
+(logit_bias, the deprecated `functions`) are refused with a 400 naming the parameter rather than
+silently ignored; unknown fields are ignored, as newer clients send fields older servers do
 not know.
 """
 
@@ -17,10 +18,11 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shards.constrained import ResponseFormatError, json_grammar
+from shards.tool_calls import ToolError, ToolSpec, tool_spec
 
 from .errors import bad_request, unsupported
 
-Prompt = Union[str, list[int], list[dict[str, str]]]
+Prompt = Union[str, list[int], list[dict[str, Any]]]
 MAX_STOP = 4
 MAX_N = 16  # answers per request: they run one after the other, so each costs a whole generation
 MAX_TOP_LOGPROBS = 20  # chat's bound; legacy completions allow 5
@@ -39,16 +41,28 @@ class ContentPart(_Schema):
     text: str | None = None
 
 
+class FunctionCall(_Schema):
+    name: str
+    arguments: str  # JSON, as the model wrote it
+
+
+class ToolCall(_Schema):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class Message(_Schema):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
 
 # What we cannot honour, and the values that mean "not used" (which clients often send explicitly).
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "logit_bias": ({},), "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
+    "logit_bias": ({},), "functions": ([],),
     "function_call": ("none", "auto"), "best_of": (1,), "echo": (False,), "suffix": ("",),
 }
 
@@ -76,8 +90,9 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     max_completion_tokens: int | None = Field(None, ge=1)
-    tools: Any = None
+    tools: Any = None  # checked by shards.tool_calls.tool_spec, which names the faulty part
     tool_choice: Any = None
+    parallel_tool_calls: Any = None
     functions: Any = None
     function_call: Any = None
     response_format: Any = None
@@ -113,6 +128,7 @@ class GenerationRequest:
     n: int = 1
     logprobs: int | None = None  # None: no log-probabilities; else how many alternatives per token
     response_format: dict[str, Any] | None = None  # OpenAI's, checked to compile; None: plain text
+    tools: ToolSpec | None = None  # compiled; None: no tools
 
     def sampling(self) -> dict[str, Any]:
         """Keyword arguments for `Session.stream`; top_p 0 (allowed by OpenAI) means the likeliest token."""
@@ -121,7 +137,7 @@ class GenerationRequest:
                 "stop": self.stop, "top_k": self.top_k, "min_p": self.min_p,
                 "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
                 "repetition_penalty": self.repetition_penalty, "logprobs": self.logprobs,
-                "response_format": self.response_format}
+                "response_format": self.response_format, "tools": self.tools}
 
 
 def parse(schema: type[_Sampling], body: Any) -> _Sampling:
@@ -148,8 +164,12 @@ def chat_request(body: Any) -> GenerationRequest:
         response_format = req.response_format if json_grammar(req.response_format) is not None else None
     except ResponseFormatError as e:
         raise bad_request(str(e), param="response_format", code="invalid_value") from None
+    try:
+        tools = tool_spec(req.tools, req.tool_choice, req.parallel_tool_calls, response_format)
+    except ToolError as e:
+        raise bad_request(str(e), param=e.param, code="invalid_value") from None
     return _generation(req, messages, raw=False, max_tokens=req.max_completion_tokens or req.max_tokens,
-                       logprobs=logprobs, response_format=response_format)
+                       logprobs=logprobs, response_format=response_format, tools=tools)
 
 
 def completion_request(body: Any) -> GenerationRequest:
@@ -170,16 +190,27 @@ def completion_request(body: Any) -> GenerationRequest:
     return _generation(req, prompt, raw=True, max_tokens=req.max_tokens, logprobs=req.logprobs)
 
 
-def _message(m: Message, i: int) -> dict[str, str]:
-    if m.role in ("tool", "function") or m.tool_calls:
-        raise unsupported(f"messages[{i}]", "Tool and function calling")
+def _message(m: Message, i: int) -> dict[str, Any]:
+    if m.role == "function":
+        raise unsupported(f"messages[{i}]", "The deprecated 'function' role (use 'tool')")
+    if m.role == "tool" and not m.tool_call_id:
+        raise bad_request(f"messages[{i}]: a 'tool' message needs the 'tool_call_id' it answers",
+                          param=f"messages[{i}].tool_call_id", code="invalid_value")
+    if m.tool_calls and m.role != "assistant":
+        raise bad_request(f"messages[{i}]: only assistant messages carry 'tool_calls'",
+                          param=f"messages[{i}].tool_calls", code="invalid_value")
     if isinstance(m.content, list):
         if any(p.type != "text" or p.text is None for p in m.content):
             raise unsupported(f"messages[{i}].content", "Content other than text (images, audio, files)")
         text = "\n".join(p.text or "" for p in m.content)
     else:
         text = m.content or ""
-    return {"role": "system" if m.role == "developer" else m.role, "content": text}
+    message: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": text}
+    if m.role == "tool":
+        message["tool_call_id"] = m.tool_call_id
+    if m.tool_calls:
+        message["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+    return message
 
 
 def _shown(value: object, limit: int = 60) -> str:
@@ -192,7 +223,7 @@ def _shown(value: object, limit: int = 60) -> str:
 
 
 def _generation(req: _Sampling, prompt: Prompt, *, raw: bool, max_tokens: int | None, logprobs: int | None,
-                response_format: dict[str, Any] | None = None) -> GenerationRequest:
+                response_format: dict[str, Any] | None = None, tools: ToolSpec | None = None) -> GenerationRequest:
     for name, neutral in _NEUTRAL.items():
         value = getattr(req, name, None)
         if value is not None and value not in neutral:
@@ -210,5 +241,5 @@ def _generation(req: _Sampling, prompt: Prompt, *, raw: bool, max_tokens: int | 
         top_k=max(0, req.top_k or 0), min_p=req.min_p or 0.0, presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
         repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty, n=req.n or 1,
-        logprobs=logprobs, response_format=response_format)
+        logprobs=logprobs, response_format=response_format, tools=tools)
 

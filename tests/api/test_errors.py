@@ -31,7 +31,7 @@ def test_an_unknown_model_is_a_404(client, create):
     ({"messages": [{"role": "wizard", "content": "Hi"}]}, "messages.0.role"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"max_tokens": 9000}, "messages"),  # past the model's 8192-token context
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "no spaces"}}]}, "tools[0].function.name"),
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),  # chat allows 20 alternatives
     ({"top_logprobs": 2}, "top_logprobs"),  # alternatives without logprobs
     ({"frequency_penalty": 2.5}, "frequency_penalty"),  # OpenAI's range is [-2, 2]

@@ -109,6 +109,65 @@ def test_structured_output_through_the_swarm_is_the_sdks(client, local_model):
     assert parsed.choices[0].message.parsed == City.model_validate_json(chat.choices[0].message.content)
 
 
+def test_tool_calls_through_the_swarm_are_the_sdks_and_the_chat_goes_on(client, local_model):
+    """A named tool (openai's pydantic_function_tool, via parse): the call's arguments validate and are the
+    local model's; then the tool's result as a `tool` message gets an answer."""
+    import openai
+    from pydantic import BaseModel
+
+    class GetWeather(BaseModel):
+        city: str
+
+    tool = openai.pydantic_function_tool(GetWeather)
+    named = {"type": "function", "function": {"name": "GetWeather"}}
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    chat = client.chat.completions.parse(model=MODEL, messages=ask, tools=[tool], tool_choice=named, temperature=0,
+                                         max_tokens=40)
+    [call] = chat.choices[0].message.tool_calls
+    assert chat.choices[0].finish_reason == "tool_calls" and call.id.startswith("call_")
+    assert isinstance(call.function.parsed_arguments, GetWeather)
+    local = local_model.generate(ask, 40, tools=[tool], tool_choice=named)
+    assert call.function.arguments == local.tool_calls[0]["function"]["arguments"]
+    follow = [*ask, chat.choices[0].message.model_dump(include={"role", "content", "tool_calls"}),
+              {"role": "tool", "tool_call_id": call.id, "content": "21 degrees and sunny"}]
+    answer = client.chat.completions.create(model=MODEL, messages=follow, tools=[tool], tool_choice="none",
+                                            temperature=0, max_tokens=16)
+    assert answer.choices[0].message.content and not answer.choices[0].message.tool_calls
+
+
+def test_streamed_tool_calls_add_up_to_the_whole(client):
+    """tool_choice required, streamed: the openai client's accumulated deltas are the whole answer's calls."""
+    city = {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}},
+            "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "get_time", "description": "Local time in a city",
+                                               "parameters": city, "strict": True}}]  # the stream helper wants strict
+    ask = [{"role": "user", "content": "What time is it in Tokyo?"}]
+    fields = {"model": MODEL, "messages": ask, "tools": tools, "tool_choice": "required", "parallel_tool_calls": False,
+              "temperature": 0, "max_tokens": 40}
+    whole = client.chat.completions.create(**fields).choices[0]
+    with client.chat.completions.stream(**fields) as stream:
+        final = stream.get_final_completion().choices[0]
+    assert [c.function.model_dump(include={"name", "arguments"}) for c in final.message.tool_calls] == [
+        c.function.model_dump(include={"name", "arguments"}) for c in whole.message.tool_calls]
+    assert final.finish_reason == whole.finish_reason == "tool_calls"
+
+
+def test_responses_create_and_stream_through_the_swarm(client, local_model):
+    """client.responses: a streamed text answer is the local greedy one, and a function tool is called."""
+    with client.responses.stream(model=MODEL, input="What is the capital of France?", temperature=0,
+                                 max_output_tokens=24) as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert text == final.output_text == local_model.generate(QUESTION, 24).text
+    tools = [{"type": "function", "name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    called = client.responses.create(model=MODEL, input="What is the weather in Paris?", tools=tools,
+                                     tool_choice="required", parallel_tool_calls=False, temperature=0,
+                                     max_output_tokens=60)
+    [call] = called.output
+    assert call.type == "function_call" and call.name == "get_weather" and called.id.startswith("resp_")
+
+
 async def test_a_request_completes_while_another_streams_and_leaving_closes_that_session(async_client, local_model,
                                                                                         swarm3):
     """No global lock: a short answer completes while a long one is mid-stream. Then the long one's

@@ -67,7 +67,7 @@ def test_stop_and_streaming_options() -> None:
 ])
 def test_sampling_arguments(temperature: float, top_p: float, sampling: dict) -> None:
     neutral = {"top_k": 0, "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
-               "repetition_penalty": 1.0, "logprobs": None, "response_format": None}
+               "repetition_penalty": 1.0, "logprobs": None, "response_format": None, "tools": None}
     assert chat(temperature=temperature, top_p=top_p, seed=3).sampling() == {**sampling, **neutral, "seed": 3,
                                                                              "stop": ()}
 
@@ -78,7 +78,7 @@ def test_sampling_features_reach_the_sampler() -> None:
     assert req.n == 3
     assert req.sampling() == {"temperature": 1.0, "top_p": 1.0, "seed": 9, "stop": (), "top_k": 40, "min_p": 0.05,
                               "presence_penalty": 0.5, "frequency_penalty": -0.25, "repetition_penalty": 1.1,
-                              "logprobs": 4, "response_format": None}
+                              "logprobs": 4, "response_format": None, "tools": None}
 
 
 @pytest.mark.parametrize("fields, logprobs", [({}, None), ({"logprobs": False}, None), ({"logprobs": True}, 0),
@@ -134,7 +134,7 @@ def test_a_missing_model_is_named() -> None:
 
 @pytest.mark.parametrize("fields, param", [
     ({"logit_bias": {"5": 1}}, "logit_bias"),
-    ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0]"),
+    ({"messages": [{"role": "function", "content": "x", "name": "f"}]}, "messages[0]"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
 ])
 def test_features_the_gateway_cannot_honour_are_refused(fields: dict, param: str) -> None:
@@ -181,3 +181,36 @@ def test_inconsistent_options_are_refused(fields: dict, param: str) -> None:
 @pytest.mark.parametrize("prompt", [["a", "b"], "", [], [[]]])
 def test_a_completion_needs_exactly_one_nonempty_prompt(prompt: Any) -> None:
     assert refusal(completion_request, {"model": "m", "prompt": prompt}).param == "prompt"
+
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def test_tools_and_tool_messages_reach_the_generation() -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    req = chat_request({"model": "m", "tools": [WEATHER_TOOL], "tool_choice": "required", "parallel_tool_calls": False,
+                        "messages": [*HI, {"role": "assistant", "content": None, "tool_calls": [call]},
+                                     {"role": "tool", "tool_call_id": "call_1", "content": "cold"}]})
+    assert req.tools is not None and req.tools.choice == "required" and not req.tools.parallel
+    assert req.tools.tools[0].name == "get_weather" and req.sampling()["tools"] is req.tools
+    assert req.prompt[1:] == [{"role": "assistant", "content": "", "tool_calls": [call]},
+                              {"role": "tool", "content": "cold", "tool_call_id": "call_1"}]
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nope"}}}]},
+     "tools[0].function.parameters"),
+    ({"tools": [WEATHER_TOOL] * 129}, "tools"),
+    ({"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {"name": "other"}}}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [WEATHER_TOOL], "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
+    ({"messages": [{"role": "user", "content": "x", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}, "messages[0].tool_calls"),
+    ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f"}}]}]},
+     "messages.0.tool_calls.0.function.arguments"),
+])
+def test_bad_tools_are_refused_naming_the_parameter(fields: dict, param: str) -> None:
+    error = refusal(chat_request, {"model": "m", "messages": HI, **fields})
+    assert error.param == param and error.code == "invalid_value"

@@ -7,11 +7,10 @@ from swarmlm.api.schemas import chat_request
 
 
 def test_long_value_is_ellipsized_at_a_word_boundary() -> None:
-    tool = {"type": "function", "function": {"name": "get_weather", "description": "Get the weather in a city",
-                                             "parameters": {"type": "object"}}}
+    function = {"name": "get_weather", "description": "Get the weather in a city", "parameters": {"type": "object"}}
     with pytest.raises(APIError) as raised:
-        chat_request({"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [tool]})
+        chat_request({"model": "m", "messages": [{"role": "user", "content": "hi"}], "functions": [function]})
     message = raised.value.message
-    assert message.startswith("'tools' = [{'type': 'function', 'function': {'name': 'get_weather' …")
+    assert message.startswith("'functions' = [{'name': 'get_weather', 'description': 'Get the weather in …")
     assert " … is not supported by this gateway" in message
     assert "'d is not" not in message and len(message) < 120

@@ -56,7 +56,7 @@ class LocalNode:
                 "log": self.log}
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: SIGTERM it if whoever started it dies (a killed test run, say),
     so no node outlives its swarm's owner."""
     if sys.platform == "linux":
@@ -151,7 +151,7 @@ class LocalSwarm:
         with open(log_path, "wb") as out:
             proc = subprocess.Popen(self.placement.wrap(name, argv) if self.placement else argv, stdout=out,
                                     stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
-                                    preexec_fn=_die_with_parent)
+                                    preexec_fn=die_with_parent)
         return LocalNode(name, blocks, proc.pid, "", [], str(node_dir), str(node_dir / "ledger.sqlite"),
                          str(log_path), proc)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from node.local_swarm import die_with_parent
 from tests.conftest import SWARMLM
 
 READY_TIMEOUT_S = 180.0
@@ -46,6 +47,7 @@ def run_gateway(peers: Sequence[str], state: Path, *, api_key: str | None = None
                str(ledger), *args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent,  # a killed test run takes its gateways with it
                                 env=_env({"SWARMLM_API_KEY": api_key} if api_key else {}))
     try:
         url = _wait_ready(proc, log)

@@ -134,10 +134,11 @@ class WanClient:
 @contextlib.contextmanager
 def swarm_in_lab(model: str, state_dir: Path, spans: Sequence[tuple[int, int]], rtt_ms: float, *,
                  mbit: float = 100, link_rtt_ms: Mapping[frozenset[str], float] | None = None,
-                 announce_period: float = 5.0, node_args: Sequence[str] = ()
+                 announce_period: float = 5.0, node_args: Sequence[str] = (), nat: Mapping[str, str] | None = None
                  ) -> Iterator[tuple[WanLab, LocalSwarm, WanClient]]:
-    """A lab with a bootstrap peer, one node per span (node-1, node-2, … in order) and a client in it."""
-    with WanLab(swarm_hosts(len(spans)), rtt_ms, mbit, link_rtt_ms=link_rtt_ms) as lab, \
+    """A lab with a bootstrap peer, one node per span (node-1, node-2, … in order) and a client in it;
+    `nat` puts hosts behind home routers ({host: 'cone' or 'symmetric'})."""
+    with WanLab(swarm_hosts(len(spans)), rtt_ms, mbit, link_rtt_ms=link_rtt_ms, nat=nat) as lab, \
             LocalSwarm(model, state_dir, placement=lab, announce_period=announce_period,
                        node_args=node_args) as swarm:
         swarm.start_spans(spans)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 PREFIX = "swarmlm-wan-"      # every lab's namespaces start with it, so `wanlab.py down` finds leftovers
-SUBNET = "10.77.0"           # each lab is its own set of namespaces, so every lab may use the same /24
+SUBNET = "11.77.0"           # public, as the internet is to libp2p (which drops private relay and AutoNAT addresses); it never leaves the lab's namespaces
 MAX_HOSTS = 250
 MAX_MBIT = 1000
 _LAB = re.compile(r"[a-z0-9]{1,16}")  # no '-': it separates the lab from the host in namespace names

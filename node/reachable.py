@@ -21,7 +21,9 @@ from routing.reachability import Reachability
 
 log = logging.getLogger(__name__)
 REACHABILITY_PERIOD = 300.0  # s between dial-backs: a home router's mapping changes rarely
-RELAY_WAIT = 60.0            # s a private node waits at start for its first circuit before it announces
+# s a private node waits at start for its first circuit before it announces: p2pd's AutoRelay reserves
+# once it knows 4 relay candidates or after 3 minutes, and AutoNAT takes ~15 s to call the node private
+RELAY_WAIT = 240.0
 
 
 class Reachable:

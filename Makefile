@@ -57,27 +57,28 @@ coverage: install
 long: model tools
 	$(BIN)/python -m pytest -m long $(PYTEST_ARGS)
 
+# $(call apt_tool,COMMAND,PACKAGES,WHAT HAPPENS WITHOUT IT): install PACKAGES with apt-get when COMMAND
+# is missing, as root; otherwise say what will skip or fail (no commas in the third argument).
+apt_tool = @command -v $(1) >/dev/null 2>&1 || { \
+  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends $(2); \
+  else \
+    echo "make $@: $(1) is missing, and installing it needs root and apt-get; $(3): install $(2)."; \
+  fi; }
+
 # systemd-analyze verifies the unit in tests/ops/test_systemd.py; slim images lack it.
-.PHONY: tools browser
-tools: browser
-	@command -v systemd-analyze >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd; \
-	  else \
-	    echo "make tools: systemd-analyze is missing, and installing it needs root and apt-get;" \
-	         "tests/ops/test_systemd.py will skip here and fail where CI is set: install the systemd package."; \
-	  fi; }
+.PHONY: tools browser nft
+tools: browser nft
+	$(call apt_tool,systemd-analyze,systemd,tests/ops/test_systemd.py will skip here and fail where CI is set)
+
+# The WAN lab's homes (scripts/wanlab_nat.py) masquerade with nftables in a router namespace.
+nft:
+	$(call apt_tool,nft,nftables,the WAN lab's NAT tests (tests/wan/test_nat*.py) will fail)
 
 # tests/api/test_dashboard.py drives Debian's chromium through Playwright, which cannot download
 # browsers here; without root the test skips and says why.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; \
-	  else \
-	    echo "make browser: chromium is missing, and installing it needs root and apt-get;" \
-	         "tests/api/test_dashboard.py will skip: install Debian's chromium package."; \
-	  fi; }
+	$(call apt_tool,chromium,chromium fonts-dejavu-core,tests/api/test_dashboard.py will skip)
 
 # A synthetic 1.07B-parameter model (packed once into the model cache, ~4 GiB) served by nodes that
 # each hold under half of it; minutes on 2 cores, so outside `make test`.

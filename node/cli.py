@@ -71,6 +71,9 @@ def _add_commands(p: argparse.ArgumentParser) -> None:
     boot.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
     boot.add_argument("--identity", help="identity key file (default: a new identity each start)")
     boot.add_argument("--initial-peers", nargs="*", default=[], help="other bootstrap peers to join")
+    boot.add_argument("--no-relay-service", dest="relay_service", action="store_false",
+                      help="relay no circuits for private nodes (by default a bootstrap peer does, within "
+                           "per-peer limits: it must be reachable itself)")
     boot.set_defaults(func=_bootstrap)
 
 
@@ -98,16 +101,22 @@ def _init(args: argparse.Namespace) -> int:
 
 def _bootstrap(args: argparse.Namespace) -> int:
     from ledger.keys import Identity
+    from routing import reachability as reach
     from routing.dht import SwarmDHT
     from routing.records import SignedRecordValidator
 
     kwargs = {"identity_path": args.identity, "check_if_identity_free": False} if args.identity else {}
     seed = Identity.load_or_create(args.identity).seed if args.identity else None
     dht = SwarmDHT(initial_peers=args.initial_peers or None, start=True,
-                       host_maddrs=[f"/ip4/{args.host}/tcp/{args.port}"],
-                       record_validators=[SignedRecordValidator(seed)], **kwargs)
+                   host_maddrs=[f"/ip4/{args.host}/tcp/{args.port}"],
+                   record_validators=[SignedRecordValidator(seed)],
+                   p2pd_flags=reach.RelayLimits().p2pd_flags(args.relay_service), **kwargs)
 
     async def serve(stop: asyncio.Event) -> None:
+        p2p = await dht.replicate_p2p()
+        await p2p.add_binary_stream_handler(reach.HANDLER, reach.answer)  # nodes ask it whether they are reachable
+        if args.relay_service:
+            log.info("relay service: %s", reach.RelayLimits())
         for maddr in dht.get_visible_maddrs():
             print(f"maddr {maddr}", flush=True)
         print(f"ready {dht.peer_id.to_base58()} bootstrap", flush=True)

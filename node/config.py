@@ -62,6 +62,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("new_swarm", _bool, False, "start a new swarm instead of joining one (no --initial-peers)"),
     Option("host", str, "0.0.0.0", "address to listen on (127.0.0.1 keeps the node local)"),
     Option("port", int, 0, "TCP port to listen on (0: any free port)"),
+    Option("reachability", str, "auto", "whether peers can dial this node: 'auto' asks a peer to dial it back; "
+                                        "a private node is reached through relay circuits on public peers",
+           choices=("auto", "public", "private")),
+    Option("relay_service", _bool, True, "when reachable, relay circuits for private nodes (within per-peer "
+                                         "limits; --no-relay-service opts out)"),
     Option("state_dir", Path, None, "where the node keeps identity, ledger and caches "
                                     "(default $SWARMLM_HOME/node)"),
     Option("identity", Path, None, "Ed25519 identity key file (default STATE_DIR/identity.key)"),
@@ -115,6 +120,8 @@ class NodeConfig:
     new_swarm: bool
     host: str
     port: int
+    reachability: str
+    relay_service: bool
     state_dir: Path
     identity: Path
     ledger: Path

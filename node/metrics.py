@@ -47,6 +47,8 @@ class NodeState(TypedDict, total=False):
     ledger_pending: int
     ledger_commit_failures: int
     ledger_unwritten: int
+    reachability: str  # routing.reachability.Reachability.kind: direct, relay, unreachable, unknown
+    relays: tuple[str, ...]  # peer IDs of the relays holding our circuits
 
 
 # (metric name, NodeState key, help) for the gauges that are one number each.
@@ -188,6 +190,12 @@ class _StateCollector(Collector):
                                      labels=["start", "end", "root", "dtype"])
             info.add_metric([str(start), str(end), state.get("root", ""), state.get("dtype", "")], 1)
             yield info
+        if "reachability" in state:
+            reach = GaugeMetricFamily("swarmlm_reachability", "How peers reach this node (always 1): directly, "
+                                      "through relays (their peer IDs), unreachable, or unknown.",
+                                      labels=["how", "relays"])
+            reach.add_metric([state["reachability"], ",".join(state.get("relays", ()))], 1)
+            yield reach
 
 
 class _UntrustedCollector(Collector):

@@ -27,6 +27,7 @@ from ledger.receipts import Receipt, open_receipt
 from ledger.store import Store
 from routing import dht as dht_io
 from routing import ledger_rpc, untrusted, wire
+from routing import reachability as reach
 from routing.client import PeerLink
 from routing.records import ServerRecord, SignedRecordValidator
 from shards.blocks import BlockStack
@@ -46,6 +47,7 @@ from .metrics import NodeMetrics, NodeState
 from .neighbours import Neighbours
 from .push import HANDLER as PUSH_HANDLER
 from .push import PushLinks, PushReceiver
+from .reachable import REACHABILITY_PERIOD, RELAY_WAIT, Reachable
 from .selection import blocks_for_budget, best_start, coverage, rebalance_delay, should_move
 from .serving import Serving
 from .sessions import NodeSession, session_key
@@ -78,6 +80,7 @@ class Node:
         self.serving: Serving | None = None
         self.ledger: Store | None = None
         self.witness: Witness | None = None
+        self.reachable: Reachable | None = None
         self.metrics = NodeMetrics()
         self.state = "joining"
         self.throughput = 0.0
@@ -110,10 +113,12 @@ class Node:
         link = PeerLink(p2p, request_timeout=30)
         self.pushes = PushLinks(link, self._push_refused)
         self.neighbours = Neighbours(self.pushes, self.peer_id)
+        self.reachable = Reachable(p2p, link, _peer_ids(c.initial_peers), c.reachability)
         inference = Inference(s, self.pushes)
         rpc = Handlers(s)
         handlers = [("swarmlm.info", rpc.info), ("swarmlm.forward", rpc.forward),
-                    ("swarmlm.inference", inference.handle), (PUSH_HANDLER, PushReceiver(s, inference.step).handle)]
+                    ("swarmlm.inference", inference.handle), (PUSH_HANDLER, PushReceiver(s, inference.step).handle),
+                    (reach.HANDLER, reach.answer)]
         if self.ledger is not None:
             handlers.append((ledger_rpc.HANDLER, LedgerService(self.ledger, s).handle))
             self.witness = Witness(link, self.ledger, self.peer_id)
@@ -123,6 +128,10 @@ class Node:
             self.metrics.set_state_source(self._metrics_state)
             port = self.metrics.start_http(c.metrics_host, c.metrics_port)
             print(f"metrics http://{c.metrics_host}:{port}/metrics", flush=True)
+        if c.relay_service:
+            log.info("relay service (while reachable): %s", reach.RelayLimits())
+        await self.reachable.check(relay_wait=RELAY_WAIT)
+        self._maddrs = self.reachable.maddrs
         self.state = "online"
         await self._announce()
         self._status_server = await status.serve_local(s.info)
@@ -144,7 +153,9 @@ class Node:
             initial_peers=c.initial_peers or None, start=True, client_mode=False,
             host_maddrs=[f"/ip4/{c.host}/tcp/{c.port}"], identity_path=str(c.identity),
             check_if_identity_free=False,  # hivemind's check parses only RSA keys; we hold a lock instead
-            record_validators=[SignedRecordValidator(self.identity.seed)])
+            record_validators=[SignedRecordValidator(self.identity.seed)],
+            trusted_relays=c.initial_peers or None, p2pd_flags=reach.RelayLimits().p2pd_flags(c.relay_service),
+            **reach.p2p_options(c.reachability))
 
     async def _choose_span(self) -> tuple[int, int]:
         """The configured A:B, or with `auto` the weakest-covered window of the size our memory holds."""
@@ -205,7 +216,8 @@ class Node:
         """Periodic work until `stop`: announce, witness peers, expire idle sessions, (auto) rebalance."""
         c = self.config
         jobs = [_Periodic(lambda: c.announce_period, self._measure_and_announce),
-                _Periodic(lambda: IDLE_CHECK_PERIOD, self._expire_idle)]
+                _Periodic(lambda: IDLE_CHECK_PERIOD, self._expire_idle),
+                _Periodic(lambda: REACHABILITY_PERIOD, self._check_reachability)]
         if self.witness is not None:
             jobs.append(_Periodic(lambda: c.witness_period, self._witness))
         if c.block_range is None and c.rebalance_period > 0:
@@ -220,6 +232,11 @@ class Node:
             for job in jobs:
                 if time.monotonic() >= job.due and not stop.is_set():
                     await job.run()
+
+    async def _check_reachability(self) -> None:
+        if self.reachable is not None:
+            await self.reachable.check()
+            self._maddrs = self.reachable.maddrs
 
     async def _expire_idle(self) -> None:
         if self.serving is not None:
@@ -262,6 +279,9 @@ class Node:
             await self.neighbours.measure(records.values(), self.serving.stack.end, timeout=budget)
         except Exception as e:  # the DHT and the neighbours are best-effort; announcing is not
             log.info("could not measure the next-block neighbours: %s", e or type(e).__name__)
+        if self.reachable is not None:
+            await self.reachable.refresh()  # a circuit reserved or lost since the last announcement
+            self._maddrs = self.reachable.maddrs
         await self._announce()
 
     async def _records(self) -> dict[str, ServerRecord]:
@@ -313,6 +333,7 @@ class Node:
 
     def _info_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"state": self.state, "name": self.config.public_name,
+                                 "reachability": self.reachable.state.describe() if self.reachable else "not known yet",
                                  "throughput": round(self.throughput, 2),
                                  "ledger_size": self.ledger.size() if self.ledger else 0}
         if self.ledger is not None:
@@ -324,6 +345,8 @@ class Node:
     def _metrics_state(self) -> NodeState:
         s = self.serving
         state: NodeState = {"dht_peers": self._dht_peers, "root": self.root, "dtype": self.config.dtype}
+        if self.reachable is not None:
+            state.update(reachability=self.reachable.state.kind, relays=self.reachable.state.relays)
         if s is not None:
             state.update(active_sessions=len(s.sessions), cache_tokens_used=s.cache_tokens_used,
                          cache_tokens_free=s.cache_tokens_free, blocks_served=(s.stack.start, s.stack.end))
@@ -427,6 +450,11 @@ class Node:
             self.dht.shutdown()
         runtime_file(self.config.state_dir).unlink(missing_ok=True)
         log.info("node %s stopped", self.peer_id)
+
+
+def _peer_ids(maddrs: list[str]) -> list[str]:
+    """The peer IDs at the end of multiaddrs (`…/p2p/ID`), in order."""
+    return [m.rsplit("/p2p/", 1)[1] for m in maddrs if "/p2p/" in m]
 
 
 class _Periodic:

@@ -110,6 +110,7 @@ def _print(info: dict[str, Any], rtt: float) -> None:
             ("uptime", _duration(info.get("uptime_s", 0))), ("model", info.get("root")),
             ("blocks", f"{info.get('start')}:{info.get('end')}"),
             ("compute", f"{info.get('dtype')} on {info.get('device')}, {info.get('throughput')} tok/s"),
+            ("reach", info.get("reachability", "-")),
             ("sessions", load.get("sessions")),
             ("cache", f"{load.get('cache_tokens_used')} used, {load.get('cache_tokens_free')} free tokens"),
             ("served", f"{info.get('tokens_served')} tokens"),

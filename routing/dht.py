@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 import hivemind
+from hivemind.p2p import P2P
 from hivemind.utils import get_dht_time
 
 from ledger import bounds
@@ -66,8 +67,10 @@ class SwarmDHT(hivemind.DHT):
     always ask the swarm afresh for what we route on, so the refresh saved us nothing.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, p2pd_flags: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """`p2pd_flags`: p2pd command-line flags beyond what hivemind's P2P.create takes (relay limits)."""
         kwargs.setdefault("cache_refresh_before_expiry", 0)
+        self._p2pd_flags = dict(p2pd_flags or {})
         super().__init__(*args, **kwargs)
 
     def run(self) -> None:
@@ -77,7 +80,20 @@ class SwarmDHT(hivemind.DHT):
             PR_SET_PDEATHSIG = 1
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         self._inner_pipe = _WholeMessages(self._inner_pipe)
+        if self._p2pd_flags:
+            _append_p2pd_flags(self._p2pd_flags)
         super().run()
+
+
+def _append_p2pd_flags(flags: dict[str, Any]) -> None:
+    """In the DHT's own process, have hivemind start p2pd with these flags too: P2P.create passes only its
+    own parameters (no relay-service switch or limits), and of two equal Go flags the later one wins."""
+    build = P2P._make_process_args
+
+    def with_flags(*args: Any, **kwargs: Any) -> list[str]:
+        return build(*args, **{**kwargs, **flags})
+
+    P2P._make_process_args = staticmethod(with_flags)
 
 
 DHT_TIMEOUT = 15.0  # seconds for one DHT operation; a dead DHT process must not hang its caller

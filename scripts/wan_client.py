@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node.local_swarm import LocalSwarm, even_spans  # noqa: E402
+from node.reachable import RELAY_WAIT  # noqa: E402
 from shards.catalog import resolve_model  # noqa: E402
 from shards.generation import Generation, Session, encode_prompt  # noqa: E402
 from shards.store import ShardStore  # noqa: E402
@@ -134,12 +135,13 @@ class WanClient:
 @contextlib.contextmanager
 def swarm_in_lab(model: str, state_dir: Path, spans: Sequence[tuple[int, int]], rtt_ms: float, *,
                  mbit: float = 100, link_rtt_ms: Mapping[frozenset[str], float] | None = None,
-                 announce_period: float = 5.0, node_args: Sequence[str] = ()
+                 announce_period: float = 5.0, node_args: Sequence[str] = (), nat: Mapping[str, str] | None = None
                  ) -> Iterator[tuple[WanLab, LocalSwarm, WanClient]]:
-    """A lab with a bootstrap peer, one node per span (node-1, node-2, … in order) and a client in it."""
-    with WanLab(swarm_hosts(len(spans)), rtt_ms, mbit, link_rtt_ms=link_rtt_ms) as lab, \
-            LocalSwarm(model, state_dir, placement=lab, announce_period=announce_period,
-                       node_args=node_args) as swarm:
+    """A lab with a bootstrap peer, one node per span (node-1, node-2, … in order) and a client in it;
+    `nat` puts hosts behind home routers ({host: 'cone' or 'symmetric'})."""
+    with WanLab(swarm_hosts(len(spans)), rtt_ms, mbit, link_rtt_ms=link_rtt_ms, nat=nat) as lab, \
+            LocalSwarm(model, state_dir, placement=lab, announce_period=announce_period, node_args=node_args,
+                       ready_timeout=180 + (RELAY_WAIT if nat else 0)) as swarm:
         swarm.start_spans(spans)
         with WanClient(lab, swarm.initial_peers, model) as client:
             yield lab, swarm, client

@@ -5,11 +5,14 @@ a network namespace with its own address, joined by one forwarder process (wanla
 that adds the configured round trip, jitter and bandwidth between every pair of hosts, with
 per-link RTT overrides (say, one slow link between two nodes). On start the lab measures itself
 (TCP round trip and bulk throughput between two hosts, and the RTT of every overridden link) and
-refuses to run when a figure is more than 10% off. Everything goes on close, on Ctrl-C, and on a
+refuses to run when a figure is more than 10% off. A host can live at home, behind a NAT router of its
+own (wanlab_nat.py); the lab then also proves on start that nobody outside can open a connection to it
+and that it can dial out. Everything goes on close, on Ctrl-C, and on a
 crash or SIGKILL of the harness: the forwarder owns the namespaces and kills what runs inside.
 
     python scripts/wanlab.py up --nodes 3 --rtt-ms 50 --mbit 100 --jitter-ms 5 [--link node-1,node-2=150]
-    python scripts/wanlab.py selfcheck --rtt-ms 40 --mbit 50
+                                [--nat node-2,client] [--symmetric-nat node-3]
+    python scripts/wanlab.py selfcheck --rtt-ms 40 --mbit 50 [--nat b]
     python scripts/wanlab.py down            # remove what crashed labs left behind
 
 From Python (tests/wan use this):
@@ -39,6 +42,7 @@ from typing import Iterator, Mapping, NoReturn, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import wanlab_nat as nat  # noqa: E402
 import wanlab_netns as netns  # noqa: E402
 from node.errors import NodeError  # noqa: E402
 from node.local_swarm import BOOTSTRAP, SWARMLM, LocalSwarm, node_name  # noqa: E402
@@ -54,7 +58,8 @@ TOLERANCE = 0.10
 RTT_FLOOR_MS = 0.5   # what the kernel and the probe add on their own: the tolerance of a 0 ms lab
 BULK_SECONDS = 2.0
 MAX_EXTRA_PINGS = 200
-__all__ = ["CLIENT", "LabError", "SelfCheck", "SelfCheckError", "WanLab", "swarm_hosts"]
+INBOUND_TIMEOUT = 3.0  # s an outside host waits for a connection into a home before calling it not opened
+__all__ = ["CLIENT", "LabError", "NatCheck", "SelfCheck", "SelfCheckError", "WanLab", "swarm_hosts"]
 
 
 class SelfCheckError(LabError):
@@ -90,14 +95,45 @@ class SelfCheck:
                 f"forwarder {self.forwarder_cpu:.0%} of a core")
 
 
+@dataclass(frozen=True)
+class NatCheck:
+    """What an outside host saw of a host at home: connections it opened, and its own attempts to open one."""
+    host: str
+    kind: str                     # 'cone' or 'symmetric'
+    public_address: str           # the router's
+    seen_from: tuple[str, ...]    # the source address of two connections the host opened to two ports outside
+    ports: tuple[int, int, int]   # the host's source port, and the ports the two connections arrived from
+    inbound: tuple[str, ...]      # how each attempt from outside ended ("opened" would be a hole)
+
+    def problems(self) -> list[str]:
+        found = []
+        if set(self.seen_from) != {self.public_address}:
+            found.append(f"its connections came from {', '.join(self.seen_from)}, not its router's "
+                         f"{self.public_address} (no masquerade)")
+        if self.kind == "cone" and len(set(self.ports)) != 1:
+            found.append(f"its source port {self.ports[0]} arrived as {self.ports[1]} and {self.ports[2]}, "
+                         f"not kept for every destination")
+        if self.kind == "symmetric" and self.ports[1] == self.ports[2]:
+            found.append(f"two destinations saw the same port {self.ports[1]}: the mapping is not per connection")
+        found += [f"an outside host opened a connection: {attempt}" for attempt in self.inbound if "opened" in attempt]
+        return found
+
+    def __str__(self) -> str:
+        mapping = "port kept" if len(set(self.ports)) == 1 else "a new port per connection"
+        return (f"{self.host} behind {self.kind} NAT at {self.public_address}: dials out (seen from "
+                f"{self.seen_from[0]}, source port {self.ports[0]} -> {self.ports[1]}, {self.ports[2]}: {mapping}); "
+                f"from outside {'; '.join(self.inbound)}")
+
+
 class WanLab:
     """A running lab; building it starts the forwarder and passes the self-check, or raises LabError."""
 
     def __init__(self, hosts: Sequence[str], rtt_ms: float, mbit: float, jitter_ms: float = 0.0,
                  link_rtt_ms: Mapping[frozenset[str], float] | None = None, *, name: str | None = None,
-                 forwarder: Sequence[str] = FORWARDER) -> None:
-        """`forwarder` replaces the forwarder program (tests run a deliberately miscalibrated one this way)."""
-        self.spec = LabSpec.build(hosts, rtt_ms, mbit, jitter_ms, link_rtt_ms, name)
+                 nat: Mapping[str, str] | None = None, forwarder: Sequence[str] = FORWARDER) -> None:
+        """`nat`: hosts behind a NAT router of their own, each 'cone' or 'symmetric'.
+        `forwarder` replaces the forwarder program (tests run a deliberately miscalibrated one this way)."""
+        self.spec = LabSpec.build(hosts, rtt_ms, mbit, jitter_ms, link_rtt_ms, name, nat)
         if os.geteuid() != 0:
             raise LabError("the WAN lab needs root (network namespaces and TUN devices): run it as root")
         log.info("lab %s: building %d hosts (%s)", self.name, len(self.spec.hosts), ", ".join(self.spec.hosts))
@@ -108,6 +144,7 @@ class WanLab:
             if said != "ready":
                 raise LabError(said.removeprefix("error ") or f"the forwarder exited ({self._forwarder.wait()})")
             self.checks = self._check_on_start()
+            self.nat_checks = [self._natcheck_on_start(host) for host, _ in self.spec.nat]
         except BaseException:
             self.close()
             raise
@@ -129,8 +166,12 @@ class WanLab:
         return self._forwarder.pid
 
     def address(self, host: str) -> str:
-        """The host's IPv4 inside the lab."""
+        """The host's own IPv4 (what it listens on): a private one for a host at home."""
         return self.spec.address(host)
+
+    def public_address(self, host: str) -> str:
+        """Where the host's packets come from on the lab's wire: its router's address for a host at home."""
+        return self.spec.public_address(host)
 
     def namespace(self, host: str) -> str:
         return self.spec.namespace(host)
@@ -191,16 +232,85 @@ class WanLab:
         self.close()
 
     def _check_on_start(self) -> list[SelfCheck]:
-        """Full check on one default link, RTT only on every overridden one."""
+        """Full check on one default link, RTT only on every overridden one. The listening end is a host
+        outside any home (nobody can dial into one); a link between two homes is not measured."""
         overridden = {(a, b) for a, b, _ in self.spec.link_rtt_ms}
-        pairs = [(a, b) for i, a in enumerate(self.hosts) for b in self.hosts[i + 1:]]
+        pairs = [p for p in ((a, b) for i, a in enumerate(self.hosts) for b in self.hosts[i + 1:])
+                 if any(map(self._dialable, p))]
         default = next((p for p in pairs if p not in overridden and p[::-1] not in overridden), pairs[0])
+        default = default if self._dialable(default[1]) else default[::-1]
         log.info("lab %s: measuring %s <-> %s (a few seconds)", self.name, *default)
         checks = [self._selfcheck_twice(*default)]
         for a, b in sorted(overridden - {default, default[::-1]}):
+            if not any(map(self._dialable, (a, b))):
+                log.info("lab %s: %s and %s are both behind NAT; their link is not measured", self.name, a, b)
+                continue
             log.info("lab %s: measuring the overridden link %s <-> %s", self.name, a, b)
-            checks.append(self._selfcheck_twice(a, b, bulk=False))
+            checks.append(self._selfcheck_twice(*((a, b) if self._dialable(b) else (b, a)), bulk=False))
         return checks
+
+    def _dialable(self, host: str) -> bool:
+        return self.spec.nat_kind(host) is None
+
+    def natcheck(self, host: str) -> NatCheck:
+        """Prove a home's NAT from an outside host: two connections out (their source address and ports as
+        seen outside), then attempts to open one in, to the host's private address, to its router's address
+        at the port the host listens on, and at the port its last connection went out from. LabError when
+        the host cannot dial out; `problems()` says what else is wrong."""
+        kind, outside = self.spec.nat_kind(host), next(h for h in self.hosts if self._dialable(h))
+        assert kind, f"{host} is not behind NAT"
+        listeners = [self._listener(outside, INBOUND_TIMEOUT) for _ in range(2)]
+        inside = self._listener(host, INBOUND_TIMEOUT)
+        try:
+            source_port, seen = 0, []
+            for listener in listeners:
+                sock = self._socket(host, INBOUND_TIMEOUT)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind((self.address(host), source_port))
+                source_port = sock.getsockname()[1]
+                try:
+                    sock.connect(listener.getsockname())
+                except OSError as e:
+                    raise LabError(f"{host} behind NAT cannot dial out to {outside} ({e})") from e
+                conn, peer = listener.accept()
+                seen.append(peer)
+                conn.close()
+                sock.close()
+            listen_port = inside.getsockname()[1]
+            targets = [(self.address(host), listen_port), (self.public_address(host), listen_port),
+                       (self.public_address(host), seen[-1][1])]
+            inbound = tuple(self._dial_in(outside, inside, target) for target in targets)
+        finally:
+            for listener in (*listeners, inside):
+                listener.close()
+        check = NatCheck(host, kind, self.public_address(host), tuple(ip for ip, _ in seen),
+                         (source_port, seen[0][1], seen[1][1]), inbound)
+        if problems := check.problems():
+            raise LabError(f"lab {self.name}: the NAT in front of {host} is not a home router's: "
+                           f"{'; '.join(problems)}")
+        return check
+
+    def _dial_in(self, outside: str, inside: socket.socket, target: tuple[str, int]) -> str:
+        """How an attempt from `outside` to open a connection to `target` ended ('opened' if the host at
+        home accepted it)."""
+        sock = self._socket(outside, INBOUND_TIMEOUT)
+        try:
+            sock.connect(target)
+        except OSError as e:
+            return f"{target[0]}:{target[1]} {e.strerror or type(e).__name__}"
+        finally:
+            sock.close()
+        inside.settimeout(0.5)
+        try:
+            inside.accept()[0].close()
+            return f"{target[0]}:{target[1]} opened to the host"
+        except OSError:
+            return f"{target[0]}:{target[1]} opened (to someone other than the host)"
+
+    def _natcheck_on_start(self, host: str) -> NatCheck:
+        log.info("lab %s: proving the NAT in front of %s", self.name, host)
+        return self.natcheck(host)
 
     def _selfcheck_twice(self, a: str, b: str, bulk: bool = True) -> SelfCheck:
         """A second measurement before refusing: another process's burst on these shared cores can
@@ -261,12 +371,30 @@ def _spans(text: str) -> list[tuple[int, int]]:
         raise argparse.ArgumentTypeError(f"expected A:B,B:C,… (e.g. 0:10,10:20,20:30), got {text!r}") from None
 
 
+def _hosts(text: str) -> list[str]:
+    return [h.strip() for h in text.split(",") if h.strip()]
+
+
+def _nat(args: argparse.Namespace) -> dict[str, str]:
+    """--nat and --symmetric-nat as the lab's {host: kind}."""
+    kinds = {host: "cone" for hosts in args.nat for host in hosts}
+    for host in (h for hosts in args.symmetric_nat for h in hosts):
+        if host in kinds:
+            raise LabError(f"{host} is named by both --nat and --symmetric-nat: pick one")
+        kinds[host] = "symmetric"
+    return kinds
+
+
 def _shape_options(p: argparse.ArgumentParser, rtt: float, mbit: float) -> None:
     p.add_argument("--rtt-ms", type=float, default=rtt, help=f"round trip between any two hosts (default {rtt:g})")
     p.add_argument("--mbit", type=float, default=mbit, help=f"each host's upload bandwidth (default {mbit:g})")
     p.add_argument("--jitter-ms", type=float, default=0.0,
                    help="each direction's delay wanders within +-this, packets stay in order (default 0)")
     p.add_argument("--name", help="lab name, [a-z0-9]{1,16}; namespaces are swarmlm-wan-NAME-HOST (default: random)")
+    p.add_argument("--nat", type=_hosts, action="append", default=[], metavar="HOST[,HOST]",
+                   help="put these hosts behind a home router each (masquerading NAT that keeps ports)")
+    p.add_argument("--symmetric-nat", type=_hosts, action="append", default=[], metavar="HOST[,HOST]",
+                   help="the same with a fresh random port for every connection (symmetric NAT)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default: --nodes even spans)")
     up.add_argument("--model", default="smollm2-135m-instruct", help="store folder or catalogued name")
     up.add_argument("--state-dir", type=Path, help="node identities, ledgers and logs (default: a temporary folder)")
-    check = sub.add_parser("selfcheck", help="measure a two-host lab and exit (1 when off by more than 10%%)")
+    check = sub.add_parser("selfcheck", help="measure a two-host lab (a, b) and exit (1 when off by more than 10%%); "
+                                             "with --nat, prove the NAT too")
     _shape_options(check, rtt=40, mbit=50)
     sub.add_parser("down", help="remove namespaces and processes of labs whose harness crashed")
     return ap
@@ -298,10 +427,9 @@ def _up(args: argparse.Namespace) -> int:
     nodes = len(spans) if spans else args.nodes
     if nodes < 1:
         raise LabError(f"--nodes must be at least 1, got {nodes}")
-    with WanLab(swarm_hosts(nodes), args.rtt_ms, args.mbit, args.jitter_ms, dict(args.link), name=args.name) as lab, \
-            tempfile.TemporaryDirectory(prefix="wanlab-") as tmp:
-        for check in lab.checks:
-            print(f"self-check {check}", flush=True)
+    with WanLab(swarm_hosts(nodes), args.rtt_ms, args.mbit, args.jitter_ms, dict(args.link), name=args.name,
+                nat=_nat(args)) as lab, tempfile.TemporaryDirectory(prefix="wanlab-") as tmp:
+        _print_checks(lab)
         state_dir = args.state_dir or Path(tmp)
         log.info("starting the bootstrap peer and %d nodes (logs in %s)", nodes, state_dir)
         with LocalSwarm(str(store.path), state_dir, placement=lab) as swarm:
@@ -326,10 +454,16 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _selfcheck(args: argparse.Namespace) -> int:
-    with WanLab(["a", "b"], args.rtt_ms, args.mbit, args.jitter_ms, name=args.name) as lab:
-        for check in lab.checks:
-            print(f"self-check {check}")
+    with WanLab(["a", "b"], args.rtt_ms, args.mbit, args.jitter_ms, name=args.name, nat=_nat(args)) as lab:
+        _print_checks(lab)
     return 0
+
+
+def _print_checks(lab: WanLab) -> None:
+    for check in lab.checks:
+        print(f"self-check {check}", flush=True)
+    for nat_check in lab.nat_checks:
+        print(f"nat-check {nat_check}", flush=True)
 
 
 def _down(_: argparse.Namespace) -> int:

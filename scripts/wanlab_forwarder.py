@@ -1,7 +1,8 @@
 """The lab's wire: one process that owns a lab's namespaces and carries every packet between them.
 
 This kernel has no `netem` (nor fq or clsact), so nothing in `tc` can delay a packet. Instead each
-host namespace gets a TUN device (`wan0`, the lab's /24 routed through it), created by this process
+host namespace (for a host at home, its router's: wanlab_nat.py) gets a TUN device (`wan0`, the
+lab's /24 routed through it), created by this process
 after entering the namespace, so the device lives there while the file descriptor stays here. Every
 IPv4 packet a host sends is read here, serialised on the sender's uplink at the lab's bandwidth
 (one uplink per host, shared by all its destinations), and written into the destination's TUN at
@@ -48,6 +49,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
+import wanlab_nat as nat
 import wanlab_netns as netns
 from wanlab_spec import LabError, LabSpec
 
@@ -112,7 +114,7 @@ class Wire:
 
     def __init__(self, spec: LabSpec, tuns: dict[str, int]) -> None:
         rng = random.Random()
-        self.fd_of = {socket.inet_aton(spec.address(h)): fd for h, fd in tuns.items()}
+        self.fd_of = {socket.inet_aton(spec.public_address(h)): fd for h, fd in tuns.items()}
         bps = spec.mbit * 1e6
         self.uplinks = {fd: Uplink(bps, max(2 * spec.rtt_ms / 1000, 8 * MTU * 8 / bps)) for fd in tuns.values()}
         self.links = {(tuns[a], tuns[b]): (spec.rtt(a, b) / 2000, Wander(spec.jitter_ms / 1000, rng))
@@ -183,9 +185,11 @@ def serve(spec: LabSpec) -> int:
         for namespace in netns.namespaces_of(spec.name):  # we hold the lock: whatever is there, a crash left
             netns.remove(namespace)
         for host in spec.hosts:
-            namespace = spec.namespace(host)
-            netns.create(namespace)
-            tuns[host] = open_tun(namespace, spec.address(host))
+            netns.create(spec.namespace(host))
+            if spec.nat_kind(host):
+                nat.build_home(spec, host)
+            tuns[host] = open_tun(spec.wire_namespace(host), spec.public_address(host))
+            nat.refuse_homes(spec.wire_namespace(host))
         print("ready", flush=True)
         Wire(spec, tuns).run(stop=(sys.stdin.fileno(), signalled))
     except (LabError, OSError) as e:

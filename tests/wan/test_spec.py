@@ -21,6 +21,9 @@ from wanlab_spec import LabError, LabSpec
     ({"jitter_ms": 25}, "jitter 25 ms exceeds the one-way delay of the shortest link (20 ms)"),
     ({"link_rtt_ms": {frozenset({"a", "c"}): 10}}, "two different hosts of the lab"),
     ({"link_rtt_ms": {frozenset({"a", "b"}): 10}, "jitter_ms": 8}, "shortest link (5 ms)"),
+    ({"nat": {"c": "cone"}}, "a NAT names a host of the lab"),
+    ({"nat": {"a": "full"}}, "a kind in ('cone', 'symmetric')"),
+    ({"nat": {"a": "cone", "b": "cone"}}, "every host is behind NAT"),
 ])
 def test_impossible_labs_are_refused_with_what_to_change(kwargs, says):
     with pytest.raises(LabError) as refused:
@@ -29,10 +32,12 @@ def test_impossible_labs_are_refused_with_what_to_change(kwargs, says):
 
 
 def test_a_spec_survives_the_trip_to_the_forwarder():
-    spec = LabSpec.build(["a", "b", "c"], 40, 50, 2, {frozenset({"c", "a"}): 120}, name="x1")
+    spec = LabSpec.build(["a", "b", "c"], 40, 50, 2, {frozenset({"c", "a"}): 120}, name="x1", nat={"b": "symmetric"})
     assert LabSpec.from_json(spec.to_json()) == spec
     assert (spec.rtt("c", "a"), spec.rtt("b", "a"), spec.address("c"), spec.namespace("b")) == \
-        (120, 40, "10.77.0.3", "swarmlm-wan-x1-b")
+        (120, 40, "11.77.0.3", "swarmlm-wan-x1-b")
+    assert (spec.address("b"), spec.public_address("b"), spec.router_namespace("b"), spec.nat_kind("a")) == \
+        ("192.168.2.2", "11.77.0.2", "swarmlm-wan-x1-b.router", None)
 
 
 @given(st.floats(0.0001, 0.05), st.lists(st.floats(0, 0.05), min_size=2, max_size=200), st.integers(0, 2**32))

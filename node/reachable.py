@@ -1,0 +1,84 @@
+"""How peers reach this node, kept current: a peer's dial-back says whether they can directly, p2pd's
+AutoRelay holds circuits when they cannot, and the node announces only addresses that work.
+
+Checked at start (waiting a while for a first circuit when private, so the node's first record
+is dialable) and every REACHABILITY_PERIOD; the announced addresses follow p2pd's at every announcement.
+Each change is logged once: "reachability: reachable directly" / "via relay R" / "unreachable".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from hivemind.p2p import P2P
+
+from routing import reachability as reach
+from routing.client import PeerLink
+from routing.errors import RoutingError
+from routing.reachability import Reachability
+
+log = logging.getLogger(__name__)
+REACHABILITY_PERIOD = 300.0  # s between dial-backs: a home router's mapping changes rarely
+# s a private node waits at start for its first circuit before it announces: p2pd's AutoRelay reserves
+# once it knows 4 relay candidates or after 3 minutes, and AutoNAT takes ~15 s to call the node private
+RELAY_WAIT = 240.0
+
+
+class Reachable:
+    def __init__(self, p2p: P2P, link: PeerLink, peers: list[str], mode: str) -> None:
+        """`peers`: peer IDs to ask for a dial-back (the initial peers); `mode`: auto, public or private."""
+        self.p2p, self.link, self.peers, self.mode = p2p, link, peers, mode
+        self.state = Reachability(None)
+        self.own: list[str] = []  # p2pd's addresses for us, circuits included
+
+    @property
+    def maddrs(self) -> list[str]:
+        """The addresses to announce."""
+        return reach.to_announce(self.own, self.state)
+
+    async def check(self, relay_wait: float = 0.0) -> Reachability:
+        """Ask for a dial-back (unless the mode says), refresh the addresses; when private, wait up to
+        `relay_wait` s for a circuit."""
+        await self._refresh_own()
+        direct = {"public": True, "private": False}.get(self.mode)
+        if direct is None:
+            direct = await self._dialback()
+        deadline = time.monotonic() + relay_wait
+        while direct is False and not reach.relays_of(self.own) and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            await self._refresh_own()
+        self._set(Reachability(direct, reach.relays_of(self.own)))
+        return self.state
+
+    async def refresh(self) -> None:
+        """Follow p2pd's addresses (a circuit reserved or lost) without a new dial-back."""
+        await self._refresh_own()
+        self._set(Reachability(self.state.direct, reach.relays_of(self.own)))
+
+    async def _refresh_own(self) -> None:
+        try:
+            self.own = [str(m) for m in await self.p2p.get_visible_maddrs(latest=True)]
+        except Exception as e:  # p2pd busy or restarting: keep what we had
+            log.info("could not read this node's addresses from p2pd: %s", e or type(e).__name__)
+
+    async def _dialback(self) -> bool | None:
+        """The first answering peer's verdict on our listening ports; None if none answered."""
+        ports = reach.listen_ports(self.own)
+        for peer in self.peers:
+            try:
+                return await reach.ask(self.link, peer, ports)
+            except (RoutingError, OSError, asyncio.TimeoutError) as e:
+                log.info("dial-back by %s failed: %s", peer[-8:], e)
+        return None
+
+    def _set(self, state: Reachability) -> None:
+        if state != self.state:
+            log.info("reachability: %s%s", state.describe(), _announcing(self.own, state))
+        self.state = state
+
+
+def _announcing(own: list[str], state: Reachability) -> str:
+    shown = reach.to_announce(own, state)
+    return f" (announcing {', '.join(shown)})" if shown else ""

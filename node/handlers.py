@@ -1,4 +1,5 @@
-"""The node's one-shot RPCs: `swarmlm.info` (who am I, how loaded) and `swarmlm.forward` (stateless).
+"""The node's one-shot RPCs: `swarmlm.info` (who am I, how loaded), `swarmlm.forward` (stateless) and
+`swarmlm.dialback` (can the asker be reached: routing/reachability.py).
 
 Handlers run on the event loop and only parse, validate and reply; compute goes through the step
 scheduler. Sessions live in node/inference.py, pushed hops in node/push.py.
@@ -10,7 +11,7 @@ import asyncio
 
 from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 
-from routing import wire
+from routing import reachability, wire
 from routing.attestation import FORWARD_SESSION
 from routing.errors import ErrorCode, ProtocolError
 
@@ -31,6 +32,11 @@ class Handlers:
             await wire.write_frame(writer, reply)
 
         await guard(s.book, s.metrics, serve, reader, writer, info, "info")
+
+    async def dialback(self, info: StreamInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Within the asker's stream cap like any request: each one makes this node open connections."""
+        s = self.serving
+        await guard(s.book, s.metrics, lambda: reachability.answer(info, reader, writer), reader, writer, info)
 
     async def forward(self, info: StreamInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         s = self.serving

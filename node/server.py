@@ -118,7 +118,7 @@ class Node:
         rpc = Handlers(s)
         handlers = [("swarmlm.info", rpc.info), ("swarmlm.forward", rpc.forward),
                     ("swarmlm.inference", inference.handle), (PUSH_HANDLER, PushReceiver(s, inference.step).handle),
-                    (reach.HANDLER, reach.answer)]
+                    (reach.HANDLER, rpc.dialback)]
         if self.ledger is not None:
             handlers.append((ledger_rpc.HANDLER, LedgerService(self.ledger, s).handle))
             self.witness = Witness(link, self.ledger, self.peer_id)

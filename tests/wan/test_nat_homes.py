@@ -1,6 +1,9 @@
 """Everyone at home but the first node: node-2 behind a port-keeping NAT, node-3 and the client behind
 symmetric NATs (a fresh port per connection). The two private nodes are adjacent, so every pushed hop
 between them runs relay to relay; the client reaches both through their circuits.
+
+Marked `long` (`make long`): about 6 minutes, most of it p2pd's AutoRelay waiting 3 minutes before its
+first reservation; CI runs the short form, one private node (test_nat_swarm.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from routing.reachability import relays_of
 PROMPT = "What is the capital of France?"
 HOMES = {"node-2": "cone", "node-3": "symmetric", CLIENT: "symmetric"}
 
-pytestmark = pytest.mark.swarm
+pytestmark = [pytest.mark.swarm, pytest.mark.long]
 
 
 @pytest.fixture(scope="module")

@@ -45,11 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import wanlab_nat as nat  # noqa: E402
 import wanlab_netns as netns  # noqa: E402
 from node.errors import NodeError  # noqa: E402
-from node.local_swarm import BOOTSTRAP, SWARMLM, LocalSwarm, node_name  # noqa: E402
+from node.local_swarm import BOOTSTRAP, LocalSwarm, node_name  # noqa: E402
 from shards.errors import ShardsError  # noqa: E402
 from wanlab_forwarder import run_promptly  # noqa: E402
 from wanlab_probe import bulk_mbit, round_trip_ms  # noqa: E402
 from wanlab_spec import LabError, LabSpec  # noqa: E402
+
+SWARMLM = [sys.executable, "-m", "swarmlm.cli"]  # the client's commands (generate, node status) on a lab host
 
 log = logging.getLogger("wanlab")
 CLIENT = "client"

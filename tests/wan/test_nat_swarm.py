@@ -16,7 +16,7 @@ import pytest
 from wan_client import swarm_in_lab
 from wanlab import CLIENT
 
-from node.local_swarm import SWARMLM
+from tests.conftest import SWARMLM
 from routing.reachability import relays_of
 
 PROMPT = "What is the capital of France?"

@@ -13,7 +13,7 @@ import pytest
 from wan_client import swarm_in_lab
 from wanlab import CLIENT
 
-from node.local_swarm import SWARMLM
+from tests.conftest import SWARMLM
 
 PROMPT = "What is the capital of France?"
 SPANS = [(0, 10), (10, 20), (20, 30), (10, 20)]

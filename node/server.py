@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import hivemind
-import psutil
 import torch
 
 from ledger.entries import Entry, LoadEntry, ServeEntry
@@ -179,6 +178,8 @@ class Node:
         elif c.device.startswith("cuda"):
             budget = int(torch.cuda.mem_get_info(torch.device(c.device))[0] * 0.8)
         else:
+            import psutil  # here: only `--blocks auto` needs it, and every node start would pay its import
+
             budget = int(psutil.virtual_memory().available * 0.8)
         block = block_bytes(m, self.dtype)
         cache = c.cache_tokens * kv_bytes_per_token(m.config, self.dtype)

@@ -59,6 +59,6 @@ def test_a_second_peer_cannot_overwrite_a_nodes_record(swarm3, remote_model):
         assert not stored
         seen = remote_model.client.run(dht_io.fetch_records(remote_model.client.dht, remote_model.root, 30))
         genuine = seen[victim.peer_id]
-        assert (genuine.state, genuine.start, genuine.end, genuine.name) == ("online", 0, 10, "")
+        assert (genuine.state, genuine.start, genuine.end, genuine.name) == ("online", 0, 10, victim.name)
     finally:
         dht.shutdown()

@@ -39,7 +39,9 @@ Message = dict[str, Any]
 class Responses:
     def __init__(self, completions: Completions) -> None:
         self.completions = completions
-        self._kept: OrderedDict[str, list[Message]] = OrderedDict()  # response id -> the chat, its answer included
+        # response id -> (who asked, the chat with its answer): ids name public sessions (the ledger shows
+        # them), so only the client that got a response may continue it
+        self._kept: OrderedDict[str, tuple[str, list[Message]]] = OrderedDict()
 
     async def create(self, request: Request) -> Response:
         self.completions.authorize(request)
@@ -47,7 +49,8 @@ class Responses:
         if not isinstance(body, dict):
             raise bad_request("the request body must be a JSON object")
         previous = body.get("previous_response_id")
-        history = self._history(previous) if previous is not None else []
+        owner = _owner(request)
+        history = self._history(previous, owner) if previous is not None else []
         messages = [*history, *input_messages(body.get("input"))]
         instructions = body.get("instructions")
         system = [{"role": "system", "content": instructions}] if instructions else []
@@ -58,21 +61,21 @@ class Responses:
         req = await asyncio.get_running_loop().run_in_executor(None, chat_request, chat)
         if body.get("stream"):
             calls = req.tools is not None and req.tools.active
-            return await self.completions.streamed(
-                request, req, lambda served, job, first: self._events(served, job, first, body, messages, calls))
+            return await self.completions.streamed(request, req, lambda served, job, first: self._events(
+                served, job, first, body, messages, calls, owner))
         result = await self.completions.whole(request, req)
         if result is None:
             return Response(status_code=CLIENT_CLOSED)
         [answer], finished = result
         rid = "resp_" + finished.provenance.session_id
-        self._keep(rid, [*messages, answer_message(answer)])
+        self._keep(rid, owner, [*messages, answer_message(answer)])
         served = self.completions.gateway.model(req.model)
         status = "incomplete" if answer.finish_reason == "length" else "completed"
         return JSONResponse(response_json(rid, served.id, body, status, output_items(rid, answer), finished),
                             headers=finished.provenance.headers())
 
     async def _events(self, served: ServedModel, job: GenerationJob, first: Event, body: dict[str, Any],
-                      messages: list[Message], calls: bool) -> AsyncIterator[bytes]:
+                      messages: list[Message], calls: bool, owner: str) -> AsyncIterator[bytes]:
         rid = "resp_" + first.provenance.session_id  # type: ignore[union-attr]
         events = ResponseEvents(rid, served.id, body)
         reader = CallReader()
@@ -90,23 +93,28 @@ class Responses:
                 yield events.delta(delta)
             answer = Answer(events.text, finish_reason=reader.finish_reason(event.finish_reason),
                             tool_calls=[c.to_json() for c in reader.calls])
-            self._keep(rid, [*messages, answer_message(answer)])
+            self._keep(rid, owner, [*messages, answer_message(answer)])
             yield events.closed(answer, event)
         except Exception as e:  # mid-stream: the status is sent, so the error travels as an event
             yield events.error(self.completions.stream_error(e, job))
 
-    def _history(self, previous: Any) -> list[Message]:
-        if not isinstance(previous, str) or previous not in self._kept:
+    def _history(self, previous: Any, owner: str) -> list[Message]:
+        if not isinstance(previous, str) or self._kept.get(previous, ("",))[0] != owner:
             raise bad_request(f"Previous response with id {str(previous)[:80]!r} not found (this gateway keeps "
                               f"its last {MAX_KEPT} responses, in memory)", param="previous_response_id",
                               code="previous_response_not_found")
         self._kept.move_to_end(previous)
-        return self._kept[previous]
+        return self._kept[previous][1]
 
-    def _keep(self, rid: str, messages: list[Message]) -> None:
-        self._kept[rid] = messages
+    def _keep(self, rid: str, owner: str, messages: list[Message]) -> None:
+        self._kept[rid] = (owner, messages)
         while len(self._kept) > MAX_KEPT:
             self._kept.popitem(last=False)
+
+
+def _owner(request: Request) -> str:
+    """Who asked: the API key sent (if any) and the address the gateway saw."""
+    return f"{request.headers.get('authorization', '')}|{request.client.host if request.client else ''}"
 
 
 def input_messages(value: Any) -> list[Message]:

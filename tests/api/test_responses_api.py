@@ -38,6 +38,15 @@ def test_text_answers_are_the_sdks_and_previous_response_id_continues(client, lo
     assert second.output_text == again.text  # the instructions are not carried over, as OpenAI does
 
 
+def test_only_the_client_that_got_a_response_may_continue_it(client, api):  # noqa: F811
+    """Response ids name sessions the ledger shows to anyone: another key cannot read the chat through them."""
+    first = client.responses.create(model="m", input="My secret is 42.", temperature=0, max_output_tokens=2)
+    other = openai.OpenAI(base_url="http://testserver/v1", api_key="another", http_client=api, max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="not found"):
+        other.responses.create(model="m", input="What is my secret?", previous_response_id=first.id,
+                               max_output_tokens=2)
+
+
 def test_function_tools_are_called_and_their_outputs_read(client):
     called = client.responses.create(model="m", input="What is the weather in Paris?", tools=TOOLS,
                                      tool_choice={"type": "function", "name": "get_weather"}, temperature=0,

@@ -23,6 +23,8 @@ from typing import Callable
 
 import torch
 
+from shards.served import Link, ServedBy
+
 from .client import deserves_ban, is_node_failure
 from .errors import NoRouteError, PeerFailure, RoutingError
 from .evidence import Claim
@@ -77,9 +79,21 @@ class RemoteRunner:
     def forward(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
         return self.client.run(self._forward(hidden, start))
 
+    async def aforward(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
+        return await self.client.on_loop(self._forward(hidden, start))
+
     def close(self, length: int | None = None) -> None:
         """End every span's session; `length` is how many positions the caller kept (speculation)."""
         self.client.run(self._close(length))
+
+    async def aclose(self, length: int | None = None) -> None:
+        await self.client.on_loop(self._close(length))
+
+    def served(self) -> ServedBy:
+        """The chain serving now inside a session, the receipted one once it closed."""
+        spans = self.spans or self.closed_spans
+        return ServedBy(self.session_id, tuple(Link(s.peer, s.hop.start, s.hop.end, s.tokens) for s in spans),
+                        self.failovers, self.relayed_steps)
 
     async def _forward(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
         """Long prompts go in chunks of `step_tokens`, within every node's per-step limit."""

@@ -1,7 +1,8 @@
 """A client's link to the swarm: DHT and P2P on a background event loop, and one span's session.
 
-The SDK is synchronous; the swarm is asyncio. `SwarmClient` owns a loop on a daemon thread and
-runs coroutines there, so callers never manage a loop and I/O never waits on the caller.
+The swarm is asyncio. `SwarmClient` owns a loop on a daemon thread and runs coroutines there, so
+synchronous callers never manage a loop and I/O never waits on the caller; asynchronous callers
+await them with `on_loop`, directly when they run on that same loop.
 """
 
 from __future__ import annotations
@@ -154,8 +155,19 @@ class SwarmClient(PeerLink):
         return self.identity.peer_id
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run a coroutine on the client loop and wait for its result."""
+        """Run a coroutine on the client loop and wait for its result (from another thread: on the loop
+        itself, waiting would stall the loop for good; await `on_loop` there)."""
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("SwarmClient.run called on the client loop's own thread; await on_loop(...) there")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await a coroutine on the client loop from any event loop, blocking none: directly when the
+        caller runs on the client loop (a gateway serving on it), else handed over and back."""
+        if asyncio.get_running_loop() is self.loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
     async def records(self, root: str, num_blocks: int) -> dict[str, ServerRecord]:
         return await dht_io.fetch_records(self.dht, root, num_blocks)

@@ -18,7 +18,7 @@ from . import untrusted
 from .client import SwarmClient, gather_pings
 from .errors import NoRouteError
 from .evidence import Evidence, Judgement, check_evidence
-from .planner import Hop, plan_measured_first
+from .planner import Hop, plan_measured_first, usable
 from .records import ServerRecord
 from .tasks import background
 from .verification import Referee
@@ -26,6 +26,14 @@ from .weights import AcceptedWeights
 from .wire import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    blocks_total: int
+    uncovered: tuple[int, ...]  # blocks no usable node serves (online, right protocol, not banned, long enough)
+    nodes_known: int  # announcing the model
+    nodes_reached: int  # of those, answering our pings and not banned
 
 
 @dataclass
@@ -130,6 +138,13 @@ class SwarmView:
                 self.bans.ban(peer)
             else:
                 self.rtt[peer] = result[0]
+
+    def coverage(self, max_length: int = 1) -> Coverage:
+        """How much of the model the swarm covers as this view sees it (no query; call on the client loop)."""
+        servers = usable(list(self.records.values()), self.bans, max_length)
+        uncovered = tuple(b for b in range(self.num_blocks) if not any(r.start <= b < r.end for r in servers))
+        reached = sum(1 for p in self.records if p in self.rtt and p not in self.bans)
+        return Coverage(self.num_blocks, uncovered, len(self.records), reached)
 
     def refresh_soon(self) -> None:
         """Re-read the swarm in the background when the view is stale; never raises."""

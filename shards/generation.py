@@ -13,13 +13,21 @@ With `response_format` (shards.constrained), a grammar masks each position's log
 token is chosen, drafts included, so JSON answers always parse and follow their schema. With
 `tools` (shards.tool_calls) the prompt shows them and a grammar shapes the calls, whose arguments
 follow each tool's schema; the answer's calls land in `Generation.tool_calls`.
+
+The generation loop is written once, free of I/O (`_Core`): it yields a `_Forward` whenever it needs
+the blocks run and is sent their output. The synchronous API (`stream`, `generate`, …) drives it with
+the runner's blocking `forward`; the asyncio API (`astream`, `agenerate`, …) runs the loop's torch
+work (embeddings, LM head, masks, sampling) on a worker thread and awaits the runner's `aforward` on
+the event loop, which a remote runner serves without a thread of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from contextlib import aclosing, closing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Generator, Iterator, Protocol, Sequence, Union
 
 import torch
 
@@ -29,6 +37,7 @@ from .errors import ShardsError
 from .head import Head
 from .logits_processing import TokenLogprob, token_logprobs
 from .sampling import Sampler, SamplingParams
+from .served import ServedBy
 from .speculative import AdaptiveDraftLength, FixedDraftLength, accept_greedy, accept_sampled
 from .tool_calls import ToolSpec, read_answer, render_chat, tool_spec, uses_tools
 
@@ -41,8 +50,16 @@ class BlockRunner(Protocol):
 
     def forward(self, hidden: torch.Tensor, start: int) -> torch.Tensor: ...
 
+    async def aforward(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
+        """`forward` for a caller on an event loop, which it never blocks."""
+
     def close(self, length: int | None = None) -> None:
         """End the session; `length` is how many positions the caller kept (speculation rolls back)."""
+
+    async def aclose(self, length: int | None = None) -> None: ...
+
+    def served(self) -> ServedBy | None:
+        """Which nodes serve (or served) this session; None for blocks in this process."""
 
 
 @dataclass
@@ -63,10 +80,22 @@ class Generation:
     extra: dict[str, Any] = field(default_factory=dict)
     logprobs: list[TokenLogprob] | None = None  # one per token id, when asked for (`logprobs=`)
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI's shape, when `tools` were given and the answer called some
+    served: ServedBy | None = None  # the session and chain of nodes that computed it (None when local)
 
     @property
     def tokens_per_second(self) -> float:
         return len(self.token_ids) / self.total_time if self.total_time else 0.0
+
+
+@dataclass(frozen=True)
+class _Forward:
+    """The generation loop's request: run the blocks on `hidden`, entering at position `start`."""
+
+    hidden: torch.Tensor
+    start: int
+
+
+_Core = Generator[Union[TokenEvent, _Forward], Any, None]  # is sent the blocks' output after each _Forward
 
 
 def encode_prompt(tokenizer: Any, prompt: Prompt, raw: bool = False, vocab_size: int | None = None,
@@ -116,17 +145,47 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    async def __aenter__(self) -> "Session":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
     def close(self) -> None:
         self.runner.close(len(self.history))
+
+    async def aclose(self) -> None:
+        await self.runner.aclose(len(self.history))
+
+    @property
+    def served(self) -> ServedBy | None:
+        """The session id and the chain of nodes serving it (None when the blocks are local)."""
+        return self.runner.served()
+
+    def describe(self, result: Generation) -> None:
+        """Name who computed `result`: `served`, and the same facts in `extra` (session, chain, failovers)."""
+        result.served = self.runner.served()
+        if self.details is not None:
+            result.extra.update(self.details(self.runner))
 
     def feed(self, ids: list[int]) -> torch.Tensor:
         """Bring the caches to `ids` and return the logits after its last token."""
         return self.advance(ids, 1)[0][0]
 
-    @torch.inference_mode()
     def advance(self, ids: list[int], n: int) -> tuple[torch.Tensor, int]:
         """Bring the caches to `ids`; return the logits (n, vocab) after each of its last `n` tokens,
         and how many positions the runner computed (a step below the tokens held rewinds them)."""
+        steps = self._advancing(ids, n)
+        with torch.inference_mode():
+            try:
+                step = next(steps)
+                while True:
+                    step = steps.send(self.runner.forward(step.hidden, step.start))
+            except StopIteration as done:
+                return done.value
+
+    def _advancing(self, ids: list[int], n: int) -> Generator[_Forward, torch.Tensor, tuple[torch.Tensor, int]]:
+        """`advance`, asking its driver for the blocks' output."""
         common = 0
         for a, b in zip(self.history, ids):
             if a != b:
@@ -134,7 +193,7 @@ class Session:
             common += 1
         common = min(common, len(ids) - n)  # the last n tokens must run to produce their logits
         hidden = self.head.embed(torch.tensor([ids[common:]], device=self.head.embed_tokens.weight.device))
-        out = self.runner.forward(hidden, common)
+        out = yield _Forward(hidden, common)
         self.history = list(ids)
         return self.head.logits(out[0, -n:]), len(ids) - common
 
@@ -154,7 +213,21 @@ class Session:
         sampling feature works with speculation: penalties and the grammar apply at each drafted position
         for the context it follows.
         """
-        yield from self._call(prompt, max_new_tokens, Generation("", [], "length", 0), **kwargs)
+        yield from self._blocking(self._call(prompt, max_new_tokens, Generation("", [], "length", 0), **kwargs))
+
+    async def astream(self, prompt: Prompt, max_new_tokens: int = 64, **kwargs: Any) -> AsyncIterator[TokenEvent]:
+        """`stream` on an event loop, which it never blocks (options as for `stream`)."""
+        core = self._call(prompt, max_new_tokens, Generation("", [], "length", 0), **kwargs)
+        async with aclosing(self._awaiting(core)) as events:  # a reader that stops early closes the loop now
+            async for event in events:
+                yield event
+
+    async def agenerate(self, prompt: Prompt, max_new_tokens: int = 64, **kwargs: Any) -> Generation:
+        """`generate` on an event loop, which it never blocks."""
+        result = Generation("", [], "length", 0)
+        async for _ in self._awaiting(self._call(prompt, max_new_tokens, result, **kwargs)):
+            pass
+        return result
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 64, **kwargs: Any) -> Generation:
         """Generate up to `max_new_tokens` (exactly that many with `ignore_eos`, as benchmarks need);
@@ -163,9 +236,45 @@ class Session:
         With speculation, `extra["speculation"]` counts trips, drafted and accepted tokens.
         """
         result = Generation("", [], "length", 0)
-        for _ in self._call(prompt, max_new_tokens, result, **kwargs):
+        for _ in self._blocking(self._call(prompt, max_new_tokens, result, **kwargs)):
             pass
         return result
+
+    def _blocking(self, core: _Core) -> Iterator[TokenEvent]:
+        """Drive the generation loop here, the blocks through the runner's blocking `forward`."""
+        with closing(core):
+            sent = None
+            while True:
+                with torch.inference_mode():
+                    try:
+                        step = core.send(sent)
+                    except StopIteration:
+                        return
+                    sent = self.runner.forward(step.hidden, step.start) if isinstance(step, _Forward) else None
+                if isinstance(step, TokenEvent):
+                    yield step
+
+    async def _awaiting(self, core: _Core) -> AsyncIterator[TokenEvent]:
+        """Drive the generation loop from an event loop: its torch work on a worker thread, once per trip
+        through the blocks (the tokens a step yields come back with its next forward), and the blocks
+        awaited through the runner's `aforward`."""
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[list[TokenEvent | _Forward]] | None = None
+        try:
+            sent = None
+            while True:
+                pending = loop.run_in_executor(None, _until_forward, core, sent)
+                steps = await asyncio.shield(pending)  # cancelled, the thread still finishes its step
+                for step in steps:
+                    if isinstance(step, TokenEvent):
+                        yield step
+                if not steps or not isinstance(steps[-1], _Forward):
+                    return
+                sent = await self.runner.aforward(steps[-1].hidden, steps[-1].start)
+        finally:
+            if pending is not None and not pending.done():
+                await asyncio.wait({pending})
+            core.close()  # the answer so far joins the conversation
 
     def stream_choices(self, prompt: Prompt, n: int, max_new_tokens: int = 64, *, raw: bool = False,
                        **kwargs: Any) -> Iterator[tuple[int, TokenEvent]]:
@@ -180,6 +289,15 @@ class Session:
         for i in range(n):
             for event in self.stream(ids, max_new_tokens, **_choice_options(kwargs, i)):
                 yield i, event
+
+    async def astream_choices(self, prompt: Prompt, n: int, max_new_tokens: int = 64, *, raw: bool = False,
+                              **kwargs: Any) -> AsyncIterator[tuple[int, TokenEvent]]:
+        """`stream_choices` on an event loop, which it never blocks."""
+        ids = await asyncio.to_thread(self._choices_prompt, prompt, n, raw, kwargs)  # tokenizer, tools' grammars
+        for i in range(n):
+            async with aclosing(self.astream(ids, max_new_tokens, **_choice_options(kwargs, i))) as events:
+                async for event in events:
+                    yield i, event
 
     def choices(self, prompt: Prompt, n: int, max_new_tokens: int = 64, *, raw: bool = False,
                 **kwargs: Any) -> list[Generation]:
@@ -202,7 +320,7 @@ class Session:
               speculative: int | None = None, drafter: Drafter | None = None,
               response_format: dict[str, Any] | None = None, tools: Sequence[dict[str, Any]] | ToolSpec | None = None,
               tool_choice: Any = None, parallel_tool_calls: bool | None = None,
-              **sampling: Any) -> Iterator[TokenEvent]:
+              **sampling: Any) -> _Core:
         if logprobs is not None and logprobs < 0:
             raise ShardsError(f"logprobs (alternatives per token) must be >= 0, got {logprobs}")
         params = SamplingParams(**sampling)
@@ -249,7 +367,7 @@ class Session:
     def _run(self, prompt: Prompt, max_new_tokens: int, params: SamplingParams, stop: Sequence[str], raw: bool,
              ignore_eos: bool, logprobs: int | None, result: Generation,
              speculation: _Speculation | None, constraint: JsonConstraint | None,
-             spec: ToolSpec | None) -> Iterator[TokenEvent]:
+             spec: ToolSpec | None) -> _Core:
         if max_new_tokens < 1:
             raise ShardsError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         chat = self._chat(prompt, raw)
@@ -273,12 +391,11 @@ class Session:
                 if result.tool_calls:
                     reply = {"role": "assistant", "content": None, "tool_calls": result.tool_calls}
                 self.conversation = [*chat, reply]
-        if self.details is not None:
-            result.extra.update(self.details(self.runner))
+        self.describe(result)
 
     def _tokens(self, ids: list[int], max_new_tokens: int, sampler: Sampler, stop: Sequence[str], ignore_eos: bool,
                 logprobs: int | None, result: Generation, speculation: _Speculation | None,
-                constraint: JsonConstraint | None, started: float) -> Iterator[TokenEvent]:
+                constraint: JsonConstraint | None, started: float) -> _Core:
         detok = _Detokenizer(self.tokenizer)
         if logprobs is not None:
             result.logprobs = []
@@ -287,10 +404,10 @@ class Session:
         while not done:
             remaining = max_new_tokens - len(result.token_ids)
             if speculation is None:
-                rows = self.feed(context)[None]
+                rows, _ = yield from self._advancing(context, 1)
                 tokens = [sampler(rows[0] if constraint is None else constraint.mask(rows[0]), context)]
             else:
-                tokens, rows = speculation.trip(self, context, sampler, remaining, constraint)
+                tokens, rows = yield from speculation.trip(self, context, sampler, remaining, constraint)
             if not result.token_ids:
                 result.time_to_first_token = time.perf_counter() - started
             for token, row in zip(tokens, rows):  # a trip may yield several; never emit past EOS, a stop string or the limit
@@ -323,6 +440,21 @@ class Session:
         result.total_time = time.perf_counter() - started
 
 
+def _until_forward(core: _Core, sent: Any) -> list[TokenEvent | _Forward]:
+    """Resume the generation loop until it asks for the blocks (the list's last step) or ends; on a
+    worker thread, with the tokens it yields on the way."""
+    steps: list[TokenEvent | _Forward] = []
+    with torch.inference_mode():
+        try:
+            while not isinstance(step := core.send(sent), _Forward):
+                steps.append(step)
+                sent = None
+        except StopIteration:
+            return steps
+    steps.append(step)
+    return steps
+
+
 def _tools(options: dict[str, Any]) -> ToolSpec | None:
     """The call's tools, validated and compiled (once: a ToolSpec passes through)."""
     tools = options.get("tools")
@@ -346,7 +478,7 @@ class _Speculation:
         self.trips = self.drafted = self.accepted = 0
 
     def trip(self, session: Session, context: list[int], sampler: Sampler, remaining: int,
-             constraint: JsonConstraint | None = None) -> tuple[list[int], torch.Tensor]:
+             constraint: JsonConstraint | None = None) -> Generator[_Forward, torch.Tensor, tuple[list[int], torch.Tensor]]:
         """Tokens the target emits after `context` (1 to k+1), each with the model's logits where it was
         chosen; the caches keep only verified ones. A `constraint` cuts drafts at the first it refuses
         (the target would reject it) and masks each position (it follows the emitted tokens itself)."""
@@ -360,7 +492,7 @@ class _Speculation:
             valid = constraint.valid_prefix(draft.tokens)
             draft = Draft(draft.tokens[:valid], None if draft.probs is None else draft.probs[:valid])
         began = time.perf_counter()
-        logits, positions = session.advance(context + draft.tokens, len(draft.tokens) + 1)
+        logits, positions = yield from session._advancing(context + draft.tokens, len(draft.tokens) + 1)
         self.draft_length.record_forward(positions, time.perf_counter() - began)
         contexts = [context + draft.tokens[:i] for i in range(len(draft.tokens) + 1)]
         target = sampler.probs(logits if constraint is None else constraint.mask_along(logits, draft.tokens),
@@ -436,8 +568,9 @@ class GenerativeModel:
         raise NotImplementedError
 
     def run_details(self, runner: BlockRunner) -> dict[str, Any]:
-        """Facts about a runner for `Generation.extra` (e.g. which nodes serve or served it)."""
-        return {}
+        """Facts about a runner for `Generation.extra`: which nodes serve or served it, if any."""
+        served = runner.served()
+        return {} if served is None else served.to_json()
 
     def inference_session(self, max_length: int | None = None, *, speculative: int = 0,
                           drafter: Drafter | None = None) -> Session:
@@ -460,7 +593,16 @@ class GenerativeModel:
         ids = self._prompt_ids(prompt, raw, kwargs)
         with self.inference_session(min(len(ids) + max_new_tokens, self.config.max_context)) as s:
             result = s.generate(ids, max_new_tokens, **kwargs)
-        result.extra.update(self.run_details(s.runner))
+        s.describe(result)  # the receipted chain
+        return result
+
+    async def agenerate(self, prompt: Prompt, max_new_tokens: int = 64, *, raw: bool = False,
+                        **kwargs: Any) -> Generation:
+        """`generate` on an event loop, which it never blocks."""
+        ids = await asyncio.to_thread(self._prompt_ids, prompt, raw, kwargs)
+        async with self.inference_session(min(len(ids) + max_new_tokens, self.config.max_context)) as s:
+            result = await s.agenerate(ids, max_new_tokens, **kwargs)
+        s.describe(result)
         return result
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 64, *, raw: bool = False,
@@ -469,6 +611,15 @@ class GenerativeModel:
         with self.inference_session(min(len(ids) + max_new_tokens, self.config.max_context)) as s:
             yield from s.stream(ids, max_new_tokens, **kwargs)
 
+    async def astream(self, prompt: Prompt, max_new_tokens: int = 64, *, raw: bool = False,
+                      **kwargs: Any) -> AsyncIterator[TokenEvent]:
+        """`stream` on an event loop, which it never blocks."""
+        ids = await asyncio.to_thread(self._prompt_ids, prompt, raw, kwargs)
+        async with self.inference_session(min(len(ids) + max_new_tokens, self.config.max_context)) as s:
+            async with aclosing(s.astream(ids, max_new_tokens, **kwargs)) as events:
+                async for event in events:
+                    yield event
+
     def choices(self, prompt: Prompt, n: int, max_new_tokens: int = 64, *, raw: bool = False,
                 **kwargs: Any) -> list[Generation]:
         """`n` answers to one prompt in one session, sharing its prefill (see Session.stream_choices)."""
@@ -476,5 +627,5 @@ class GenerativeModel:
         with self.inference_session(min(len(ids) + max_new_tokens, self.config.max_context)) as s:
             results = s.choices(ids, n, max_new_tokens, **kwargs)
         for result in results:
-            result.extra.update(self.run_details(s.runner))
+            s.describe(result)
         return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,21 @@ class LocalRunner:
     def forward(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
         return self.stack(hidden, self.cache, start)
 
+    async def aforward(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
+        return await asyncio.to_thread(self._forward_no_grad, hidden, start)  # compute: off the event loop
+
+    def _forward_no_grad(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.forward(hidden, start)
+
     def close(self, length: int | None = None) -> None:
         self.cache = None  # type: ignore[assignment]  # free the memory now
+
+    async def aclose(self, length: int | None = None) -> None:
+        self.close(length)
+
+    def served(self) -> None:
+        return None
 
 
 class LocalModel(GenerativeModel):

@@ -9,6 +9,12 @@
         model.choices("Name a colour.", 3, temperature=1.0, seed=1, logprobs=2)  # 3 answers, one prefill
         model.generate(messages, tools=[...], tool_choice="required").tool_calls  # OpenAI's function tools
 
+    async with model.inference_session(max_length=512) as chat:     # asyncio: awaits the swarm on the loop
+        async for event in chat.astream("Hi!"):                      # torch work goes to a worker thread
+            print(event.text, end="")
+        answer = await chat.agenerate("And in French?")
+        answer.served.session_id, answer.served.chain, answer.served.failovers, answer.finish_reason
+
 Sampling (temperature, top_p, top_k, min_p, penalties, seed, logprobs, structured output and tool
 calls' grammars) happens here, at the head:
 see shards.generation.Session.stream. The client holds the head shard (embeddings, final norm, LM head) and the tokenizer; nodes hold
@@ -37,12 +43,13 @@ from routing.planner import plan_route
 from routing.span import SpanSession
 from routing.tasks import background
 from routing.verification import Referee, Verifier
-from routing.view import SwarmView
+from routing.view import Coverage, SwarmView
 from routing.weights import DEFAULT_ACCEPTED, AcceptedWeights
 from shards.catalog import DEFAULT_MODEL, resolve_model
 from shards.errors import ShardsError
 from shards.generation import BlockRunner, GenerativeModel
 from shards.paths import swarmlm_home
+from shards.served import Link, ServedBy
 from shards.store import ShardStore
 
 
@@ -116,6 +123,16 @@ class RemoteModel(GenerativeModel):
     def root(self) -> str:
         return self.store.root
 
+    async def coverage(self, max_length: int = 1, refresh: bool = False) -> Coverage:
+        """How much of the model the swarm covers now, as this client sees it; `refresh` re-reads the
+        swarm in the background when the view is stale (this answer does not wait for it)."""
+        async def read() -> Coverage:
+            if refresh:
+                self.view.refresh_soon()
+            return self.view.coverage(max_length)
+
+        return await self.client.on_loop(read())
+
     def new_runner(self, max_length: int) -> BlockRunner:
         return RemoteRunner(self.view, max_length, self.config.hidden_size, make_receipt=self._receipt,
                             verifier=self.verifier, push=self.push,
@@ -141,14 +158,6 @@ class RemoteModel(GenerativeModel):
         path.write_bytes(document)
         return path
 
-    def run_details(self, runner: BlockRunner) -> dict[str, Any]:
-        assert isinstance(runner, RemoteRunner)
-        spans = runner.spans or runner.closed_spans  # serving now inside a session, receipted once it closed
-        return {"session": runner.session_id,
-                "chain": [{"peer_id": s.peer, "blocks": [s.hop.start, s.hop.end], "tokens": s.tokens}
-                          for s in spans], "failovers": runner.failovers,
-                "relayed_steps": runner.relayed_steps}
-
     def _receipt(self, span: SpanSession) -> bytes:
         """Sign what this span served; keep a copy in the client's own ledger when it has one."""
         receipt = make_receipt(self.client.identity, session=span.session_id, node=span.peer,
@@ -173,4 +182,4 @@ class RemoteModel(GenerativeModel):
         self.close()
 
 
-__all__ = ["RemoteModel"]
+__all__ = ["Coverage", "Link", "RemoteModel", "ServedBy"]

@@ -7,8 +7,11 @@ never runs the gateway needs no web packages (`pip install 'swarmlm[api]'` bring
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import signal
 import socket
+from typing import Any
 
 from node.errors import ConfigError
 
@@ -35,6 +38,33 @@ def _listen(settings: ApiSettings) -> socket.socket:
         return socket.create_server((settings.host, settings.port), family=family)
     except OSError as e:
         raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {e.strerror or e}") from None
+
+
+def _run_on(loop: asyncio.AbstractEventLoop, server: Any, sock: socket.socket, gateway: Any) -> None:
+    """Serve on the swarm client's loop (requests then await the swarm with no thread hop), until
+    SIGINT/SIGTERM, and close the sessions still open (with receipts) before returning.
+
+    The loop runs on its own thread, where uvicorn cannot take signals, so this (main) thread takes them."""
+    async def serve() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            await gateway.drain()
+
+    def stop(signum: int, frame: Any) -> None:
+        server.handle_exit(signum, frame)  # the first asks for a graceful shutdown, a second forces it
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        done = asyncio.run_coroutine_threadsafe(serve(), loop)
+        while True:
+            try:
+                return done.result(timeout=0.5)  # a timeout lets signal handlers run here
+            except concurrent.futures.TimeoutError:
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -64,10 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
                 print(f"model {m.id} root {m.root}", flush=True)
             print(f"OpenAI base URL: {url}/v1   dashboard: {url}/", flush=True)
             print(f"ready {url}", flush=True)
-            # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; by default that
-            # would end the process here, before the sessions still open are closed with receipts.
-            signal.signal(signal.SIGTERM, lambda *_: None)
-            uvicorn.Server(config).run(sockets=[sock])
+            _run_on(gateway.loop, uvicorn.Server(config), sock, gateway)
         finally:
             gateway.close()
     finally:

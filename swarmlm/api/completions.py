@@ -160,7 +160,7 @@ class Completions:
         except _ClientGone:
             return None
         except Exception as e:
-            raise self._api_error(e, job) from None
+            raise await self._api_error(e, job) from None
         finally:
             self.gateway.finished(job)
         self.metrics.finished(served.id, finished)
@@ -187,15 +187,15 @@ class Completions:
         except _ClientGone:
             return Response(status_code=CLIENT_CLOSED)
         except Exception as e:
-            raise self._api_error(e, job) from None
+            raise await self._api_error(e, job) from None
         finally:
             if not streaming:
                 self.gateway.finished(job)
 
-    def stream_error(self, error: Exception, job: GenerationJob) -> APIError:
+    async def stream_error(self, error: Exception, job: GenerationJob) -> APIError:
         """What a generation raised mid-stream, as the error event to send (logged when it is a bug)."""
         try:
-            api_error = self._api_error(error, job)
+            api_error = await self._api_error(error, job)
         except Exception:
             log.exception("generation failed mid-stream")
             api_error = APIError(500, f"internal error: {type(error).__name__}", type="server_error")
@@ -203,10 +203,10 @@ class Completions:
         return api_error
 
     async def _finished(self, job: GenerationJob) -> None:
-        self.gateway.finished(job)  # on the server's loop, where the worker pool's bookkeeping lives
+        self.gateway.finished(job)
 
-    def _api_error(self, error: Exception, job: GenerationJob) -> APIError:
-        return self.gateway.api_error(error, job.request.model, len(job.ids) + job.max_tokens)
+    async def _api_error(self, error: Exception, job: GenerationJob) -> APIError:
+        return await self.gateway.api_error(error, job.request.model, len(job.ids) + job.max_tokens)
 
     @staticmethod
     def _tokens(served: ServedModel, req: GenerationRequest) -> TokenText | None:
@@ -255,5 +255,5 @@ class Completions:
             if reply.include_usage:
                 yield reply.usage_chunk(event)
         except Exception as e:  # mid-stream: the status is sent, so the error travels as an event
-            yield sse(self.stream_error(e, job).body())
+            yield sse((await self.stream_error(e, job)).body())
         yield DONE

@@ -1,8 +1,10 @@
 """The models a gateway serves, each a `RemoteModel` whose swarm client every request shares.
 
-Requests become generation jobs on a bounded pool of worker threads shared fairly between clients
-(`workers.py`; no lock between jobs: each has its own session, so the nodes batch or interleave them). Errors the SDK raises become OpenAI
-errors: a bad prompt is a 400, a swarm that cannot cover the model a 503 naming the blocks.
+The server runs on the first model's swarm client loop (`loop`), so a request awaits the swarm with
+no thread in between. Requests become generation tasks, a bounded number at once shared fairly
+between clients (`workers.py`; no lock between jobs: each has its own session, so the nodes batch
+or interleave them). Errors the SDK raises become OpenAI errors: a bad prompt is a 400, a swarm
+that cannot cover the model a 503 naming the blocks.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class ServedModel:
 
     async def on_client(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await a coroutine on the swarm client's loop without blocking the server's."""
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.remote.client.loop))
+        return await self.remote.client.on_loop(coro)
 
     async def records(self) -> dict[str, ServerRecord]:
         """The model's signed DHT records as the swarm holds them now (expired ones are gone)."""
@@ -68,6 +70,11 @@ class Gateway:
         self.settings = settings
         self.workers = Workers(settings.max_concurrency, settings.max_queue, settings.max_per_client)
         self.jobs: dict[GenerationJob, Client] = {}
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """Where the server runs: the first model's swarm client loop (a thread of its own)."""
+        return next(iter(self.models.values())).remote.client.loop
 
     @classmethod
     def connect(cls, settings: ApiSettings) -> "Gateway":
@@ -124,32 +131,28 @@ class Gateway:
         if client is not None:
             self.workers.withdraw(client, job)
 
-    def api_error(self, error: Exception, model: str, max_length: int = 1) -> APIError:
+    async def api_error(self, error: Exception, model: str, max_length: int = 1) -> APIError:
         """The OpenAI error for what a generation raised (re-raises what is not the user's or swarm's)."""
         if isinstance(error, APIError):
             return error
         if isinstance(error, ShardsError):
             return bad_request(str(error))
         if isinstance(error, NoRouteError):
-            return no_route(model, self.uncovered(self.model(model), max_length), str(error))
+            coverage = await self.model(model).remote.coverage(max_length)
+            return no_route(model, list(coverage.uncovered), str(error))
         if isinstance(error, RoutingError):
             return swarm_failure(str(error))
         raise error
 
-    def uncovered(self, served: ServedModel, max_length: int = 1) -> list[int]:
-        """Blocks no usable node serves now (online, right protocol, not banned, long enough sessions)."""
-        from routing.planner import usable
-
-        view = served.remote.view
-        servers = usable(list(view.records.values()), view.bans, max_length)
-        return [b for b in range(view.num_blocks) if not any(r.start <= b < r.end for r in servers)]
-
-    def close(self) -> None:
-        """Stop live generations (their sessions close with receipts), then leave the swarm."""
+    async def drain(self) -> None:
+        """Stop live generations and wait until their sessions closed with receipts (on the server's loop)."""
         for job in list(self.jobs):
             job.cancel()
-        self.workers.shutdown()
-        for m in self.models.values():
+        await self.workers.drain()
+
+    def close(self) -> None:
+        """Leave the swarm (after `drain`)."""
+        for m in reversed(self.models.values()):
             m.remote.close()
 
 

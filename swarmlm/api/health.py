@@ -22,17 +22,13 @@ class Health:
         self.gateway = gateway
 
     async def health(self, request: Request) -> Response:
-        models = [await served.on_client(self._coverage(served)) for served in self.gateway.models.values()]
+        models = [await self._coverage(served) for served in self.gateway.models.values()]
         covered = all(m["blocks_covered"] == m["blocks_total"] for m in models)
         return JSONResponse({"status": "ok" if covered else "degraded", "models": models})
 
-    async def _coverage(self, served: ServedModel) -> dict[str, Any]:
-        """On the swarm client's loop, where the view lives."""
-        view = served.remote.view
-        view.refresh_soon()
-        uncovered = self.gateway.uncovered(served)
-        reached = [p for p in view.records if p in view.rtt and p not in view.bans]
-        return {"id": served.id, "model_root": served.root, "blocks_total": view.num_blocks,
-                "blocks_covered": view.num_blocks - len(uncovered),
-                "uncovered_blocks": uncovered,
-                "nodes_known": len(view.records), "nodes_reached": len(reached)}
+    @staticmethod
+    async def _coverage(served: ServedModel) -> dict[str, Any]:
+        c = await served.remote.coverage(refresh=True)
+        return {"id": served.id, "model_root": served.root, "blocks_total": c.blocks_total,
+                "blocks_covered": c.blocks_total - len(c.uncovered), "uncovered_blocks": list(c.uncovered),
+                "nodes_known": c.nodes_known, "nodes_reached": c.nodes_reached}

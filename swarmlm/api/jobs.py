@@ -1,16 +1,15 @@
-"""One generation on a worker thread, its events handed to the server's event loop as they happen.
+"""One generation as a task on the server's event loop, its events queued for the response as they happen.
 
-The SDK is synchronous (each step waits on the swarm client's own loop), so a generation holds a
-worker thread, never the server's loop: many requests run through the swarm at once, each in its
-own session. Cancelling (the HTTP client went away) stops the generation after the current token
-and closes the session, so the nodes free its cache and log it with the gateway's receipt.
+The SDK's asyncio API awaits the swarm on the loop (the gateway serves on the swarm client's own
+loop, so no thread carries the I/O) and sends the torch work to worker threads: many requests run
+through the swarm at once, each in its own session. Cancelling (the HTTP client went away) stops
+the generation after the current token and closes the session, so the nodes free its cache and log
+it with the gateway's receipt.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from contextlib import closing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
@@ -68,13 +67,12 @@ def finish_reason(tokenizer: object, tokens: list[int], max_tokens: int, stop: t
 class GenerationJob:
     def __init__(self, model: RemoteModel, ids: list[int], max_tokens: int, request: GenerationRequest) -> None:
         self.model, self.ids, self.max_tokens, self.request = model, ids, max_tokens, request
-        self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
-        self._cancelled = threading.Event()
+        self._cancelled = False
 
     def cancel(self) -> None:
-        """Stop after the current token and close the session (safe from any thread, idempotent)."""
-        self._cancelled.set()
+        """Stop after the current token and close the session (idempotent)."""
+        self._cancelled = True
 
     async def next(self) -> Event:
         """Opened (unless no token came), Text… (and AnswerDone between answers when n > 1), then Finished;
@@ -85,23 +83,23 @@ class GenerationJob:
         return item
 
     def _emit(self, item: Event | BaseException) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        self._queue.put_nowait(item)
 
     def refuse(self, error: Exception) -> None:
-        """It will not run (pushed out of a full queue): its waiter gets `error` (call on the server's loop)."""
-        self._cancelled.set()
+        """It will not run (pushed out of a full queue): its waiter gets `error`."""
+        self._cancelled = True
         self._queue.put_nowait(error)
 
-    def run(self) -> None:
-        """Generate, on a worker thread."""
-        if self._cancelled.is_set():  # the client left while the request waited for a worker
+    async def run(self) -> None:
+        """Generate; a failure reaches the waiter, where it becomes an HTTP error."""
+        if self._cancelled:  # the client left while the request waited for its turn
             return
         try:
-            self._generate()
-        except Exception as e:  # raised again on the event loop, where it becomes an HTTP error
+            await self._generate()
+        except Exception as e:
             self._emit(e)
 
-    def _generate(self) -> None:
+    async def _generate(self) -> None:
         """Answers one after the other in one session (they share the prompt's prefill)."""
         model, root, me, n = self.model, self.model.root, self.model.client.peer_id, self.request.n
         tokens: list[int] = []  # the current answer's
@@ -109,10 +107,11 @@ class GenerationJob:
         opened = False
         session = model.inference_session(len(self.ids) + self.max_tokens)
         try:
-            with closing(session.stream_choices(self.ids, n, self.max_tokens, **self.request.sampling())) as stream:
-                for index, event in stream:
+            stream = session.astream_choices(self.ids, n, self.max_tokens, **self.request.sampling())
+            try:
+                async for index, event in stream:
                     if not opened:
-                        self._emit(Opened(Provenance.of(session.runner, root, me)))  # type: ignore[arg-type]
+                        self._emit(Opened(Provenance.of(session.served, root, me)))  # type: ignore[arg-type]
                         opened = True
                     while answer < index:  # an answer that ended with no token yields no event
                         self._emit(AnswerDone(answer, self._reason(tokens)))
@@ -121,16 +120,18 @@ class GenerationJob:
                         tokens.append(event.token_id)
                     if event.text or event.logprob is not None:
                         self._emit(Text(event.text, index, () if event.logprob is None else (event.logprob,)))
-                    if self._cancelled.is_set():
+                    if self._cancelled:
                         break
+            finally:
+                await stream.aclose()
         finally:
-            session.close()
-        if not self._cancelled.is_set():
+            await session.aclose()
+        if not self._cancelled:
             while answer < n - 1:
                 self._emit(AnswerDone(answer, self._reason(tokens)))
                 total, tokens, answer = total + len(tokens), [], answer + 1
         self._emit(Finished(self._reason(tokens), len(self.ids), total + len(tokens),
-                            Provenance.of(session.runner, root, me)))  # type: ignore[arg-type]
+                            Provenance.of(session.served, root, me)))  # type: ignore[arg-type]
 
     def _reason(self, tokens: list[int]) -> str:
         return finish_reason(self.model.tokenizer, tokens, self.max_tokens, self.request.stop)

@@ -11,20 +11,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from routing.chain import RemoteRunner
+    from swarmlm.sdk import Link, ServedBy
 
 HEADER_ROOT = "X-SwarmLM-Model-Root"
 HEADER_SESSION = "X-SwarmLM-Session"
 HEADER_CHAIN = "X-SwarmLM-Chain"
 HEADER_CLIENT = "X-SwarmLM-Client"
-
-
-@dataclass(frozen=True)
-class Link:
-    peer_id: str
-    start: int
-    end: int
-    tokens: int
 
 
 @dataclass(frozen=True)
@@ -36,11 +28,9 @@ class Provenance:
     failovers: int
 
     @classmethod
-    def of(cls, runner: RemoteRunner, root: str, client_peer_id: str) -> "Provenance":
-        """The chain serving now (while the session is open) or the receipted one (once it closed)."""
-        spans = runner.spans or runner.closed_spans
-        return cls(root, runner.session_id, client_peer_id,
-                   tuple(Link(s.peer, s.hop.start, s.hop.end, s.tokens) for s in spans), runner.failovers)
+    def of(cls, served: ServedBy, root: str, client_peer_id: str) -> "Provenance":
+        """What the SDK reports of a session: the chain serving now, or the receipted one once it closed."""
+        return cls(root, served.session_id, client_peer_id, served.chain, served.failovers)
 
     def to_json(self) -> dict[str, Any]:
         return {"model_root": self.model_root, "session_id": self.session_id, "client_peer_id": self.client_peer_id,

@@ -96,7 +96,7 @@ class Responses:
             self._keep(rid, owner, [*messages, answer_message(answer)])
             yield events.closed(answer, event)
         except Exception as e:  # mid-stream: the status is sent, so the error travels as an event
-            yield events.error(self.completions.stream_error(e, job))
+            yield events.error(await self.completions.stream_error(e, job))
 
     def _history(self, previous: Any, owner: str) -> list[Message]:
         if not isinstance(previous, str) or self._kept.get(previous, ("",))[0] != owner:

@@ -1,8 +1,8 @@
-"""The gateway's generation threads, shared out fairly between clients.
+"""The gateway's generation slots, shared out fairly between clients.
 
-A fixed number of worker threads (`--max-concurrency`) run generations. A client (its address: one
+At most `--max-concurrency` generations run at once, each a task on the server's event loop. A client (its address: one
 gateway has one API key, so the key cannot tell its users apart) runs at most `--max-per-client` at
-once, so one client with many requests, read or not, always leaves workers for the others. Requests
+once, so one client with many requests, read or not, always leaves slots for the others. Requests
 beyond that wait in a bounded `FairQueue` and are started in turn across clients; when it is full
 the request is refused with 429 and a `Retry-After` estimated from recent generation times.
 """
@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Hashable, Protocol
+
+from routing.tasks import background
 
 from .errors import APIError
 from .fair_queue import FairQueue
@@ -24,7 +25,7 @@ SMOOTHING = 0.2  # weight of the newest duration in the running mean
 
 
 class Job(Protocol):
-    def run(self) -> None: ...
+    async def run(self) -> None: ...
     def refuse(self, error: Exception) -> None: ...
 
 
@@ -40,12 +41,10 @@ class Workers:
         self.queue: FairQueue[Job] = FairQueue(max_queue)
         self.running: Counter[Client] = Counter()
         self.mean_run_s = FIRST_GUESS_S
-        self._pool = ThreadPoolExecutor(size, thread_name_prefix="swarmlm-api")
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.tasks: set[asyncio.Future] = set()
 
     def submit(self, client: Client, job: Job) -> None:
         """Start `job` now or queue it (call on the server's loop); raises 429 when it cannot wait."""
-        self._loop = asyncio.get_running_loop()
         if self._busy() < self.size and self.running[client] < self.max_per_client:
             self._start(client, job)  # nobody eligible waits while a worker is free: dispatch leaves none
             return
@@ -77,23 +76,24 @@ class Workers:
 
     def _start(self, client: Client, job: Job) -> None:
         self.running[client] += 1
-        started = self._loop.time()  # type: ignore[union-attr]
-        self._pool.submit(job.run).add_done_callback(lambda _f: self._release(client, started))
+        started = asyncio.get_running_loop().time()
+        task = background(job.run(), "a generation")
+        self.tasks.add(task)
+        task.add_done_callback(lambda t: self._done(t, client, started))
 
-    def _release(self, client: Client, started: float) -> None:
-        """On the worker thread, once its job is over: hand the worker back on the server's loop."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._done, client, started)
-
-    def _done(self, client: Client, started: float) -> None:
+    def _done(self, task: asyncio.Future, client: Client, started: float) -> None:
+        self.tasks.discard(task)
         self.running[client] -= 1
         if not self.running[client]:
             del self.running[client]
-        took = self._loop.time() - started  # type: ignore[union-attr]
+        took = asyncio.get_running_loop().time() - started
         self.mean_run_s += SMOOTHING * (took - self.mean_run_s)
         self._dispatch()
 
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    async def drain(self) -> None:
+        """Refuse what waits and wait for the running jobs (cancel them first: their sessions then close)."""
+        while (waiting := self.queue.pop()) is not None:
+            waiting[1].refuse(APIError(503, "the gateway is shutting down", type="service_unavailable"))
+        if self.tasks:
+            await asyncio.wait(set(self.tasks))
 

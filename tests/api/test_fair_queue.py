@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import pytest
 
@@ -56,12 +55,12 @@ class _Job:
 
     def __init__(self, name: str, log: list[str]) -> None:
         self.name, self.log = name, log
-        self.release = threading.Event()
+        self.release = asyncio.Event()
         self.refused: Exception | None = None
 
-    def run(self) -> None:
+    async def run(self) -> None:
         self.log.append(self.name)
-        self.release.wait(30)
+        await asyncio.wait_for(self.release.wait(), 30)
 
     def refuse(self, error: Exception) -> None:
         self.refused = error
@@ -102,7 +101,7 @@ def test_one_client_never_holds_every_worker_and_a_full_queue_answers_429_with_r
         await _until(lambda: "g2" in started, "then greedy's turn comes")
         for job in [*greedy, honest, late, third]:
             job.release.set()
-        await asyncio.sleep(0.1)
-        workers.shutdown()
+        await workers.drain()
+        assert not workers.running
 
     asyncio.run(scenario())

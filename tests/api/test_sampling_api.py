@@ -14,6 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from shards.generation import Session
+from shards.served import ServedBy
 from swarmlm.api.app import create_app
 from swarmlm.api.gateway import Gateway, ServedModel
 from swarmlm.api.settings import resolve
@@ -22,12 +23,7 @@ QUESTION = [{"role": "user", "content": "Name three colours."}]
 
 
 class NamedRunner:
-    """A local runner that answers the provenance questions a swarm session's runner does."""
-
-    spans: tuple = ()
-    closed_spans: tuple = ()
-    session_id = "in-process"
-    failovers = 0
+    """A local runner that names its session, as a swarm session's runner does."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -35,8 +31,17 @@ class NamedRunner:
     def forward(self, hidden, start):
         return self.inner.forward(hidden, start)
 
+    async def aforward(self, hidden, start):
+        return await self.inner.aforward(hidden, start)
+
     def close(self, length=None):
         self.inner.close(length)
+
+    async def aclose(self, length=None):
+        await self.inner.aclose(length)
+
+    def served(self) -> ServedBy:
+        return ServedBy("in-process", ())
 
 
 class InProcessRemote:
@@ -60,7 +65,6 @@ def api(local_model):
     gateway = Gateway([ServedModel("m", InProcessRemote(local_model), int(time.time()))], settings)  # type: ignore
     with TestClient(create_app(gateway)) as client:
         yield client
-    gateway.workers.shutdown()
 
 
 def post(api: TestClient, path: str, **body: Any) -> dict:

@@ -123,6 +123,12 @@ class RemoteModel(GenerativeModel):
     def root(self) -> str:
         return self.store.root
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop (on a thread of its own) where this client awaits the swarm: asyncio code running
+        on it (a server, say) awaits `astream`/`agenerate` with no thread hop for the network."""
+        return self.client.loop
+
     async def coverage(self, max_length: int = 1, refresh: bool = False) -> Coverage:
         """How much of the model the swarm covers now, as this client sees it; `refresh` re-reads the
         swarm in the background when the view is stale (this answer does not wait for it)."""

@@ -74,7 +74,7 @@ class Gateway:
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """Where the server runs: the first model's swarm client loop (a thread of its own)."""
-        return next(iter(self.models.values())).remote.client.loop
+        return next(iter(self.models.values())).remote.loop
 
     @classmethod
     def connect(cls, settings: ApiSettings) -> "Gateway":

@@ -133,6 +133,10 @@ class Node:
             log.info("relay service (while reachable): %s", reach.RelayLimits())
         await self.reachable.check(relay_wait=RELAY_WAIT)
         self._maddrs = self.reachable.maddrs
+        try:  # before anyone reads our record: our predecessors' first pushes then find a direct connection
+            await self.reachable.meet_predecessors((await self._records()).values(), self.peer_id, start)
+        except Exception as e:  # the DHT is best-effort; the next announcement tries again
+            log.info("could not read the swarm to meet the nodes that push to us: %s", e or type(e).__name__)
         self.state = "online"
         await self._announce()
         self._status_server = await status.serve_local(s.info)
@@ -283,6 +287,8 @@ class Node:
             budget = self.config.announce_period / 2
             records = await asyncio.wait_for(self._records(), budget)
             await self.neighbours.measure(records.values(), self.serving.stack.end, timeout=budget)
+            if self.reachable is not None:
+                await self.reachable.meet_predecessors(records.values(), self.peer_id, self.serving.stack.start)
         except Exception as e:  # the DHT and the neighbours are best-effort; announcing is not
             log.info("could not measure the next-block neighbours: %s", e or type(e).__name__)
         if self.reachable is not None:

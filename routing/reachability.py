@@ -49,8 +49,10 @@ class RelayLimits:
     buffer_bytes: int = 64 << 10      # per direction of a circuit: a step's frame is a few KiB to a few MiB
 
     def p2pd_flags(self, enabled: bool) -> dict[str, Any]:
+        """Opting out keeps the service on with no room: with `-relayService=0` this p2pd still relays
+        (go-libp2p's own relay, at its default limits: the lab's private nodes reserved on such nodes)."""
         if not enabled:
-            return {"relayService": False}
+            return {"relayService": True, "relayMaxReservations": 0, "relayMaxCircuits": 0}
         return {"relayService": True, "relayMaxReservations": self.reservations,
                 "relayMaxCircuits": self.circuits_per_peer, "relayDataLimit": self.bytes_per_circuit,
                 "relayTimeLimit": f"{self.seconds_per_circuit}s", "relayBufferSize": self.buffer_bytes}

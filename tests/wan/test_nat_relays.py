@@ -80,6 +80,8 @@ def test_a_relay_killed_mid_generation_is_replaced_and_the_output_equals_local(r
     home = swarm.nodes[1]
     before = held(home)
     assert len(before) >= 2, before
+    relay_ids = {r.peer_id for r in (swarm.bootstrap, *swarm.relays)}
+    assert set(before) <= relay_ids  # nodes with --no-relay-service grant no circuits
     chain = client.begin(PROMPT, TOKENS, pause_after=4, push=False, ignore_eos=True)
     relay = relay_in_use(swarm, chain)
     killed = time.monotonic()
@@ -89,6 +91,7 @@ def test_a_relay_killed_mid_generation_is_replaced_and_the_output_equals_local(r
     assert g.extra["failovers"] >= 1  # the circuit died under the session
     assert [hop["peer_id"] for hop in g.extra["chain"]] == [n.peer_id for n in swarm.nodes]
     assert eventually(lambda: relay.peer_id not in held(home) and set(held(home)) - set(before), RESERVE_WITHIN)
+    assert set(held(home)) <= relay_ids
     print(f"{home.name} held {len(before)} circuits; {relay.name} killed; circuits on "
           f"{', '.join(held(home))} {time.monotonic() - killed:.0f} s later")
 

@@ -102,21 +102,26 @@ def _init(args: argparse.Namespace) -> int:
 def _bootstrap(args: argparse.Namespace) -> int:
     from ledger.keys import Identity
     from routing import reachability as reach
+    from routing import relay_stats
     from routing.dht import SwarmDHT
     from routing.records import SignedRecordValidator
 
     kwargs = {"identity_path": args.identity, "check_if_identity_free": False} if args.identity else {}
     seed = Identity.load_or_create(args.identity).seed if args.identity else None
+    flags = reach.RelayLimits().p2pd_flags(args.relay_service)
+    metrics_port = relay_stats.free_local_port() if args.relay_service else None
+    if metrics_port is not None:  # what the relay carries: p2pd's own counters, on localhost only
+        flags.update(relay_stats.p2pd_flags(metrics_port))
     dht = SwarmDHT(initial_peers=args.initial_peers or None, start=True,
                    host_maddrs=[f"/ip4/{args.host}/tcp/{args.port}"],
-                   record_validators=[SignedRecordValidator(seed)],
-                   p2pd_flags=reach.RelayLimits().p2pd_flags(args.relay_service), **kwargs)
+                   record_validators=[SignedRecordValidator(seed)], p2pd_flags=flags, **kwargs)
 
     async def serve(stop: asyncio.Event) -> None:
         p2p = await dht.replicate_p2p()
         await p2p.add_binary_stream_handler(reach.HANDLER, reach.answer)  # nodes ask it whether they are reachable
-        if args.relay_service:
+        if metrics_port is not None:
             log.info("relay service: %s", reach.RelayLimits())
+            print(f"relay metrics http://127.0.0.1:{metrics_port}/metrics", flush=True)
         for maddr in dht.get_visible_maddrs():
             print(f"maddr {maddr}", flush=True)
         print(f"ready {dht.peer_id.to_base58()} bootstrap", flush=True)

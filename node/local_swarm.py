@@ -82,6 +82,7 @@ class LocalSwarm:
         self.ready_timeout = ready_timeout
         self.env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
         self.bootstrap: LocalNode | None = None
+        self.relays: list[LocalNode] = []  # more bootstrap peers (spawn_relay), serving no blocks
         self.nodes: list[LocalNode] = []
         self.threads = 1  # per node; start() splits this machine's cores between its nodes
         self._counter = 0
@@ -109,6 +110,15 @@ class LocalSwarm:
             self.stop()
             raise
         return self
+
+    def spawn_relay(self) -> LocalNode:
+        """One more bootstrap peer, "relay-N", joined through the first: a relay for nodes at home that
+        serves no blocks, so a test can kill or stall it without taking blocks away."""
+        name = f"relay-{len(self.relays) + 1}"
+        relay = self._wait(self._spawn(name, None, ["bootstrap", "--host", self._listen_host(name),
+                                                    "--initial-peers", *self.initial_peers]))
+        self.relays.append(relay)
+        return relay
 
     def await_nodes(self, pending: Sequence[LocalNode]) -> list[LocalNode]:
         """Wait for nodes spawned with `wait=False` and add them: started together, their start-ups
@@ -219,8 +229,8 @@ class LocalSwarm:
         proc.wait()
 
     def stop(self) -> None:
-        """Stop every process this swarm started (nodes first, then the bootstrap peer)."""
-        for node in self.nodes:
+        """Stop every process this swarm started (nodes and relays first, then the bootstrap peer)."""
+        for node in [*self.nodes, *self.relays]:
             self._terminate(node)
         if self.bootstrap is not None:
             self._terminate(self.bootstrap)

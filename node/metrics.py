@@ -19,6 +19,7 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
 from routing import untrusted
+from routing.relay_stats import RelayStats
 from routing.errors import ErrorCode
 
 from .errors import NodeError
@@ -49,6 +50,7 @@ class NodeState(TypedDict, total=False):
     ledger_unwritten: int
     reachability: str  # routing.reachability.Reachability.kind: direct, relay, unreachable, unknown
     relays: tuple[str, ...]  # peer IDs of the relays holding our circuits
+    relayed: RelayStats  # what our relay service carried for private nodes (p2pd's counters)
 
 
 # (metric name, NodeState key, help) for the gauges that are one number each.
@@ -196,6 +198,17 @@ class _StateCollector(Collector):
                                       labels=["how", "relays"])
             reach.add_metric([state["reachability"], ",".join(state.get("relays", ()))], 1)
             yield reach
+        if "relayed" in state:
+            relayed = state["relayed"]
+            yield CounterMetricFamily("swarmlm_relayed_bytes", "Bytes this node's relay service forwarded for "
+                                      "private nodes, both directions (p2pd's count).", value=relayed.bytes)
+            circuits = CounterMetricFamily("swarmlm_relay_circuits", "Relayed connections through this node's "
+                                           "relay service, by event.", labels=["event"])
+            circuits.add_metric(["opened"], relayed.circuits_opened)
+            circuits.add_metric(["closed"], relayed.circuits_closed)
+            yield circuits
+            yield CounterMetricFamily("swarmlm_relay_reservations", "Relay reservations this node granted "
+                                      "to private nodes.", value=relayed.reservations_opened)
 
 
 class _UntrustedCollector(Collector):

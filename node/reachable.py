@@ -4,6 +4,11 @@ AutoRelay holds circuits when they cannot, and the node announces only addresses
 Checked at start (waiting a while for a first circuit when private, so the node's first record
 is dialable) and every REACHABILITY_PERIOD; the announced addresses follow p2pd's at every announcement.
 Each change is logged once: "reachability: reachable directly" / "via relay R" / "unreachable".
+
+A direct connection beats a relay whenever one side is reachable, and this p2pd cannot punch holes:
+so a private node dials the reachable nodes that push into its first block itself, before it
+announces and at every announcement. Their pushes then open streams on that connection (libp2p
+prefers a direct connection to a relayed one) instead of on a circuit.
 """
 
 from __future__ import annotations
@@ -11,13 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Iterable
 
 from hivemind.p2p import P2P
 
 from routing import reachability as reach
 from routing.client import PeerLink
 from routing.errors import RoutingError
+from routing.planner import is_relayed
 from routing.reachability import Reachability
+from routing.records import ServerRecord
 
 log = logging.getLogger(__name__)
 REACHABILITY_PERIOD = 300.0  # s between dial-backs: a home router's mapping changes rarely
@@ -32,6 +40,7 @@ class Reachable:
         self.p2p, self.link, self.peers, self.mode = p2p, link, peers, mode
         self.state = Reachability(None)
         self.own: list[str] = []  # p2pd's addresses for us, circuits included
+        self.met: set[str] = set()  # predecessors we hold a direct connection to
 
     @property
     def maddrs(self) -> list[str]:
@@ -57,6 +66,19 @@ class Reachable:
         await self._refresh_own()
         self._set(Reachability(self.state.direct, reach.relays_of(self.own)))
 
+    async def meet_predecessors(self, records: Iterable[ServerRecord], own: str, start: int) -> None:
+        """When private, connect directly to the reachable nodes serving block `start - 1` (those that
+        push to us), so their pushes need no relay."""
+        if self.state.direct is not False:
+            return
+        pushers = direct_pushers(records, own, start)
+        connected = await asyncio.gather(*(self.link.connect(r.peer_id, r.maddrs) for r in pushers))
+        for record, ok in zip(pushers, connected):
+            if ok and record.peer_id not in self.met:
+                log.info("connected directly to %s, which pushes to us: its pushes need no relay",
+                         record.peer_id[-8:])
+        self.met = {r.peer_id for r, ok in zip(pushers, connected) if ok}
+
     async def _refresh_own(self) -> None:
         try:
             self.own = [str(m) for m in await self.p2p.get_visible_maddrs(latest=True)]
@@ -77,6 +99,13 @@ class Reachable:
         if state != self.state:
             log.info("reachability: %s%s", state.describe(), _announcing(self.own, state))
         self.state = state
+
+
+def direct_pushers(records: Iterable[ServerRecord], own: str, start: int) -> list[ServerRecord]:
+    """The serving nodes that push into block `start` (they serve block `start - 1`) and can be dialed
+    directly (they announce an address that is not a relay's)."""
+    return [r for r in records if r.peer_id != own and r.is_serving and r.start < start <= r.end
+            and r.maddrs and not is_relayed(r)]
 
 
 def _announcing(own: list[str], state: Reachability) -> str:

@@ -27,6 +27,7 @@ from ledger.store import Store
 from routing import dht as dht_io
 from routing import ledger_rpc, untrusted, wire
 from routing import reachability as reach
+from routing import relay_stats
 from routing.client import PeerLink
 from routing.records import ServerRecord, SignedRecordValidator
 from shards.blocks import BlockStack
@@ -80,6 +81,7 @@ class Node:
         self.ledger: Store | None = None
         self.witness: Witness | None = None
         self.reachable: Reachable | None = None
+        self._relay_metrics_port: int | None = None  # p2pd's own metrics endpoint on localhost
         self.metrics = NodeMetrics()
         self.state = "joining"
         self.throughput = 0.0
@@ -131,6 +133,10 @@ class Node:
             log.info("relay service (while reachable): %s", reach.RelayLimits())
         await self.reachable.check(relay_wait=RELAY_WAIT)
         self._maddrs = self.reachable.maddrs
+        try:  # before anyone reads our record: our predecessors' first pushes then find a direct connection
+            await self.reachable.meet_predecessors((await self._records()).values(), self.peer_id, start)
+        except Exception as e:  # the DHT is best-effort; the next announcement tries again
+            log.info("could not read the swarm to meet the nodes that push to us: %s", e or type(e).__name__)
         self.state = "online"
         await self._announce()
         self._status_server = await status.serve_local(s.info)
@@ -148,13 +154,16 @@ class Node:
 
     def _start_dht(self) -> hivemind.DHT:
         c = self.config
+        flags = reach.RelayLimits().p2pd_flags(c.relay_service)
+        if c.relay_service and c.metrics_port is not None:  # relayed bytes, for our metrics
+            self._relay_metrics_port = relay_stats.free_local_port()
+            flags.update(relay_stats.p2pd_flags(self._relay_metrics_port))
         return dht_io.SwarmDHT(
             initial_peers=c.initial_peers or None, start=True, client_mode=False,
             host_maddrs=[f"/ip4/{c.host}/tcp/{c.port}"], identity_path=str(c.identity),
             check_if_identity_free=False,  # hivemind's check parses only RSA keys; we hold a lock instead
             record_validators=[SignedRecordValidator(self.identity.seed)],
-            trusted_relays=c.initial_peers or None, p2pd_flags=reach.RelayLimits().p2pd_flags(c.relay_service),
-            **reach.p2p_options(c.reachability))
+            trusted_relays=c.initial_peers or None, p2pd_flags=flags, **reach.p2p_options(c.reachability))
 
     async def _choose_span(self) -> tuple[int, int]:
         """The configured A:B, or with `auto` the weakest-covered window of the size our memory holds."""
@@ -278,6 +287,8 @@ class Node:
             budget = self.config.announce_period / 2
             records = await asyncio.wait_for(self._records(), budget)
             await self.neighbours.measure(records.values(), self.serving.stack.end, timeout=budget)
+            if self.reachable is not None:
+                await self.reachable.meet_predecessors(records.values(), self.peer_id, self.serving.stack.start)
         except Exception as e:  # the DHT and the neighbours are best-effort; announcing is not
             log.info("could not measure the next-block neighbours: %s", e or type(e).__name__)
         if self.reachable is not None:
@@ -348,6 +359,8 @@ class Node:
         state: NodeState = {"dht_peers": self._dht_peers, "root": self.root, "dtype": self.config.dtype}
         if self.reachable is not None:
             state.update(reachability=self.reachable.state.kind, relays=self.reachable.state.relays)
+        if self._relay_metrics_port is not None and (relayed := relay_stats.read(self._relay_metrics_port)):
+            state["relayed"] = relayed
         if s is not None:
             state.update(active_sessions=len(s.sessions), cache_tokens_used=s.cache_tokens_used,
                          cache_tokens_free=s.cache_tokens_free, blocks_served=(s.stack.start, s.stack.end))

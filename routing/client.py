@@ -58,14 +58,21 @@ class PeerLink:
             self._dialed.discard(peer)
 
     async def _dial(self, peer: str) -> None:
-        if peer in self._dialed or peer not in self._addresses:
-            return
-        try:  # p2pd would otherwise have to discover the address through libp2p's own DHT
+        if peer not in self._dialed and peer in self._addresses:
+            await self.connect(peer, self._addresses[peer])
+
+    async def connect(self, peer: str, maddrs: Sequence[str]) -> bool:
+        """Dial `peer` at `maddrs` (at once if already connected); whether a connection is open. p2pd would
+        otherwise have to discover the address through libp2p's own DHT."""
+        self.remember(peer, maddrs)
+        try:
             await asyncio.wait_for(self.p2p._client.connect(
-                PeerID.from_base58(peer), [Multiaddr(a) for a in self._addresses[peer]]), DIAL_TIMEOUT)
-            self._dialed.add(peer)
+                PeerID.from_base58(peer), [Multiaddr(a) for a in maddrs]), DIAL_TIMEOUT)
         except Exception as e:
             log.debug("direct dial of %s failed (%s); leaving it to libp2p", peer[-8:], e)
+            return False
+        self._dialed.add(peer)
+        return True
 
     async def open_stream(self, peer: str, handler: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         await self._dial(peer)
@@ -118,7 +125,10 @@ class PeerLink:
         return frame
 
     async def ping(self, peer: str) -> tuple[float, dict[str, Any]]:
-        """Round-trip time of an info request, and the info."""
+        """Round-trip time of an info request, and the info. Timed after the first dial: its handshakes
+        take several round trips (each over the relay for a relayed node) that no step pays again, so the
+        time is the path's own: through the relay when the node is reached through one."""
+        await self._dial(peer)
         started = time.perf_counter()
         info = await self.request(peer, "swarmlm.info", {"type": "info", "v": wire.PROTOCOL_VERSION})
         return time.perf_counter() - started, info

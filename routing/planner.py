@@ -14,6 +14,12 @@ between the bounds the client's own measurements imply (|rtt(c,a) − rtt(c,b)| 
 rtt(c,a) + rtt(c,b)); announced throughput counts for at most CLAIM_CAP times the median of the
 candidates'. Nodes the client has not measured are planned through only when no measured chain
 exists, at UNMEASURED_RTT.
+
+A node behind a home router announces only `/p2p-circuit` addresses, so everyone reaches it through a
+relay, and every round trip measured to it (the client's ping, a predecessor's neighbour ping) runs
+through that relay: a relayed hop is planned at its measured cost like any other, so a chain through a
+relay wins only when it is the best one. Where nothing is measured, a relayed node counts two
+unmeasured legs (to its relay, then on to it) and so loses to an unmeasured direct one.
 """
 
 from __future__ import annotations
@@ -42,6 +48,11 @@ class Hop:
     record: ServerRecord
 
 
+def is_relayed(record: ServerRecord) -> bool:
+    """Whether peers reach this node only through a relay: its record announces only circuit addresses."""
+    return bool(record.maddrs) and all("/p2p-circuit" in m for m in record.maddrs)
+
+
 class Links:
     """Expected one-way delays between the client and nodes, and between nodes, in seconds."""
 
@@ -49,7 +60,11 @@ class Links:
         self.records, self.rtt = records, rtt
 
     def client_rtt(self, peer: str) -> float:
-        return self.rtt.get(peer, UNMEASURED_RTT)
+        """The round trip the client measured (through the relay for a relayed node), else a last resort's."""
+        if peer in self.rtt:
+            return self.rtt[peer]
+        record = self.records.get(peer)
+        return 2 * UNMEASURED_RTT if record is not None and is_relayed(record) else UNMEASURED_RTT
 
     def one_way(self, a: str, b: str) -> float:
         if a == CLIENT or b == CLIENT:

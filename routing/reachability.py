@@ -36,22 +36,31 @@ MODES = ("auto", "public", "private")
 
 @dataclass(frozen=True)
 class RelayLimits:
-    """What a public node's relay service grants each peer (p2pd's relay v2 resource limits)."""
+    """What a public node's relay service grants each peer (p2pd's relay v2 resource limits).
+
+    A relay cannot be used to amplify: it forwards bytes one for one, only to peers holding a
+    reservation on it (never to an address a requester names), within these limits; libp2p adds
+    at most 4 reservations per peer and 8 per IP address. Each circuit holds two copy buffers of
+    `buffer_bytes` (p2pd's default, 16 MiB, would let 16 circuits of one peer pin 512 MiB)."""
     reservations: int = 128           # peers that may hold a reservation on this relay
     circuits_per_peer: int = 16       # relayed connections open at once, per peer
     bytes_per_circuit: int = 1 << 30  # each direction of one relayed connection, then it is reset
     seconds_per_circuit: int = 3600   # a relayed connection's lifetime, then it is reset
+    buffer_bytes: int = 64 << 10      # per direction of a circuit: a step's frame is a few KiB to a few MiB
 
     def p2pd_flags(self, enabled: bool) -> dict[str, Any]:
+        """Opting out keeps the service on with no room: with `-relayService=0` this p2pd still relays
+        (go-libp2p's own relay, at its default limits: the lab's private nodes reserved on such nodes)."""
         if not enabled:
-            return {"relayService": False}
+            return {"relayService": True, "relayMaxReservations": 0, "relayMaxCircuits": 0}
         return {"relayService": True, "relayMaxReservations": self.reservations,
                 "relayMaxCircuits": self.circuits_per_peer, "relayDataLimit": self.bytes_per_circuit,
-                "relayTimeLimit": f"{self.seconds_per_circuit}s"}
+                "relayTimeLimit": f"{self.seconds_per_circuit}s", "relayBufferSize": self.buffer_bytes}
 
     def __str__(self) -> str:
         return (f"{self.reservations} reservations, {self.circuits_per_peer} circuits per peer, "
-                f"{self.bytes_per_circuit >> 20} MiB and {self.seconds_per_circuit // 60} min per circuit")
+                f"{self.bytes_per_circuit >> 20} MiB and {self.seconds_per_circuit // 60} min per circuit, "
+                f"{self.buffer_bytes >> 10} KiB buffers")
 
 
 def p2p_options(mode: str) -> dict[str, Any]:

@@ -4,8 +4,9 @@ The harness cannot call a RemoteModel that lives in another network namespace, s
 starts this script there and talks JSON lines with it: one request a line in, one reply a line
 out. The client connects once per push mode and keeps both models between requests, so runs that
 alternate (pushed and relayed, speculation on and off) compare like with like. A generation may
-pause after some tokens (`WanClient.begin`): the client says which chain it is using and waits
-for `resume()`, so a test can kill a node at a known point of a pushed generation.
+pause after some tokens (`WanClient.begin`): the client says which chain it is using (and the
+addresses it is connected to each node through, a relay's circuit for a node at home) and waits
+for `resume()`, so a test can kill a node or a relay at a known point of a generation.
 
     with swarm_in_lab(store, state_dir, [(0, 10), (10, 20), (20, 30)], rtt_ms=50) as (lab, swarm, client):
         g = client.generate("What is the capital of France?", 64, push=False)   # a shards Generation
@@ -51,9 +52,12 @@ class WanClientError(RuntimeError):
 class WanClient:
     """The harness's end of the pipe to a client running inside `lab`'s client host."""
 
-    def __init__(self, lab: WanLab, peers: Sequence[str], model: str, *, stderr: IO | None = None) -> None:
-        """`stderr`: where the client's log goes (default: this process's stderr)."""
-        argv = lab.wrap(CLIENT, [sys.executable, __file__, "--model", model, "--peers", *peers])
+    def __init__(self, lab: WanLab, peers: Sequence[str], model: str, *, stderr: IO | None = None,
+                 request_timeout: float | None = None) -> None:
+        """`stderr`: where the client's log goes (default: this process's stderr); `request_timeout`:
+        seconds a node may stay silent before the client fails over (the SDK's default if None)."""
+        argv = lab.wrap(CLIENT, [sys.executable, __file__, "--model", model, "--peers", *peers,
+                                 *(["--request-timeout", str(request_timeout)] if request_timeout else [])])
         self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
                                       text=True, bufsize=1)
         self._replies: queue.Queue[str | None] = queue.Queue()
@@ -65,14 +69,16 @@ class WanClient:
             raise
 
     def generate(self, prompt: str, tokens: int, **options: Any) -> Generation:
-        """One generation in a fresh session (`push`, `speculative`, `drafter`, `ignore_eos`); its
-        `extra` holds the chain, failovers, relayed steps, the runner's and each span's timing."""
+        """One generation in a fresh session (`push`, `speculative`, `drafter`, `ignore_eos`, `avoid`: peer
+        IDs not to route through); its `extra` holds the chain, failovers, relayed steps, the runner's and
+        each span's timing."""
         self._send({"op": "generate", "prompt": prompt, "tokens": tokens, **options})
         return _generation(self._receive("done"))
 
     def begin(self, prompt: str, tokens: int, pause_after: int, **options: Any) -> list[dict[str, Any]]:
         """Start a generation that pauses after `pause_after` tokens; returns the chain it is using
-        then ([{"peer_id", "blocks"}]). Finish it with `resume()`."""
+        then ([{"peer_id", "blocks", "via"}], `via`: the addresses of the client's connections to that
+        node). Finish it with `resume()`."""
         self._send({"op": "generate", "prompt": prompt, "tokens": tokens, "pause_after": pause_after, **options})
         return self._receive("paused")["chain"]
 
@@ -184,18 +190,23 @@ class _Driver:
     """The client's side: models per push mode, drafters, and one request at a time (the SDK and
     the drafter's model are imported here only: the harness's end needs neither)."""
 
-    def __init__(self, model: str, peers: list[str], replies: IO[str]) -> None:
+    def __init__(self, model: str, peers: list[str], replies: IO[str], request_timeout: float | None) -> None:
         self.model_path, self.peers, self.replies = model, peers, replies
         self.store = ShardStore(resolve_model(model))
-        self.models: dict[bool, RemoteModel] = {}
+        self.timeout = {"request_timeout": request_timeout} if request_timeout else {}
+        self.models: dict[tuple[bool, frozenset[str]], RemoteModel] = {}
         self.drafters: dict[str, ModelDrafter] = {}
 
-    def model(self, push: bool) -> RemoteModel:
+    def model(self, push: bool, avoid: Sequence[str] = ()) -> RemoteModel:
+        """The model for a push mode, routing around the `avoid` peers for good (benchmarks pin chains so)."""
         from swarmlm.sdk import RemoteModel
 
-        if push not in self.models:
-            self.models[push] = RemoteModel.connect(self.peers, self.model_path, push=push)
-        return self.models[push]
+        key = (push, frozenset(avoid))
+        if key not in self.models:
+            self.models[key] = model = RemoteModel.connect(self.peers, self.model_path, push=push, **self.timeout)
+            for peer in avoid:
+                model.view.bans.ban_forever(peer)
+        return self.models[key]
 
     def drafter(self, name: str) -> ModelDrafter | None:
         """None for prompt lookup (the default drafter), else a cached ModelDrafter."""
@@ -221,12 +232,12 @@ class _Driver:
                    client_rtt_ms={peer: seconds * 1000 for peer, seconds in view.rtt.items()})
 
     def generate(self, prompt: str, tokens: int, push: bool = True, speculative: int = 0, drafter: str = "lookup",
-                 ignore_eos: bool = False, pause_after: int | None = None) -> None:
-        model = self.model(push)
+                 ignore_eos: bool = False, pause_after: int | None = None, avoid: Sequence[str] = ()) -> None:
+        model = self.model(push, avoid)
         ids = encode_prompt(model.tokenizer, prompt)
         options = {"ignore_eos": ignore_eos, "speculative": speculative, "drafter": self.drafter(drafter)}
         with model.inference_session(min(len(ids) + tokens, model.config.max_context)) as session:
-            g = (self._paused(session, ids, tokens, pause_after, options) if pause_after else
+            g = (self._paused(model, session, ids, tokens, pause_after, options) if pause_after else
                  session.generate(ids, tokens, **options))
         runner = session.runner
         g.extra.update(model.run_details(runner), timing=runner.timing,
@@ -235,7 +246,7 @@ class _Driver:
                    prompt_tokens=g.prompt_tokens, time_to_first_token=g.time_to_first_token,
                    total_time=g.total_time, extra=g.extra)
 
-    def _paused(self, session: Session, ids: list[int], tokens: int, pause_after: int,
+    def _paused(self, model: RemoteModel, session: Session, ids: list[int], tokens: int, pause_after: int,
                 options: dict[str, Any]) -> Generation:
         """Stream; once `pause_after` tokens are out, report the chain and wait for `resume`."""
         g = Generation("", [], "length", len(ids))
@@ -246,8 +257,10 @@ class _Driver:
                 g.token_ids.append(event.token_id)
             if len(g.token_ids) >= pause_after and not paused:
                 paused = True
-                self.reply("paused", chain=[{"peer_id": s.peer, "blocks": [s.hop.start, s.hop.end]}
-                                            for s in session.runner.spans])
+                via = {str(p.peer_id): [str(a) for a in p.addrs]
+                       for p in model.client.run(model.client.p2p.list_peers())}
+                self.reply("paused", chain=[{"peer_id": s.peer, "blocks": [s.hop.start, s.hop.end],
+                                             "via": via.get(s.peer, [])} for s in session.runner.spans])
                 if json.loads(sys.stdin.readline() or "{}").get("op") != "resume":
                     raise ValueError("a paused generation expects 'resume'")
         if len(g.token_ids) < tokens:
@@ -265,10 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="the packed model's store folder")
     ap.add_argument("--peers", nargs="+", required=True, metavar="MADDR")
+    ap.add_argument("--request-timeout", type=float, help="seconds a node may stay silent (default: the SDK's)")
     args = ap.parse_args(argv)
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever else writes to stdout (a library, a daemon it starts) goes to the log, not the pipe
-    driver = _Driver(args.model, args.peers, replies)
+    driver = _Driver(args.model, args.peers, replies, args.request_timeout)
     try:
         driver.model(True)
         driver.reply("ready")

@@ -13,12 +13,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from node.errors import NodeError
 from node.metrics import NodeMetrics, NodeState
+from routing.relay_stats import RelayStats, parse
 
 REPO = Path(__file__).resolve().parents[2]
 STATE: NodeState = {"active_sessions": 2, "cache_tokens_used": 300, "cache_tokens_free": 7892, "dht_peers": 4,
                     "blocks_served": (10, 20), "root": "ab" * 32, "dtype": "float32", "ledger_entries": 17,
                     "ledger_checkpoint_size": 16, "ledger_ok": 1, "ledger_pending": 0, "ledger_commit_failures": 0,
-                    "ledger_unwritten": 0}
+                    "ledger_unwritten": 0, "reachability": "direct", "relays": (),
+                    "relayed": RelayStats(bytes=5 << 20, circuits_opened=3, circuits_closed=1, reservations_opened=2)}
 
 
 @pytest.fixture
@@ -72,6 +74,9 @@ def test_gauges_are_read_from_the_state_callback_at_each_scrape(metrics):
     info_labels = (("dtype", "float32"), ("end", "20"), ("root", "ab" * 32), ("start", "10"))
     assert first[("swarmlm_span_info", info_labels)] == 1
     assert first[("swarmlm_ledger_checkpoint_size", ())] == 16
+    assert first[("swarmlm_relayed_bytes_total", ())] == 5 << 20
+    assert first[("swarmlm_relay_circuits_total", (("event", "opened"),))] == 3
+    assert first[("swarmlm_relay_reservations_total", ())] == 2
     assert first[("process_resident_memory_bytes", ())] > 0
     state["active_sessions"] = 0
     assert scrape(port)[("swarmlm_active_sessions", ())] == 0
@@ -125,3 +130,24 @@ def test_the_grafana_dashboard_charts_every_metric_and_only_those(metrics):
     assert {_base(n) for n in exported if n.startswith("swarmlm_")} - {_base(n) for n in referenced} == set()
     assert {json.dumps(panel["datasource"]) for panel in dashboard["panels"]} == {
         json.dumps({"type": "prometheus", "uid": "${DS_PROMETHEUS}"})}
+
+
+P2PD_METRICS = """# TYPE libp2p_relaysvc_data_transferred_bytes_total counter
+libp2p_relaysvc_data_transferred_bytes_total 123456
+# TYPE libp2p_relaysvc_connections_total counter
+libp2p_relaysvc_connections_total{type="opened"} 4
+libp2p_relaysvc_connections_total{type="closed"} 3
+# TYPE libp2p_relaysvc_reservations_total counter
+libp2p_relaysvc_reservations_total{type="opened"} 2
+libp2p_relaysvc_reservations_total{type="renewed"} 7
+# TYPE libp2p_relaysvc_status gauge
+libp2p_relaysvc_status 1
+# TYPE go_goroutines gauge
+go_goroutines 80
+"""
+
+
+def test_relayed_bytes_are_p2pds_relay_counters():
+    assert parse(P2PD_METRICS) == RelayStats(bytes=123456, circuits_opened=4, circuits_closed=3,
+                                             reservations_opened=2)
+    assert parse("libp2p_relaysvc_status 0\n") == RelayStats()  # nothing relayed yet: p2pd has no series

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from routing.errors import NoRouteError
-from routing.planner import CLAIM_CAP, Links, compute_costs, plan_route
+from routing.planner import CLAIM_CAP, UNMEASURED_RTT, Links, compute_costs, is_relayed, plan_route
 from tests.routing.nodes import chain, node
 
 RTT = {"a": 0.01, "b": 0.01, "c": 0.01, "d": 0.01}
@@ -108,3 +108,41 @@ def test_a_tie_goes_to_the_first_node_listed_relayed_or_pushed() -> None:
         assert chain(plan_route(records, 0, 30, rtt=RTT, push=push)) == [("a", 0, 30)]
         assert chain(plan_route(records, 0, 30, rtt=RTT, push=push, banned={"a"})) == [("b", 0, 30)]
         assert chain(plan_route(records[2:], 0, 30, rtt=RTT, push=push)) == [("c", 0, 15), ("d", 15, 30)]
+
+
+def _relayed(peer: str, start: int, end: int, throughput: float = 10.0, **changes: object):
+    """A node at home: its record announces only its circuit through relay R."""
+    return node(peer, start, end, throughput, maddrs=[f"/ip4/11.77.0.2/tcp/4000/p2p/R/p2p-circuit/p2p/{peer}"],
+                **changes)
+
+
+def test_only_circuit_addresses_make_a_node_relayed() -> None:
+    assert is_relayed(_relayed("home", 0, 30))
+    assert not is_relayed(node("a", 0, 30, maddrs=["/ip4/11.77.0.3/tcp/4000/p2p/a"]))
+    assert not is_relayed(node("a", 0, 30, maddrs=["/ip4/11.77.0.3/tcp/4000/p2p/a",
+                                                   "/ip4/11.77.0.2/tcp/4000/p2p/R/p2p-circuit/p2p/a"]))
+    assert not is_relayed(node("a", 0, 30))
+
+
+@pytest.mark.parametrize("home_rtt, want", [(0.03, "home"), (0.2, "a")])
+def test_a_relayed_node_is_planned_at_the_round_trip_measured_through_its_relay(home_rtt: float, want: str) -> None:
+    """No penalty on top of what was measured: the relayed node wins when its relay path is the faster."""
+    records = [node("a", 0, 30), _relayed("home", 0, 30)]
+    for push in (False, True):
+        assert chain(plan_route(records, 0, 30, rtt={"a": 0.1, "home": home_rtt}, push=push)) == [(want, 0, 30)]
+
+
+@pytest.mark.parametrize("link_ms, want", [(10.0, [("a", 0, 15), ("home", 15, 30)]), (400.0, [("c", 0, 30)])])
+def test_a_pushed_hop_into_a_relayed_node_costs_what_its_predecessor_measured(link_ms: float, want: list) -> None:
+    """The predecessor's neighbour ping runs over the push stream, through the relay: its claim decides
+    (0.07 s a step with a 10 ms link, 0.09 s with the worst the bounds allow, against 0.08 s for c)."""
+    records = [node("a", 0, 15, 100.0, rtt_ms={"home": link_ms}), _relayed("home", 15, 30, 100.0),
+               node("c", 0, 30, 1 / 0.06)]
+    assert chain(plan_route(records, 0, 30, rtt={"a": 0.02, "home": 0.05, "c": 0.02}, push=True)) == want
+
+
+def test_unmeasured_a_relayed_node_loses_to_a_direct_one_but_still_covers() -> None:
+    records = [_relayed("home", 0, 30, 20.0), node("a", 0, 30)]
+    assert Links({r.peer_id: r for r in records}, {}).client_rtt("home") == pytest.approx(2 * UNMEASURED_RTT)
+    assert chain(plan_route(records, 0, 30)) == [("a", 0, 30)]
+    assert chain(plan_route(records[:1], 0, 30)) == [("home", 0, 30)]

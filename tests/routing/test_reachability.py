@@ -43,9 +43,10 @@ def test_a_dialback_request_names_at_most_four_real_ports(ports):
 
 
 def test_relay_limits_become_p2pd_flags_and_opting_out_turns_the_service_off():
-    assert RelayLimits().p2pd_flags(False) == {"relayService": False}
+    assert RelayLimits().p2pd_flags(False) == {"relayService": True, "relayMaxReservations": 0, "relayMaxCircuits": 0}
     flags = RelayLimits(circuits_per_peer=4, seconds_per_circuit=60).p2pd_flags(True)
     assert flags["relayMaxCircuits"] == 4 and flags["relayTimeLimit"] == "60s" and flags["relayService"] is True
+    assert flags["relayBufferSize"] == 64 << 10
 
 
 def test_a_dial_back_to_a_closed_port_says_closed_and_to_a_listener_open():

@@ -1,0 +1,18 @@
+"""A private node dials the nodes that push into its first block, when they can be dialed directly."""
+
+from __future__ import annotations
+
+from node.reachable import direct_pushers
+from tests.routing.nodes import node
+
+PUBLIC = ["/ip4/11.77.0.3/tcp/4000/p2p/x"]
+CIRCUIT = ["/ip4/11.77.0.2/tcp/4000/p2p/R/p2p-circuit/p2p/x"]
+
+
+def test_the_reachable_nodes_serving_the_block_before_ours_push_to_us():
+    records = [node("before", 0, 10, maddrs=PUBLIC), node("overlap", 5, 15, maddrs=PUBLIC),
+               node("home", 0, 10, maddrs=CIRCUIT), node("after", 10, 20, maddrs=PUBLIC),
+               node("far", 0, 5, maddrs=PUBLIC), node("draining", 0, 10, maddrs=PUBLIC, state="draining"),
+               node("me", 0, 10, maddrs=PUBLIC), node("nowhere", 0, 10)]
+    assert [r.peer_id for r in direct_pushers(records, "me", 10)] == ["before", "overlap"]
+    assert direct_pushers(records, "me", 0) == []  # the first block: only the client sends to us

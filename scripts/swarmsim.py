@@ -4,6 +4,11 @@
 
 prints, per placement policy: delivered tokens/s over the linear-program bound of the nodes present,
 block-seconds with no server, failed sessions, time per token (p50/p95) and joules per token.
+
+    python scripts/swarmsim.py --calibrate
+
+prints the simulator's predictions of this project's measured runs beside the measurements
+(scripts/swarmsim/calibrate.py) and exits 1 if a claimed case is off by more than 15%.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the production packages
 
+from swarmsim import calibrate  # noqa: E402
 from swarmsim.engine import PLACEMENTS, Simulation  # noqa: E402
 from swarmsim.scenarios import SCENARIOS  # noqa: E402
 
@@ -34,7 +40,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--placement", choices=PLACEMENTS, action="append", help="default: all")
     parser.add_argument("--push", action="store_true", help="plan and run pushed chains (slow planning at scale)")
+    parser.add_argument("--calibrate", action="store_true", help="predicted vs measured runs of this project, then exit")
     args = parser.parse_args()
+    if args.calibrate:
+        lines, ok = calibrate.table()
+        print("\n".join(lines))
+        print(f"* not one of the issue's cases. Every claimed case within {calibrate.TARGET:.0%}: {'yes' if ok else 'NO'}")
+        raise SystemExit(0 if ok else 1)
     rows = []
     for placement in args.placement or PLACEMENTS:
         cfg = SCENARIOS[args.scenario]()

@@ -144,7 +144,9 @@ class Metrics:
     moves: int = 0
     time_per_token: list[float] = field(default_factory=list)
     first_token: list[float] = field(default_factory=list)
-    series: list[tuple[float, float, float, int]] = field(default_factory=list)  # t, tokens/s, bound, uncovered
+    # sampled every `bound_every_s`: t, tokens/s since the last sample, the bound, uncovered blocks
+    series: list[tuple[float, float, float, int]] = field(default_factory=list)
+    servers: list[list[int]] = field(default_factory=list)  # per sample, servers online per block
 
     def summary(self, seconds: float) -> dict[str, float]:
         def pct(xs: list[float], q: float) -> float:
@@ -176,6 +178,7 @@ class Simulation:
         self._ids = itertools.count()
         self._rtt: dict[tuple[str, str], float] = {}
         self._bound = (0.0, 0.0)
+        self._sampled = (0.0, 0.0)  # (time, tokens) at the last sample
         self.departures = 0
         self._spans = iter(even_spans(cfg.model.num_blocks, cfg.nodes)) if cfg.placement == "even" else None
         lab = cfg.lab
@@ -475,16 +478,16 @@ class Simulation:
     def _uncovered(self, serves: Callable[[SimNode], bool] = lambda n: n.state in ("online", "draining")
                    ) -> list[bool]:
         """Per block: whether no node (that `serves`) holds it."""
+        return [c == 0 for c in self._servers(serves)]
+
+    def _servers(self, serves: Callable[[SimNode], bool] = lambda n: n.state in ("online", "draining")) -> list[int]:
+        """Per block: how many nodes (that `serve`) hold it."""
         diff = [0] * (self.model.num_blocks + 1)
         for n in self.nodes.values():
             if serves(n):
                 diff[n.start] += 1
                 diff[n.end] -= 1
-        out, running = [], 0
-        for d in diff[:-1]:
-            running += d
-            out.append(running == 0)
-        return out
+        return list(itertools.accumulate(diff[:-1]))
 
     def _tick(self, t: float, dt: float) -> None:
         cfg, m = self.cfg, self.metrics
@@ -536,14 +539,19 @@ class Simulation:
             if node.state != "gone":
                 use = min(1.0, busy.get(node.peer_id, 0.0) / dt)
                 m.energy_j += (node.hw.idle_w + (node.hw.power_w - node.hw.idle_w) * use) * dt
-        uncovered = sum(self._uncovered())
+        servers = self._servers()
+        uncovered = servers.count(0)
         m.uncovered_block_s += uncovered * dt
-        if not m.series or t - m.series[-1][0] >= cfg.bound_every_s - 1e-9:
+        sample = not m.series or t - m.series[-1][0] >= cfg.bound_every_s - 1e-9
+        if sample:
             self._bound = self.bounds()
         m.bound_token_s += self._bound[0] * dt
         m.best_token_s += self._bound[1] * dt
-        if not m.series or t - m.series[-1][0] >= cfg.bound_every_s - 1e-9:
-            m.series.append((t, made / dt, self._bound[0], uncovered))
+        if sample:
+            since, tokens = self._sampled
+            m.series.append((t, (m.tokens - tokens) / (t + dt - since), self._bound[0], uncovered))
+            m.servers.append(servers)
+            self._sampled = (t + dt, m.tokens)
 
     def bounds(self) -> tuple[float, float]:
         """(the bound for the nodes as placed, the bound for the same nodes placed anywhere), tokens/s."""

@@ -30,9 +30,10 @@ from swarmsim.scenarios import SCENARIOS  # noqa: E402
 COLUMNS = (("placement", "{}"), ("offered/s", "{:.0f}"), ("tokens/s", "{:.1f}"), ("bound", "{:.1f}"), ("of bound", "{:.2f}"),
            ("best bound", "{:.1f}"), ("uncovered blk·s", "{:.0f}"), ("sessions", "{}"), ("failed", "{}"),
            ("failed w/ cover", "{}"), ("failovers", "{}"), ("moves", "{}"), ("tpt p50 s", "{:.3f}"),
-           ("tpt p95 s", "{:.3f}"), ("ttft p50 s", "{:.2f}"), ("J/token", "{:.1f}"), ("wall s", "{:.0f}"))
+           ("tpt p95 s", "{:.3f}"), ("ttft p50 s", "{:.2f}"), ("J/token", "{:.1f}"), ("wall s", "{:.0f}"),
+           ("cpu s", "{:.0f}"))
 KEYS = ("offered_s", "tokens_s", "bound_s", "of_bound", "best_bound_s", "uncovered_block_s", "sessions", "failed",
-        "failed_with_cover", "failovers", "moves", "tpt_p50", "tpt_p95", "ttft_p50", "j_per_token", "wall_s")
+        "failed_with_cover", "failovers", "moves", "tpt_p50", "tpt_p95", "ttft_p50", "j_per_token", "wall_s", "cpu_s")
 
 
 def main() -> None:
@@ -42,24 +43,27 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--placement", choices=PLACEMENTS, action="append", help="default: all")
     parser.add_argument("--push", action="store_true", help="plan and run pushed chains (slow planning at scale)")
-    parser.add_argument("--out", type=Path, default=Path("swarmsim-out"), help="folder for the PNGs (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("swarmsim-out"),
+                        help="folder for the PNGs (default %(default)s)")
     parser.add_argument("--no-plots", action="store_true", help="the table only")
-    parser.add_argument("--calibrate", action="store_true", help="predicted vs measured runs of this project, then exit")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="predicted vs measured runs of this project, then exit")
     args = parser.parse_args()
     if args.calibrate:
         lines, ok = calibrate.table()
         print("\n".join(lines))
-        print(f"* not one of the issue's cases. Every claimed case within {calibrate.TARGET:.0%}: {'yes' if ok else 'NO'}")
+        print(f"* not one of the issue's cases. Every claimed case within {calibrate.TARGET:.0%}: "
+              f"{'yes' if ok else 'NO'}")
         raise SystemExit(0 if ok else 1)
     rows, runs = [], {}
     for placement in args.placement or PLACEMENTS:
         cfg = SCENARIOS[args.scenario]()
         cfg = dataclasses.replace(cfg, placement=placement, seed=args.seed, push=args.push,
                                   hours=args.hours if args.hours is not None else cfg.hours)
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         sim = Simulation(cfg)
         result = sim.run()
-        result["wall_s"] = time.perf_counter() - began
+        result["wall_s"], result["cpu_s"] = time.perf_counter() - began, time.process_time() - cpu  # one core
         runs[placement] = sim.metrics
         rows.append([placement] + [result[k] for k in KEYS])
         print(f"{placement}: done in {result['wall_s']:.0f}s", file=sys.stderr)

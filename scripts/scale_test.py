@@ -36,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from node.errors import NodeError  # noqa: E402
 from node.local_swarm import LocalNode, LocalSwarm  # noqa: E402
 from routing.client import SwarmClient  # noqa: E402
 from routing.records import ServerRecord  # noqa: E402
@@ -108,6 +109,7 @@ class Scale:
         self.peak_rss = self.peak_pss = 0
         self.waves: list[dict] = []
         self.started = 0
+        self.failed_starts = 0  # joiners that exited before they were ready
         self.observer: SwarmClient | None = None
         self.holes: list[float] = []  # when a coverage sample had a block with no live server
 
@@ -148,12 +150,20 @@ class Scale:
         joined: list[LocalNode] = []
         while len(joined) < count:
             group = [self.swarm.spawn_node(wait=False) for _ in range(min(self.args.join_group, count - len(joined)))]
-            joined += self.swarm.await_nodes(group)
-            self.started += len(group)
+            try:
+                self.swarm.await_nodes(group)
+            except NodeError as e:  # on a loaded machine a node's DHT may not answer within its start-up limit
+                self.failed_starts += 1
+                self.say(f"a joiner failed to start ({str(e).splitlines()[0]}); starting another")
+                if self.failed_starts > self.args.max_failed_starts:
+                    raise
+            ready = [n for n in group if n in self.swarm.nodes]
+            joined += ready
+            self.started += len(ready)
             self.sample_memory()
             self.coverage()
             self.say(f"joined {len(joined)}/{count}: blocks " + " ".join(f"{a}:{b}" for a, b in
-                                                                         (n.blocks for n in group)))
+                                                                         (n.blocks for n in ready)))
         return joined
 
     def kill(self, victims: list[LocalNode]) -> None:
@@ -259,7 +269,8 @@ class Scale:
     def summary(self, client_stopped: bool) -> dict:
         restored = all(w["restored_s"] is not None for w in self.waves)
         return {"nodes": self.args.nodes, "blocks": self.n, "blocks_per_node": self.args.blocks_per_node,
-                "waves": self.waves, "started": self.started, "peak_rss_gib": self.peak_rss / GIB,
+                "waves": self.waves, "started": self.started, "failed_starts": self.failed_starts,
+                "peak_rss_gib": self.peak_rss / GIB,
                 "peak_pss_gib": self.peak_pss / GIB, "client_generations": self.log.ok,
                 "client_tokens": self.log.tokens, "failed_with_cover": self.log.failed_with_cover,
                 "failed_uncovered": self.log.failed_uncovered, "client_stopped": client_stopped,
@@ -294,6 +305,8 @@ def main() -> int:
     ap.add_argument("--pause", type=float, default=10.0, help="seconds of steady serving around the waves")
     ap.add_argument("--tokens", type=int, default=16, help="tokens per client generation")
     ap.add_argument("--ready-timeout", type=float, default=300.0)
+    ap.add_argument("--max-failed-starts", type=int, default=5,
+                    help="joiners that may fail to start before the run stops")
     ap.add_argument("--max-rss", type=float, default=12.0, help="GiB the swarm may use before the run stops")
     ap.add_argument("--model", type=Path, help="a packed store (default: the thin synthetic model, packed once)")
     ap.add_argument("--work", type=Path, help="folder for the model and node state (default: a temporary one)")
@@ -311,7 +324,8 @@ def main() -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"\n{result['nodes']} nodes ({result['started']} started in all) over {result['blocks']} blocks, "
+        print(f"\n{result['nodes']} nodes ({result['started']} started in all, {result['failed_starts']} failed to "
+              f"start) over {result['blocks']} blocks, "
               f"{len(result['waves'])} waves, {result['seconds']:.0f} s")
         for i, w in enumerate(result["waves"], 1):
             restored = f"{w['restored_s']:.0f} s" if w["restored_s"] is not None else "never"

@@ -3,7 +3,8 @@
 Coverage of a block is the summed throughput of the online nodes serving it. A joining node takes
 the window whose sorted coverage is lexicographically smallest: blocks nobody serves first, then
 the thinnest. A serving node moves only when that clearly lifts the swarm's weakest block (or
-removes uncovered blocks), never for a marginal gain, so nodes do not oscillate.
+removes uncovered blocks), never for a marginal gain, so nodes do not oscillate; of k nodes on the
+same span, which all reach the same decision at once, each moves with probability 1/k.
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ def should_move(records: Iterable[ServerRecord], num_blocks: int, me: ServerReco
     else:
         better = low_moved > low_now * (1 + HYSTERESIS)
     return target if better else None
+
+
+def move_chance(records: Iterable[ServerRecord], me: ServerRecord) -> float:
+    """The probability with which a node that `should_move` does move at this check: 1/k, k being the
+    online nodes on exactly its span (itself included). Such twins read the same coverage and reach the
+    same decision within the same few seconds; were all to move, the span they leave would be the new
+    hole and they would chase it back and forth (seen with 8 nodes in scripts/scale_test.py). With
+    1/k, one of them moves per round on average and the next round sees where it went."""
+    twins = sum(1 for r in records if r.state == "online" and r.peer_id != me.peer_id
+                and (r.start, r.end) == (me.start, me.end))
+    return 1.0 / (1 + twins)
 
 
 def rebalance_delay(period: float, rng: random.Random | None = None) -> float:

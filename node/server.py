@@ -12,6 +12,7 @@ import fcntl
 import json
 import logging
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -48,7 +49,7 @@ from .neighbours import Neighbours
 from .push import HANDLER as PUSH_HANDLER
 from .push import PushLinks, PushReceiver
 from .reachable import REACHABILITY_PERIOD, RELAY_WAIT, Reachable
-from .selection import blocks_for_budget, best_start, coverage, rebalance_delay, should_move
+from .selection import blocks_for_budget, best_start, coverage, move_chance, rebalance_delay, should_move
 from .serving import Serving
 from .sessions import NodeSession, session_key
 from .throughput import cached_throughput
@@ -263,7 +264,7 @@ class Node:
         me = self.record()
         records[self.peer_id] = me
         target = should_move(records.values(), self.num_blocks, me)
-        if target is None or stop.is_set():
+        if target is None or stop.is_set() or random.random() >= move_chance(records.values(), me):
             return
         length = me.end - me.start
         log.info("rebalance: moving from blocks %d:%d to %d:%d, where the swarm is weakest",

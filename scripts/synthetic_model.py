@@ -4,7 +4,8 @@ Random weights from a seed, generated block by block while the store is written 
 never committed), in the Llama architecture our blocks serve: GQA, RoPE, SwiGLU, tied embeddings.
 The tokenizer is the default model's (vocabulary 49152), so text goes in and out. Presets:
 `1b` (hidden 2048, 22 layers, intermediate 5632, 32 heads, 4 KV heads: 1.07 billion parameters,
-4.3 GB in float32), `mid` (about 210 million, for tests) and `tiny`; `8b` has Llama-3-8B's block
+4.3 GB in float32), `mid` (about 210 million, for tests), `tiny`, and `thin` (48 blocks of hidden 64: many
+small nodes on one machine, scripts/scale_test.py); `8b` has Llama-3-8B's block
 shapes (hidden 4096, 32 layers, intermediate 14336, 32 heads, 8 KV heads) for GPU benchmarks, whose
 `random_stack` builds its blocks straight on the device (scripts/gpu_check.py).
 
@@ -43,6 +44,7 @@ PRESETS: dict[str, dict[str, int]] = {
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32, num_kv_heads=4),
     "mid": dict(hidden_size=768, intermediate_size=3072, num_layers=20, num_heads=12, num_kv_heads=4),
     "tiny": dict(hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2),
+    "thin": dict(hidden_size=64, intermediate_size=128, num_layers=48, num_heads=4, num_kv_heads=2),
     "8b": dict(hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32, num_kv_heads=8),
 }
 HEAD_STREAM = 1 << 16  # generator stream of the head; blocks use streams 0..layers-1

@@ -7,8 +7,8 @@ sessions it holds, and the upload of that batch's outputs on its uplink), and to
 that rate. Batching is ideal (every session on a node rides every step), which favours the
 simulated swarm; prefill and replays delay a session but load no node.
 
-Policies are the production code: where a node sits (`best_start`, `should_move`, `rebalance_delay`,
-`blocks_for_budget`), which chain a client takes (`plan_measured_first`, as `SwarmView.plan` calls
+Policies are the production code: where a node sits (`best_start`, `should_move`, `move_chance`,
+`rebalance_delay`, `blocks_for_budget`), which chain a client takes (`plan_measured_first`, as `SwarmView.plan` calls
 it), how it punishes a failing node (`Bans.penalize`, the runner's ban-or-excuse), when it gives up
 or waits for a ban to end (`coverage_wake`, `DEFAULT_DEADLINE`). Clients see only the DHT: records
 nodes announced (every `announce_period`, and at each change of state); a crashed node's record
@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 import statistics
 from dataclasses import dataclass, field
 from typing import Callable
 
-from node.selection import best_start, blocks_for_budget, coverage, rebalance_delay, should_move
+from node.local_swarm import even_spans
+from node.selection import best_start, blocks_for_budget, coverage, move_chance, rebalance_delay, should_move
 from routing.chain import DEFAULT_DEADLINE, coverage_wake
 from routing.errors import NoRouteError
 from routing.planner import plan_measured_first
@@ -34,9 +36,10 @@ from routing.wire import PROTOCOL_VERSION
 
 from . import churn, network, workload
 from .bound import Capacity, best_placement_bound, placement_bound
-from .hardware import PROFILES, Model, step_time
+from .hardware import MESSAGE_CPU_S, MESSAGE_S, PROFILES, Model, step_time
+from .lab import Lab
 
-PLACEMENTS = ("petals", "random")
+PLACEMENTS = ("petals", "random")  # "even" too: LocalSwarm's split, never moved (the measured runs)
 DISK_BYTES_S = 2e9  # loading blocks a volunteer already holds
 
 
@@ -47,7 +50,7 @@ class Config:
     hardware_mix: dict[str, float]
     client_rate: float  # sessions per second
     hours: float = 1.0
-    mean_lifetime_s: float = 3 * 3600.0
+    mean_lifetime_s: float = 3 * 3600.0  # math.inf: nobody leaves or joins
     crash_fraction: float = 0.5  # departures that are crashes; the rest drain politely
     nat_fraction: float = 0.4
     placement: str = "petals"
@@ -60,6 +63,10 @@ class Config:
     drain_grace: float = 30.0
     cache_tokens: int = 8192
     memory_fraction: float = 0.8  # of free memory, as node/server.py budgets it
+    lab: Lab | None = None  # one machine or a network lab instead of the internet (scripts/swarmsim/lab.py)
+    client_s: float = 0.0  # a client's own seconds per token (its head); not modelled on the internet
+    message_s: float = MESSAGE_S  # our stack's latency per message sent
+    message_cpu_s: float = MESSAGE_CPU_S  # CPU per message, all processes together (counts on a shared host)
 
 
 class SimNode:
@@ -137,7 +144,9 @@ class Metrics:
     moves: int = 0
     time_per_token: list[float] = field(default_factory=list)
     first_token: list[float] = field(default_factory=list)
-    series: list[tuple[float, float, float, int]] = field(default_factory=list)  # t, tokens/s, bound, uncovered
+    # sampled every `bound_every_s`: t, tokens/s since the last sample, the bound, uncovered blocks
+    series: list[tuple[float, float, float, int]] = field(default_factory=list)
+    servers: list[list[int]] = field(default_factory=list)  # per sample, servers online per block
 
     def summary(self, seconds: float) -> dict[str, float]:
         def pct(xs: list[float], q: float) -> float:
@@ -154,7 +163,7 @@ class Metrics:
 
 class Simulation:
     def __init__(self, cfg: Config) -> None:
-        if cfg.placement not in PLACEMENTS:
+        if cfg.placement not in (*PLACEMENTS, "even"):
             raise ValueError(f"placement must be one of {PLACEMENTS}")
         self.cfg, self.model = cfg, cfg.model
         self.now = 0.0
@@ -169,7 +178,11 @@ class Simulation:
         self._ids = itertools.count()
         self._rtt: dict[tuple[str, str], float] = {}
         self._bound = (0.0, 0.0)
+        self._sampled = (0.0, 0.0)  # (time, tokens) at the last sample
         self.departures = 0
+        self._spans = iter(even_spans(cfg.model.num_blocks, cfg.nodes)) if cfg.placement == "even" else None
+        lab = cfg.lab
+        self.client_upload = network.CLIENT_UPLOAD if lab is None else lab.bytes_s
 
     # ---- the event loop ------------------------------------------------------------------------
 
@@ -183,8 +196,13 @@ class Simulation:
         cfg = self.cfg
         for _ in range(cfg.nodes):
             self._join(self._new_node(), loaded=True)
-        self.at(workload.next_arrival(self.rng, cfg.client_rate), self._arrive)
-        self.at(self.rng.expovariate(cfg.nodes / cfg.mean_lifetime_s), self._volunteer_arrives)
+        if cfg.lab is not None:
+            for _ in range(cfg.lab.sessions):
+                self._open(cfg.lab.prompt, cfg.lab.answer)
+        if cfg.client_rate > 0:
+            self.at(workload.next_arrival(self.rng, cfg.client_rate), self._arrive)
+        if not math.isinf(cfg.mean_lifetime_s):
+            self.at(self.rng.expovariate(cfg.nodes / cfg.mean_lifetime_s), self._volunteer_arrives)
         end = cfg.hours * 3600
         t = 0.0
         while t < end:
@@ -205,6 +223,8 @@ class Simulation:
     def _new_node(self) -> SimNode:
         mix = self.cfg.hardware_mix
         node = SimNode(f"node{next(self._ids)}", self.rng.choices(list(mix), list(mix.values()))[0], self.cfg, self.rng)
+        if self.cfg.lab is not None:
+            node.upload = node.download = self.client_upload
         self.nodes[node.peer_id] = node
         return node
 
@@ -216,12 +236,16 @@ class Simulation:
     def _join(self, node: SimNode, loaded: bool) -> None:
         n = self.model.num_blocks
         length = min(node.length, n)
-        if self.cfg.placement == "petals":
+        if self._spans is not None:
+            start, end = next(self._spans)
+            length = node.length = end - start
+        elif self.cfg.placement == "petals":
             start = best_start(coverage(self.records.values(), n), length)
         else:
             start = self.rng.randint(0, n - length)
         node.start, node.end = start, start + length
-        self.at(self.now + churn.lifetime(self.rng, self.cfg.mean_lifetime_s), lambda: self._leave(node))
+        if not math.isinf(self.cfg.mean_lifetime_s):
+            self.at(self.now + churn.lifetime(self.rng, self.cfg.mean_lifetime_s), lambda: self._leave(node))
         if loaded:
             node.held = set(range(node.start, node.end))
             self._online(node)
@@ -259,7 +283,7 @@ class Simulation:
         records = dict(self.records)
         records[node.peer_id] = me
         target = should_move(records.values(), self.model.num_blocks, me)
-        if target is None:
+        if target is None or self.rng.random() >= move_chance(records.values(), me):
             self.at(self.now + rebalance_delay(self.cfg.rebalance_period, self.rng), lambda: self._rebalance(node))
             return
         self.metrics.moves += 1
@@ -305,20 +329,25 @@ class Simulation:
     # ---- clients -------------------------------------------------------------------------------
 
     def _arrive(self) -> None:
-        prompt, answer = workload.lengths(self.rng)
+        self._open(*workload.lengths(self.rng))
+        self.at(self.now + workload.next_arrival(self.rng, self.cfg.client_rate), self._arrive)
+
+    def _open(self, prompt: int, answer: int) -> None:
         s = Session(f"client{next(self._ids)}", network.Endpoint(network.pick_region(self.rng)), prompt, answer,
                     self.now, Bans(clock=self.clock))
         s.give_up_at = self.now + DEFAULT_DEADLINE
         self.metrics.offered += answer
         self.sessions[s] = None
         self._repair(s)
-        self.at(self.now + workload.next_arrival(self.rng, self.cfg.client_rate), self._arrive)
 
     def _client_rtt(self, s: Session, peer: str) -> float:
         key = (s.endpoint.region, peer)
         if key not in self._rtt:
-            self._rtt[key] = network.rtt(s.endpoint, self.nodes[peer].endpoint)
+            self._rtt[key] = self._link_rtt(s.endpoint, self.nodes[peer].endpoint)
         return self._rtt[key]
+
+    def _link_rtt(self, a: network.Endpoint, b: network.Endpoint) -> float:
+        return network.rtt(a, b) if self.cfg.lab is None else self.cfg.lab.rtt_s
 
     def _plan(self, s: Session, start: int, end: int) -> list[tuple[SimNode, int, int, int]] | None:
         """A chain over [start, end) whose nodes took the session, as `RemoteRunner._open_chain` gets one;
@@ -393,10 +422,26 @@ class Simulation:
             i += len(new)
 
     def _prefill(self, s: Session, hops: list[tuple[SimNode, int, int, int]], tokens: int) -> float:
-        """Seconds to send `tokens` through fresh spans (the prompt, or a replay after failover)."""
-        wire = tokens * self.model.hidden_bytes
-        return sum(self._client_rtt(s, n.peer_id) + wire / n.upload + wire / network.CLIENT_UPLOAD
-                   + (b - a) * step_time(n.hw, self.model, tokens, tokens) for n, a, b, _ in hops)
+        """Seconds to send `tokens` through fresh spans (the prompt, or a replay after failover) and get
+        the next token's logits back: the same trips as a decoded token, at `tokens` rows."""
+        return self._trip(s, [(n, a, b) for n, a, b, _ in hops], tokens * self.model.hidden_bytes,
+                          [(b - a) * step_time(n.hw, self.model, tokens, tokens) for n, a, b, _ in hops])
+
+    def _trip(self, s: Session, hops: list[tuple[SimNode, int, int]], wire: float, compute: list[float]) -> float:
+        """Seconds for one step of `wire` bytes per hop through `hops`, each computing its `compute`
+        seconds: relayed, a round trip to the client per hop; pushed, node to node and back once."""
+        cfg = self.cfg
+        if not cfg.push or len(hops) == 1:
+            return cfg.client_s + sum(self._client_rtt(s, n.peer_id) + wire / self.client_upload + wire / n.upload
+                                      + 2 * cfg.message_s + c for (n, _, _), c in zip(hops, compute))
+        first, last = hops[0][0], hops[-1][0]
+        t = (cfg.client_s + (self._client_rtt(s, first.peer_id) + self._client_rtt(s, last.peer_id)) / 2
+             + wire / self.client_upload + (len(hops) + 1) * cfg.message_s)
+        for k, ((n, _, _), c) in enumerate(zip(hops, compute)):
+            t += wire / n.upload + c
+            if k + 1 < len(hops):
+                t += self._link_rtt(n.endpoint, hops[k + 1][0].endpoint) / 2
+        return t
 
     def _fail(self, s: Session) -> None:
         for node, *_ in s.hops:
@@ -412,36 +457,37 @@ class Simulation:
         del self.sessions[s]
         self.metrics.done += 1
         self.metrics.time_per_token.append((self.now - s.decode_started) / s.answer)
+        if self.cfg.lab is not None:  # its clients generate back to back
+            self._open(self.cfg.lab.prompt, self.cfg.lab.answer)
 
     # ---- a tick of decoding --------------------------------------------------------------------
 
     def _time_per_token(self, s: Session) -> float:
-        hidden = self.model.hidden_bytes
-        client_up = network.CLIENT_UPLOAD
-        if not self.cfg.push or len(s.hops) == 1:
-            return sum(self._client_rtt(s, n.peer_id) + hidden / client_up + n.send
-                       + (b - a) / (n.end - n.start) * n.step for n, a, b, _ in s.hops)
-        first, last = s.hops[0][0], s.hops[-1][0]
-        t = (self._client_rtt(s, first.peer_id) + self._client_rtt(s, last.peer_id)) / 2 + hidden / client_up
-        for k, (n, a, b, _) in enumerate(s.hops):
-            t += n.send + (b - a) / (n.end - n.start) * n.step
-            if k + 1 < len(s.hops):
-                t += network.rtt(n.endpoint, s.hops[k + 1][0].endpoint) / 2
-        return t
+        """Seconds per decoded token along the session's chain: each node's step at its batch, its
+        uplink carrying that batch (`send`, in place of the one token's bytes), the trips."""
+        hops = [(n, a, b) for n, a, b, _ in s.hops]
+        return self._trip(s, hops, 0.0, [n.send + (b - a) / (n.end - n.start) * n.step for n, a, b in hops]) + (
+            self.model.hidden_bytes / self.client_upload * (1 if self.cfg.push and len(hops) > 1 else len(hops)))
+
+    def _cpu_per_token(self, s: Session) -> float:
+        """CPU seconds one decoded token costs the host when every process shares it (a lab)."""
+        msgs = len(s.hops) + 1 if self.cfg.push and len(s.hops) > 1 else 2 * len(s.hops)
+        return self.cfg.client_s + msgs * self.cfg.message_cpu_s + sum(
+            (b - a) / (n.end - n.start) * n.step / max(1, len(n.sessions)) for n, a, b, _ in s.hops)
 
     def _uncovered(self, serves: Callable[[SimNode], bool] = lambda n: n.state in ("online", "draining")
                    ) -> list[bool]:
         """Per block: whether no node (that `serves`) holds it."""
+        return [c == 0 for c in self._servers(serves)]
+
+    def _servers(self, serves: Callable[[SimNode], bool] = lambda n: n.state in ("online", "draining")) -> list[int]:
+        """Per block: how many nodes (that `serve`) hold it."""
         diff = [0] * (self.model.num_blocks + 1)
         for n in self.nodes.values():
             if serves(n):
                 diff[n.start] += 1
                 diff[n.end] -= 1
-        out, running = [], 0
-        for d in diff[:-1]:
-            running += d
-            out.append(running == 0)
-        return out
+        return list(itertools.accumulate(diff[:-1]))
 
     def _tick(self, t: float, dt: float) -> None:
         cfg, m = self.cfg, self.metrics
@@ -467,12 +513,17 @@ class Simulation:
                 node.send = len(active) * self.model.hidden_bytes / node.upload  # its uplink carries the batch
         busy: dict[str, float] = {}
         made = 0.0
+        tpts = {s: self._time_per_token(s) for s in decoding}
+        if cfg.lab is not None and decoding:  # one host's cores shared by all: processor sharing
+            demand = sum(self._cpu_per_token(s) / tpt for s, tpt in tpts.items())
+            if demand > cfg.lab.cores:
+                tpts = {s: tpt * demand / cfg.lab.cores for s, tpt in tpts.items()}
         for s in decoding:
-            tpt = self._time_per_token(s)
+            tpt = tpts[s]
             began = max(t, s.ready_at)
             if s.decode_started is None:
                 s.decode_started = began
-                m.first_token.append(began + tpt - s.arrived)
+                m.first_token.append(s.ready_at - s.arrived)  # the prefill's last row gave the first token
             tokens = min(s.answer - s.tokens, (t + dt - began) / tpt)
             s.tokens += tokens
             made += tokens
@@ -488,14 +539,19 @@ class Simulation:
             if node.state != "gone":
                 use = min(1.0, busy.get(node.peer_id, 0.0) / dt)
                 m.energy_j += (node.hw.idle_w + (node.hw.power_w - node.hw.idle_w) * use) * dt
-        uncovered = sum(self._uncovered())
+        servers = self._servers()
+        uncovered = servers.count(0)
         m.uncovered_block_s += uncovered * dt
-        if not m.series or t - m.series[-1][0] >= cfg.bound_every_s - 1e-9:
+        sample = not m.series or t - m.series[-1][0] >= cfg.bound_every_s - 1e-9
+        if sample:
             self._bound = self.bounds()
         m.bound_token_s += self._bound[0] * dt
         m.best_token_s += self._bound[1] * dt
-        if not m.series or t - m.series[-1][0] >= cfg.bound_every_s - 1e-9:
-            m.series.append((t, made / dt, self._bound[0], uncovered))
+        if sample:
+            since, tokens = self._sampled
+            m.series.append((t, (m.tokens - tokens) / (t + dt - since), self._bound[0], uncovered))
+            m.servers.append(servers)
+            self._sampled = (t + dt, m.tokens)
 
     def bounds(self) -> tuple[float, float]:
         """(the bound for the nodes as placed, the bound for the same nodes placed anywhere), tokens/s."""

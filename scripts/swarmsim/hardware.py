@@ -11,11 +11,14 @@ Figures are the vendors' spec sheets (dense FP16 tensor throughput, no sparsity;
     GPU load is a reviewer's wall-power figure, not Apple's
   - CPU-only desktop: dual-channel DDR4-3200 (2 × 25.6 GB/s), 8 cores × AVX2 FMA at ~3.5 GHz
     (~0.9 TFLOPS FP32 peak), 65 W TDP (a Ryzen 7 5700G class part)
+  - `ci-cpu`: this project's CI machine (2 cores, no GPU, float32), measured rather than specified;
+    see CI_CPU below
 Idle power is taken as 15% of board power (an assumption). Achieved fractions of peak (BW_EFF,
 FLOP_EFF) and the per-block launch overhead are assumptions too, not measurements.
 
 A step of `batch` tokens through one block reads the block's weights once and each token's KV cache,
-and does 2·params FLOPs per token: its time is the larger of the two, plus the overhead.
+and does 2·params FLOPs per token: on a GPU its time is the larger of the two (weights stream while
+the tensor cores work), on one CPU thread their sum; plus the overhead.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ class Hardware:
     tflops: float
     power_w: float
     overhead_s: float = 0.0002  # kernel launches per block per step
+    overlap: bool = True  # memory traffic hides behind compute (GPUs); False: they add up
+    bw_eff: float = BW_EFF
+    flop_eff: float = FLOP_EFF
 
     @property
     def idle_w(self) -> float:
@@ -50,6 +56,22 @@ PROFILES = {h.name: h for h in (
     Hardware("cpu", 32, 51.2, 0.9, 65, overhead_s=0.001),
 )}
 
+# The CI machine, one node thread, float32 SmolLM2-135M blocks (14.2 MB each). README ("Many clients at
+# once"): a 10-block span's forward takes 8.8 ms for 1 row and 16.6 ms for 8 rows on one thread. A
+# roofline's max() cannot fit both (the weights' read would hide the rows' FLOPs up to ~8 rows); a
+# sum does: 0.111 ms per row per block (63.6 GFLOP/s achieved) on top of 0.77 ms to stream the weights
+# (18.4 GB/s achieved), which also predicts a 37-token prefill within 10% (see calibrate.py).
+CI_CPU = Hardware("ci-cpu", 24, 18.4, 0.0636, 65, overhead_s=0.0, overlap=False, bw_eff=1.0, flop_eff=1.0)
+PROFILES[CI_CPU.name] = CI_CPU
+
+# Our software stack, fitted to this project's measured runs (calibrate.py prints the fit): each message
+# a client or node sends costs MESSAGE_S of latency (serialising, signing, p2pd on both ends, asyncio),
+# fitted to the single-session runs (loopback and WAN lab); on a shared host every message costs
+# MESSAGE_CPU_S of CPU over all the processes it passes (the two p2pd daemons, sender and receiver),
+# fitted to 8 concurrent sessions on 2 cores, which are CPU-bound.
+MESSAGE_S = 0.00175
+MESSAGE_CPU_S = 0.0067
+
 
 @dataclass(frozen=True)
 class Model:
@@ -62,6 +84,7 @@ class Model:
     kv_heads: int = 8
     head_dim: int = 128
     bytes_per_param: float = 0.53  # NF4 with a 16-bit scale per 64 weights, as Petals serves 70B models
+    act_bytes: int = 2  # a hidden state's value on the wire (float16)
 
     @property
     def block_bytes(self) -> int:
@@ -74,18 +97,22 @@ class Model:
 
     @property
     def hidden_bytes(self) -> int:
-        """One token's hidden state on the wire (float16)."""
-        return 2 * self.hidden_size
+        """One token's hidden state on the wire."""
+        return self.act_bytes * self.hidden_size
 
 
 # Block sizes: total parameters less the embeddings and LM head, over the blocks (Meta's model cards).
 LLAMA3_70B = Model("llama-3-70b", 80, (70.6e9 - 2 * 128256 * 8192) / 80, 8192)
 LLAMA3_405B = Model("llama-3-405b", 126, (405.9e9 - 2 * 128256 * 16384) / 126, 16384)
-MODELS = {m.name: m for m in (LLAMA3_70B, LLAMA3_405B)}
+# SmolLM2-135M as this project measures it: 30 blocks in float32 (hidden 576, 9 heads, 3 KV heads of 64,
+# MLP 1536: 3,540,096 parameters a block), float32 activations on the wire.
+SMOLLM2_135M = Model("smollm2-135m", 30, 3_540_096, 576, kv_heads=3, head_dim=64, bytes_per_param=4, act_bytes=4)
+MODELS = {m.name: m for m in (LLAMA3_70B, LLAMA3_405B, SMOLLM2_135M)}
 
 
 def step_time(hw: Hardware, model: Model, batch: int, context_tokens: int) -> float:
     """Seconds for one block to process `batch` new tokens that attend `context_tokens` cached ones in all."""
     moved = model.block_bytes + context_tokens * model.kv_bytes_per_token
     flops = 2 * model.params_per_block * batch
-    return max(moved / (hw.bandwidth_gbs * 1e9 * BW_EFF), flops / (hw.tflops * 1e12 * FLOP_EFF)) + hw.overhead_s
+    reading, computing = moved / (hw.bandwidth_gbs * 1e9 * hw.bw_eff), flops / (hw.tflops * 1e12 * hw.flop_eff)
+    return (max(reading, computing) if hw.overlap else reading + computing) + hw.overhead_s

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from node.config import parse_size
-from node.selection import best_start, blocks_for_budget, coverage, should_move
+from node.selection import best_start, blocks_for_budget, coverage, move_chance, should_move
 from routing.records import ServerRecord
 
 
@@ -57,3 +57,11 @@ def test_sizes_and_budget():
     assert blocks_for_budget(100, 30, 5, 30) == 2
     assert blocks_for_budget(10, 30, 5, 30) == 1
     assert blocks_for_budget(10**12, 30, 5, 30) == 30
+
+
+def test_twins_on_one_span_move_one_at_a_time_on_average() -> None:
+    """k nodes on the same span reach the same decision together: each moves with chance 1/k."""
+    twins = [rec(f"p{i}", 0, 8) for i in range(4)]
+    others = [rec("q", 8, 16), rec("r", 0, 8, state="draining")]
+    assert move_chance([*twins, *others], twins[0]) == 1 / 4
+    assert move_chance([*twins, *others], others[0]) == 1.0

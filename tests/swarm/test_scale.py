@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.swarm, pytest.mark.model]  # the synthetic model borrows the default's tokenizer
+# `make long`, not CI: it fails today (the xfail's reason), and an expected failure should not cost CI minutes.
+pytestmark = [pytest.mark.swarm, pytest.mark.model, pytest.mark.long]  # the synthetic model borrows the default's tokenizer
 
 
 @pytest.mark.xfail(reason="on a loaded machine nodes of one span still herd between holes (their records do not "

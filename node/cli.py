@@ -103,6 +103,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
     from ledger.keys import Identity
     from routing import reachability as reach
     from routing.dht import SwarmDHT
+    from routing.protocol import DIALBACK
     from routing.records import SignedRecordValidator
 
     kwargs = {"identity_path": args.identity, "check_if_identity_free": False} if args.identity else {}
@@ -114,7 +115,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
     async def serve(stop: asyncio.Event) -> None:
         p2p = await dht.replicate_p2p()
-        await p2p.add_binary_stream_handler(reach.HANDLER, reach.answer)  # nodes ask it whether they are reachable
+        await p2p.add_binary_stream_handler(DIALBACK, reach.answer)  # nodes ask it whether they are reachable
         if args.relay_service:
             log.info("relay service: %s", reach.RelayLimits())
         for maddr in dht.get_visible_maddrs():

@@ -104,6 +104,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
     from routing import reachability as reach
     from routing import relay_stats
     from routing.dht import SwarmDHT
+    from routing.protocol import DIALBACK
     from routing.records import SignedRecordValidator
 
     kwargs = {"identity_path": args.identity, "check_if_identity_free": False} if args.identity else {}
@@ -118,7 +119,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
     async def serve(stop: asyncio.Event) -> None:
         p2p = await dht.replicate_p2p()
-        await p2p.add_binary_stream_handler(reach.HANDLER, reach.answer)  # nodes ask it whether they are reachable
+        await p2p.add_binary_stream_handler(DIALBACK, reach.answer)  # nodes ask it whether they are reachable
         if metrics_port is not None:
             log.info("relay service: %s", reach.RelayLimits())
             print(f"relay metrics http://127.0.0.1:{metrics_port}/metrics", flush=True)

@@ -11,7 +11,7 @@ import asyncio
 
 from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 
-from routing import reachability, wire
+from routing import protocol, reachability, wire
 from routing.attestation import FORWARD_SESSION
 from routing.errors import ErrorCode, ProtocolError
 
@@ -27,7 +27,8 @@ class Handlers:
         s = self.serving
 
         async def serve() -> None:
-            wire.check_opening(await wire.read_frame(reader, SMALL_REQUEST, idle_timeout=FIRST_FRAME_TIMEOUT), "info")
+            protocol.opening(await wire.read_frame(reader, SMALL_REQUEST, idle_timeout=FIRST_FRAME_TIMEOUT),
+                             protocol.Info)
             reply = await asyncio.get_running_loop().run_in_executor(None, s.info)  # it reads the ledger
             await wire.write_frame(writer, reply)
 
@@ -42,18 +43,16 @@ class Handlers:
         s = self.serving
 
         async def serve() -> None:
-            frame = await wire.read_frame(reader, s.max_frame, idle_timeout=FIRST_FRAME_TIMEOUT, budget=s.read_budget)
-            wire.check_opening(frame, "forward")
-            span = s.span(frame)
-            hidden = s.decode_hidden(frame, s.config.max_batch)
-            reply_dtype = s.reply_dtype(frame)
-            last = frame.get("last", hidden.shape[1])  # spot checks want only the final positions back
-            if type(last) is not int or not 1 <= last <= hidden.shape[1]:
-                raise ProtocolError(ErrorCode.BAD_FRAME, f"'last' must be 1..{hidden.shape[1]}, got {last!r:.20}")
-            done = await until_gone(reader, s.forward(peer_of(info), span, hidden, reply_dtype, last))
-            reply = {"type": "result", "hidden": done.hidden}
-            if frame.get("attest", True) is not False:
-                reply["attestation"] = s.attestation(FORWARD_SESSION, 0, 0, span, done)
-            await wire.write_frame(writer, reply)
+            frame = protocol.opening(await wire.read_frame(reader, s.max_frame, idle_timeout=FIRST_FRAME_TIMEOUT,
+                                                           budget=s.read_budget), protocol.Forward)
+            span = s.span(frame.root, frame.blocks)
+            hidden = s.decode_hidden(frame.hidden, s.config.max_batch)
+            last = hidden.shape[1] if frame.last is None else frame.last  # spot checks want the final positions
+            if last > hidden.shape[1]:
+                raise ProtocolError(ErrorCode.BAD_FRAME, f"'last' must be 1..{hidden.shape[1]}, got {last}")
+            done = await until_gone(reader, s.forward(peer_of(info), span, hidden, s.reply_dtype(frame.reply_dtype),
+                                                      last))
+            attestation = s.attestation(FORWARD_SESSION, 0, 0, span, done) if frame.attest else None
+            await wire.write_frame(writer, protocol.Result(done.hidden, attestation=attestation).to_wire())
 
         await guard(s.book, s.metrics, serve, reader, writer, info)

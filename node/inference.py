@@ -1,8 +1,8 @@
 """Inference sessions: the client's stream to one node, and steps arriving relayed or pushed.
 
-Frames on the client's stream (`swarmlm.inference`, see routing/wire.py): `open` (with an optional
-signed push grant naming this node's predecessor and successor), then any of `step` (a pushed one
-with the client's signed step ticket, which travels on with it: node/step_budget.py), `route`
+Frames on the client's stream (`swarmlm.inference`, declared in routing/protocol.py): `open` (with
+an optional signed push grant naming this node's predecessor and successor), then any of `step` (a
+pushed one with the client's signed step ticket, which travels on with it: node/step_budget.py), `route`
 (new neighbours after a failover) and `close`. The node reads ahead while a step computes, so a
 client that goes away cancels its step. A step's result goes back on this stream; with a grant
 naming a successor, the output is pushed to it first and the client gets a copy, off the critical
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 
-from routing import wire
+from routing import protocol, wire
 from routing.errors import ErrorCode, ProtocolError, RoutingError
 from routing.tasks import background
 
@@ -42,11 +42,10 @@ class Inference:
 
         async def serve() -> None:
             frame = await wire.read_frame(reader, s.max_frame, idle_timeout=FIRST_FRAME_TIMEOUT, budget=s.read_budget)
-            wire.check_opening(frame, "open")
-            session = s.open_session(frame, peer_of(info), writer)
+            session = s.open_session(protocol.opening(frame, protocol.Open), peer_of(info), writer)
             holder.append(session)
-            await session.send({"type": "opened", "session": session.session_id, "max_length": session.max_length,
-                                "dtype": wire.dtype_name(s.dtype)})
+            await session.send(protocol.Opened(session.session_id, session.max_length,
+                                               wire.dtype_name(s.dtype)).to_wire())
             await self._serve_session(session, reader)
 
         try:
@@ -82,38 +81,33 @@ class Inference:
         finally:
             upcoming.cancel()
 
-    async def _frame(self, session: NodeSession, frame: dict[str, Any], upcoming: asyncio.Future) -> bool:
+    async def _frame(self, session: NodeSession, raw: dict[str, Any], upcoming: asyncio.Future) -> bool:
         """Handle one client frame; True when the session is closed."""
         s = self.serving
         try:
-            if frame.get("session") != session.session_id:
-                raise ProtocolError(ErrorCode.UNKNOWN_SESSION, f"session {frame.get('session')!r:.80} is not open on "
+            frame = protocol.one_of(raw, protocol.SESSION_FRAMES, "in a session")
+            if frame.session != session.session_id:
+                raise ProtocolError(ErrorCode.UNKNOWN_SESSION, f"session {frame.session!r} is not open on "
                                                                f"this stream (open: {session.session_id!r})")
-            kind = frame["type"]
-            if kind == "close":
-                length = frame.get("length")
-                if length is not None and not (type(length) is int and 0 <= length <= session.length):
+            if isinstance(frame, protocol.Close):
+                if frame.length is not None and frame.length > session.length:
                     raise ProtocolError(ErrorCode.BAD_FRAME, f"'length' must be 0..{session.length}")
-                s.close(session, frame.get("receipt"), length)
-                await session.send({"type": "closed", "session": session.session_id, "tokens": session.tokens,
-                                    "accepted_tokens": session.accepted})
+                s.close(session, frame.receipt, frame.length)
+                await session.send(protocol.Closed(session.session_id, session.tokens, session.accepted).to_wire())
                 return True
-            if kind == "route":
+            if isinstance(frame, protocol.Route):
                 async with session.lock:  # a step pushed by the old neighbour ends before "routed" goes out,
                     s.route(session, frame)  # so the client knows every result before it is stale
-                    await session.send({"type": "routed", "session": session.session_id})
+                    await session.send(protocol.Routed(session.session_id).to_wire())
                 return False
-            if kind != "step":
-                raise ProtocolError(ErrorCode.BAD_FRAME, f"unexpected '{kind:.40}' frame in a session")
-            start = wire.field(frame, "start", int, minimum=0)
-            hidden = s.decode_hidden(frame, session.batch)
-            push = frame.get("push") is True
-            ticket = session.budget.spend(frame.get("ticket"), client=session.client, session=session.session_id,
-                                          start=start, shape=hidden.shape) if push else None
+            assert isinstance(frame, protocol.Step)
+            hidden = s.decode_hidden(frame.hidden, session.batch)
+            ticket = session.budget.spend(frame.ticket, client=session.client, session=session.session_id,
+                                          start=frame.start, shape=hidden.shape) if frame.push else None
         except ProtocolError as e:
             await self._refuse(session, e)
             return False
-        task = background(self.step(session, hidden, start, push=push, ticket=ticket), "a session step")
+        task = background(self.step(session, hidden, frame.start, push=frame.push, ticket=ticket), "a session step")
         await asyncio.wait({task, upcoming}, return_when=asyncio.FIRST_COMPLETED)
         if not task.done() and upcoming.done() and _gone(upcoming):
             task.cancel()  # the client is gone: its step is not worth computing
@@ -136,23 +130,24 @@ class Inference:
                     return False
                 began = time.perf_counter()
                 index, done = await s.step(session, hidden, start)
-                reply: dict[str, Any] = {"type": "result", "step": index, "start": start, "hidden": done.hidden,
-                                         "compute_ms": round((time.perf_counter() - began) * 1000, 3)}
-                if session.attesting:
-                    reply["attestation"] = s.attestation(session.session_id, index, start, session.stack, done)
+                compute_ms = round((time.perf_counter() - began) * 1000, 3)
+                attestation = (s.attestation(session.session_id, index, start, session.stack, done)
+                               if session.attesting else None)
+                pushed, push_failed = False, None
                 nxt = session.next_peer
                 if push and nxt is not None:
                     try:
-                        await self.pushes.send(nxt, session.next_maddrs, {
-                            "type": "push", "client": session.client, "session": session.session_id,
-                            "start": start, "blocks": [session.stack.start, session.stack.end],
-                            "hidden": done.hidden, **({"ticket": ticket} if ticket is not None else {})})
-                        reply["pushed"] = True
+                        await self.pushes.send(nxt, session.next_maddrs, protocol.Push(
+                            session.client, session.session_id, start, done.hidden,
+                            (session.stack.start, session.stack.end), ticket))
+                        pushed = True
                     except RoutingError as e:
                         log.info("session %s: push to %s failed (%s); the client relays", session.session_id,
                                  nxt[-8:], e)
-                        reply["push_failed"] = str(e)
-                await session.send(reply)
+                        push_failed = str(e)[:4096]
+                await session.send(protocol.Result(done.hidden, step=index, start=start, compute_ms=compute_ms,
+                                                   attestation=attestation, pushed=pushed,
+                                                   push_failed=push_failed).to_wire())
         except ProtocolError as e:
             await self._refuse(session, e)
         return True
@@ -160,7 +155,7 @@ class Inference:
     async def _refuse(self, session: NodeSession, error: ProtocolError) -> None:
         self.serving.stats.error(error.code)
         try:
-            await session.send(wire.error_frame(error.code, str(error)))
+            await session.send(protocol.Error.of(error).to_wire())
         except (ConnectionError, RuntimeError):
             pass
 

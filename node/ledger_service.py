@@ -7,13 +7,13 @@ in a request is an int in 0..2^63-1 (what SQLite holds) and in order, or the ans
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Mapping
 
 from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 
 from ledger.errors import LedgerError
 from ledger.store import Ledger
-from routing import wire
+from routing import protocol, wire
 from routing.errors import ErrorCode, ProtocolError
 from routing.ledger_rpc import MAX_ENTRIES
 
@@ -28,35 +28,36 @@ class LedgerService:
     async def handle(self, info: StreamInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def serve() -> None:
             frame = await wire.read_frame(reader, SMALL_REQUEST, idle_timeout=FIRST_FRAME_TIMEOUT)
-            wire.check_opening(frame, "ledger")
+            protocol.opening(frame, protocol.LedgerRequest)
             reply = await asyncio.get_running_loop().run_in_executor(None, self._answer, frame)
-            await wire.write_frame(writer, {"type": "ledger", **reply})
+            await wire.write_frame(writer, {"type": protocol.LedgerRequest.TYPE, **reply})
 
         await guard(self.serving.book, self.serving.metrics, serve, reader, writer, info, "ledger")
 
-    def _answer(self, frame: dict[str, Any]) -> dict[str, Any]:
-        op = frame.get("op")
+    def _answer(self, frame: Mapping[str, Any]) -> dict[str, Any]:
+        """The reply's fields for a request (protocol.LedgerRequest's fields)."""
+        request = protocol.LedgerRequest.read(frame)
+        op = request.op
         try:
             if op == "checkpoint":
                 size, note = self.ledger.latest_checkpoint()
                 return {"size": size, "checkpoint": note}
             if op == "entries":
-                start = wire.field(frame, "start", int, minimum=0)
-                end = wire.field(frame, "end", int, minimum=start + 1)
+                start = request.bounded("start", 0)
+                end = request.bounded("end", start + 1)
                 if end - start > MAX_ENTRIES:
                     raise ProtocolError(ErrorCode.TOO_LARGE, f"at most {MAX_ENTRIES} entries per request")
                 return {"entries": [[r.data, r.signature] for r in self.ledger.rows(start, end)]}
             if op == "consistency":
-                size1 = wire.field(frame, "size1", int, minimum=1)
-                size2 = wire.field(frame, "size2", int, minimum=size1)
+                size1 = request.bounded("size1", 1)
+                size2 = request.bounded("size2", size1)
                 return {"proof": self.ledger.consistency_proof(size1, size2)}
             if op == "inclusion":
-                index = wire.field(frame, "index", int, minimum=0)
-                size = wire.field(frame, "size", int, minimum=index + 1)
+                index = request.bounded("index", 0)
+                size = request.bounded("size", index + 1)
                 row = self.ledger.row(index)
                 return {"proof": self.ledger.inclusion_proof(index, size), "entry": [row.data, row.signature]}
         except LedgerError as e:
             raise ProtocolError(ErrorCode.BAD_FRAME, str(e)) from None
-        named = repr(op[:40]) if isinstance(op, str) else f"of type {type(op).__name__}"  # no repr of a deep value
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"unknown ledger op {named} (checkpoint, entries, consistency, "
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"unknown ledger op {op!r} (checkpoint, entries, consistency, "
                                                  "inclusion)")

@@ -7,11 +7,8 @@ for a session whose client named the pushing peer as its predecessor in a signed
 else is answered on the push stream with a `push_refused` error naming the session, and the pusher
 tells that session's client (`push_failed`), who then relays the step itself. A push carries the
 client's step ticket when its client signs them, and is computed only within what the tickets ask
-for (node/step_budget.py): a replayed or grown push is refused the same way.
-
-    push_open {v}                               (first frame of the stream)
-    push {client, session, start, blocks, hidden, ticket?}   ← nothing, or {type: error, code, client, session}
-    ping {id}                                   ← {type: pong, id}
+for (node/step_budget.py): a replayed or grown push is refused the same way. The frames are
+declared in routing/protocol.py.
 """
 
 from __future__ import annotations
@@ -25,7 +22,8 @@ from typing import Any, Awaitable, Callable
 
 from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 
-from routing import wire
+from ledger.schema import brief
+from routing import protocol, wire
 from routing.client import PeerLink
 from routing.errors import ErrorCode, PeerFailure, ProtocolError, RoutingError
 from routing.tasks import background
@@ -34,7 +32,6 @@ from .serving import Serving
 from .streams import FIRST_FRAME_TIMEOUT, SMALL_REQUEST, guard, peer_of
 
 log = logging.getLogger(__name__)
-HANDLER = "swarmlm.push"
 PUSH_OPEN_WAIT = 5.0  # a push may outrun its session's open frame by this much
 IDLE_TIMEOUT = 900.0  # a push stream with no frame for this long is closed (pings keep used ones open)
 MAX_IN_FLIGHT = 64  # pushes per stream being handled at once
@@ -61,11 +58,11 @@ class PushLinks:
         self._opening: dict[str, asyncio.Lock] = {}
         self._ids = itertools.count()
 
-    async def send(self, peer: str, maddrs: list[str], frame: dict[str, Any]) -> None:
+    async def send(self, peer: str, maddrs: list[str], push: protocol.Push) -> None:
         out = await self._stream(peer, maddrs)
         try:
             async with out.lock:
-                await wire.write_frame(out.writer, frame)
+                await wire.write_frame(out.writer, push.to_wire())
         except (ConnectionError, RuntimeError) as e:
             self._forget(peer)
             raise PeerFailure(peer, f"push stream broken ({type(e).__name__})") from None
@@ -78,7 +75,7 @@ class PushLinks:
         started = time.perf_counter()
         try:
             async with out.lock:
-                await wire.write_frame(out.writer, {"type": "ping", "id": ping_id})
+                await wire.write_frame(out.writer, protocol.Ping(ping_id).to_wire())
             await asyncio.wait_for(waiter, PING_TIMEOUT)
         except (ConnectionError, RuntimeError, asyncio.TimeoutError) as e:
             self._forget(peer)
@@ -94,9 +91,9 @@ class PushLinks:
             if peer not in self._out:
                 if maddrs:
                     self.link.remember(peer, maddrs)
-                reader, writer = await self.link.open_stream(peer, HANDLER)
+                reader, writer = await self.link.open_stream(peer, protocol.PUSH)
                 try:
-                    await wire.write_frame(writer, {"type": "push_open", "v": wire.PROTOCOL_VERSION})
+                    await wire.write_frame(writer, protocol.PushOpen().to_wire())
                 except (ConnectionError, RuntimeError) as e:
                     raise PeerFailure(peer, f"push stream broken ({type(e).__name__})") from None
                 out = self._out[peer] = _Outgoing(reader, writer)
@@ -108,11 +105,11 @@ class PushLinks:
         try:
             while True:
                 frame = await wire.read_frame(out.reader, SMALL_REQUEST)
-                if frame["type"] == "pong" and type(frame.get("id")) is int:
-                    waiter = out.pings.get(frame["id"])
+                if frame["type"] == protocol.Pong.TYPE:
+                    waiter = out.pings.get(protocol.Pong.parse(frame).id)
                     if waiter is not None and not waiter.done():
                         waiter.set_result(None)
-                elif frame["type"] == "error":
+                elif frame["type"] == protocol.Error.TYPE:
                     await self.on_refused(peer, frame)
         except (asyncio.IncompleteReadError, ConnectionError, RoutingError):
             pass
@@ -151,15 +148,16 @@ class PushReceiver:
                 await wire.write_frame(writer, frame)
 
         async def serve() -> None:
-            first = await wire.read_frame(reader, SMALL_REQUEST, idle_timeout=FIRST_FRAME_TIMEOUT)
-            wire.check_opening(first, "push_open")
+            protocol.opening(await wire.read_frame(reader, SMALL_REQUEST, idle_timeout=FIRST_FRAME_TIMEOUT),
+                             protocol.PushOpen)
             while True:
                 frame = await wire.read_frame(reader, s.max_frame, idle_timeout=IDLE_TIMEOUT, budget=s.read_budget)
-                if frame["type"] == "ping":
-                    await reply({"type": "pong", "id": wire.field(frame, "id", int, minimum=0)})
+                if frame["type"] == protocol.Ping.TYPE:
+                    await reply(protocol.Pong(protocol.Ping.parse(frame).id).to_wire())
                     continue
-                if frame["type"] != "push":
-                    raise ProtocolError(ErrorCode.BAD_FRAME, f"unexpected '{frame['type']:.40}' frame on a push stream")
+                if frame["type"] != protocol.Push.TYPE:  # parsed in `_one`: a bad push is refused, the stream kept
+                    raise ProtocolError(ErrorCode.BAD_FRAME,
+                                        f"unexpected {brief(frame['type'])} frame on a push stream")
                 if len(in_flight) >= MAX_IN_FLIGHT:
                     await reply(_refusal(frame, ErrorCode.BUSY, f"more than {MAX_IN_FLIGHT} pushes in flight"))
                     continue
@@ -173,18 +171,17 @@ class PushReceiver:
                    ) -> None:
         s = self.serving
         try:
-            client = wire.field(frame, "client", str)
-            session_id = wire.field(frame, "session", str)
-            start = wire.field(frame, "start", int, minimum=0)
-            hidden = frame.get("hidden")
-            held = len(hidden["data"]) if isinstance(hidden, dict) and isinstance(hidden.get("data"), bytes) else 0
-            session = await s.wait_session(client, session_id, PUSH_OPEN_WAIT, held)
+            push = protocol.Push.parse(frame)
+            data = push.hidden.get("data")
+            session = await s.wait_session(push.client, push.session, PUSH_OPEN_WAIT,
+                                           len(data) if isinstance(data, bytes) else 0)
             if session is None or session.prev_peer != pusher:
-                raise ProtocolError(ErrorCode.PUSH_REFUSED, f"no session {session_id!r:.80} of client {client:.60} "
-                                                            "names you as its predecessor on this node")
-            _check_forward(frame, session.stack.start)
-            hidden = s.decode_hidden(frame, session.batch)
-            ticket = session.budget.spend(frame.get("ticket"), client=client, session=session_id, start=start,
+                raise ProtocolError(ErrorCode.PUSH_REFUSED, f"no session {push.session!r} of client "
+                                                            f"{push.client:.60} names you as its predecessor on "
+                                                            "this node")
+            _check_forward(push.blocks, session.stack.start)
+            hidden = s.decode_hidden(push.hidden, session.batch)
+            ticket = session.budget.spend(push.ticket, client=push.client, session=push.session, start=push.start,
                                           shape=hidden.shape)
             # NaN or infinity is the pusher's fault: refused to it (its client relays instead), never
             # computed and reported to our client as if we had failed.
@@ -193,8 +190,8 @@ class PushReceiver:
             s.stats.error(e.code)
             await _reply_quietly(reply, _refusal(frame, e.code, str(e)))
             return
-        if not await self.run_step(session, hidden, start, push=True, pusher=pusher, ticket=ticket):
-            await _reply_quietly(reply, _refusal(frame, ErrorCode.PUSH_REFUSED, f"session {session_id:.80} was "
+        if not await self.run_step(session, hidden, push.start, push=True, pusher=pusher, ticket=ticket):
+            await _reply_quietly(reply, _refusal(frame, ErrorCode.PUSH_REFUSED, f"session {push.session} was "
                                                  "re-routed: you are no longer its predecessor"))
 
 
@@ -206,12 +203,11 @@ async def _reply_quietly(reply: Callable[[dict[str, Any]], Awaitable[None]], fra
         pass
 
 
-def _check_forward(frame: dict[str, Any], start: int) -> None:
+def _check_forward(blocks: tuple[int, int] | None, start: int) -> None:
     """Pushes only move forward: from the span that ends where this one begins. Honest nodes name
     their own span, so grants a client crafted into a cycle (A pushes to B, B back to A) stop at the
     first backward hop instead of recomputing the same step forever."""
-    blocks = frame.get("blocks")
-    if not (type(blocks) is list and len(blocks) == 2 and all(type(b) is int for b in blocks)):
+    if blocks is None:
         raise ProtocolError(ErrorCode.BAD_FRAME, "a push names the pusher's blocks as [start, end]")
     if blocks[1] != start:
         raise ProtocolError(ErrorCode.PUSH_REFUSED, f"a push must come from the span ending at block {start}, where "
@@ -219,9 +215,7 @@ def _check_forward(frame: dict[str, Any], start: int) -> None:
 
 
 def _refusal(frame: dict[str, Any], code: ErrorCode, message: str) -> dict[str, Any]:
-    """An error frame that names the session it is about, so the pusher can tell that session's client."""
-    refusal = wire.error_frame(code, message)
-    for key in ("client", "session"):
-        if isinstance(frame.get(key), str) and len(frame[key]) <= 256:
-            refusal[key] = frame[key]
-    return refusal
+    """An error frame that names the session it is about, so the pusher can tell that session's client;
+    taken from the push as sent, which may be the reason it is refused."""
+    return protocol.Error(code.value, message, protocol.named(frame, "client", protocol.CLIENT),
+                          protocol.named(frame, "session", protocol.SESSION)).to_wire()

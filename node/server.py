@@ -26,7 +26,7 @@ from ledger.keys import Identity
 from ledger.receipts import Receipt, open_receipt
 from ledger.store import Store
 from routing import dht as dht_io
-from routing import ledger_rpc, untrusted, wire
+from routing import protocol, untrusted, wire
 from routing import reachability as reach
 from routing import relay_stats
 from routing.client import PeerLink
@@ -46,7 +46,6 @@ from .inference import Inference
 from .ledger_service import LedgerService
 from .metrics import NodeMetrics, NodeState
 from .neighbours import Neighbours
-from .push import HANDLER as PUSH_HANDLER
 from .push import PushLinks, PushReceiver
 from .reachable import REACHABILITY_PERIOD, RELAY_WAIT, Reachable
 from .selection import blocks_for_budget, best_start, coverage, move_chance, rebalance_delay, should_move
@@ -118,11 +117,11 @@ class Node:
         self.reachable = Reachable(p2p, link, _peer_ids(c.initial_peers), c.reachability)
         inference = Inference(s, self.pushes)
         rpc = Handlers(s)
-        handlers = [("swarmlm.info", rpc.info), ("swarmlm.forward", rpc.forward),
-                    ("swarmlm.inference", inference.handle), (PUSH_HANDLER, PushReceiver(s, inference.step).handle),
-                    (reach.HANDLER, rpc.dialback)]
+        handlers = [(protocol.INFO, rpc.info), (protocol.FORWARD, rpc.forward),
+                    (protocol.INFERENCE, inference.handle), (protocol.PUSH, PushReceiver(s, inference.step).handle),
+                    (protocol.DIALBACK, rpc.dialback)]
         if self.ledger is not None:
-            handlers.append((ledger_rpc.HANDLER, LedgerService(self.ledger, s).handle))
+            handlers.append((protocol.LEDGER, LedgerService(self.ledger, s).handle))
             self.witness = Witness(link, self.ledger, self.peer_id)
         for name, handler in handlers:
             await p2p.add_binary_stream_handler(name, handler)
@@ -430,14 +429,13 @@ class Node:
         """`peer` refused one of our pushes: tell that session's client, who relays instead. Only the
         session's own successor can say so (any peer we push to could name other sessions)."""
         s = self.serving
-        client, session_id = frame.get("client"), frame.get("session")
-        if s is None or not isinstance(client, str) or not isinstance(session_id, str):
+        error = protocol.Error.lenient(frame)
+        if s is None or error.client is None or error.session is None:
             return
-        session = s.sessions.get(session_key(client, session_id))
+        session = s.sessions.get(session_key(error.client, error.session))
         if session is not None and session.next_peer == peer:
             try:
-                await session.send({"type": "push_failed", "session": session_id, "code": str(frame.get("code")),
-                                    "message": str(frame.get("message"))[:500]})
+                await session.send(protocol.PushFailed(session.session_id, error.code, error.message).to_wire())
             except (ConnectionError, RuntimeError):
                 pass
 

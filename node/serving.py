@@ -22,11 +22,10 @@ from typing import Any, Callable
 import torch
 
 from ledger.keys import Identity
-from routing import wire
+from routing import protocol, wire
 from routing.attestation import attest
 from routing.errors import ErrorCode, ProtocolError
 from routing.grants import PushGrant, accept_grant
-from routing.records import MADDRS
 from routing.tasks import background
 from shards.blocks import BlockStack
 from shards.errors import CacheFullError
@@ -41,8 +40,6 @@ from .scheduler import StepScheduler, Work
 from .sessions import NodeSession, session_key
 
 log = logging.getLogger(__name__)
-MAX_SESSION_ID = 64
-MAX_MADDRS = 8
 MAX_EARLY_PUSHES = 256  # pushes waiting for their session's open frame, over all peers
 MAX_EARLY_BYTES = 64 << 20  # the hidden states those waiting pushes hold, over all peers
 
@@ -154,7 +151,7 @@ class Serving:
         return self.pool.free_pages * self.pool.page_tokens
 
     def info(self) -> dict[str, Any]:
-        return {"type": "info", "v": wire.PROTOCOL_VERSION, "peer_id": self.peer_id, "root": self.root,
+        return {"type": protocol.Info.TYPE, "v": wire.PROTOCOL_VERSION, "peer_id": self.peer_id, "root": self.root,
                 "weights_root": self.weights_root, "scheme": self.quantization.scheme if self.quantization else None,
                 "start": self.stack.start, "end": self.stack.end, "dtype": wire.dtype_name(self.dtype),
                 "device": self.device.type, "versions": {"protocol": wire.PROTOCOL_VERSION, "swarmlm": _version()},
@@ -171,33 +168,25 @@ class Serving:
     def max_frame(self) -> int:
         return 4096 + self.config.max_batch * self.config.max_step_tokens * self.hidden_size * 4
 
-    def decode_hidden(self, frame: dict[str, Any], max_batch: int) -> torch.Tensor:
+    def decode_hidden(self, hidden: dict[str, Any], max_batch: int) -> torch.Tensor:
         """The hidden states as received: a checked view of the frame's bytes, converted later in the worker."""
-        return wire.decode_tensor(frame.get("hidden"), hidden_size=self.hidden_size,
-                                  max_tokens=self.config.max_step_tokens, max_batch=max_batch)
+        return wire.decode_tensor(hidden, hidden_size=self.hidden_size, max_tokens=self.config.max_step_tokens,
+                                  max_batch=max_batch)
 
-    def reply_dtype(self, frame: dict[str, Any]) -> torch.dtype:
-        name = frame.get("reply_dtype")
-        if name is None:
-            return self.dtype
-        if not isinstance(name, str) or name not in wire.WIRE_DTYPES:
-            raise ProtocolError(ErrorCode.BAD_FRAME,
-                                f"reply_dtype {name!r:.40} is not one of {', '.join(wire.WIRE_DTYPES)}")
-        return wire.WIRE_DTYPES[name]
+    def reply_dtype(self, name: str | None) -> torch.dtype:
+        """The dtype a client asked its replies in (a parsed frame's name), else ours."""
+        return self.dtype if name is None else wire.WIRE_DTYPES[name]
 
-    def span(self, frame: dict[str, Any]) -> BlockStack:
+    def span(self, root: str, blocks: tuple[int, int] | None) -> BlockStack:
         """The model root must be ours; `blocks` may pick a sub-span of what this node serves."""
-        root = frame.get("root")
         if root != self.root:
             raise ProtocolError(ErrorCode.WRONG_MODEL, f"this node serves model root {self.root}, not {root!r:.80}")
-        blocks = frame.get("blocks")
         if blocks is None:
             return self.stack
         s = self.stack
-        if not (isinstance(blocks, list) and len(blocks) == 2 and all(type(b) is int for b in blocks)
-                and s.start <= blocks[0] < blocks[1] <= s.end):
-            raise ProtocolError(ErrorCode.WRONG_MODEL,
-                                f"blocks {blocks!r:.40} are not within this node's {s.start}:{s.end}")
+        if not s.start <= blocks[0] < blocks[1] <= s.end:
+            raise ProtocolError(ErrorCode.WRONG_MODEL, f"blocks {list(blocks)} are not within this node's "
+                                                       f"{s.start}:{s.end}")
         return s.narrow(blocks[0], blocks[1])
 
     def _finish(self, received: torch.Tensor, reply_dtype: torch.dtype, last: int | None = None
@@ -253,15 +242,11 @@ class Serving:
 
     # ---- sessions ---------------------------------------------------------------------------------
 
-    def open_session(self, frame: dict[str, Any], client: str, writer: asyncio.StreamWriter) -> NodeSession:
-        span = self.span(frame)
-        session_id = wire.field(frame, "session", str, max_len=MAX_SESSION_ID)
-        if not session_id or not session_id.isprintable():
-            raise ProtocolError(ErrorCode.BAD_FRAME, f"session id must be 1..{MAX_SESSION_ID} printable characters")
-        max_length = wire.field(frame, "max_length", int, minimum=1)
-        batch = frame.get("batch", 1)
-        if type(batch) is not int or not 1 <= batch <= self.config.max_batch:
-            raise ProtocolError(ErrorCode.TOO_LARGE, f"batch must be 1..{self.config.max_batch}, got {batch!r:.20}")
+    def open_session(self, frame: protocol.Open, client: str, writer: asyncio.StreamWriter) -> NodeSession:
+        span = self.span(frame.root, frame.blocks)
+        session_id, max_length, batch = frame.session, frame.max_length, frame.batch
+        if batch > self.config.max_batch:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"batch must be 1..{self.config.max_batch}, got {batch}")
         if max_length > self.max_length:
             raise ProtocolError(ErrorCode.MAX_LENGTH, f"max_length {max_length} exceeds this node's limit "
                                                       f"{self.max_length}")
@@ -273,12 +258,13 @@ class Serving:
         key = session_key(client, session_id)
         if key in self.sessions:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"session {session_id!r} is already open")
-        grant, maddrs = self._push_grant(frame, client, session_id, span)
-        reply_dtype = self.reply_dtype(frame)  # every check before the session counts against its peer
+        grant = self._push_grant(frame.grant, client, session_id, span)  # every check before the session
+        # counts against its peer
         self.book.add_session(client)
         session = NodeSession(session_id, client, span, [PagedSequence(self.pool) for _ in range(batch)], max_length,
-                              reply_dtype, frame.get("attest", True) is not False, writer, grant, maddrs)
-        session.budget.required = frame.get("tickets") is True  # its pushed steps come with tickets
+                              self.reply_dtype(frame.reply_dtype), frame.attest, writer, grant,
+                              frame.next_maddrs if grant else [])
+        session.budget.required = frame.tickets  # its pushed steps come with tickets
         self.sessions[key] = session
         self._opened.pop(key, asyncio.Event()).set()
         self.stats.session_opened()
@@ -288,21 +274,16 @@ class Serving:
                         "blocks": [span.start, span.end], "max_length": max_length})
         return session
 
-    def _push_grant(self, frame: dict[str, Any], client: str, session_id: str, span: BlockStack
-                    ) -> tuple[PushGrant | None, list[str]]:
-        if frame.get("grant") is None:
-            return None, []
-        grant = accept_grant(frame["grant"], client=client, session=session_id, node=self.peer_id, root=self.root,
-                             blocks=(span.start, span.end))
-        maddrs = frame.get("next_maddrs", [])
-        if not (MADDRS.check(maddrs) and len(maddrs) <= MAX_MADDRS):
-            raise ProtocolError(ErrorCode.BAD_FRAME, f"next_maddrs must be up to {MAX_MADDRS} multiaddrs")
-        return grant, maddrs
+    def _push_grant(self, grant: Any, client: str, session_id: str, span: BlockStack) -> PushGrant | None:
+        if grant is None:
+            return None
+        return accept_grant(grant, client=client, session=session_id, node=self.peer_id, root=self.root,
+                            blocks=(span.start, span.end))
 
-    def route(self, session: NodeSession, frame: dict[str, Any]) -> None:
+    def route(self, session: NodeSession, frame: protocol.Route) -> None:
         """The client re-planned around a failure: new neighbours for this session."""
-        session.grant, session.next_maddrs = self._push_grant(frame, session.client, session.session_id,
-                                                               session.stack)
+        session.grant = self._push_grant(frame.grant, session.client, session.session_id, session.stack)
+        session.next_maddrs = frame.next_maddrs if session.grant else []
 
     async def wait_session(self, client: str, session_id: str, timeout: float, held: int) -> NodeSession | None:
         """The session, waiting briefly for its open: a push may outrun the client's open frame.
@@ -404,7 +385,8 @@ class Serving:
         if session.key not in self.sessions:
             return
         self.close(session, None)
-        background(self._tell(session, wire.error_frame(code, reason)), "telling a client its session expired")
+        background(self._tell(session, protocol.Error(code.value, reason).to_wire()),
+                   "telling a client its session expired")
 
     @staticmethod
     async def _tell(session: NodeSession, frame: dict[str, Any]) -> None:

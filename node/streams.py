@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 
-from routing import wire
+from routing import protocol, wire
 from routing.errors import ErrorCode, ProtocolError
 from routing.tasks import background
 
@@ -50,14 +50,14 @@ async def guard(book: PeerBook, metrics: NodeMetrics, serve: Callable[[], Awaita
     except ProtocolError as e:
         metrics.error(e.code)
         log.debug("rejected frame from %s: [%s] %s", peer, e.code.value, e)
-        await try_write(writer, wire.error_frame(e.code, str(e)))
+        await try_write(writer, protocol.Error.of(e).to_wire())
         await linger(reader)
     except (asyncio.IncompleteReadError, ConnectionError):
         log.debug("stream from %s ended", peer)
     except Exception as e:  # a bug of ours: report it to the client, keep serving others
         metrics.error(ErrorCode.INTERNAL)
         log.exception("internal error serving %s", peer)
-        await try_write(writer, wire.error_frame(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
+        await try_write(writer, protocol.Error(ErrorCode.INTERNAL.value, f"{type(e).__name__}: {e}").to_wire())
     finally:
         writer.close()
 

@@ -25,6 +25,7 @@ import torch
 
 from shards.served import Link, ServedBy
 
+from . import protocol
 from .client import deserves_ban, is_node_failure
 from .errors import NoRouteError, PeerFailure, RoutingError
 from .evidence import Claim
@@ -168,12 +169,12 @@ class RemoteRunner:
                 await self._replace(i, start, PeerFailure(span.peer, "convicted by a spot check"), through_end=True)
                 return await self._relayed(i, h, start)
             h = out
-            if i + 1 < len(self.spans) and not frame.get("pushed"):
+            if i + 1 < len(self.spans) and not frame.pushed:
                 self.relayed_steps += 1
                 return await self._relayed(i + 1, h, start)
         return h
 
-    async def _pushed_result(self, i: int, h: torch.Tensor, start: int) -> tuple[torch.Tensor, dict]:
+    async def _pushed_result(self, i: int, h: torch.Tensor, start: int) -> tuple[torch.Tensor, protocol.Result]:
         """Span i's result for a pushed step, unless its predecessor reports the push failed first."""
         span = self.spans[i]
         sent = h.to(span.send_dtype)
@@ -189,8 +190,7 @@ class RemoteRunner:
                     task.cancel()
         if result.done() and not result.cancelled():
             return result.result()
-        message = notice.result().get("message")
-        raise _PushBroken(message[:500] if isinstance(message, str) else "its push failed")
+        raise _PushBroken(notice.result().message or "its push failed")
 
     async def _caught(self, span: SpanSession, out: torch.Tensor, end: int) -> bool:
         """Spot-check a sample of steps; True when this span's node was proven wrong (its output unused)."""

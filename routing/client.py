@@ -23,7 +23,7 @@ from multiaddr import Multiaddr
 from ledger.keys import Identity
 
 from . import dht as dht_io
-from . import wire
+from . import protocol, wire
 from .errors import ErrorCode, PeerFailure, RemoteError, RoutingError, StreamClosed
 from .records import ServerRecord, SignedRecordValidator
 
@@ -31,9 +31,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 REQUEST_ATTEMPTS = 2  # a one-shot request whose stream ends early is sent once more
 DIAL_TIMEOUT = 5.0  # an address that does not answer in this long is dead (or announced by a liar)
-
-
-_REPLY_TYPES = {"swarmlm.info": "info", "swarmlm.forward": "result", "swarmlm.ledger": "ledger"}
 
 
 class PeerLink:
@@ -83,45 +80,46 @@ class PeerLink:
             raise PeerFailure(peer, f"cannot open {handler}: {type(e).__name__}: {e}") from None
         return reader, writer
 
-    async def request(self, peer: str, handler: str, frame: dict[str, Any]) -> dict[str, Any]:
-        """One frame out, one frame back (info, forward, ledger).
+    async def request(self, peer: str, handler: str, frame: dict[str, Any], timeout: float | None = None
+                      ) -> dict[str, Any]:
+        """One frame out, one frame back (info, forward, ledger, dialback), within `timeout` (default:
+        the link's request timeout).
 
         These requests are idempotent, so a stream that ends before its reply (a reset on the way)
         is retried once on a fresh stream before the node counts as failed.
         """
+        timeout = timeout or self.request_timeout
         for _ in range(REQUEST_ATTEMPTS - 1):
             try:
-                return await self._request_once(peer, handler, frame)
+                return await self._request_once(peer, handler, frame, timeout)
             except StreamClosed as e:
                 log.info("%s; retrying %s on a fresh stream", e, handler)
-        return await self._request_once(peer, handler, frame)
+        return await self._request_once(peer, handler, frame, timeout)
 
-    async def _request_once(self, peer: str, handler: str, frame: dict[str, Any]) -> dict[str, Any]:
+    async def _request_once(self, peer: str, handler: str, frame: dict[str, Any], timeout: float
+                            ) -> dict[str, Any]:
         reader, writer = await self.open_stream(peer, handler)
         try:
             try:
                 await wire.write_frame(writer, frame)
             except ConnectionError as e:
                 raise StreamClosed(peer, f"stream closed ({type(e).__name__})") from None
-            return await self.expect(peer, reader, _REPLY_TYPES[handler])
+            return await self._reply(peer, reader, protocol.REPLY_TYPES[handler], timeout)
         finally:
             writer.close()
 
-    async def expect(self, peer: str, reader: asyncio.StreamReader, frame_type: str,
-                     timeout: float | None = None) -> dict[str, Any]:
-        """The next frame, which must be `frame_type`; errors become RemoteError, silence PeerFailure."""
+    async def _reply(self, peer: str, reader: asyncio.StreamReader, frame_type: str, timeout: float
+                     ) -> dict[str, Any]:
+        """The reply, which must be `frame_type`; errors become RemoteError, silence PeerFailure."""
         try:
-            frame = await asyncio.wait_for(wire.read_frame(reader), timeout or self.request_timeout)
+            frame = await asyncio.wait_for(wire.read_frame(reader), timeout)
         except asyncio.TimeoutError:
-            raise PeerFailure(peer, f"no reply within {timeout or self.request_timeout:.0f}s") from None
+            raise PeerFailure(peer, f"no reply within {timeout:.0f}s") from None
         except (asyncio.IncompleteReadError, ConnectionError) as e:
             raise StreamClosed(peer, f"stream closed ({type(e).__name__})") from None
         except RoutingError as e:
             raise PeerFailure(peer, f"sent an invalid frame: {e}") from None
-        if frame["type"] == "error":
-            raise RemoteError.from_frame(peer, frame)
-        if frame["type"] != frame_type:
-            raise PeerFailure(peer, f"expected a '{frame_type}' frame, got '{frame['type']}'")
+        protocol.check_reply(peer, frame, frame_type)
         return frame
 
     async def ping(self, peer: str) -> tuple[float, dict[str, Any]]:
@@ -130,7 +128,7 @@ class PeerLink:
         time is the path's own: through the relay when the node is reached through one."""
         await self._dial(peer)
         started = time.perf_counter()
-        info = await self.request(peer, "swarmlm.info", {"type": "info", "v": wire.PROTOCOL_VERSION})
+        info = await self.request(peer, protocol.INFO, protocol.Info().to_wire())
         return time.perf_counter() - started, info
 
 

@@ -48,12 +48,6 @@ class RemoteError(RoutingError):
         super().__init__(f"node {peer[-8:]} refused: [{code}] {message}")
         self.peer, self.code, self.remote_message = peer, code, message
 
-    @classmethod
-    def from_frame(cls, peer: str, frame: dict) -> "RemoteError":
-        """From a peer's error frame, whose code and message are the peer's to choose: cut to size."""
-        code, message = frame.get("code"), frame.get("message")
-        return cls(peer, code[:40] if isinstance(code, str) else "?", message[:500] if isinstance(message, str) else "")
-
 
 class NoRouteError(RoutingError):
     """No chain of online nodes covers every block of the model."""

@@ -1,6 +1,6 @@
 """The `swarmlm.ledger` RPC, client side: a peer's checkpoint, entries and proofs, for witnesses and audits.
 
-Requests are one frame `{type: ledger, v, op, ...}`; the reply is `{type: ledger, ...}` or an error,
+Requests are one frame (protocol.LedgerRequest); the reply is `{type: ledger, ...}` or an error,
 checked field by field: a malformed reply is a PeerFailure (and a dropped frame in `untrusted`).
   op=checkpoint                 → {size, checkpoint}        (the latest signed checkpoint note)
   op=entries   start, end       → {entries: [[data, sig]]}  (at most MAX_ENTRIES per request)
@@ -19,11 +19,10 @@ from ledger.note import MAX_NOTE_SIZE
 from ledger.schema import DIGEST, SIGNATURE, FieldType
 from ledger.verify import audit_entries
 
-from . import untrusted, wire
+from . import protocol, untrusted
 from .client import PeerLink
 from .errors import PeerFailure
 
-HANDLER = "swarmlm.ledger"
 MAX_ENTRIES = 1000
 MAX_PROOF = 128  # a consistency proof between trees of up to 2^63 entries has at most 2 * 63 hashes
 
@@ -42,7 +41,7 @@ PROOF = FieldType(f"a list of at most {MAX_PROOF} 32-byte hashes",
 
 
 async def request(client: PeerLink, peer: str, op: str, **fields: Any) -> dict[str, Any]:
-    return await client.request(peer, HANDLER, {"type": "ledger", "v": wire.PROTOCOL_VERSION, "op": op, **fields})
+    return await client.request(peer, protocol.LEDGER, protocol.LedgerRequest(op, **fields).to_wire())
 
 
 async def checkpoint(client: PeerLink, peer: str) -> tuple[int, str]:

@@ -18,19 +18,18 @@ import asyncio
 import contextlib
 import ipaddress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 
-from . import wire
-from .errors import ErrorCode, ProtocolError
+from . import protocol, wire
+from .errors import ErrorCode, PeerFailure, ProtocolError
+from .protocol import MAX_PORTS
 
 if TYPE_CHECKING:
     from .client import PeerLink
 
-HANDLER = "swarmlm.dialback"
 DIAL_TIMEOUT = 3.0  # s for the TCP handshake back: a home router refuses at once or drops
-MAX_PORTS = 4       # a dial-back tries at most this many of the asker's ports
 MODES = ("auto", "public", "private")
 
 
@@ -123,10 +122,6 @@ def listen_ports(maddrs: Iterable[str]) -> list[int]:
     return ports[:MAX_PORTS]
 
 
-def dialback_request(ports: Sequence[int]) -> dict[str, Any]:
-    return {"type": "dialback", "v": wire.PROTOCOL_VERSION, "ports": list(ports)[:MAX_PORTS]}
-
-
 def observed_ip(info: StreamInfo) -> str | None:
     """The IPv4/IPv6 address the asker's connection came from; None for a relayed one (no dial-back)."""
     parts = str(info.addr).split("/")
@@ -137,13 +132,9 @@ def observed_ip(info: StreamInfo) -> str | None:
     return None
 
 
-def requested_ports(frame: Mapping[str, Any]) -> list[int]:
-    wire.check_opening(frame, "dialback")
-    ports = frame.get("ports")
-    if not (isinstance(ports, list) and len(ports) <= MAX_PORTS
-            and all(type(p) is int and 0 < p < 65536 for p in ports)):
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"'ports' must be up to {MAX_PORTS} TCP ports")
-    return ports
+def requested_ports(frame: dict[str, Any]) -> list[int]:
+    """The ports a dial-back request names (at most MAX_PORTS real ones)."""
+    return protocol.opening(frame, protocol.Dialback).ports
 
 
 async def dial(ip: str, port: int, timeout: float = DIAL_TIMEOUT) -> bool:
@@ -165,20 +156,19 @@ async def answer(info: StreamInfo, reader: asyncio.StreamReader, writer: asyncio
         ports = requested_ports(await wire.read_frame(reader, 4096, idle_timeout=10.0))
         ip = observed_ip(info)
         opened = [p for p, ok in zip(ports, await asyncio.gather(*(dial(ip, p) for p in ports))) if ok] if ip else []
-        await wire.write_frame(writer, {"type": "dialback", "ip": ip or "", "open": opened})
+        await wire.write_frame(writer, protocol.DialedBack(ip or "", opened).to_wire())
     except (ProtocolError, ConnectionError, asyncio.IncompleteReadError) as e:
         with contextlib.suppress(ConnectionError):
-            await wire.write_frame(writer, wire.error_frame(ErrorCode.BAD_FRAME, str(e)))
+            await wire.write_frame(writer, protocol.Error(ErrorCode.BAD_FRAME.value, str(e)).to_wire())
     finally:
         writer.close()
 
 
 async def ask(link: "PeerLink", peer: str, ports: Sequence[int]) -> bool:
     """Ask `peer` to dial us back on `ports`: whether any opened. PeerFailure if it does not answer."""
-    reader, writer = await link.open_stream(peer, HANDLER)
+    reply = await link.request(peer, protocol.DIALBACK, protocol.Dialback(list(ports)[:MAX_PORTS]).to_wire(),
+                               timeout=DIAL_TIMEOUT + 10)
     try:
-        await wire.write_frame(writer, dialback_request(ports))
-        reply = await link.expect(peer, reader, "dialback", timeout=DIAL_TIMEOUT + 10)
-    finally:
-        writer.close()
-    return bool(reply.get("open"))
+        return bool(protocol.DialedBack.parse(reply).open)
+    except ProtocolError as e:
+        raise PeerFailure(peer, f"sent an invalid dial-back reply: {e}") from None

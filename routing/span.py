@@ -14,13 +14,13 @@ import asyncio
 import hashlib
 import logging
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from ledger.keys import Identity
 
-from . import wire
+from . import protocol, wire
 from .attestation import Attestation, check_step_attestation, parse_attestation
 from .client import PeerLink
 from .errors import PeerFailure, RemoteError, RoutingError
@@ -29,8 +29,7 @@ from .planner import Hop
 from .tasks import background
 
 log = logging.getLogger(__name__)
-
-HANDLER = "swarmlm.inference"
+F = TypeVar("F", bound=protocol.Frame)
 MAX_UNREAD_FRAMES = 8  # frames of one session a node may have sent ahead of what we read
 ROUTE_TIMEOUT = 10.0  # seconds for a node to acknowledge new push neighbours (an error frame waits for the next step)
 
@@ -54,8 +53,8 @@ class SpanSession:
         self._writer: asyncio.StreamWriter | None = None
         # Bounded: a node cannot make us hold more than a few of its frames (each up to 64 MiB) unread.
         self._frames: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue(MAX_UNREAD_FRAMES)
-        self.notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_UNREAD_FRAMES)
-        self._routed: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_UNREAD_FRAMES)
+        self.notices: asyncio.Queue[protocol.PushFailed] = asyncio.Queue(MAX_UNREAD_FRAMES)
+        self._routed: asyncio.Queue[protocol.Routed] = asyncio.Queue(MAX_UNREAD_FRAMES)
         self._stale: list[dict[str, Any]] = []  # results dropped at a re-route, still to be counted
         self._reading: asyncio.Task | None = None
         self._opened = False
@@ -71,43 +70,48 @@ class SpanSession:
         """The root of the weights this node computes with (a quantized store's own, else the model's)."""
         return self.hop.record.served_root or self.root
 
-    def _grant(self) -> dict[str, Any]:
+    def _grant(self) -> tuple[dict[str, Any], list[str]]:
+        """The signed push grant for the current neighbours, and where the successor listens."""
         nxt = self.next_hop.peer_id if self.next_hop else None
-        return {"grant": grant(self.identity, session=self.session_id, node=self.peer, prev=self.prev, next=nxt,
-                               root=self.root, blocks=(self.hop.start, self.hop.end)).to_wire(),
-                "next_maddrs": list(self.next_hop.record.maddrs[:8]) if self.next_hop else []}
+        signed = grant(self.identity, session=self.session_id, node=self.peer, prev=self.prev, next=nxt,
+                       root=self.root, blocks=(self.hop.start, self.hop.end)).to_wire()
+        return signed, list(self.next_hop.record.maddrs[:protocol.MAX_NEXT_MADDRS]) if self.next_hop else []
 
     async def open(self) -> None:
         """Send the open frame; its reply is read with the first result (`opened` is checked then)."""
-        reader, self._writer = await self.link.open_stream(self.peer, HANDLER)
+        reader, self._writer = await self.link.open_stream(self.peer, protocol.INFERENCE)
         self._reading = background(self._read(reader), "a span's reader")
-        await self._send({"type": "open", "v": wire.PROTOCOL_VERSION, "root": self.root, "session": self.session_id,
-                          "max_length": self.max_length, "blocks": [self.hop.start, self.hop.end],
-                          "reply_dtype": wire.dtype_name(self.reply_dtype), "attest": self.attest, "tickets": True,
-                          **self._grant()})
+        signed, maddrs = self._grant()
+        await self._send(protocol.Open(self.root, self.session_id, self.max_length,
+                                       blocks=(self.hop.start, self.hop.end),
+                                       reply_dtype=wire.dtype_name(self.reply_dtype), attest=self.attest,
+                                       grant=signed, next_maddrs=maddrs, tickets=True))
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
                 frame = await wire.read_frame(reader)
-                side = {"push_failed": self.notices, "routed": self._routed}.get(frame["type"])
-                if frame["type"] == "routed":
+                side: asyncio.Queue[Any]
+                if frame["type"] == protocol.PushFailed.TYPE:
+                    side, notice = self.notices, protocol.PushFailed.parse(frame)
+                elif frame["type"] == protocol.Routed.TYPE:
+                    side, notice = self._routed, protocol.Routed.parse(frame)
                     self._drop_results()
-                if side is None:
+                else:
                     await self._frames.put(frame)  # waits while we have not read earlier ones: backpressure
                     continue
                 if side.full():  # one nobody waited for is stale: the oldest goes
                     side.get_nowait()
-                side.put_nowait(frame)
+                side.put_nowait(notice)
         except (asyncio.IncompleteReadError, ConnectionError) as e:
             await self._frames.put(PeerFailure(self.peer, f"stream closed ({type(e).__name__})"))
         except RoutingError as e:
             await self._frames.put(PeerFailure(self.peer, f"sent an invalid frame: {e}"))
 
-    async def expect(self, kind: str, timeout: float | None = None) -> dict[str, Any]:
+    async def expect(self, kind: type[F], timeout: float | None = None) -> F:
         """The node's next frame, which must be `kind`; errors become RemoteError, silence PeerFailure."""
-        if kind != "opened" and not self._opened:
-            await self.expect("opened", timeout)
+        if kind is not protocol.Opened and not self._opened:
+            await self.expect(protocol.Opened, timeout)
         timeout = timeout or self.link.request_timeout
         try:
             frame = await asyncio.wait_for(self._frames.get(), timeout)
@@ -116,38 +120,37 @@ class SpanSession:
         if isinstance(frame, BaseException):
             self._frames.put_nowait(frame)  # the stream stays broken for whoever asks next
             raise frame
-        if frame["type"] == "error":
-            raise RemoteError.from_frame(self.peer, frame)
-        if frame["type"] != kind:
-            raise PeerFailure(self.peer, f"expected a '{kind}' frame, got '{frame['type']:.40}'")
-        if kind == "opened":
+        protocol.check_reply(self.peer, frame, kind.TYPE)
+        try:
+            parsed = kind.read(frame)
+        except RoutingError as e:
+            raise PeerFailure(self.peer, f"sent an invalid frame: {e}") from None
+        if kind is protocol.Opened:
             self._opened = True
-        return frame
+        return parsed
 
     async def send_step(self, hidden: torch.Tensor, start: int, push: bool = False) -> torch.Tensor:
         """Send a step (pushed: the node forwards its output along the chain); returns what was sent."""
         sent = hidden.to(self.send_dtype)
-        frame = {"type": "step", "session": self.session_id, "step": self.steps, "start": start,
-                 "hidden": wire.encode_tensor(sent)}
-        if push:  # each node along the chain computes a pushed step once, as far as this ticket says
-            frame["push"] = True
-            frame["ticket"] = ticket(self.identity, session=self.session_id, start=start, tokens=sent.shape[1],
-                                     batch=sent.shape[0]).to_wire()
-        await self._send(frame)
+        sent = hidden.to(self.send_dtype)
+        # each node along the chain computes a pushed step once, as far as its ticket says
+        signed = ticket(self.identity, session=self.session_id, start=start, tokens=sent.shape[1],
+                        batch=sent.shape[0]).to_wire() if push else None
+        await self._send(protocol.Step(self.session_id, start, wire.encode_tensor(sent), push, signed))
         return sent
 
     async def result(self, sent: torch.Tensor, start: int, timeout: float | None = None
-                     ) -> tuple[torch.Tensor, dict[str, Any]]:
+                     ) -> tuple[torch.Tensor, protocol.Result]:
         """This span's next step result for input `sent` at `start`, checked; and its frame."""
         self._settle_stale(sent)
         began = time.perf_counter()
-        frame = await self.expect("result", timeout)
+        frame = await self.expect(protocol.Result, timeout)
         received = time.perf_counter()
         self.timing["wait"] += received - began
-        if type(frame.get("compute_ms")) in (int, float) and 0 <= frame["compute_ms"] < 1e9:
-            self.timing["node"] += frame["compute_ms"] / 1000
+        if frame.compute_ms is not None:
+            self.timing["node"] += frame.compute_ms / 1000
         try:
-            out = wire.decode_tensor(frame.get("hidden"), hidden_size=sent.shape[-1], max_tokens=sent.shape[1],
+            out = wire.decode_tensor(frame.hidden, hidden_size=sent.shape[-1], max_tokens=sent.shape[1],
                                      max_batch=sent.shape[0], finite=True)
         except RoutingError as e:
             raise PeerFailure(self.peer, f"returned a malformed tensor: {e}") from None
@@ -158,7 +161,7 @@ class SpanSession:
                                          f"{wire.dtype_name(self.reply_dtype)}")
         if self.attest:
             self.attestations.append(check_step_attestation(
-                parse_attestation(frame.get("attestation")), peer=self.peer, session=self.session_id, step=self.steps,
+                parse_attestation(frame.attestation), peer=self.peer, session=self.session_id, step=self.steps,
                 start=start, root=self.weights_root, blocks=(self.hop.start, self.hop.end),
                 dtype=self.hop.record.dtype, sent=sent, received=out, scheme=self.hop.record.scheme or None))
         self._count(start, out)
@@ -181,11 +184,12 @@ class SpanSession:
         that node logs its session unreceipted: nobody is blamed)."""
         while self._stale:
             frame = self._stale.pop(0)
-            start = frame.get("start")
             try:
-                if not (type(start) is int and 0 <= start < self.max_length):
+                result = protocol.Result.read(frame)
+                start = result.start
+                if start is None or start >= self.max_length:
                     raise RoutingError(f"result start {start!r:.20} is not a position")
-                out = wire.decode_tensor(frame.get("hidden"), hidden_size=sent.shape[-1],
+                out = wire.decode_tensor(result.hidden, hidden_size=sent.shape[-1],
                                          max_tokens=self.max_length - start, max_batch=sent.shape[0])
             except RoutingError as e:
                 log.info("could not count a stale result of %s (%s)", self.peer[-8:], e)
@@ -201,7 +205,8 @@ class SpanSession:
     async def route(self, prev: str | None, next_hop: Hop | None) -> None:
         """New push neighbours after a failover; waits until the node has them."""
         self.prev, self.next_hop = prev, next_hop
-        await self._send({"type": "route", "session": self.session_id, **self._grant()})
+        signed, maddrs = self._grant()
+        await self._send(protocol.Route(self.session_id, signed, maddrs))
         try:
             await asyncio.wait_for(self._routed.get(), ROUTE_TIMEOUT)
         except asyncio.TimeoutError:
@@ -213,7 +218,7 @@ class SpanSession:
         relays that step again, so reading one later would pair it with the wrong step. They are
         set aside to be counted, not used (`_settle_stale`)."""
         queue = self._frames._queue  # type: ignore[attr-defined]
-        stale = [f for f in queue if isinstance(f, dict) and f.get("type") == "result"]
+        stale = [f for f in queue if isinstance(f, dict) and f.get("type") == protocol.Result.TYPE]
         for frame in stale:
             queue.remove(frame)
         self._stale.extend(stale)
@@ -249,9 +254,8 @@ class SpanSession:
         if self._writer is None:
             return
         try:
-            await self._send({"type": "close", "session": self.session_id, "receipt": receipt,
-                              "length": self.length})
-            await self.expect("closed", timeout=5)
+            await self._send(protocol.Close(self.session_id, receipt, self.length))
+            await self.expect(protocol.Closed, timeout=5)
         except (RoutingError, ConnectionError):
             pass  # the node logs the session unreceipted; nothing else to do
         finally:
@@ -264,11 +268,11 @@ class SpanSession:
         if self._reading is not None:
             self._reading.cancel()
 
-    async def _send(self, frame: dict[str, Any]) -> None:
+    async def _send(self, frame: protocol.Frame) -> None:
         if self._writer is None:
             raise PeerFailure(self.peer, "the session's stream is closed")
         try:
-            await wire.write_frame(self._writer, frame)
+            await wire.write_frame(self._writer, frame.to_wire())
         except (ConnectionError, RuntimeError) as e:
             if self._reading is not None:  # let the reader take in whatever the node said before closing
                 await asyncio.wait({self._reading}, timeout=1.0)
@@ -278,6 +282,6 @@ class SpanSession:
     def _told(self) -> RemoteError | None:
         """The error the node sent before closing the stream (say, its session expired), if any."""
         for frame in list(self._frames._queue):  # type: ignore[attr-defined]
-            if isinstance(frame, dict) and frame.get("type") == "error":
-                return RemoteError.from_frame(self.peer, frame)
+            if isinstance(frame, dict) and frame.get("type") == protocol.Error.TYPE:
+                return protocol.Error.lenient(frame).remote(self.peer)
         return None

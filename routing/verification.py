@@ -23,7 +23,7 @@ from ledger.keys import Identity
 from shards.blocks import BlockStack
 from shards.store import ShardStore
 
-from . import wire
+from . import protocol, wire
 from .attestation import FORWARD_SESSION, Attestation, attest, check_step_attestation, parse_attestation
 from .errors import PeerFailure, RoutingError
 from .evidence import PPM, Claim, Evidence, relative_error
@@ -70,14 +70,13 @@ async def attested_forward(link, record: ServerRecord, root: str, blocks: tuple[
     The output comes back in float32, so the check adds no rounding of its own to the node's."""
     peer = record.peer_id
     sent = prefix.to(wire.WIRE_DTYPES.get(record.dtype, torch.float32))
-    reply = await link.request(peer, "swarmlm.forward", {
-        "type": "forward", "v": wire.PROTOCOL_VERSION, "root": root, "blocks": list(blocks), "last": last,
-        "reply_dtype": "float32", "hidden": wire.encode_tensor(sent)})
-    out = wire.decode_tensor(reply.get("hidden"), hidden_size=prefix.shape[2], max_tokens=last,
+    reply = protocol.Result.parse(await link.request(peer, protocol.FORWARD, protocol.Forward(
+        root, wire.encode_tensor(sent), blocks=blocks, reply_dtype="float32", last=last).to_wire()))
+    out = wire.decode_tensor(reply.hidden, hidden_size=prefix.shape[2], max_tokens=last,
                              max_batch=prefix.shape[0], finite=True)
     if out.dtype != torch.float32:
         raise PeerFailure(peer, f"replied to a forward in {wire.dtype_name(out.dtype)}, asked for float32")
-    att = check_step_attestation(parse_attestation(reply.get("attestation")), peer=peer, session=FORWARD_SESSION,
+    att = check_step_attestation(parse_attestation(reply.attestation), peer=peer, session=FORWARD_SESSION,
                                  step=0, start=0, root=record.served_root or root, blocks=blocks, dtype=record.dtype,
                                  sent=sent, received=out, scheme=record.scheme or None)
     return Claim(att, out)

@@ -1,16 +1,9 @@
-"""The wire protocol: length-prefixed msgpack frames over hivemind P2P binary streams.
+"""The wire format: length-prefixed msgpack frames over hivemind P2P binary streams, and tensors in them.
 
-A frame is a 4-byte big-endian length and a msgpack map. Tensors travel as raw bytes with
-dtype and shape, never pickled. Every frame is validated before use; a bad one raises
-`ProtocolError` with a typed code, which the node turns into an error frame.
-
-Handlers and their frames (`v` = PROTOCOL_VERSION in every opening frame):
-  swarmlm.info       → {type: info, v}                          ← {type: info, root, start, end, ...}
-  swarmlm.forward    → {type: forward, v, root, hidden}          ← {type: result, hidden}
-  swarmlm.inference  → {type: open, v, root, session, max_length, batch}  ← {type: opened}
-                     → {type: step, session, step, start, hidden}         ← {type: result, step, hidden}
-                     → {type: close, session, receipt?}                   ← {type: closed}
-  any                ← {type: error, code, message}
+A frame is a 4-byte big-endian length and a msgpack map with a string `type`, read within size,
+depth and time bounds. Tensors travel as raw bytes with dtype and shape, never pickled. What each
+frame holds is declared in routing/protocol.py; a bad frame raises `ProtocolError` with a typed
+code, which the node turns into an error frame.
 """
 
 from __future__ import annotations
@@ -129,10 +122,6 @@ async def write_frame(writer: asyncio.StreamWriter, frame: Mapping[str, Any]) ->
     await writer.drain()
 
 
-def error_frame(code: ErrorCode, message: str) -> dict[str, Any]:
-    return {"type": "error", "code": code.value, "message": message}
-
-
 def encode_tensor(t: torch.Tensor) -> dict[str, Any]:
     t = t.detach().contiguous().cpu()
     return {"dtype": dtype_name(t.dtype), "shape": list(t.shape), "data": t.view(torch.uint8).numpy().tobytes()}
@@ -175,36 +164,6 @@ def check_finite(t: torch.Tensor) -> None:
     """Hidden states are finite; NaN or infinity is never computed on, attested or relayed."""
     if not bool(torch.isfinite(t).all()):
         raise ProtocolError(ErrorCode.BAD_TENSOR, "the hidden states hold NaN or infinite values")
-
-
-MAX_INT = (1 << 63) - 1
-
-
-def field(frame: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *, minimum: int | None = None,
-          maximum: int = MAX_INT, max_len: int = 256) -> Any:
-    """A required field of the given type (bool is not an int here), ints within [minimum, maximum],
-    strings at most `max_len` characters."""
-    value = frame.get(name)
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if value is None or not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"'{frame.get('type')}' frame needs field {name!r} of type "
-                                                 f"{'/'.join(k.__name__ for k in kinds)}")
-    low = -MAX_INT - 1 if minimum is None else minimum
-    if type(value) is int and not low <= value <= maximum:
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"field {name!r} must be in {low}..{maximum}, got {value}")
-    if isinstance(value, str) and len(value) > max_len:
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"field {name!r} is longer than {max_len} characters")
-    return value
-
-
-def check_opening(frame: Mapping[str, Any], expected_type: str) -> None:
-    """The first frame of every stream: right type, and a protocol version we speak."""
-    version = frame.get("v")
-    if type(version) is not int or version != PROTOCOL_VERSION:
-        raise ProtocolError(ErrorCode.VERSION, f"protocol version {version!r} is not supported; "
-                                               f"this node speaks {PROTOCOL_VERSION}")
-    if frame["type"] != expected_type:
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"expected a '{expected_type}' frame, got '{frame['type']}'")
 
 
 def tensor_digest(t: torch.Tensor) -> bytes:

@@ -144,6 +144,9 @@ class CountingRunner:
     def close(self, length: int | None = None) -> None:
         self.inner.close(length)
 
+    def served(self) -> None:
+        return self.inner.served()
+
 
 def test_n_answers_share_the_prefill_and_use_successive_seeds(model):
     session = model.inference_session(64)

@@ -36,6 +36,8 @@ def swarm_report(records: dict[str, ServerRecord], manifest: Manifest, reached: 
     anyone can sign a record claiming any span and throughput, so the rest are listed as unverified
     and counted apart, never as capacity."""
     from node.selection import coverage
+    from routing.planner import is_relayed
+    from routing.reachability import relays_of
 
     n = manifest.num_blocks
     claimed = [r for r in records.values() if r.state == "online"]
@@ -49,7 +51,9 @@ def swarm_report(records: dict[str, ServerRecord], manifest: Manifest, reached: 
     nodes = [{"peer_id": r.peer_id, "name": r.name, "blocks": [r.start, r.end], "state": r.state, "dtype": r.dtype,
               "device": r.device, "scheme": r.scheme or None, "weights_root": r.weights_root or None,
               "throughput": r.throughput, "active_sessions": r.active_sessions,
-              "cache_tokens_left": r.cache_tokens_left, "version": r.version, "reached": r.peer_id in reached}
+              "cache_tokens_left": r.cache_tokens_left, "version": r.version, "reached": r.peer_id in reached,
+              # a node at home announces only circuit addresses: everyone reaches it through those relays
+              "reach": "via relay" if is_relayed(r) else "direct", "relays": list(relays_of(r.maddrs))}
              for r in sorted(records.values(), key=lambda r: (r.start, r.end, r.peer_id))]
     return {"root": manifest.root, "model": manifest.name, "num_blocks": n, "nodes": nodes, "servers_per_block": counts,
             "throughput_per_block": throughput, "unserved": unserved,
@@ -96,17 +100,25 @@ def _ranges(blocks: list[int]) -> str:
     return ", ".join(out)
 
 
+def _reach(node: dict[str, Any], wide: bool) -> str:
+    """"direct", or the relays a node at home is reached through (their IDs' tails unless `wide`)."""
+    if node["reach"] != "via relay":
+        return node["reach"]
+    return "via relay " + ", ".join(r if wide else r[-8:] for r in node["relays"])
+
+
 def _print(report: dict[str, Any], wide: bool = False) -> None:
     console = Console(width=100_000 if wide else None if Console().is_terminal else 120)
     root = report["root"] if wide else report["root"][:16] + "…"
     table = Table(title=f"{report['model'] or 'model'} {root} ({report['num_blocks']} blocks)")
-    for col in ("blocks", "node", "state", "dtype", "tok/s", "sessions", "cache left", "version"):
+    for col in ("blocks", "node", "state", "reach", "dtype", "tok/s", "sessions", "cache left", "version"):
         table.add_column(col, no_wrap=wide)
     for node in report["nodes"]:
         style = None if node["state"] == "online" and node["reached"] else "dim"
         name = f"{node['name']} {node['peer_id']}" if wide and node["name"] else node["name"] or node["peer_id"]
         table.add_row(f"{node['blocks'][0]}:{node['blocks'][1]}", name,
-                      node["state"] if node["reached"] or node["state"] != "online" else "unverified", f"{node['dtype']}/{node['device']} {node['scheme'] or ''}".strip(),
+                      node["state"] if node["reached"] or node["state"] != "online" else "unverified", _reach(node, wide),
+                      f"{node['dtype']}/{node['device']} {node['scheme'] or ''}".strip(),
                       f"{node['throughput']:.1f}",
                       str(node["active_sessions"]), str(node["cache_tokens_left"]), str(node["version"]),
                       style=style)

@@ -124,6 +124,8 @@ function drawNodes(report) {
       el("td", { class: n.gone ? "state-gone" : `state-${stateOf(n)}` },
         n.gone ? `gone (record expired ${new Date(n.gone_at * 1000).toLocaleTimeString()})` :
           stateOf(n).replace("-", " ")),
+      el("td", { title: (n.relays || []).join("\n") },
+        n.reach === "via relay" ? `via relay ${n.relays.map(label).join(", ")}` : n.reach || ""),
       el("td", {}, `${n.dtype} / ${n.device}`),
       el("td", {}, n.throughput.toFixed(1)),
       el("td", {}, n.active_sessions),

@@ -1,0 +1,69 @@
+"""Where the suite's CPU goes: a pytest plugin that records each test's wall time and CPU seconds
+(pytest's own plus its reaped children: nodes, gateways, p2pd), and a report per module.
+
+Wall time on a shared 2-core machine says little; CPU seconds do not depend on the load, and their
+sum over the heavy tier is the floor of its time on two cores, however it is scheduled.
+
+    PYTHONPATH=.:scripts python -m pytest -p cpu_profile -m "(model or swarm) and not bigmodel and not long"
+    python scripts/cpu_profile.py [cpu-profile.jsonl]      # the report, most CPU first
+
+A module's session- or package-scoped processes count where they are reaped (at the end of the
+run), and a test's children only once they exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+OUT = Path(os.environ.get("CPU_PROFILE_OUT", "cpu-profile.jsonl"))
+
+
+def _cpu() -> tuple[float, float]:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    started, (own, children) = time.monotonic(), _cpu()
+    yield
+    own_after, children_after = _cpu()
+    with OUT.open("a") as f:  # one short line per test: appends from xdist workers do not interleave
+        f.write(json.dumps({"id": item.nodeid, "wall": time.monotonic() - started, "self": own_after - own,
+                            "children": children_after - children}) + "\n")
+
+
+def report(path: Path) -> list[str]:
+    """One line per module (tests, wall, own and children's CPU seconds), most CPU first, then the total."""
+    modules: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        m = modules[row["id"].split("::")[0]]
+        m[0] += 1
+        m[1] += row["wall"]
+        m[2] += row["self"]
+        m[3] += row["children"]
+    total = [sum(m[i] for m in modules.values()) for i in range(4)]
+    lines = [f"{name:58s} {n:4.0f} tests  wall {wall:6.0f} s  cpu {own + kids:6.0f} s (children {kids:5.0f})"
+             for name, (n, wall, own, kids) in sorted(modules.items(), key=lambda kv: -(kv[1][2] + kv[1][3]))]
+    n, wall, own, kids = total
+    return [*lines, f"{'all':58s} {n:4.0f} tests  wall {wall:6.0f} s  cpu {own + kids:6.0f} s (children {kids:5.0f})"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", nargs="?", type=Path, default=OUT, help="the plugin's output (default %(default)s)")
+    print("\n".join(report(parser.parse_args().path)))
+
+
+if __name__ == "__main__":
+    main()

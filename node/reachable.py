@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Iterable
+from typing import Collection, Iterable
 
 from hivemind.p2p import P2P
 
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 REACHABILITY_PERIOD = 300.0  # s between dial-backs: a home router's mapping changes rarely
 # s a private node waits at start for its first circuit before it announces: p2pd's AutoRelay reserves
 # once it knows 4 relay candidates or after 3 minutes, and AutoNAT takes ~15 s to call the node private
+MAX_PUSHERS_MET = 8  # dials per announcement: records are free, so k fake pushers must not cost k dials
 RELAY_WAIT = 240.0
 
 
@@ -71,7 +72,7 @@ class Reachable:
         push to us), so their pushes need no relay."""
         if self.state.direct is not False:
             return
-        pushers = direct_pushers(records, own, start)
+        pushers = direct_pushers(records, own, start, self.met)
         connected = await asyncio.gather(*(self.link.connect(r.peer_id, r.maddrs) for r in pushers))
         for record, ok in zip(pushers, connected):
             if ok and record.peer_id not in self.met:
@@ -101,11 +102,14 @@ class Reachable:
         self.state = state
 
 
-def direct_pushers(records: Iterable[ServerRecord], own: str, start: int) -> list[ServerRecord]:
+def direct_pushers(records: Iterable[ServerRecord], own: str, start: int,
+                   met: Collection[str] = ()) -> list[ServerRecord]:
     """The serving nodes that push into block `start` (they serve block `start - 1`) and can be dialed
-    directly (they announce an address that is not a relay's)."""
-    return [r for r in records if r.peer_id != own and r.is_serving and r.start < start <= r.end
-            and r.maddrs and not is_relayed(r)]
+    directly (they announce an address that is not a relay's); at most MAX_PUSHERS_MET of them, those
+    already met first, so fresh fake records cannot push real neighbours out."""
+    found = [r for r in records if r.peer_id != own and r.is_serving and r.start < start <= r.end
+             and r.maddrs and not is_relayed(r)]
+    return sorted(found, key=lambda r: r.peer_id not in met)[:MAX_PUSHERS_MET]
 
 
 def _announcing(own: list[str], state: Reachability) -> str:

@@ -16,3 +16,12 @@ def test_the_reachable_nodes_serving_the_block_before_ours_push_to_us():
                node("me", 0, 10, maddrs=PUBLIC), node("nowhere", 0, 10)]
     assert [r.peer_id for r in direct_pushers(records, "me", 10)] == ["before", "overlap"]
     assert direct_pushers(records, "me", 0) == []  # the first block: only the client sends to us
+
+
+def test_a_flood_of_free_records_costs_a_bounded_number_of_dials_and_keeps_the_met():
+    from node.reachable import MAX_PUSHERS_MET
+
+    fakes = [node(f"fake{i:03d}", 0, 10, maddrs=PUBLIC) for i in range(100)]
+    real = node("real", 0, 10, maddrs=PUBLIC)
+    chosen = [r.peer_id for r in direct_pushers([*fakes, real], "me", 10, met={"real"})]
+    assert len(chosen) == MAX_PUSHERS_MET and chosen[0] == "real"

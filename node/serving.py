@@ -151,10 +151,11 @@ class Serving:
         return self.pool.free_pages * self.pool.page_tokens
 
     def info(self) -> dict[str, Any]:
-        return {"type": protocol.Info.TYPE, "v": wire.PROTOCOL_VERSION, "peer_id": self.peer_id, "root": self.root,
-                "weights_root": self.weights_root, "scheme": self.quantization.scheme if self.quantization else None,
-                "start": self.stack.start, "end": self.stack.end, "dtype": wire.dtype_name(self.dtype),
-                "device": self.device.type, "versions": {"protocol": wire.PROTOCOL_VERSION, "swarmlm": _version()},
+        declared = protocol.InfoReply(v=wire.PROTOCOL_VERSION, peer_id=self.peer_id, root=self.root,
+                                      start=self.stack.start, end=self.stack.end)
+        return {**declared.to_wire(), "weights_root": self.weights_root,
+                "scheme": self.quantization.scheme if self.quantization else None,
+                "dtype": wire.dtype_name(self.dtype), "device": self.device.type, "versions": {"protocol": wire.PROTOCOL_VERSION, "swarmlm": _version()},
                 "load": {"sessions": len(self.sessions), "cache_tokens_used": self.cache_tokens_used,
                          "cache_tokens_free": self.cache_tokens_free},
                 "scheduler": {"iterations": self.scheduler.iterations if self.scheduler else 0,

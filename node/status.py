@@ -93,7 +93,8 @@ def _status(args: argparse.Namespace) -> int:
 
         client = SwarmClient(maddrs, request_timeout=15)
         try:
-            answer = client.run(client.ping(peer))
+            rtt, reply = client.run(client.ping(peer))
+            answer = rtt, reply.raw
         finally:
             client.close()
     rtt, info = answer

@@ -24,7 +24,7 @@ from ledger.keys import Identity
 
 from . import dht as dht_io
 from . import protocol, wire
-from .errors import ErrorCode, PeerFailure, RemoteError, RoutingError, StreamClosed
+from .errors import ErrorCode, PeerFailure, ProtocolError, RemoteError, RoutingError, StreamClosed
 from .records import ServerRecord, SignedRecordValidator
 
 log = logging.getLogger(__name__)
@@ -122,14 +122,18 @@ class PeerLink:
         protocol.check_reply(peer, frame, frame_type)
         return frame
 
-    async def ping(self, peer: str) -> tuple[float, dict[str, Any]]:
-        """Round-trip time of an info request, and the info. Timed after the first dial: its handshakes
+    async def ping(self, peer: str) -> tuple[float, protocol.InfoReply]:
+        """Round-trip time of an info request, and the info (PeerFailure if malformed). Timed after the first dial: its handshakes
         take several round trips (each over the relay for a relayed node) that no step pays again, so the
         time is the path's own: through the relay when the node is reached through one."""
         await self._dial(peer)
         started = time.perf_counter()
         info = await self.request(peer, protocol.INFO, protocol.Info().to_wire())
-        return time.perf_counter() - started, info
+        elapsed = time.perf_counter() - started
+        try:
+            return elapsed, protocol.InfoReply.parse(info)
+        except ProtocolError as e:
+            raise PeerFailure(peer, f"malformed info: {e}") from None
 
 
 class SwarmClient(PeerLink):
@@ -221,14 +225,14 @@ def deserves_ban(error: RoutingError) -> bool:
 
 
 async def gather_pings(client: PeerLink, peers: Sequence[str], timeout: float = 3.0, retry_timeout: float = 12.0
-                       ) -> dict[str, tuple[float, dict[str, Any]] | BaseException]:
+                       ) -> dict[str, tuple[float, protocol.InfoReply] | BaseException]:
     """Each peer's (rtt, pong), or why not. A first ping also dials the peer, which on a loaded machine
     or a slow path can outlast `timeout`: a peer that timed out is asked once more with `retry_timeout`
     before it counts as silent, so a slow start does not cost an honest node its place in routes."""
-    async def one(peer: str, deadline: float) -> tuple[float, dict[str, Any]]:
+    async def one(peer: str, deadline: float) -> tuple[float, protocol.InfoReply]:
         return await asyncio.wait_for(client.ping(peer), deadline)
 
-    async def both(peer: str) -> tuple[float, dict[str, Any]]:
+    async def both(peer: str) -> tuple[float, protocol.InfoReply]:
         try:
             return await one(peer, timeout)
         except asyncio.TimeoutError:

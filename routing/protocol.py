@@ -9,7 +9,7 @@ frame is handled: tensors are decoded by `wire.decode_tensor` against the node's
 and step tickets by `routing.grants.accept_grant`/`accept_ticket`, attestations by
 `routing.attestation.parse_attestation`.
 
-    swarmlm.info       Info                                     ← the node's info map (Serving.info)
+    swarmlm.info       Info                                     ← InfoReply (Serving.info)
     swarmlm.forward    Forward                                  ← Result
     swarmlm.inference  Open                                     ← Opened
                        Step                                     ← Result (and PushFailed notices)
@@ -38,7 +38,7 @@ it drops at a re-route as the node counted them (`SpanSession._settle_stale`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Mapping, TypeVar
 
 from ledger.errors import EncodingError
@@ -129,7 +129,7 @@ class Frame:
             out["v"] = PROTOCOL_VERSION
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None:
+            if value is not None and "type" in f.metadata:  # a field without a type is not carried
                 out[f.name] = f.metadata["type"].to_wire(value)
         return out
 
@@ -166,6 +166,25 @@ def one_of(frame: Mapping[str, Any], kinds: tuple[type[F], ...], where: str) -> 
 @dataclass(frozen=True)
 class Info(Frame):
     TYPE, OPENS = "info", INFO
+
+
+@dataclass(frozen=True)
+class InfoReply(Frame):
+    """A node's info map (node/serving.py `info`). The fields a client checks before it routes
+    through the node are declared; the rest (load, versions, uptime, …) are for status pages, which
+    read them from `raw`, the whole map as received."""
+
+    TYPE = "info"
+    v: int = spec(uint())
+    peer_id: str = spec(CLIENT)
+    root: str = spec(ROOT)
+    start: int = spec(uint())
+    end: int = spec(uint(1))
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, frame: Mapping[str, Any]) -> "InfoReply":
+        return replace(super().parse(frame), raw=dict(frame))
 
 
 @dataclass(frozen=True)

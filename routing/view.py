@@ -132,9 +132,9 @@ class SwarmView:
             if isinstance(result, BaseException):
                 log.info("node %s did not answer a ping (%s); avoiding it", peer[-8:], result)
                 self.bans.ban(peer)
-            elif result[1].get("root") != self.root or result[1].get("v") != PROTOCOL_VERSION:
+            elif result[1].root != self.root or result[1].v != PROTOCOL_VERSION:
                 log.warning("node %s announces our model but serves root %s / protocol %s; avoiding it",
-                            peer[-8:], str(result[1].get("root"))[:70], str(result[1].get("v"))[:10])
+                            peer[-8:], result[1].root[:70], result[1].v)
                 self.bans.ban(peer)
             else:
                 self.rtt[peer] = result[0]

@@ -114,7 +114,7 @@ class Fuzzer:
             records = await dht_io.fetch_records(self.client.link.dht, store.root, store.manifest.num_blocks)
             for who in (self.client, self.pusher):
                 who.link.learn(records.values())
-        info = (await self.client.link.ping(self.node_peer))[1]
+        info = (await self.client.link.ping(self.node_peer))[1].raw
         reply = await self.client.exchange(self.node_peer, targets.LEDGER, [wire.pack_frame(
             {"type": "ledger", "v": wire.PROTOCOL_VERSION, "op": "checkpoint"})], frames=1)
         size = reply.frames[0].get("size", 1) if reply.frames else 1
@@ -306,7 +306,7 @@ class Fuzzer:
             return False
         for _ in range(3):
             try:
-                info = (await asyncio.wait_for(self.client.link.ping(self.node_peer), 20))[1]
+                info = (await asyncio.wait_for(self.client.link.ping(self.node_peer), 20))[1].raw
                 return info.get("peer_id") == self.node_peer
             except Exception:
                 await asyncio.sleep(1)

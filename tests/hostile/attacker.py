@@ -296,7 +296,7 @@ class Attacker:
             reply.ended = "garbled"
 
     def info(self, node: LocalNode) -> dict[str, Any]:
-        return self.run(self.link.ping(node.peer_id), timeout=60)[1]
+        return self.run(self.link.ping(node.peer_id), timeout=60)[1].raw
 
     def close(self) -> None:
         self.link.close()

@@ -186,7 +186,7 @@ def test_idle_sessions_of_max_length_8192_reserve_nothing_and_give_way_to_others
     async def hog(who: Attacker) -> tuple[RawSession, int]:
         s = RawSession(who.link, node.peer_id, root, fresh_session(), 8192)
         assert (await s.open())["type"] == "opened"
-        used = (await who.link.ping(node.peer_id))[1]["load"]["cache_tokens_used"]
+        used = (await who.link.ping(node.peer_id))[1].raw["load"]["cache_tokens_used"]
         assert (await s.step(0, 512))["type"] == "result"
         return s, used
 

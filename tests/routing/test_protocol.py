@@ -19,6 +19,7 @@ MADDR = "/ip4/127.0.0.1/tcp/4000/p2p/12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d6
 
 EXAMPLES: list[protocol.Frame] = [
     protocol.Info(),
+    protocol.InfoReply(1, "12D3KooW", "ab" * 32, 0, 10),
     protocol.Forward("ab" * 32, TENSOR, blocks=(0, 10), reply_dtype="float32", last=1, attest=False),
     protocol.Open("ab" * 32, "s-1", 64, batch=2, blocks=(3, 7), reply_dtype="bfloat16", attest=True,
                   grant={"opaque": b"signed"}, next_maddrs=[MADDR], tickets=True),
@@ -51,7 +52,7 @@ WRONG: dict[str, list[Any]] = {
     "message": [b"bytes"], "client": [7, "c" * 257], "id": [-1, "7"], "op": [None, "o" * 41, ["checkpoint"]],
     "end": [-1, 1 << 64], "size1": [True], "size2": [2.0], "index": ["0"], "size": [[1]],
     "tickets": [1, "yes"], "ports": [[0], [65536], ["80"], [1, 2, 3, 4, 5], 80], "ip": [7, "x" * 65],
-    "open": [[0], 4001],
+    "open": [[0], 4001], "v": [-1, "1", None], "peer_id": [7, "p" * 257],
 }
 ANY_FIELDS = {"grant", "receipt", "attestation", "ticket"}
 
@@ -70,7 +71,7 @@ def _refused(frame: dict[str, Any], cls: type[protocol.Frame], code: ErrorCode =
 @pytest.mark.parametrize("frame", EXAMPLES, ids=_name)
 def test_every_frame_survives_a_round_trip_through_msgpack(frame: protocol.Frame) -> None:
     sent = wire.unpack_frame(wire.pack_frame(frame.to_wire())[4:])
-    assert sent["type"] == frame.TYPE and ("v" in sent) == (frame.OPENS is not None)
+    assert sent["type"] == frame.TYPE and ("v" in sent) == (frame.OPENS is not None or hasattr(frame, "v"))
     assert (protocol.opening(sent, type(frame)) if frame.OPENS else type(frame).parse(sent)) == frame
 
 
@@ -92,7 +93,7 @@ def test_a_missing_required_field_is_a_bad_frame_naming_it(frame: protocol.Frame
 @pytest.mark.parametrize("frame", EXAMPLES, ids=_name)
 def test_a_mistyped_or_out_of_range_field_is_a_bad_frame_naming_it(frame: protocol.Frame) -> None:
     for f in dataclasses.fields(frame):
-        if f.name in ANY_FIELDS:
+        if f.name in ANY_FIELDS or "type" not in f.metadata:  # not carried: InfoReply.raw
             continue
         assert WRONG[f.name], f.name
         for value in WRONG[f.name]:
@@ -105,6 +106,14 @@ def test_absent_optional_fields_take_their_defaults() -> None:
     opened = protocol.opening({"type": "open", "v": 1, "root": "r", "session": "s", "max_length": 4}, protocol.Open)
     assert (opened.batch, opened.attest, opened.blocks, opened.reply_dtype, opened.grant, opened.next_maddrs) == \
         (1, True, None, None, None, [])
+
+
+def test_an_info_reply_keeps_the_whole_map_for_status_pages() -> None:
+    """The declared fields are what a client routes by; the rest is read by `swarm status` and such."""
+    sent = {**protocol.InfoReply(1, "12D3KooW", "ab" * 32, 0, 10).to_wire(), "load": {"sessions": 2}}
+    reply = protocol.InfoReply.parse(sent)
+    assert (reply.root, reply.v, reply.raw["load"]) == ("ab" * 32, 1, {"sessions": 2})
+    assert "raw" not in reply.to_wire()
 
 
 def test_optional_fields_an_older_peer_sends_as_nil_are_absent() -> None:
@@ -167,8 +176,9 @@ def test_every_handler_is_declared_once() -> None:
     assert opening == {protocol.INFO, protocol.FORWARD, protocol.INFERENCE, protocol.PUSH, protocol.LEDGER,
                        protocol.DIALBACK}
     assert set(protocol.REPLY_TYPES) <= opening
-    types = [cls.TYPE for cls in _frames() if cls is not protocol.DialedBack]  # a dial-back's reply keeps the
-    assert len(types) == len(set(types)), types                                # request's type, as it always had
+    # the replies to a dial-back and to an info request keep their request's type, as they always had
+    types = [cls.TYPE for cls in _frames() if cls not in (protocol.DialedBack, protocol.InfoReply)]
+    assert len(types) == len(set(types)), types
     assert {type(f) for f in EXAMPLES} == set(_frames())
 
 

@@ -58,4 +58,4 @@ def output(frame: dict[str, Any], n: int) -> torch.Tensor:
 
 
 async def info(link: PeerLink, peer: str) -> dict[str, Any]:
-    return (await link.ping(peer))[1]
+    return (await link.ping(peer))[1].raw

@@ -40,9 +40,13 @@ unit: install
 	$(BIN)/python -m pytest -m "not model and not swarm and not bigmodel and not long" \
 	  $(if $(filter-out 0,$(UNIT_WORKERS)),-n $(UNIT_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
 
-# The rest of `make test`: `make unit heavy` runs every test once.
+# The rest of `make test`: `make unit heavy` runs every test once. Two workers by default: much of a
+# swarm test is waiting (DHT rounds, timeouts, node start-ups), which the other worker's tests fill;
+# each worker holds the model and transformers' reference (~2 GiB) beside its swarms, ~12 GiB in all.
+HEAVY_WORKERS ?= 2
 heavy: model tools
-	$(BIN)/python -m pytest -m "(model or swarm) and not bigmodel and not long" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "(model or swarm) and not bigmodel and not long" \
+	  $(if $(filter-out 0,$(HEAVY_WORKERS)),-n $(HEAVY_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
 
 # The long forms of scenarios CI runs short (hundreds of spot checks, every kill, the whole sweep).
 # Line coverage per package of the unit tier (what runs in this process and its xdist workers).

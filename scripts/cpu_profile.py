@@ -32,6 +32,17 @@ def _cpu() -> tuple[float, float]:
     return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
+OUTCOME = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Remember how the test ended (a failed set-up or teardown counts as failed), for its line."""
+    report = (yield).get_result()
+    if report.failed or (report.when == "call" and item.stash.get(OUTCOME, "") != "failed"):
+        item.stash[OUTCOME] = report.outcome
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     started, (own, children) = time.monotonic(), _cpu()
@@ -39,14 +50,19 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     own_after, children_after = _cpu()
     with OUT.open("a") as f:  # one short line per test: appends from xdist workers do not interleave
         f.write(json.dumps({"id": item.nodeid, "wall": time.monotonic() - started, "self": own_after - own,
-                            "children": children_after - children}) + "\n")
+                            "children": children_after - children,
+                            "outcome": item.stash.get(OUTCOME, "skipped")}) + "\n")
 
 
 def report(path: Path) -> list[str]:
-    """One line per module (tests, wall, own and children's CPU seconds), most CPU first, then the total."""
+    """One line per module (tests, wall, own and children's CPU seconds), most CPU first, then the total
+    and the tests that failed."""
     modules: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+    failed = []
     for line in path.read_text().splitlines():
         row = json.loads(line)
+        if row.get("outcome") == "failed":
+            failed.append(row["id"])
         m = modules[row["id"].split("::")[0]]
         m[0] += 1
         m[1] += row["wall"]
@@ -56,7 +72,8 @@ def report(path: Path) -> list[str]:
     lines = [f"{name:58s} {n:4.0f} tests  wall {wall:6.0f} s  cpu {own + kids:6.0f} s (children {kids:5.0f})"
              for name, (n, wall, own, kids) in sorted(modules.items(), key=lambda kv: -(kv[1][2] + kv[1][3]))]
     n, wall, own, kids = total
-    return [*lines, f"{'all':58s} {n:4.0f} tests  wall {wall:6.0f} s  cpu {own + kids:6.0f} s (children {kids:5.0f})"]
+    return [*lines, f"{'all':58s} {n:4.0f} tests  wall {wall:6.0f} s  cpu {own + kids:6.0f} s (children {kids:5.0f})",
+            *(f"failed: {test}" for test in failed)]
 
 
 def main() -> None:

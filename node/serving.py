@@ -36,6 +36,7 @@ from .admission import Admission
 from .config import NodeConfig
 from .limits import PeerBook, PeerLimits
 from .metrics import NodeMetrics
+from .ring import RingHead
 from .scheduler import StepScheduler, Work
 from .sessions import NodeSession, session_key
 
@@ -107,6 +108,8 @@ class Serving:
                                    -(-(config.peer_cache_tokens or config.cache_tokens // 2) // config.page_tokens),
                                    config.evict_idle_after)
         self.scheduler: StepScheduler | None = None
+        self.ring_head: RingHead | None = None  # with --ring: this node can embed and sample (node/ring.py)
+        self.num_blocks = stack.config.num_layers
         self.stack = stack
 
     # ---- the span ---------------------------------------------------------------------------------

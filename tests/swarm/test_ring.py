@@ -1,0 +1,69 @@
+"""Ring mode through real nodes (issue 25): the last node samples, the first embeds, the client checks.
+
+One swarm for the module: three `--ring` nodes over the model's 30 blocks, and a node that samples
+dishonestly on the last span, which the client is made to route through once."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from node.local_swarm import LocalSwarm
+from swarmlm.sdk import RemoteModel
+
+from ..conftest import FIXED_THROUGHPUT
+
+PROMPT = "What is the capital of France?"
+SPANS = [(0, 10), (10, 20), (20, 30)]
+LIAR = [sys.executable, str(Path(__file__).with_name("lying_sampler_node.py"))]
+
+
+@pytest.fixture(scope="module")
+def ring_swarm(default_store, tmp_path_factory):
+    swarm = LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("ring"), announce_period=5.0,
+                       node_args=["--ring", *FIXED_THROUGHPUT])
+    with swarm:
+        swarm.start_spans(SPANS)
+        yield swarm
+
+
+def _ring_model(swarm: LocalSwarm, store, **kwargs) -> RemoteModel:  # noqa: ANN001
+    return RemoteModel.connect(swarm.initial_peers, store.path, ring=True, **kwargs)
+
+
+def test_greedy_and_seeded_rings_equal_local_and_count_what_is_kept(ring_swarm, default_store, local_model):
+    with _ring_model(ring_swarm, default_store) as model:
+        with model.inference_session(max_length=128) as s:
+            greedy = s.generate(PROMPT, 24, ignore_eos=True)
+            ring = s.runner.ring
+            assert ring is not None and ring.restarts == 1 and ring.steps == 23 and not ring.convictions
+            assert s.runner.relayed_steps == 0 and s.runner.failovers == 0
+            # every position the ring computed is one the client kept: the receipts count exactly those
+            kept = greedy.prompt_tokens + 23
+            assert [(sp.tokens, sp.accepted) for sp in s.runner.spans] == [(kept, kept)] * len(SPANS)
+            sampled = s.generate(PROMPT, 16, temperature=0.8, top_k=40, seed=7, ignore_eos=True)  # the next turn
+            assert ring.restarts == 2 and not ring.convictions
+    assert greedy.token_ids == local_model.generate(PROMPT, 24, ignore_eos=True).token_ids
+    with local_model.inference_session(max_length=128) as local:
+        local.generate(PROMPT, 24, ignore_eos=True)
+        expected = local.generate(PROMPT, 16, temperature=0.8, top_k=40, seed=7, ignore_eos=True)
+    assert sampled.token_ids == expected.token_ids
+
+
+def test_a_lying_sampler_is_convicted_rolled_back_and_the_text_stays_local(ring_swarm, default_store, local_model):
+    honest = next(n for n in ring_swarm.nodes if n.blocks == SPANS[-1])
+    liar = ring_swarm.spawn_node(SPANS[-1], program=LIAR)
+    try:
+        with _ring_model(ring_swarm, default_store) as model:
+            model.view.bans.ban(honest.peer_id)  # a few seconds: the first chain goes through the liar
+            with model.inference_session(max_length=128) as s:
+                g = s.generate(PROMPT, 12, ignore_eos=True)
+                ring = s.runner.ring
+                assert ring is not None
+                assert [e.peer for e in ring.convictions] == [liar.peer_id]
+                assert s.runner.spans[-1].peer == honest.peer_id
+    finally:
+        ring_swarm.kill(liar)
+    assert g.token_ids == local_model.generate(PROMPT, 12, ignore_eos=True).token_ids

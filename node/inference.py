@@ -7,6 +7,8 @@ pushed one with the client's signed step ticket, which travels on with it: node/
 client that goes away cancels its step. A step's result goes back on this stream; with a grant
 naming a successor, the output is pushed to it first and the client gets a copy, off the critical
 path. A failed step is an error frame on this stream, whether it came from the client or was pushed.
+A `ring` frame arms a node serving the last block to sample each next token and send it on to the
+first node instead of pushing (node/ring.py).
 """
 
 from __future__ import annotations

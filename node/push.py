@@ -7,8 +7,10 @@ for a session whose client named the pushing peer as its predecessor in a signed
 else is answered on the push stream with a `push_refused` error naming the session, and the pusher
 tells that session's client (`push_failed`), who then relays the step itself. A push carries the
 client's step ticket when its client signs them, and is computed only within what the tickets ask
-for (node/step_budget.py): a replayed or grown push is refused the same way. The frames are
-declared in routing/protocol.py.
+for (node/step_budget.py): a replayed or grown push is refused the same way. In ring mode the
+node serving the last block sends the token it sampled (`ring_token`) to the node serving the first,
+its successor in the client's grant, which embeds it; ring steps carry the client's ring ticket
+(node/ring.py). The frames are declared in routing/protocol.py.
 """
 
 from __future__ import annotations

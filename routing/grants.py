@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ledger import keys
 from ledger.errors import EncodingError
@@ -106,12 +106,19 @@ def _next_seq() -> int:
 
 def accept_ticket(obj: Any, *, client: str, session: str) -> StepTicket:
     """A ticket from a step or push frame: well formed, and signed by the session's client for it."""
+    return _accepted(StepTicket, obj, client, session, "ticket")
+
+
+T = TypeVar("T", "StepTicket", "RingTicket")
+
+
+def _accepted(kind: type[T], obj: Any, client: str, session: str, field_name: str) -> T:
     try:
-        t = StepTicket.from_wire(obj)
+        t = kind.from_wire(obj)
     except (EncodingError, TypeError, ValueError):
-        raise ProtocolError(ErrorCode.BAD_FRAME, "'ticket' is not a well-formed step ticket") from None
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"'{field_name}' is not a well-formed {kind.name}") from None
     if (t.client, t.session) != (client, session) or not t.is_signed():
-        raise ProtocolError(ErrorCode.PUSH_REFUSED, "the step ticket is not signed by this session's client for it")
+        raise ProtocolError(ErrorCode.PUSH_REFUSED, f"the {kind.name} is not signed by this session's client for it")
     return t
 
 
@@ -142,10 +149,4 @@ def ring_ticket(identity: Identity, *, session: str, start: int, tokens: int) ->
 
 def accept_ring_ticket(obj: Any, *, client: str, session: str) -> RingTicket:
     """A ring ticket from a frame: well formed, and signed by the session's client for it."""
-    try:
-        t = RingTicket.from_wire(obj)
-    except (EncodingError, TypeError, ValueError):
-        raise ProtocolError(ErrorCode.BAD_FRAME, "'ring' is not a well-formed ring ticket") from None
-    if (t.client, t.session) != (client, session) or not t.is_signed():
-        raise ProtocolError(ErrorCode.PUSH_REFUSED, "the ring ticket is not signed by this session's client for it")
-    return t
+    return _accepted(RingTicket, obj, client, session, "ring_ticket")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Awaitable, Sequence
 
 import torch
 
@@ -34,6 +34,7 @@ from shards.generation import Forward
 from shards.head import Head
 
 from . import protocol
+from .attestation import Attestation
 from .errors import PeerFailure
 from .grants import RingTicket, ring_ticket
 
@@ -58,7 +59,7 @@ class RingEvidence:
     peer: str
     session: str
     position: int
-    attestation: object
+    attestation: Attestation | None  # None when the client verified no attestations
     hidden: torch.Tensor
     claimed: int
     chosen: int
@@ -71,7 +72,8 @@ class ClientRing:
         self.runner, self.head = runner, head
         self.ticket: RingTicket | None = None
         self.sampled: dict[int, int] = {}  # position -> the token the ring's sampler chose for it
-        self.final: dict[int, tuple[torch.Tensor, object]] = {}  # position -> the last hop's output row before it
+        self.final: dict[int, tuple[torch.Tensor, Attestation | None]] = {}  # position -> the last hop's output
+        # row before it, and its attestation
         self.steps = 0  # steps taken from the ring
         self.restarts = 0  # rings started
         self.convictions: list[RingEvidence] = []
@@ -93,7 +95,7 @@ class ClientRing:
         arm = (lambda: self._start(step)) if self._can_ring(step) else None
         return await self._taken(step, self.runner._forward(step.hidden, step.start, arm))
 
-    async def _taken(self, step: Forward, computing) -> torch.Tensor:  # noqa: ANN001
+    async def _taken(self, step: Forward, computing: Awaitable[torch.Tensor]) -> torch.Tensor:
         """A step's output; what its last hop sampled is noted, and any failover ends the ring."""
         runner = self.runner
         before = (runner.failovers, runner.relayed_steps)
@@ -110,11 +112,12 @@ class ClientRing:
         return out
 
     def _can_ring(self, step: Forward) -> bool:
-        runner = self.runner
+        spans = self.runner.spans
+        last = spans[-1].next_hop if spans else None
         return (step.sampler is not None and not step.sampler.params.penalized and step.remaining > 1
-                and len(runner.spans) > 1 and closes_ring([s.hop for s in runner.spans])
-                and runner.spans[0].prev == runner.spans[-1].peer
-                and step.start + step.hidden.shape[1] < runner.max_length)
+                and len(spans) > 1 and closes_ring([s.hop for s in spans])
+                and spans[0].prev == spans[-1].peer and last is not None and last.peer_id == spans[0].peer
+                and step.start + step.hidden.shape[1] < self.runner.max_length)
 
     async def _start(self, step: Forward) -> None:
         """Arm the last node with a new ring ticket over the positions this call still needs computed;

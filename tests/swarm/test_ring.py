@@ -5,13 +5,18 @@ dishonestly on the last span, which the client is made to route through once."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
 import pytest
 
 from node.local_swarm import LocalSwarm
+from routing import protocol, wire
+from routing.client import SwarmClient
+from routing.grants import ring_ticket
 from swarmlm.sdk import RemoteModel
+from swarmlm.swarm_status import swarm_report
 
 from ..conftest import FIXED_THROUGHPUT
 
@@ -35,6 +40,8 @@ def _ring_model(swarm: LocalSwarm, store, **kwargs) -> RemoteModel:  # noqa: ANN
 
 def test_greedy_and_seeded_rings_equal_local_and_count_what_is_kept(ring_swarm, default_store, local_model):
     with _ring_model(ring_swarm, default_store) as model:
+        report = swarm_report(model.view.records, default_store.manifest, set(model.view.records))
+        assert report["totals"]["ring"] and all(node["ring"] for node in report["nodes"])  # what `swarm status` shows
         with model.inference_session(max_length=128) as s:
             greedy = s.generate(PROMPT, 24, ignore_eos=True)
             ring = s.runner.ring
@@ -45,11 +52,36 @@ def test_greedy_and_seeded_rings_equal_local_and_count_what_is_kept(ring_swarm, 
             assert [(sp.tokens, sp.accepted) for sp in s.runner.spans] == [(kept, kept)] * len(SPANS)
             sampled = s.generate(PROMPT, 16, temperature=0.8, top_k=40, seed=7, ignore_eos=True)  # the next turn
             assert ring.restarts == 2 and not ring.convictions
+            first = s.runner.spans[0].peer
+            refusal = _stranger_ring_token(ring_swarm, first, model.client.peer_id, s.runner.session_id)
+            assert refusal["code"] == "push_refused" and "predecessor" in refusal["message"]
     assert greedy.token_ids == local_model.generate(PROMPT, 24, ignore_eos=True).token_ids
     with local_model.inference_session(max_length=128) as local:
         local.generate(PROMPT, 24, ignore_eos=True)
         expected = local.generate(PROMPT, 16, temperature=0.8, top_k=40, seed=7, ignore_eos=True)
     assert sampled.token_ids == expected.token_ids
+
+
+def _stranger_ring_token(swarm: LocalSwarm, first: str, client: str, session: str) -> dict:
+    """What the first node answers a stranger sending a ring token into a client's live session."""
+    stranger = SwarmClient(swarm.initial_peers)
+    node = next(n for n in swarm.nodes if n.peer_id == first)
+    stranger.remember(node.peer_id, node.maddrs)
+
+    async def go() -> dict:
+        reader, writer = await stranger.open_stream(first, protocol.PUSH)
+        try:
+            await wire.write_frame(writer, protocol.PushOpen().to_wire())
+            forged = ring_ticket(stranger.identity, session=session, start=60, tokens=4).to_wire()
+            await wire.write_frame(writer, protocol.RingToken(client, session, 60, 42, (20, 30), forged).to_wire())
+            return await asyncio.wait_for(wire.read_frame(reader), 30)
+        finally:
+            writer.close()
+
+    try:
+        return stranger.run(go())
+    finally:
+        stranger.close()
 
 
 def test_a_lying_sampler_is_convicted_rolled_back_and_the_text_stays_local(ring_swarm, default_store, local_model):
@@ -64,6 +96,7 @@ def test_a_lying_sampler_is_convicted_rolled_back_and_the_text_stays_local(ring_
                 assert ring is not None
                 assert [e.peer for e in ring.convictions] == [liar.peer_id]
                 assert s.runner.spans[-1].peer == honest.peer_id
+                assert ring.restarts >= 2 and ring.steps > 0  # the ring closed again, through the honest node
     finally:
         ring_swarm.kill(liar)
     assert g.token_ids == local_model.generate(PROMPT, 12, ignore_eos=True).token_ids

@@ -215,22 +215,33 @@ class RemoteRunner:
 
     async def _pushed_result(self, i: int, h: torch.Tensor, start: int, ring: int | None = None
                              ) -> tuple[torch.Tensor, protocol.Result]:
-        """Span i's result for a pushed step, unless its predecessor reports the push failed first."""
+        """Span i's result for a pushed step, unless its predecessor reports the push failed first.
+
+        The first span's result of a ring step also waits on the ring's sampler (its predecessor): when
+        the sampler's stream ends or no result comes within the request timeout, the client relays the
+        step itself, and whichever node is gone shows there (no innocent first node is blamed)."""
         span = self.spans[i]
         sent = h.to(span.send_dtype)
         if i == 0 and ring is None:
             return await span.result(sent, start)
+        pusher = self.spans[i - 1]  # [-1] for a ring step: the ring's sampler
         result = background(span.result(sent, start, ring=ring), "a pushed step's result")
-        notice = background(self.spans[i - 1].notices.get(), "a push-failure notice")  # [-1]: the ring's sampler
+        notice = background(pusher.notices.get(), "a push-failure notice")
+        tasks = {result, notice}
+        if ring is not None and i == 0:
+            tasks.add(background(pusher.ended(), "the ring sampler's stream"))
         try:
-            await asyncio.wait({result, notice}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED,
+                               timeout=self.client.request_timeout if ring is not None and i == 0 else None)
         finally:
-            for task in (result, notice):
+            for task in tasks:
                 if not task.done():
                     task.cancel()
         if result.done() and not result.cancelled():
             return result.result()
-        raise _PushBroken(notice.result().message or "its push failed")
+        if notice.done() and not notice.cancelled():
+            raise _PushBroken(notice.result().message or "its push failed")
+        raise _PushBroken(f"the ring's sampler {pusher.peer[-8:]} is gone or silent")
 
     async def _caught(self, span: SpanSession, out: torch.Tensor, end: int) -> bool:
         """Spot-check a sample of steps; True when this span's node was proven wrong (its output unused)."""

@@ -216,6 +216,11 @@ class SpanSession:
         sent = await self.send_step(hidden, start)
         return (await self.result(sent, start))[0]
 
+    async def ended(self) -> None:
+        """Wait until the node's stream ends (its process died, say)."""
+        if self._reading is not None:
+            await asyncio.wait({self._reading})
+
     async def arm(self, ring: protocol.Ring) -> None:
         """Ask this node (serving the last block) to close a ring (node/ring.py)."""
         await self._send(ring)

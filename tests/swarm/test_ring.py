@@ -34,11 +34,18 @@ def ring_swarm(default_store, tmp_path_factory):
         yield swarm
 
 
+@pytest.fixture(scope="module")
+def local_greedy(local_model) -> list[int]:
+    """Local greedy text for PROMPT; shorter answers are its prefixes."""
+    return local_model.generate(PROMPT, 24, ignore_eos=True).token_ids
+
+
 def _ring_model(swarm: LocalSwarm, store, **kwargs) -> RemoteModel:  # noqa: ANN001
     return RemoteModel.connect(swarm.initial_peers, store.path, ring=True, **kwargs)
 
 
-def test_greedy_and_seeded_rings_equal_local_and_count_what_is_kept(ring_swarm, default_store, local_model):
+def test_greedy_and_seeded_rings_equal_local_and_count_what_is_kept(ring_swarm, default_store, local_model,
+                                                                     local_greedy):
     with _ring_model(ring_swarm, default_store) as model:
         report = swarm_report(model.view.records, default_store.manifest, set(model.view.records))
         assert report["totals"]["ring"] and all(node["ring"] for node in report["nodes"])  # what `swarm status` shows
@@ -55,7 +62,7 @@ def test_greedy_and_seeded_rings_equal_local_and_count_what_is_kept(ring_swarm, 
             first = s.runner.spans[0].peer
             refusal = _stranger_ring_token(ring_swarm, first, model.client.peer_id, s.runner.session_id)
             assert refusal["code"] == "push_refused" and "predecessor" in refusal["message"]
-    assert greedy.token_ids == local_model.generate(PROMPT, 24, ignore_eos=True).token_ids
+    assert greedy.token_ids == local_greedy
     with local_model.inference_session(max_length=128) as local:
         local.generate(PROMPT, 24, ignore_eos=True)
         expected = local.generate(PROMPT, 16, temperature=0.8, top_k=40, seed=7, ignore_eos=True)
@@ -84,7 +91,7 @@ def _stranger_ring_token(swarm: LocalSwarm, first: str, client: str, session: st
         stranger.close()
 
 
-def test_a_lying_sampler_is_convicted_rolled_back_and_the_text_stays_local(ring_swarm, default_store, local_model):
+def test_a_lying_sampler_is_convicted_rolled_back_and_the_text_stays_local(ring_swarm, default_store, local_greedy):
     honest = next(n for n in ring_swarm.nodes if n.blocks == SPANS[-1])
     liar = ring_swarm.spawn_node(SPANS[-1], program=LIAR)
     try:
@@ -99,4 +106,20 @@ def test_a_lying_sampler_is_convicted_rolled_back_and_the_text_stays_local(ring_
                 assert ring.restarts >= 2 and ring.steps > 0  # the ring closed again, through the honest node
     finally:
         ring_swarm.kill(liar)
-    assert g.token_ids == local_model.generate(PROMPT, 12, ignore_eos=True).token_ids
+    assert g.token_ids == local_greedy[:12]
+
+
+def test_the_sampler_dying_mid_ring_ends_in_the_same_text(ring_swarm, default_store, local_greedy):
+    ring_swarm.spawn_node(SPANS[-1])  # a spare for the sampler's blocks
+    with _ring_model(ring_swarm, default_store) as model:
+        with model.inference_session(max_length=128) as s:
+            tokens = []
+            for event in s.stream(PROMPT, 16, ignore_eos=True):
+                if len(tokens) == 4:  # the ring is running: its sampler goes away
+                    sampler = s.runner.spans[-1].peer
+                    ring_swarm.kill(next(n for n in ring_swarm.nodes if n.peer_id == sampler))
+                if event.token_id is not None:
+                    tokens.append(event.token_id)
+            assert s.runner.failovers >= 1 and s.runner.ring is not None and not s.runner.ring.convictions
+            assert s.runner.spans[-1].peer != sampler
+    assert tokens == local_greedy[:16]

@@ -24,6 +24,7 @@ ends at EOS or at its token limit leaves no ring step uncounted.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Sequence
@@ -149,8 +150,7 @@ class ClientRing:
             return
         row, attestation = final
         sampler = step.sampler
-        with torch.inference_mode():
-            logits = self.head.logits(row)[0]
+        logits = await asyncio.get_running_loop().run_in_executor(None, self._logits, row)
         if sampler is None or sampler.params.greedy:
             gap = float(logits.max() - logits[claimed])
             proven = gap > GREEDY_MARGIN * max(1.0, float(logits.abs().max()))
@@ -167,3 +167,7 @@ class ClientRing:
         await self.runner._replace(len(self.runner.spans) - 1, step.start,
                                    PeerFailure(last.peer, f"sampled token {claimed} at position {step.start}, "
                                                           f"which its head does not choose"))
+
+    def _logits(self, row: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.head.logits(row)[0]

@@ -59,6 +59,7 @@ class SpanSession:
         self._reading: asyncio.Task | None = None
         self._opened = False
         self.last_result: protocol.Result | None = None  # the frame of the latest result used
+        self.closed: protocol.Closed | None = None  # the node's count at the close (tokens, accepted)
         self.timing = {"wait": 0.0, "check": 0.0, "node": 0.0}  # seconds: blocked on replies, checking them,
         # and what the node reported computing (queue wait included) — for first-token breakdowns
 
@@ -278,7 +279,7 @@ class SpanSession:
             return
         try:
             await self._send(protocol.Close(self.session_id, receipt, self.length))
-            await self.expect(protocol.Closed, timeout=5)
+            self.closed = await self.expect(protocol.Closed, timeout=5)
         except (RoutingError, ConnectionError):
             pass  # the node logs the session unreceipted; nothing else to do
         finally:

@@ -104,6 +104,10 @@ def test_a_lying_sampler_is_convicted_rolled_back_and_the_text_stays_local(ring_
                 assert [e.peer for e in ring.convictions] == [liar.peer_id]
                 assert s.runner.spans[-1].peer == honest.peer_id
                 assert ring.restarts >= 2 and ring.steps > 0  # the ring closed again, through the honest node
+        # the nodes count what the receipts name: every stale ring step the liar set off included
+        spans = s.runner.closed_spans
+        assert [(sp.closed.tokens, sp.closed.accepted_tokens) if sp.closed else None for sp in spans] == \
+            [(sp.tokens, sp.accepted) for sp in spans]
     finally:
         ring_swarm.kill(liar)
     assert g.token_ids == local_greedy[:12]

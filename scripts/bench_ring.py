@@ -55,8 +55,9 @@ def main() -> int:
             for c in CONTENDERS:
                 ttft = statistics.median(g.time_to_first_token for r in runs[c] for g in r.extra["runs"]) * 1000
                 worst = f"{worst_prompt_ratio(runs[c], runs['pushed']):5.2f}x" if c != "pushed" else ""
-                print(f"  {name:<11} {c:<8} {median_tps(runs[c]):6.1f}  {ttft:14.0f}  {median_tps(runs[c]) / pushed:8.2f}x"
-                      f"  {worst:>12}  {restarts(runs[c]):>21}")
+                tps = median_tps(runs[c])
+                print(f"  {name:<11} {c:<8} {tps:6.1f}  {ttft:14.0f}  {tps / pushed:8.2f}x  {worst:>12}  "
+                      f"{restarts(runs[c]):>21}")
                 print(f"              {time_breakdown(median_answer(runs[c]))}", flush=True)
     return 0
 

@@ -29,7 +29,8 @@ STEP = "step/v1"
 EVIDENCE = "evidence/v1"
 PUSH_GRANT = "push-grant/v1"
 STEP_TICKET = "step-ticket/v1"
-CONTEXTS = frozenset({LEDGER_ENTRY, RECEIPT, DHT_RECORD, STEP, EVIDENCE, PUSH_GRANT, STEP_TICKET})
+RING_TICKET = "ring-ticket/v1"
+CONTEXTS = frozenset({LEDGER_ENTRY, RECEIPT, DHT_RECORD, STEP, EVIDENCE, PUSH_GRANT, STEP_TICKET, RING_TICKET})
 
 _ED25519 = 1  # libp2p crypto.pb KeyType
 _PRIVATE_FRAME = bytes([0x08, _ED25519, 0x12, 64])  # field 1 Type = Ed25519, field 2 Data, 64 bytes

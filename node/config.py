@@ -94,6 +94,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_batch_tokens", int, 512, "most tokens computed in one batched forward over all sessions"),
     Option("prefill_chunk", int, 128, "long prompts and forwards run in chunks of this many tokens, so others' "
                                       "steps wait at most one chunk"),
+    Option("ring", _bool, False, "hold the embeddings and LM head when serving the first or last block, so the "
+                                 "node can close a ring: sample the next token, or embed it (issue 25)"),
     Option("batching", _bool, True, "batch steps of different sessions into one forward (off: one at a time)"),
     Option("peer_max_streams", int, 32, "streams one client peer may hold open at once"),
     Option("peer_max_sessions", int, 16, "sessions one client peer may hold open at once"),
@@ -142,6 +144,7 @@ class NodeConfig:
     evict_idle_after: float
     max_batch_tokens: int
     prefill_chunk: int
+    ring: bool
     batching: bool
     peer_max_streams: int
     peer_max_sessions: int

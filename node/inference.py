@@ -7,6 +7,8 @@ pushed one with the client's signed step ticket, which travels on with it: node/
 client that goes away cancels its step. A step's result goes back on this stream; with a grant
 naming a successor, the output is pushed to it first and the client gets a copy, off the critical
 path. A failed step is an error frame on this stream, whether it came from the client or was pushed.
+A `ring` frame arms a node serving the last block to sample each next token and send it on to the
+first node instead of pushing (node/ring.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 
 from routing import protocol, wire
 from routing.errors import ErrorCode, ProtocolError, RoutingError
+from routing.grants import RingTicket
 from routing.tasks import background
 
 from .push import PushLinks
@@ -95,6 +98,14 @@ class Inference:
                 s.close(session, frame.receipt, frame.length)
                 await session.send(protocol.Closed(session.session_id, session.tokens, session.accepted).to_wire())
                 return True
+            if isinstance(frame, protocol.Ring):
+                if s.ring_head is None or session.stack.end != s.num_blocks:
+                    raise ProtocolError(ErrorCode.BAD_FRAME, "this node cannot close a ring for this session: it "
+                                                             "holds no head, or does not serve the last block")
+                armed = s.ring_head.arm(frame, session.client, session.session_id)
+                async with session.lock:  # between steps: a step samples under one ring or the other
+                    session.ring = armed
+                return False
             if isinstance(frame, protocol.Route):
                 async with session.lock:  # a step pushed by the old neighbour ends before "routed" goes out,
                     s.route(session, frame)  # so the client knows every result before it is stale
@@ -117,9 +128,11 @@ class Inference:
         return False
 
     async def step(self, session: NodeSession, hidden: torch.Tensor, start: int, *, push: bool,
-                   pusher: str | None = None, ticket: dict[str, Any] | None = None) -> bool:
-        """Compute one step, push its output on when asked (with the client's step `ticket`, if it
-        came with one), and send the client its result (or why not).
+                   pusher: str | None = None, ticket: dict[str, Any] | None = None, ring: RingTicket | None = None,
+                   token: int | None = None) -> bool:
+        """Compute one step, push its output on when asked (with the client's step `ticket`, or the
+        `ring` ticket of a ring step, whose input embeds `token`), sample the ring's next token when
+        this node closes it, and send the client its result (or why not).
 
         A step `pusher` pushed is dropped (False) when the client re-routed it away while the step
         waited for the session: its result would reach the client after "routed", as a stale one."""
@@ -135,19 +148,29 @@ class Inference:
                                if session.attesting else None)
                 pushed, push_failed = False, None
                 nxt = session.next_peer
-                if push and nxt is not None:
+                end = start + hidden.shape[1]
+                blocks = (session.stack.start, session.stack.end)
+                onward: protocol.Frame | None = None
+                if session.ring is not None and session.ring.due(end, session.budget.ring) and nxt is not None:
+                    assert s.ring_head is not None  # armed only on a node holding it
+                    token = await s.ring_head.sample(session.ring, done.hidden, end, s.hidden_size)
+                    if not session.ring.ends(token):
+                        onward = protocol.RingToken(session.client, session.session_id, end, token, blocks,
+                                                    session.ring.ticket.to_wire())
+                elif push and nxt is not None and session.stack.end < s.num_blocks:  # never past the last block
+                    onward = protocol.Push(session.client, session.session_id, start, done.hidden, blocks,
+                                           ticket, ring.to_wire() if ring else None)
+                if onward is not None:
                     try:
-                        await self.pushes.send(nxt, session.next_maddrs, protocol.Push(
-                            session.client, session.session_id, start, done.hidden,
-                            (session.stack.start, session.stack.end), ticket))
+                        await self.pushes.send(nxt, session.next_maddrs, onward)
                         pushed = True
                     except RoutingError as e:
                         log.info("session %s: push to %s failed (%s); the client relays", session.session_id,
                                  nxt[-8:], e)
                         push_failed = str(e)[:4096]
                 await session.send(protocol.Result(done.hidden, step=index, start=start, compute_ms=compute_ms,
-                                                   attestation=attestation, pushed=pushed,
-                                                   push_failed=push_failed).to_wire())
+                                                   attestation=attestation, pushed=pushed, push_failed=push_failed,
+                                                   ring=ring.seq if ring else None, token=token).to_wire())
         except ProtocolError as e:
             await self._refuse(session, e)
         return True

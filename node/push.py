@@ -7,8 +7,10 @@ for a session whose client named the pushing peer as its predecessor in a signed
 else is answered on the push stream with a `push_refused` error naming the session, and the pusher
 tells that session's client (`push_failed`), who then relays the step itself. A push carries the
 client's step ticket when its client signs them, and is computed only within what the tickets ask
-for (node/step_budget.py): a replayed or grown push is refused the same way. The frames are
-declared in routing/protocol.py.
+for (node/step_budget.py): a replayed or grown push is refused the same way. In ring mode the
+node serving the last block sends the token it sampled (`ring_token`) to the node serving the first,
+its successor in the client's grant, which embeds it; ring steps carry the client's ring ticket
+(node/ring.py). The frames are declared in routing/protocol.py.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+import torch
 from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 
 from ledger.schema import brief
@@ -58,7 +61,7 @@ class PushLinks:
         self._opening: dict[str, asyncio.Lock] = {}
         self._ids = itertools.count()
 
-    async def send(self, peer: str, maddrs: list[str], push: protocol.Push) -> None:
+    async def send(self, peer: str, maddrs: list[str], push: protocol.Push | protocol.RingToken) -> None:
         out = await self._stream(peer, maddrs)
         try:
             async with out.lock:
@@ -155,7 +158,8 @@ class PushReceiver:
                 if frame["type"] == protocol.Ping.TYPE:
                     await reply(protocol.Pong(protocol.Ping.parse(frame).id).to_wire())
                     continue
-                if frame["type"] != protocol.Push.TYPE:  # parsed in `_one`: a bad push is refused, the stream kept
+                if frame["type"] not in (protocol.Push.TYPE, protocol.RingToken.TYPE):  # parsed in `_one`: a bad
+                    # push is refused, the stream kept
                     raise ProtocolError(ErrorCode.BAD_FRAME,
                                         f"unexpected {brief(frame['type'])} frame on a push stream")
                 if len(in_flight) >= MAX_IN_FLIGHT:
@@ -170,19 +174,27 @@ class PushReceiver:
     async def _one(self, pusher: str, frame: dict[str, Any], reply: Callable[[dict[str, Any]], Awaitable[None]]
                    ) -> None:
         s = self.serving
+        ticket = ring = token = None
         try:
-            push = protocol.Push.parse(frame)
-            data = push.hidden.get("data")
+            push: protocol.Push | protocol.RingToken = protocol.one_of(frame, (protocol.Push, protocol.RingToken),
+                                                                        "on a push stream")
+            data = push.hidden.get("data") if isinstance(push, protocol.Push) else None
             session = await s.wait_session(push.client, push.session, PUSH_OPEN_WAIT,
                                            len(data) if isinstance(data, bytes) else 0)
             if session is None or session.prev_peer != pusher:
                 raise ProtocolError(ErrorCode.PUSH_REFUSED, f"no session {push.session!r} of client "
                                                             f"{push.client:.60} names you as its predecessor on "
                                                             "this node")
-            _check_forward(push.blocks, session.stack.start)
-            hidden = s.decode_hidden(push.hidden, session.batch)
-            ticket = session.budget.spend(push.ticket, client=push.client, session=push.session, start=push.start,
-                                          shape=hidden.shape)
+            if isinstance(push, protocol.RingToken):
+                hidden, token = self._ring_input(push, session.stack.start), push.token
+            else:
+                _check_forward(push.blocks, session.stack.start)
+                hidden = s.decode_hidden(push.hidden, session.batch)
+            spend = dict(client=push.client, session=push.session, start=push.start, shape=hidden.shape)
+            if isinstance(push, protocol.RingToken) or push.ring_ticket is not None:
+                ring = session.budget.spend_ring(push.ring_ticket, **spend)
+            else:
+                ticket = session.budget.spend(push.ticket, **spend)
             # NaN or infinity is the pusher's fault: refused to it (its client relays instead), never
             # computed and reported to our client as if we had failed.
             await asyncio.get_running_loop().run_in_executor(None, wire.check_finite, hidden)
@@ -190,9 +202,19 @@ class PushReceiver:
             s.stats.error(e.code)
             await _reply_quietly(reply, _refusal(frame, e.code, str(e)))
             return
-        if not await self.run_step(session, hidden, push.start, push=True, pusher=pusher, ticket=ticket):
+        if not await self.run_step(session, hidden, push.start, push=True, pusher=pusher, ticket=ticket, ring=ring,
+                                   token=token):
             await _reply_quietly(reply, _refusal(frame, ErrorCode.PUSH_REFUSED, f"session {push.session} was "
                                                  "re-routed: you are no longer its predecessor"))
+
+
+    def _ring_input(self, ring: protocol.RingToken, start: int) -> torch.Tensor:
+        """The embedding of a ring's token, sent by the node serving the last block to us, serving the first."""
+        s = self.serving
+        if s.ring_head is None or start != 0 or ring.blocks[1] != s.num_blocks:
+            raise ProtocolError(ErrorCode.PUSH_REFUSED, "a ring token goes from the node serving the last block to "
+                                                        "one serving the first that holds the embeddings")
+        return s.ring_head.embed(ring.token)
 
 
 async def _reply_quietly(reply: Callable[[dict[str, Any]], Awaitable[None]], frame: dict[str, Any]) -> None:

@@ -47,6 +47,7 @@ from .ledger_service import LedgerService
 from .metrics import NodeMetrics, NodeState
 from .neighbours import Neighbours
 from .push import PushLinks, PushReceiver
+from .ring import RingHead, head_bytes
 from .reachable import REACHABILITY_PERIOD, RELAY_WAIT, Reachable
 from .selection import blocks_for_budget, best_start, coverage, move_chance, rebalance_delay, should_move
 from .serving import Serving
@@ -110,6 +111,9 @@ class Node:
         stack = await self._load_span(start, end)
         self.serving = s = Serving(c, self.root, stack, self.identity, self.metrics, self._log_session,
                                    self._info_extra, self._can_record, self.weights_root, self.quantization)
+        if c.ring:
+            head = await loop.run_in_executor(None, self.store.load_head, c.device, self.dtype)
+            s.ring_head = RingHead(head, torch.device(c.device), self.dtype)
         await s.start()
         link = PeerLink(p2p, request_timeout=30)
         self.pushes = PushLinks(link, self._push_refused)
@@ -193,6 +197,8 @@ class Node:
         block = block_bytes(m, self.dtype)
         cache = c.cache_tokens * kv_bytes_per_token(m.config, self.dtype)
         workspace = dequantize_workspace_bytes(m, self.dtype)
+        if c.ring:  # the head it holds to close a ring
+            workspace += head_bytes(m.config.vocab_size, m.config.hidden_size, self.dtype)
         fit = blocks_for_budget(budget - workspace, block, cache, self.num_blocks)
         scheme = f"{self.quantization.scheme}/g{self.quantization.group_size}" if self.quantization else c.dtype
         log.info("memory: a block takes %.1f MiB (%s), its KV cache %.1f MiB (%d tokens), dequantizing %.1f MiB; "
@@ -322,7 +328,8 @@ class Node:
                             extra={CHECKPOINT_KEY: checkpoint} if checkpoint else {},
                             scheme=self.quantization.scheme if self.quantization else "",
                             group_size=self.quantization.group_size if self.quantization else 0,
-                            weights_root=self.weights_root if self.quantization else "")
+                            weights_root=self.weights_root if self.quantization else "",
+                            ring=s.ring_head is not None)
 
     async def _announce(self, record: ServerRecord | None = None) -> None:
         """Store our record under each served block; the DHT is best-effort, never fatal."""

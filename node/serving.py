@@ -36,6 +36,7 @@ from .admission import Admission
 from .config import NodeConfig
 from .limits import PeerBook, PeerLimits
 from .metrics import NodeMetrics
+from .ring import RingHead
 from .scheduler import StepScheduler, Work
 from .sessions import NodeSession, session_key
 
@@ -107,6 +108,8 @@ class Serving:
                                    -(-(config.peer_cache_tokens or config.cache_tokens // 2) // config.page_tokens),
                                    config.evict_idle_after)
         self.scheduler: StepScheduler | None = None
+        self.ring_head: RingHead | None = None  # with --ring: this node can embed and sample (node/ring.py)
+        self.num_blocks = stack.config.num_layers
         self.stack = stack
 
     # ---- the span ---------------------------------------------------------------------------------
@@ -155,7 +158,8 @@ class Serving:
                                       start=self.stack.start, end=self.stack.end)
         return {**declared.to_wire(), "weights_root": self.weights_root,
                 "scheme": self.quantization.scheme if self.quantization else None,
-                "dtype": wire.dtype_name(self.dtype), "device": self.device.type, "versions": {"protocol": wire.PROTOCOL_VERSION, "swarmlm": _version()},
+                "dtype": wire.dtype_name(self.dtype), "device": self.device.type,
+                "versions": {"protocol": wire.PROTOCOL_VERSION, "swarmlm": _version()},
                 "load": {"sessions": len(self.sessions), "cache_tokens_used": self.cache_tokens_used,
                          "cache_tokens_free": self.cache_tokens_free},
                 "scheduler": {"iterations": self.scheduler.iterations if self.scheduler else 0,

@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -17,6 +17,9 @@ from shards.blocks import BlockStack
 from shards.paged_cache import PagedSequence
 
 from .step_budget import StepBudget
+
+if TYPE_CHECKING:
+    from .ring import RingSampler
 
 
 @dataclass(eq=False)
@@ -32,6 +35,7 @@ class NodeSession:
     grant: PushGrant | None = None  # where pushed input may come from and output goes
     next_maddrs: list[str] = field(default_factory=list)
     budget: StepBudget = field(default_factory=StepBudget)  # the client's step tickets spent by pushed steps
+    ring: "RingSampler | None" = None  # armed by the client's `ring` frame: this node samples the next token
     opened_ns: int = field(default_factory=time.time_ns)
     last_active: float = field(default_factory=time.monotonic)
     length: int = 0  # positions held

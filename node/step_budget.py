@@ -10,6 +10,9 @@ that uses them is `push_refused` to the pusher (whose client then relays).
 
 A session uses tickets once its client says so when opening (`tickets: true`) or once it has spent
 one; until then a push without a ticket is taken, as from clients that sign none.
+
+A ring (node/ring.py) runs on one ring ticket: each of its steps is one position, computed at most
+once per node, in order, within the ticket's range; a later step or ring ticket ends it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from routing.errors import ErrorCode, ProtocolError
-from routing.grants import accept_ticket
+from routing.grants import RingTicket, accept_ring_ticket, accept_ticket
 
 
 @dataclass
@@ -26,6 +29,8 @@ class StepBudget:
     required: bool = False  # pushes without a ticket are refused
     seq: int = -1  # the highest ticket spent
     requested: int = 0  # positions × rows the spent tickets asked for
+    ring: RingTicket | None = None  # the ring ticket in use, if the last ticket spent is one
+    ring_at: int = -1  # the last position computed under it
 
     def spend(self, raw: Any, *, client: str, session: str, start: int, shape: Sequence[int]
               ) -> dict[str, Any] | None:
@@ -45,6 +50,24 @@ class StepBudget:
             raise ProtocolError(ErrorCode.PUSH_REFUSED, f"the ticket asks for {t.tokens} position(s) from {t.start} "
                                                         f"(batch {t.batch}); the push holds {tokens} from {start} "
                                                         f"(batch {batch})")
-        self.seq, self.required = t.seq, True
+        self.seq, self.required, self.ring = t.seq, True, None
         self.requested += tokens * batch
         return t.to_wire()
+
+    def spend_ring(self, raw: Any, *, client: str, session: str, start: int, shape: Sequence[int]) -> RingTicket:
+        """Check one ring step at `start` against the ring ticket `raw` and count it."""
+        t = accept_ring_ticket(raw, client=client, session=session)
+        if tuple(shape[:2]) != (1, 1):
+            raise ProtocolError(ErrorCode.PUSH_REFUSED, "a ring step is one position of one row")
+        if self.ring is not None and t.seq == self.seq:
+            if start <= self.ring_at:
+                raise ProtocolError(ErrorCode.PUSH_REFUSED, f"ring position {start} was computed already")
+        elif t.seq <= self.seq:
+            raise ProtocolError(ErrorCode.PUSH_REFUSED, f"ring ticket {t.seq} is spent (this session has spent "
+                                                        f"tickets up to {self.seq})")
+        if not t.start <= start < t.end:
+            raise ProtocolError(ErrorCode.PUSH_REFUSED, f"the ring ticket runs positions {t.start}..{t.end - 1}; "
+                                                        f"this step is at {start}")
+        self.seq, self.required, self.ring, self.ring_at = t.seq, True, t, start
+        self.requested += 1
+        return t

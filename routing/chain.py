@@ -11,6 +11,9 @@ partners, and continues — so greedy output with a failure equals output withou
 
 Nodes are chosen by what the client measured, not by what they claim (routing/planner.py), and a
 client keeps trying other nodes as long as some chain covers the model and its deadline allows.
+
+In ring mode (`ring_head`), a chain whose first and last nodes announce `ring` is granted as a
+cycle: the last node may send sampled tokens to the first; routing/ring.py runs and checks the ring.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 import torch
 
+from shards.generation import Forward
+from shards.head import Head
 from shards.served import Link, ServedBy
 
 from . import protocol
@@ -30,6 +35,7 @@ from .client import deserves_ban, is_node_failure
 from .errors import NoRouteError, PeerFailure, RoutingError
 from .evidence import Claim
 from .planner import Hop
+from .ring import ClientRing, closes_ring
 from .span import SpanSession
 from .tasks import background
 from .verification import Verifier
@@ -40,6 +46,7 @@ log = logging.getLogger(__name__)
 
 
 ReceiptMaker = Callable[[SpanSession], "bytes | None"]
+Sent = Callable[[], Awaitable[None]]
 DEFAULT_DEADLINE = 300.0  # seconds one forward may spend failing over before it gives up
 COVERAGE_POLL_S = 2.0  # while awaiting coverage, how often to re-plan (each failed plan re-reads the DHT)
 
@@ -59,9 +66,11 @@ class RemoteRunner:
 
     def __init__(self, view: SwarmView, max_length: int, hidden_size: int, *, step_tokens: int = 512,
                  make_receipt: ReceiptMaker | None = None, verifier: Verifier | None = None, push: bool = True,
-                 deadline: float = DEFAULT_DEADLINE, await_coverage: bool = False) -> None:
+                 deadline: float = DEFAULT_DEADLINE, await_coverage: bool = False, ring_head: Head | None = None
+                 ) -> None:
         """`await_coverage`: when no chain covers the model, poll for nodes that (re)join until the
-        deadline, instead of giving up unless a ban ends in time (a gateway bounds both by one timeout)."""
+        deadline, instead of giving up unless a ban ends in time (a gateway bounds both by one timeout).
+        `ring_head`: the client's head, to run and check a ring (routing/ring.py); None: no ring."""
         self.view, self.client = view, view.client
         self.step_tokens, self.verifier, self.push, self.deadline = step_tokens, verifier, push, deadline
         self.await_coverage = await_coverage
@@ -76,6 +85,18 @@ class RemoteRunner:
         self.closed_spans: list[SpanSession] = []
         self.timing = {"plan": 0.0, "open": 0.0}  # seconds spent planning chains and sending their opens
         self._give_up_at = 0.0
+        self.ring = ClientRing(self, ring_head) if ring_head is not None and push else None
+
+    def forward_step(self, step: Forward) -> torch.Tensor:
+        return self.client.run(self._forward_step(step))
+
+    async def aforward_step(self, step: Forward) -> torch.Tensor:
+        return await self.client.on_loop(self._forward_step(step))
+
+    async def _forward_step(self, step: Forward) -> torch.Tensor:
+        if self.ring is None:
+            return await self._forward(step.hidden, step.start)
+        return await self.ring.forward(step)
 
     def forward(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
         return self.client.run(self._forward(hidden, start))
@@ -96,26 +117,32 @@ class RemoteRunner:
         return ServedBy(self.session_id, tuple(Link(s.peer, s.hop.start, s.hop.end, s.tokens) for s in spans),
                         self.failovers, self.relayed_steps)
 
-    async def _forward(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
-        """Long prompts go in chunks of `step_tokens`, within every node's per-step limit."""
+    async def _forward(self, hidden: torch.Tensor, start: int, sent: Sent | None = None) -> torch.Tensor:
+        """Long prompts go in chunks of `step_tokens`, within every node's per-step limit; `sent` is
+        awaited once the last chunk is pushed into the chain (a ring is armed then: routing/ring.py)."""
         if start > self.length:
             raise RoutingError(f"step starts at {start} but the session holds {self.length} tokens")
-        self._give_up_at = time.monotonic() + self.deadline
-        if not self.spans:
-            self.spans = await self._open_chain(0, self.view.num_blocks)
+        await self.ready()
         outputs = []
         step = self._step_limit()
         for offset in range(0, hidden.shape[1], step):
             chunk = hidden[:, offset:offset + step]
-            outputs.append(await self._through_chain(chunk, start + offset))
+            last = offset + step >= hidden.shape[1]
+            outputs.append(await self._through_chain(chunk, start + offset, sent if last else None))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+
+    async def ready(self) -> None:
+        """Start a forward's failover deadline, and open a chain if none is open."""
+        self._give_up_at = time.monotonic() + self.deadline
+        if not self.spans:
+            self.spans = await self._open_chain(0, self.view.num_blocks)
 
     def _step_limit(self) -> int:
         """Tokens per step: our chunk size, within every chained node's announced limit."""
         return min([self.step_tokens] + [s.hop.record.max_step_tokens for s in self.spans])
 
-    async def _through_chain(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
-        out = await (self._pushed(hidden, start) if self.push and len(self.spans) > 1 else
+    async def _through_chain(self, hidden: torch.Tensor, start: int, sent: Sent | None = None) -> torch.Tensor:
+        out = await (self._pushed(hidden, start, sent) if self.push and len(self.spans) > 1 else
                      self._relayed(0, hidden, start))
         self.length = start + hidden.shape[1]
         return out
@@ -142,7 +169,7 @@ class RemoteRunner:
             h, i = out, i + 1
         return h
 
-    async def _pushed(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
+    async def _pushed(self, hidden: torch.Tensor, start: int, sent: Sent | None = None) -> torch.Tensor:
         """The step sent into the first span and pushed along; any break is relayed from there on."""
         for span in self.spans:
             span.drop_notices()  # a late notice of an earlier step must not derail this one
@@ -150,11 +177,23 @@ class RemoteRunner:
             await self.spans[0].send_step(hidden, start, push=True)
         except RoutingError:
             return await self._relayed(0, hidden, start)
+        if sent is not None:
+            await sent()
+        return await self._pushed_along(hidden, start)
+
+    async def ring_step(self, hidden: torch.Tensor, start: int, ring: int) -> torch.Tensor:
+        """A step the ring started itself (routing/ring.py): every span's result, under ring ticket `ring`."""
+        out = await self._pushed_along(hidden, start, ring)
+        self.length = start + hidden.shape[1]
+        return out
+
+    async def _pushed_along(self, hidden: torch.Tensor, start: int, ring: int | None = None) -> torch.Tensor:
+        """Every span's result of a step pushed along the chain (a ring step: under ring ticket `ring`)."""
         h = hidden
         for i, span in enumerate(self.spans):
             self._remember(span.hop.start, h, start)
             try:
-                out, frame = await self._pushed_result(i, h, start)
+                out, frame = await self._pushed_result(i, h, start, ring)
             except _PushBroken as e:
                 log.info("push to %s failed (%s); relaying this step", span.peer[-8:], e)
                 self.relayed_steps += 1
@@ -174,23 +213,35 @@ class RemoteRunner:
                 return await self._relayed(i + 1, h, start)
         return h
 
-    async def _pushed_result(self, i: int, h: torch.Tensor, start: int) -> tuple[torch.Tensor, protocol.Result]:
-        """Span i's result for a pushed step, unless its predecessor reports the push failed first."""
+    async def _pushed_result(self, i: int, h: torch.Tensor, start: int, ring: int | None = None
+                             ) -> tuple[torch.Tensor, protocol.Result]:
+        """Span i's result for a pushed step, unless its predecessor reports the push failed first.
+
+        The first span's result of a ring step also waits on the ring's sampler (its predecessor): when
+        the sampler's stream ends or no result comes within the request timeout, the client relays the
+        step itself, and whichever node is gone shows there (no innocent first node is blamed)."""
         span = self.spans[i]
         sent = h.to(span.send_dtype)
-        if i == 0:
+        if i == 0 and ring is None:
             return await span.result(sent, start)
-        result = background(span.result(sent, start), "a pushed step's result")
-        notice = background(self.spans[i - 1].notices.get(), "a push-failure notice")
+        pusher = self.spans[i - 1]  # [-1] for a ring step: the ring's sampler
+        result = background(span.result(sent, start, ring=ring), "a pushed step's result")
+        notice = background(pusher.notices.get(), "a push-failure notice")
+        tasks = {result, notice}
+        if ring is not None and i == 0:
+            tasks.add(background(pusher.ended(), "the ring sampler's stream"))
         try:
-            await asyncio.wait({result, notice}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED,
+                               timeout=self.client.request_timeout if ring is not None and i == 0 else None)
         finally:
-            for task in (result, notice):
+            for task in tasks:
                 if not task.done():
                     task.cancel()
         if result.done() and not result.cancelled():
             return result.result()
-        raise _PushBroken(notice.result().message or "its push failed")
+        if notice.done() and not notice.cancelled():
+            raise _PushBroken(notice.result().message or "its push failed")
+        raise _PushBroken(f"the ring's sampler {pusher.peer[-8:]} is gone or silent")
 
     async def _caught(self, span: SpanSession, out: torch.Tensor, end: int) -> bool:
         """Spot-check a sample of steps; True when this span's node was proven wrong (its output unused)."""
@@ -225,6 +276,8 @@ class RemoteRunner:
                 continue
             planned = time.perf_counter()
             self.timing["plan"] += planned - began
+            if self.ring is not None and (start, end) == (0, self.view.num_blocks) and closes_ring(hops):
+                prev, next_hop = hops[-1].peer_id, hops[0]
             dtypes = [WIRE_DTYPES.get(h.record.dtype, torch.float32) for h in hops[1:]] + [final_dtype]
             spans = [SpanSession(self.client, hop, self.view.root, self.session_id, self.max_length, dtype,
                                  identity=self.client.identity, attest=self.verifier is not None,
@@ -271,8 +324,9 @@ class RemoteRunner:
         self.failovers += 1
         a, b = failed.hop.start, failed.hop.end
         self._note_failure(failed.peer, a, b, error)
-        prev = self.spans[i - 1].peer if i > 0 else None
-        nxt = self.spans[i + 1].hop if i + 1 < len(self.spans) else None
+        prev, nxt = self._neighbour(i - 1), self._neighbour(i + 1)
+        prev = prev.peer if prev is not None else None
+        nxt = nxt.hop if nxt is not None else None
         while True:
             new = await self._open_chain(a, b, failed.reply_dtype, prev, nxt)
             try:
@@ -291,14 +345,24 @@ class RemoteRunner:
 
     async def _reroute(self, i: int, count: int) -> None:
         """Tell the spans around new spans [i, i+count) their new push partners."""
-        around = [j for j in (i - 1, i + count) if 0 <= j < len(self.spans)]
-        for j in around:
-            span = self.spans[j]
+        around = {self._neighbour(j) for j in (i - 1, i + count)} - {None} - set(self.spans[i:i + count])
+        for span in around:
+            assert span is not None
+            j = self.spans.index(span)
+            prev, nxt = self._neighbour(j - 1), self._neighbour(j + 1)
             try:
-                await span.route(self.spans[j - 1].peer if j > 0 else None,
-                                 self.spans[j + 1].hop if j + 1 < len(self.spans) else None)
+                await span.route(prev.peer if prev else None, nxt.hop if nxt else None)
             except RoutingError as e:  # its next pushed step fails over like any other
                 log.info("could not re-route %s (%s)", span.peer[-8:], e)
+
+    def _neighbour(self, j: int) -> SpanSession | None:
+        """Span j, wrapping around the ends when the chain closes a ring; None: the client."""
+        n = len(self.spans)
+        if 0 <= j < n:
+            return self.spans[j]
+        if self.ring is not None and n > 1 and closes_ring([s.hop for s in self.spans]):
+            return self.spans[j % n]
+        return None
 
     def _note_failure(self, peer: str, a: int, b: int, error: RoutingError) -> None:
         duration = self.view.bans.penalize(peer, deserves_ban(error))

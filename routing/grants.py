@@ -11,13 +11,18 @@ could push the same step again and again. So the client also signs each pushed s
 step ticket (session, seq, start, tokens, batch): it travels with the step from node to node, and
 each node computes a pushed step only for a ticket whose `seq` is above every one it has spent in
 that session, and only the positions the ticket names (node/step_budget.py).
+
+In ring mode (node/ring.py) the node serving the last block samples each next token itself and
+sends it to the node serving the first: those steps start on a node, not at the client. The client
+signs one ring ticket (session, seq, start, tokens) for them: each node computes at most one ring
+step per position in [start, start + tokens), in order, and none once a later ticket is spent.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ledger import keys
 from ledger.errors import EncodingError
@@ -89,18 +94,59 @@ _seq = 0  # the last seq this process signed
 def ticket(identity: Identity, *, session: str, start: int, tokens: int, batch: int) -> StepTicket:
     """The client's ticket for one pushed step. Its `seq` grows with time (so tickets signed after a
     failover re-planned the chain stay above those the nodes have spent) and never repeats."""
+    return StepTicket(client=identity.peer_id, session=session, seq=_next_seq(), start=start, tokens=tokens,
+                      batch=batch, signature=bytes(64)).signed(identity, keys.STEP_TICKET)
+
+
+def _next_seq() -> int:
     global _seq
     _seq = max(time.time_ns(), _seq + 1)
-    return StepTicket(client=identity.peer_id, session=session, seq=_seq, start=start, tokens=tokens, batch=batch,
-                      signature=bytes(64)).signed(identity, keys.STEP_TICKET)
+    return _seq
 
 
 def accept_ticket(obj: Any, *, client: str, session: str) -> StepTicket:
     """A ticket from a step or push frame: well formed, and signed by the session's client for it."""
+    return _accepted(StepTicket, obj, client, session, "ticket")
+
+
+T = TypeVar("T", "StepTicket", "RingTicket")
+
+
+def _accepted(kind: type[T], obj: Any, client: str, session: str, field_name: str) -> T:
     try:
-        t = StepTicket.from_wire(obj)
+        t = kind.from_wire(obj)
     except (EncodingError, TypeError, ValueError):
-        raise ProtocolError(ErrorCode.BAD_FRAME, "'ticket' is not a well-formed step ticket") from None
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"'{field_name}' is not a well-formed {kind.name}") from None
     if (t.client, t.session) != (client, session) or not t.is_signed():
-        raise ProtocolError(ErrorCode.PUSH_REFUSED, "the step ticket is not signed by this session's client for it")
+        raise ProtocolError(ErrorCode.PUSH_REFUSED, f"the {kind.name} is not signed by this session's client for it")
     return t
+
+
+@dataclass(frozen=True)
+class RingTicket(SignedRecord):
+    name = "ring ticket"
+
+    client: str = spec(PEER_ID)
+    session: str = spec(TEXT)
+    seq: int = spec(UINT)  # from the step tickets' sequence: a later step or ring ticket ends this ring
+    start: int = spec(UINT)  # the first position the ring may sample and compute
+    tokens: int = spec(UINT)  # how many positions it may run, one per step
+    signature: bytes = spec(SIGNATURE)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.tokens
+
+    def is_signed(self) -> bool:
+        return keys.verify(self.client, keys.RING_TICKET, self.signed_bytes(), self.signature)
+
+
+def ring_ticket(identity: Identity, *, session: str, start: int, tokens: int) -> RingTicket:
+    """The client's ticket for a ring over positions [start, start + tokens)."""
+    return RingTicket(client=identity.peer_id, session=session, seq=_next_seq(), start=start, tokens=tokens,
+                      signature=bytes(64)).signed(identity, keys.RING_TICKET)
+
+
+def accept_ring_ticket(obj: Any, *, client: str, session: str) -> RingTicket:
+    """A ring ticket from a frame: well formed, and signed by the session's client for it."""
+    return _accepted(RingTicket, obj, client, session, "ring_ticket")

@@ -14,8 +14,9 @@ and step tickets by `routing.grants.accept_grant`/`accept_ticket`, attestations 
     swarmlm.inference  Open                                     ← Opened
                        Step                                     ← Result (and PushFailed notices)
                        Route                                    ← Routed
+                       Ring                                     ← (the ring's steps' Results)
                        Close                                    ← Closed
-    swarmlm.push       PushOpen, then Push                      ← nothing, or an Error naming the session
+    swarmlm.push       PushOpen, then Push or RingToken         ← nothing, or an Error naming the session
                        Ping                                     ← Pong
     swarmlm.ledger     LedgerRequest                            ← a ledger map (routing/ledger_rpc.py)
     swarmlm.dialback   Dialback                                 ← DialedBack (routing/reachability.py)
@@ -35,6 +36,12 @@ trust it to catch a replay, and the client already sees every duplicate without 
   session asks for that with `tickets: true` when it opens.
 Results carry the node's `step` number and their `start`, so the client counts even the results
 it drops at a re-route as the node counted them (`SpanSession._settle_stale`).
+
+Ring mode (node/ring.py, routing/ring.py): a `ring` frame arms the node serving the last block with
+the client's signed ring ticket and sampler; after each step it samples the next token and sends it
+(`ring_token`) to the node serving the first block, which embeds it and pushes on. Ring steps carry
+the ring ticket instead of a step ticket, and their results name it (`ring`) and the token sampled
+or embedded (`token`), which the client checks against its own head.
 """
 from __future__ import annotations
 
@@ -58,6 +65,8 @@ MAX_SESSION_ID = 64
 MAX_NEXT_MADDRS = 8
 MAX_TEXT = 256
 MAX_PORTS = 4  # a dial-back tries at most this many of the asker's ports
+MAX_SAMPLER_STATE = 8192  # bytes of a torch CPU generator's state (5,056 today)
+MAX_STOP_TOKENS = 16
 
 
 def uint(minimum: int = 0) -> FieldType:
@@ -91,6 +100,13 @@ NEXT_MADDRS = FieldType(f"a list of at most {MAX_NEXT_MADDRS} multiaddrs",
                         lambda v: MADDRS.check(v) and len(v) <= MAX_NEXT_MADDRS)
 PORTS = FieldType(f"a list of at most {MAX_PORTS} TCP ports",
                   lambda v: type(v) is list and len(v) <= MAX_PORTS and all(type(p) is int and 0 < p < 65536 for p in v))
+TOKEN = FieldType(f"a token id in 0..{(1 << 31) - 1}", lambda v: type(v) is int and 0 <= v < 1 << 31)
+STOP_TOKENS = FieldType(f"a list of at most {MAX_STOP_TOKENS} token ids",
+                        lambda v: type(v) is list and len(v) <= MAX_STOP_TOKENS and all(TOKEN.check(t) for t in v))
+SAMPLER_STATE = FieldType(f"at most {MAX_SAMPLER_STATE} bytes",
+                          lambda v: type(v) is bytes and len(v) <= MAX_SAMPLER_STATE)
+PROBABILITY = FieldType("a number in [0, 1]", lambda v: type(v) in (int, float) and 0 <= v <= 1, float, float)
+TEMPERATURE = FieldType("a number in [0, 100]", lambda v: type(v) in (int, float) and 0 <= v <= 100, float, float)
 MILLISECONDS = FieldType("milliseconds in 0..1e9", lambda v: type(v) in (int, float) and 0 <= v < 1e9)
 
 F = TypeVar("F", bound="Frame")
@@ -286,7 +302,24 @@ class Close(SessionFrame):
     length: int | None = spec(maybe(uint()), default=None)
 
 
-SESSION_FRAMES: tuple[type[SessionFrame], ...] = (Step, Route, Close)
+@dataclass(frozen=True)
+class Ring(SessionFrame):
+    """To the node serving the last block: sample the token after each step within the signed ring
+    `ticket` and send it to your successor (the node serving the first block), unless it is one of
+    `stop` (the answer ends there). Greedy at temperature 0; else the client's sampler, `state` being
+    its seeded generator's, so both draw the same."""
+
+    TYPE = "ring"
+    ticket: Any = spec(ANY)
+    temperature: float = spec(TEMPERATURE, default=0.0)
+    top_p: float = spec(PROBABILITY, default=1.0)
+    top_k: int = spec(uint(), default=0)
+    min_p: float = spec(PROBABILITY, default=0.0)
+    state: bytes | None = spec(maybe(SAMPLER_STATE), default=None)
+    stop: list[int] = spec(STOP_TOKENS, default_factory=list)
+
+
+SESSION_FRAMES: tuple[type[SessionFrame], ...] = (Step, Route, Close, Ring)
 
 
 # ---- replies (node → client) -----------------------------------------------------------------------
@@ -314,6 +347,8 @@ class Result(Frame):
     attestation: Any = spec(ANY, default=None)
     pushed: bool = spec(BOOL, default=False)
     push_failed: str | None = spec(maybe(text(4096)), default=None)
+    ring: int | None = spec(maybe(uint()), default=None)  # the seq of the ring ticket the step ran under
+    token: int | None = spec(maybe(TOKEN), default=None)  # ring: the token sampled after it, or embedded for it
 
 
 @dataclass(frozen=True)
@@ -386,6 +421,21 @@ class Push(Frame):
     hidden: dict[str, Any] = spec(TENSOR)
     blocks: tuple[int, int] | None = spec(maybe(BLOCKS), default=None)
     ticket: Any = spec(ANY, default=None)
+    ring_ticket: Any = spec(ANY, default=None)  # a ring step's ring ticket, in place of a step ticket
+
+
+@dataclass(frozen=True)
+class RingToken(Frame):
+    """The token sampled for position `start`, sent by the node serving the last block (`blocks`) to
+    the one serving the first, which embeds it and computes that position: a ring step (node/ring.py)."""
+
+    TYPE = "ring_token"
+    client: str = spec(CLIENT)
+    session: str = spec(SESSION)
+    start: int = spec(uint())
+    token: int = spec(TOKEN)
+    blocks: tuple[int, int] = spec(BLOCKS)
+    ring_ticket: Any = spec(ANY)
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,7 @@ EXTRA = FieldType(f"a map of at most {MAX_EXTRA} names to scalars (checkpoint: a
 SCHEME = FieldType("a quantization scheme name ([a-z0-9_], at most 16), or ''",
                    lambda v: type(v) is str and _SCHEME.fullmatch(v) is not None)
 GROUP = FieldType("a quantization group size in [0, 4096]", lambda v: type(v) is int and 0 <= v <= 4096)
+RING = FieldType("a boolean", lambda v: type(v) is bool)
 ROOT_HEX = FieldType("a 64-hex-digit manifest root, or ''",
                      lambda v: type(v) is str and (v == "" or _HEX_ROOT.fullmatch(v) is not None))
 
@@ -138,6 +139,7 @@ class ServerRecord:
     scheme: str = spec(SCHEME, default="")  # quantization of its weights ("int8", "nf4"), "" for none
     group_size: int = spec(GROUP, default=0)  # the scheme's group size, 0 for none
     weights_root: str = spec(ROOT_HEX, default="")  # the derived store it serves (of the model keyed), "" for none
+    ring: bool = spec(RING, default=False)  # holds the embeddings or LM head its span's ends need to close a ring
 
     @property
     def served_root(self) -> str | None:

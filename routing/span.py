@@ -58,6 +58,8 @@ class SpanSession:
         self._stale: list[dict[str, Any]] = []  # results dropped at a re-route, still to be counted
         self._reading: asyncio.Task | None = None
         self._opened = False
+        self.last_result: protocol.Result | None = None  # the frame of the latest result used
+        self.closed: protocol.Closed | None = None  # the node's count at the close (tokens, accepted)
         self.timing = {"wait": 0.0, "check": 0.0, "node": 0.0}  # seconds: blocked on replies, checking them,
         # and what the node reported computing (queue wait included) — for first-token breakdowns
 
@@ -139,12 +141,16 @@ class SpanSession:
         await self._send(protocol.Step(self.session_id, start, wire.encode_tensor(sent), push, signed))
         return sent
 
-    async def result(self, sent: torch.Tensor, start: int, timeout: float | None = None
+    async def result(self, sent: torch.Tensor, start: int, timeout: float | None = None, ring: int | None = None
                      ) -> tuple[torch.Tensor, protocol.Result]:
-        """This span's next step result for input `sent` at `start`, checked; and its frame."""
+        """This span's next step result for input `sent` at `start`, checked; and its frame. Results of
+        ring steps under a ring other than `ring` (its ticket's seq) are stale: counted, not used."""
         self._settle_stale(sent)
         began = time.perf_counter()
         frame = await self.expect(protocol.Result, timeout)
+        while frame.ring is not None and frame.ring != ring:
+            self._count_unused(frame, sent)
+            frame = await self.expect(protocol.Result, timeout)
         received = time.perf_counter()
         self.timing["wait"] += received - began
         if frame.compute_ms is not None:
@@ -165,6 +171,7 @@ class SpanSession:
                 start=start, root=self.weights_root, blocks=(self.hop.start, self.hop.end),
                 dtype=self.hop.record.dtype, sent=sent, received=out, scheme=self.hop.record.scheme or None))
         self._count(start, out)
+        self.last_result = frame
         self.timing["check"] += time.perf_counter() - received
         return out, frame
 
@@ -183,24 +190,41 @@ class SpanSession:
         one that cannot be parsed still moves the step number (the receipt may then not match, and
         that node logs its session unreceipted: nobody is blamed)."""
         while self._stale:
-            frame = self._stale.pop(0)
             try:
-                result = protocol.Result.read(frame)
-                start = result.start
-                if start is None or start >= self.max_length:
-                    raise RoutingError(f"result start {start!r:.20} is not a position")
-                out = wire.decode_tensor(result.hidden, hidden_size=sent.shape[-1],
-                                         max_tokens=self.max_length - start, max_batch=sent.shape[0])
+                result = protocol.Result.read(self._stale.pop(0))
             except RoutingError as e:
                 log.info("could not count a stale result of %s (%s)", self.peer[-8:], e)
                 self.steps += 1
                 continue
-            self._count(start, out)
+            self._count_unused(result, sent)
+
+    def _count_unused(self, result: protocol.Result, sent: torch.Tensor) -> None:
+        """Count a result the node computed that we do not use (see `_settle_stale`)."""
+        try:
+            start = result.start
+            if start is None or start >= self.max_length:
+                raise RoutingError(f"result start {start!r:.20} is not a position")
+            out = wire.decode_tensor(result.hidden, hidden_size=sent.shape[-1],
+                                     max_tokens=self.max_length - start, max_batch=sent.shape[0])
+        except RoutingError as e:
+            log.info("could not count a stale result of %s (%s)", self.peer[-8:], e)
+            self.steps += 1
+            return
+        self._count(start, out)
 
     async def step(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
         """A relayed step: send, and wait for this node's result."""
         sent = await self.send_step(hidden, start)
         return (await self.result(sent, start))[0]
+
+    async def ended(self) -> None:
+        """Wait until the node's stream ends (its process died, say)."""
+        if self._reading is not None:
+            await asyncio.wait({self._reading})
+
+    async def arm(self, ring: protocol.Ring) -> None:
+        """Ask this node (serving the last block) to close a ring (node/ring.py)."""
+        await self._send(ring)
 
     async def route(self, prev: str | None, next_hop: Hop | None) -> None:
         """New push neighbours after a failover; waits until the node has them."""
@@ -255,7 +279,7 @@ class SpanSession:
             return
         try:
             await self._send(protocol.Close(self.session_id, receipt, self.length))
-            await self.expect(protocol.Closed, timeout=5)
+            self.closed = await self.expect(protocol.Closed, timeout=5)
         except (RoutingError, ConnectionError):
             pass  # the node logs the session unreceipted; nothing else to do
         finally:

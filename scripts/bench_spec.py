@@ -63,6 +63,14 @@ def over_set(client: WanClient, prompts: list[str], tokens: int, **options: Any)
     return lambda: combined([client.generate(p, tokens, **options) for p in prompts])
 
 
+def over_sets(client: WanClient, contenders: dict[str, dict[str, Any]], tokens: int, repeats: int,
+              **common: Any) -> dict[str, dict[str, list[Generation]]]:
+    """Per prompt set, its contenders (generation options each, plus `common`) alternated `repeats` rounds."""
+    return {name: alternate({c: over_set(client, prompts, tokens, **common, **options)
+                             for c, options in contenders.items()}, repeats)
+            for name, prompts in SETS.items()}
+
+
 def combined(runs: list[Generation]) -> Generation:
     """A set's runs as one generation: its tokens over its total time; trips summed (without
     speculation a trip is a token); each run kept in `extra["runs"]`."""
@@ -93,9 +101,7 @@ def main() -> int:
     contenders = {"off": {}, "lookup": {"speculative": args.max_draft},
                   "target": {"speculative": args.max_draft, "drafter": "target"}}
     for rtt, client in clients_per_rtt(args.model, args.rtts, args.nodes, args.mbit, args.node_threads):
-        results = {name: alternate({c: over_set(client, prompts, args.tokens, **options)
-                                    for c, options in contenders.items()}, args.repeats)
-                   for name, prompts in SETS.items()}
+        results = over_sets(client, contenders, args.tokens, args.repeats)
         print(f"RTT {rtt:g} ms: {args.nodes} nodes, pushed, greedy, up to {args.tokens} new tokens, max draft "
               f"{args.max_draft}, {len(REPETITIVE)}+{len(CHAT)} prompts (medians of {args.repeats})")
         print("  set         contender  tok/s  tokens/trip  ratio  worst prompt")

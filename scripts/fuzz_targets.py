@@ -31,7 +31,7 @@ from routing import wire
 from routing.attestation import parse_attestation
 from routing.errors import ProtocolError
 from routing.evidence import Evidence, EvidenceError
-from routing.grants import accept_grant, grant, ticket
+from routing.grants import accept_grant, grant, ring_ticket, ticket
 from routing.records import ServerRecord
 from tests.hostile import valid
 from tests.hostile.attacker import FORWARD, INFERENCE, INFO, LEDGER, PUSH, built, pack
@@ -127,6 +127,12 @@ def inference(m: Mutator, ctx: Context, index: int) -> Probe:
         length = start + tokens
     if rng.random() < 0.3:
         frames.append({"type": "route", "session": session, **grant_fields})
+    if rng.random() < 0.2:  # arm a ring (refused unless the node holds the head and serves the last block)
+        frames.append(_some(rng, {"type": "ring", "session": session,
+                                  "ticket": ring_ticket(ctx.client, session=session, start=length,
+                                                        tokens=rng.randint(1, 8)).to_wire()},
+                            {"temperature": rng.choice([0.0, 0.7]), "top_k": rng.randint(0, 50),
+                             "state": torch.Generator().get_state().numpy().tobytes(), "stop": [2]}))
     receipt = make_receipt(ctx.client, session=session, node=ctx.peer, manifest_root=bytes.fromhex(ctx.root),
                            blocks=tuple(blocks), tokens=length, outputs_digest=bytes(32), time_ns=index)
     frames.append(_some(rng, {"type": "close", "session": session},
@@ -136,15 +142,19 @@ def inference(m: Mutator, ctx: Context, index: int) -> Probe:
 
 def push(m: Mutator, ctx: Context, index: int) -> Probe:
     """Pushes from the push session's named predecessor, half of them with the client's step ticket
-    (after the first, the session refuses pushes without one); the ping after them is answered
+    (after the first, the session refuses pushes without one), a few ring tokens; the ping after them is answered
     once they are read, so the probe ends at the first frame back (the pong, or a refusal)."""
     rng = m.rng
     tokens = rng.randint(1, 4)
-    frames = [{"type": "push_open", "v": wire.PROTOCOL_VERSION},
-              _some(rng, {"type": "push", "client": ctx.client.peer_id, "session": ctx.push_session, "start": 0,
-                          "blocks": [0, ctx.span[0]], "hidden": _tensor(rng, ctx, 1, tokens)},
-                    {"ticket": ticket(ctx.client, session=ctx.push_session, start=0, tokens=tokens,
-                                      batch=1).to_wire()})]
+    pushed = _some(rng, {"type": "push", "client": ctx.client.peer_id, "session": ctx.push_session, "start": 0,
+                         "blocks": [0, ctx.span[0]], "hidden": _tensor(rng, ctx, 1, tokens)},
+                   {"ticket": ticket(ctx.client, session=ctx.push_session, start=0, tokens=tokens,
+                                     batch=1).to_wire()})
+    if rng.random() < 0.2:  # a ring's token instead: refused, for the session names no ring
+        pushed = {"type": "ring_token", "client": ctx.client.peer_id, "session": ctx.push_session, "start": 0,
+                  "token": rng.randint(0, 1 << 16), "blocks": [0, ctx.span[0]],
+                  "ring_ticket": ring_ticket(ctx.client, session=ctx.push_session, start=0, tokens=1).to_wire()}
+    frames = [{"type": "push_open", "v": wire.PROTOCOL_VERSION}, pushed]
     payloads, hang_up = _mutated(m, frames, [{"type": "ping", "id": index}])
     return Probe(PUSH, payloads, hang_up, sender="pusher", frames=1)
 

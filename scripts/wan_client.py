@@ -69,8 +69,8 @@ class WanClient:
             raise
 
     def generate(self, prompt: str, tokens: int, **options: Any) -> Generation:
-        """One generation in a fresh session (`push`, `speculative`, `drafter`, `ignore_eos`, `avoid`: peer
-        IDs not to route through); its `extra` holds the chain, failovers, relayed steps, the runner's and
+        """One generation in a fresh session (`push`, `ring`, `speculative`, `drafter`, `ignore_eos`, `avoid`:
+        peer IDs not to route through); its `extra` holds the chain, failovers, relayed steps, the runner's and
         each span's timing."""
         self._send({"op": "generate", "prompt": prompt, "tokens": tokens, **options})
         return _generation(self._receive("done"))
@@ -153,16 +153,16 @@ def swarm_in_lab(model: str, state_dir: Path, spans: Sequence[tuple[int, int]], 
             yield lab, swarm, client
 
 
-def clients_per_rtt(model: str, rtts: Sequence[float], nodes: int, mbit: float, node_threads: int
-                    ) -> Iterator[tuple[float, WanClient]]:
-    """For each round trip in turn, a fresh lab with `nodes` nodes over even spans, and its client
-    (benchmarks: nothing of one lab's run carries over to the next)."""
+def clients_per_rtt(model: str, rtts: Sequence[float], nodes: int, mbit: float, node_threads: int,
+                    node_args: Sequence[str] = ()) -> Iterator[tuple[float, WanClient]]:
+    """For each round trip in turn, a fresh lab with `nodes` nodes over even spans (started with
+    `node_args` too), and its client (benchmarks: nothing of one lab's run carries over to the next)."""
     store = ShardStore(resolve_model(model))
     spans = even_spans(store.manifest.num_blocks, nodes)
     for rtt in rtts:
         with tempfile.TemporaryDirectory(prefix="wan-lab-") as tmp, \
                 swarm_in_lab(str(store.path), Path(tmp), spans, rtt, mbit=mbit,
-                             node_args=["--threads", str(node_threads)]) as (_, _, client):
+                             node_args=["--threads", str(node_threads), *node_args]) as (_, _, client):
             yield rtt, client
 
 
@@ -194,16 +194,18 @@ class _Driver:
         self.model_path, self.peers, self.replies = model, peers, replies
         self.store = ShardStore(resolve_model(model))
         self.timeout = {"request_timeout": request_timeout} if request_timeout else {}
-        self.models: dict[tuple[bool, frozenset[str]], RemoteModel] = {}
+        self.models: dict[tuple[bool, bool, frozenset[str]], RemoteModel] = {}
         self.drafters: dict[str, ModelDrafter] = {}
 
-    def model(self, push: bool, avoid: Sequence[str] = ()) -> RemoteModel:
-        """The model for a push mode, routing around the `avoid` peers for good (benchmarks pin chains so)."""
+    def model(self, push: bool, avoid: Sequence[str] = (), ring: bool = False) -> RemoteModel:
+        """The model for a push (and ring) mode, routing around the `avoid` peers for good (benchmarks pin
+        chains so)."""
         from swarmlm.sdk import RemoteModel
 
-        key = (push, frozenset(avoid))
+        key = (push, ring, frozenset(avoid))
         if key not in self.models:
-            self.models[key] = model = RemoteModel.connect(self.peers, self.model_path, push=push, **self.timeout)
+            self.models[key] = model = RemoteModel.connect(self.peers, self.model_path, push=push, ring=ring,
+                                                           **self.timeout)
             for peer in avoid:
                 model.view.bans.ban_forever(peer)
         return self.models[key]
@@ -232,8 +234,9 @@ class _Driver:
                    client_rtt_ms={peer: seconds * 1000 for peer, seconds in view.rtt.items()})
 
     def generate(self, prompt: str, tokens: int, push: bool = True, speculative: int = 0, drafter: str = "lookup",
-                 ignore_eos: bool = False, pause_after: int | None = None, avoid: Sequence[str] = ()) -> None:
-        model = self.model(push, avoid)
+                 ignore_eos: bool = False, pause_after: int | None = None, avoid: Sequence[str] = (),
+                 ring: bool = False) -> None:
+        model = self.model(push, avoid, ring)
         ids = encode_prompt(model.tokenizer, prompt)
         options = {"ignore_eos": ignore_eos, "speculative": speculative, "drafter": self.drafter(drafter)}
         with model.inference_session(min(len(ids) + tokens, model.config.max_context)) as session:
@@ -242,6 +245,9 @@ class _Driver:
         runner = session.runner
         g.extra.update(model.run_details(runner), timing=runner.timing,
                        span_timing=[s.timing for s in runner.closed_spans])
+        if runner.ring is not None:
+            g.extra["ring"] = {"restarts": runner.ring.restarts, "steps": runner.ring.steps,
+                               "convictions": len(runner.ring.convictions)}
         self.reply("done", text=g.text, token_ids=g.token_ids, finish_reason=g.finish_reason,
                    prompt_tokens=g.prompt_tokens, time_to_first_token=g.time_to_first_token,
                    total_time=g.total_time, extra=g.extra)

@@ -14,8 +14,10 @@ token is chosen, drafts included, so JSON answers always parse and follow their 
 `tools` (shards.tool_calls) the prompt shows them and a grammar shapes the calls, whose arguments
 follow each tool's schema; the answer's calls land in `Generation.tool_calls`.
 
-The generation loop is written once, free of I/O (`_Core`): it yields a `_Forward` whenever it needs
-the blocks run and is sent their output. The synchronous API (`stream`, `generate`, …) drives it with
+The generation loop is written once, free of I/O (`_Core`): it yields a `Forward` whenever it needs
+the blocks run and is sent their output. A `Forward` also names the tokens it embeds and how the
+next token will be chosen, which a runner that samples ahead (a ring: routing/ring.py) checks
+against; other runners see only `forward(hidden, start)`. The synchronous API (`stream`, `generate`, …) drives it with
 the runner's blocking `forward`; the asyncio API (`astream`, `agenerate`, …) runs the loop's torch
 work (embeddings, LM head, masks, sampling) on a worker thread and awaits the runner's `aforward` on
 the event loop, which a remote runner serves without a thread of its own.
@@ -27,7 +29,7 @@ import asyncio
 import time
 from contextlib import aclosing, closing
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Generator, Iterator, Protocol, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Generator, Iterator, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 
@@ -88,14 +90,31 @@ class Generation:
 
 
 @dataclass(frozen=True)
-class _Forward:
-    """The generation loop's request: run the blocks on `hidden`, entering at position `start`."""
+class Forward:
+    """The generation loop's request: run the blocks on `hidden`, entering at position `start`.
+
+    `ids` are the tokens `hidden` embeds. When the loop will choose the token after this step with
+    `sampler` alone (no grammar, no speculation), `sampler` is given, with `remaining`, how many tokens
+    it may still choose in this call (this step's next included), and `stop`, the ids that end it."""
 
     hidden: torch.Tensor
     start: int
+    ids: tuple[int, ...] = ()
+    sampler: Sampler | None = None
+    remaining: int = 0
+    stop: frozenset[int] = frozenset()
 
 
-_Core = Generator[Union[TokenEvent, _Forward], Any, None]  # is sent the blocks' output after each _Forward
+@runtime_checkable
+class SamplingRunner(BlockRunner, Protocol):
+    """A runner that is told each step's tokens and sampler (a ring samples the next tokens itself)."""
+
+    def forward_step(self, step: Forward) -> torch.Tensor: ...
+
+    async def aforward_step(self, step: Forward) -> torch.Tensor: ...
+
+
+_Core = Generator[Union[TokenEvent, Forward], Any, None]  # is sent the blocks' output after each Forward
 
 
 def encode_prompt(tokenizer: Any, prompt: Prompt, raw: bool = False, vocab_size: int | None = None,
@@ -180,12 +199,24 @@ class Session:
             try:
                 step = next(steps)
                 while True:
-                    step = steps.send(self.runner.forward(step.hidden, step.start))
+                    step = steps.send(self._blocks(step))
             except StopIteration as done:
                 return done.value
 
-    def _advancing(self, ids: list[int], n: int) -> Generator[_Forward, torch.Tensor, tuple[torch.Tensor, int]]:
-        """`advance`, asking its driver for the blocks' output."""
+    def _blocks(self, step: Forward) -> torch.Tensor:
+        """The blocks' output for `step`, computed by the runner."""
+        if isinstance(self.runner, SamplingRunner):
+            return self.runner.forward_step(step)
+        return self.runner.forward(step.hidden, step.start)
+
+    async def _ablocks(self, step: Forward) -> torch.Tensor:
+        if isinstance(self.runner, SamplingRunner):
+            return await self.runner.aforward_step(step)
+        return await self.runner.aforward(step.hidden, step.start)
+
+    def _advancing(self, ids: list[int], n: int, sampler: Sampler | None = None, remaining: int = 0,
+                   stop: frozenset[int] = frozenset()) -> Generator[Forward, torch.Tensor, tuple[torch.Tensor, int]]:
+        """`advance`, asking its driver for the blocks' output (`sampler`, `remaining`, `stop`: see Forward)."""
         common = 0
         for a, b in zip(self.history, ids):
             if a != b:
@@ -193,7 +224,7 @@ class Session:
             common += 1
         common = min(common, len(ids) - n)  # the last n tokens must run to produce their logits
         hidden = self.head.embed(torch.tensor([ids[common:]], device=self.head.embed_tokens.weight.device))
-        out = yield _Forward(hidden, common)
+        out = yield Forward(hidden, common, tuple(ids[common:]), sampler, remaining, stop)
         self.history = list(ids)
         return self.head.logits(out[0, -n:]), len(ids) - common
 
@@ -250,7 +281,7 @@ class Session:
                         step = core.send(sent)
                     except StopIteration:
                         return
-                    sent = self.runner.forward(step.hidden, step.start) if isinstance(step, _Forward) else None
+                    sent = self._blocks(step) if isinstance(step, Forward) else None
                 if isinstance(step, TokenEvent):
                     yield step
 
@@ -259,7 +290,7 @@ class Session:
         through the blocks (the tokens a step yields come back with its next forward), and the blocks
         awaited through the runner's `aforward`."""
         loop = asyncio.get_running_loop()
-        pending: asyncio.Future[list[TokenEvent | _Forward]] | None = None
+        pending: asyncio.Future[list[TokenEvent | Forward]] | None = None
         try:
             sent = None
             while True:
@@ -268,9 +299,9 @@ class Session:
                 for step in steps:
                     if isinstance(step, TokenEvent):
                         yield step
-                if not steps or not isinstance(steps[-1], _Forward):
+                if not steps or not isinstance(steps[-1], Forward):
                     return
-                sent = await self.runner.aforward(steps[-1].hidden, steps[-1].start)
+                sent = await self._ablocks(steps[-1])
         finally:
             if pending is not None and not pending.done():
                 await asyncio.wait({pending})
@@ -404,7 +435,8 @@ class Session:
         while not done:
             remaining = max_new_tokens - len(result.token_ids)
             if speculation is None:
-                rows, _ = yield from self._advancing(context, 1)
+                rows, _ = yield from self._advancing(context, 1, None if constraint else sampler, remaining,
+                                                     frozenset() if ignore_eos else frozenset(self.eos_ids))
                 tokens = [sampler(rows[0] if constraint is None else constraint.mask(rows[0]), context)]
             else:
                 tokens, rows = yield from speculation.trip(self, context, sampler, remaining, constraint)
@@ -440,13 +472,13 @@ class Session:
         result.total_time = time.perf_counter() - started
 
 
-def _until_forward(core: _Core, sent: Any) -> list[TokenEvent | _Forward]:
+def _until_forward(core: _Core, sent: Any) -> list[TokenEvent | Forward]:
     """Resume the generation loop until it asks for the blocks (the list's last step) or ends; on a
     worker thread, with the tokens it yields on the way."""
-    steps: list[TokenEvent | _Forward] = []
+    steps: list[TokenEvent | Forward] = []
     with torch.inference_mode():
         try:
-            while not isinstance(step := core.send(sent), _Forward):
+            while not isinstance(step := core.send(sent), Forward):
                 steps.append(step)
                 sent = None
         except StopIteration:
@@ -478,7 +510,7 @@ class _Speculation:
         self.trips = self.drafted = self.accepted = 0
 
     def trip(self, session: Session, context: list[int], sampler: Sampler, remaining: int,
-             constraint: JsonConstraint | None = None) -> Generator[_Forward, torch.Tensor, tuple[list[int], torch.Tensor]]:
+             constraint: JsonConstraint | None = None) -> Generator[Forward, torch.Tensor, tuple[list[int], torch.Tensor]]:
         """Tokens the target emits after `context` (1 to k+1), each with the model's logits where it was
         chosen; the caches keep only verified ones. A `constraint` cuts drafts at the first it refuses
         (the target would reject it) and masks each position (it follows the emitted tokens itself)."""

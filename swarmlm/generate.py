@@ -84,6 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-push", dest="push", action="store_false",
                    help="relay every hop through this client instead of letting nodes push to the next node "
                         "(slower over real links; for comparison)")
+    p.add_argument("--ring", action="store_true",
+                   help="close the ring: the node serving the last block samples each next token and sends it to "
+                        "the first, while this client checks every token off the critical path (nodes need --ring)")
     add_generation_options(p)
     p.set_defaults(func=_generate)
 
@@ -148,7 +151,7 @@ def _generate(args: argparse.Namespace) -> int:
     client_dir = swarmlm_home() / "client"
     with RemoteModel.connect(args.peers, args.model, identity=args.identity or client_dir / "identity.key",
                              ledger=args.ledger or client_dir / "ledger.sqlite", device=args.device,
-                             push=args.push, accept_quantized=args.accept_quant) as remote:
+                             push=args.push, ring=args.ring, accept_quantized=args.accept_quant) as remote:
         return run_generation(remote, args)
 
 

@@ -61,11 +61,11 @@ EVIDENCE_TTL = 7 * 24 * 3600.0
 class RemoteModel(GenerativeModel):
     def __init__(self, store: ShardStore, client: SwarmClient, view: SwarmView, device: str,
                  ledger: Store | None, verifier_options: dict[str, Any] | None, evidence_dir: Path,
-                 push: bool = True, recover_timeout: float | None = None) -> None:
+                 push: bool = True, recover_timeout: float | None = None, ring: bool = False) -> None:
         super().__init__(store.load_head(device), store.tokenizer() if store.manifest.tokenizer else None,
                          store.config)
         self.store, self.client, self.view, self.ledger, self.push = store, client, view, ledger, push
-        self.evidence_dir, self.recover_timeout = evidence_dir, recover_timeout
+        self.evidence_dir, self.recover_timeout, self.ring = evidence_dir, recover_timeout, ring
         self.evidence: list[tuple[Evidence, Path]] = []
         self.verifier = None if verifier_options is None else Verifier(
             client, view, referee=view.referee, identity=client.identity, on_evidence=self._on_evidence,
@@ -78,7 +78,7 @@ class RemoteModel(GenerativeModel):
                 spot_check_rate: float = DEFAULT_SPOT_CHECK_RATE, evidence_dir: str | Path | None = None,
                 seed: int | None = None, push: bool = True,
                 accept_quantized: Iterable[str] = DEFAULT_ACCEPTED,
-                recover_timeout: float | None = None) -> "RemoteModel":
+                recover_timeout: float | None = None, ring: bool = False) -> "RemoteModel":
         """Join the swarm, check it serves this model's root, and load the head shard locally.
 
         `identity`: the client's key (a path is created on first use; default: a fresh key per
@@ -91,6 +91,10 @@ class RemoteModel(GenerativeModel):
         `accept_quantized`: quantization schemes of nodes to route through besides the model's own
         weights (default int8; add "nf4"/"q4_1" for 4-bit, () for none): the client derives each
         scheme's store from its own shards and admits only nodes serving exactly that root.
+        `ring`: where the chain's first and last nodes hold the head (`--ring` nodes), the last one samples
+        each next token (greedy, or this client's seeded sampler) and sends it straight to the first; the
+        client checks every token against its own head off the critical path and rolls back on a
+        mismatch (routing/ring.py). Needs `push`; steps with a grammar, speculation or penalties go as pushed.
         `recover_timeout`: seconds a token may wait for a chain (at a session's start or after a node
         failed), polling for nodes that rejoin, before it raises; None (default): fail over for up to
         300 s, but raise NoRouteError at once when no node could cover the model.
@@ -114,7 +118,7 @@ class RemoteModel(GenerativeModel):
             options = {"rate": spot_check_rate, "seed": seed} if verify else None
             return cls(store, client, view, device, log, options,
                        Path(evidence_dir) if evidence_dir else swarmlm_home() / "client" / "evidence", push,
-                       recover_timeout)
+                       recover_timeout, ring)
         except BaseException:
             client.close()
             raise
@@ -143,7 +147,8 @@ class RemoteModel(GenerativeModel):
         return RemoteRunner(self.view, max_length, self.config.hidden_size, make_receipt=self._receipt,
                             verifier=self.verifier, push=self.push,
                             deadline=self.recover_timeout or DEFAULT_DEADLINE,
-                            await_coverage=self.recover_timeout is not None)
+                            await_coverage=self.recover_timeout is not None,
+                            ring_head=self.head if self.ring else None)
 
     async def _on_evidence(self, evidence: Evidence) -> None:
         """Keep the proof three ways: a file anyone can check offline, our ledger, and the DHT."""

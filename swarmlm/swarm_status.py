@@ -53,13 +53,17 @@ def swarm_report(records: dict[str, ServerRecord], manifest: Manifest, reached: 
               "throughput": r.throughput, "active_sessions": r.active_sessions,
               "cache_tokens_left": r.cache_tokens_left, "version": r.version, "reached": r.peer_id in reached,
               # a node at home announces only circuit addresses: everyone reaches it through those relays
-              "reach": "via relay" if is_relayed(r) else "direct", "relays": list(relays_of(r.maddrs))}
+              "reach": "via relay" if is_relayed(r) else "direct", "relays": list(relays_of(r.maddrs)),
+              "ring": r.ring}  # holds the head: as the first or last node of a chain it can close a ring
              for r in sorted(records.values(), key=lambda r: (r.start, r.end, r.peer_id))]
+    ring = [r for r in online if r.ring]
     return {"root": manifest.root, "model": manifest.name, "num_blocks": n, "nodes": nodes, "servers_per_block": counts,
             "throughput_per_block": throughput, "unserved": unserved,
             "totals": {"nodes": len(records), "online": len(online), "unverified": len(claimed) - len(online),
                        "blocks_covered": n - len(unserved),
-                       "weakest_block_throughput": min(throughput) if throughput else 0.0}}
+                       "weakest_block_throughput": min(throughput) if throughput else 0.0,
+                       # ring mode needs a head-holding node at each end of the chain
+                       "ring": any(r.start == 0 for r in ring) and any(r.end == n for r in ring)}}
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -111,7 +115,7 @@ def _print(report: dict[str, Any], wide: bool = False) -> None:
     console = Console(width=100_000 if wide else None if Console().is_terminal else 120)
     root = report["root"] if wide else report["root"][:16] + "…"
     table = Table(title=f"{report['model'] or 'model'} {root} ({report['num_blocks']} blocks)")
-    for col in ("blocks", "node", "state", "reach", "dtype", "tok/s", "sessions", "cache left", "version"):
+    for col in ("blocks", "node", "state", "reach", "dtype", "ring", "tok/s", "sessions", "cache left", "version"):
         table.add_column(col, no_wrap=wide)
     for node in report["nodes"]:
         style = None if node["state"] == "online" and node["reached"] else "dim"
@@ -119,7 +123,7 @@ def _print(report: dict[str, Any], wide: bool = False) -> None:
         table.add_row(f"{node['blocks'][0]}:{node['blocks'][1]}", name,
                       node["state"] if node["reached"] or node["state"] != "online" else "unverified", _reach(node, wide),
                       f"{node['dtype']}/{node['device']} {node['scheme'] or ''}".strip(),
-                      f"{node['throughput']:.1f}",
+                      "head" if node["ring"] else "", f"{node['throughput']:.1f}",
                       str(node["active_sessions"]), str(node["cache_tokens_left"]), str(node["version"]),
                       style=style)
     console.print(table)
@@ -130,5 +134,7 @@ def _print(report: dict[str, Any], wide: bool = False) -> None:
     t = report["totals"]
     console.print(f"{t['online']} of {t['nodes']} nodes online, {t['blocks_covered']}/{report['num_blocks']} blocks "
                   f"covered, weakest block {t['weakest_block_throughput']:.1f} tok/s")
+    if t["ring"]:
+        console.print("ring mode: nodes holding the head serve the first and the last block")
     if t["unverified"]:
         console.print(f"[yellow]{t['unverified']} record(s) claim to be online but did not answer: not counted[/]")

@@ -8,7 +8,7 @@ import pytest
 from ledger.keys import Identity
 from node.step_budget import StepBudget
 from routing.errors import ErrorCode, ProtocolError
-from routing.grants import ticket
+from routing.grants import ring_ticket, ticket
 
 CLIENT, OTHER = Identity.generate(), Identity.generate()
 SID = "s1"
@@ -77,3 +77,32 @@ def test_a_session_that_spent_a_ticket_or_asked_for_them_takes_no_push_without_o
     _spend(legacy, ticket(CLIENT, session=SID, start=5, tokens=1, batch=1).to_wire(), 5, (1, 1, 4))
     assert "must carry" in _refused(legacy, None, 6, (1, 1, 4))
     assert "must carry" in _refused(StepBudget(required=True), None, 0, (1, 1, 4))
+
+
+def _ring(budget: StepBudget, raw, start: int, shape: tuple[int, ...] = (1, 1, 4), client: str = CLIENT.peer_id):
+    return budget.spend_ring(raw, client=client, session=SID, start=start, shape=shape)
+
+
+def test_a_ring_ticket_runs_each_of_its_positions_once_in_order_until_a_later_ticket() -> None:
+    budget = StepBudget()
+    _spend(budget, ticket(CLIENT, session=SID, start=0, tokens=8, batch=1).to_wire(), 0, (1, 8, 4))  # the prompt
+    ring = ring_ticket(CLIENT, session=SID, start=8, tokens=3).to_wire()
+    for position in (8, 9):
+        assert _ring(budget, ring, position).seq == ring["seq"]
+    for position, why in [(9, "computed already"), (8, "computed already"), (11, "runs positions 8..10")]:
+        with pytest.raises(ProtocolError, match=why):
+            _ring(budget, ring, position)
+    with pytest.raises(ProtocolError, match="one position of one row"):
+        _ring(budget, ring, 10, (1, 2, 4))
+    _ring(budget, ring, 10)
+    assert budget.requested == 8 + 3
+    _spend(budget, ticket(CLIENT, session=SID, start=9, tokens=1, batch=1).to_wire(), 9, (1, 1, 4))  # a rollback
+    with pytest.raises(ProtocolError, match="is spent"):  # the old ring's steps still in flight are refused
+        _ring(budget, ring, 10)
+    for garbage in (ring_ticket(OTHER, session=SID, start=10, tokens=3).to_wire(),
+                    {**ring_ticket(CLIENT, session=SID, start=10, tokens=3).to_wire(), "tokens": 100}):
+        with pytest.raises(ProtocolError):
+            _ring(budget, garbage, 10)
+    with pytest.raises(ProtocolError) as caught:
+        _ring(budget, {"seq": 1}, 10)
+    assert caught.value.code == ErrorCode.BAD_FRAME

@@ -8,6 +8,7 @@ seconds to finish, the node announces `offline`, flushes its ledger and exits 0.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import json
 import logging
@@ -48,7 +49,8 @@ from .metrics import NodeMetrics, NodeState
 from .neighbours import Neighbours
 from .push import PushLinks, PushReceiver
 from .reachable import REACHABILITY_PERIOD, RELAY_WAIT, Reachable
-from .selection import blocks_for_budget, best_start, coverage, move_chance, rebalance_delay, should_move
+from .selection import (blocks_for_budget, best_start, claim_holds, claim_wait, cooled_down, coverage, move_chance,
+                        rebalance_delay, should_move)
 from .serving import Serving
 from .sessions import NodeSession, session_key
 from .throughput import cached_throughput
@@ -85,6 +87,8 @@ class Node:
         self.metrics = NodeMetrics()
         self.state = "joining"
         self.throughput = 0.0
+        self._claim: int | None = None  # the start of a move announced but not yet made
+        self._moved_at: float | None = None  # time.monotonic() of the last move
         self._dht_peers = 0
         self._maddrs: list[str] = []
         self._status_server: asyncio.Server | None = None  # `node status` on this machine asks here
@@ -253,31 +257,60 @@ class Node:
             await self.serving.expire_idle()
 
     async def _rebalance(self, stop: asyncio.Event) -> None:
-        """Move to a weaker span when it clearly helps, after draining live sessions there."""
+        """Move to a weaker span when it clearly helps: claim the move, let concurrent claims land, go
+        only if the claim holds (node/selection.py), after draining live sessions; then load there."""
         assert self.serving is not None
-        try:
-            records = await self._records()
-        except Exception as e:
-            log.warning("rebalance: cannot read the swarm's coverage: %s", e)
+        c = self.config
+        if not cooled_down(time.monotonic(), self._moved_at, c.rebalance_period):
             return
-        me = self.record()
-        records[self.peer_id] = me
-        target = should_move(records.values(), self.num_blocks, me)
-        if target is None or stop.is_set() or random.random() >= move_chance(records.values(), me):
+        target = await self._claimed_target(stop)
+        if target is None:
             return
-        length = me.end - me.start
+        length = self.serving.stack.end - self.serving.stack.start
         log.info("rebalance: moving from blocks %d:%d to %d:%d, where the swarm is weakest",
-                 me.start, me.end, target, target + length)
+                 self.serving.stack.start, self.serving.stack.end, target, target + length)
         self.state = "draining"
-        await self._announce()
-        await self.serving.drain(self.config.drain_grace)
-        self.state = "offline"
-        await self._announce(self.record())  # the old blocks' records now say offline, not a stale online
+        await self._announce()  # still claiming the target: others count us there while we drain
+        await self.serving.drain(c.drain_grace)
+        self._claim = None
+        self.state = "joining"  # announced on the new blocks: it supersedes the old ones' records
+        await self._announce(dataclasses.replace(self.record(), start=target, end=target + length))
         stack = await self._load_span(target, target + length)
         self.serving.stack = stack
         self.serving.draining = False
         self.state = "online"
+        self._moved_at = time.monotonic()
         await self._announce()
+
+    async def _claimed_target(self, stop: asyncio.Event) -> int | None:
+        """Where to move, once a claim to it held; None (and no claim left announced) to stay."""
+        try:
+            records = await self._records()
+        except Exception as e:
+            log.warning("rebalance: cannot read the swarm's coverage: %s", e)
+            return None
+        me = records[self.peer_id] = self.record()
+        target = should_move(records.values(), self.num_blocks, me)
+        if target is None or stop.is_set() or random.random() >= move_chance(records.values(), me):
+            return None
+        self._claim = target
+        await self._announce()
+        holds = False
+        try:
+            await asyncio.wait_for(stop.wait(), claim_wait(self.config.announce_period))
+        except asyncio.TimeoutError:
+            try:
+                records = await self._records()
+                records[self.peer_id] = me = self.record()
+                holds = claim_holds(records.values(), self.num_blocks, me)
+            except Exception as e:
+                log.warning("rebalance: cannot read the swarm's claims: %s", e)
+        if not holds:
+            log.info("rebalance: a claim to blocks %d+ yields (a lower peer claims them, or they no longer pay)", target)
+            self._claim = None
+            await self._announce()
+            return None
+        return target
 
     async def _measure_and_announce(self) -> None:
         """Refresh the round trips to our next-block neighbours (for at most half a period, so a dead
@@ -322,7 +355,7 @@ class Node:
                             extra={CHECKPOINT_KEY: checkpoint} if checkpoint else {},
                             scheme=self.quantization.scheme if self.quantization else "",
                             group_size=self.quantization.group_size if self.quantization else 0,
-                            weights_root=self.weights_root if self.quantization else "")
+                            weights_root=self.weights_root if self.quantization else "", moving_to=self._claim)
 
     async def _announce(self, record: ServerRecord | None = None) -> None:
         """Store our record under each served block; the DHT is best-effort, never fatal."""

@@ -273,13 +273,13 @@ class Node:
         await self._announce()  # still claiming the target: others count us there while we drain
         await self.serving.drain(c.drain_grace)
         self._claim = None
+        self._moved_at = time.monotonic()
         self.state = "joining"  # announced on the new blocks: it supersedes the old ones' records
         await self._announce(dataclasses.replace(self.record(), start=target, end=target + length))
         stack = await self._load_span(target, target + length)
         self.serving.stack = stack
         self.serving.draining = False
         self.state = "online"
-        self._moved_at = time.monotonic()
         await self._announce()
 
     async def _claimed_target(self, stop: asyncio.Event) -> int | None:

@@ -58,6 +58,7 @@ from .witnessing import CHECKPOINT_KEY, Witness
 
 log = logging.getLogger(__name__)
 IDLE_CHECK_PERIOD = 5.0
+START_READ_PATIENCE = 4  # a joiner's second read of the coverage may take this many DHT timeouts
 RECORD_LIFETIME = 3  # announce periods a record lives: one late or lost announcement leaves no gap
 
 
@@ -177,7 +178,11 @@ class Node:
                 raise NodeError(f"--blocks {span[0]}:{span[1]} is outside the model's 0:{self.num_blocks}")
             return span
         length = self.config.num_blocks or self._blocks_that_fit()
-        records = await self._records()
+        try:
+            records = await self._records()
+        except dht_io.DHTTimeout:  # a loaded swarm (or machine) reads slowly: once more, patiently, not die
+            log.info("auto: the swarm's coverage did not come within %.0f s; reading it again", dht_io.DHT_TIMEOUT)
+            records = await self._records(START_READ_PATIENCE * dht_io.DHT_TIMEOUT)
         start = best_start(coverage(records.values(), self.num_blocks), length)
         log.info("auto: serving blocks %d:%d, where the swarm is weakest", start, start + min(length, self.num_blocks))
         return start, start + min(length, self.num_blocks)
@@ -329,9 +334,9 @@ class Node:
             self._maddrs = self.reachable.maddrs
         await self._announce()
 
-    async def _records(self) -> dict[str, ServerRecord]:
+    async def _records(self, timeout: float = dht_io.DHT_TIMEOUT) -> dict[str, ServerRecord]:
         assert self.dht is not None
-        return await dht_io.fetch_records(self.dht, self.root, self.num_blocks)
+        return await dht_io.fetch_records(self.dht, self.root, self.num_blocks, timeout=timeout)
 
     async def _witness(self) -> None:
         """Check the peers' ledgers; never let a peer's misbehaviour take this node down."""

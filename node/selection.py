@@ -60,10 +60,12 @@ def _weakness(cov: Sequence[float]) -> tuple[float, int]:
     return low, sum(1 for c in cov if c == low)
 
 
-def should_move(records: Iterable[ServerRecord], num_blocks: int, me: ServerRecord) -> int | None:
-    """The start to move to, or None when staying is as good (within the hysteresis)."""
-    records = list(records)
-    others = coverage(records, num_blocks, exclude=me.peer_id)
+def should_move(records: Iterable[ServerRecord], num_blocks: int, me: ServerRecord,
+                others: Sequence[float] | None = None) -> int | None:
+    """The start to move to, or None when staying is as good (within the hysteresis). `others`: the
+    coverage without `me`, when the caller keeps it (a simulated swarm of a thousand); else from `records`."""
+    if others is None:
+        others = coverage(records, num_blocks, exclude=me.peer_id)
     length = me.end - me.start
     target = best_start(others, length)
     if target == me.start:

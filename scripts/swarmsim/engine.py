@@ -29,7 +29,7 @@ from typing import Callable
 
 from node.local_swarm import even_spans
 from node.selection import (best_start, blocks_for_budget, claim_holds, claim_wait, cooled_down, coverage, move_chance,
-                            rebalance_delay, should_move)
+                            rebalance_delay, serves, should_move)
 from routing.chain import DEFAULT_DEADLINE, coverage_wake
 from routing.errors import NoRouteError
 from routing.planner import plan_measured_first
@@ -178,6 +178,7 @@ class Simulation:
         self.rng = random.Random(cfg.seed)
         self.nodes: dict[str, SimNode] = {}
         self.records: dict[str, ServerRecord] = {}  # the DHT
+        self._coverage: list[float] | None = None  # coverage(records), until a record changes where it counts
         self.announced_at: dict[str, float] = {}
         self.sessions: dict[Session, None] = {}
         self.metrics = Metrics()
@@ -249,7 +250,7 @@ class Simulation:
             start, end = span
             length = node.length = end - start
         elif self.cfg.placement == "petals":
-            start = best_start(coverage(self.records.values(), n), length)
+            start = best_start(self.coverage(), length)
         else:
             start = self.rng.randint(0, n - length)
         node.start, node.end = start, start + length
@@ -290,12 +291,33 @@ class Simulation:
             self._store(node.peer_id, record)
 
     def _store(self, peer: str, record: ServerRecord | None) -> None:
+        old = self.records.get(peer)
         if record is None:
             self.records.pop(peer, None)
             self.announced_at.pop(peer, None)
         else:
             self.records[peer] = record
             self.announced_at[peer] = self.now
+        if (old is None) != (record is None) or (old and record and (serves(old), old.throughput) != (
+                serves(record), record.throughput)):
+            self._coverage = None
+
+    def coverage(self) -> list[float]:
+        """`coverage` of the DHT's records, kept between the changes that move it (announcements mostly
+        refresh loads): a thousand nodes' rebalancing checks would each sum a thousand records."""
+        if self._coverage is None:
+            self._coverage = coverage(self.records.values(), self.model.num_blocks)
+        return self._coverage
+
+    def _others(self, node: SimNode) -> list[float]:
+        """The coverage without `node`'s record, as `should_move` would compute it."""
+        others = list(self.coverage())
+        stored = self.records.get(node.peer_id)
+        span = serves(stored) if stored is not None else None
+        if stored is not None and span is not None:
+            for b in range(*span):
+                others[b] -= stored.throughput
+        return others
 
     def _view(self, node: SimNode) -> list[ServerRecord]:
         """The DHT as `node` reads it: everyone's records, its own as it is now."""
@@ -310,9 +332,9 @@ class Simulation:
                                 lambda: self._rebalance(node))
         if cfg.claims and not cooled_down(self.now, node.moved_at, cfg.rebalance_period):
             return again()
-        view = self._view(node)
-        target = should_move(view, self.model.num_blocks, view[-1])
-        if target is None or self.rng.random() >= move_chance(view, view[-1]):
+        me = node.record("online")
+        target = should_move((), self.model.num_blocks, me, others=self._others(node))
+        if target is None or self.rng.random() >= move_chance(self.records.values(), me):
             return again()
         if not cfg.claims:
             return self._move(node, target)
@@ -544,8 +566,7 @@ class Simulation:
             if node.state == "online" and t >= node.next_announce:
                 self._announce(node)
             if node.state == "gone" and t - self.announced_at.get(node.peer_id, t) > 3 * cfg.announce_period:
-                self.records.pop(node.peer_id, None)  # a crashed node's record expires
-                self.announced_at.pop(node.peer_id, None)
+                self._store(node.peer_id, None)  # a crashed node's record expires
             if node.state == "gone" and not node.sessions and node.peer_id not in self.records:
                 del self.nodes[node.peer_id]
         for s in list(self.sessions):

@@ -107,22 +107,20 @@ def _covering(servers: list[ServerRecord], boundaries: list[int], end: int,
     reach = [min(r.end, end) for r in servers]
     if prune is not None:
         rtt, per_block = prune
-        link = [rtt(r.peer_id) for r in servers]
-        cost = [per_block[r.peer_id] for r in servers]
-
-        def beats(k: int, i: int) -> bool:
-            return link[k] <= link[i] and cost[k] <= cost[i] and reach[k] >= reach[i]
-
+        figures = [(rtt(r.peer_id), per_block[r.peer_id], reach[i]) for i, r in enumerate(servers)]
     kept: list[int] = []  # indices into servers, in planning order
     covering: dict[int, list[ServerRecord]] = {}
     for p in boundaries:
         kept = [k for k in kept if reach[k] > p]
         for i in arriving[p]:
-            if prune is None:
-                kept.append(i)
-            elif not any(k < i and beats(k, i) for k in kept):
-                kept = [k for k in kept if not (k > i and beats(i, k))]
-                kept.append(i)
+            if prune is not None:
+                link, cost, far = figures[i]
+                if any(k < i and figures[k][0] <= link and figures[k][1] <= cost and figures[k][2] >= far
+                       for k in kept):
+                    continue
+                kept = [k for k in kept if not (k > i and link <= figures[k][0] and cost <= figures[k][1]
+                                                and far >= figures[k][2])]
+            kept.append(i)
         kept.sort()
         covering[p] = [servers[k] for k in kept]
     return covering

@@ -3,27 +3,47 @@
 Coverage of a block is the summed throughput of the online nodes serving it. A joining node takes
 the window whose sorted coverage is lexicographically smallest: blocks nobody serves first, then
 the thinnest. A serving node moves only when that clearly lifts the swarm's weakest block (or
-removes uncovered blocks), never for a marginal gain, so nodes do not oscillate; of k nodes on the
-same span, which all reach the same decision at once, each moves with probability 1/k.
+removes uncovered blocks), never for a marginal gain, so nodes do not oscillate.
+
+Nodes that read the same coverage reach the same decision at once, and if all of them move into a
+hole the span they leave is the next one (herding, seen with real processes in scripts/scale_test.py).
+So a move is claimed before it is made: the node announces its target (`moving_to` in its record,
+where `coverage` counts it from then on), waits for concurrent claims to land in the DHT, reads
+again, and goes only if no conflicting claimant has a lower peer ID and the move still pays
+(`claim_holds`). Of k twins on one span, each claims with probability 1/k (`move_chance`), and a
+node that moved stays put for a while (`cooled_down`): a herd that a lossy DHT read let through
+does not chase the hole it left back and forth.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Iterable, Sequence
 
 from routing.records import ServerRecord
 
 HYSTERESIS = 0.2  # a move must raise the weakest block's throughput by 20%
+CLAIM_WAIT_MAX = 10.0  # seconds a claim waits for concurrent ones to land in the DHT
+COOLDOWN_CHECKS = 4  # rebalancing checks a node that moved lets pass before it may move again
+
+
+def serves(record: ServerRecord) -> tuple[int, int] | None:
+    """Where a record's throughput counts: at the target of a move it claimed (it is about to be
+    there), else at its span while it serves or loads it; None when it is leaving or gone."""
+    if record.moving_to is not None and record.state in ("online", "draining"):
+        return record.moving_to, record.moving_to + record.end - record.start
+    return (record.start, record.end) if record.state in ("online", "joining") else None
 
 
 def coverage(records: Iterable[ServerRecord], num_blocks: int, exclude: str | None = None) -> list[float]:
-    """Per-block served throughput from online records (optionally without one peer)."""
+    """Per-block throughput of the nodes serving (or claiming) each block, optionally without one peer."""
     cov = [0.0] * num_blocks
     for r in records:
-        if r.peer_id == exclude or r.state not in ("online", "joining"):
+        span = serves(r)
+        if r.peer_id == exclude or span is None:
             continue
-        for b in range(max(0, r.start), min(num_blocks, r.end)):
+        for b in range(max(0, span[0]), min(num_blocks, span[1])):
             cov[b] += max(r.throughput, 0.0)
     return cov
 
@@ -40,10 +60,12 @@ def _weakness(cov: Sequence[float]) -> tuple[float, int]:
     return low, sum(1 for c in cov if c == low)
 
 
-def should_move(records: Iterable[ServerRecord], num_blocks: int, me: ServerRecord) -> int | None:
-    """The start to move to, or None when staying is as good (within the hysteresis)."""
-    records = list(records)
-    others = coverage(records, num_blocks, exclude=me.peer_id)
+def should_move(records: Iterable[ServerRecord], num_blocks: int, me: ServerRecord,
+                others: Sequence[float] | None = None) -> int | None:
+    """The start to move to, or None when staying is as good (within the hysteresis). `others`: the
+    coverage without `me`, when the caller keeps it (a simulated swarm of a thousand); else from `records`."""
+    if others is None:
+        others = coverage(records, num_blocks, exclude=me.peer_id)
     length = me.end - me.start
     target = best_start(others, length)
     if target == me.start:
@@ -63,14 +85,45 @@ def should_move(records: Iterable[ServerRecord], num_blocks: int, me: ServerReco
 
 
 def move_chance(records: Iterable[ServerRecord], me: ServerRecord) -> float:
-    """The probability with which a node that `should_move` does move at this check: 1/k, k being the
-    online nodes on exactly its span (itself included). Such twins read the same coverage and reach the
-    same decision within the same few seconds; were all to move, the span they leave would be the new
-    hole and they would chase it back and forth (seen with 8 nodes in scripts/scale_test.py). With
-    1/k, one of them moves per round on average and the next round sees where it went."""
-    twins = sum(1 for r in records if r.state == "online" and r.peer_id != me.peer_id
-                and (r.start, r.end) == (me.start, me.end))
+    """The probability with which a node that `should_move` claims its move at this check: 1/k, k being
+    the nodes counted on exactly its span (itself included), so that on average one twin claims per
+    round and fewer claims collide."""
+    twins = sum(1 for r in records if r.peer_id != me.peer_id and serves(r) == (me.start, me.end))
     return 1.0 / (1 + twins)
+
+
+def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def claim_holds(records: Iterable[ServerRecord], num_blocks: int, me: ServerRecord) -> bool:
+    """Whether `me`, which claimed a move to `me.moving_to`, should make it, on a view read after its
+    claim had time to land: no conflicting claimant (one leaving blocks it leaves, or heading where it
+    heads) has a lower peer ID, and with the conflicting claimants that yield to it counted where they
+    stay, the move still pays and still goes to the same place. A claimant that sees a lower one
+    yields; the lowest one, seeing only higher ones, goes: of simultaneous claims, one wins."""
+    assert me.moving_to is not None
+    records = list(records)
+    target = serves(me)
+    assert target is not None
+    rivals = {r.peer_id for r in records if r.peer_id != me.peer_id and r.moving_to is not None
+              and r.state == "online" and (_overlap((r.start, r.end), (me.start, me.end))
+                                           or _overlap(serves(r) or (0, 0), target))}
+    if any(p < me.peer_id for p in rivals):
+        return False
+    view = [dataclasses.replace(r, moving_to=None) if r.peer_id in rivals else r for r in records]
+    return should_move(view, num_blocks, dataclasses.replace(me, moving_to=None)) == me.moving_to
+
+
+def claim_wait(announce_period: float) -> float:
+    """Seconds between announcing a claim and reading the claims of others: long enough for stores
+    that began when ours did to land, short enough that the view stays fresh."""
+    return min(CLAIM_WAIT_MAX, announce_period / 2)
+
+
+def cooled_down(now: float, moved_at: float | None, period: float) -> bool:
+    """Whether a node that last moved at `moved_at` (None: never) may move again at `now`."""
+    return moved_at is None or now - moved_at >= COOLDOWN_CHECKS * period
 
 
 def rebalance_delay(period: float, rng: random.Random | None = None) -> float:

@@ -8,6 +8,7 @@ seconds to finish, the node announces `offline`, flushes its ledger and exits 0.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import json
 import logging
@@ -49,7 +50,8 @@ from .neighbours import Neighbours
 from .push import PushLinks, PushReceiver
 from .ring import RingHead, head_bytes
 from .reachable import REACHABILITY_PERIOD, RELAY_WAIT, Reachable
-from .selection import blocks_for_budget, best_start, coverage, move_chance, rebalance_delay, should_move
+from .selection import (blocks_for_budget, best_start, claim_holds, claim_wait, cooled_down, coverage, move_chance,
+                        rebalance_delay, should_move)
 from .serving import Serving
 from .sessions import NodeSession, session_key
 from .throughput import cached_throughput
@@ -57,6 +59,7 @@ from .witnessing import CHECKPOINT_KEY, Witness
 
 log = logging.getLogger(__name__)
 IDLE_CHECK_PERIOD = 5.0
+START_READ_PATIENCE = 4  # a joiner's second read of the coverage may take this many DHT timeouts
 RECORD_LIFETIME = 3  # announce periods a record lives: one late or lost announcement leaves no gap
 
 
@@ -86,6 +89,8 @@ class Node:
         self.metrics = NodeMetrics()
         self.state = "joining"
         self.throughput = 0.0
+        self._claim: int | None = None  # the start of a move announced but not yet made
+        self._moved_at: float | None = None  # time.monotonic() of the last move
         self._dht_peers = 0
         self._maddrs: list[str] = []
         self._status_server: asyncio.Server | None = None  # `node status` on this machine asks here
@@ -177,7 +182,11 @@ class Node:
                 raise NodeError(f"--blocks {span[0]}:{span[1]} is outside the model's 0:{self.num_blocks}")
             return span
         length = self.config.num_blocks or self._blocks_that_fit()
-        records = await self._records()
+        try:
+            records = await self._records()
+        except dht_io.DHTTimeout:  # a loaded swarm (or machine) reads slowly: once more, patiently, not die
+            log.info("auto: the swarm's coverage did not come within %.0f s; reading it again", dht_io.DHT_TIMEOUT)
+            records = await self._records(START_READ_PATIENCE * dht_io.DHT_TIMEOUT)
         start = best_start(coverage(records.values(), self.num_blocks), length)
         log.info("auto: serving blocks %d:%d, where the swarm is weakest", start, start + min(length, self.num_blocks))
         return start, start + min(length, self.num_blocks)
@@ -259,31 +268,60 @@ class Node:
             await self.serving.expire_idle()
 
     async def _rebalance(self, stop: asyncio.Event) -> None:
-        """Move to a weaker span when it clearly helps, after draining live sessions there."""
+        """Move to a weaker span when it clearly helps: claim the move, let concurrent claims land, go
+        only if the claim holds (node/selection.py), after draining live sessions; then load there."""
         assert self.serving is not None
-        try:
-            records = await self._records()
-        except Exception as e:
-            log.warning("rebalance: cannot read the swarm's coverage: %s", e)
+        c = self.config
+        if not cooled_down(time.monotonic(), self._moved_at, c.rebalance_period):
             return
-        me = self.record()
-        records[self.peer_id] = me
-        target = should_move(records.values(), self.num_blocks, me)
-        if target is None or stop.is_set() or random.random() >= move_chance(records.values(), me):
+        target = await self._claimed_target(stop)
+        if target is None:
             return
-        length = me.end - me.start
+        length = self.serving.stack.end - self.serving.stack.start
         log.info("rebalance: moving from blocks %d:%d to %d:%d, where the swarm is weakest",
-                 me.start, me.end, target, target + length)
+                 self.serving.stack.start, self.serving.stack.end, target, target + length)
         self.state = "draining"
-        await self._announce()
-        await self.serving.drain(self.config.drain_grace)
-        self.state = "offline"
-        await self._announce(self.record())  # the old blocks' records now say offline, not a stale online
+        await self._announce()  # still claiming the target: others count us there while we drain
+        await self.serving.drain(c.drain_grace)
+        self._claim = None
+        self._moved_at = time.monotonic()
+        self.state = "joining"  # announced on the new blocks: it supersedes the old ones' records
+        await self._announce(dataclasses.replace(self.record(), start=target, end=target + length))
         stack = await self._load_span(target, target + length)
         self.serving.stack = stack
         self.serving.draining = False
         self.state = "online"
         await self._announce()
+
+    async def _claimed_target(self, stop: asyncio.Event) -> int | None:
+        """Where to move, once a claim to it held; None (and no claim left announced) to stay."""
+        try:
+            records = await self._records()
+        except Exception as e:
+            log.warning("rebalance: cannot read the swarm's coverage: %s", e)
+            return None
+        me = records[self.peer_id] = self.record()
+        target = should_move(records.values(), self.num_blocks, me)
+        if target is None or stop.is_set() or random.random() >= move_chance(records.values(), me):
+            return None
+        self._claim = target
+        await self._announce()
+        holds = False
+        try:
+            await asyncio.wait_for(stop.wait(), claim_wait(self.config.announce_period))
+        except asyncio.TimeoutError:
+            try:
+                records = await self._records()
+                records[self.peer_id] = me = self.record()
+                holds = claim_holds(records.values(), self.num_blocks, me)
+            except Exception as e:
+                log.warning("rebalance: cannot read the swarm's claims: %s", e)
+        if not holds:
+            log.info("rebalance: a claim to blocks %d+ yields (a lower peer claims them, or they no longer pay)", target)
+            self._claim = None
+            await self._announce()
+            return None
+        return target
 
     async def _measure_and_announce(self) -> None:
         """Refresh the round trips to our next-block neighbours (for at most half a period, so a dead
@@ -302,9 +340,9 @@ class Node:
             self._maddrs = self.reachable.maddrs
         await self._announce()
 
-    async def _records(self) -> dict[str, ServerRecord]:
+    async def _records(self, timeout: float = dht_io.DHT_TIMEOUT) -> dict[str, ServerRecord]:
         assert self.dht is not None
-        return await dht_io.fetch_records(self.dht, self.root, self.num_blocks)
+        return await dht_io.fetch_records(self.dht, self.root, self.num_blocks, timeout=timeout)
 
     async def _witness(self) -> None:
         """Check the peers' ledgers; never let a peer's misbehaviour take this node down."""
@@ -329,7 +367,7 @@ class Node:
                             scheme=self.quantization.scheme if self.quantization else "",
                             group_size=self.quantization.group_size if self.quantization else 0,
                             weights_root=self.weights_root if self.quantization else "",
-                            ring=s.ring_head is not None)
+                            ring=s.ring_head is not None, moving_to=self._claim)
 
     async def _announce(self, record: ServerRecord | None = None) -> None:
         """Store our record under each served block; the DHT is best-effort, never fatal."""

@@ -135,13 +135,14 @@ def _bounded(subkey: Any, value: Any) -> tuple[str, Any]:
     return subkey, value
 
 
-async def _get_many(dht: hivemind.DHT, node: Any, keys: list[str]) -> dict[str, dict[str, Any]]:
-    """Runs in the DHT process: the latest values under each key, by subkey, bounded."""
+async def _get_many(dht: hivemind.DHT, node: Any, keys: list[str]) -> dict[str, dict[str, tuple[Any, float]]]:
+    """Runs in the DHT process: the latest values under each key, by subkey, bounded, with their expiry."""
     found = await node.get_many(keys, sufficient_expiration_time=float("inf"))
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, tuple[Any, float]]] = {}
     for key, item in found.items():
         if item is not None and isinstance(item.value, dict):
-            out[key] = dict(_bounded(sub, v.value) for sub, v in item.value.items())
+            out[key] = {sub: (value, float(v.expiration_time))
+                        for sub, v in item.value.items() for sub, value in [_bounded(sub, v.value)]}
     return out
 
 
@@ -156,22 +157,25 @@ async def announce(dht: hivemind.DHT, root: str, record: ServerRecord, ttl: floa
 
 async def fetch_records(dht: hivemind.DHT, root: str, num_blocks: int,
                         timeout: float = DHT_TIMEOUT) -> dict[str, ServerRecord]:
-    """Every node announcing any block of the model, one valid, signed record per peer; records
-    that fail the schema, lie outside the model or do not cover their key's block are dropped."""
+    """Every node announcing any block of the model, one valid, signed record per peer: its latest
+    (the one expiring last). A node that moved left its old record under its old blocks until that
+    expires; the first found would show it where it no longer is (or offline) for minutes, and a hole
+    it filled as still a hole. Records that fail the schema, lie outside the model or do not cover
+    their key's block are dropped."""
     keys = [block_key(root, i) for i in range(num_blocks)]
     raw = await _call(dht, partial(_get_many, keys=keys), timeout)
-    records: dict[str, ServerRecord] = {}
+    records: dict[str, tuple[ServerRecord, float]] = {}
     for block, key in enumerate(keys):
-        for peer, value in raw.get(key, {}).items():
-            if peer in records:
+        for peer, (value, expiry) in raw.get(key, {}).items():
+            if peer in records and records[peer][1] >= expiry:
                 continue
             if isinstance(value, Refused):
                 untrusted.dropped("record", f"from {peer}: {value.reason}")
                 continue
             record = ServerRecord.from_value(peer, value, num_blocks=num_blocks, block=block)
             if record is not None:
-                records[peer] = record
-    return records
+                records[peer] = record, expiry
+    return {peer: record for peer, (record, _) in records.items()}
 
 
 async def _routing_table_size(dht: hivemind.DHT, node: Any) -> int:
@@ -245,7 +249,7 @@ async def fetch_evidence(dht: hivemind.DHT, root: str, timeout: float = DHT_TIME
     raw = await _call(dht, partial(_get_many, keys=[evidence_key(root)]), timeout)
     documents: dict[str, tuple[str, bytes]] = {}
     fetched = 0  # documents whose chunks were asked for, assembled or not
-    for publisher, value in raw.get(evidence_key(root), {}).items():
+    for publisher, (value, _) in raw.get(evidence_key(root), {}).items():
         if limit is not None and fetched >= limit:
             break
         try:
@@ -259,7 +263,7 @@ async def fetch_evidence(dht: hivemind.DHT, root: str, timeout: float = DHT_TIME
             fetched += 1
             keys = [_chunk_key(root, digest, i) for i in range(chunks)]
             found = await _call(dht, partial(_get_many, keys=keys), timeout)
-            parts = [found.get(k, {}).get(publisher) for k in keys]
+            parts = [found.get(k, {}).get(publisher, (None, 0.0))[0] for k in keys]
             if not all(type(p) is bytes for p in parts):
                 raise RecordError("a chunk of the evidence is missing or not bytes")
             document = await asyncio.get_running_loop().run_in_executor(None, _assemble, parts, size, digest)

@@ -91,17 +91,39 @@ def compute_costs(servers: list[ServerRecord]) -> dict[str, float]:
             for r in servers}
 
 
-def _undominated(servers: list[ServerRecord], rtt: Callable[[str], float], per_block: Mapping[str, float],
-                 end: int) -> list[ServerRecord]:
-    """`servers` less those an earlier one beats at every boundary they reach (a round trip and a cost
-    per block no higher, reaching as far): relayed, they lead to the same states, where the earlier
-    one's cost is never higher, so they never improve one. Saves most of the search in a big swarm."""
-    kept: list[tuple[ServerRecord, float, float, int]] = []
-    for r in servers:
-        link, cost, reach = rtt(r.peer_id), per_block[r.peer_id], min(r.end, end)
-        if not any(k_link <= link and k_cost <= cost and k_reach >= reach for _, k_link, k_cost, k_reach in kept):
-            kept.append((r, link, cost, reach))
-    return [r for r, *_ in kept]
+def _covering(servers: list[ServerRecord], boundaries: list[int], end: int,
+              prune: tuple[Callable[[str], float], Mapping[str, float]] | None) -> dict[int, list[ServerRecord]]:
+    """For each boundary, the servers covering it, in planning order; with `prune` (the client's round
+    trip, the cost per block), less those an earlier one covering it beats there (a round trip and a cost
+    per block no higher, reaching as far): relayed, they lead to the same states, where the earlier one's
+    cost is never higher, so they never improve one. Saves most of the search in a big swarm.
+
+    One sweep over the boundaries: a server arrives at its first one and stays until its end. A beaten
+    server stays beaten (its victor reaches as far, so covers every later boundary it covers), so each
+    arrival is compared once with the servers kept so far, not each boundary's servers with each other."""
+    arriving: dict[int, list[int]] = {p: [] for p in boundaries}
+    for i, r in enumerate(servers):
+        arriving[boundaries[max(0, bisect.bisect_right(boundaries, r.start) - 1)]].append(i)
+    reach = [min(r.end, end) for r in servers]
+    if prune is not None:
+        rtt, per_block = prune
+        figures = [(rtt(r.peer_id), per_block[r.peer_id], reach[i]) for i, r in enumerate(servers)]
+    kept: list[int] = []  # indices into servers, in planning order
+    covering: dict[int, list[ServerRecord]] = {}
+    for p in boundaries:
+        kept = [k for k in kept if reach[k] > p]
+        for i in arriving[p]:
+            if prune is not None:
+                link, cost, far = figures[i]
+                if any(k < i and figures[k][0] <= link and figures[k][1] <= cost and figures[k][2] >= far
+                       for k in kept):
+                    continue
+                kept = [k for k in kept if not (k > i and link <= figures[k][0] and cost <= figures[k][1]
+                                                and far >= figures[k][2])]
+            kept.append(i)
+        kept.sort()
+        covering[p] = [servers[k] for k in kept]
+    return covering
 
 
 def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Mapping[str, float] | None = None,
@@ -121,27 +143,29 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
     came_from: dict[tuple[int, str], tuple[tuple[int, str], ServerRecord]] = {}
     queue: list[tuple[float, int, str]] = [(0.0, start, CLIENT)]
     reached: tuple[int, str] | None = None
-    covering = {p: [r for r in servers if r.start <= p < r.end] for p in boundaries}  # in planning order
-    if not push:
-        covering = {p: _undominated(rs, links.client_rtt, per_block, end) for p, rs in covering.items()}
+    covering = _covering(servers, boundaries, end, None if push else (links.client_rtt, per_block))
+    after = {p: i + 1 for i, p in enumerate(boundaries)}  # each boundary's successors start here
+    reach = {r.peer_id: bisect.bisect_right(boundaries, min(r.end, end)) for r in servers}  # ... and end here
+    relayed = {r.peer_id: links.client_rtt(r.peer_id) for r in servers} if not push else {}
+    inf = float("inf")
     while queue:
         cost, p, prev = heapq.heappop(queue)
         if p == end:
             reached = (p, prev)
             break
-        if cost > best.get((p, prev), float("inf")):
+        if cost > best.get((p, prev), inf):
             continue
-        after = bisect.bisect_right(boundaries, p)
         for r in covering[p]:
-            link = links.one_way(prev, r.peer_id) if push else links.client_rtt(r.peer_id)
-            for q in boundaries[after:bisect.bisect_right(boundaries, min(r.end, end))]:
-                c = cost + link + (q - p) * per_block[r.peer_id]
+            peer = r.peer_id
+            base, per = cost + (links.one_way(prev, peer) if push else relayed[peer]), per_block[peer]
+            nxt = peer if push else CLIENT
+            for q in boundaries[after[p]:reach[peer]]:
+                c = base + (q - p) * per
                 if push and q == end:
-                    c += links.one_way(r.peer_id, CLIENT)
-                state = (q, r.peer_id if push else CLIENT)
-                if c < best.get(state, float("inf")):
-                    best[state], came_from[state] = c, ((p, prev), r)
-                    heapq.heappush(queue, (c, q, state[1]))
+                    c += links.one_way(peer, CLIENT)
+                if c < best.get((q, nxt), inf):
+                    best[q, nxt], came_from[q, nxt] = c, ((p, prev), r)
+                    heapq.heappush(queue, (c, q, nxt))
     if reached is None:
         gap = max(p for p, _ in best)
         raise NoRouteError(f"no online node serves block {gap} of [{start}, {end}); "

@@ -109,6 +109,8 @@ SCHEME = FieldType("a quantization scheme name ([a-z0-9_], at most 16), or ''",
                    lambda v: type(v) is str and _SCHEME.fullmatch(v) is not None)
 GROUP = FieldType("a quantization group size in [0, 4096]", lambda v: type(v) is int and 0 <= v <= 4096)
 RING = FieldType("a boolean", lambda v: type(v) is bool)
+CLAIM = FieldType(f"a block index in [0, {MAX_BLOCKS}], or None",
+                  lambda v: v is None or (type(v) is int and 0 <= v <= MAX_BLOCKS))
 ROOT_HEX = FieldType("a 64-hex-digit manifest root, or ''",
                      lambda v: type(v) is str and (v == "" or _HEX_ROOT.fullmatch(v) is not None))
 
@@ -140,6 +142,7 @@ class ServerRecord:
     group_size: int = spec(GROUP, default=0)  # the scheme's group size, 0 for none
     weights_root: str = spec(ROOT_HEX, default="")  # the derived store it serves (of the model keyed), "" for none
     ring: bool = spec(RING, default=False)  # holds the embeddings or LM head its span's ends need to close a ring
+    moving_to: int | None = spec(CLAIM, default=None)  # the start it claimed and is moving to (node/selection.py)
 
     @property
     def served_root(self) -> str | None:
@@ -173,6 +176,8 @@ class ServerRecord:
             raise RecordError(str(e)) from None
         if not record.start < record.end <= num_blocks:
             raise RecordError(f"blocks {record.start}:{record.end} are not a span of the model's {num_blocks}")
+        if record.moving_to is not None and record.moving_to + record.end - record.start > num_blocks:
+            raise RecordError(f"a move to block {record.moving_to} takes its span past the model's {num_blocks}")
         if block is not None and not record.start <= block < record.end:
             raise RecordError(f"blocks {record.start}:{record.end} do not cover block {block}, where it was found")
         return record

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node.errors import NodeError  # noqa: E402
 from node.local_swarm import LocalNode, LocalSwarm  # noqa: E402
+from routing import dht as dht_io  # noqa: E402
 from routing.client import SwarmClient  # noqa: E402
 from routing.records import ServerRecord  # noqa: E402
 from shards.store import ShardStore  # noqa: E402
@@ -121,10 +122,23 @@ class Scale:
             nodes = list(self.swarm.nodes)
         return {n.peer_id for n in nodes if n.process is not None and n.process.poll() is None}
 
+    def records(self) -> dict[str, ServerRecord]:
+        """The DHT's records as a client reads them; a read that times out is asked again with a deadline
+        four times as long (thirty nodes on two loaded cores answer slowly; a dead DHT times out twice)."""
+        assert self.observer is not None
+        for timeout in (dht_io.DHT_TIMEOUT, 4 * dht_io.DHT_TIMEOUT):
+            try:
+                return self.observer.run(dht_io.fetch_records(self.observer.dht, self.store.root, self.n,
+                                                              timeout=timeout), timeout=timeout + 30)
+            except dht_io.DHTTimeout:
+                if timeout > dht_io.DHT_TIMEOUT:
+                    raise
+                self.say("observer: a DHT read timed out; reading again, patiently")
+        raise AssertionError("unreachable")
+
     def coverage(self) -> list[int]:
         """Live servers per block now; a sample with a hole is remembered (`holes`)."""
-        assert self.observer is not None
-        records = self.observer.run(self.observer.records(self.store.root, self.n), timeout=60)
+        records = self.records()
         counts = covered(records, self.alive(), self.n)
         if min(counts) == 0:
             self.holes.append(time.monotonic())
@@ -249,7 +263,7 @@ class Scale:
             if wave == a.waves - 1:  # a hole: every server of the least-served block goes too
                 counts = self.coverage()
                 weakest = min(range(self.n), key=lambda b: counts[b])
-                records = self.observer.run(self.observer.records(self.store.root, self.n), timeout=60)
+                records = self.records()
                 serving = {p for p, r in records.items() if r.start <= weakest < r.end}
                 victims += [n for n in live if n.peer_id in serving and n not in victims]
             began = time.monotonic()

@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--placement", choices=PLACEMENTS, action="append", help="default: all")
     parser.add_argument("--push", action="store_true", help="plan and run pushed chains (slow planning at scale)")
+    parser.add_argument("--no-claims", action="store_true",
+                        help="rebalance as before moves were claimed (to measure herding: --scenario herd)")
     parser.add_argument("--out", type=Path, default=Path("swarmsim-out"),
                         help="folder for the PNGs (default %(default)s)")
     parser.add_argument("--no-plots", action="store_true", help="the table only")
@@ -58,7 +60,7 @@ def main() -> None:
     rows, runs = [], {}
     for placement in args.placement or PLACEMENTS:
         cfg = SCENARIOS[args.scenario]()
-        cfg = dataclasses.replace(cfg, placement=placement, seed=args.seed, push=args.push,
+        cfg = dataclasses.replace(cfg, placement=placement, seed=args.seed, push=args.push, claims=not args.no_claims,
                                   hours=args.hours if args.hours is not None else cfg.hours)
         began, cpu = time.perf_counter(), time.process_time()
         sim = Simulation(cfg)
@@ -70,7 +72,8 @@ def main() -> None:
     cells = [[fmt.format(v) for (_, fmt), v in zip(COLUMNS, row)] for row in rows]
     widths = [max(len(name), *(len(r[i]) for r in cells)) for i, (name, _) in enumerate(COLUMNS)]
     print(f"scenario {args.scenario}, {cfg.model.name}, {cfg.nodes} volunteers, {cfg.hours:g} h, seed {args.seed}, "
-          f"{'pushed' if args.push else 'relayed'} chains, {cfg.client_rate:g} sessions/s")
+          f"{'pushed' if args.push else 'relayed'} chains, {cfg.client_rate:g} sessions/s, "
+          f"moves {'unclaimed (the rule before claims)' if args.no_claims else 'claimed'}")
     print("  ".join(name.rjust(w) for (name, _), w in zip(COLUMNS, widths)))
     for r in cells:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths)))

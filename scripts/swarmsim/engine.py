@@ -8,11 +8,13 @@ that rate. Batching is ideal (every session on a node rides every step), which f
 simulated swarm; prefill and replays delay a session but load no node.
 
 Policies are the production code: where a node sits (`best_start`, `should_move`, `move_chance`,
-`rebalance_delay`, `blocks_for_budget`), which chain a client takes (`plan_measured_first`, as `SwarmView.plan` calls
+`rebalance_delay`, `blocks_for_budget`) and how it claims a move before making it (`claim_holds`,
+`claim_wait`, `cooled_down`; `claims=False` plays the rule before claims, to measure herding), which chain a client takes (`plan_measured_first`, as `SwarmView.plan` calls
 it), how it punishes a failing node (`Bans.penalize`, the runner's ban-or-excuse), when it gives up
 or waits for a ban to end (`coverage_wake`, `DEFAULT_DEADLINE`). Clients see only the DHT: records
-nodes announced (every `announce_period`, and at each change of state); a crashed node's record
-stays until it expires at three periods, as hivemind's do.
+nodes announced (every `announce_period`, and at each change of state), each visible `dht_lag_s`
+after it was stored (a loaded DHT's reads lag); a crashed node's record stays until it expires at
+three periods, as hivemind's do.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from node.local_swarm import even_spans
-from node.selection import best_start, blocks_for_budget, coverage, move_chance, rebalance_delay, should_move
+from node.selection import (best_start, blocks_for_budget, claim_holds, claim_wait, cooled_down, coverage, move_chance,
+                            rebalance_delay, serves, should_move)
 from routing.chain import DEFAULT_DEADLINE, coverage_wake
 from routing.errors import NoRouteError
 from routing.planner import plan_measured_first
@@ -67,6 +70,9 @@ class Config:
     client_s: float = 0.0  # a client's own seconds per token (its head); not modelled on the internet
     message_s: float = MESSAGE_S  # our stack's latency per message sent
     message_cpu_s: float = MESSAGE_CPU_S  # CPU per message, all processes together (counts on a shared host)
+    spans: tuple[tuple[int, int], ...] = ()  # where the first nodes start (then placed by `placement`)
+    claims: bool = True  # moves are claimed first (node/selection.py); False: the rule before, which herded
+    dht_lag_s: float = 0.0  # seconds before an announcement is visible to readers
 
 
 class SimNode:
@@ -85,6 +91,8 @@ class SimNode:
         self.state = "loading"  # loading, online, draining, gone
         self.crashed = False
         self.moving_to: int | None = None
+        self.claim: int | None = None  # a move announced, not yet made
+        self.moved_at: float | None = None
         self.drain_until = 0.0
         self.epoch = 0  # changes whenever the node stops serving its span
         self.sessions: dict[Session, None] = {}  # dicts, not sets: runs must not depend on id()
@@ -101,7 +109,7 @@ class SimNode:
         self.announced = 1.0 / (min(self.length, m.num_blocks) * step_time(self.hw, m, 1, workload.PROMPT_MEAN))
 
     def record(self, state: str) -> ServerRecord:
-        return ServerRecord(peer_id=self.peer_id, state=state, start=self.start, end=self.end,
+        return ServerRecord(peer_id=self.peer_id, state=state, start=self.start, end=self.end, moving_to=self.claim,
                             throughput=self.announced, dtype="float16", device=self.hw.name,
                             cache_tokens_left=max(0, self.cache_limit - self.cache_used), version=PROTOCOL_VERSION,
                             active_sessions=len(self.sessions), max_session_length=self.cache_limit)
@@ -170,6 +178,7 @@ class Simulation:
         self.rng = random.Random(cfg.seed)
         self.nodes: dict[str, SimNode] = {}
         self.records: dict[str, ServerRecord] = {}  # the DHT
+        self._coverage: list[float] | None = None  # coverage(records), until a record changes where it counts
         self.announced_at: dict[str, float] = {}
         self.sessions: dict[Session, None] = {}
         self.metrics = Metrics()
@@ -180,7 +189,8 @@ class Simulation:
         self._bound = (0.0, 0.0)
         self._sampled = (0.0, 0.0)  # (time, tokens) at the last sample
         self.departures = 0
-        self._spans = iter(even_spans(cfg.model.num_blocks, cfg.nodes)) if cfg.placement == "even" else None
+        spans = cfg.spans or (even_spans(cfg.model.num_blocks, cfg.nodes) if cfg.placement == "even" else ())
+        self._spans = iter(spans)
         lab = cfg.lab
         self.client_upload = network.CLIENT_UPLOAD if lab is None else lab.bytes_s
 
@@ -236,11 +246,11 @@ class Simulation:
     def _join(self, node: SimNode, loaded: bool) -> None:
         n = self.model.num_blocks
         length = min(node.length, n)
-        if self._spans is not None:
-            start, end = next(self._spans)
+        if (span := next(self._spans, None)) is not None:
+            start, end = span
             length = node.length = end - start
         elif self.cfg.placement == "petals":
-            start = best_start(coverage(self.records.values(), n), length)
+            start = best_start(self.coverage(), length)
         else:
             start = self.rng.randint(0, n - length)
         node.start, node.end = start, start + length
@@ -267,25 +277,83 @@ class Simulation:
             self.at(self.now + rebalance_delay(self.cfg.rebalance_period, self.rng), lambda: self._rebalance(node))
 
     def _announce(self, node: SimNode) -> None:
+        """Store the node's record as `Node._announce` does; a node loading blocks it moved to announces
+        them `joining` (with claims), one joining the swarm or leaving it takes its record away."""
         state = {"online": "online", "draining": "draining", "loading": "offline", "gone": "offline"}[node.state]
-        if state == "offline":
-            self.records.pop(node.peer_id, None)
-            self.announced_at.pop(node.peer_id, None)
-            return
-        self.records[node.peer_id] = node.record(state)
-        self.announced_at[node.peer_id] = self.now
-        node.next_announce = self.now + self.cfg.announce_period
+        if state == "offline" and self.cfg.claims and node.state == "loading" and node.moved_at is not None:
+            state = "joining"
+        record = None if state == "offline" else node.record(state)
+        if record is not None:
+            node.next_announce = self.now + self.cfg.announce_period
+        if self.cfg.dht_lag_s > 0:
+            self.at(self.now + self.cfg.dht_lag_s, lambda: self._store(node.peer_id, record))
+        else:
+            self._store(node.peer_id, record)
+
+    def _store(self, peer: str, record: ServerRecord | None) -> None:
+        old = self.records.get(peer)
+        if record is None:
+            self.records.pop(peer, None)
+            self.announced_at.pop(peer, None)
+        else:
+            self.records[peer] = record
+            self.announced_at[peer] = self.now
+        if (old is None) != (record is None) or (old and record and (serves(old), old.throughput) != (
+                serves(record), record.throughput)):
+            self._coverage = None
+
+    def coverage(self) -> list[float]:
+        """`coverage` of the DHT's records, kept between the changes that move it (announcements mostly
+        refresh loads): a thousand nodes' rebalancing checks would each sum a thousand records."""
+        if self._coverage is None:
+            self._coverage = coverage(self.records.values(), self.model.num_blocks)
+        return self._coverage
+
+    def _others(self, node: SimNode) -> list[float]:
+        """The coverage without `node`'s record, as `should_move` would compute it."""
+        others = list(self.coverage())
+        stored = self.records.get(node.peer_id)
+        span = serves(stored) if stored is not None else None
+        if stored is not None and span is not None:
+            for b in range(*span):
+                others[b] -= stored.throughput
+        return others
+
+    def _view(self, node: SimNode) -> list[ServerRecord]:
+        """The DHT as `node` reads it: everyone's records, its own as it is now."""
+        return [*(r for p, r in self.records.items() if p != node.peer_id), node.record("online")]
 
     def _rebalance(self, node: SimNode) -> None:
+        """`Node._rebalance`: check, claim, wait for others' claims, then move or yield."""
         if node.state != "online":
             return
+        cfg = self.cfg
+        again = lambda: self.at(self.now + rebalance_delay(cfg.rebalance_period, self.rng),  # noqa: E731
+                                lambda: self._rebalance(node))
+        if cfg.claims and not cooled_down(self.now, node.moved_at, cfg.rebalance_period):
+            return again()
         me = node.record("online")
-        records = dict(self.records)
-        records[node.peer_id] = me
-        target = should_move(records.values(), self.model.num_blocks, me)
-        if target is None or self.rng.random() >= move_chance(records.values(), me):
-            self.at(self.now + rebalance_delay(self.cfg.rebalance_period, self.rng), lambda: self._rebalance(node))
-            return
+        target = should_move((), self.model.num_blocks, me, others=self._others(node))
+        if target is None or self.rng.random() >= move_chance(self.records.values(), me):
+            return again()
+        if not cfg.claims:
+            return self._move(node, target)
+        node.claim = target
+        self._announce(node)
+
+        def confirm() -> None:
+            if node.state != "online" or node.claim is None:
+                return
+            view = self._view(node)
+            if claim_holds(view, self.model.num_blocks, view[-1]):
+                return self._move(node, target)
+            node.claim = None
+            self._announce(node)
+            again()
+
+        self.at(self.now + claim_wait(cfg.announce_period), confirm)
+
+    def _move(self, node: SimNode, target: int) -> None:
         self.metrics.moves += 1
         node.moving_to = target
         self._drain(node)
@@ -300,7 +368,7 @@ class Simulation:
             node.crashed = True
             self._gone(node, announce=False)
         else:
-            node.moving_to = None
+            node.moving_to = node.claim = None
             self._drain(node)
 
     def _drain(self, node: SimNode) -> None:
@@ -315,9 +383,10 @@ class Simulation:
             return
         node.epoch += 1
         node.state = "loading"
-        self._announce(node)
         node.start, node.end = node.moving_to, node.moving_to + (node.end - node.start)
-        node.moving_to = None
+        node.moving_to = node.claim = None
+        node.moved_at = self.now
+        self._announce(node)
         self.at(self.now + self._load_time(node), lambda: self._online(node))
 
     def _gone(self, node: SimNode, announce: bool) -> None:
@@ -497,8 +566,7 @@ class Simulation:
             if node.state == "online" and t >= node.next_announce:
                 self._announce(node)
             if node.state == "gone" and t - self.announced_at.get(node.peer_id, t) > 3 * cfg.announce_period:
-                self.records.pop(node.peer_id, None)  # a crashed node's record expires
-                self.announced_at.pop(node.peer_id, None)
+                self._store(node.peer_id, None)  # a crashed node's record expires
             if node.state == "gone" and not node.sessions and node.peer_id not in self.records:
                 del self.nodes[node.peer_id]
         for s in list(self.sessions):

@@ -1,6 +1,11 @@
-"""Named swarms: how many volunteers, of which hardware, serving which model to how many clients."""
+"""Named swarms: how many volunteers, of which hardware, serving which model to how many clients.
+
+`herd` is the scale test's herding in miniature: four twins on one span, a hole beside them, nobody
+leaving, the DHT's reads 5 s behind; one twin moving fills the hole, any more is herding."""
 
 from __future__ import annotations
+
+import math
 
 from .engine import Config
 from .hardware import LLAMA3_405B, LLAMA3_70B
@@ -10,5 +15,8 @@ HOME_MIX = {"rtx3060": 0.25, "rtx3090": 0.2, "rtx4090": 0.15, "t4": 0.1, "a100":
 SCENARIOS = {
     "hetero-200": lambda: Config(LLAMA3_70B, nodes=200, hardware_mix=HOME_MIX, client_rate=2.0),
     "hetero-1000": lambda: Config(LLAMA3_405B, nodes=1000, hardware_mix=HOME_MIX, client_rate=4.0),
+    "herd": lambda: Config(LLAMA3_70B, nodes=7, hardware_mix={"rtx3090": 1.0}, client_rate=0.0,
+                           mean_lifetime_s=math.inf, dht_lag_s=5.0,
+                           spans=((0, 16),) * 4 + ((16, 32), (48, 64), (64, 80))),  # 32:48 is the hole
     "small": lambda: Config(LLAMA3_70B, nodes=40, hardware_mix=HOME_MIX, client_rate=0.3, hours=0.25),
 }

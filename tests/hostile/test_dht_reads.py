@@ -26,22 +26,26 @@ ROOT = valid.ROOT.hex()
 @dataclass
 class _Item:
     value: Any
+    expiration_time: float = 0.0
 
 
 class _Node:
-    """The DHTNode calls our coroutines make, over a dict: key -> subkey -> value."""
+    """The DHTNode calls our coroutines make, over a dict: key -> subkey -> value (and their expiry)."""
 
     def __init__(self) -> None:
         self.store: dict[str, dict[Any, Any]] = {}
+        self.expiry: dict[tuple[str, Any], float] = {}
 
     async def store_many(self, keys: list[str], values: list[Any], expirations: list[float],
                          subkeys: list[Any]) -> dict[str, bool]:
-        for key, value, subkey in zip(keys, values, subkeys):
+        for key, value, expiration, subkey in zip(keys, values, expirations, subkeys):
             self.store.setdefault(key, {})[subkey] = value
+            self.expiry[key, subkey] = expiration
         return {key: True for key in keys}
 
     async def get_many(self, keys: list[str], sufficient_expiration_time: float) -> dict[str, Any]:
-        return {k: _Item({s: _Item(v) for s, v in self.store[k].items()}) if k in self.store else None for k in keys}
+        return {k: _Item({s: _Item(v, self.expiry.get((k, s), 0.0)) for s, v in self.store[k].items()})
+                if k in self.store else None for k in keys}
 
 
 class _DHT:
@@ -72,6 +76,19 @@ def test_fetch_records_keeps_honest_records_and_counts_each_hostile_one() -> Non
     records = asyncio.run(dht_io.fetch_records(dht, ROOT, valid.NUM_BLOCKS))
     assert records == {honest.peer_id: honest}
     assert untrusted.snapshot()["record"] == before + 3
+
+
+def test_a_node_that_moved_is_read_where_it_announced_last() -> None:
+    """Its record under its old blocks outlives the move (until it expires); the latest one counts."""
+    dht = _DHT()
+    old, moved = valid.record(start=0, end=8, state="draining"), valid.record(start=10, end=18)
+    for block in range(0, 8):
+        _put(dht, block, old.peer_id, old.to_value())
+        dht.node.expiry[block_key(ROOT, block), old.peer_id] = 100.0
+    for block in range(10, 18):
+        _put(dht, block, moved.peer_id, moved.to_value())
+        dht.node.expiry[block_key(ROOT, block), moved.peer_id] = 160.0
+    assert asyncio.run(dht_io.fetch_records(dht, ROOT, valid.NUM_BLOCKS)) == {moved.peer_id: moved}
 
 
 def test_fetch_evidence_reassembles_honest_documents_and_drops_the_rest() -> None:

@@ -93,6 +93,8 @@ def test_unknown_fields_are_ignored_so_newer_nodes_can_add_some() -> None:
     pytest.param({"scheme": "INT8; drop table"}, id="scheme-not-a-name"),
     pytest.param({"weights_root": "AB" * 32}, id="weights-root-not-lowercase-hex"),
     pytest.param({"weights_root": "ab" * 31}, id="weights-root-too-short"),
+    pytest.param({"moving_to": 25}, id="move-past-the-model"),
+    pytest.param({"moving_to": "8"}, id="move-target-not-an-int"),
     pytest.param({"state": ...}, id="required-field-missing"),
     pytest.param({"extra": {"deep": valid.deep_value(1000)}}, id="deep-value"),
 ])

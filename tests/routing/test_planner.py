@@ -146,3 +146,47 @@ def test_unmeasured_a_relayed_node_loses_to_a_direct_one_but_still_covers() -> N
     assert Links({r.peer_id: r for r in records}, {}).client_rtt("home") == pytest.approx(2 * UNMEASURED_RTT)
     assert chain(plan_route(records, 0, 30)) == [("a", 0, 30)]
     assert chain(plan_route(records[:1], 0, 30)) == [("home", 0, 30)]
+
+
+def _cheapest_by_exhaustion(records: list, start: int, end: int, rtt: dict, push: bool) -> list:
+    """Every chain switching at the planner's boundaries, cheapest by the planner's own cost model,
+    nothing pruned: the reference its sweep over undominated servers must agree with."""
+    servers = [r for r in records if r.start < end and r.end > start]
+    links, per_block = Links({r.peer_id: r for r in records}, rtt), compute_costs(servers)
+    bounds = sorted({start, end} | {b for r in servers for b in (r.start, r.end) if start < b < end})
+    best: dict = {(start, ""): (0.0, [])}
+    for p in bounds:
+        for (at, prev), (cost, hops) in [item for item in best.items() if item[0][0] == p]:
+            for r in (r for r in servers if r.start <= p < r.end):
+                for q in (q for q in bounds if p < q <= min(r.end, end)):
+                    c = cost + (links.one_way(prev, r.peer_id) if push else links.client_rtt(r.peer_id))
+                    c += (q - p) * per_block[r.peer_id] + (links.one_way(r.peer_id, "") if push and q == end else 0)
+                    state = (q, r.peer_id if push else "")
+                    if state not in best or c < best[state][0]:
+                        best[state] = (c, [*hops, (r.peer_id, p, q)])
+    return min((v for (q, _), v in best.items() if q == end), key=lambda v: v[0])[1]
+
+
+@pytest.mark.parametrize("push", [False, True])
+def test_the_sweep_finds_the_cheapest_chain_of_random_swarms(push: bool) -> None:
+    """Random swarms (spans, speeds, loads, round trips, claimed neighbour round trips all drawn): the
+    planner's chain is the one exhaustive search finds (ties have probability zero)."""
+    import random
+
+    rng = random.Random(7)
+    for _ in range(40 if push else 120):
+        n, blocks = rng.randint(1, 30), rng.choice([8, 30, 80])
+        peers = [f"p{i}" for i in range(n)]
+        records = []
+        for p in peers:
+            a = rng.randrange(blocks)
+            b = rng.randint(a + 1, min(blocks, a + rng.choice([2, 8, blocks])))
+            claims = {q: rng.uniform(1, 200) for q in rng.sample(peers, min(3, n)) if q != p}
+            records.append(node(p, a, b, rng.uniform(0.5, 50), active_sessions=rng.randrange(4), rtt_ms=claims))
+        rtt = {p: rng.uniform(0.001, 0.3) for p in peers}
+        start, end = sorted(rng.sample(range(blocks + 1), 2))
+        try:
+            hops = chain(plan_route(records, start, end, rtt=rtt, push=push))
+        except NoRouteError:
+            continue
+        assert hops == _cheapest_by_exhaustion(records, start, end, rtt, push)

@@ -8,7 +8,7 @@ import pytest
 
 from scripts.swarmsim.engine import PLACEMENTS, Config, Simulation
 from scripts.swarmsim.hardware import LLAMA3_70B
-from scripts.swarmsim.scenarios import HOME_MIX
+from scripts.swarmsim.scenarios import HOME_MIX, SCENARIOS
 
 SMALL = Config(LLAMA3_70B, nodes=16, hardware_mix=HOME_MIX, client_rate=0.3, hours=0.05,
                mean_lifetime_s=900.0, bound_every_s=20.0)
@@ -38,3 +38,15 @@ def test_a_seed_fixes_the_run() -> None:
     first, again = Simulation(SMALL).run(), Simulation(SMALL).run()
     assert str(first) == str(again)  # str: a metric with no samples is NaN, which equals nothing
     assert str(Simulation(dataclasses.replace(SMALL, seed=1)).run()) != str(first)
+
+
+def test_twins_beside_a_hole_fill_it_with_one_move_not_a_herd() -> None:
+    """Four twins read the same coverage (5 s stale): before claims three of them moved into the hole;
+    with claims one does, and every block ends served."""
+    herd = SCENARIOS["herd"]()
+    for seed in range(5):
+        before = Simulation(dataclasses.replace(herd, claims=False, seed=seed))
+        assert before.run()["moves"] > 1, seed
+        sim = Simulation(dataclasses.replace(herd, seed=seed))
+        assert sim.run()["moves"] == 1, seed
+        assert sim._servers().count(0) == 0

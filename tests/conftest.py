@@ -76,14 +76,6 @@ def remote_model(swarm3, default_store, tmp_path_factory):
         yield model
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Under `pytest -n N`, torch in each worker uses the cores the others leave it: two workers
-    each spinning two OpenMP threads on two cores, beside node processes, burn CPU waiting."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
-    if workers > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-
-
 MODEL_FIXTURES = {"default_store", "local_model", "reference_model", "expected"}
 SWARM_FIXTURES = {"swarm3", "remote_model", "gateway", "client", "async_client", "swarm", "attacker", "honest"}
 PROCESS_CALLS = ("LocalSwarm(", "subprocess.", "SWARMLM,", "*SWARMLM")

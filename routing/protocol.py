@@ -35,7 +35,7 @@ trust it to catch a replay, and the client already sees every duplicate without 
   (node/step_budget.py), and a replayed or altered push is `push_refused`, never computed. A
   session asks for that with `tickets: true` when it opens.
 Results carry the node's `step` number and their `start`, so the client counts even the results
-it drops at a re-route as the node counted them (`SpanSession._settle_stale`).
+it drops at a re-route as the node counted them (`SpanSession.settle`).
 
 Ring mode (node/ring.py, routing/ring.py): a `ring` frame arms the node serving the last block with
 the client's signed ring ticket and sampler; after each step it samples the next token and sends it

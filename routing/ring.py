@@ -36,7 +36,7 @@ from shards.head import Head
 
 from . import protocol
 from .attestation import Attestation
-from .errors import PeerFailure
+from .errors import PeerFailure, RoutingError
 from .grants import RingTicket, ring_ticket
 
 if TYPE_CHECKING:
@@ -164,9 +164,20 @@ class ClientRing:
         self.convictions.append(RingEvidence(last.peer, self.runner.session_id, step.start, attestation, row,
                                              claimed, step.ids[0]))
         self.runner.view.bans.ban_forever(last.peer)
+        await self._cut()
         await self.runner._replace(len(self.runner.spans) - 1, step.start,
                                    PeerFailure(last.peer, f"sampled token {claimed} at position {step.start}, "
                                                           f"which its head does not choose"))
+
+    async def _cut(self) -> None:
+        """Stop the first node embedding the convicted sampler's tokens now, before the (possibly slow)
+        re-planning: else that sampler's ring keeps running its ticket through the chain, each node's
+        stale results pile up unread, and the re-route behind them times out."""
+        first = self.runner.spans[0]
+        try:
+            await first.route(None, first.next_hop)
+        except RoutingError as e:  # re-routed again after the replacement, or failed over at its next step
+            log.info("could not cut the ring at %s (%s)", first.peer[-8:], e)
 
     def _logits(self, row: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

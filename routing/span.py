@@ -49,6 +49,7 @@ class SpanSession:
         self.steps = 0
         self.length = 0  # positions the node holds for us
         self._batch = 1
+        self._width = 0  # the hidden size of the results awaited (0: none yet)
         self._outputs = hashlib.sha256()
         self._writer: asyncio.StreamWriter | None = None
         # Bounded: a node cannot make us hold more than a few of its frames (each up to 64 MiB) unread.
@@ -110,13 +111,18 @@ class SpanSession:
         except RoutingError as e:
             await self._frames.put(PeerFailure(self.peer, f"sent an invalid frame: {e}"))
 
-    async def expect(self, kind: type[F], timeout: float | None = None) -> F:
-        """The node's next frame, which must be `kind`; errors become RemoteError, silence PeerFailure."""
+    async def expect(self, kind: type[F], timeout: float | None = None, *, after_results: bool = False) -> F:
+        """The node's next frame, which must be `kind`; errors become RemoteError, silence PeerFailure.
+        With `after_results`, results before it are set aside, for `settle` to count."""
         if kind is not protocol.Opened and not self._opened:
             await self.expect(protocol.Opened, timeout)
         timeout = timeout or self.link.request_timeout
         try:
             frame = await asyncio.wait_for(self._frames.get(), timeout)
+            while after_results and isinstance(frame, dict) and frame.get("type") == protocol.Result.TYPE \
+                    and len(self._stale) < MAX_UNREAD_FRAMES:
+                self._stale.append(frame)
+                frame = await asyncio.wait_for(self._frames.get(), timeout)
         except asyncio.TimeoutError:
             raise PeerFailure(self.peer, f"no reply within {timeout:.0f}s") from None
         if isinstance(frame, BaseException):
@@ -134,7 +140,6 @@ class SpanSession:
     async def send_step(self, hidden: torch.Tensor, start: int, push: bool = False) -> torch.Tensor:
         """Send a step (pushed: the node forwards its output along the chain); returns what was sent."""
         sent = hidden.to(self.send_dtype)
-        sent = hidden.to(self.send_dtype)
         # each node along the chain computes a pushed step once, as far as its ticket says
         signed = ticket(self.identity, session=self.session_id, start=start, tokens=sent.shape[1],
                         batch=sent.shape[0]).to_wire() if push else None
@@ -145,12 +150,12 @@ class SpanSession:
                      ) -> tuple[torch.Tensor, protocol.Result]:
         """This span's next step result for input `sent` at `start`, checked; and its frame. Results of
         ring steps under a ring other than `ring` (its ticket's seq) are stale: counted, not used."""
-        self._settle_stale(sent)
+        self._width = sent.shape[-1]
         began = time.perf_counter()
-        frame = await self.expect(protocol.Result, timeout)
+        frame = await self._next_result(timeout)
         while frame.ring is not None and frame.ring != ring:
-            self._count_unused(frame, sent)
-            frame = await self.expect(protocol.Result, timeout)
+            self._count_unused(frame)
+            frame = await self._next_result(timeout)
         received = time.perf_counter()
         self.timing["wait"] += received - began
         if frame.compute_ms is not None:
@@ -175,6 +180,13 @@ class SpanSession:
         self.timing["check"] += time.perf_counter() - received
         return out, frame
 
+    async def _next_result(self, timeout: float | None) -> protocol.Result:
+        """The next result frame; results set aside before it (at a re-route that arrived while we
+        waited) are counted first, as the node computed them first: its step numbers include them."""
+        frame = await self.expect(protocol.Result, timeout)
+        self.settle()
+        return frame
+
     def _count(self, start: int, out: torch.Tensor) -> None:
         """Count a step the node computed, as it counts it for its receipt and its step numbers."""
         self.steps += 1
@@ -184,11 +196,12 @@ class SpanSession:
         self.length = start + out.shape[1]
         self._outputs.update(wire.tensor_digest(out))
 
-    def _settle_stale(self, sent: torch.Tensor) -> None:
-        """Count the results dropped at a re-route: the node computed them (an old neighbour's push),
-        so its step numbers and receipt include them. Unused, they are only parsed within bounds;
-        one that cannot be parsed still moves the step number (the receipt may then not match, and
-        that node logs its session unreceipted: nobody is blamed)."""
+    def settle(self) -> None:
+        """Count the results set aside unused (dropped at a re-route, or read at the close): the node
+        computed them (an old neighbour's push, a stale ring step), so its step numbers and receipt
+        include them. Unused, they are only parsed within bounds; one that cannot be parsed still
+        moves the step number (the receipt may then not match, and that node logs its session
+        unreceipted: nobody is blamed)."""
         while self._stale:
             try:
                 result = protocol.Result.read(self._stale.pop(0))
@@ -196,16 +209,16 @@ class SpanSession:
                 log.info("could not count a stale result of %s (%s)", self.peer[-8:], e)
                 self.steps += 1
                 continue
-            self._count_unused(result, sent)
+            self._count_unused(result)
 
-    def _count_unused(self, result: protocol.Result, sent: torch.Tensor) -> None:
-        """Count a result the node computed that we do not use (see `_settle_stale`)."""
+    def _count_unused(self, result: protocol.Result) -> None:
+        """Count a result the node computed that we do not use (see `settle`)."""
         try:
             start = result.start
             if start is None or start >= self.max_length:
                 raise RoutingError(f"result start {start!r:.20} is not a position")
-            out = wire.decode_tensor(result.hidden, hidden_size=sent.shape[-1],
-                                     max_tokens=self.max_length - start, max_batch=sent.shape[0])
+            out = wire.decode_tensor(result.hidden, hidden_size=self._width,
+                                     max_tokens=self.max_length - start, max_batch=self._batch)
         except RoutingError as e:
             log.info("could not count a stale result of %s (%s)", self.peer[-8:], e)
             self.steps += 1
@@ -240,15 +253,20 @@ class SpanSession:
         """Results still unread when the node takes new neighbours answer pushes from the old ones (a
         node that failed or lied mid-step): the node sends them before "routed", and the client
         relays that step again, so reading one later would pair it with the wrong step. They are
-        set aside to be counted, not used (`_settle_stale`)."""
+        set aside to be counted, not used (`settle`)."""
+        stale = self._set_aside_results()
+        if stale:
+            log.info("dropped %d result(s) of %s from before its re-route", stale, self.peer[-8:])
+
+    def _set_aside_results(self) -> int:
+        """Move the unread results out of the frame queue, to be counted by `settle`; how many."""
         queue = self._frames._queue  # type: ignore[attr-defined]
         stale = [f for f in queue if isinstance(f, dict) and f.get("type") == protocol.Result.TYPE]
         for frame in stale:
             queue.remove(frame)
         self._stale.extend(stale)
         del self._stale[MAX_UNREAD_FRAMES:]  # unsolicited "routed" frames must not make us hold more
-        if stale:
-            log.info("dropped %d result(s) of %s from before its re-route", len(stale), self.peer[-8:])
+        return len(stale)
 
     def drop_notices(self) -> None:
         while not self.notices.empty():
@@ -265,7 +283,11 @@ class SpanSession:
         return self.tokens - self.rolled_back
 
     def keep(self, length: int | None) -> None:
-        """The caller keeps only `length` positions: what the close frame tells the node."""
+        """The caller keeps only `length` positions: what the close frame tells the node. Results
+        already read but unused (say, a ring step started before a re-route) are counted first, so
+        that the receipt signs what the node computed."""
+        self._set_aside_results()
+        self.settle()
         if length is not None:
             self._rewind(length)
 
@@ -277,11 +299,15 @@ class SpanSession:
         """Send close (with the signed receipt and the positions kept) and wait briefly for the acknowledgement."""
         if self._writer is None:
             return
+        kept = self.length
         try:
-            await self._send(protocol.Close(self.session_id, receipt, self.length))
-            self.closed = await self.expect(protocol.Closed, timeout=5)
-        except (RoutingError, ConnectionError):
-            pass  # the node logs the session unreceipted; nothing else to do
+            await self._send(protocol.Close(self.session_id, receipt, kept))
+            # results the node sent before it read the close (a ring's stale step): its count includes them
+            self.closed = await self.expect(protocol.Closed, timeout=5, after_results=True)
+            self.settle()
+            self._rewind(kept)
+        except (RoutingError, ConnectionError) as e:  # the node logs the session unreceipted
+            log.info("closing the session on %s: %s", self.peer[-8:], e)
         finally:
             self.abort()
 

@@ -1,5 +1,6 @@
-"""Where the suite's CPU goes: a pytest plugin that records each test's wall time and CPU seconds
-(pytest's own plus its reaped children: nodes, gateways, p2pd), and a report per module.
+"""Where the suite's CPU and memory go: a pytest plugin that records each test's wall time and CPU
+seconds (pytest's own plus its reaped children: nodes, gateways, p2pd), the test process's anonymous
+memory after it and the machine's available memory, and a report per module.
 
 Wall time on a shared 2-core machine says little; CPU seconds do not depend on the load, and their
 sum over the heavy tier is the floor of its time on two cores, however it is scheduled.
@@ -8,7 +9,8 @@ sum over the heavy tier is the floor of its time on two cores, however it is sch
     python scripts/cpu_profile.py [cpu-profile.jsonl]      # the report, most CPU first
 
 A module's session- or package-scoped processes count where they are reaped (at the end of the
-run), and a test's children only once they exit.
+run), and a test's children only once they exit. Memory is what an xdist worker holds (`RssAnon`: what
+the OOM killer weighs) and the lowest `MemAvailable` seen: the tier's memory headroom.
 """
 
 from __future__ import annotations
@@ -35,6 +37,17 @@ def _cpu() -> tuple[float, float]:
 OUTCOME = pytest.StashKey[str]()
 
 
+def _mib(path: str, field: str) -> int:
+    """A `field:  N kB` line of a /proc file, in MiB (0 where there is no /proc)."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     """Remember how the test ended (a failed set-up or teardown counts as failed), for its line."""
@@ -50,15 +63,16 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     own_after, children_after = _cpu()
     with OUT.open("a") as f:  # one short line per test: appends from xdist workers do not interleave
         f.write(json.dumps({"id": item.nodeid, "wall": time.monotonic() - started, "self": own_after - own,
-                            "children": children_after - children,
+                            "children": children_after - children, "anon_mib": _mib("/proc/self/status", "RssAnon"),
+                            "available_mib": _mib("/proc/meminfo", "MemAvailable"),
                             "outcome": item.stash.get(OUTCOME, "skipped")}) + "\n")
 
 
 def report(path: Path) -> list[str]:
-    """One line per module (tests, wall, own and children's CPU seconds), most CPU first, then the total
-    and the tests that failed."""
-    modules: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
-    failed = []
+    """One line per module (tests, wall, own and children's CPU seconds, the test process's largest
+    anonymous memory), most CPU first, then the total, the lowest available memory and the tests that failed."""
+    modules: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0, 0])
+    failed, available = [], []
     for line in path.read_text().splitlines():
         row = json.loads(line)
         if row.get("outcome") == "failed":
@@ -68,12 +82,16 @@ def report(path: Path) -> list[str]:
         m[1] += row["wall"]
         m[2] += row["self"]
         m[3] += row["children"]
+        m[4] = max(m[4], row.get("anon_mib", 0))
+        available += [(row["available_mib"], row["id"])] if row.get("available_mib") else []
     total = [sum(m[i] for m in modules.values()) for i in range(4)]
     lines = [f"{name:58s} {n:4.0f} tests  wall {wall:6.0f} s  cpu {own + kids:6.0f} s (children {kids:5.0f})"
-             for name, (n, wall, own, kids) in sorted(modules.items(), key=lambda kv: -(kv[1][2] + kv[1][3]))]
+             f"  anon {anon:5.0f} MiB" for name, (n, wall, own, kids, anon)
+             in sorted(modules.items(), key=lambda kv: -(kv[1][2] + kv[1][3]))]
     n, wall, own, kids = total
+    low = [f"lowest available memory: {min(available)[0]} MiB, after {min(available)[1]}"] if available else []
     return [*lines, f"{'all':58s} {n:4.0f} tests  wall {wall:6.0f} s  cpu {own + kids:6.0f} s (children {kids:5.0f})",
-            *(f"failed: {test}" for test in failed)]
+            *low, *(f"failed: {test}" for test in failed)]
 
 
 def main() -> None:

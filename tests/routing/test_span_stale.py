@@ -136,3 +136,26 @@ def test_a_result_the_node_was_not_asked_for_is_still_refused() -> None:
         span.abort()
 
     asyncio.run(run())
+
+
+def test_results_the_node_sent_before_reading_the_close_are_counted_and_the_closed_frame_read() -> None:
+    """A ring's stale step may reach the client after its last used result: the close still gets the
+    node's acknowledgement, and the client's count (what its receipt signs) is the node's."""
+    async def run() -> None:
+        span, honest = await _span()
+        prompt = torch.randn(1, 5, HIDDEN)
+        honest.result(prompt, 0)
+        await span.result(prompt, 0)
+        honest.result(torch.randn(1, 1, HIDDEN), 5)  # read before the receipt is made
+        await asyncio.sleep(0.05)
+        span.keep(5)
+        assert (span.steps, span.tokens, span.accepted) == (2, 6, 5)
+        closing = asyncio.create_task(span.close(b"receipt"))
+        await asyncio.sleep(0.05)
+        honest.result(torch.randn(1, 1, HIDDEN), 5)  # sent before the node read the close
+        honest.send({"type": "closed", "session": SESSION, "tokens": 7, "accepted_tokens": 5})
+        await asyncio.wait_for(closing, 5)
+        assert span.closed is not None and (span.closed.tokens, span.closed.accepted_tokens) == (7, 5)
+        assert (span.steps, span.tokens, span.accepted) == (honest.steps, honest.tokens, 5)
+
+    asyncio.run(run())

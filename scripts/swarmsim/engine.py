@@ -255,7 +255,8 @@ class Simulation:
             start = self.rng.randint(0, n - length)
         node.start, node.end = start, start + length
         if not math.isinf(self.cfg.mean_lifetime_s):
-            self.at(self.now + churn.lifetime(self.rng, self.cfg.mean_lifetime_s), lambda: self._leave(node))
+            stay = (churn.residual_lifetime if loaded else churn.lifetime)(self.rng, self.cfg.mean_lifetime_s)
+            self.at(self.now + stay, lambda: self._leave(node))
         if loaded:
             node.held = set(range(node.start, node.end))
             self._online(node)

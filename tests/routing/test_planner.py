@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from routing.errors import NoRouteError
-from routing.planner import CLAIM_CAP, UNMEASURED_RTT, Links, compute_costs, is_relayed, plan_route
+from routing.planner import (CLAIM_CAP, UNMEASURED_RTT, Links, compute_costs, is_relayed, plan_measured_first,
+                             plan_route)
 from tests.routing.nodes import chain, node
 
 RTT = {"a": 0.01, "b": 0.01, "c": 0.01, "d": 0.01}
@@ -76,6 +77,19 @@ def test_unmeasured_nodes_are_a_last_resort() -> None:
     with pytest.raises(NoRouteError):
         plan_route([node("fast", 0, 30)], 0, 30, rtt={"a": 0.01}, measured_only=True)
     assert chain(plan_route([node("fast", 0, 30)], 0, 30, rtt={"a": 0.01})) == [("fast", 0, 30)]
+
+
+def test_nodes_announcing_too_little_cache_for_the_session_are_skipped() -> None:
+    """A node whose announced free cache cannot hold the session would refuse the open (or be full by
+    then): the client plans around it while others cover, and through it only when nothing else does."""
+    records = [node("a", 0, 30, 100.0, cache_tokens_left=500), node("b", 0, 30)]
+    assert chain(plan_measured_first(records, 0, 30, rtt=RTT, max_length=1000)) == [("b", 0, 30)]
+    assert chain(plan_measured_first(records, 0, 30, rtt=RTT, max_length=500)) == [("a", 0, 30)]
+    records = [node("a", 0, 15, cache_tokens_left=0), node("b", 0, 30, 1.0), node("c", 15, 30, cache_tokens_left=0)]
+    assert chain(plan_measured_first(records, 0, 30, rtt=RTT, max_length=64)) == [("b", 0, 30)]
+    assert chain(plan_measured_first(records[:1], 0, 15, rtt=RTT, max_length=64)) == [("a", 0, 15)]  # the last resort
+    with pytest.raises(NoRouteError):
+        plan_route(records[:1], 0, 15, rtt=RTT, max_length=64, with_room=True)
 
 
 def test_announced_throughput_counts_up_to_a_multiple_of_the_median() -> None:

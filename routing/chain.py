@@ -85,6 +85,8 @@ class RemoteRunner:
         self.closed_spans: list[SpanSession] = []
         self.timing = {"plan": 0.0, "open": 0.0}  # seconds spent planning chains and sending their opens
         self._give_up_at = 0.0
+        self.silence: float | None = None  # seconds a node may stay silent within this step (None: the request
+        # timeout); a ring session sets it for one-token steps (routing/ring.py)
         self.ring = ClientRing(self, ring_head) if ring_head is not None and push else None
 
     def forward_step(self, step: Forward) -> torch.Tensor:
@@ -156,7 +158,7 @@ class RemoteRunner:
             span = self.spans[i]
             self._remember(span.hop.start, h, start)
             try:
-                out = await span.step(h, start)
+                out = await span.step(h, start, self.silence)
                 if await self._caught(span, out, start + h.shape[1]):
                     await self._replace(i, start, PeerFailure(span.peer, "convicted by a spot check"),
                                         through_end=True)
@@ -218,21 +220,22 @@ class RemoteRunner:
         """Span i's result for a pushed step, unless its predecessor reports the push failed first.
 
         The first span's result of a ring step also waits on the ring's sampler (its predecessor): when
-        the sampler's stream ends or no result comes within the request timeout, the client relays the
-        step itself, and whichever node is gone shows there (no innocent first node is blamed)."""
+        the sampler's stream ends or no result comes within the step's silence limit, the client relays
+        the step itself, and whichever node is gone or silent shows there (no innocent first node is blamed)."""
         span = self.spans[i]
         sent = h.to(span.send_dtype)
         if i == 0 and ring is None:
-            return await span.result(sent, start)
+            return await span.result(sent, start, self.silence)
         pusher = self.spans[i - 1]  # [-1] for a ring step: the ring's sampler
-        result = background(span.result(sent, start, ring=ring), "a pushed step's result")
+        result = background(span.result(sent, start, self.silence, ring=ring), "a pushed step's result")
         notice = background(pusher.notices.get(), "a push-failure notice")
         tasks = {result, notice}
         if ring is not None and i == 0:
             tasks.add(background(pusher.ended(), "the ring sampler's stream"))
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED,
-                               timeout=self.client.request_timeout if ring is not None and i == 0 else None)
+                               timeout=(self.silence or self.client.request_timeout) if ring is not None and i == 0
+                               else None)
         finally:
             for task in tasks:
                 if not task.done():

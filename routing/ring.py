@@ -20,12 +20,22 @@ the client only rolls back (a GPU's rounding may tip a near tie).
 A ring runs on one signed ring ticket over the positions the call still needs, computed once per
 node each (node/step_budget.py); the sampler stops at the answer's stop tokens, so a call that
 ends at EOS or at its token limit leaves no ring step uncounted.
+
+A stalled ring (a node alive to TCP but silent: swapped out, stopped, wedged) is detected without
+waiting for the request timeout: within a one-token step, a node whose result does not come within
+`silence_limit` — 10 times the slowest of the session's last 8 steps that needed no failover, at
+least 5 s (an honest step on a loaded machine, 2 cores at load 4, takes well under a second), at most
+the request timeout — fails over like a node that died. Silence at the ring's turn (the first node's
+result of a ring step) is first relayed through the client to find which node is silent, so there a
+stall costs up to twice the limit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Sequence
 
@@ -45,6 +55,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 GREEDY_MARGIN = 1e-3  # relative logit gap beyond any honest rounding of the head in float32/bfloat16
+SILENCE_FLOOR = 5.0  # seconds a node may always stay silent within a one-token step
+SILENCE_FACTOR = 10.0  # times the slowest recent step
+SILENCE_WINDOW = 8  # recent steps that set the limit
+
+
+def silence_limit(recent: Sequence[float], request_timeout: float) -> float:
+    """Seconds a node may stay silent within a one-token step of a ring session, given the durations
+    of the session's recent steps (see the module docstring); the request timeout before any step."""
+    if not recent:
+        return request_timeout
+    return min(request_timeout, max(SILENCE_FLOOR, SILENCE_FACTOR * max(recent)))
 
 
 def closes_ring(hops: Sequence[Hop]) -> bool:
@@ -78,6 +99,7 @@ class ClientRing:
         self.steps = 0  # steps taken from the ring
         self.restarts = 0  # rings started
         self.convictions: list[RingEvidence] = []
+        self.recent: deque[float] = deque(maxlen=SILENCE_WINDOW)  # seconds the latest steps took, without failover
 
     async def forward(self, step: Forward) -> torch.Tensor:
         """The blocks' output for `step`: the ring's own step when it sampled the token fed, else a
@@ -97,16 +119,25 @@ class ClientRing:
         return await self._taken(step, self.runner._forward(step.hidden, step.start, arm))
 
     async def _taken(self, step: Forward, computing: Awaitable[torch.Tensor]) -> torch.Tensor:
-        """A step's output; what its last hop sampled is noted, and any failover ends the ring."""
+        """A step's output; what its last hop sampled is noted, and any failover ends the ring. A node
+        silent for longer than `silence_limit` within a one-token step fails over."""
         runner = self.runner
         before = (runner.failovers, runner.relayed_steps)
-        out = await computing
-        end = step.start + step.hidden.shape[1]
+        n = step.hidden.shape[1]
+        runner.silence = silence_limit(self.recent, runner.client.request_timeout) if n == 1 else None
+        began = time.perf_counter()
+        try:
+            out = await computing
+        finally:
+            runner.silence = None
+        end = step.start + n
         last = runner.spans[-1]
         frame = last.last_result
         if (runner.failovers, runner.relayed_steps) != before:
             self.ticket = None
-        elif frame is not None and frame.token is not None and self.ticket is not None:
+            return out
+        self.recent.append(time.perf_counter() - began)
+        if frame is not None and frame.token is not None and self.ticket is not None:
             self.sampled[end] = frame.token
             self.final[end] = (out[0, -1:].clone(), last.attestations[-1] if last.attestations else None)
             self.final.pop(step.start, None)  # judged by now

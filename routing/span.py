@@ -225,10 +225,10 @@ class SpanSession:
             return
         self._count(start, out)
 
-    async def step(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
-        """A relayed step: send, and wait for this node's result."""
+    async def step(self, hidden: torch.Tensor, start: int, timeout: float | None = None) -> torch.Tensor:
+        """A relayed step: send, and wait for this node's result (`timeout`: the request timeout if None)."""
         sent = await self.send_step(hidden, start)
-        return (await self.result(sent, start))[0]
+        return (await self.result(sent, start, timeout))[0]
 
     async def ended(self) -> None:
         """Wait until the node's stream ends (its process died, say)."""

@@ -9,6 +9,7 @@ import pytest
 from routing.chain import RemoteRunner
 from routing.errors import ErrorCode, NoRouteError, PeerFailure, RemoteError
 from routing.planner import plan_route
+from routing.ring import silence_limit
 from routing.view import Bans, SwarmView
 from tests.routing.nodes import Clock, chain, node
 
@@ -60,3 +61,10 @@ def test_with_no_other_node_for_its_blocks_the_gap_is_named() -> None:
     with pytest.raises(NoRouteError, match="block 15"):
         plan_route(r.view.records.values(), 15, 30, rtt=r.view.rtt, banned=r.view.bans)
     assert r.view.bans.next_expiry() is not None  # what the runner waits for, within its deadline
+
+
+def test_a_ring_waits_for_a_silent_node_ten_times_its_slowest_recent_step_within_bounds() -> None:
+    assert silence_limit([], 60.0) == 60.0  # nothing measured yet: the request timeout
+    assert silence_limit([0.05, 0.2, 0.1], 60.0) == 5.0  # fast steps: the floor, for a loaded machine's hiccups
+    assert silence_limit([0.05, 1.5], 60.0) == 15.0
+    assert silence_limit([30.0], 60.0) == 60.0  # never beyond the request timeout

@@ -1,11 +1,16 @@
 """Ring mode through real nodes (issue 25): the last node samples, the first embeds, the client checks.
 
-One swarm for the module: three `--ring` nodes over the model's 30 blocks, and a node that samples
-dishonestly on the last span, which the client is made to route through once."""
+One swarm for the module: three `--ring` nodes over the model's 30 blocks, a node that samples
+dishonestly on the last span, which the client is made to route through once, and a spare for
+each node that fails mid-ring (killed, or stopped to stall the ring)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import re
+import signal
 import sys
 from pathlib import Path
 
@@ -113,17 +118,38 @@ def test_a_lying_sampler_is_convicted_rolled_back_and_the_text_stays_local(ring_
     assert g.token_ids == local_greedy[:12]
 
 
-def test_the_sampler_dying_mid_ring_ends_in_the_same_text(ring_swarm, default_store, local_greedy):
-    ring_swarm.spawn_node(SPANS[-1])  # a spare for the sampler's blocks
-    with _ring_model(ring_swarm, default_store) as model:
-        with model.inference_session(max_length=128) as s:
-            tokens = []
-            for event in s.stream(PROMPT, 16, ignore_eos=True):
-                if len(tokens) == 4:  # the ring is running: its sampler goes away
-                    sampler = s.runner.spans[-1].peer
-                    ring_swarm.kill(next(n for n in ring_swarm.nodes if n.peer_id == sampler))
-                if event.token_id is not None:
-                    tokens.append(event.token_id)
-            assert s.runner.failovers >= 1 and s.runner.ring is not None and not s.runner.ring.convictions
-            assert s.runner.spans[-1].peer != sampler
+@pytest.mark.parametrize("span, sig", [(0, signal.SIGKILL), (1, signal.SIGKILL), (2, signal.SIGKILL),
+                                       (1, signal.SIGSTOP)], ids=["embedder", "middle", "sampler", "stalled"])
+def test_a_node_dying_or_stalling_mid_ring_ends_in_the_same_text(ring_swarm, default_store, local_greedy, caplog,
+                                                                  span, sig):
+    """The embedder (first block), a middle node or the sampler (last block) killed once the ring runs, or a
+    middle node stopped: the client fails over to a spare; a stopped node within the ring's silence limit,
+    well before the request timeout (routing/ring.py)."""
+    ring_swarm.spawn_node(SPANS[span])  # a spare for the failing node's blocks
+    stopped = None
+    try:
+        with _ring_model(ring_swarm, default_store) as model, caplog.at_level(logging.INFO, "routing.chain"):
+            with model.inference_session(max_length=128) as s:
+                tokens = []
+                for event in s.stream(PROMPT, 16, ignore_eos=True):
+                    if len(tokens) == 4:  # the ring is running: one of its nodes goes away
+                        failing = s.runner.spans[span].peer
+                        node = next(n for n in ring_swarm.nodes if n.peer_id == failing)
+                        if sig == signal.SIGSTOP:
+                            stopped = node
+                            os.killpg(node.process.pid, sig)  # its sockets stay open; nothing is read or answered
+                        else:
+                            ring_swarm.kill(node, sig)
+                    if event.token_id is not None:
+                        tokens.append(event.token_id)
+                assert s.runner.failovers >= 1 and s.runner.ring is not None and not s.runner.ring.convictions
+                assert failing not in [sp.peer for sp in s.runner.spans]
+                assert s.runner.ring.steps > 4  # the ring closed again, through the spare
+        if stopped is not None:
+            silences = [float(m) for r in caplog.records if failing[-8:] in r.getMessage()
+                        for m in re.findall(r"no reply within (\d+)s", r.getMessage())]
+            assert silences and max(silences) < model.client.request_timeout
+    finally:
+        if stopped is not None:
+            ring_swarm.kill(stopped)
     assert tokens == local_greedy[:16]

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-import hivemind
+from hivemind.dht import DHT
 import torch
 
 from ledger.entries import Entry, LoadEntry, ServeEntry
@@ -80,7 +80,7 @@ class Node:
         self.weights_root = self.store.root  # what this node computes with (its attestations say so)
         self.num_blocks = m.num_blocks
         self.dtype = parse_dtype(config.dtype)
-        self.dht: hivemind.DHT | None = None
+        self.dht: DHT | None = None
         self.serving: Serving | None = None
         self.ledger: Store | None = None
         self.witness: Witness | None = None
@@ -161,7 +161,7 @@ class Node:
         path.write_text(json.dumps({"peer_id": self.peer_id, "maddrs": self._maddrs, "pid": os.getpid(),
                                     "started": time.time(), "status_port": port}))
 
-    def _start_dht(self) -> hivemind.DHT:
+    def _start_dht(self) -> DHT:
         c = self.config
         flags = reach.RelayLimits().p2pd_flags(c.relay_service)
         if c.relay_service and c.metrics_port is not None:  # relayed bytes, for our metrics

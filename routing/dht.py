@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import hivemind
+from hivemind.dht import DHT
 from hivemind.p2p import P2P
 from hivemind.utils import get_dht_time
 
@@ -55,7 +55,7 @@ class _WholeMessages:
         return getattr(self._conn, name)
 
 
-class SwarmDHT(hivemind.DHT):
+class SwarmDHT(DHT):
     """hivemind's DHT process, made to die with its parent and to read its commands whole.
 
     The DHT runs in a forked child. Forked after our event loop installed its SIGTERM handler, the
@@ -110,14 +110,14 @@ class Refused:
     reason: str
 
 
-async def _call(dht: hivemind.DHT, fn: Callable[..., Any], timeout: float) -> Any:
+async def _call(dht: DHT, fn: Callable[..., Any], timeout: float) -> Any:
     try:
         return await asyncio.wait_for(dht.run_coroutine(fn, return_future=True), timeout)
     except asyncio.TimeoutError:
         raise DHTTimeout(f"the DHT did not answer within {timeout:g} s") from None
 
 
-async def _store_many(dht: hivemind.DHT, node: Any, keys: list[str], subkey: str, value: Any,
+async def _store_many(dht: DHT, node: Any, keys: list[str], subkey: str, value: Any,
                       expiration: float) -> bool:
     n = len(keys)
     results = await node.store_many(keys, [value] * n, [expiration] * n, subkeys=[subkey] * n)
@@ -135,7 +135,7 @@ def _bounded(subkey: Any, value: Any) -> tuple[str, Any]:
     return subkey, value
 
 
-async def _get_many(dht: hivemind.DHT, node: Any, keys: list[str]) -> dict[str, dict[str, tuple[Any, float]]]:
+async def _get_many(dht: DHT, node: Any, keys: list[str]) -> dict[str, dict[str, tuple[Any, float]]]:
     """Runs in the DHT process: the latest values under each key, by subkey, bounded, with their expiry."""
     found = await node.get_many(keys, sufficient_expiration_time=float("inf"))
     out: dict[str, dict[str, tuple[Any, float]]] = {}
@@ -146,7 +146,7 @@ async def _get_many(dht: hivemind.DHT, node: Any, keys: list[str]) -> dict[str, 
     return out
 
 
-async def announce(dht: hivemind.DHT, root: str, record: ServerRecord, ttl: float,
+async def announce(dht: DHT, root: str, record: ServerRecord, ttl: float,
                    timeout: float = DHT_TIMEOUT) -> bool:
     """Store `record` under every block it serves, expiring `ttl` seconds from now."""
     keys = [block_key(root, i) for i in range(record.start, record.end)]
@@ -155,7 +155,7 @@ async def announce(dht: hivemind.DHT, root: str, record: ServerRecord, ttl: floa
     return await _call(dht, fn, timeout)
 
 
-async def fetch_records(dht: hivemind.DHT, root: str, num_blocks: int,
+async def fetch_records(dht: DHT, root: str, num_blocks: int,
                         timeout: float = DHT_TIMEOUT) -> dict[str, ServerRecord]:
     """Every node announcing any block of the model, one valid, signed record per peer: its latest
     (the one expiring last). A node that moved left its old record under its old blocks until that
@@ -178,11 +178,11 @@ async def fetch_records(dht: hivemind.DHT, root: str, num_blocks: int,
     return {peer: record for peer, (record, _) in records.items()}
 
 
-async def _routing_table_size(dht: hivemind.DHT, node: Any) -> int:
+async def _routing_table_size(dht: DHT, node: Any) -> int:
     return len(node.protocol.routing_table.uid_to_peer_id)
 
 
-async def peer_count(dht: hivemind.DHT, timeout: float = DHT_TIMEOUT) -> int:
+async def peer_count(dht: DHT, timeout: float = DHT_TIMEOUT) -> int:
     """How many peers this node's DHT knows (for metrics)."""
     return await _call(dht, _routing_table_size, timeout)
 
@@ -200,7 +200,7 @@ MAX_EVIDENCE_CHUNKS = 4096  # 64 MiB: routing.evidence.MAX_SIZE
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
-async def publish_evidence(dht: hivemind.DHT, root: str, publisher: str, document: bytes, ttl: float,
+async def publish_evidence(dht: DHT, root: str, publisher: str, document: bytes, ttl: float,
                            timeout: float = DHT_TIMEOUT) -> bool:
     """Publish signed evidence under the model's evidence key: its chunks first, then an index
     {digest, chunks, size} under the publisher's subkey (one current document per publisher)."""
@@ -239,7 +239,7 @@ def _assemble(parts: list[bytes], size: int, digest: str) -> bytes:
     return document
 
 
-async def fetch_evidence(dht: hivemind.DHT, root: str, timeout: float = DHT_TIMEOUT, *,
+async def fetch_evidence(dht: DHT, root: str, timeout: float = DHT_TIMEOUT, *,
                          skip: Callable[[str, str], bool] = lambda publisher, digest: False,
                          limit: int | None = None) -> dict[str, tuple[str, bytes]]:
     """Published evidence documents by publisher, as (hex digest, document), reassembled and checked

@@ -84,14 +84,16 @@ PROCESS_CALLS = ("LocalSwarm(", "subprocess.", "SWARMLM,", "*SWARMLM")
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tier tests by what they need, so `make unit` runs without the model or processes; group them
     for `pytest -n` (`--dist loadgroup`): a module's tests stay on one worker, so its module fixtures
-    start once, and the WAN lab's modules share one worker, since they make and count namespaces.
-    That group, the longest, runs first: collected last, it was a worker's lone tail of minutes."""
+    start once; the WAN lab's modules share one worker, since they make and count namespaces; and so do
+    the modules on the shared `swarm3` (and its gateway), which a session fixture would otherwise start,
+    and keep to the end, on every worker (about 3.5 GiB each). The WAN group, the longest, runs first:
+    collected last, it was a worker's lone tail of minutes."""
     sources: dict[Path, str] = {}
     items.sort(key=lambda item: Path(item.fspath).parent.name != "wan")  # stable: modules stay whole
     for item in items:
         names = set(item.fixturenames)
         path = Path(item.fspath)
-        group = "wan" if path.parent.name == "wan" else str(path.relative_to(REPO))
+        group = "wan" if path.parent.name == "wan" else "swarm3" if "swarm3" in names else str(path.relative_to(REPO))
         item.add_marker(pytest.mark.xdist_group(group))
         if path not in sources:
             sources[path] = path.read_text(encoding="utf-8", errors="replace")

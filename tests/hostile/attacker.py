@@ -27,7 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import hivemind
+from hivemind.dht import DHT
 import msgpack
 import torch
 from hivemind.dht.validation import DHTRecord
@@ -145,14 +145,14 @@ def built(value: Any) -> Any:
     return [built(v) for v in value] if isinstance(value, list) else value
 
 
-async def _store(dht: hivemind.DHT, node: Any, items: list[tuple[str, str, Any]], expiration: float) -> int:
+async def _store(dht: DHT, node: Any, items: list[tuple[str, str, Any]], expiration: float) -> int:
     """Runs in the DHT process; a value hivemind cannot serialize (nested past 1024) is not stored."""
     stored = await asyncio.gather(*(node.store(key, built(value), expiration, subkey=subkey)
                                     for key, subkey, value in items), return_exceptions=True)
     return sum(result is True for result in stored)
 
 
-async def _store_many(dht: hivemind.DHT, node: Any, items: list[tuple[str, str, Any]], expiration: float
+async def _store_many(dht: DHT, node: Any, items: list[tuple[str, str, Any]], expiration: float
                       ) -> dict[tuple[str, str], bool]:
     """Runs in the DHT process: one traversal for all the items, however many (`_store` runs one
     per item); whether each (key, subkey) was stored."""

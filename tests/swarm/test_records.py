@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import hivemind
+from hivemind.dht import DHT
 import msgpack
 from hivemind.dht.validation import DHTRecord
 from hivemind.utils import MSGPackSerializer, get_dht_time
@@ -49,7 +49,7 @@ def test_validator_accepts_the_owners_signature_only():
 def test_a_second_peer_cannot_overwrite_a_nodes_record(swarm3, remote_model):
     victim = next(n for n in swarm3.nodes if n.blocks == (0, 10))
     attacker = Identity.generate()
-    dht = hivemind.DHT(initial_peers=swarm3.initial_peers, start=True, client_mode=False,
+    dht = DHT(initial_peers=swarm3.initial_peers, start=True, client_mode=False,
                        record_validators=[ForgingValidator(attacker.seed)])
     try:
         forged = ServerRecord(peer_id=victim.peer_id, state="offline", start=0, end=30, throughput=1e9,

@@ -81,6 +81,7 @@ SWARM_FIXTURES = {"swarm3", "remote_model", "gateway", "client", "async_client",
 PROCESS_CALLS = ("LocalSwarm(", "subprocess.", "SWARMLM,", "*SWARMLM")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the groups into the test ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tier tests by what they need, so `make unit` runs without the model or processes; group them
     for `pytest -n` (`--dist loadgroup`): a module's tests stay on one worker, so its module fixtures

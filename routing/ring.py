@@ -23,11 +23,12 @@ ends at EOS or at its token limit leaves no ring step uncounted.
 
 A stalled ring (a node alive to TCP but silent: swapped out, stopped, wedged) is detected without
 waiting for the request timeout: within a one-token step, a node whose result does not come within
-`silence_limit` — 10 times the slowest of the session's last 8 steps that needed no failover, at
-least 5 s (an honest step on a loaded machine, 2 cores at load 4, takes well under a second), at most
-the request timeout — fails over like a node that died. Silence at the ring's turn (the first node's
-result of a ring step) is first relayed through the client to find which node is silent, so there a
-stall costs up to twice the limit.
+`silence_limit` — 10 times the slowest of the session's last 8 steps that needed no failover (a
+prompt's step among them, so the first tokens get its margin), at least 5 s, at most the request
+timeout — fails over like a node that died. The floor is for loaded machines: on 2 shared cores at
+load 4 to 11, honest ring steps took 0.1–0.4 s a token in the WAN lab at 0–100 ms (README).
+Silence at the ring's turn (the first node's result of a ring step) is first relayed through the
+client to find which node is silent, so there a stall costs up to twice the limit.
 """
 
 from __future__ import annotations

@@ -175,8 +175,9 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
                     heapq.heappush(queue, (c, q, nxt))
     if reached is None:
         gap = max(p for p, _ in best)
-        raise NoRouteError(f"no online node serves block {gap} of [{start}, {end}); "
-                           f"{len(servers)} usable node(s) cover only part of the model")
+        room = f" with room for {max_length} tokens" if with_room else ""
+        raise NoRouteError(f"no online node{room} serves block {gap} of [{start}, {end}); "
+                           f"{len(servers)} usable node(s){room} cover only part of the model")
     hops: list[Hop] = []
     state = reached
     while state != origin:
@@ -188,14 +189,15 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
 
 def plan_measured_first(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Mapping[str, float],
                         banned: Container[str] = (), max_length: int = 1, push: bool = False) -> list[Hop]:
-    """The best chain over nodes the client measured that announce room for the session; the rest
-    (unmeasured, or announcing a fuller cache) only when those do not cover. A node that filled up since
-    its announcement refuses the open, and the client bans it and plans again: in a busy swarm of a
-    thousand nodes, skipping the full ones saved most of those plans (the README's simulator section)."""
+    """The best chain over nodes the client measured; unmeasured ones only when nothing else covers.
+    Either way only through nodes that announce room for the session (`has_room`): a node that cannot
+    hold it refuses the open or fails the session once its cache runs out, and a client banning full
+    nodes one refusal at a time plans once per full node (on the simulated 1,000-node swarm, most of
+    its plans). A swarm with no room for the session raises NoRouteError, as one with a gap does."""
     records = list(records)
     try:
         return plan_route(records, start, end, rtt=rtt, banned=banned, max_length=max_length, push=push,
                           measured_only=True, with_room=True)
     except NoRouteError:
-        return plan_route(records, start, end, rtt=rtt, banned=banned, max_length=max_length, push=push)
-
+        return plan_route(records, start, end, rtt=rtt, banned=banned, max_length=max_length, push=push,
+                          with_room=True)

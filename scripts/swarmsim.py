@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--push", action="store_true", help="plan and run pushed chains (slow planning at scale)")
     parser.add_argument("--no-claims", action="store_true",
                         help="rebalance as before moves were claimed (to measure herding: --scenario herd)")
+    parser.add_argument("--no-early-announce", action="store_true",
+                        help="nodes announce their load only every period (the rule before node/load_report.py)")
     parser.add_argument("--out", type=Path, default=Path("swarmsim-out"),
                         help="folder for the PNGs (default %(default)s)")
     parser.add_argument("--no-plots", action="store_true", help="the table only")
@@ -61,6 +63,7 @@ def main() -> None:
     for placement in args.placement or PLACEMENTS:
         cfg = SCENARIOS[args.scenario]()
         cfg = dataclasses.replace(cfg, placement=placement, seed=args.seed, push=args.push, claims=not args.no_claims,
+                                  early_announce=not args.no_early_announce,
                                   hours=args.hours if args.hours is not None else cfg.hours)
         began, cpu = time.perf_counter(), time.process_time()
         sim = Simulation(cfg)

@@ -27,6 +27,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Callable
 
+from node.load_report import load_is_stale
 from node.local_swarm import even_spans
 from node.selection import (best_start, blocks_for_budget, claim_holds, claim_wait, cooled_down, coverage, move_chance,
                             rebalance_delay, serves, should_move)
@@ -73,6 +74,7 @@ class Config:
     spans: tuple[tuple[int, int], ...] = ()  # where the first nodes start (then placed by `placement`)
     claims: bool = True  # moves are claimed first (node/selection.py); False: the rule before, which herded
     dht_lag_s: float = 0.0  # seconds before an announcement is visible to readers
+    early_announce: bool = True  # a node whose free cache halved or doubled announces early (node/load_report.py)
 
 
 class SimNode:
@@ -99,11 +101,15 @@ class SimNode:
         self.cache_used = 0
         self.held: set[int] = set()  # blocks on its disk
         self.next_announce = 0.0
+        self.announced_left = 0  # the free cache its last record announced
         self.step = 0.0  # seconds per step of its whole span at this tick's batch
         self.send = 0.0  # seconds to upload that batch's outputs
-        # The least seconds per block-token any batch can take: the cache holds at most `cache_tokens`
-        # sessions, and a block's step time over its batch only falls as the batch grows.
-        self.cost = step_time(self.hw, m, cfg.cache_tokens, 0) / cfg.cache_tokens
+        # Seconds per block-token at the biggest batch its cache holds: sessions of the workload's mean
+        # length (each reserves its whole length), each with half its answer cached on average. Shorter
+        # sessions would batch more, so the bound is at the mean; the cache, not the compute, is what
+        # limits a node's batch (at `cache_tokens` one-token sessions, a GPU's cost was 2-5x lower).
+        batch = max(1, cfg.cache_tokens // (workload.PROMPT_MEAN + workload.ANSWER_MEAN))
+        self.cost = step_time(self.hw, m, batch, batch * (workload.PROMPT_MEAN + workload.ANSWER_MEAN // 2)) / batch
         self.cache_limit = cfg.cache_tokens
         # what the node measures and announces: single-stream decode tokens/s through its span
         self.announced = 1.0 / (min(self.length, m.num_blocks) * step_time(self.hw, m, 1, workload.PROMPT_MEAN))
@@ -286,6 +292,7 @@ class Simulation:
         record = None if state == "offline" else node.record(state)
         if record is not None:
             node.next_announce = self.now + self.cfg.announce_period
+            node.announced_left = record.cache_tokens_left
         if self.cfg.dht_lag_s > 0:
             self.at(self.now + self.cfg.dht_lag_s, lambda: self._store(node.peer_id, record))
         else:
@@ -564,7 +571,8 @@ class Simulation:
         for node in list(self.nodes.values()):
             if node.state == "draining" and (t >= node.drain_until or not node.sessions):
                 self._drained(node)
-            if node.state == "online" and t >= node.next_announce:
+            if node.state == "online" and (t >= node.next_announce or (
+                    cfg.early_announce and load_is_stale(node.announced_left, node.cache_limit - node.cache_used))):
                 self._announce(node)
             if node.state == "gone" and t - self.announced_at.get(node.peer_id, t) > 3 * cfg.announce_period:
                 self._store(node.peer_id, None)  # a crashed node's record expires

@@ -188,16 +188,17 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
 
 
 def plan_measured_first(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Mapping[str, float],
-                        banned: Container[str] = (), max_length: int = 1, push: bool = False) -> list[Hop]:
-    """The best chain over nodes the client measured; unmeasured ones only when nothing else covers.
-    Either way only through nodes that announce room for the session (`has_room`): a node that cannot
-    hold it refuses the open or fails the session once its cache runs out, and a client banning full
-    nodes one refusal at a time plans once per full node (on the simulated 1,000-node swarm, most of
-    its plans). A swarm with no room for the session raises NoRouteError, as one with a gap does."""
+                        banned: Container[str] = (), max_length: int = 1, push: bool = False,
+                        with_room: bool = True) -> list[Hop]:
+    """The best chain over nodes the client measured that announce room for the session (`has_room`);
+    the rest (unmeasured, or announcing a fuller cache) only when those do not cover. A node that filled
+    up since its record refuses the open, and the client bans it and plans again: on the simulated
+    1,000-node swarm that was most of the plans. A full node may still evict an idle session, so a swarm
+    with no room left is tried as before rather than given up on. (`with_room=False`: the rule before,
+    which the simulator measures against.)"""
     records = list(records)
     try:
         return plan_route(records, start, end, rtt=rtt, banned=banned, max_length=max_length, push=push,
-                          measured_only=True, with_room=True)
+                          measured_only=True, with_room=with_room)
     except NoRouteError:
-        return plan_route(records, start, end, rtt=rtt, banned=banned, max_length=max_length, push=push,
-                          with_room=True)
+        return plan_route(records, start, end, rtt=rtt, banned=banned, max_length=max_length, push=push)

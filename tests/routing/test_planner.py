@@ -80,16 +80,17 @@ def test_unmeasured_nodes_are_a_last_resort() -> None:
 
 
 def test_nodes_announcing_too_little_cache_for_the_session_are_skipped() -> None:
-    """A node whose announced free cache cannot hold the session would refuse the open (or run out
-    during it): the client plans around it, and a swarm with no room raises as one with a gap does."""
+    """A node whose announced free cache cannot hold the session would refuse the open (or be full by
+    then): the client plans around it while others cover, and through it only when nothing else does."""
     records = [node("a", 0, 30, 100.0, cache_tokens_left=500), node("b", 0, 30)]
     assert chain(plan_measured_first(records, 0, 30, rtt=RTT, max_length=1000)) == [("b", 0, 30)]
     assert chain(plan_measured_first(records, 0, 30, rtt=RTT, max_length=500)) == [("a", 0, 30)]
     records = [node("a", 0, 15, cache_tokens_left=0), node("b", 0, 30, 1.0), node("c", 15, 30, cache_tokens_left=0)]
     assert chain(plan_measured_first(records, 0, 30, rtt=RTT, max_length=64)) == [("b", 0, 30)]
     assert chain(plan_route(records, 0, 30, rtt=RTT, max_length=64)) == [("a", 0, 15), ("c", 15, 30)]
+    assert chain(plan_measured_first(records[:1], 0, 15, rtt=RTT, max_length=64)) == [("a", 0, 15)]  # last resort
     with pytest.raises(NoRouteError, match="with room for 64 tokens"):
-        plan_measured_first(records[:1], 0, 15, rtt=RTT, max_length=64)
+        plan_route(records[:1], 0, 15, rtt=RTT, max_length=64, with_room=True)
 
 
 def test_announced_throughput_counts_up_to_a_multiple_of_the_median() -> None:

@@ -146,8 +146,10 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
     per_block = compute_costs(servers)
     boundaries = sorted({start, end} | {b for r in servers for b in (r.start, r.end) if start < b < end})
     origin = (start, CLIENT)
-    best: dict[tuple[int, str], float] = {origin: 0.0}
-    came_from: dict[tuple[int, str], tuple[tuple[int, str], ServerRecord]] = {}
+    # by previous node, then boundary: in relayed chains every state is the client's, and an int key
+    # per relaxation is cheaper than a tuple (most of a thousand-node plan's time is relaxations)
+    best: dict[str, dict[int, float]] = {CLIENT: {start: 0.0}}
+    came_from: dict[str, dict[int, tuple[tuple[int, str], ServerRecord]]] = {}
     queue: list[tuple[float, int, str]] = [(0.0, start, CLIENT)]
     reached: tuple[int, str] | None = None
     covering = _covering(servers, boundaries, end, None if push else (links.client_rtt, per_block))
@@ -160,28 +162,29 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
         if p == end:
             reached = (p, prev)
             break
-        if cost > best.get((p, prev), inf):
+        if cost > best[prev][p]:
             continue
         for r in covering[p]:
             peer = r.peer_id
             base, per = cost + (links.one_way(prev, peer) if push else relayed[peer]), per_block[peer]
             nxt = peer if push else CLIENT
+            row, back = best.setdefault(nxt, {}), came_from.setdefault(nxt, {})
             for q in boundaries[after[p]:reach[peer]]:
                 c = base + (q - p) * per
                 if push and q == end:
                     c += links.one_way(peer, CLIENT)
-                if c < best.get((q, nxt), inf):
-                    best[q, nxt], came_from[q, nxt] = c, ((p, prev), r)
+                if c < row.get(q, inf):
+                    row[q], back[q] = c, ((p, prev), r)
                     heapq.heappush(queue, (c, q, nxt))
     if reached is None:
-        gap = max(p for p, _ in best)
+        gap = max(p for row in best.values() for p in row)
         room = f" with room for {max_length} tokens" if with_room else ""
         raise NoRouteError(f"no online node{room} serves block {gap} of [{start}, {end}); "
                            f"{len(servers)} usable node(s){room} cover only part of the model")
     hops: list[Hop] = []
     state = reached
     while state != origin:
-        (p, prev), r = came_from[state]
+        (p, prev), r = came_from[state[1]][state[0]]
         hops.append(Hop(r.peer_id, p, state[0], r))
         state = (p, prev)
     return hops[::-1]

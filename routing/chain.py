@@ -365,7 +365,9 @@ class RemoteRunner:
         return None
 
     def _note_failure(self, peer: str, a: int, b: int, error: RoutingError) -> None:
-        duration = self.view.bans.busy(peer) if is_busy(error) else self.view.bans.penalize(peer, deserves_ban(error))
+        bans = self.view.bans
+        duration = (bans.busy(peer, self.view.refresh_after) if is_busy(error)
+                    else bans.penalize(peer, deserves_ban(error)))
         if duration is not None:
             log.warning("node %s failed on blocks %d:%d (%s); banned for %.0fs, re-routing", peer[-8:], a, b, error,
                         duration)

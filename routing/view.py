@@ -55,12 +55,13 @@ class Bans:
         self._until[peer] = max(self._until.get(peer, 0.0), self.clock() + duration)  # never shorten a ban
         return duration
 
-    def busy(self, peer: str) -> float:
-        """After a node refused for a full cache: avoid it for `base` seconds, counting no failure. Backoff
-        would keep a long session off every node that was ever full when it asked (and past its deadline
-        once the bans reach `cap`), while its record soon tells whether it has room again."""
-        self._until[peer] = max(self._until.get(peer, 0.0), self.clock() + self.base)
-        return self.base
+    def busy(self, peer: str, seconds: float) -> float:
+        """After a node refused for a full cache: avoid it for `seconds` (until the client re-reads the
+        records, which tell whether it has room again), counting no failure. Backoff kept a long session
+        off every node that was ever full when it asked, past its deadline once the bans reached `cap`;
+        a shorter wait had every client of a full swarm retry every full node every few seconds."""
+        self._until[peer] = max(self._until.get(peer, 0.0), self.clock() + seconds)
+        return seconds
 
     def excuse(self, peer: str) -> bool:
         """Whether to let a polite refusal (an expired session, a node draining) pass unbanned: once

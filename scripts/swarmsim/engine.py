@@ -450,7 +450,7 @@ class Simulation:
                 return [(n, a, b, n.epoch) for n, a, b in chain]
             for n, why in refused:
                 if why == "busy" and self.cfg.room_rule:
-                    s.bans.busy(n.peer_id)
+                    s.bans.busy(n.peer_id, self.cfg.announce_period)  # SwarmView re-reads the DHT as often
                 else:
                     s.bans.penalize(n.peer_id, why != "draining")
 

@@ -81,10 +81,10 @@ def test_a_full_node_is_avoided_briefly_and_counts_no_failure() -> None:
     clock = Clock()
     bans = Bans(clock=clock)
     for _ in range(5):
-        assert bans.busy("full") == bans.base
+        assert bans.busy("full", 30.0) == 30.0
         assert "full" in bans
     assert bans.failures("full") == 0  # no backoff builds up: the next refusal is as short
-    clock.now += bans.base
+    clock.now += 30.0
     assert "full" not in bans
     assert bans.active() == frozenset()
     bans.ban("bad")

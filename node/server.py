@@ -45,7 +45,6 @@ from .errors import NodeError
 from .handlers import Handlers
 from .inference import Inference
 from .ledger_service import LedgerService
-from .load_report import load_is_stale
 from .metrics import NodeMetrics, NodeState
 from .neighbours import Neighbours
 from .push import PushLinks, PushReceiver
@@ -60,7 +59,6 @@ from .witnessing import CHECKPOINT_KEY, Witness
 
 log = logging.getLogger(__name__)
 IDLE_CHECK_PERIOD = 5.0
-LOAD_CHECK_PERIOD = 2.0  # seconds between checks whether our load changed enough to announce early
 START_READ_PATIENCE = 4  # a joiner's second read of the coverage may take this many DHT timeouts
 RECORD_LIFETIME = 3  # announce periods a record lives: one late or lost announcement leaves no gap
 
@@ -92,7 +90,6 @@ class Node:
         self.state = "joining"
         self.throughput = 0.0
         self._claim: int | None = None  # the start of a move announced but not yet made
-        self._announced_left = 0  # the free cache our last record announced
         self._moved_at: float | None = None  # time.monotonic() of the last move
         self._dht_peers = 0
         self._maddrs: list[str] = []
@@ -245,7 +242,6 @@ class Node:
         c = self.config
         jobs = [_Periodic(lambda: c.announce_period, self._measure_and_announce),
                 _Periodic(lambda: IDLE_CHECK_PERIOD, self._expire_idle),
-                _Periodic(lambda: LOAD_CHECK_PERIOD, self._announce_if_filling),
                 _Periodic(lambda: REACHABILITY_PERIOD, self._check_reachability)]
         if self.witness is not None:
             jobs.append(_Periodic(lambda: c.witness_period, self._witness))
@@ -266,12 +262,6 @@ class Node:
         if self.reachable is not None:
             await self.reachable.check()
             self._maddrs = self.reachable.maddrs
-
-    async def _announce_if_filling(self) -> None:
-        """Announce before the period ends when our free cache moved far from the last record's (load_report.py)."""
-        if self.state == "online" and self.serving is not None and load_is_stale(
-                self._announced_left, self.serving.cache_tokens_free):
-            await self._announce()
 
     async def _expire_idle(self) -> None:
         if self.serving is not None:
@@ -390,7 +380,6 @@ class Node:
                     _, checkpoint = await asyncio.get_running_loop().run_in_executor(
                         None, self.ledger.latest_checkpoint)
                 record = self.record(checkpoint)
-            self._announced_left = record.cache_tokens_left
             if not await dht_io.announce(self.dht, self.root, record, RECORD_LIFETIME * self.config.announce_period):
                 log.warning("DHT announcement was not stored by any peer (is the swarm reachable?)")
             self._dht_peers = await dht_io.peer_count(self.dht)

@@ -31,7 +31,7 @@ from shards.head import Head
 from shards.served import Link, ServedBy
 
 from . import protocol
-from .client import deserves_ban, is_node_failure
+from .client import deserves_ban, is_busy, is_node_failure
 from .errors import NoRouteError, PeerFailure, RoutingError
 from .evidence import Claim
 from .planner import Hop
@@ -368,7 +368,9 @@ class RemoteRunner:
         return None
 
     def _note_failure(self, peer: str, a: int, b: int, error: RoutingError) -> None:
-        duration = self.view.bans.penalize(peer, deserves_ban(error))
+        bans = self.view.bans
+        duration = (bans.busy(peer, self.view.refresh_after) if is_busy(error)
+                    else bans.penalize(peer, deserves_ban(error)))
         if duration is not None:
             log.warning("node %s failed on blocks %d:%d (%s); banned for %.0fs, re-routing", peer[-8:], a, b, error,
                         duration)

@@ -216,6 +216,11 @@ def is_node_failure(error: RoutingError) -> bool:
         ErrorCode.PUSH_REFUSED.value)
 
 
+def is_busy(error: RoutingError) -> bool:
+    """A node whose cache is full refused: it did nothing wrong and will have room again soon."""
+    return isinstance(error, RemoteError) and error.code == ErrorCode.CACHE_FULL.value
+
+
 def deserves_ban(error: RoutingError) -> bool:
     """A node that closed an idle session, took back pages beyond a fair share, or is leaving politely,
     did nothing wrong."""

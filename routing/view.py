@@ -55,6 +55,14 @@ class Bans:
         self._until[peer] = max(self._until.get(peer, 0.0), self.clock() + duration)  # never shorten a ban
         return duration
 
+    def busy(self, peer: str, seconds: float) -> float:
+        """After a node refused for a full cache: avoid it for `seconds` (until the client re-reads the
+        records, which tell whether it has room again), counting no failure. Backoff kept a long session
+        off every node that was ever full when it asked, past its deadline once the bans reached `cap`;
+        a shorter wait had every client of a full swarm retry every full node every few seconds."""
+        self._until[peer] = max(self._until.get(peer, 0.0), self.clock() + seconds)
+        return seconds
+
     def excuse(self, peer: str) -> bool:
         """Whether to let a polite refusal (an expired session, a node draining) pass unbanned: once
         per `excuse_window`, so a node that answers every open that way is avoided like any failure."""
@@ -77,6 +85,11 @@ class Bans:
 
     def __contains__(self, peer: object) -> bool:
         return isinstance(peer, str) and self._until.get(peer, 0.0) > self.clock()
+
+    def active(self) -> frozenset[str]:
+        """The peers banned now: one snapshot for a plan, which tests a thousand records against it."""
+        now = self.clock()
+        return frozenset(p for p, t in self._until.items() if t > now)
 
     def failures(self, peer: str) -> int:
         """How often `peer` was banned so far, whether or not its ban has ended since."""
@@ -141,7 +154,7 @@ class SwarmView:
 
     def coverage(self, max_length: int = 1) -> Coverage:
         """How much of the model the swarm covers as this view sees it (no query; call on the client loop)."""
-        servers = usable(list(self.records.values()), self.bans, max_length)
+        servers = usable(list(self.records.values()), self.bans.active(), max_length)
         uncovered = tuple(b for b in range(self.num_blocks) if not any(r.start <= b < r.end for r in servers))
         reached = sum(1 for p in self.records if p in self.rtt and p not in self.bans)
         return Coverage(self.num_blocks, uncovered, len(self.records), reached)
@@ -199,9 +212,9 @@ class SwarmView:
             await self.refresh(force=True)
         self.refresh_soon()
         try:
-            return plan_measured_first(self.records.values(), start, end, rtt=self.rtt, banned=self.bans,
+            return plan_measured_first(self.records.values(), start, end, rtt=self.rtt, banned=self.bans.active(),
                                        max_length=max_length, push=push)
         except NoRouteError:
             await self.refresh(force=True)
-        return plan_measured_first(self.records.values(), start, end, rtt=self.rtt, banned=self.bans,
+        return plan_measured_first(self.records.values(), start, end, rtt=self.rtt, banned=self.bans.active(),
                                    max_length=max_length, push=push)

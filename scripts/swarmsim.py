@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument("--push", action="store_true", help="plan and run pushed chains (slow planning at scale)")
     parser.add_argument("--no-claims", action="store_true",
                         help="rebalance as before moves were claimed (to measure herding: --scenario herd)")
+    parser.add_argument("--routing", choices=("room", "before"), default="room",
+                        help="room: clients plan around nodes announcing too little free cache for the session and "
+                             "a full node is avoided briefly, not banned with backoff; before: neither")
     parser.add_argument("--out", type=Path, default=Path("swarmsim-out"),
                         help="folder for the PNGs (default %(default)s)")
     parser.add_argument("--no-plots", action="store_true", help="the table only")
@@ -61,6 +64,7 @@ def main() -> None:
     for placement in args.placement or PLACEMENTS:
         cfg = SCENARIOS[args.scenario]()
         cfg = dataclasses.replace(cfg, placement=placement, seed=args.seed, push=args.push, claims=not args.no_claims,
+                                  room_rule=args.routing == "room",
                                   hours=args.hours if args.hours is not None else cfg.hours)
         began, cpu = time.perf_counter(), time.process_time()
         sim = Simulation(cfg)
@@ -73,7 +77,7 @@ def main() -> None:
     widths = [max(len(name), *(len(r[i]) for r in cells)) for i, (name, _) in enumerate(COLUMNS)]
     print(f"scenario {args.scenario}, {cfg.model.name}, {cfg.nodes} volunteers, {cfg.hours:g} h, seed {args.seed}, "
           f"{'pushed' if args.push else 'relayed'} chains, {cfg.client_rate:g} sessions/s, "
-          f"moves {'unclaimed (the rule before claims)' if args.no_claims else 'claimed'}")
+          f"moves {'unclaimed (the rule before claims)' if args.no_claims else 'claimed'}, routing {args.routing}")
     print("  ".join(name.rjust(w) for (name, _), w in zip(COLUMNS, widths)))
     for r in cells:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths)))

@@ -1,7 +1,7 @@
 """Upper bounds on a swarm's throughput: Helix's max-flow formulation, relaxed to a linear program.
 
 Every generated token must pass through every block once. A node serving blocks [start, end) spends
-`cost` seconds per block-token at its best batch and can send at most `upload` tokens/s onward, so
+`cost` seconds per block-token at the batch its cache holds and can send at most `upload` tokens/s onward, so
 with f[i,b] the tokens/s node i computes of block b:
     maximise T  subject to  Σ_i f[i,b] ≥ T for every block b,  Σ_b cost_i·f[i,b] ≤ 1,  0 ≤ f[i,b] ≤ upload_i.
 Latency, batching gaps and the choice of chains are relaxed away, so no policy on these nodes can beat
@@ -23,7 +23,7 @@ from scipy.sparse import coo_matrix
 class Capacity:
     start: int
     end: int
-    cost: float  # seconds per block-token at the node's best batch
+    cost: float  # seconds per block-token at the biggest batch its cache holds
     upload: float  # tokens/s the node can send on
 
 

@@ -73,6 +73,7 @@ class Config:
     spans: tuple[tuple[int, int], ...] = ()  # where the first nodes start (then placed by `placement`)
     claims: bool = True  # moves are claimed first (node/selection.py); False: the rule before, which herded
     dht_lag_s: float = 0.0  # seconds before an announcement is visible to readers
+    room_rule: bool = True  # plan around nodes announcing no room, avoid a full one briefly (has_room, Bans.busy)
 
 
 class SimNode:
@@ -101,9 +102,12 @@ class SimNode:
         self.next_announce = 0.0
         self.step = 0.0  # seconds per step of its whole span at this tick's batch
         self.send = 0.0  # seconds to upload that batch's outputs
-        # The least seconds per block-token any batch can take: the cache holds at most `cache_tokens`
-        # sessions, and a block's step time over its batch only falls as the batch grows.
-        self.cost = step_time(self.hw, m, cfg.cache_tokens, 0) / cfg.cache_tokens
+        # Seconds per block-token at the biggest batch its cache holds: sessions of the workload's mean
+        # length (each reserves its whole length), each with half its answer cached on average. Shorter
+        # sessions would batch more, so the bound is at the mean; the cache, not the compute, is what
+        # limits a node's batch (at `cache_tokens` one-token sessions, a GPU's cost was 2-5x lower).
+        batch = max(1, cfg.cache_tokens // (workload.PROMPT_MEAN + workload.ANSWER_MEAN))
+        self.cost = step_time(self.hw, m, batch, batch * (workload.PROMPT_MEAN + workload.ANSWER_MEAN // 2)) / batch
         self.cache_limit = cfg.cache_tokens
         # what the node measures and announces: single-stream decode tokens/s through its span
         self.announced = 1.0 / (min(self.length, m.num_blocks) * step_time(self.hw, m, 1, workload.PROMPT_MEAN))
@@ -185,7 +189,7 @@ class Simulation:
         self._events: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._ids = itertools.count()
-        self._rtt: dict[tuple[str, str], float] = {}
+        self._region_rtt: dict[str, dict[str, float]] = {}  # a client's round trip to each peer, by its region
         self._bound = (0.0, 0.0)
         self._sampled = (0.0, 0.0)  # (time, tokens) at the last sample
         self.departures = 0
@@ -411,10 +415,10 @@ class Simulation:
         self._repair(s)
 
     def _client_rtt(self, s: Session, peer: str) -> float:
-        key = (s.endpoint.region, peer)
-        if key not in self._rtt:
-            self._rtt[key] = self._link_rtt(s.endpoint, self.nodes[peer].endpoint)
-        return self._rtt[key]
+        known = self._region_rtt.setdefault(s.endpoint.region, {})
+        if peer not in known:
+            known[peer] = self._link_rtt(s.endpoint, self.nodes[peer].endpoint)
+        return known[peer]
 
     def _link_rtt(self, a: network.Endpoint, b: network.Endpoint) -> float:
         return network.rtt(a, b) if self.cfg.lab is None else self.cfg.lab.rtt_s
@@ -423,10 +427,12 @@ class Simulation:
         """A chain over [start, end) whose nodes took the session, as `RemoteRunner._open_chain` gets one;
         None after scheduling a retry (or failing the session) when no chain covers it now."""
         while True:
-            rtt = {p: self._client_rtt(s, p) for p in self.records}  # the view pings every node it reads
+            rtt = self._region_rtt.setdefault(s.endpoint.region, {})  # the view pings every node it reads
+            for p in self.records.keys() - rtt.keys():
+                rtt[p] = self._link_rtt(s.endpoint, self.nodes[p].endpoint)
             try:
-                hops = plan_measured_first(self.records.values(), start, end, rtt=rtt, banned=s.bans,
-                                           max_length=s.length, push=self.cfg.push)
+                hops = plan_measured_first(self.records.values(), start, end, rtt=rtt, banned=s.bans.active(),
+                                           max_length=s.length, push=self.cfg.push, with_room=self.cfg.room_rule)
             except NoRouteError:
                 wake = coverage_wake(self.now, s.give_up_at, s.bans.next_expiry(), await_coverage=False)
                 if wake is None:
@@ -442,17 +448,20 @@ class Simulation:
                     n.sessions[s] = None
                     n.cache_used += s.length
                 return [(n, a, b, n.epoch) for n, a, b in chain]
-            for n, deserved in refused:
-                s.bans.penalize(n.peer_id, deserved)
+            for n, why in refused:
+                if why == "busy" and self.cfg.room_rule:
+                    s.bans.busy(n.peer_id, self.cfg.announce_period)  # SwarmView re-reads the DHT as often
+                else:
+                    s.bans.penalize(n.peer_id, why != "draining")
 
-    def _refusal(self, node: SimNode, s: Session) -> bool | None:
-        """None if `node` takes the session, else whether its refusal deserves a ban (`deserves_ban`):
-        unreachable or full does, draining does not."""
+    def _refusal(self, node: SimNode, s: Session) -> str | None:
+        """None if `node` takes the session, else why not: "gone" (unreachable: a ban, `deserves_ban`),
+        "draining" (excusable), "busy" (a full cache: `is_busy`, avoided briefly; banned with the rule before)."""
         if node.state == "gone" or node.state == "loading":
-            return True
+            return "gone"
         if node.state == "draining":
-            return False
-        return True if node.cache_used + s.length > node.cache_limit else None
+            return "draining"
+        return "busy" if node.cache_used + s.length > node.cache_limit else None
 
     def _release(self, s: Session, node: SimNode) -> None:
         if s in node.sessions:

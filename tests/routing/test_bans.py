@@ -75,3 +75,17 @@ def test_failures_are_remembered_after_the_ban_ends() -> None:
     bans.ban("node")
     clock.now += 5.0
     assert "node" not in bans and bans.failures("node") == 1 and bans.failures("other") == 0
+
+
+def test_a_full_node_is_avoided_briefly_and_counts_no_failure() -> None:
+    clock = Clock()
+    bans = Bans(clock=clock)
+    for _ in range(5):
+        assert bans.busy("full", 30.0) == 30.0
+        assert "full" in bans
+    assert bans.failures("full") == 0  # no backoff builds up: the next refusal is as short
+    clock.now += 30.0
+    assert "full" not in bans
+    assert bans.active() == frozenset()
+    bans.ban("bad")
+    assert bans.active() == {"bad"}

@@ -87,8 +87,9 @@ def test_nodes_announcing_too_little_cache_for_the_session_are_skipped() -> None
     assert chain(plan_measured_first(records, 0, 30, rtt=RTT, max_length=500)) == [("a", 0, 30)]
     records = [node("a", 0, 15, cache_tokens_left=0), node("b", 0, 30, 1.0), node("c", 15, 30, cache_tokens_left=0)]
     assert chain(plan_measured_first(records, 0, 30, rtt=RTT, max_length=64)) == [("b", 0, 30)]
-    assert chain(plan_measured_first(records[:1], 0, 15, rtt=RTT, max_length=64)) == [("a", 0, 15)]  # the last resort
-    with pytest.raises(NoRouteError):
+    assert chain(plan_route(records, 0, 30, rtt=RTT, max_length=64)) == [("a", 0, 15), ("c", 15, 30)]
+    assert chain(plan_measured_first(records[:1], 0, 15, rtt=RTT, max_length=64)) == [("a", 0, 15)]  # last resort
+    with pytest.raises(NoRouteError, match="with room for 64 tokens"):
         plan_route(records[:1], 0, 15, rtt=RTT, max_length=64, with_room=True)
 
 

@@ -31,36 +31,44 @@ demo: model
 	$(BIN)/swarmlm demo --model $(MODEL) --nodes $(NODES) "$(PROMPT)"
 
 test: model tools
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Test processes compute on one thread each (OMP_NUM_THREADS, inherited by nodes and gateways): with
+# more busy processes than cores, torch's OpenMP threads spin waiting for each other. Measured with
+# two other busy processes on the two cores, a local constrained generation test took 43.8 s and 33
+# CPU-s on two threads, 23.9 s and 14 CPU-s on one. Every process of a run uses the same count, so
+# results computed in different processes agree to the bit.
+TEST_ENV = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
 
 # Tests that need neither the model nor node processes (markers set in tests/conftest.py): mostly
 # single-threaded Python, so one worker per core (UNIT_WORKERS=0 runs them in this process).
 UNIT_WORKERS ?= 2
 unit: install
-	$(BIN)/python -m pytest -m "not model and not swarm and not bigmodel and not long" \
+	$(TEST_ENV) $(BIN)/python -m pytest -m "not model and not swarm and not bigmodel and not long" \
 	  $(if $(filter-out 0,$(UNIT_WORKERS)),-n $(UNIT_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
 
-# The rest of `make test`: `make unit heavy` runs every test once. One process by default: with
-# HEAVY_WORKERS=2 the tier takes about 15 minutes instead of 28, since much of a swarm test is waiting
-# (DHT rounds, timeouts, node start-ups), but each worker grows to ~4 GiB beside its swarms and on a
-# 24 GiB machine the OOM killer took a worker near the end (2026-12-05); it needs more memory.
-HEAVY_WORKERS ?= 0
+# The rest of `make test`: `make unit heavy` runs every test once. Two workers by default
+# (HEAVY_WORKERS=0 runs one process): much of a swarm test is waiting (DHT rounds, timeouts, node
+# start-ups), which the other worker fills. A module's tests stay on one worker (tests/conftest.py
+# groups them), so its swarm starts once. Few glibc arenas keep each worker's heap small; a worker
+# that dies fails the run instead of being replaced mid-tier.
+HEAVY_WORKERS ?= 2
 heavy: model tools
-	$(BIN)/python -m pytest -m "(model or swarm) and not bigmodel and not long" \
-	  $(if $(filter-out 0,$(HEAVY_WORKERS)),-n $(HEAVY_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
+	$(TEST_ENV) MALLOC_ARENA_MAX=2 $(BIN)/python -m pytest -m "(model or swarm) and not bigmodel and not long" \
+	  $(if $(filter-out 0,$(HEAVY_WORKERS)),-n $(HEAVY_WORKERS) --dist loadgroup --max-worker-restart=0) $(PYTEST_ARGS)
 
 # The long forms of scenarios CI runs short (hundreds of spot checks, every kill, the whole sweep).
 # Line coverage per package of the unit tier (what runs in this process and its xdist workers).
 .PHONY: coverage
 coverage: install
-	$(BIN)/python -m pytest -m "not model and not swarm and not bigmodel and not long" \
+	$(TEST_ENV) $(BIN)/python -m pytest -m "not model and not swarm and not bigmodel and not long" \
 	  $(if $(filter-out 0,$(UNIT_WORKERS)),-n $(UNIT_WORKERS) --dist loadgroup) \
 	  --cov=ledger --cov=shards --cov=routing --cov=node --cov=swarmlm --cov-report= $(PYTEST_ARGS)
 	$(BIN)/python scripts/coverage_by_package.py
 
 .PHONY: long
 long: model tools
-	$(BIN)/python -m pytest -m long $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -m long $(PYTEST_ARGS)
 
 # $(call apt_tool,COMMAND,PACKAGES,WHAT HAPPENS WITHOUT IT): install PACKAGES with apt-get when COMMAND
 # is missing, as root; otherwise say what will skip or fail (no commas in the third argument).

@@ -164,7 +164,9 @@ def test_the_official_client_parses_logprobs_and_n(api, local_model):
     sdk = local_model.generate(QUESTION, 4, logprobs=2, frequency_penalty=0.5)
     assert [c.message.content for c in chat.choices] == [sdk.text, sdk.text]  # greedy: both answers alike
     tokens = chat.choices[1].logprobs.content
-    assert [t.logprob for t in tokens] == pytest.approx([lp.logprob for lp in sdk.logprobs], abs=1e-5)
+    # n=2 computes a batch of two, whose float32 matmuls round apart from the SDK's batch of one
+    # (1.8e-5 seen on one compute thread)
+    assert [t.logprob for t in tokens] == pytest.approx([lp.logprob for lp in sdk.logprobs], abs=1e-4)
     assert all(len(t.top_logprobs) == 2 and t.bytes for t in tokens)
     text = client.completions.create(model="m", prompt="The sky is", temperature=0, max_tokens=3, logprobs=1,
                                      extra_body={"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2})

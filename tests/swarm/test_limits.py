@@ -70,7 +70,9 @@ def model(limited, default_store):
 
 def test_a_client_refused_for_cache_full_uses_another_node(limited, model, local_model):
     """Another client holds half of A's 96-token pool, its fair share; our prompt needs more than
-    the other half, gets cache_full there, and B serves."""
+    the other half. The client plans around A, which announces too little free cache for a 120-token
+    session (routing/planner.py `has_room`), or, planned through A on an older record, gets cache_full
+    there and fails over once: either way B serves."""
     swarm, a, b = limited
     hog = SwarmClient(swarm.initial_peers)
     hog.remember(a.peer_id, a.maddrs)
@@ -86,7 +88,7 @@ def test_a_client_refused_for_cache_full_uses_another_node(limited, model, local
         holding.abort()
     finally:
         hog.close()
-    assert served_by == {b.peer_id} and failovers == 1
+    assert served_by == {b.peer_id} and failovers <= 1
     assert g.token_ids == local_model.generate(LONG_PROMPT, 16).token_ids
 
 

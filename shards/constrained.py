@@ -26,7 +26,6 @@ from functools import lru_cache
 from typing import Any, Sequence
 
 import llguidance
-import llguidance.hf
 import numpy as np
 import torch
 
@@ -101,7 +100,10 @@ def schema_grammar(schema: dict[str, Any], what: str) -> str:
 
 @lru_cache(maxsize=4)
 def _engine_tokenizer(tokenizer: Any, vocab_size: int, eos_ids: tuple[int, ...]) -> llguidance.LLTokenizer:
-    """The engine's view of a tokenizer: built once per model (about a second)."""
+    """The engine's view of a tokenizer: built once per model (about a second). `llguidance.hf` imports
+    transformers (about a second of CPU), which a process that never constrains an answer skips."""
+    import llguidance.hf
+
     return llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=list(eos_ids))
 
 

@@ -45,7 +45,7 @@ TEST_ENV = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
 UNIT_WORKERS ?= 2
 unit: install
 	$(TEST_ENV) $(BIN)/python -m pytest -m "not model and not swarm and not bigmodel and not long" \
-	  $(if $(filter-out 0,$(UNIT_WORKERS)),-n $(UNIT_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
+	  $(if $(filter-out 0,$(UNIT_WORKERS)),-n $(UNIT_WORKERS) --dist loadgroup --no-loadscope-reorder) $(PYTEST_ARGS)
 
 # The rest of `make test`: `make unit heavy` runs every test once. Two workers by default
 # (HEAVY_WORKERS=0 runs one process): much of a swarm test is waiting (DHT rounds, timeouts, node
@@ -55,14 +55,14 @@ unit: install
 HEAVY_WORKERS ?= 2
 heavy: model tools
 	$(TEST_ENV) MALLOC_ARENA_MAX=2 $(BIN)/python -m pytest -m "(model or swarm) and not bigmodel and not long" \
-	  $(if $(filter-out 0,$(HEAVY_WORKERS)),-n $(HEAVY_WORKERS) --dist loadgroup --max-worker-restart=0) $(PYTEST_ARGS)
+	  $(if $(filter-out 0,$(HEAVY_WORKERS)),-n $(HEAVY_WORKERS) --dist loadgroup --no-loadscope-reorder --max-worker-restart=0) $(PYTEST_ARGS)
 
 # The long forms of scenarios CI runs short (hundreds of spot checks, every kill, the whole sweep).
 # Line coverage per package of the unit tier (what runs in this process and its xdist workers).
 .PHONY: coverage
 coverage: install
 	$(TEST_ENV) $(BIN)/python -m pytest -m "not model and not swarm and not bigmodel and not long" \
-	  $(if $(filter-out 0,$(UNIT_WORKERS)),-n $(UNIT_WORKERS) --dist loadgroup) \
+	  $(if $(filter-out 0,$(UNIT_WORKERS)),-n $(UNIT_WORKERS) --dist loadgroup --no-loadscope-reorder) \
 	  --cov=ledger --cov=shards --cov=routing --cov=node --cov=swarmlm --cov-report= $(PYTEST_ARGS)
 	$(BIN)/python scripts/coverage_by_package.py
 

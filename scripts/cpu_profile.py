@@ -7,6 +7,10 @@ sum over the heavy tier is the floor of its time on two cores, however it is sch
 
     PYTHONPATH=.:scripts python -m pytest -p cpu_profile -m "(model or swarm) and not bigmodel and not long"
     python scripts/cpu_profile.py [cpu-profile.jsonl]      # the report, most CPU first
+    python scripts/cpu_profile.py --group-seconds [cpu-profile.jsonl] > tests/group_seconds.json
+
+The second form writes each xdist group's wall seconds (from a `make heavy` run), which
+tests/conftest.py reads to start the longest groups first.
 
 A module's session- or package-scoped processes count where they are reaped (at the end of the
 run), and a test's children only once they exit. Memory is what an xdist worker holds (`RssAnon`: what
@@ -94,10 +98,23 @@ def report(path: Path) -> list[str]:
             *low, *(f"failed: {test}" for test in failed)]
 
 
+def group_seconds(path: Path) -> dict[str, int]:
+    """Wall seconds per xdist group (the `@group` xdist appends to a test id; else the module), longest first."""
+    groups: dict[str, float] = defaultdict(float)
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        test = row["id"]
+        groups[test.rsplit("@", 1)[1] if "@" in test else test.split("::")[0]] += row["wall"]
+    return {group: round(wall) for group, wall in sorted(groups.items(), key=lambda kv: -kv[1])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", nargs="?", type=Path, default=OUT, help="the plugin's output (default %(default)s)")
-    print("\n".join(report(parser.parse_args().path)))
+    parser.add_argument("--group-seconds", action="store_true",
+                        help="print each xdist group's wall seconds as JSON (for tests/group_seconds.json)")
+    args = parser.parse_args()
+    print(json.dumps(group_seconds(args.path), indent=1) if args.group_seconds else "\n".join(report(args.path)))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -79,6 +82,8 @@ def remote_model(swarm3, default_store, tmp_path_factory):
 MODEL_FIXTURES = {"default_store", "local_model", "reference_model", "expected"}
 SWARM_FIXTURES = {"swarm3", "remote_model", "gateway", "client", "async_client", "swarm", "attacker", "honest"}
 PROCESS_CALLS = ("LocalSwarm(", "subprocess.", "SWARMLM,", "*SWARMLM")
+# Each xdist group's wall seconds in the heavy tier: `python scripts/cpu_profile.py --group-seconds`.
+GROUP_SECONDS = Path(__file__).with_name("group_seconds.json")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the groups into the test ids
@@ -87,14 +92,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for `pytest -n` (`--dist loadgroup`): a module's tests stay on one worker, so its module fixtures
     start once; the WAN lab's modules share one worker, since they make and count namespaces; and so do
     the modules on the shared `swarm3` (and its gateway), which a session fixture would otherwise start,
-    and keep to the end, on every worker (about 3.5 GiB each). The WAN group, the longest, runs first:
-    collected last, it was a worker's lone tail of minutes."""
+    and keep to the end, on every worker (about 3.5 GiB each), and the attack modules on the hostile
+    package's shared swarm. Groups run longest first (`GROUP_SECONDS`),
+    so the last ones to start are short and both workers finish together."""
     sources: dict[Path, str] = {}
-    items.sort(key=lambda item: Path(item.fspath).parent.name != "wan")  # stable: modules stay whole
+    groups: dict[pytest.Item, str] = {}
     for item in items:
         names = set(item.fixturenames)
         path = Path(item.fspath)
-        group = "wan" if path.parent.name == "wan" else "swarm3" if "swarm3" in names else str(path.relative_to(REPO))
+        group = ("wan" if path.parent.name == "wan" else "swarm3" if "swarm3" in names
+                 else "hostile" if "shared_swarm" in names else str(path.relative_to(REPO)))
+        groups[item] = group
         item.add_marker(pytest.mark.xdist_group(group))
         if path not in sources:
             sources[path] = path.read_text(encoding="utf-8", errors="replace")
@@ -102,3 +110,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.swarm)
         if names & (MODEL_FIXTURES | SWARM_FIXTURES):
             item.add_marker(pytest.mark.model)
+    items.sort(key=_longest_group_first(groups))  # stable: a group's tests stay in their order
+
+
+def _longest_group_first(groups: dict[pytest.Item, str]) -> Callable[[pytest.Item], tuple[float, int]]:
+    """Sort key: the group's measured seconds, longest first (the longest-processing-time rule, which
+    `make heavy` keeps with `--no-loadscope-reorder`: xdist would order groups by their number of
+    tests); then the group's first place in the collection, so a group stays whole. A group not
+    measured yet counts as the measured mean per test times its tests."""
+    sizes = Counter(groups.values())
+    measured = {g: s for g, s in json.loads(GROUP_SECONDS.read_text()).items() if g in sizes}
+    per_test = sum(measured.values()) / sum(sizes[g] for g in measured) if measured else 1.0
+    first = {g: i for i, g in reversed(list(enumerate(groups.values())))}
+    return lambda item: (-measured.get(groups[item], per_test * sizes[groups[item]]), first[groups[item]])

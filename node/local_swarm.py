@@ -2,7 +2,9 @@
 
 `LocalSwarm` starts a bootstrap peer and N `python -m node run` processes splitting the blocks
 evenly, waits until each prints its `ready` line, records them in `STATE/swarm.json`, and stops
-exactly the processes it started. With a `Placement` (the WAN lab in scripts/wanlab.py) each process
+exactly the processes it started. Nodes are forked from a Python that has imported the daemon
+already (node/forkserver.py: most of a node's start-up CPU); `SWARMLM_FORK_NODES=0` execs each one
+instead. With a `Placement` (the WAN lab in scripts/wanlab.py) each process
 runs on a host of its own, named `bootstrap`, `node-1`, `node-2`, … and listens on that host's address.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 from .errors import NodeError
+from .forkserver import ForkedProcess, ForkServer, die_with_parent
 
 log = logging.getLogger(__name__)
 NODE_CLI = [sys.executable, "-m", "node"]  # the daemon's own entry point: no need of the top-level CLI
@@ -48,7 +51,7 @@ class LocalNode:
     state_dir: str
     ledger: str
     log: str
-    process: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+    process: subprocess.Popen | ForkedProcess | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict:
         return {"name": self.name, "blocks": list(self.blocks) if self.blocks else None, "pid": self.pid,
@@ -56,13 +59,12 @@ class LocalNode:
                 "log": self.log}
 
 
-def die_with_parent() -> None:
-    """In the child, before exec: SIGTERM it if whoever started it dies (a killed test run, say),
-    so no node outlives its swarm's owner."""
-    if sys.platform == "linux":
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _forkable(program: Sequence[str] | None) -> str | None:
+    """What the fork server runs for `program`: "" for `python -m node`, a script's path for
+    `python SCRIPT`; None when it must be exec'd (another interpreter, or more arguments)."""
+    if program is None:
+        return ""
+    return program[1] if len(program) == 2 and program[0] == sys.executable else None
 
 
 def even_spans(num_blocks: int, nodes: int) -> list[tuple[int, int]]:
@@ -158,6 +160,11 @@ class LocalSwarm:
         node_dir.mkdir(parents=True, exist_ok=True)
         log_path = node_dir / "node.log"
         argv = [*(program or NODE_CLI), *args]
+        script = _forkable(program)
+        if self.placement is None and script is not None and self.env.get("SWARMLM_FORK_NODES", "1") != "0":
+            forked = ForkServer.shared().spawn(args, env=self.env, log=log_path, program=script or None)
+            return LocalNode(name, blocks, forked.pid, "", [], str(node_dir), str(node_dir / "ledger.sqlite"),
+                             str(log_path), forked)
         with open(log_path, "wb") as out:
             proc = subprocess.Popen(self.placement.wrap(name, argv) if self.placement else argv, stdout=out,
                                     stderr=subprocess.STDOUT, env=self.env, start_new_session=True,

@@ -131,8 +131,8 @@ class Inference:
                    pusher: str | None = None, ticket: dict[str, Any] | None = None, ring: RingTicket | None = None,
                    token: int | None = None) -> bool:
         """Compute one step, push its output on when asked (with the client's step `ticket`, or the
-        `ring` ticket of a ring step, whose input embeds `token`), sample the ring's next token when
-        this node closes it, and send the client its result (or why not).
+        `ring` ticket of a ring step, whose input embeds `token` and drafts), judge its drafts and
+        sample the ring's next token when this node closes it, and send the client its result (or why not).
 
         A step `pusher` pushed is dropped (False) when the client re-routed it away while the step
         waited for the session: its result would reach the client after "routed", as a stale one."""
@@ -148,15 +148,17 @@ class Inference:
                                if session.attesting else None)
                 pushed, push_failed = False, None
                 nxt = session.next_peer
-                end = start + hidden.shape[1]
                 blocks = (session.stack.start, session.stack.end)
                 onward: protocol.Frame | None = None
-                if session.ring is not None and session.ring.due(end, session.budget.ring) and nxt is not None:
+                kept, drafts = 0, []
+                if session.ring is not None and nxt is not None and session.ring.due(start, hidden.shape[1],
+                                                                                     session.budget.ring):
                     assert s.ring_head is not None  # armed only on a node holding it
-                    token = await s.ring_head.sample(session.ring, done.hidden, end, s.hidden_size)
-                    if not session.ring.ends(token):
-                        onward = protocol.RingToken(session.client, session.session_id, end, token, blocks,
-                                                    session.ring.ticket.to_wire())
+                    sampled = await s.ring_head.sample(session.ring, done.hidden, start, s.hidden_size)
+                    token, kept, drafts = sampled.token, sampled.kept, sampled.drafts
+                    if sampled.onward:
+                        onward = protocol.RingToken(session.client, session.session_id, sampled.at, token, blocks,
+                                                    session.ring.ticket.to_wire(), drafts)
                 elif push and nxt is not None and session.stack.end < s.num_blocks:  # never past the last block
                     onward = protocol.Push(session.client, session.session_id, start, done.hidden, blocks,
                                            ticket, ring.to_wire() if ring else None)
@@ -170,7 +172,8 @@ class Inference:
                         push_failed = str(e)[:4096]
                 await session.send(protocol.Result(done.hidden, step=index, start=start, compute_ms=compute_ms,
                                                    attestation=attestation, pushed=pushed, push_failed=push_failed,
-                                                   ring=ring.seq if ring else None, token=token).to_wire())
+                                                   ring=ring.seq if ring else None, token=token, kept=kept,
+                                                   drafts=drafts).to_wire())
         except ProtocolError as e:
             await self._refuse(session, e)
         return True

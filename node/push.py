@@ -8,8 +8,8 @@ else is answered on the push stream with a `push_refused` error naming the sessi
 tells that session's client (`push_failed`), who then relays the step itself. A push carries the
 client's step ticket when its client signs them, and is computed only within what the tickets ask
 for (node/step_budget.py): a replayed or grown push is refused the same way. In ring mode the
-node serving the last block sends the token it sampled (`ring_token`) to the node serving the first,
-its successor in the client's grant, which embeds it; ring steps carry the client's ring ticket
+node serving the last block sends the token it sampled (`ring_token`, with any drafts after it) to
+the node serving the first, its successor in the client's grant, which embeds them; ring steps carry the client's ring ticket
 (node/ring.py). The frames are declared in routing/protocol.py.
 """
 
@@ -209,12 +209,13 @@ class PushReceiver:
 
 
     def _ring_input(self, ring: protocol.RingToken, start: int) -> torch.Tensor:
-        """The embedding of a ring's token, sent by the node serving the last block to us, serving the first."""
+        """The embedding of a ring's token and drafts, sent by the node serving the last block to us, serving
+        the first."""
         s = self.serving
         if s.ring_head is None or start != 0 or ring.blocks[1] != s.num_blocks:
             raise ProtocolError(ErrorCode.PUSH_REFUSED, "a ring token goes from the node serving the last block to "
                                                         "one serving the first that holds the embeddings")
-        return s.ring_head.embed(ring.token)
+        return s.ring_head.embed([ring.token, *ring.drafts])
 
 
 async def _reply_quietly(reply: Callable[[dict[str, Any]], Awaitable[None]], frame: dict[str, Any]) -> None:

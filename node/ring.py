@@ -10,21 +10,32 @@ checks each ring step against it on every node), and its sampler is greedy or th
 one (temperature, top-k/p, min-p, no penalties), whose generator state comes along so that both
 draw the same token. Trust is unchanged: a node that samples or embeds a different token is caught
 by the client, which re-applies the head to the final hidden state it gets a copy of.
+
+Speculation in the ring (`max_draft` in the `ring` frame): the sampler drafts by prompt lookup over
+the text so far (the frame brings its latest tokens; the sampler adds what it samples) and sends its
+sampled token with the drafts as one ring step; when that step comes back it keeps the drafts the
+exact acceptance rule keeps (argmax equality, or the seeded speculative-sampling rule, with the
+client's generator) and samples the token after them. The client applies the same rule with its own
+head to the same rows, so it draws the same random numbers and either agrees or rolls back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
 from routing import protocol, wire
 from routing.errors import ErrorCode, ProtocolError
 from routing.grants import RingTicket, accept_ring_ticket
+from shards.drafting import PromptLookupDrafter
 from shards.errors import ShardsError
 from shards.head import Head
 from shards.sampling import Sampler, SamplingParams
+from shards.speculative import AdaptiveDraftLength, FixedDraftLength, accept_greedy, accept_sampled
 
 
 def head_bytes(vocab_size: int, hidden_size: int, dtype: torch.dtype) -> int:
@@ -32,29 +43,69 @@ def head_bytes(vocab_size: int, hidden_size: int, dtype: torch.dtype) -> int:
     return 2 * vocab_size * hidden_size * torch.empty((), dtype=dtype).element_size()
 
 
+class RingDrafting:
+    """How a ring's sampler drafts (speculation in the ring): prompt lookup over the text so far, only
+    on a match of `MIN_MATCH` tokens or more (a one-token match is weak evidence: on free chat it mostly
+    drafts tokens that are rejected, and each costs the whole ring compute), as many as the draft-length
+    model expects to pay off (shards/speculative.py) from this ring's own measured step times and
+    acceptance. A sampled ring drafts at the fixed maximum, so that a seed repeats its answer."""
+
+    MIN_MATCH = 2
+
+    def __init__(self, max_draft: int, sampled: bool) -> None:
+        self.lookup = PromptLookupDrafter(min_ngram=self.MIN_MATCH, max_ngram=max(3, self.MIN_MATCH))
+        self.length = (FixedDraftLength if sampled else AdaptiveDraftLength)(max_draft)
+        self.sent_at = 0.0  # when the last step went out
+
+    def propose(self, context: Sequence[int], limit: int) -> list[int]:
+        """Drafts to follow `context`, at most `limit` (the ticket's room)."""
+        k = self.length.choose(limit)
+        self.sent_at = time.perf_counter()
+        return self.lookup.propose(context, k, _LOOKUP).tokens if k > 0 else []
+
+    def returned(self, positions: int, drafted: int, kept: int) -> None:
+        """The step sent last came back around the ring with `positions` positions, `kept` of its
+        `drafted` drafts accepted."""
+        self.length.record_forward(positions, time.perf_counter() - self.sent_at)
+        self.length.record_trip(drafted, kept)
+
+
+_LOOKUP = Sampler(SamplingParams())  # prompt lookup draws nothing: its drafts are certain
+
+
 @dataclass
 class RingSampler:
-    """One session's armed sampler: which positions it may sample, and how."""
+    """One session's armed sampler: which positions it may sample, how, and what it drafts from."""
 
     ticket: RingTicket
     sampler: Sampler | None  # None: greedy
     stop: frozenset[int] = frozenset()  # tokens that end the answer: the ring stops after one
-    sampled: int = -1  # the last position sampled
+    context: list[int] = field(default_factory=list)  # the text so far (its latest tokens), through `sampled`
+    drafting: RingDrafting | None = None  # None: no speculation
+    sampled: int = -1  # the position of the last token sampled
+    sent: tuple[int, ...] = ()  # the last ring step sent: the token sampled, then its drafts
 
-    def due(self, position: int, running: RingTicket | None) -> bool:
-        """Whether to sample the token for `position`, where the step just computed ends: once, within
-        the ticket, after the step that starts the ring (one ending at its first position, signed before
-        it) or one of its own steps (`running`, the ring ticket the session's budget spent last)."""
+    def due(self, start: int, positions: int, running: RingTicket | None) -> bool:
+        """Whether to judge the step of `positions` at `start` just computed and sample after it: the
+        step that starts the ring (a pushed one ending at its first position, signed before it), or the
+        ring step this sampler sent last (`running`: the ring ticket the session's budget spent last)."""
         t = self.ticket
-        own = running.seq == t.seq if running is not None else position == t.start
-        return own and t.start <= position < t.end and position > self.sampled
+        if running is None:
+            return start + positions == t.start and self.sampled < t.start
+        return running.seq == t.seq and (start, positions) == (self.sampled, len(self.sent)) and start < t.end
 
-    def ends(self, token: int) -> bool:
-        """Whether `token` ends the answer: then it is not computed, and nothing after it sampled."""
-        if token in self.stop:
-            self.sampled = self.ticket.end
-            return True
-        return False
+
+@dataclass(frozen=True)
+class Sampled:
+    """What the sampler chose after a step: `kept` of its drafts, then `token` (at position `at`), and
+    the `drafts` sent on after it; `onward`: whether a ring step carries them (not after a stop token,
+    nor past the ticket)."""
+
+    kept: int
+    token: int
+    at: int
+    drafts: list[int]
+    onward: bool
 
 
 @dataclass
@@ -72,8 +123,10 @@ class RingHead:
     def arm(self, frame: protocol.Ring, client: str, session: str) -> RingSampler:
         """The sampler a `ring` frame asks for, checked."""
         ticket = accept_ring_ticket(frame.ticket, client=client, session=session)
+        drafting = RingDrafting(frame.max_draft, frame.temperature > 0) if frame.max_draft else None
+        stop, context = frozenset(frame.stop), list(frame.context)
         if frame.temperature == 0:
-            return RingSampler(ticket, None, frozenset(frame.stop))
+            return RingSampler(ticket, None, stop, context, drafting)
         if frame.state is None:
             raise ProtocolError(ErrorCode.BAD_FRAME, "a sampled ring needs its client's generator 'state'")
         try:
@@ -82,22 +135,43 @@ class RingHead:
             sampler.generator.set_state(torch.frombuffer(bytearray(frame.state), dtype=torch.uint8))
         except (ValueError, RuntimeError, ShardsError) as e:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"the ring's sampler cannot be built: {e}"[:300]) from None
-        return RingSampler(ticket, sampler, frozenset(frame.stop))
+        return RingSampler(ticket, sampler, stop, context, drafting)
 
-    def embed(self, token: int) -> torch.Tensor:
-        """The first block's input for `token`, as a pushed step's (1, 1, hidden) float32 CPU tensor."""
-        if not 0 <= token < self.vocab_size:
-            raise ProtocolError(ErrorCode.BAD_FRAME, f"token {token} is not below the vocabulary's {self.vocab_size}")
+    def embed(self, tokens: Sequence[int]) -> torch.Tensor:
+        """The first block's input for `tokens`, as a pushed step's (1, n, hidden) float32 CPU tensor."""
+        if not all(0 <= t < self.vocab_size for t in tokens):
+            raise ProtocolError(ErrorCode.BAD_FRAME, f"a ring token is not below the vocabulary's {self.vocab_size}")
         with torch.inference_mode():
-            return self.head.embed(torch.tensor([[token]], device=self.device)).float().cpu()
+            return self.head.embed(torch.tensor([list(tokens)], device=self.device)).float().cpu()
 
-    async def sample(self, ring: RingSampler, hidden: dict, position: int, hidden_size: int) -> int:
-        """The token for `position` from the step's encoded output (its last row is the final hidden state)."""
+    async def sample(self, ring: RingSampler, hidden: dict, start: int, hidden_size: int) -> Sampled:
+        """Judge the drafts of the step at `start` (its encoded output's rows) by the exact acceptance
+        rule, sample the token after the ones kept, and draft the next step's."""
         out = wire.decode_tensor(hidden, hidden_size=hidden_size, max_tokens=1 << 20, max_batch=1)
-        ring.sampled = position
-        return await asyncio.get_running_loop().run_in_executor(None, self._choose, out[0, -1:], ring.sampler)
+        return await asyncio.get_running_loop().run_in_executor(None, self._sample, ring, out[0], start)
 
-    def _choose(self, row: torch.Tensor, sampler: Sampler | None) -> int:
+    def _sample(self, ring: RingSampler, rows: torch.Tensor, start: int) -> Sampled:
+        own = ring.sampled == start and len(ring.sent) == rows.shape[0]  # else the step that starts the ring
+        drafts = list(ring.sent[1:]) if own else []
+        tokens = self._choose(rows[-1 - len(drafts):], drafts, ring.sampler)
+        kept, t = len(tokens) - 1, ring.ticket
+        if own and ring.drafting is not None:
+            ring.drafting.returned(rows.shape[0], len(drafts), kept)
+        at = start + rows.shape[0] - len(drafts) + kept
+        ring.context.extend(tokens)
+        ring.sampled, ring.sent = at, ()
+        if at >= t.end or any(token in ring.stop for token in tokens):  # the answer ends: nothing after it
+            ring.sampled = t.end
+            return Sampled(kept, tokens[-1], at, [], False)
+        following = ring.drafting.propose(ring.context, t.end - at - 1) if ring.drafting is not None else []
+        ring.sent = (tokens[-1], *following)
+        return Sampled(kept, tokens[-1], at, following, True)
+
+    def _choose(self, rows: torch.Tensor, drafts: list[int], sampler: Sampler | None) -> list[int]:
+        """The drafts kept, then the next token: the client's own rule (shards/speculative.py) on
+        the final hidden states `rows`, one per draft and one after them."""
         with torch.inference_mode():
-            logits = self.head.logits(row.to(self.device))[0]
-        return int(logits.argmax()) if sampler is None else sampler(logits)
+            logits = self.head.logits(rows.to(self.device)).float().cpu()
+        if sampler is None:
+            return accept_greedy(logits.argmax(-1).tolist(), drafts)
+        return accept_sampled(sampler.probs(logits), drafts, None, sampler.generator)

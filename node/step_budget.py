@@ -11,8 +11,10 @@ that uses them is `push_refused` to the pusher (whose client then relays).
 A session uses tickets once its client says so when opening (`tickets: true`) or once it has spent
 one; until then a push without a ticket is taken, as from clients that sign none.
 
-A ring (node/ring.py) runs on one ring ticket: each of its steps is one position, computed at most
-once per node, in order, within the ticket's range; a later step or ring ticket ends it.
+A ring (node/ring.py) runs on one ring ticket: each of its steps is its sampled token's position
+and at most the ticket's `drafts` positions after it (speculation), all within the ticket's range;
+each step starts past the start of the one before, so it may rewind only over that step's rejected
+drafts, and a ring computes at most `tokens` steps. A later step or ring ticket ends it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from routing.errors import ErrorCode, ProtocolError
+from routing.protocol import MAX_RING_DRAFTS
 from routing.grants import RingTicket, accept_ring_ticket, accept_ticket
 
 
@@ -30,7 +33,7 @@ class StepBudget:
     seq: int = -1  # the highest ticket spent
     requested: int = 0  # positions × rows the spent tickets asked for
     ring: RingTicket | None = None  # the ring ticket in use, if the last ticket spent is one
-    ring_at: int = -1  # the last position computed under it
+    ring_at: int = -1  # where the last step under it started
 
     def spend(self, raw: Any, *, client: str, session: str, start: int, shape: Sequence[int]
               ) -> dict[str, Any] | None:
@@ -57,17 +60,19 @@ class StepBudget:
     def spend_ring(self, raw: Any, *, client: str, session: str, start: int, shape: Sequence[int]) -> RingTicket:
         """Check one ring step at `start` against the ring ticket `raw` and count it."""
         t = accept_ring_ticket(raw, client=client, session=session)
-        if tuple(shape[:2]) != (1, 1):
-            raise ProtocolError(ErrorCode.PUSH_REFUSED, "a ring step is one position of one row")
+        positions, most = shape[1], 1 + min(t.drafts or 0, MAX_RING_DRAFTS)
+        if shape[0] != 1 or not 1 <= positions <= most:
+            raise ProtocolError(ErrorCode.PUSH_REFUSED, f"a ring step is one row of 1..{most} positions (its sampled "
+                                                        "token and the ticket's drafts)")
         if self.ring is not None and t.seq == self.seq:
             if start <= self.ring_at:
                 raise ProtocolError(ErrorCode.PUSH_REFUSED, f"ring position {start} was computed already")
         elif t.seq <= self.seq:
             raise ProtocolError(ErrorCode.PUSH_REFUSED, f"ring ticket {t.seq} is spent (this session has spent "
                                                         f"tickets up to {self.seq})")
-        if not t.start <= start < t.end:
+        if not t.start <= start < start + positions <= t.end:
             raise ProtocolError(ErrorCode.PUSH_REFUSED, f"the ring ticket runs positions {t.start}..{t.end - 1}; "
-                                                        f"this step is at {start}")
+                                                        f"this step holds {start}..{start + positions - 1}")
         self.seq, self.required, self.ring, self.ring_at = t.seq, True, t, start
-        self.requested += 1
+        self.requested += positions
         return t

@@ -35,7 +35,7 @@ from .client import deserves_ban, is_busy, is_node_failure
 from .errors import NoRouteError, PeerFailure, RoutingError
 from .evidence import Claim
 from .planner import Hop
-from .ring import ClientRing, closes_ring
+from .ring import ClientRing, RingDrafts, closes_ring
 from .span import SpanSession
 from .tasks import background
 from .verification import Verifier
@@ -88,6 +88,7 @@ class RemoteRunner:
         self.silence: float | None = None  # seconds a node may stay silent within this step (None: the request
         # timeout); a ring session sets it for one-token steps (routing/ring.py)
         self.ring = ClientRing(self, ring_head) if ring_head is not None and push else None
+        self._ring_drafts = RingDrafts(self.ring) if self.ring is not None else None
 
     def forward_step(self, step: Forward) -> torch.Tensor:
         return self.client.run(self._forward_step(step))
@@ -99,6 +100,10 @@ class RemoteRunner:
         if self.ring is None:
             return await self._forward(step.hidden, step.start)
         return await self.ring.forward(step)
+
+    def drafter(self) -> RingDrafts | None:
+        """In ring mode, speculation's drafts are the ring sampler's (routing/ring.py)."""
+        return self._ring_drafts
 
     def forward(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
         return self.client.run(self._forward(hidden, start))

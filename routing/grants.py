@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from ledger import keys
 from ledger.errors import EncodingError
 from ledger.keys import Identity
-from ledger.schema import BLOCKS, DIGEST, PEER_ID, SIGNATURE, TEXT, UINT, SignedRecord, spec
+from ledger.schema import BLOCKS, DIGEST, PEER_ID, SIGNATURE, TEXT, UINT, SignedRecord, added, spec
 
 from .errors import ErrorCode, ProtocolError
 
@@ -130,8 +130,9 @@ class RingTicket(SignedRecord):
     session: str = spec(TEXT)
     seq: int = spec(UINT)  # from the step tickets' sequence: a later step or ring ticket ends this ring
     start: int = spec(UINT)  # the first position the ring may sample and compute
-    tokens: int = spec(UINT)  # how many positions it may run, one per step
+    tokens: int = spec(UINT)  # how many positions it may run, one at a time or with drafts after it
     signature: bytes = spec(SIGNATURE)
+    drafts: int | None = added(UINT)  # the most drafts a step may carry after its sampled token (None: 0)
 
     @property
     def end(self) -> int:
@@ -141,10 +142,11 @@ class RingTicket(SignedRecord):
         return keys.verify(self.client, keys.RING_TICKET, self.signed_bytes(), self.signature)
 
 
-def ring_ticket(identity: Identity, *, session: str, start: int, tokens: int) -> RingTicket:
-    """The client's ticket for a ring over positions [start, start + tokens)."""
+def ring_ticket(identity: Identity, *, session: str, start: int, tokens: int, drafts: int = 0) -> RingTicket:
+    """The client's ticket for a ring over positions [start, start + tokens), its steps carrying up to
+    `drafts` drafted tokens each."""
     return RingTicket(client=identity.peer_id, session=session, seq=_next_seq(), start=start, tokens=tokens,
-                      signature=bytes(64)).signed(identity, keys.RING_TICKET)
+                      signature=bytes(64), drafts=drafts or None).signed(identity, keys.RING_TICKET)
 
 
 def accept_ring_ticket(obj: Any, *, client: str, session: str) -> RingTicket:

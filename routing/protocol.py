@@ -67,6 +67,8 @@ MAX_TEXT = 256
 MAX_PORTS = 4  # a dial-back tries at most this many of the asker's ports
 MAX_SAMPLER_STATE = 8192  # bytes of a torch CPU generator's state (5,056 today)
 MAX_STOP_TOKENS = 16
+MAX_RING_DRAFTS = 16  # drafts a ring step may carry after its sampled token (speculation in the ring)
+MAX_RING_CONTEXT = 4096  # tokens of the text so far a ring's sampler drafts from (the latest ones)
 
 
 def uint(minimum: int = 0) -> FieldType:
@@ -101,8 +103,16 @@ NEXT_MADDRS = FieldType(f"a list of at most {MAX_NEXT_MADDRS} multiaddrs",
 PORTS = FieldType(f"a list of at most {MAX_PORTS} TCP ports",
                   lambda v: type(v) is list and len(v) <= MAX_PORTS and all(type(p) is int and 0 < p < 65536 for p in v))
 TOKEN = FieldType(f"a token id in 0..{(1 << 31) - 1}", lambda v: type(v) is int and 0 <= v < 1 << 31)
-STOP_TOKENS = FieldType(f"a list of at most {MAX_STOP_TOKENS} token ids",
-                        lambda v: type(v) is list and len(v) <= MAX_STOP_TOKENS and all(TOKEN.check(t) for t in v))
+
+
+def _tokens(limit: int) -> FieldType:
+    return FieldType(f"a list of at most {limit} token ids",
+                     lambda v: type(v) is list and len(v) <= limit and all(TOKEN.check(t) for t in v))
+
+
+STOP_TOKENS = _tokens(MAX_STOP_TOKENS)
+RING_DRAFTS = _tokens(MAX_RING_DRAFTS)
+RING_CONTEXT = _tokens(MAX_RING_CONTEXT)
 SAMPLER_STATE = FieldType(f"at most {MAX_SAMPLER_STATE} bytes",
                           lambda v: type(v) is bytes and len(v) <= MAX_SAMPLER_STATE)
 PROBABILITY = FieldType("a number in [0, 1]", lambda v: type(v) in (int, float) and 0 <= v <= 1, float, float)
@@ -307,7 +317,9 @@ class Ring(SessionFrame):
     """To the node serving the last block: sample the token after each step within the signed ring
     `ticket` and send it to your successor (the node serving the first block), unless it is one of
     `stop` (the answer ends there). Greedy at temperature 0; else the client's sampler, `state` being
-    its seeded generator's, so both draw the same."""
+    its seeded generator's, so both draw the same. With `max_draft` > 0 it also drafts up to that many
+    tokens by prompt lookup over `context` (the text so far, its latest tokens) and what it samples,
+    and judges them by the exact acceptance rule when their step comes back (node/ring.py)."""
 
     TYPE = "ring"
     ticket: Any = spec(ANY)
@@ -317,6 +329,9 @@ class Ring(SessionFrame):
     min_p: float = spec(PROBABILITY, default=0.0)
     state: bytes | None = spec(maybe(SAMPLER_STATE), default=None)
     stop: list[int] = spec(STOP_TOKENS, default_factory=list)
+    max_draft: int = spec(FieldType(f"an integer in 0..{MAX_RING_DRAFTS}",
+                                    lambda v: type(v) is int and 0 <= v <= MAX_RING_DRAFTS), default=0)
+    context: list[int] = spec(RING_CONTEXT, default_factory=list)
 
 
 SESSION_FRAMES: tuple[type[SessionFrame], ...] = (Step, Route, Close, Ring)
@@ -349,6 +364,8 @@ class Result(Frame):
     push_failed: str | None = spec(maybe(text(4096)), default=None)
     ring: int | None = spec(maybe(uint()), default=None)  # the seq of the ring ticket the step ran under
     token: int | None = spec(maybe(TOKEN), default=None)  # ring: the token sampled after it, or embedded for it
+    kept: int = spec(uint(), default=0)  # ring: the step's drafts its sampler kept (`token` follows them)
+    drafts: list[int] = spec(RING_DRAFTS, default_factory=list)  # ring: the drafts it sent on after `token`
 
 
 @dataclass(frozen=True)
@@ -427,7 +444,8 @@ class Push(Frame):
 @dataclass(frozen=True)
 class RingToken(Frame):
     """The token sampled for position `start`, sent by the node serving the last block (`blocks`) to
-    the one serving the first, which embeds it and computes that position: a ring step (node/ring.py)."""
+    the one serving the first, which embeds it (and `drafts` after it, speculation's guesses) and
+    computes those positions: a ring step (node/ring.py)."""
 
     TYPE = "ring_token"
     client: str = spec(CLIENT)
@@ -436,6 +454,7 @@ class RingToken(Frame):
     token: int = spec(TOKEN)
     blocks: tuple[int, int] = spec(BLOCKS)
     ring_ticket: Any = spec(ANY)
+    drafts: list[int] = spec(RING_DRAFTS, default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,14 @@ A ring runs on one signed ring ticket over the positions the call still needs, c
 node each (node/step_budget.py); the sampler stops at the answer's stop tokens, so a call that
 ends at EOS or at its token limit leaves no ring step uncounted.
 
+Speculation in the ring (a call with `speculative=k` on a ring runner): the sampler drafts by prompt
+lookup (node/ring.py) and sends its token with the drafts as one ring step; the client's drafter is
+`RingDrafts`, the drafts the sampler sent, so the client's own trip (shards/generation.py: its head,
+the exact acceptance rule, its seeded generator) is that ring step. The sampler's claim after a step
+(drafts kept, token sampled) is checked like a single token: the client's next step shows its own
+choice, and the first token where they differ convicts the sampler on the same proof, else rolls
+back. A sampler that keeps a draft its head rejects is caught there too.
+
 A stalled ring (a node alive to TCP but silent: swapped out, stopped, wedged) is detected without
 waiting for the request timeout: within a one-token step, a node whose result does not come within
 `silence_limit` — 10 times the slowest of the session's last 8 steps that needed no failover (a
@@ -42,8 +50,10 @@ from typing import TYPE_CHECKING, Awaitable, Sequence
 
 import torch
 
+from shards.drafting import Draft
 from shards.generation import Forward
 from shards.head import Head
+from shards.sampling import Sampler
 
 from . import protocol
 from .attestation import Attestation
@@ -88,67 +98,106 @@ class RingEvidence:
     chosen: int
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """What the ring's sampler claims it chose after a step the client took (at `start`, embedding
+    `ids`, the last `drafted` of them drafts, `rows` the last hop's output for the token before the
+    drafts and for each draft): it kept `kept` drafts, sampled `tokens[0]` after them, and sent the
+    ring step `tokens` (that token, then its new drafts) on at position `at`."""
+
+    start: int
+    ids: tuple[int, ...]
+    drafted: int
+    rows: torch.Tensor
+    attestation: Attestation | None
+    kept: int
+    tokens: tuple[int, ...]
+
+    @property
+    def first(self) -> int:
+        """The position of the step's last token that is no draft: the first one judged."""
+        return self.start + len(self.ids) - 1 - self.drafted
+
+    @property
+    def at(self) -> int:
+        return self.first + 1 + self.kept
+
+    @property
+    def drafts(self) -> tuple[int, ...]:
+        return self.ids[len(self.ids) - self.drafted:]
+
+    @property
+    def emitted(self) -> tuple[int, ...]:
+        """The tokens the sampler says the step yields: the drafts it kept, then the one it sampled."""
+        return (*self.drafts[:self.kept], self.tokens[0])
+
+
 class ClientRing:
     """Runs a `RemoteRunner`'s steps as a ring where it can (see the module docstring)."""
 
     def __init__(self, runner: RemoteRunner, head: Head) -> None:
         self.runner, self.head = runner, head
         self.ticket: RingTicket | None = None
-        self.sampled: dict[int, int] = {}  # position -> the token the ring's sampler chose for it
-        self.final: dict[int, tuple[torch.Tensor, Attestation | None]] = {}  # position -> the last hop's output
-        # row before it, and its attestation
+        self.last = -1  # the position of the last token the call that armed the ring may choose
+        self.claim: _Claim | None = None  # the sampler's choice after the latest step
         self.steps = 0  # steps taken from the ring
         self.restarts = 0  # rings started
         self.convictions: list[RingEvidence] = []
         self.recent: deque[float] = deque(maxlen=SILENCE_WINDOW)  # seconds the latest steps took, without failover
 
+    def drafts(self, context: Sequence[int]) -> list[int]:
+        """The drafts the ring's sampler sent on after the last token of `context`, if it sampled that token there."""
+        claim = self.claim
+        if claim is None or self.ticket is None or claim.at != len(context) - 1 or claim.tokens[0] != context[-1]:
+            return []
+        return list(claim.tokens[1:])
+
     async def forward(self, step: Forward) -> torch.Tensor:
-        """The blocks' output for `step`: the ring's own step when it sampled the token fed, else a
+        """The blocks' output for `step`: the ring's own step when it sampled the tokens fed, else a
         pushed step that (re)starts a ring."""
-        ticket, n = self.ticket, step.hidden.shape[1]
-        if ticket is not None and n == 1 and ticket.start <= step.start < ticket.end:
-            claimed = self.sampled.get(step.start)
-            if claimed == step.ids[0]:
+        ticket, claim = self.ticket, self.claim
+        if ticket is not None and claim is not None and ticket.start <= step.start < ticket.end \
+                and _last(step) == self.last:
+            if (claim.at, claim.tokens) == (step.start, step.ids):
                 out = await self._taken(step, self.runner.ring_step(step.hidden, step.start, ticket.seq))
                 self.steps += 1
                 return out
-            if claimed is not None:
-                await self._judge(step, claimed)
-        self.ticket = None
+            await self._judge(step, claim)
+        self.ticket = self.claim = None
         await self.runner.ready()
         arm = (lambda: self._start(step)) if self._can_ring(step) else None
         return await self._taken(step, self.runner._forward(step.hidden, step.start, arm))
 
     async def _taken(self, step: Forward, computing: Awaitable[torch.Tensor]) -> torch.Tensor:
         """A step's output; what its last hop sampled is noted, and any failover ends the ring. A node
-        silent for longer than `silence_limit` within a one-token step fails over."""
+        silent for longer than `silence_limit` within a one-token or drafted step fails over."""
         runner = self.runner
         before = (runner.failovers, runner.relayed_steps)
         n = step.hidden.shape[1]
-        runner.silence = silence_limit(self.recent, runner.client.request_timeout) if n == 1 else None
+        runner.silence = silence_limit(self.recent, runner.client.request_timeout) if n == 1 + step.drafted else None
         began = time.perf_counter()
         try:
             out = await computing
         finally:
             runner.silence = None
-        end = step.start + n
         last = runner.spans[-1]
         frame = last.last_result
+        self.claim = None
         if (runner.failovers, runner.relayed_steps) != before:
             self.ticket = None
             return out
         self.recent.append(time.perf_counter() - began)
-        if frame is not None and frame.token is not None and self.ticket is not None:
-            self.sampled[end] = frame.token
-            self.final[end] = (out[0, -1:].clone(), last.attestations[-1] if last.attestations else None)
-            self.final.pop(step.start, None)  # judged by now
+        if frame is not None and frame.token is not None and self.ticket is not None and frame.kept <= step.drafted:
+            self.claim = _Claim(step.start, step.ids, step.drafted, out[0, n - 1 - step.drafted:].clone(),
+                                last.attestations[-1] if last.attestations else None, frame.kept,
+                                (frame.token, *frame.drafts))
         return out
 
     def _can_ring(self, step: Forward) -> bool:
         spans = self.runner.spans
         last = spans[-1].next_hop if spans else None
         return (step.sampler is not None and not step.sampler.params.penalized and step.remaining > 1
-                and len(spans) > 1 and closes_ring([s.hop for s in spans])
+                and step.drafted == 0 and len(spans) > 1 and closes_ring([s.hop for s in spans])
                 and spans[0].prev == spans[-1].peer and last is not None and last.peer_id == spans[0].peer
                 and step.start + step.hidden.shape[1] < self.runner.max_length)
 
@@ -160,13 +209,14 @@ class ClientRing:
         assert sampler is not None
         begin = step.start + step.hidden.shape[1]
         tokens = min(step.remaining - 1, runner.max_length - begin)
-        self.ticket = ring_ticket(runner.client.identity, session=runner.session_id, start=begin, tokens=tokens)
-        self.sampled.clear()
-        self.final.clear()
+        self.ticket = ring_ticket(runner.client.identity, session=runner.session_id, start=begin, tokens=tokens,
+                                  drafts=step.max_draft)
+        self.last = _last(step)
         p = sampler.params
         state = None if p.greedy else bytes(sampler.generator.get_state().numpy().tobytes())
         frame = protocol.Ring(runner.session_id, self.ticket.to_wire(), p.temperature, p.top_p, p.top_k, p.min_p,
-                              state, sorted(step.stop)[:protocol.MAX_STOP_TOKENS])
+                              state, sorted(step.stop)[:protocol.MAX_STOP_TOKENS], step.max_draft,
+                              list(step.context[-protocol.MAX_RING_CONTEXT:]) if step.max_draft else [])
         try:
             await runner.spans[-1].arm(frame)
         except PeerFailure as e:  # the pushed step finds the node gone, and fails over
@@ -175,12 +225,17 @@ class ClientRing:
             return
         self.restarts += 1
 
-    async def _judge(self, step: Forward, claimed: int) -> None:
-        """The ring sampled `claimed` where the client chose `step.ids[0]`: convict on proof, else only roll back."""
-        final = self.final.get(step.start)
-        if final is None:
+    async def _judge(self, step: Forward, claim: _Claim) -> None:
+        """The ring's sampler claimed other tokens after the step it judged than the client chose (the
+        client's next step shows its choice): convict on proof, else only roll back."""
+        kept = step.start - claim.first - 1  # how many drafts the client kept
+        if not 0 <= kept <= claim.drafted:
             return
-        row, attestation = final
+        mine, theirs = (*claim.drafts[:kept], step.ids[0]), claim.emitted
+        if mine == theirs:
+            return  # the same tokens; only the drafts after them differ
+        j = min(kept, claim.kept)  # the first position where they differ
+        row, claimed, chosen = claim.rows[j:j + 1], theirs[j], mine[j]
         sampler = step.sampler
         logits = await asyncio.get_running_loop().run_in_executor(None, self._logits, row)
         if sampler is None or sampler.params.greedy:
@@ -188,19 +243,19 @@ class ClientRing:
             proven = gap > GREEDY_MARGIN * max(1.0, float(logits.abs().max()))
         else:
             proven = float(sampler.probs(logits)[claimed]) == 0.0
+        position = claim.first + j + 1
         last = self.runner.spans[-1]
         log.warning("the ring's sampler %s chose token %d at position %d, the client %d%s", last.peer[-8:], claimed,
-                    step.start, step.ids[0], ": convicted" if proven else "; rolling back")
+                    position, chosen, ": convicted" if proven else "; rolling back")
         if not proven:
             return
-        self.convictions.append(RingEvidence(last.peer, self.runner.session_id, step.start, attestation, row,
-                                             claimed, step.ids[0]))
+        self.convictions.append(RingEvidence(last.peer, self.runner.session_id, position, claim.attestation, row,
+                                             claimed, chosen))
         self.runner.view.bans.ban_forever(last.peer)
         await self._cut()
         await self.runner._replace(len(self.runner.spans) - 1, step.start,
-                                   PeerFailure(last.peer, f"sampled token {claimed} at position {step.start}, "
+                                   PeerFailure(last.peer, f"sampled token {claimed} at position {position}, "
                                                           f"which its head does not choose"))
-
     async def _cut(self) -> None:
         """Stop the first node embedding the convicted sampler's tokens now, before the (possibly slow)
         re-planning: else that sampler's ring keeps running its ticket through the chain, each node's
@@ -214,3 +269,21 @@ class ClientRing:
     def _logits(self, row: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return self.head.logits(row)[0]
+
+
+class RingDrafts:
+    """The client's drafter in a ring with speculation: the drafts the ring's sampler sent on, which its
+    next ring step embeds, so that the client's step is that ring step (shards/generation.py follows a
+    runner's drafter at the fixed maximum length; the sampler adapts it)."""
+
+    def __init__(self, ring: ClientRing) -> None:
+        self.ring = ring
+
+    def propose(self, context: Sequence[int], k: int, sampler: Sampler) -> Draft:
+        return Draft(self.ring.drafts(context)[:k])
+
+
+def _last(step: Forward) -> int:
+    """The position of the last token the call that sent `step` may choose: a step of the same call
+    names the same (ring steps included), a later call's another."""
+    return step.start + len(step.ids) - 1 - step.drafted + step.remaining

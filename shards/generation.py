@@ -93,9 +93,12 @@ class Generation:
 class Forward:
     """The generation loop's request: run the blocks on `hidden`, entering at position `start`.
 
-    `ids` are the tokens `hidden` embeds. When the loop will choose the token after this step with
-    `sampler` alone (no grammar, no speculation), `sampler` is given, with `remaining`, how many tokens
-    it may still choose in this call (this step's next included), and `stop`, the ids that end it."""
+    `ids` are the tokens `hidden` embeds, `context` every token through them (the text so far). When
+    the loop will choose the token after this step with `sampler` alone (no grammar, no speculation
+    but the runner's own), `sampler` is given, with `remaining`, how many tokens it may still choose in
+    this call (this step's next included), and `stop`, the ids that end it. With speculation drafted
+    by the runner (`SamplingRunner.drafter`: a ring's sampler drafts), `max_draft` is the most drafts a
+    trip takes, and the last `drafted` of `ids` are drafts."""
 
     hidden: torch.Tensor
     start: int
@@ -103,6 +106,9 @@ class Forward:
     sampler: Sampler | None = None
     remaining: int = 0
     stop: frozenset[int] = frozenset()
+    context: tuple[int, ...] = ()
+    drafted: int = 0
+    max_draft: int = 0
 
 
 @runtime_checkable
@@ -112,6 +118,9 @@ class SamplingRunner(BlockRunner, Protocol):
     def forward_step(self, step: Forward) -> torch.Tensor: ...
 
     async def aforward_step(self, step: Forward) -> torch.Tensor: ...
+
+    def drafter(self) -> Drafter | None:
+        """Who drafts for speculation on this runner (a ring: what its sampler drafted), if anyone."""
 
 
 _Core = Generator[Union[TokenEvent, Forward], Any, None]  # is sent the blocks' output after each Forward
@@ -215,8 +224,10 @@ class Session:
         return await self.runner.aforward(step.hidden, step.start)
 
     def _advancing(self, ids: list[int], n: int, sampler: Sampler | None = None, remaining: int = 0,
-                   stop: frozenset[int] = frozenset()) -> Generator[Forward, torch.Tensor, tuple[torch.Tensor, int]]:
-        """`advance`, asking its driver for the blocks' output (`sampler`, `remaining`, `stop`: see Forward)."""
+                   stop: frozenset[int] = frozenset(), drafted: int = 0, max_draft: int = 0
+                   ) -> Generator[Forward, torch.Tensor, tuple[torch.Tensor, int]]:
+        """`advance`, asking its driver for the blocks' output (`sampler`, `remaining`, `stop`, `drafted`,
+        `max_draft`: see Forward)."""
         common = 0
         for a, b in zip(self.history, ids):
             if a != b:
@@ -224,7 +235,8 @@ class Session:
             common += 1
         common = min(common, len(ids) - n)  # the last n tokens must run to produce their logits
         hidden = self.head.embed(torch.tensor([ids[common:]], device=self.head.embed_tokens.weight.device))
-        out = yield Forward(hidden, common, tuple(ids[common:]), sampler, remaining, stop)
+        out = yield Forward(hidden, common, tuple(ids[common:]), sampler, remaining, stop, tuple(ids), drafted,
+                            max_draft)
         self.history = list(ids)
         return self.head.logits(out[0, -n:]), len(ids) - common
 
@@ -371,6 +383,9 @@ class Session:
             raise ShardsError(f"speculative (the most drafts per trip) must be >= 0, got {max_draft}")
         if max_draft == 0:
             return None
+        own = self.runner.drafter() if isinstance(self.runner, SamplingRunner) else None
+        if drafter is None and self.drafter is None and own is not None:  # it drafts; we follow its drafts
+            return _Speculation(own, FixedDraftLength(max_draft), by_runner=True)
         drafter = drafter or self.drafter or PromptLookupDrafter()
         if seeded:
             return _Speculation(drafter, FixedDraftLength(max_draft))
@@ -432,14 +447,14 @@ class Session:
             result.logprobs = []
         context = list(ids)
         hit = done = False
+        stops = frozenset() if ignore_eos else frozenset(self.eos_ids)
         while not done:
             remaining = max_new_tokens - len(result.token_ids)
             if speculation is None:
-                rows, _ = yield from self._advancing(context, 1, None if constraint else sampler, remaining,
-                                                     frozenset() if ignore_eos else frozenset(self.eos_ids))
+                rows, _ = yield from self._advancing(context, 1, None if constraint else sampler, remaining, stops)
                 tokens = [sampler(rows[0] if constraint is None else constraint.mask(rows[0]), context)]
             else:
-                tokens, rows = yield from speculation.trip(self, context, sampler, remaining, constraint)
+                tokens, rows = yield from speculation.trip(self, context, sampler, remaining, stops, constraint)
             if not result.token_ids:
                 result.time_to_first_token = time.perf_counter() - started
             for token, row in zip(tokens, rows):  # a trip may yield several; never emit past EOS, a stop string or the limit
@@ -503,14 +518,18 @@ def _choice_options(options: dict[str, Any], i: int) -> dict[str, Any]:
 
 
 class _Speculation:
-    """One run's speculative trips: draft, verify all drafts in one forward, keep what the rule accepts."""
+    """One run's speculative trips: draft, verify all drafts in one forward, keep what the rule accepts.
 
-    def __init__(self, drafter: Drafter, draft_length: AdaptiveDraftLength) -> None:
-        self.drafter, self.draft_length = drafter, draft_length
+    `by_runner`: the drafter is the runner's own (a ring's sampler drafts and judges too), which then
+    learns each trip's sampler and is asked for every draft a trip may take (the runner adapts k)."""
+
+    def __init__(self, drafter: Drafter, draft_length: AdaptiveDraftLength, by_runner: bool = False) -> None:
+        self.drafter, self.draft_length, self.by_runner = drafter, draft_length, by_runner
         self.trips = self.drafted = self.accepted = 0
 
     def trip(self, session: Session, context: list[int], sampler: Sampler, remaining: int,
-             constraint: JsonConstraint | None = None) -> Generator[Forward, torch.Tensor, tuple[list[int], torch.Tensor]]:
+             stop: frozenset[int] = frozenset(), constraint: JsonConstraint | None = None
+             ) -> Generator[Forward, torch.Tensor, tuple[list[int], torch.Tensor]]:
         """Tokens the target emits after `context` (1 to k+1), each with the model's logits where it was
         chosen; the caches keep only verified ones. A `constraint` cuts drafts at the first it refuses
         (the target would reject it) and masks each position (it follows the emitted tokens itself)."""
@@ -524,7 +543,10 @@ class _Speculation:
             valid = constraint.valid_prefix(draft.tokens)
             draft = Draft(draft.tokens[:valid], None if draft.probs is None else draft.probs[:valid])
         began = time.perf_counter()
-        logits, positions = yield from session._advancing(context + draft.tokens, len(draft.tokens) + 1)
+        ring = self.by_runner and constraint is None
+        logits, positions = yield from session._advancing(
+            context + draft.tokens, len(draft.tokens) + 1, sampler if ring else None, remaining, stop,
+            len(draft.tokens), self.draft_length.max_draft if ring else 0)
         self.draft_length.record_forward(positions, time.perf_counter() - began)
         contexts = [context + draft.tokens[:i] for i in range(len(draft.tokens) + 1)]
         target = sampler.probs(logits if constraint is None else constraint.mask_along(logits, draft.tokens),

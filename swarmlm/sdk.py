@@ -94,7 +94,10 @@ class RemoteModel(GenerativeModel):
         `ring`: where the chain's first and last nodes hold the head (`--ring` nodes), the last one samples
         each next token (greedy, or this client's seeded sampler) and sends it straight to the first; the
         client checks every token against its own head off the critical path and rolls back on a
-        mismatch (routing/ring.py). Needs `push`; steps with a grammar, speculation or penalties go as pushed.
+        mismatch (routing/ring.py). Needs `push`; steps with a grammar or penalties go as pushed. With
+        `speculative=k` in a call, the last node also drafts up to k tokens by prompt lookup and judges them
+        by the exact acceptance rule, which the client re-applies (its drafts are then the ring's: where no
+        ring runs, such a call decodes without drafts).
         `recover_timeout`: seconds a token may wait for a chain (at a session's start or after a node
         failed), polling for nodes that rejoin, before it raises; None (default): fail over for up to
         300 s, but raise NoRouteError at once when no node could cover the model.

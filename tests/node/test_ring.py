@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ledger.keys import Identity
-from node.ring import RingHead
+from node.ring import RingDrafting, RingHead
 from routing import protocol, wire
 from routing.errors import ProtocolError
 from routing.grants import ring_ticket
@@ -34,27 +34,64 @@ def test_the_sampler_draws_what_the_clients_seeded_sampler_draws_and_stops_at_a_
     rows = torch.randn(6, 1, 32, generator=torch.Generator().manual_seed(1))
 
     async def node_tokens() -> list[int]:
-        return [await head.sample(armed, wire.encode_tensor(rows[i:i + 1]), 4 + i, 32) for i in range(6)]
+        drawn = []
+        for i in range(6):
+            sampled = await head.sample(armed, wire.encode_tensor(rows[i:i + 1]), 3 + i, 32)
+            assert (sampled.kept, sampled.at, sampled.drafts) == (0, 4 + i, [])
+            drawn.append(sampled.token)
+            if not sampled.onward:
+                break
+        return drawn
 
     drawn = asyncio.run(node_tokens())
-    assert drawn == [client(model.head.logits(rows[i])[0]) for i in range(6)]
-    assert not armed.ends(3) and armed.ends(15) and not armed.due(9, ticket)  # nothing after a stop token
+    expected = [client(model.head.logits(rows[i])[0]) for i in range(6)]
+    stop = expected.index(15) + 1 if 15 in expected else len(expected)
+    assert drawn == expected[:stop]
+    assert not armed.due(armed.sampled, 1, ticket)  # nothing after a stop token or the ticket's end
 
 
 def test_it_samples_after_the_starting_step_and_its_own_steps_only_once_each() -> None:
     head, _ = _ring_head()
     ticket = ring_ticket(CLIENT, session="s", start=4, tokens=3)
     armed = head.arm(protocol.Ring("s", ticket.to_wire()), CLIENT.peer_id, "s")
-    assert armed.sampler is None  # greedy
-    assert armed.due(4, None) and not armed.due(5, None)  # a plain step ending where the ring starts
-    armed.sampled = 4
-    assert not armed.due(4, ticket) and armed.due(5, ticket) and armed.due(6, ticket)
-    assert not armed.due(7, ticket)  # past the ticket
+    assert armed.sampler is None and armed.drafting is None  # greedy, no speculation
+    assert armed.due(0, 4, None) and not armed.due(0, 5, None)  # a plain step ending where the ring starts
+    armed.sampled, armed.sent = 4, (7,)
+    assert not armed.due(0, 4, ticket) and armed.due(4, 1, ticket) and not armed.due(4, 2, ticket)
+    armed.sampled = 7
+    assert not armed.due(7, 1, ticket)  # past the ticket
     later = ring_ticket(CLIENT, session="s", start=5, tokens=3)
-    assert not armed.due(5, later)  # another ring's step
+    armed.sampled = 5
+    assert not armed.due(5, 1, later)  # another ring's step
     with pytest.raises(ProtocolError):
         head.arm(protocol.Ring("s", ticket.to_wire(), temperature=0.5), CLIENT.peer_id, "s")  # no state
     with pytest.raises(ProtocolError):
         head.arm(protocol.Ring("s", ticket.to_wire()), Identity.generate().peer_id, "s")  # not its client's
     with pytest.raises(ProtocolError):
-        head.embed(16)  # past the vocabulary
+        head.embed([3, 16])  # past the vocabulary
+
+
+def test_ring_drafting_needs_a_match_of_two_tokens_and_fits_the_tickets_room() -> None:
+    drafting = RingDrafting(4, sampled=True)  # the fixed maximum: only the match decides
+    assert drafting.propose([5, 1, 2, 3, 9, 4, 7, 3], 4) == []  # only "3" recurs: a one-token match is no evidence
+    assert drafting.propose([5, 1, 2, 3, 9, 4, 2, 3], 4) == [9, 4, 2, 3]  # "2 3" recurs: copy what followed
+    assert drafting.propose([5, 1, 2, 3, 9, 4, 2, 3], 2) == [9, 4]  # no further than the ticket runs
+    assert drafting.propose([5, 1, 2, 3, 9, 4, 2, 3], 0) == []
+
+
+def test_the_sampler_keeps_the_drafts_its_head_chooses_and_sends_its_own_next() -> None:
+    """Greedy speculation in the ring: a step of the sampled token and drafts comes back; the sampler
+    keeps the drafts equal to the argmax up to the first that is not, samples the token after them, and
+    drafts the next step's from the text so far."""
+    head, model = _ring_head()
+    ticket = ring_ticket(CLIENT, session="s", start=4, tokens=10, drafts=3)
+    armed = head.arm(protocol.Ring("s", ticket.to_wire(), max_draft=3, context=[1, 2, 3, 4]), CLIENT.peer_id, "s")
+    rows = torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(2))
+    argmax = model.head.logits(rows[0]).argmax(-1).tolist()
+    rejected = (argmax[1] + 1) % 16
+    armed.sampled, armed.sent = 4, (5, argmax[0], rejected, 0)  # the ring step at 4: token 5 and three drafts
+    armed.context.append(5)
+    sampled = asyncio.run(head.sample(armed, wire.encode_tensor(rows), 4, 32))
+    assert (sampled.kept, sampled.token, sampled.at, sampled.onward) == (1, argmax[1], 6, True)
+    assert armed.context == [1, 2, 3, 4, 5, argmax[0], argmax[1]] and armed.sampled == 6
+    assert armed.sent == (argmax[1], *sampled.drafts) and len(sampled.drafts) <= 3

@@ -92,8 +92,8 @@ def test_a_ring_ticket_runs_each_of_its_positions_once_in_order_until_a_later_ti
     for position, why in [(9, "computed already"), (8, "computed already"), (11, "runs positions 8..10")]:
         with pytest.raises(ProtocolError, match=why):
             _ring(budget, ring, position)
-    with pytest.raises(ProtocolError, match="one position of one row"):
-        _ring(budget, ring, 10, (1, 2, 4))
+    with pytest.raises(ProtocolError, match="one row of 1..1 positions"):
+        _ring(budget, ring, 10, (1, 2, 4))  # no drafts on this ticket
     _ring(budget, ring, 10)
     assert budget.requested == 8 + 3
     _spend(budget, ticket(CLIENT, session=SID, start=9, tokens=1, batch=1).to_wire(), 9, (1, 1, 4))  # a rollback
@@ -106,3 +106,18 @@ def test_a_ring_ticket_runs_each_of_its_positions_once_in_order_until_a_later_ti
     with pytest.raises(ProtocolError) as caught:
         _ring(budget, {"seq": 1}, 10)
     assert caught.value.code == ErrorCode.BAD_FRAME
+
+
+def test_a_speculating_ring_step_may_rewind_over_the_last_steps_rejected_drafts_only() -> None:
+    budget = StepBudget()
+    _spend(budget, ticket(CLIENT, session=SID, start=0, tokens=8, batch=1).to_wire(), 0, (1, 8, 4))
+    ring = ring_ticket(CLIENT, session=SID, start=8, tokens=8, drafts=3).to_wire()
+    _ring(budget, ring, 8, (1, 4, 4))  # its token and 3 drafts: positions 8..11
+    _ring(budget, ring, 10, (1, 3, 4))  # one draft kept: the next step rewinds 10 and 11
+    for start, shape, why in [(10, (1, 1, 4), "computed already"), (9, (1, 1, 4), "computed already"),
+                              (11, (1, 5, 4), "one row of 1..4 positions"), (14, (1, 3, 4), "holds 14..16"),
+                              (12, (2, 1, 4), "one row")]:
+        with pytest.raises(ProtocolError, match=why):
+            _ring(budget, ring, start, shape)
+    _ring(budget, ring, 15, (1, 1, 4))
+    assert budget.requested == 8 + 4 + 3 + 1

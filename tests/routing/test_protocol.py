@@ -30,15 +30,15 @@ EXAMPLES: list[protocol.Frame] = [
     protocol.Close("s-1", b"receipt", 8),
     protocol.Opened("s-1", 64, "float16"),
     protocol.Result(TENSOR, step=4, start=2, compute_ms=1.5, attestation={"any": 1}, pushed=True,
-                    push_failed="no route", ring=9, token=42),
-    protocol.Ring("s-1", {"opaque": b"signed"}, 0.7, 0.9, 40, 0.05, b"state", [2]),
+                    push_failed="no route", ring=9, token=42, kept=2, drafts=[5, 6]),
+    protocol.Ring("s-1", {"opaque": b"signed"}, 0.7, 0.9, 40, 0.05, b"state", [2], 4, [1, 2, 3]),
     protocol.Routed("s-1"),
     protocol.Closed("s-1", 12, 10),
     protocol.PushFailed("s-1", "push_refused", "not its predecessor"),
     protocol.Error("busy", "retry later", client="12D3KooW", session="s-1"),
     protocol.Push("12D3KooW", "s-1", 3, TENSOR, (0, 10), {"opaque": b"signed"}),
     protocol.Push("12D3KooW", "s-1", 3, TENSOR, (0, 10), ring_ticket={"opaque": b"signed"}),
-    protocol.RingToken("12D3KooW", "s-1", 9, 42, (20, 30), {"opaque": b"signed"}),
+    protocol.RingToken("12D3KooW", "s-1", 9, 42, (20, 30), {"opaque": b"signed"}, [7, 8]),
     protocol.Ping(7),
     protocol.Pong(7),
     protocol.Dialback([4001, 4002]),
@@ -59,6 +59,7 @@ WRONG: dict[str, list[Any]] = {
     "open": [[0], 4001], "v": [-1, "1", None], "peer_id": [7, "p" * 257],
     "ring": [-1, "3"], "token": [-1, 1 << 31, "3"], "temperature": [-0.1, 101, "1"],
     "top_p": [1.5, -0.1], "top_k": [-1, 0.5], "min_p": [2], "state": ["s", b"x" * 8193], "stop": [[-1], [1] * 17, 3],
+    "kept": [-1, "1"], "drafts": [[-1], [1] * 17, 3], "max_draft": [-1, 17, True], "context": [[-1], [1] * 4097, "1"],
 }
 ANY_FIELDS = {"grant", "receipt", "attestation", "ticket", "ring_ticket"}
 

@@ -53,10 +53,10 @@ async def test_the_event_loop_never_runs_the_models_compute(local_model, monkeyp
     on_loop: list[int] = []
     advancing = Session._advancing
 
-    def watched(self, ids, n):  # embeddings and LM head run where this generator runs, the blocks where it is sent
+    def watched(self, ids, n, *step):  # embeddings and LM head run where this generator runs, blocks where sent
         if threading.current_thread() is loop_thread:
             on_loop.append(len(ids))
-        return (yield from advancing(self, ids, n))
+        return (yield from advancing(self, ids, n, *step))
 
     monkeypatch.setattr(Session, "_advancing", watched)
     result = await local_model.agenerate(QUESTION, 8, speculative=2)

@@ -1,5 +1,7 @@
-"""A test-only node that closes rings dishonestly: it computes its blocks honestly, but samples the
-token its head likes least. Usage: the arguments of `python -m node`, e.g. `run ... --ring`."""
+"""A test-only node that closes rings dishonestly: it computes its blocks honestly, but lies about what
+its head chooses. By default it samples the token its head likes least; with `--keeps-drafts` first
+it samples honestly but keeps every draft of a speculating ring step, rejected or not. Usage: the
+arguments of `python -m node`, e.g. `[--keeps-drafts] run ... --ring`."""
 
 from __future__ import annotations
 
@@ -10,14 +12,19 @@ import torch
 from node.ring import RingHead
 
 
-def _least_likely(self: RingHead, row: torch.Tensor, sampler) -> int:  # noqa: ANN001
+def _least_likely(self: RingHead, rows: torch.Tensor, drafts: list[int], sampler) -> list[int]:  # noqa: ANN001
     with torch.inference_mode():
-        return int(self.head.logits(row.to(self.device))[0].argmin())
+        return [int(self.head.logits(rows[:1].to(self.device))[0].argmin())]
 
 
-RingHead._choose = _least_likely  # type: ignore[method-assign]
+def _keeps_every_draft(self: RingHead, rows: torch.Tensor, drafts: list[int], sampler) -> list[int]:  # noqa: ANN001
+    with torch.inference_mode():
+        return [*drafts, int(self.head.logits(rows[-1:].to(self.device))[0].argmax())]
+
 
 if __name__ == "__main__":
+    keeps = sys.argv[1:2] == ["--keeps-drafts"]
+    RingHead._choose = _keeps_every_draft if keeps else _least_likely  # type: ignore[method-assign]
     from node.cli import main
 
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1 + keeps:]))

@@ -1,8 +1,9 @@
 """Ring mode through real nodes (issue 25): the last node samples, the first embeds, the client checks.
 
 One swarm for the module: three `--ring` nodes over the model's 30 blocks, a node that samples
-dishonestly on the last span, which the client is made to route through once, and a spare for
-each node that fails mid-ring (killed, or stopped to stall the ring)."""
+dishonestly on the last span (wrong tokens, or wrong drafts kept), which the client is made to route
+through once, and a spare for each node that fails mid-ring (killed, or stopped to stall the ring).
+Speculation in the ring runs on REPEAT, where prompt lookup's drafts are mostly accepted."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from swarmlm.sdk import RemoteModel
 from swarmlm.swarm_status import swarm_report
 
 from ..conftest import FIXED_THROUGHPUT
+from ..shards.test_speculative_generation import REPEAT
 
 PROMPT = "What is the capital of France?"
 SPANS = [(0, 10), (10, 20), (20, 30)]
@@ -96,14 +98,41 @@ def _stranger_ring_token(swarm: LocalSwarm, first: str, client: str, session: st
         stranger.close()
 
 
-def test_a_lying_sampler_is_convicted_rolled_back_and_the_text_stays_local(ring_swarm, default_store, local_greedy):
+def test_speculation_in_the_ring_keeps_local_greedy_text_and_counts_only_kept_tokens(ring_swarm, default_store,
+                                                                                    local_repeat):
+    """The sampler drafts by prompt lookup and judges its drafts; the client takes each ring step as its
+    own speculative trip: the text is local greedy text, and rejected drafts are rolled back on every node."""
+    with _ring_model(ring_swarm, default_store) as model:
+        with model.inference_session(max_length=256) as s:
+            g = s.generate(REPEAT, 24, ignore_eos=True, speculative=4)
+            ring, kept = s.runner.ring, len(s.history)
+            assert ring is not None and ring.restarts == 1 and not ring.convictions
+            assert s.runner.relayed_steps == 0 and s.runner.failovers == 0
+            spec = g.extra["speculation"]
+            assert spec["accepted"] > 0 and ring.steps == spec["trips"] - 1  # every trip after the prompt: the ring's
+            assert all(sp.accepted == kept and sp.tokens - sp.rolled_back == kept for sp in s.runner.spans)
+    assert g.token_ids == local_repeat
+    assert [(sp.closed.tokens, sp.closed.accepted_tokens) if sp.closed else None for sp in s.runner.closed_spans] == \
+        [(sp.tokens, kept) for sp in s.runner.closed_spans]  # the nodes count what the receipts name
+
+
+@pytest.fixture(scope="module")
+def local_repeat(local_model) -> list[int]:
+    return local_model.generate(REPEAT, 24, ignore_eos=True).token_ids
+
+
+@pytest.mark.parametrize("lie, prompt, speculative", [
+    pytest.param("", PROMPT, 0, id="wrong-token"),
+    pytest.param("--keeps-drafts", REPEAT, 4, id="keeps-rejected-drafts")])
+def test_a_lying_sampler_is_convicted_rolled_back_and_the_text_stays_local(ring_swarm, default_store, local_greedy,
+                                                                           local_repeat, lie, prompt, speculative):
     honest = next(n for n in ring_swarm.nodes if n.blocks == SPANS[-1])
-    liar = ring_swarm.spawn_node(SPANS[-1], program=LIAR)
+    liar = ring_swarm.spawn_node(SPANS[-1], program=[*LIAR, lie] if lie else LIAR)
     try:
         with _ring_model(ring_swarm, default_store) as model:
             model.view.bans.ban(honest.peer_id)  # a few seconds: the first chain goes through the liar
-            with model.inference_session(max_length=128) as s:
-                g = s.generate(PROMPT, 12, ignore_eos=True)
+            with model.inference_session(max_length=256) as s:
+                g = s.generate(prompt, 12, ignore_eos=True, speculative=speculative)
                 ring = s.runner.ring
                 assert ring is not None
                 assert [e.peer for e in ring.convictions] == [liar.peer_id]
@@ -115,7 +144,7 @@ def test_a_lying_sampler_is_convicted_rolled_back_and_the_text_stays_local(ring_
             [(sp.tokens, sp.accepted) for sp in spans]
     finally:
         ring_swarm.kill(liar)
-    assert g.token_ids == local_greedy[:12]
+    assert g.token_ids == (local_repeat if speculative else local_greedy)[:12]
 
 
 @pytest.mark.parametrize("span, sig", [

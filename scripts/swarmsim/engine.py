@@ -19,6 +19,7 @@ three periods, as hivemind's do.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import math
@@ -32,13 +33,13 @@ from node.selection import (best_start, blocks_for_budget, claim_holds, claim_wa
                             rebalance_delay, serves, should_move)
 from routing.chain import DEFAULT_DEADLINE, coverage_wake
 from routing.errors import NoRouteError
-from routing.planner import plan_measured_first
+from routing.planner import plan_measured_first, plan_route
 from routing.records import ServerRecord
 from routing.view import Bans, avoid_full
 from routing.wire import PROTOCOL_VERSION
 
 from . import churn, network, workload
-from .bound import Capacity, best_placement_bound, placement_bound
+from .bound import Capacity, best_placement_bound, cache_limit, placement_bound
 from .hardware import MESSAGE_CPU_S, MESSAGE_S, PROFILES, Model, step_time
 from .lab import Lab
 
@@ -147,6 +148,7 @@ class Metrics:
     offered: float = 0.0  # answer tokens the sessions that arrived asked for
     bound_token_s: float = 0.0  # ∫ placement bound dt
     best_token_s: float = 0.0
+    cache_token_s: float = 0.0  # ∫ cache limit dt (bound.cache_limit)
     uncovered_block_s: float = 0.0
     energy_j: float = 0.0
     done: int = 0
@@ -164,7 +166,8 @@ class Metrics:
         def pct(xs: list[float], q: float) -> float:
             return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] if len(xs) > 1 else float("nan")
         return {"tokens_s": self.tokens / seconds, "offered_s": self.offered / seconds, "bound_s": self.bound_token_s / seconds,
-                "best_bound_s": self.best_token_s / seconds,
+                "best_bound_s": self.best_token_s / seconds, "cache_limit_s": self.cache_token_s / seconds,
+                "of_limit": self.tokens / min(self.bound_token_s, self.cache_token_s) if self.bound_token_s else float("nan"),
                 "of_bound": self.tokens / self.bound_token_s if self.bound_token_s else float("nan"),
                 "uncovered_block_s": self.uncovered_block_s, "sessions": self.done, "failed": self.failed,
                 "failed_with_cover": self.failed_with_cover, "failovers": self.failovers, "moves": self.moves,
@@ -190,7 +193,7 @@ class Simulation:
         self._seq = itertools.count()
         self._ids = itertools.count()
         self._region_rtt: dict[str, dict[str, float]] = {}  # a client's round trip to each peer, by its region
-        self._bound = (0.0, 0.0)
+        self._bound = (0.0, 0.0, 0.0)
         self._sampled = (0.0, 0.0)  # (time, tokens) at the last sample
         self.departures = 0
         spans = cfg.spans or (even_spans(cfg.model.num_blocks, cfg.nodes) if cfg.placement == "even" else ())
@@ -625,14 +628,41 @@ class Simulation:
             self._bound = self.bounds()
         m.bound_token_s += self._bound[0] * dt
         m.best_token_s += self._bound[1] * dt
+        m.cache_token_s += self._bound[2] * dt
         if sample:
             since, tokens = self._sampled
             m.series.append((t, (m.tokens - tokens) / (t + dt - since), self._bound[0], uncovered))
             m.servers.append(servers)
             self._sampled = (t + dt, m.tokens)
 
-    def bounds(self) -> tuple[float, float]:
-        """(the bound for the nodes as placed, the bound for the same nodes placed anywhere), tokens/s."""
-        caps = [Capacity(n.start, n.end, n.cost, n.upload / self.model.hidden_bytes)
+    def bounds(self) -> tuple[float, float, float]:
+        """(the bound for the nodes as placed, the bound for the same nodes placed anywhere, what their caches
+        let through at the fastest time per token), tokens/s."""
+        caps = [Capacity(n.start, n.end, n.cost, n.upload / self.model.hidden_bytes, n.cache_limit)
                 for n in self.nodes.values() if n.state in ("online", "draining")]
-        return placement_bound(caps, self.model.num_blocks), best_placement_bound(caps, self.model.num_blocks)
+        n = self.model.num_blocks
+        placed = placement_bound(caps, n)
+        if placed == 0.0:
+            return 0.0, best_placement_bound(caps, n), 0.0
+        fastest = self._fastest_token()
+        return placed, best_placement_bound(caps, n), cache_limit(
+            caps, n, workload.PROMPT_MEAN + workload.ANSWER_MEAN, fastest)
+
+    def _fastest_token(self) -> float:
+        """Seconds per token, at batch one, of the chain the planner picks through the idle online nodes
+        for a client in the best-placed region: no session decodes faster (give or take the planner's
+        model of a hop, which leaves out the per-message and upload terms)."""
+        records = [dataclasses.replace(r, active_sessions=0) for p, r in self.records.items()
+                   if self.nodes[p].state == "online"]
+        best = math.inf
+        for region in network.REGIONS:
+            probe = Session("probe", network.Endpoint(region), 0, 0, self.now, Bans(clock=self.clock))
+            rtt = {r.peer_id: self._client_rtt(probe, r.peer_id) for r in records}
+            try:
+                hops = plan_route(records, 0, self.model.num_blocks, rtt=rtt, push=self.cfg.push)
+            except NoRouteError:
+                return math.inf
+            chain = [(self.nodes[h.peer_id], h.start, h.end) for h in hops]
+            best = min(best, self._trip(probe, chain, 0.0, [
+                (b - a) * step_time(node.hw, self.model, 1, workload.PROMPT_MEAN) for node, a, b in chain]))
+        return best

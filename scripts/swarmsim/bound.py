@@ -68,13 +68,14 @@ def best_placement_bound(nodes: Sequence[Capacity], num_blocks: int) -> float:
     return sum(min(1 / n.cost, (n.end - n.start) * n.upload) for n in nodes) / num_blocks
 
 
-def cache_limit(nodes: Sequence[Capacity], num_blocks: int, session_tokens: float, time_per_token: float) -> float:
+def cache_limit(nodes: Sequence[Capacity], num_blocks: int, session_tokens: float,
+                time_per_token: Sequence[float]) -> float:
     """Tokens/s the caches let through: a session reserves `session_tokens` on the node serving each of its
-    blocks while it decodes, a token per `time_per_token` at best (the fastest chain, idle), so block b
-    passes at most Σ cache_i (nodes i serving b) / session_tokens / time_per_token tokens/s. An estimate
-    at the mean session length, not a proof: it is what the linear program leaves out."""
+    blocks while it decodes, at best a token per `time_per_token[i]` (the fastest chain through node i
+    when the nodes run the batches their caches hold), so block b passes at most Σ cache_i / session_tokens / time_per_token[i] (nodes i serving b)
+    tokens/s. An estimate at the mean session length, not a proof: it is what the linear program leaves out."""
     held = [0.0] * num_blocks
-    for n in nodes:
+    for n, t in zip(nodes, time_per_token):
         for b in range(n.start, n.end):
-            held[b] += n.cache
-    return min(held) / session_tokens / time_per_token
+            held[b] += n.cache / session_tokens / t
+    return min(held)

@@ -33,7 +33,7 @@ from node.selection import (best_start, blocks_for_budget, claim_holds, claim_wa
                             rebalance_delay, serves, should_move)
 from routing.chain import DEFAULT_DEADLINE, coverage_wake
 from routing.errors import NoRouteError
-from routing.planner import plan_measured_first, plan_route
+from routing.planner import plan_measured_first
 from routing.records import ServerRecord
 from routing.view import Bans, avoid_full
 from routing.wire import PROTOCOL_VERSION
@@ -637,32 +637,61 @@ class Simulation:
 
     def bounds(self) -> tuple[float, float, float]:
         """(the bound for the nodes as placed, the bound for the same nodes placed anywhere, what their caches
-        let through at the fastest time per token), tokens/s."""
-        caps = [Capacity(n.start, n.end, n.cost, n.upload / self.model.hidden_bytes, n.cache_limit)
-                for n in self.nodes.values() if n.state in ("online", "draining")]
+        let through when full, `cache_limit`), tokens/s."""
+        online = [n for n in self.nodes.values() if n.state in ("online", "draining")]
+        caps = [Capacity(n.start, n.end, n.cost, n.upload / self.model.hidden_bytes, n.cache_limit) for n in online]
         n = self.model.num_blocks
         placed = placement_bound(caps, n)
         if placed == 0.0:
             return 0.0, best_placement_bound(caps, n), 0.0
-        fastest = self._fastest_token()
         return placed, best_placement_bound(caps, n), cache_limit(
-            caps, n, workload.PROMPT_MEAN + workload.ANSWER_MEAN, fastest)
+            caps, n, workload.PROMPT_MEAN + workload.ANSWER_MEAN, self._fastest_tokens(online))
 
-    def _fastest_token(self) -> float:
-        """Seconds per token, at batch one, of the chain the planner picks through the idle online nodes
-        for a client in the best-placed region: no session decodes faster (give or take the planner's
-        model of a hop, which leaves out the per-message and upload terms)."""
-        records = [dataclasses.replace(r, active_sessions=0) for p, r in self.records.items()
-                   if self.nodes[p].state == "online"]
-        best = math.inf
+    def _fastest_tokens(self, nodes: list[SimNode]) -> list[float]:
+        """Per node, a lower bound on the seconds per token of any relayed chain through it, for a client in
+        any region, when every node runs the batch its cache holds (the operating point of a full swarm):
+        the cheapest cover of the blocks before its span, its own hop, the cheapest cover of those after,
+        each hop a round trip, the messages, the wire (its uplink carrying its batch) and its blocks' steps."""
+        n, m, cfg = self.model.num_blocks, self.model, self.cfg
+        batch = max(1, cfg.cache_tokens // (workload.PROMPT_MEAN + workload.ANSWER_MEAN))
+        per_block = [x.cost * batch for x in nodes]  # a step of the batch, per block
+        best = [math.inf] * len(nodes)
         for region in network.REGIONS:
-            probe = Session("probe", network.Endpoint(region), 0, 0, self.now, Bans(clock=self.clock))
-            rtt = {r.peer_id: self._client_rtt(probe, r.peer_id) for r in records}
-            try:
-                hops = plan_route(records, 0, self.model.num_blocks, rtt=rtt, push=self.cfg.push)
-            except NoRouteError:
-                return math.inf
-            chain = [(self.nodes[h.peer_id], h.start, h.end) for h in hops]
-            best = min(best, self._trip(probe, chain, 0.0, [
-                (b - a) * step_time(node.hw, self.model, 1, workload.PROMPT_MEAN) for node, a, b in chain]))
+            client = network.Endpoint(region)
+            fixed = [self._link_rtt(client, x.endpoint) + 2 * cfg.message_s + batch * m.hidden_bytes / x.upload
+                     + m.hidden_bytes / self.client_upload for x in nodes]
+            before = _cheapest_covers(nodes, fixed, per_block, n)  # [0, b) for each b
+            mirrored = [_Span(n - x.end, n - x.start) for x in nodes]
+            after = _cheapest_covers(mirrored, fixed, per_block, n)[::-1]  # [b, n) for each b
+            for i, x in enumerate(nodes):
+                into = min(before[a] - a * per_block[i] for a in range(x.start, x.end))
+                out = min(after[b] + b * per_block[i] for b in range(x.start + 1, x.end + 1))
+                best[i] = min(best[i], into + fixed[i] + out)
         return best
+
+
+@dataclass
+class _Span:
+    start: int
+    end: int
+
+
+def _cheapest_covers(nodes: list, fixed: list[float], per_block: list[float], n: int) -> list[float]:
+    """cost[b]: the least sum over hops of (fixed + blocks · per_block) of chains covering [0, b), a hop
+    boarding its node at any block of its span: one sweep, each node keeping its best boarding."""
+    cost = [math.inf] * (n + 1)
+    cost[0] = 0.0
+    starting: dict[int, list[int]] = {}
+    for i, x in enumerate(nodes):
+        starting.setdefault(x.start, []).append(i)
+    riding: dict[int, float] = {}  # node: least (cost at boarding − boarding block · per_block)
+    for b in range(n + 1):
+        if b:
+            riding = {i: v for i, v in riding.items() if nodes[i].end >= b}
+            cost[b] = min((v + fixed[i] + b * per_block[i] for i, v in riding.items()), default=math.inf)
+        for i in starting.get(b, ()):
+            riding.setdefault(i, math.inf)
+        for i in riding:
+            if nodes[i].end > b:
+                riding[i] = min(riding[i], cost[b] - b * per_block[i])
+    return cost

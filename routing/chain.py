@@ -370,8 +370,8 @@ class RemoteRunner:
     def _note_failure(self, peer: str, a: int, b: int, error: RoutingError) -> None:
         bans = self.view.bans
         if is_busy(error):
-            duration: float | None = self.view.until_refresh()
-            avoid_full(bans, peer, self.view.records, self.max_length, duration)
+            avoid_full(bans, peer, self.view.records, self.max_length, self.view.refresh_after)
+            duration: float | None = self.view.refresh_after
         else:
             duration = bans.penalize(peer, deserves_ban(error))
         if duration is not None:

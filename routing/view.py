@@ -143,14 +143,6 @@ class SwarmView:
     def stale(self) -> bool:
         return time.monotonic() - self._fetched >= self.refresh_after
 
-    def until_refresh(self) -> float:
-        """Seconds until the records go stale and the next plan re-reads them; a full period when they
-        already are (the re-read is under way). A node refusing for a full cache is avoided this long: all
-        such bans end together, at the re-read that can show them room again, so a client with no chain
-        wakes once per period, not at each ban's own end."""
-        left = self._fetched + self.refresh_after - time.monotonic()
-        return left if left > 0 else self.refresh_after
-
     async def refresh(self, force: bool = False) -> None:
         if not force and not self.stale and self.records:
             return

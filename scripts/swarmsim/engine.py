@@ -452,16 +452,10 @@ class Simulation:
                     n.cache_used += s.length
                 return [(n, a, b, n.epoch) for n, a, b in chain]
             for n, why in refused:
-                if why == "busy" and self.cfg.room_rule:  # until the client re-reads the DHT (`until_refresh`)
-                    avoid_full(s.bans, n.peer_id, self.records, s.length, self._until_reread(s))
+                if why == "busy" and self.cfg.room_rule:  # SwarmView re-reads the DHT every announce period
+                    avoid_full(s.bans, n.peer_id, self.records, s.length, self.cfg.announce_period)
                 else:
                     s.bans.penalize(n.peer_id, why != "draining")
-
-    def _until_reread(self, s: Session) -> float:
-        """`SwarmView.until_refresh` for the session's client, which re-reads the records every announce
-        period from the session's arrival on (the simulated client plans on the live records meanwhile)."""
-        period = self.cfg.announce_period
-        return period - (self.now - s.arrived) % period or period
 
     def _refusal(self, node: SimNode, s: Session) -> str | None:
         """None if `node` takes the session, else why not: "gone" (unreachable: a ban, `deserves_ban`),

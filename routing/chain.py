@@ -39,7 +39,7 @@ from .ring import ClientRing, closes_ring
 from .span import SpanSession
 from .tasks import background
 from .verification import Verifier
-from .view import SwarmView, avoid_full
+from .view import SwarmView
 from .wire import WIRE_DTYPES
 
 log = logging.getLogger(__name__)
@@ -369,11 +369,8 @@ class RemoteRunner:
 
     def _note_failure(self, peer: str, a: int, b: int, error: RoutingError) -> None:
         bans = self.view.bans
-        if is_busy(error):
-            avoid_full(bans, peer, self.view.records, self.max_length, self.view.refresh_after)
-            duration: float | None = self.view.refresh_after
-        else:
-            duration = bans.penalize(peer, deserves_ban(error))
+        duration = (bans.busy(peer, self.view.refresh_after) if is_busy(error)
+                    else bans.penalize(peer, deserves_ban(error)))
         if duration is not None:
             log.warning("node %s failed on blocks %d:%d (%s); banned for %.0fs, re-routing", peer[-8:], a, b, error,
                         duration)

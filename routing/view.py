@@ -11,14 +11,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable
 
 from . import dht as dht_io
 from . import untrusted
 from .client import SwarmClient, gather_pings
 from .errors import NoRouteError
 from .evidence import Evidence, Judgement, check_evidence
-from .planner import Hop, has_room, plan_measured_first, usable
+from .planner import Hop, plan_measured_first, usable
 from .records import ServerRecord
 from .tasks import background
 from .verification import Referee
@@ -100,20 +100,6 @@ class Bans:
         now = self.clock()
         ending = [t for t in self._until.values() if now < t < float("inf")]
         return min(ending, default=None)
-
-
-def avoid_full(bans: Bans, peer: str, records: Mapping[str, ServerRecord], max_length: int, seconds: float) -> None:
-    """After `peer` refused a session of `max_length` tokens for a full cache: avoid it for `seconds`
-    (`Bans.busy`). If its record had announced no room, the plan had fallen back to full nodes because
-    none with room covered the model, and one refusal speaks for them all: every node announcing no room
-    is avoided too, so the client waits for a re-read instead of trying the full nodes chain by chain (on
-    the simulated 1,000-node swarm near capacity, dozens of plans and refused opens per wait)."""
-    bans.busy(peer, seconds)
-    refused = records.get(peer)
-    if refused is not None and not has_room(refused, max_length):
-        for r in records.values():
-            if not has_room(r, max_length):
-                bans.busy(r.peer_id, seconds)
 
 
 class SwarmView:

@@ -35,7 +35,7 @@ from routing.chain import DEFAULT_DEADLINE, coverage_wake
 from routing.errors import NoRouteError
 from routing.planner import plan_measured_first
 from routing.records import ServerRecord
-from routing.view import Bans, avoid_full
+from routing.view import Bans
 from routing.wire import PROTOCOL_VERSION
 
 from . import churn, network, workload
@@ -452,8 +452,8 @@ class Simulation:
                     n.cache_used += s.length
                 return [(n, a, b, n.epoch) for n, a, b in chain]
             for n, why in refused:
-                if why == "busy" and self.cfg.room_rule:  # SwarmView re-reads the DHT every announce period
-                    avoid_full(s.bans, n.peer_id, self.records, s.length, self.cfg.announce_period)
+                if why == "busy" and self.cfg.room_rule:
+                    s.bans.busy(n.peer_id, self.cfg.announce_period)  # SwarmView re-reads the DHT as often
                 else:
                     s.bans.penalize(n.peer_id, why != "draining")
 

@@ -3,8 +3,8 @@ re-opening on it by answering every open with a polite refusal."""
 
 from __future__ import annotations
 
-from routing.view import Bans, avoid_full
-from tests.routing.nodes import Clock, node
+from routing.view import Bans
+from tests.routing.nodes import Clock
 
 
 def test_a_polite_refusal_is_excused_once_per_window_per_peer() -> None:
@@ -89,16 +89,3 @@ def test_a_full_node_is_avoided_briefly_and_counts_no_failure() -> None:
     assert bans.active() == frozenset()
     bans.ban("bad")
     assert bans.active() == {"bad"}
-
-
-def test_a_full_node_that_announced_no_room_stands_for_every_such_node() -> None:
-    """Refused by a node that announced room: only it is avoided. Refused by one that announced none
-    (the plan fell back to full nodes): all nodes announcing no room for the session wait for a re-read."""
-    records = {p: node(p, 0, 30, cache_tokens_left=left) for p, left in
-               (("roomy", 4096), ("filled", 4096), ("full", 100), ("fuller", 0))}
-    bans = Bans(clock=Clock())
-    avoid_full(bans, "filled", records, 1000, 30.0)
-    assert bans.active() == {"filled"}
-    avoid_full(bans, "full", records, 1000, 30.0)
-    assert bans.active() == {"filled", "full", "fuller"}
-    assert bans.failures("full") == 0

@@ -59,7 +59,6 @@ from .witnessing import CHECKPOINT_KEY, Witness
 
 log = logging.getLogger(__name__)
 IDLE_CHECK_PERIOD = 5.0
-START_READ_PATIENCE = 4  # a joiner's second read of the coverage may take this many DHT timeouts
 RECORD_LIFETIME = 3  # announce periods a record lives: one late or lost announcement leaves no gap
 
 
@@ -186,7 +185,7 @@ class Node:
             records = await self._records()
         except dht_io.DHTTimeout:  # a loaded swarm (or machine) reads slowly: once more, patiently, not die
             log.info("auto: the swarm's coverage did not come within %.0f s; reading it again", dht_io.DHT_TIMEOUT)
-            records = await self._records(START_READ_PATIENCE * dht_io.DHT_TIMEOUT)
+            records = await self._records(dht_io.PATIENCE * dht_io.DHT_TIMEOUT)
         start = best_start(coverage(records.values(), self.num_blocks), length)
         log.info("auto: serving blocks %d:%d, where the swarm is weakest", start, start + min(length, self.num_blocks))
         return start, start + min(length, self.num_blocks)

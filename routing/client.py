@@ -181,8 +181,8 @@ class SwarmClient(PeerLink):
             return await coro
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
-    async def records(self, root: str, num_blocks: int) -> dict[str, ServerRecord]:
-        return await dht_io.fetch_records(self.dht, root, num_blocks)
+    async def records(self, root: str, num_blocks: int, timeout: float = dht_io.DHT_TIMEOUT) -> dict[str, ServerRecord]:
+        return await dht_io.fetch_records(self.dht, root, num_blocks, timeout)
 
     def close(self) -> None:
         try:

@@ -97,6 +97,7 @@ def _append_p2pd_flags(flags: dict[str, Any]) -> None:
 
 
 DHT_TIMEOUT = 15.0  # seconds for one DHT operation; a dead DHT process must not hang its caller
+PATIENCE = 4  # a second read of the records after a timed-out one may take this many DHT timeouts
 
 
 class DHTTimeout(RoutingError):

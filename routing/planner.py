@@ -145,17 +145,75 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
     links = Links({r.peer_id: r for r in all_records}, rtt)
     per_block = compute_costs(servers)
     boundaries = sorted({start, end} | {b for r in servers for b in (r.start, r.end) if start < b < end})
+    search = _pushed if push else _relayed
+    hops, reached = search(servers, boundaries, end, links, per_block)
+    if hops is None:
+        room = f" with room for {max_length} tokens" if with_room else ""
+        raise NoRouteError(f"no online node{room} serves block {reached} of [{start}, {end}); "
+                           f"{len(servers)} usable node(s){room} cover only part of the model")
+    return hops
+
+
+def _relayed(servers: list[ServerRecord], boundaries: list[int], end: int, links: Links,
+             per_block: Mapping[str, float]) -> tuple[list[Hop] | None, int]:
+    """The cheapest relayed chain, or None and the furthest boundary reached. Every hop starts and ends
+    at the client and goes forward, so the least cost to each boundary is final once the boundaries
+    before it are, and a hop boarded at p and left at q costs (least to p) − p·c + rtt + q·c for its
+    node's cost c per block: one sweep keeps, per node still reachable, the boundary best boarded at,
+    and compares nodes at each boundary, not nodes × the boundaries they reach."""
+    covering = _covering(servers, boundaries, end, (links.client_rtt, per_block))
+    far = {r.peer_id: min(r.end, end) for r in servers}
+    leaving: dict[int, list[str]] = {}
+    for r in servers:
+        leaving.setdefault(far[r.peer_id], []).append(r.peer_id)
+    least = {boundaries[0]: 0.0}
+    came_from: dict[int, tuple[int, ServerRecord]] = {}
+    # per node boarded: (least cost to its boarding boundary − that boundary × its cost per block,
+    # the boundary, the record, its round trip, its cost per block)
+    riding: dict[str, tuple[float, int, ServerRecord, float, float]] = {}
+    for q in boundaries:
+        if q != boundaries[0]:
+            top, pick = float("inf"), None
+            for board, p, r, link, per in riding.values():
+                if (c := board + link + q * per) < top:
+                    top, pick = c, (p, r, link, per)
+            for peer in leaving.get(q, ()):
+                riding.pop(peer, None)
+            if pick is None:
+                break
+            p, r, link, per = pick
+            least[q], came_from[q] = least[p] + link + (q - p) * per, (p, r)
+        if q == end:
+            hops = []
+            while q != boundaries[0]:
+                p, r = came_from[q]
+                hops.append(Hop(r.peer_id, p, q, r))
+                q = p
+            return hops[::-1], end
+        here = least[q]
+        for r in covering[q]:
+            peer = r.peer_id
+            per = per_block[peer]
+            board = here - q * per
+            if peer not in riding or board < riding[peer][0]:
+                riding[peer] = (board, q, r, links.client_rtt(peer), per)
+    return None, max(least)
+
+
+def _pushed(servers: list[ServerRecord], boundaries: list[int], end: int, links: Links,
+            per_block: Mapping[str, float]) -> tuple[list[Hop] | None, int]:
+    """The cheapest pushed chain, or None and the furthest boundary reached: Dijkstra over (boundary,
+    previous node), a hop's cost depending on the link from the node before it."""
+    start = boundaries[0]
     origin = (start, CLIENT)
-    # by previous node, then boundary: in relayed chains every state is the client's, and an int key
-    # per relaxation is cheaper than a tuple (most of a thousand-node plan's time is relaxations)
+    # by previous node, then boundary: an int key per relaxation is cheaper than a tuple
     best: dict[str, dict[int, float]] = {CLIENT: {start: 0.0}}
     came_from: dict[str, dict[int, tuple[tuple[int, str], ServerRecord]]] = {}
     queue: list[tuple[float, int, str]] = [(0.0, start, CLIENT)]
     reached: tuple[int, str] | None = None
-    covering = _covering(servers, boundaries, end, None if push else (links.client_rtt, per_block))
+    covering = _covering(servers, boundaries, end, None)
     after = {p: i + 1 for i, p in enumerate(boundaries)}  # each boundary's successors start here
     reach = {r.peer_id: bisect.bisect_right(boundaries, min(r.end, end)) for r in servers}  # ... and end here
-    relayed = {r.peer_id: links.client_rtt(r.peer_id) for r in servers} if not push else {}
     inf = float("inf")
     while queue:
         cost, p, prev = heapq.heappop(queue)
@@ -166,28 +224,24 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
             continue
         for r in covering[p]:
             peer = r.peer_id
-            base, per = cost + (links.one_way(prev, peer) if push else relayed[peer]), per_block[peer]
-            nxt = peer if push else CLIENT
-            row, back = best.setdefault(nxt, {}), came_from.setdefault(nxt, {})
+            base, per = cost + links.one_way(prev, peer), per_block[peer]
+            row, back = best.setdefault(peer, {}), came_from.setdefault(peer, {})
             for q in boundaries[after[p]:reach[peer]]:
                 c = base + (q - p) * per
-                if push and q == end:
+                if q == end:
                     c += links.one_way(peer, CLIENT)
                 if c < row.get(q, inf):
                     row[q], back[q] = c, ((p, prev), r)
-                    heapq.heappush(queue, (c, q, nxt))
+                    heapq.heappush(queue, (c, q, peer))
     if reached is None:
-        gap = max(p for row in best.values() for p in row)
-        room = f" with room for {max_length} tokens" if with_room else ""
-        raise NoRouteError(f"no online node{room} serves block {gap} of [{start}, {end}); "
-                           f"{len(servers)} usable node(s){room} cover only part of the model")
+        return None, max(p for row in best.values() for p in row)
     hops: list[Hop] = []
     state = reached
     while state != origin:
         (p, prev), r = came_from[state[1]][state[0]]
         hops.append(Hop(r.peer_id, p, state[0], r))
         state = (p, prev)
-    return hops[::-1]
+    return hops[::-1], end
 
 
 def plan_measured_first(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Mapping[str, float],

@@ -132,7 +132,11 @@ class SwarmView:
     async def refresh(self, force: bool = False) -> None:
         if not force and not self.stale and self.records:
             return
-        records = await self.client.records(self.root, self.num_blocks)
+        try:
+            records = await self.client.records(self.root, self.num_blocks)
+        except dht_io.DHTTimeout:  # a loaded DHT (or machine) answers slowly: once more, patiently
+            log.info("the swarm's records did not come within %.0f s; reading them again", dht_io.DHT_TIMEOUT)
+            records = await self.client.records(self.root, self.num_blocks, dht_io.PATIENCE * dht_io.DHT_TIMEOUT)
         if self.weights is not None:  # nodes of other weights: only those the client derives itself
             await self.weights.admit(records.values())
             records = {p: r for p, r in records.items() if self.weights.accepts(r)}

@@ -2,7 +2,8 @@
 
     python scripts/swarmsim.py --scenario hetero-200 --hours 1
 
-prints, per placement policy: delivered tokens/s over the linear-program bound of the nodes present,
+prints, per placement policy: delivered tokens/s over the linear-program bound of the nodes present
+and over the lesser of it and the caches' limit (sessions in flight at the fastest time per token),
 block-seconds with no server, failed sessions, time per token (p50/p95) and joules per token, and
 writes PNGs to --out: throughput.png (delivered and the bound over time), coverage.png (servers per
 block over time) and latency_cdf.png (time per token per policy).
@@ -28,11 +29,11 @@ from swarmsim.engine import PLACEMENTS, Simulation  # noqa: E402
 from swarmsim.scenarios import SCENARIOS  # noqa: E402
 
 COLUMNS = (("placement", "{}"), ("offered/s", "{:.0f}"), ("tokens/s", "{:.1f}"), ("bound", "{:.1f}"), ("of bound", "{:.2f}"),
-           ("best bound", "{:.1f}"), ("uncovered blk·s", "{:.0f}"), ("sessions", "{}"), ("failed", "{}"),
+           ("best bound", "{:.1f}"), ("cache limit", "{:.1f}"), ("of min", "{:.2f}"), ("uncovered blk·s", "{:.0f}"), ("sessions", "{}"), ("failed", "{}"),
            ("failed w/ cover", "{}"), ("failovers", "{}"), ("moves", "{}"), ("tpt p50 s", "{:.3f}"),
            ("tpt p95 s", "{:.3f}"), ("ttft p50 s", "{:.2f}"), ("J/token", "{:.1f}"), ("wall s", "{:.0f}"),
            ("cpu s", "{:.0f}"))
-KEYS = ("offered_s", "tokens_s", "bound_s", "of_bound", "best_bound_s", "uncovered_block_s", "sessions", "failed",
+KEYS = ("offered_s", "tokens_s", "bound_s", "of_bound", "best_bound_s", "cache_limit_s", "of_limit", "uncovered_block_s", "sessions", "failed",
         "failed_with_cover", "failovers", "moves", "tpt_p50", "tpt_p95", "ttft_p50", "j_per_token", "wall_s", "cpu_s")
 
 

@@ -7,10 +7,15 @@ with f[i,b] the tokens/s node i computes of block b:
 Latency, batching gaps and the choice of chains are relaxed away, so no policy on these nodes can beat
 it. `best_placement_bound` also frees the placement: a node of k blocks computes at most
 min(1/cost, k·upload) block-tokens/s wherever it sits.
+
+Both price a node at the batch its cache holds as if it stepped back to back; but a session holds its
+cache for as long as it decodes, a token every round trip of its chain, so the caches cap the sessions in
+flight and with them the tokens/s (Little's law): `cache_limit`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -25,6 +30,7 @@ class Capacity:
     end: int
     cost: float  # seconds per block-token at the biggest batch its cache holds
     upload: float  # tokens/s the node can send on
+    cache: float = math.inf  # tokens of KV cache it holds for sessions
 
 
 def placement_bound(nodes: Sequence[Capacity], num_blocks: int) -> float:
@@ -60,3 +66,16 @@ def placement_bound(nodes: Sequence[Capacity], num_blocks: int) -> float:
 def best_placement_bound(nodes: Sequence[Capacity], num_blocks: int) -> float:
     """Tokens/s with the same nodes placed as well as possible."""
     return sum(min(1 / n.cost, (n.end - n.start) * n.upload) for n in nodes) / num_blocks
+
+
+def cache_limit(nodes: Sequence[Capacity], num_blocks: int, session_tokens: float,
+                time_per_token: Sequence[float]) -> float:
+    """Tokens/s the caches let through: a session reserves `session_tokens` on the node serving each of its
+    blocks while it decodes, at best a token per `time_per_token[i]` (the fastest chain through node i
+    when the nodes run the batches their caches hold), so block b passes at most Σ cache_i / session_tokens / time_per_token[i] (nodes i serving b)
+    tokens/s. An estimate at the mean session length, not a proof: it is what the linear program leaves out."""
+    held = [0.0] * num_blocks
+    for n, t in zip(nodes, time_per_token):
+        for b in range(n.start, n.end):
+            held[b] += n.cache / session_tokens / t
+    return min(held)

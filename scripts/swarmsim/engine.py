@@ -19,6 +19,7 @@ three periods, as hivemind's do.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import math
@@ -38,7 +39,7 @@ from routing.view import Bans
 from routing.wire import PROTOCOL_VERSION
 
 from . import churn, network, workload
-from .bound import Capacity, best_placement_bound, placement_bound
+from .bound import Capacity, best_placement_bound, cache_limit, placement_bound
 from .hardware import MESSAGE_CPU_S, MESSAGE_S, PROFILES, Model, step_time
 from .lab import Lab
 
@@ -147,6 +148,7 @@ class Metrics:
     offered: float = 0.0  # answer tokens the sessions that arrived asked for
     bound_token_s: float = 0.0  # ∫ placement bound dt
     best_token_s: float = 0.0
+    cache_token_s: float = 0.0  # ∫ cache limit dt (bound.cache_limit)
     uncovered_block_s: float = 0.0
     energy_j: float = 0.0
     done: int = 0
@@ -164,7 +166,8 @@ class Metrics:
         def pct(xs: list[float], q: float) -> float:
             return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] if len(xs) > 1 else float("nan")
         return {"tokens_s": self.tokens / seconds, "offered_s": self.offered / seconds, "bound_s": self.bound_token_s / seconds,
-                "best_bound_s": self.best_token_s / seconds,
+                "best_bound_s": self.best_token_s / seconds, "cache_limit_s": self.cache_token_s / seconds,
+                "of_limit": self.tokens / min(self.bound_token_s, self.cache_token_s) if self.bound_token_s else float("nan"),
                 "of_bound": self.tokens / self.bound_token_s if self.bound_token_s else float("nan"),
                 "uncovered_block_s": self.uncovered_block_s, "sessions": self.done, "failed": self.failed,
                 "failed_with_cover": self.failed_with_cover, "failovers": self.failovers, "moves": self.moves,
@@ -190,7 +193,7 @@ class Simulation:
         self._seq = itertools.count()
         self._ids = itertools.count()
         self._region_rtt: dict[str, dict[str, float]] = {}  # a client's round trip to each peer, by its region
-        self._bound = (0.0, 0.0)
+        self._bound = (0.0, 0.0, 0.0)
         self._sampled = (0.0, 0.0)  # (time, tokens) at the last sample
         self.departures = 0
         spans = cfg.spans or (even_spans(cfg.model.num_blocks, cfg.nodes) if cfg.placement == "even" else ())
@@ -625,14 +628,70 @@ class Simulation:
             self._bound = self.bounds()
         m.bound_token_s += self._bound[0] * dt
         m.best_token_s += self._bound[1] * dt
+        m.cache_token_s += self._bound[2] * dt
         if sample:
             since, tokens = self._sampled
             m.series.append((t, (m.tokens - tokens) / (t + dt - since), self._bound[0], uncovered))
             m.servers.append(servers)
             self._sampled = (t + dt, m.tokens)
 
-    def bounds(self) -> tuple[float, float]:
-        """(the bound for the nodes as placed, the bound for the same nodes placed anywhere), tokens/s."""
-        caps = [Capacity(n.start, n.end, n.cost, n.upload / self.model.hidden_bytes)
-                for n in self.nodes.values() if n.state in ("online", "draining")]
-        return placement_bound(caps, self.model.num_blocks), best_placement_bound(caps, self.model.num_blocks)
+    def bounds(self) -> tuple[float, float, float]:
+        """(the bound for the nodes as placed, the bound for the same nodes placed anywhere, what their caches
+        let through when full, `cache_limit`), tokens/s."""
+        online = [n for n in self.nodes.values() if n.state in ("online", "draining")]
+        caps = [Capacity(n.start, n.end, n.cost, n.upload / self.model.hidden_bytes, n.cache_limit) for n in online]
+        n = self.model.num_blocks
+        placed = placement_bound(caps, n)
+        if placed == 0.0:
+            return 0.0, best_placement_bound(caps, n), 0.0
+        return placed, best_placement_bound(caps, n), cache_limit(
+            caps, n, workload.PROMPT_MEAN + workload.ANSWER_MEAN, self._fastest_tokens(online))
+
+    def _fastest_tokens(self, nodes: list[SimNode]) -> list[float]:
+        """Per node, a lower bound on the seconds per token of any relayed chain through it, for a client in
+        any region, when every node runs the batch its cache holds (the operating point of a full swarm):
+        the cheapest cover of the blocks before its span, its own hop, the cheapest cover of those after,
+        each hop a round trip, the messages, the wire (its uplink carrying its batch) and its blocks' steps."""
+        n, m, cfg = self.model.num_blocks, self.model, self.cfg
+        batch = max(1, cfg.cache_tokens // (workload.PROMPT_MEAN + workload.ANSWER_MEAN))
+        per_block = [x.cost * batch for x in nodes]  # a step of the batch, per block
+        best = [math.inf] * len(nodes)
+        for region in network.REGIONS:
+            client = network.Endpoint(region)
+            fixed = [self._link_rtt(client, x.endpoint) + 2 * cfg.message_s + batch * m.hidden_bytes / x.upload
+                     + m.hidden_bytes / self.client_upload for x in nodes]
+            before = _cheapest_covers(nodes, fixed, per_block, n)  # [0, b) for each b
+            mirrored = [_Span(n - x.end, n - x.start) for x in nodes]
+            after = _cheapest_covers(mirrored, fixed, per_block, n)[::-1]  # [b, n) for each b
+            for i, x in enumerate(nodes):
+                into = min(before[a] - a * per_block[i] for a in range(x.start, x.end))
+                out = min(after[b] + b * per_block[i] for b in range(x.start + 1, x.end + 1))
+                best[i] = min(best[i], into + fixed[i] + out)
+        return best
+
+
+@dataclass
+class _Span:
+    start: int
+    end: int
+
+
+def _cheapest_covers(nodes: list, fixed: list[float], per_block: list[float], n: int) -> list[float]:
+    """cost[b]: the least sum over hops of (fixed + blocks · per_block) of chains covering [0, b), a hop
+    boarding its node at any block of its span: one sweep, each node keeping its best boarding."""
+    cost = [math.inf] * (n + 1)
+    cost[0] = 0.0
+    starting: dict[int, list[int]] = {}
+    for i, x in enumerate(nodes):
+        starting.setdefault(x.start, []).append(i)
+    riding: dict[int, float] = {}  # node: least (cost at boarding − boarding block · per_block)
+    for b in range(n + 1):
+        if b:
+            riding = {i: v for i, v in riding.items() if nodes[i].end >= b}
+            cost[b] = min((v + fixed[i] + b * per_block[i] for i, v in riding.items()), default=math.inf)
+        for i in starting.get(b, ()):
+            riding.setdefault(i, math.inf)
+        for i in riding:
+            if nodes[i].end > b:
+                riding[i] = min(riding[i], cost[b] - b * per_block[i])
+    return cost

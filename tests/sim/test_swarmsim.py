@@ -26,8 +26,10 @@ def test_no_placement_beats_the_bound(placement: str) -> None:
 def test_churn_keeps_every_block_served_when_capacity_allows() -> None:
     """Volunteers staying ~10 minutes, with many times the memory the model needs: the weakest-window
     rule keeps every block served (a block's last node may crash before a joiner fills it: rare). One
-    session in this run still fails with live nodes covering: 2,075 tokens long and 17 minutes old, it
-    had crashed and moved nodes banned with backoff past its deadline (#24 leaves this open)."""
+    session in this run still fails with live nodes covering: 2,075 tokens long, it lost its node on
+    blocks 2:41 to a move and waited 300 s for room there, while the room it needed was its own 2,075
+    tokens on the node serving it 0:2 of that node's 0:39 (a failover replaces only the broken span; it
+    never widens a neighbour's)."""
     cfg = dataclasses.replace(SMALL, nodes=40, hours=0.5, mean_lifetime_s=600.0)
     sim = Simulation(cfg)
     result = sim.run()

@@ -83,6 +83,12 @@ class ForkServer:
                 cls._shared = cls()
             return cls._shared
 
+    @classmethod
+    def shared_pid(cls) -> int | None:
+        """The shared server's pid, None before first use: its nodes are its children, not the owner's,
+        so their CPU (scripts/cpu_profile.py) is read from the server's /proc entry."""
+        return cls._shared._proc.pid if cls._shared is not None else None
+
     def spawn(self, argv: Sequence[str], *, env: dict[str, str], log: Path,
               program: str | None = None) -> ForkedProcess:
         """Fork a child running `python -m node ARGV` (or the script `program` with ARGV), logging to `log`."""

@@ -13,7 +13,7 @@ The second form writes each xdist group's wall seconds (from a `make heavy` run)
 tests/conftest.py reads to start the longest groups first.
 
 A module's session- or package-scoped processes count where they are reaped (at the end of the
-run), and a test's children only once they exit. Memory is what an xdist worker holds (`RssAnon`: what
+run), and a test's children only once they exit (forked nodes: once the fork server reaps them). Memory is what an xdist worker holds (`RssAnon`: what
 the OOM killer weighs) and the lowest `MemAvailable` seen: the tier's memory headroom.
 """
 
@@ -30,12 +30,25 @@ from pathlib import Path
 
 import pytest
 
+from node.forkserver import ForkServer
+
 OUT = Path(os.environ.get("CPU_PROFILE_OUT", "cpu-profile.jsonl"))
 
 
 def _cpu() -> tuple[float, float]:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime + _forked_cpu()
+
+
+def _forked_cpu() -> float:
+    """CPU seconds of the node fork server and the nodes it has reaped (utime, stime, cutime, cstime):
+    forked nodes are the server's children, which this process reaps only at its end."""
+    pid = ForkServer.shared_pid()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split() if pid else []
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 OUTCOME = pytest.StashKey[str]()

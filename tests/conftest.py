@@ -82,6 +82,8 @@ def remote_model(swarm3, default_store, tmp_path_factory):
 MODEL_FIXTURES = {"default_store", "local_model", "reference_model", "expected"}
 SWARM_FIXTURES = {"swarm3", "remote_model", "gateway", "client", "async_client", "swarm", "attacker", "honest"}
 PROCESS_CALLS = ("LocalSwarm(", "subprocess.", "SWARMLM,", "*SWARMLM")
+# Swarms that outlive a module: stopped after the last test that uses them (`pytest_runtest_teardown`).
+SHARED_SWARMS = ("swarm3", "shared_swarm")
 # Each xdist group's wall seconds in the heavy tier: `python scripts/cpu_profile.py --group-seconds`.
 GROUP_SECONDS = Path(__file__).with_name("group_seconds.json")
 
@@ -123,3 +125,18 @@ def _longest_group_first(groups: dict[pytest.Item, str]) -> Callable[[pytest.Ite
     per_test = sum(measured.values()) / sum(sizes[g] for g in measured) if measured else 1.0
     first = {g: i for i, g in reversed(list(enumerate(groups.values())))}
     return lambda item: (-measured.get(groups[item], per_test * sizes[groups[item]]), first[groups[item]])
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop a shared swarm, and first what uses it (clients, gateways), once the next test does not use
+    it, instead of at the end of the session (or package): its group runs whole on one worker, longest
+    first, so its processes would idle (about 3.5 GiB, and CPU for DHT upkeep) through the rest of
+    that worker's run. A later test that asked for it again would get a fresh one. With no next test,
+    pytest's own teardown follows."""
+    if nextitem is None:
+        return
+    for name in SHARED_SWARMS:
+        if name in item.fixturenames and name not in nextitem.fixturenames:
+            for fixturedef in item._fixtureinfo.name2fixturedefs.get(name, ()):
+                fixturedef.finish(item._request)  # runs its dependents' finalizers first

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -35,7 +36,8 @@ from shards.drafting import PromptLookupDrafter
 from shards.errors import ShardsError
 from shards.head import Head
 from shards.sampling import Sampler, SamplingParams
-from shards.speculative import AdaptiveDraftLength, FixedDraftLength, accept_greedy, accept_sampled
+from shards.speculative import (AcceptanceEstimate, AdaptiveDraftLength, FixedDraftLength, accept_greedy,
+                                accept_sampled)
 
 
 def head_bytes(vocab_size: int, hidden_size: int, dtype: torch.dtype) -> int:
@@ -43,34 +45,58 @@ def head_bytes(vocab_size: int, hidden_size: int, dtype: torch.dtype) -> int:
     return 2 * vocab_size * hidden_size * torch.empty((), dtype=dtype).element_size()
 
 
-class RingDrafting:
-    """How a ring's sampler drafts (speculation in the ring): prompt lookup over the text so far, only
-    on a match of `MIN_MATCH` tokens or more (a one-token match is weak evidence: on free chat it mostly
-    drafts tokens that are rejected, and each costs the whole ring compute), as many as the draft-length
-    model expects to pay off (shards/speculative.py) from this ring's own measured step times and
-    acceptance. A sampled ring drafts at the fixed maximum, so that a seed repeats its answer."""
+MIN_MATCH, MAX_MATCH = 2, 3  # prompt lookup's n-gram lengths; longer matches count as 3
+MAX_MEMORIES = 1024  # clients whose drafting a sampler remembers (the latest to ring)
 
-    MIN_MATCH = 2
+
+class DraftMemory:
+    """What a client's rings have taught this sampler about drafting: the ring step's time by its
+    positions (F in shards/speculative.py's draft-length model) and how often drafts are kept, apart
+    for each n-gram match length behind them (2 tokens, or 3 and more: on free chat a short match is
+    mostly chance, on repetitive text a long one mostly holds). Kept across the client's rings and
+    sessions (RingHead keeps the latest clients'), so that an answer does not start by paying again
+    for drafts the conversation keeps rejecting."""
 
     def __init__(self, max_draft: int, sampled: bool) -> None:
-        self.lookup = PromptLookupDrafter(min_ngram=self.MIN_MATCH, max_ngram=max(3, self.MIN_MATCH))
         self.length = (FixedDraftLength if sampled else AdaptiveDraftLength)(max_draft)
+        self.by_match = {n: AcceptanceEstimate() for n in range(MIN_MATCH, MAX_MATCH + 1)}
+
+
+class RingDrafting:
+    """How a ring's sampler drafts (speculation in the ring): prompt lookup over the text so far, only
+    on a match of `MIN_MATCH` tokens or more (a one-token match is no evidence: on free chat it mostly
+    drafts tokens that are rejected, and each costs the whole ring compute), as many as the draft-length
+    model expects to pay off from the client's measured ring steps and from how often drafts behind a
+    match this long were kept (`memory`). A sampled ring drafts at the fixed maximum, so that a seed
+    repeats its answer."""
+
+    def __init__(self, memory: DraftMemory) -> None:
+        self.memory = memory
+        self.lookup = PromptLookupDrafter(min_ngram=MIN_MATCH, max_ngram=MAX_MATCH)
         self.sent_at = 0.0  # when the last step went out
+        self.match = 0  # the match length behind the drafts sent last (0: none drafted)
 
     def propose(self, context: Sequence[int], limit: int) -> list[int]:
-        """Drafts to follow `context`, at most `limit` (the ticket's room)."""
-        k = self.length.choose(limit)
+        """Drafts to follow `context`, at most `limit` (the ticket's room). Only a match is an
+        occasion to draft: one declined still decays its match length's evidence (so drafting is
+        retried after a while), one without a match does not (free chat's few matches would
+        otherwise each start from the optimistic prior again)."""
         self.sent_at = time.perf_counter()
-        return self.lookup.propose(context, k, _LOOKUP).tokens if k > 0 else []
+        self.match, found = self.lookup.match(context, limit) if limit > 0 else (0, [])
+        if not found:
+            return []
+        accept = self.memory.by_match[self.match]
+        k = self.memory.length.choose(limit, accept)
+        if k == 0:
+            accept.record(0, 0)
+        return found[:k]
 
     def returned(self, positions: int, drafted: int, kept: int) -> None:
         """The step sent last came back around the ring with `positions` positions, `kept` of its
         `drafted` drafts accepted."""
-        self.length.record_forward(positions, time.perf_counter() - self.sent_at)
-        self.length.record_trip(drafted, kept)
-
-
-_LOOKUP = Sampler(SamplingParams())  # prompt lookup draws nothing: its drafts are certain
+        self.memory.length.record_forward(positions, time.perf_counter() - self.sent_at)
+        if drafted:
+            self.memory.by_match[self.match].record(drafted, kept)
 
 
 @dataclass
@@ -116,6 +142,7 @@ class RingHead:
     device: torch.device
     dtype: torch.dtype
     vocab_size: int = field(init=False)
+    memories: "OrderedDict[str, DraftMemory]" = field(init=False, default_factory=OrderedDict)  # by client
 
     def __post_init__(self) -> None:
         self.vocab_size = self.head.embed_tokens.num_embeddings
@@ -123,7 +150,8 @@ class RingHead:
     def arm(self, frame: protocol.Ring, client: str, session: str) -> RingSampler:
         """The sampler a `ring` frame asks for, checked."""
         ticket = accept_ring_ticket(frame.ticket, client=client, session=session)
-        drafting = RingDrafting(frame.max_draft, frame.temperature > 0) if frame.max_draft else None
+        sampled = frame.temperature > 0
+        drafting = RingDrafting(self.memory(client, frame.max_draft, sampled)) if frame.max_draft else None
         stop, context = frozenset(frame.stop), list(frame.context)
         if frame.temperature == 0:
             return RingSampler(ticket, None, stop, context, drafting)
@@ -136,6 +164,19 @@ class RingHead:
         except (ValueError, RuntimeError, ShardsError) as e:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"the ring's sampler cannot be built: {e}"[:300]) from None
         return RingSampler(ticket, sampler, stop, context, drafting)
+
+    def memory(self, client: str, max_draft: int, sampled: bool) -> DraftMemory:
+        """What `client`'s earlier rings learned about drafting (a sampled ring drafts the fixed
+        maximum: it needs none), or a fresh memory for it."""
+        if sampled:
+            return DraftMemory(max_draft, sampled=True)
+        memory = self.memories.pop(client, None)
+        if memory is None or memory.length.max_draft != max_draft:
+            memory = DraftMemory(max_draft, sampled=False)
+        self.memories[client] = memory
+        while len(self.memories) > MAX_MEMORIES:
+            self.memories.popitem(last=False)
+        return memory
 
     def embed(self, tokens: Sequence[int]) -> torch.Tensor:
         """The first block's input for `tokens`, as a pushed step's (1, n, hidden) float32 CPU tensor."""

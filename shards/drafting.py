@@ -75,13 +75,18 @@ class PromptLookupDrafter:
         self.min_ngram, self.max_ngram = min_ngram, max_ngram
 
     def propose(self, context: Sequence[int], k: int, sampler: Sampler) -> Draft:
+        return Draft(self.match(context, k)[1])
+
+    def match(self, context: Sequence[int], k: int) -> tuple[int, list[int]]:
+        """How long the matched n-gram is (0: none) and the k tokens it drafts: a longer match is
+        stronger evidence that the text repeats."""
         ids = list(context)
         for n in range(min(self.max_ngram, len(ids) - 1), self.min_ngram - 1, -1):
             tail = ids[-n:]
             for start in range(len(ids) - n - 1, -1, -1):
                 if ids[start:start + n] == tail:
-                    return Draft(_copy_forward(ids, start + n, k))
-        return Draft([])
+                    return n, _copy_forward(ids, start + n, k)
+        return 0, []
 
 
 def _copy_forward(ids: list[int], source: int, k: int) -> list[int]:

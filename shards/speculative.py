@@ -95,6 +95,33 @@ def expected_tokens_per_trip(acceptance: float, drafts: int) -> float:
     return (1 - acceptance ** (drafts + 1)) / (1 - acceptance)
 
 
+class AcceptanceEstimate:
+    """How likely a draft is kept, a: kept drafts count as successes and the first rejection of a trip
+    as a failure (the estimate for geometric runs), both decayed by `decay` per trip recorded, on top
+    of a prior of `prior` worth `weight` drafts. Decisions use an optimistic bound, one standard error
+    above the estimate: trips recorded without drafts only decay the counts, so the bound widens again
+    after a run of failures and drafting is retried rather than abandoned for good."""
+
+    def __init__(self, prior: float = 0.5, weight: float = 2.0, decay: float = 0.9) -> None:
+        self.prior, self.weight, self.decay = prior, weight, decay
+        self.kept = 0.0
+        self.failed = 0.0
+
+    @property
+    def value(self) -> float:
+        """The estimate of a (decayed counts plus the prior)."""
+        return (self.kept + self.weight * self.prior) / (self.kept + self.failed + self.weight)
+
+    def optimistic(self) -> float:
+        a, n = self.value, self.kept + self.failed + self.weight
+        return min(1.0, a + math.sqrt(a * (1 - a) / n))
+
+    def record(self, drafted: int, kept: int) -> None:
+        """A trip judged `drafted` drafts and kept the first `kept` of them."""
+        self.kept = self.kept * self.decay + kept
+        self.failed = self.failed * self.decay + (1 if kept < drafted else 0)
+
+
 class AdaptiveDraftLength:
     """Chooses k, the drafts per trip, to maximise expected tokens per second.
 
@@ -112,11 +139,9 @@ class AdaptiveDraftLength:
     unmeasured F(1) is scaled down from the shortest measured length the same way; with nothing
     measured only ratios matter and F(1) = 1.
 
-    a counts kept drafts as successes and the first rejection of a trip as a failure (the
-    estimate for geometric runs), both decayed by `accept_decay` per trip, on top of a prior of
-    `prior_accept` worth `prior_weight` drafts. Decisions use an optimistic bound, one standard
-    error above the estimate: trips without drafts only decay the counts, so the bound widens
-    again after a run of failures and drafting is retried rather than abandoned for good.
+    a is an `AcceptanceEstimate` (prior `prior_accept` worth `prior_weight` drafts, decayed by
+    `accept_decay` per trip); a caller that knows more about the drafts at hand (the ring's sampler:
+    how long the n-gram match behind them is) passes its own estimate to `choose`.
     """
 
     def __init__(self, max_draft: int, *, prior_accept: float = 0.5, prior_weight: float = 2.0,
@@ -124,21 +149,15 @@ class AdaptiveDraftLength:
         if max_draft < 0:
             raise ValueError(f"max_draft must be >= 0, got {max_draft}")
         self.max_draft = max_draft
-        self.prior_accept, self.prior_weight, self.accept_decay = prior_accept, prior_weight, accept_decay
         self.cost_smoothing, self.prior_position_cost = cost_smoothing, prior_position_cost
-        self.kept = 0.0
-        self.failed = 0.0
+        self.accept = AcceptanceEstimate(prior_accept, prior_weight, accept_decay)
         self.forward_seconds: dict[int, float] = {}  # moving average by positions per forward
         self.draft_seconds = 0.0  # moving average per drafted token
 
     @property
     def acceptance(self) -> float:
         """The estimate of a (decayed counts plus the prior)."""
-        return (self.kept + self.prior_weight * self.prior_accept) / (self.kept + self.failed + self.prior_weight)
-
-    def optimistic_acceptance(self) -> float:
-        a, n = self.acceptance, self.kept + self.failed + self.prior_weight
-        return min(1.0, a + math.sqrt(a * (1 - a) / n))
+        return self.accept.value
 
     def forward_cost(self, positions: int) -> float:
         """F(positions) in seconds (relative units before any forward is measured)."""
@@ -172,13 +191,13 @@ class AdaptiveDraftLength:
 
     def record_trip(self, drafted: int, kept: int) -> None:
         """A trip judged `drafted` drafts and kept the first `kept` of them."""
-        self.kept = self.kept * self.accept_decay + kept
-        self.failed = self.failed * self.accept_decay + (1 if kept < drafted else 0)
+        self.accept.record(drafted, kept)
 
-    def choose(self, limit: int | None = None) -> int:
-        """Drafts for the next trip, at most `limit` (what the remaining tokens and cache allow)."""
+    def choose(self, limit: int | None = None, accept: AcceptanceEstimate | None = None) -> int:
+        """Drafts for the next trip, at most `limit` (what the remaining tokens and cache allow),
+        by `accept` (default: the estimate over every trip recorded)."""
         top = self.max_draft if limit is None else max(0, min(self.max_draft, limit))
-        a = self.optimistic_acceptance()
+        a = (accept or self.accept).optimistic()
         rates = [expected_tokens_per_trip(a, k) / (self.forward_cost(k + 1) + self.draft_seconds * k)
                  for k in range(top + 1)]
         best = max(rates)
@@ -189,5 +208,5 @@ class FixedDraftLength(AdaptiveDraftLength):
     """Always the most drafts allowed, whatever the measured costs: for seeded sampling, which must
     draw the same random numbers on every run."""
 
-    def choose(self, limit: int | None = None) -> int:
+    def choose(self, limit: int | None = None, accept: AcceptanceEstimate | None = None) -> int:
         return self.max_draft if limit is None else max(0, min(self.max_draft, limit))

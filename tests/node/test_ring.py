@@ -4,12 +4,14 @@ sampler draws from the same state (a tiny random head: no store, no processes)."
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import torch
 
 from ledger.keys import Identity
-from node.ring import RingDrafting, RingHead
+from node import ring
+from node.ring import DraftMemory, RingDrafting, RingHead
 from routing import protocol, wire
 from routing.errors import ProtocolError
 from routing.grants import ring_ticket
@@ -72,11 +74,55 @@ def test_it_samples_after_the_starting_step_and_its_own_steps_only_once_each() -
 
 
 def test_ring_drafting_needs_a_match_of_two_tokens_and_fits_the_tickets_room() -> None:
-    drafting = RingDrafting(4, sampled=True)  # the fixed maximum: only the match decides
+    drafting = RingDrafting(DraftMemory(4, sampled=True))  # the fixed maximum: only the match decides
     assert drafting.propose([5, 1, 2, 3, 9, 4, 7, 3], 4) == []  # only "3" recurs: a one-token match is no evidence
     assert drafting.propose([5, 1, 2, 3, 9, 4, 2, 3], 4) == [9, 4, 2, 3]  # "2 3" recurs: copy what followed
     assert drafting.propose([5, 1, 2, 3, 9, 4, 2, 3], 2) == [9, 4]  # no further than the ticket runs
     assert drafting.propose([5, 1, 2, 3, 9, 4, 2, 3], 0) == []
+
+
+def test_drafts_that_fail_behind_short_matches_stop_there_but_not_behind_long_ones() -> None:
+    """Each match length keeps its own acceptance: free chat's chance two-token matches stop drafting,
+    while a three-token match still drafts; steps without a match leave the evidence as it was."""
+    drafting = RingDrafting(DraftMemory(4, sampled=False))
+    short, long = [5, 1, 2, 3, 9, 4, 2, 3], [5, 1, 2, 3, 9, 4, 1, 2, 3]
+
+    def around(drafted: list[int]) -> None:  # a ring step of 200 ms, and 50 ms more per draft
+        drafting.sent_at = time.perf_counter() - 0.2 - 0.05 * len(drafted)
+        drafting.returned(1 + len(drafted), len(drafted), 0)
+
+    for _ in range(20):
+        around(drafting.propose(short, 4))
+        assert drafting.propose([1, 2, 3, 4], 4) == []  # no match: nothing drafted, nothing forgotten
+        around([])
+    assert drafting.propose(short, 4) == []
+    assert drafting.propose(long, 4) == [9, 4, 1, 2]
+
+
+def test_a_clients_next_ring_drafts_from_what_its_last_rings_learned() -> None:
+    head, _ = _ring_head()
+    ticket = ring_ticket(CLIENT, session="s", start=4, tokens=10, drafts=3)
+    first = head.arm(protocol.Ring("s", ticket.to_wire(), max_draft=3), CLIENT.peer_id, "s")
+    again = head.arm(protocol.Ring("s", ticket.to_wire(), max_draft=3), CLIENT.peer_id, "s")
+    assert first.drafting is not None and again.drafting is not None
+    assert again.drafting.memory is first.drafting.memory
+    other = ring_ticket(CLIENT, session="t", start=4, tokens=10, drafts=4)
+    longer = head.arm(protocol.Ring("t", other.to_wire(), max_draft=4), CLIENT.peer_id, "t")
+    assert longer.drafting is not None and longer.drafting.memory is not first.drafting.memory  # another k
+    seeded = protocol.Ring("s", ticket.to_wire(), 0.5, state=Sampler(SamplingParams(seed=1)).generator.get_state()
+                           .numpy().tobytes(), max_draft=3)
+    sampled = head.arm(seeded, CLIENT.peer_id, "s").drafting
+    assert sampled is not None and sampled.memory is not head.memories[CLIENT.peer_id]  # a seed drafts alike
+
+
+def test_the_sampler_remembers_only_the_latest_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ring, "MAX_MEMORIES", 2)
+    head, _ = _ring_head()
+    clients = [Identity.generate() for _ in range(3)]
+    for c in clients:
+        head.arm(protocol.Ring("s", ring_ticket(c, session="s", start=4, tokens=3).to_wire(), max_draft=2),
+                 c.peer_id, "s")
+    assert list(head.memories) == [c.peer_id for c in clients[1:]]
 
 
 def test_the_sampler_keeps_the_drafts_its_head_chooses_and_sends_its_own_next() -> None:
@@ -90,6 +136,8 @@ def test_the_sampler_keeps_the_drafts_its_head_chooses_and_sends_its_own_next() 
     argmax = model.head.logits(rows[0]).argmax(-1).tolist()
     rejected = (argmax[1] + 1) % 16
     armed.sampled, armed.sent = 4, (5, argmax[0], rejected, 0)  # the ring step at 4: token 5 and three drafts
+    assert armed.drafting is not None
+    armed.drafting.match = 2  # drafted behind a two-token match
     armed.context.append(5)
     sampled = asyncio.run(head.sample(armed, wire.encode_tensor(rows), 4, 32))
     assert (sampled.kept, sampled.token, sampled.at, sampled.onward) == (1, argmax[1], 6, True)

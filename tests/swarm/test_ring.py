@@ -101,19 +101,21 @@ def _stranger_ring_token(swarm: LocalSwarm, first: str, client: str, session: st
 def test_speculation_in_the_ring_keeps_local_greedy_text_and_counts_only_kept_tokens(ring_swarm, default_store,
                                                                                     local_repeat):
     """The sampler drafts by prompt lookup and judges its drafts; the client takes each ring step as its
-    own speculative trip: the text is local greedy text, and rejected drafts are rolled back on every node."""
+    own speculative trip: the text is local greedy text, and rejected drafts are rolled back on every node.
+    The second answer, in a new session, drafts from what the sampler learned in the first."""
     with _ring_model(ring_swarm, default_store) as model:
-        with model.inference_session(max_length=256) as s:
-            g = s.generate(REPEAT, 24, ignore_eos=True, speculative=4)
-            ring, kept = s.runner.ring, len(s.history)
-            assert ring is not None and ring.restarts == 1 and not ring.convictions
-            assert s.runner.relayed_steps == 0 and s.runner.failovers == 0
-            spec = g.extra["speculation"]
-            assert spec["accepted"] > 0 and ring.steps == spec["trips"] - 1  # every trip after the prompt: the ring's
-            assert all(sp.accepted == kept and sp.tokens - sp.rolled_back == kept for sp in s.runner.spans)
-    assert g.token_ids == local_repeat
-    assert [(sp.closed.tokens, sp.closed.accepted_tokens) if sp.closed else None for sp in s.runner.closed_spans] == \
-        [(sp.tokens, kept) for sp in s.runner.closed_spans]  # the nodes count what the receipts name
+        for _ in range(2):
+            with model.inference_session(max_length=256) as s:
+                g = s.generate(REPEAT, 24, ignore_eos=True, speculative=4)
+                ring, kept = s.runner.ring, len(s.history)
+                assert ring is not None and ring.restarts == 1 and not ring.convictions
+                assert s.runner.relayed_steps == 0 and s.runner.failovers == 0
+                spec = g.extra["speculation"]
+                assert spec["accepted"] > 0 and ring.steps == spec["trips"] - 1  # every trip after the prompt
+                assert all(sp.accepted == kept and sp.tokens - sp.rolled_back == kept for sp in s.runner.spans)
+            assert g.token_ids == local_repeat
+            assert [(sp.closed.tokens, sp.closed.accepted_tokens) if sp.closed else None
+                    for sp in s.runner.closed_spans] == [(sp.tokens, kept) for sp in s.runner.closed_spans]
 
 
 @pytest.fixture(scope="module")

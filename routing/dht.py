@@ -13,7 +13,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -157,16 +157,21 @@ async def announce(dht: DHT, root: str, record: ServerRecord, ttl: float,
 
 
 async def fetch_records(dht: DHT, root: str, num_blocks: int,
-                        timeout: float = DHT_TIMEOUT) -> dict[str, ServerRecord]:
+                        timeout: float = DHT_TIMEOUT, blocks: Iterable[int] | None = None) -> dict[str, ServerRecord]:
     """Every node announcing any block of the model, one valid, signed record per peer: its latest
     (the one expiring last). A node that moved left its old record under its old blocks until that
     expires; the first found would show it where it no longer is (or offline) for minutes, and a hole
     it filled as still a hole. Records that fail the schema, lie outside the model or do not cover
-    their key's block are dropped."""
-    keys = [block_key(root, i) for i in range(num_blocks)]
-    raw = await _call(dht, partial(_get_many, keys=keys), timeout)
+    their key's block are dropped.
+
+    `blocks`: read only these blocks' keys (the nodes serving them; a mover's latest record may then
+    be missed), for a caller that needs no more: a lookup asks every peer near each key, so a read of
+    the whole model costs the swarm a multiple of one key's."""
+    chosen = sorted(set(range(num_blocks) if blocks is None else blocks) & set(range(num_blocks)))
+    keys = [block_key(root, i) for i in chosen]
+    raw = await _call(dht, partial(_get_many, keys=keys), timeout) if keys else {}
     records: dict[str, tuple[ServerRecord, float]] = {}
-    for block, key in enumerate(keys):
+    for block, key in zip(chosen, keys):
         for peer, (value, expiry) in raw.get(key, {}).items():
             if peer in records and records[peer][1] >= expiry:
                 continue

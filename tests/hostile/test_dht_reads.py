@@ -91,6 +91,26 @@ def test_a_node_that_moved_is_read_where_it_announced_last() -> None:
     assert asyncio.run(dht_io.fetch_records(dht, ROOT, valid.NUM_BLOCKS)) == {moved.peer_id: moved}
 
 
+def test_a_read_of_some_blocks_asks_for_their_keys_only() -> None:
+    dht, asked = _DHT(), []
+    get_many = dht.node.get_many
+
+    async def counted(keys: list[str], sufficient_expiration_time: float) -> dict[str, Any]:
+        asked.extend(keys)
+        return await get_many(keys, sufficient_expiration_time)
+
+    dht.node.get_many = counted  # type: ignore[method-assign]
+    first, second = valid.record(start=0, end=8), valid.record(peer_id=valid.CHECKER.peer_id, start=8, end=16)
+    for record in (first, second):
+        for block in range(record.start, record.end):
+            _put(dht, block, record.peer_id, record.to_value())
+    assert asyncio.run(dht_io.fetch_records(dht, ROOT, valid.NUM_BLOCKS, blocks=[8, valid.NUM_BLOCKS])) == {
+        second.peer_id: second}
+    assert asked == [block_key(ROOT, 8)]  # a block past the model's end is not asked for
+    assert asyncio.run(dht_io.fetch_records(dht, ROOT, valid.NUM_BLOCKS, blocks=[])) == {}
+    assert asked == [block_key(ROOT, 8)]  # nothing to read: no DHT call
+
+
 def test_fetch_evidence_reassembles_honest_documents_and_drops_the_rest() -> None:
     dht = _DHT()
     document = b"evidence" * 5000  # three chunks

@@ -64,12 +64,16 @@ class SwarmDHT(DHT):
 
     hivemind's cache refresh is off: its background task re-fetches cached values and decodes them
     outside our validator, so a hostile value made it die with an exception nobody collected. We
-    always ask the swarm afresh for what we route on, so the refresh saved us nothing.
+    always ask the swarm afresh for what we route on, so the refresh saved us nothing. For the same
+    reason a reader does not copy what it found to the peer nearest each key (hivemind's
+    `cache_nearest`): our reads never stop at the first copy, so the copy only cost a store per key
+    read (48 more RPCs per read of the model, each checked by its receiver) and fatter answers.
     """
 
     def __init__(self, *args: Any, p2pd_flags: dict[str, Any] | None = None, **kwargs: Any) -> None:
         """`p2pd_flags`: p2pd command-line flags beyond what hivemind's P2P.create takes (relay limits)."""
         kwargs.setdefault("cache_refresh_before_expiry", 0)
+        kwargs.setdefault("cache_nearest", 0)
         self._p2pd_flags = dict(p2pd_flags or {})
         super().__init__(*args, **kwargs)
 

@@ -46,7 +46,7 @@ from .handlers import Handlers
 from .inference import Inference
 from .ledger_service import LedgerService
 from .metrics import NodeMetrics, NodeState
-from .neighbours import Neighbours
+from .neighbours import Neighbours, neighbour_blocks
 from .push import PushLinks, PushReceiver
 from .ring import RingHead, head_bytes
 from .reachable import REACHABILITY_PERIOD, RELAY_WAIT, Reachable
@@ -341,12 +341,9 @@ class Node:
         await self._announce()
 
     def _neighbour_blocks(self) -> list[int]:
-        """The blocks whose servers we push to (the one after our span) and, when we are private and
-        meet them (node/reachable.py), those that push to us (the one before it)."""
         assert self.serving is not None
-        start, end = self.serving.stack.start, self.serving.stack.end
         private = self.reachable is not None and self.reachable.state.direct is False
-        return [b for b in ((start - 1) if private else -1, end) if 0 <= b < self.num_blocks]
+        return neighbour_blocks(self.serving.stack.start, self.serving.stack.end, self.num_blocks, private)
 
     async def _records(self, timeout: float = dht_io.DHT_TIMEOUT,
                        blocks: list[int] | None = None) -> dict[str, ServerRecord]:

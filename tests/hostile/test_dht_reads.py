@@ -174,3 +174,17 @@ def test_drops_are_exported_by_kind_at_each_scrape() -> None:
     assert set(before) >= set(untrusted.KINDS)
     untrusted.dropped("checkpoint", "from a test: not a note")
     assert exported()["checkpoint"] == before["checkpoint"] + 1 == untrusted.snapshot()["checkpoint"]
+
+
+def test_peer_id_names_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DHT process names the peers in every lookup answer; the same few come back, each encoded once."""
+    from hivemind.p2p import PeerID
+    from hivemind.p2p.p2p_daemon_bindings import datastructures
+
+    ids = [Identity.generate().peer_id for _ in range(3)]
+    monkeypatch.setattr(datastructures, "base58", datastructures.base58)  # undone after the test
+    dht_io._remember_peer_id_names()
+    for _ in range(4):
+        assert [PeerID.from_base58(p).to_base58() for p in ids] == ids
+    info = datastructures.base58.b58encode.cache_info()
+    assert (info.misses, info.hits, info.maxsize) == (3, 9, 4096)

@@ -51,3 +51,10 @@ class Neighbours:
     def announced(self) -> dict[str, float]:
         """Milliseconds per neighbour, as the DHT record carries them."""
         return {peer: round(min(seconds * 1000, MAX_RTT_MS), 2) for peer, seconds in self.rtt.items()}
+
+
+def neighbour_blocks(start: int, end: int, num_blocks: int, private: bool) -> list[int]:
+    """The blocks an announcement reads for a node serving `start:end`: the one after its span (whose
+    servers it measures) and, when it is private, the one before (whose servers push to it and are
+    met directly: node/reachable.py)."""
+    return [b for b in (start - 1 if private else -1, end) if 0 <= b < num_blocks]

@@ -46,7 +46,7 @@ from .handlers import Handlers
 from .inference import Inference
 from .ledger_service import LedgerService
 from .metrics import NodeMetrics, NodeState
-from .neighbours import Neighbours
+from .neighbours import Neighbours, neighbour_blocks
 from .push import PushLinks, PushReceiver
 from .ring import RingHead, head_bytes
 from .reachable import REACHABILITY_PERIOD, RELAY_WAIT, Reachable
@@ -324,11 +324,12 @@ class Node:
 
     async def _measure_and_announce(self) -> None:
         """Refresh the round trips to our next-block neighbours (for at most half a period, so a dead
-        neighbour never delays the announcement past our record's expiry), then announce."""
+        neighbour never delays the announcement past our record's expiry), then announce. Only the
+        blocks that name them are read: the one after our span, and (when private) the one before it."""
         try:
             assert self.serving is not None
             budget = self.config.announce_period / 2
-            records = await asyncio.wait_for(self._records(), budget)
+            records = await asyncio.wait_for(self._records(blocks=self._neighbour_blocks()), budget)
             await self.neighbours.measure(records.values(), self.serving.stack.end, timeout=budget)
             if self.reachable is not None:
                 await self.reachable.meet_predecessors(records.values(), self.peer_id, self.serving.stack.start)
@@ -339,9 +340,16 @@ class Node:
             self._maddrs = self.reachable.maddrs
         await self._announce()
 
-    async def _records(self, timeout: float = dht_io.DHT_TIMEOUT) -> dict[str, ServerRecord]:
+    def _neighbour_blocks(self) -> list[int]:
+        assert self.serving is not None
+        private = self.reachable is not None and self.reachable.state.direct is False
+        return neighbour_blocks(self.serving.stack.start, self.serving.stack.end, self.num_blocks, private)
+
+    async def _records(self, timeout: float = dht_io.DHT_TIMEOUT,
+                       blocks: list[int] | None = None) -> dict[str, ServerRecord]:
+        """The swarm's records (of `blocks` only, when given: dht_io.fetch_records)."""
         assert self.dht is not None
-        return await dht_io.fetch_records(self.dht, self.root, self.num_blocks, timeout=timeout)
+        return await dht_io.fetch_records(self.dht, self.root, self.num_blocks, timeout=timeout, blocks=blocks)
 
     async def _witness(self) -> None:
         """Check the peers' ledgers; never let a peer's misbehaviour take this node down."""

@@ -33,6 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -55,19 +56,28 @@ LIGHT_NODE = ("--threads", "1", "--cache-tokens", "1024", "--throughput", "100",
 LEAN_ENV = {"MALLOC_ARENA_MAX": "2", "GOMAXPROCS": "1"}
 
 
-def memory(leaders: list[int]) -> tuple[int, int]:
-    """(summed RSS, summed PSS) in bytes of this process, its children (the client's p2pd daemons),
-    and everything in these sessions (each node leads one: its DHT process and p2pd stay in it)."""
+def swarm_processes(leaders: list[int]) -> Iterator[tuple[Path, int, str, list[str]]]:
+    """(/proc entry, session, command name, stat fields after the name) of this process, its children
+    (the client's p2pd daemons), and everything in these sessions (each node leads one: its DHT process
+    and p2pd stay in it)."""
     sessions, me = set(leaders), os.getpid()
-    rss = pss = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[3]) not in sessions and me not in (int(entry.name), int(fields[1])):
-                continue
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[3]) in sessions or me in (int(entry.name), int(fields[1])):
+            yield entry, int(fields[3]), stat[stat.index("(") + 1:stat.rindex(")")], fields
+
+
+def memory(leaders: list[int]) -> tuple[int, int]:
+    """(summed RSS, summed PSS) in bytes of the swarm's processes (`swarm_processes`)."""
+    rss = pss = 0
+    for entry, _, _, _ in swarm_processes(leaders):
+        try:
             for line in (entry / "smaps_rollup").read_text().splitlines():
                 if line.startswith("Rss:"):
                     rss += int(line.split()[1]) * 1024
@@ -76,6 +86,19 @@ def memory(leaders: list[int]) -> tuple[int, int]:
         except (OSError, ValueError):
             continue  # gone meanwhile, or not ours to read
     return rss, pss
+
+
+def cpu_seconds(leaders: list[int]) -> dict[int, dict[str, float]]:
+    """CPU seconds (user + system) each node has used so far, by session leader and part: `node` (the
+    daemon), `dht` (its hivemind DHT process), `p2pd`."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[int, dict[str, float]] = {}
+    for entry, session, name, fields in swarm_processes(leaders):
+        if session in leaders:
+            part = "p2pd" if name.startswith("p2pd") else "node" if int(entry.name) == session else "dht"
+            parts = used.setdefault(session, {})
+            parts[part] = parts.get(part, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return used
 
 
 def covered(records: dict[str, ServerRecord], alive: set[str], num_blocks: int) -> list[int]:
@@ -115,6 +138,8 @@ class Scale:
         self.failed_starts = 0  # joiners that exited before they were ready
         self.observer: SwarmClient | None = None
         self.holes: list[float] = []  # when a coverage sample had a block with no live server
+        self.join_s = 0.0  # seconds until every first node was up and the model covered
+        self.idle: dict[str, float] = {}  # idle_cpu's figures
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.began:6.1f}s] {text}", flush=True)
@@ -148,7 +173,7 @@ class Scale:
 
     def uncovered_during(self, began: float) -> bool:
         """Whether some block had no live server between `began` and now, as far as sampled (after
-        every kill, every joining group and every 2 s while a wave settles, and now)."""
+        every kill, every joining group and every `--poll` s while a wave settles, and now)."""
         now_hole = min(self.coverage()) == 0
         return now_hole or any(t >= began for t in self.holes)
 
@@ -159,6 +184,26 @@ class Scale:
         self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
         if pss > self.args.max_rss * GIB:
             raise SystemExit(f"memory {pss / GIB:.1f} GiB over --max-rss {self.args.max_rss} GiB: stopping")
+
+    def idle_cpu(self, seconds: float) -> dict[str, float]:
+        """Share of a core each idle node uses over `seconds` with no client (mean per node of its daemon,
+        DHT process and p2pd, the busiest node's total, and the machine's load average at the end)."""
+        with self.lock:
+            leaders = [n.pid for n in self.swarm.nodes]
+        before = cpu_seconds(leaders)
+        time.sleep(seconds)
+        after = cpu_seconds(leaders)
+        spent = {pid: {part: used - before[pid].get(part, 0.0) for part, used in parts.items()}
+                 for pid, parts in after.items() if pid in before}
+        share = {part: sum(p.get(part, 0.0) for p in spent.values()) / seconds / max(1, len(spent))
+                 for part in ("node", "dht", "p2pd")}
+        share["total"] = sum(share.values())
+        share["busiest"] = max((sum(p.values()) for p in spent.values()), default=0.0) / seconds
+        share["load"] = os.getloadavg()[0]
+        self.say(f"idle: {len(spent)} nodes use {100 * share['total']:.2f}% of a core each over {seconds:.0f} s "
+                 f"(daemon {100 * share['node']:.2f}%, DHT {100 * share['dht']:.2f}%, p2pd {100 * share['p2pd']:.2f}%;"
+                 f" busiest {100 * share['busiest']:.2f}%), load average {share['load']:.1f}")
+        return share
 
     def join(self, count: int) -> list[LocalNode]:
         """Start `count` nodes in groups of `--join-group` started together (a group's members do not
@@ -215,7 +260,7 @@ class Scale:
                 return time.monotonic() - since, counts
             holes = [b for b, c in enumerate(counts) if c == 0]
             self.say(f"{len(self.alive())} nodes, {len(holes)} blocks unserved ({holes[:8]}…), waiting")
-            time.sleep(2)
+            time.sleep(self.args.poll)
         return None, counts
 
     def client(self) -> None:
@@ -252,6 +297,9 @@ class Scale:
         self.join(a.nodes)
         took, counts = self.settle(time.monotonic())
         self.say(f"initial coverage: servers per block min {min(counts)} max {max(counts)}")
+        self.join_s = time.monotonic() - self.began
+        if a.idle_window > 0:
+            self.idle = self.idle_cpu(a.idle_window)
         worker = threading.Thread(target=self.client, daemon=True)
         worker.start()
         if not self.serving.wait(timeout=a.settle):
@@ -285,7 +333,7 @@ class Scale:
     def summary(self, client_stopped: bool) -> dict:
         restored = all(w["restored_s"] is not None for w in self.waves)
         return {"nodes": self.args.nodes, "blocks": self.n, "blocks_per_node": self.args.blocks_per_node,
-                "waves": self.waves, "started": self.started, "failed_starts": self.failed_starts,
+                "waves": self.waves, "joined_s": self.join_s, "idle_cpu": self.idle, "started": self.started, "failed_starts": self.failed_starts,
                 "peak_rss_gib": self.peak_rss / GIB,
                 "peak_pss_gib": self.peak_pss / GIB, "client_generations": self.log.ok,
                 "client_tokens": self.log.tokens, "failed_with_cover": self.log.failed_with_cover,
@@ -319,6 +367,11 @@ def main() -> int:
     ap.add_argument("--announce-period", type=float, default=30.0)
     ap.add_argument("--rebalance-period", type=float, default=60.0)
     ap.add_argument("--settle", type=float, default=300.0, help="seconds a wave's coverage may take to return")
+    ap.add_argument("--idle-window", type=float, default=60.0,
+                    help="seconds over which the idle nodes' CPU is measured once they cover the model (0: not)")
+    ap.add_argument("--poll", type=float, default=5.0,
+                    help="seconds between coverage reads while a wave settles (a read asks ~20 peers for each of the 48 "
+                         "block keys; at 2 s the observer read more often than 32 nodes' rebalancing checks)")
     ap.add_argument("--pause", type=float, default=10.0, help="seconds of steady serving around the waves")
     ap.add_argument("--tokens", type=int, default=16, help="tokens per client generation")
     ap.add_argument("--ready-timeout", type=float, default=300.0)
@@ -348,6 +401,10 @@ def main() -> int:
             restored = f"{w['restored_s']:.0f} s" if w["restored_s"] is not None else "never"
             print(f"  wave {i}: killed {w['killed']}, joined {w['joined']}, coverage restored in {restored}, "
                   f"servers per block {w['min_servers']}..{w['max_servers']}")
+        print(f"  joined and covered in {result['joined_s']:.0f} s")
+        if result["idle_cpu"]:
+            print(f"  idle CPU per node: {100 * result['idle_cpu']['total']:.2f}% of a core "
+                  f"(busiest {100 * result['idle_cpu']['busiest']:.2f}%)")
         print(f"  memory peak: {result['peak_pss_gib']:.2f} GiB PSS ({result['peak_rss_gib']:.2f} GiB summed RSS)")
         print(f"  client: {result['client_generations']} generations, {result['client_tokens']} tokens; failed "
               f"with cover {len(result['failed_with_cover'])}, while uncovered {len(result['failed_uncovered'])}")

@@ -91,6 +91,26 @@ def test_a_node_that_moved_is_read_where_it_announced_last() -> None:
     assert asyncio.run(dht_io.fetch_records(dht, ROOT, valid.NUM_BLOCKS)) == {moved.peer_id: moved}
 
 
+def test_a_read_of_some_blocks_asks_for_their_keys_only() -> None:
+    dht, asked = _DHT(), []
+    get_many = dht.node.get_many
+
+    async def counted(keys: list[str], sufficient_expiration_time: float) -> dict[str, Any]:
+        asked.extend(keys)
+        return await get_many(keys, sufficient_expiration_time)
+
+    dht.node.get_many = counted  # type: ignore[method-assign]
+    first, second = valid.record(start=0, end=8), valid.record(peer_id=valid.CHECKER.peer_id, start=8, end=16)
+    for record in (first, second):
+        for block in range(record.start, record.end):
+            _put(dht, block, record.peer_id, record.to_value())
+    assert asyncio.run(dht_io.fetch_records(dht, ROOT, valid.NUM_BLOCKS, blocks=[8, valid.NUM_BLOCKS])) == {
+        second.peer_id: second}
+    assert asked == [block_key(ROOT, 8)]  # a block past the model's end is not asked for
+    assert asyncio.run(dht_io.fetch_records(dht, ROOT, valid.NUM_BLOCKS, blocks=[])) == {}
+    assert asked == [block_key(ROOT, 8)]  # nothing to read: no DHT call
+
+
 def test_fetch_evidence_reassembles_honest_documents_and_drops_the_rest() -> None:
     dht = _DHT()
     document = b"evidence" * 5000  # three chunks
@@ -154,3 +174,17 @@ def test_drops_are_exported_by_kind_at_each_scrape() -> None:
     assert set(before) >= set(untrusted.KINDS)
     untrusted.dropped("checkpoint", "from a test: not a note")
     assert exported()["checkpoint"] == before["checkpoint"] + 1 == untrusted.snapshot()["checkpoint"]
+
+
+def test_peer_id_names_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DHT process names the peers in every lookup answer; the same few come back, each encoded once."""
+    from hivemind.p2p import PeerID
+    from hivemind.p2p.p2p_daemon_bindings import datastructures
+
+    ids = [Identity.generate().peer_id for _ in range(3)]
+    monkeypatch.setattr(datastructures, "base58", datastructures.base58)  # undone after the test
+    dht_io._remember_peer_id_names()
+    for _ in range(4):
+        assert [PeerID.from_base58(p).to_base58() for p in ids] == ids
+    info = datastructures.base58.b58encode.cache_info()
+    assert (info.misses, info.hits, info.maxsize) == (3, 9, 4096)

@@ -25,3 +25,15 @@ def test_a_flood_of_free_records_costs_a_bounded_number_of_dials_and_keeps_the_m
     real = node("real", 0, 10, maddrs=PUBLIC)
     chosen = [r.peer_id for r in direct_pushers([*fakes, real], "me", 10, met={"real"})]
     assert len(chosen) == MAX_PUSHERS_MET and chosen[0] == "real"
+
+
+def test_an_announcement_reads_only_the_blocks_of_the_nodes_it_measures_and_meets():
+    """The block after the span (next-block neighbours), and the one before it when private (pushers):
+    every pusher `direct_pushers` picks is stored under that block's key."""
+    from node.neighbours import neighbour_blocks
+
+    assert neighbour_blocks(10, 20, 48, private=False) == [20]
+    assert neighbour_blocks(10, 20, 48, private=True) == [9, 20]
+    assert neighbour_blocks(0, 48, 48, private=True) == []  # the whole model: no one to read
+    records = [node("before", 0, 10, maddrs=PUBLIC), node("overlap", 5, 15, maddrs=PUBLIC)]
+    assert all(r.start <= 9 < r.end for r in direct_pushers(records, "me", 10))

@@ -46,6 +46,28 @@ def test_validator_accepts_the_owners_signature_only():
     assert not reader.validate(later)  # the expiration is signed too: no replay with a longer life
 
 
+def test_validator_checks_a_signature_once_and_never_remembers_a_forgery(monkeypatch):
+    """A lookup receives a record from every peer holding its key: the signature is checked once; any
+    other bytes (or expiry) are checked afresh, and a refused record is refused again."""
+    owner = Identity.generate()
+    record = _record(owner.peer_id, {"state": "online"})
+    signed = dataclasses.replace(record, value=SignedRecordValidator(owner.seed).sign_value(record))
+    checks, verify = [], keys.verify
+
+    def counted(*args):
+        checks.append(args)
+        return verify(*args)
+
+    monkeypatch.setattr(keys, "verify", counted)
+    reader = SignedRecordValidator()
+    assert all(reader.validate(signed) for _ in range(5))
+    assert len(checks) == 1
+    later = dataclasses.replace(signed, expiration_time=signed.expiration_time + 1)
+    assert not reader.validate(later) and not reader.validate(later)
+    assert len(checks) == 3
+    assert reader.validate(signed) and len(checks) == 3
+
+
 def test_a_second_peer_cannot_overwrite_a_nodes_record(swarm3, remote_model):
     victim = next(n for n in swarm3.nodes if n.blocks == (0, 10))
     attacker = Identity.generate()

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.swarm, pytest.mark.model, pytest.mark.long]  # the syn
 def test_coverage_returns_after_a_wave_and_no_client_fails_while_covered(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, str(REPO / "scripts" / "scale_test.py"), "--nodes", "8", "--waves", "1",
                           "--pause", "5", "--announce-period", "10", "--rebalance-period", "15",  # 8 nodes: quick
-                          "--settle", "180", "--work", str(tmp_path), "--json"],
+                          "--settle", "180", "--idle-window", "0", "--work", str(tmp_path), "--json"],
                          capture_output=True, text=True, timeout=900, cwd=REPO)
     assert run.stdout.strip(), run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])

@@ -200,6 +200,9 @@ def _decodes(payload: bytes) -> bool:
 
 
 VERIFIED_CACHE = 4096  # signed records a validator remembers as valid: a swarm's records, each under its blocks
+# The largest record (key, subkey and value bytes) remembered: an honest node's record is about 1 KiB, and
+# anyone can sign big valid values with a free key, so the set holds at most VERIFIED_CACHE times this.
+VERIFIED_BYTES = 8192
 
 
 class SignedRecordValidator(RecordValidatorBase):
@@ -211,7 +214,8 @@ class SignedRecordValidator(RecordValidatorBase):
     lookup asks them all), and again at every read until the owner re-announces it: checking its
     signature each time was most of an idle node's CPU in a 32-node swarm. So the records found valid
     are remembered, exactly (key, subkey, value and expiry: any other bytes are checked afresh), in a
-    bounded, least-recently-used set; invalid ones are never remembered, so forgeries cannot evict.
+    bounded, least-recently-used set of small records (`VERIFIED_BYTES` each at most); invalid ones are
+    never remembered, so forgeries cannot evict.
     """
 
     def __init__(self, seed: bytes | None = None) -> None:
@@ -247,6 +251,8 @@ class SignedRecordValidator(RecordValidatorBase):
     def validate(self, record: DHTRecord) -> bool:
         seen = (record.key, record.subkey, record.value, record.expiration_time)
         if not all(type(part) is bytes for part in seen[:3]):  # hostile decoding: unhashable, never valid
+            return self._check(record)
+        if sum(map(len, seen[:3])) > VERIFIED_BYTES:  # checked every time, never held
             return self._check(record)
         if seen in self._verified:
             self._verified.move_to_end(seen)

@@ -12,7 +12,7 @@ from hivemind.utils import MSGPackSerializer, get_dht_time
 from ledger import keys
 from ledger.keys import Identity
 from routing import dht as dht_io
-from routing.records import ServerRecord, SignedRecordValidator, block_key
+from routing.records import VERIFIED_BYTES, ServerRecord, SignedRecordValidator, block_key
 
 
 def _record(owner: str, value: dict) -> DHTRecord:
@@ -66,6 +66,12 @@ def test_validator_checks_a_signature_once_and_never_remembers_a_forgery(monkeyp
     assert not reader.validate(later) and not reader.validate(later)
     assert len(checks) == 3
     assert reader.validate(signed) and len(checks) == 3
+
+    # a big valid value (anyone can sign one with a free key) is checked every time, never held
+    big = _record(owner.peer_id, {"note": "x" * VERIFIED_BYTES})
+    big = dataclasses.replace(big, value=SignedRecordValidator(owner.seed).sign_value(big))
+    assert reader.validate(big) and reader.validate(big)
+    assert len(checks) == 5
 
 
 def test_a_second_peer_cannot_overwrite_a_nodes_record(swarm3, remote_model):

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 REAP_EVERY_S = 0.05
+NETNS_DIR = Path("/run/netns")  # where `ip netns add` names network namespaces
+CLONE_NEWNET = 0x40000000
 
 
 def die_with_parent() -> None:
@@ -36,6 +38,14 @@ def die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def set_network_namespace(fd: int) -> None:
+    """Move this thread into the network namespace open at `fd` (setns(2); os.setns is Python 3.12+)."""
+    import ctypes
+
+    if ctypes.CDLL("libc.so.6", use_errno=True).setns(fd, CLONE_NEWNET):
+        raise OSError(ctypes.get_errno(), f"setns: {os.strerror(ctypes.get_errno())}")
 
 
 class ForkedProcess:
@@ -90,13 +100,14 @@ class ForkServer:
         return cls._shared._proc.pid if cls._shared is not None else None
 
     def spawn(self, argv: Sequence[str], *, env: dict[str, str], log: Path,
-              program: str | None = None) -> ForkedProcess:
-        """Fork a child running `python -m node ARGV` (or the script `program` with ARGV), logging to `log`."""
+              program: str | None = None, netns: str | None = None) -> ForkedProcess:
+        """Fork a child running `python -m node ARGV` (or the script `program` with ARGV), logging to `log`,
+        inside the network namespace `netns` when given (what `ip netns exec NETNS` does for a network)."""
         status = log.with_name(log.name + ".exit")
         status.unlink(missing_ok=True)
         log.write_bytes(b"")  # there before the child runs: the owner reads it for the `ready` line
         request = {"argv": list(argv), "program": program, "env": env, "log": str(log), "status": str(status),
-                   "cwd": os.getcwd()}
+                   "cwd": os.getcwd(), "netns": netns}
         assert self._proc.stdin is not None and self._proc.stdout is not None
         with self._request_lock:
             self._proc.stdin.write(json.dumps(request).encode() + b"\n")
@@ -143,7 +154,14 @@ def _reap(children: dict[int, Path]) -> None:
 
 
 def _become(request: dict[str, Any]) -> None:
-    """In the child: a session of its own, the owner's environment, the log as stdout and stderr."""
+    """In the child: its network namespace, a session of its own, the owner's environment, the log as
+    stdout and stderr."""
+    if request["netns"]:
+        fd = os.open(NETNS_DIR / request["netns"], os.O_RDONLY)
+        try:
+            set_network_namespace(fd)
+        finally:
+            os.close(fd)
     os.setsid()
     die_with_parent()
     os.environ.clear()

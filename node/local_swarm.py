@@ -4,8 +4,9 @@
 evenly, waits until each prints its `ready` line, records them in `STATE/swarm.json`, and stops
 exactly the processes it started. Nodes are forked from a Python that has imported the daemon
 already (node/forkserver.py: most of a node's start-up CPU); `SWARMLM_FORK_NODES=0` execs each one
-instead. With a `Placement` (the WAN lab in scripts/wanlab.py) each process
-runs on a host of its own, named `bootstrap`, `node-1`, `node-2`, … and listens on that host's address.
+instead. With a `Placement` (the WAN lab in scripts/wanlab.py) each process runs on a host of its own
+(forked into the host's network namespace, or exec'd through the placement's command), named
+`bootstrap`, `node-1`, `node-2`, … and listens on that host's address.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ def node_name(number: int) -> str:
 
 
 class Placement(Protocol):
-    """Where each swarm process runs: the address it listens on, and the command that puts it there."""
+    """Where each swarm process runs: the address it listens on, its network namespace (a forked node
+    enters it), and the command that puts an exec'd one there."""
 
     def address(self, host: str) -> str: ...
+
+    def namespace(self, host: str) -> str: ...
 
     def wrap(self, host: str, argv: Sequence[str]) -> list[str]: ...
 
@@ -161,8 +165,9 @@ class LocalSwarm:
         log_path = node_dir / "node.log"
         argv = [*(program or NODE_CLI), *args]
         script = _forkable(program)
-        if self.placement is None and script is not None and self.env.get("SWARMLM_FORK_NODES", "1") != "0":
-            forked = ForkServer.shared().spawn(args, env=self.env, log=log_path, program=script or None)
+        if script is not None and self.env.get("SWARMLM_FORK_NODES", "1") != "0":
+            forked = ForkServer.shared().spawn(args, env=self.env, log=log_path, program=script or None,
+                                               netns=self.placement.namespace(name) if self.placement else None)
             return LocalNode(name, blocks, forked.pid, "", [], str(node_dir), str(node_dir / "ledger.sqlite"),
                              str(log_path), forked)
         with open(log_path, "wb") as out:

@@ -8,7 +8,6 @@ which `wanlab.py down` removes without touching the labs of anyone else on the m
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import os
 import signal
@@ -16,12 +15,10 @@ import subprocess
 from pathlib import Path
 from typing import Iterator
 
+from node.forkserver import NETNS_DIR, set_network_namespace
 from wanlab_spec import PREFIX, LabError
 
-NETNS_DIR = Path("/run/netns")
 LOCK_DIR = Path("/run/swarmlm-wan")
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 
 def ip(*args: str) -> None:
@@ -41,13 +38,14 @@ def entered(namespace: str) -> Iterator[None]:
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(NETNS_DIR / namespace, os.O_RDONLY)
     try:
-        if _libc.setns(target, CLONE_NEWNET):
-            raise LabError(f"cannot enter namespace {namespace}: {os.strerror(ctypes.get_errno())}")
+        try:
+            set_network_namespace(target)
+        except OSError as e:
+            raise LabError(f"cannot enter namespace {namespace}: {e.strerror}") from None
         try:
             yield
         finally:
-            if _libc.setns(own, CLONE_NEWNET):
-                raise OSError(ctypes.get_errno(), "cannot return to this thread's own network namespace")
+            set_network_namespace(own)  # OSError if this thread cannot return
     finally:
         os.close(own)
         os.close(target)

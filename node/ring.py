@@ -111,11 +111,17 @@ class RingSampler:
     sampled: int = -1  # the position of the last token sampled
     sent: tuple[int, ...] = ()  # the last ring step sent: the token sampled, then its drafts
 
-    def due(self, start: int, positions: int, running: RingTicket | None) -> bool:
+    def due(self, start: int, positions: int, running: RingTicket | None, pushed: bool) -> bool:
         """Whether to judge the step of `positions` at `start` just computed and sample after it: the
         step that starts the ring (a pushed one ending at its first position, signed before it), or the
-        ring step this sampler sent last (`running`: the ring ticket the session's budget spent last)."""
+        ring step this sampler sent last (`running`: the ring ticket the session's budget spent last).
+        Only a step pushed to this node: one the client sent itself is its failover relaying a step the
+        ring lost, and sampling after it would keep the old ring running beside the client's next steps
+        (their pushes then rewound nodes the client had moved on: a stalled node's replacement was left a
+        position short)."""
         t = self.ticket
+        if not pushed:
+            return False
         if running is None:
             return start + positions == t.start and self.sampled < t.start
         return running.seq == t.seq and (start, positions) == (self.sampled, len(self.sent)) and start < t.end

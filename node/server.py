@@ -37,6 +37,7 @@ from shards.catalog import resolve_model
 from shards.derive import derived_store
 from shards.manifest import Quantization
 from shards.memory import block_bytes, dequantize_workspace_bytes, kv_bytes_per_token
+from shards.paths import swarmlm_home
 from shards.store import ShardStore, parse_dtype
 
 from . import status
@@ -231,8 +232,9 @@ class Node:
     def _throughput(self, stack: BlockStack) -> float:
         if self.config.throughput != "auto":
             return float(self.config.throughput)
-        key = f"{self.weights_root}:{stack.start}:{stack.end}:{self.config.device}:{self.config.dtype}"
-        return cached_throughput(self.config.state_dir / "throughput.json", key, stack)
+        key = (f"{self.weights_root}:{stack.start}:{stack.end}:{self.config.device}:{self.config.dtype}"
+               f":{torch.get_num_threads()}")
+        return cached_throughput(swarmlm_home() / "throughput.json", key, stack)
 
     # ---- serve -----------------------------------------------------------------------------------
 

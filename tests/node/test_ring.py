@@ -49,7 +49,7 @@ def test_the_sampler_draws_what_the_clients_seeded_sampler_draws_and_stops_at_a_
     expected = [client(model.head.logits(rows[i])[0]) for i in range(6)]
     stop = expected.index(15) + 1 if 15 in expected else len(expected)
     assert drawn == expected[:stop]
-    assert not armed.due(armed.sampled, 1, ticket)  # nothing after a stop token or the ticket's end
+    assert not armed.due(armed.sampled, 1, ticket, True)  # nothing after a stop token or the ticket's end
 
 
 def test_it_samples_after_the_starting_step_and_its_own_steps_only_once_each() -> None:
@@ -57,14 +57,16 @@ def test_it_samples_after_the_starting_step_and_its_own_steps_only_once_each() -
     ticket = ring_ticket(CLIENT, session="s", start=4, tokens=3)
     armed = head.arm(protocol.Ring("s", ticket.to_wire()), CLIENT.peer_id, "s")
     assert armed.sampler is None and armed.drafting is None  # greedy, no speculation
-    assert armed.due(0, 4, None) and not armed.due(0, 5, None)  # a plain step ending where the ring starts
+    assert armed.due(0, 4, None, True) and not armed.due(0, 5, None, True)  # a pushed step ending where it starts
+    assert not armed.due(0, 4, None, False)  # the same step sent by the client: its failover relays it
     armed.sampled, armed.sent = 4, (7,)
-    assert not armed.due(0, 4, ticket) and armed.due(4, 1, ticket) and not armed.due(4, 2, ticket)
+    assert not armed.due(0, 4, ticket, True) and armed.due(4, 1, ticket, True) and not armed.due(4, 2, ticket, True)
+    assert not armed.due(4, 1, ticket, False)  # the ring's lost step, relayed by the client: the ring is over
     armed.sampled = 7
-    assert not armed.due(7, 1, ticket)  # past the ticket
+    assert not armed.due(7, 1, ticket, True)  # past the ticket
     later = ring_ticket(CLIENT, session="s", start=5, tokens=3)
     armed.sampled = 5
-    assert not armed.due(5, 1, later)  # another ring's step
+    assert not armed.due(5, 1, later, True)  # another ring's step
     with pytest.raises(ProtocolError):
         head.arm(protocol.Ring("s", ticket.to_wire(), temperature=0.5), CLIENT.peer_id, "s")  # no state
     with pytest.raises(ProtocolError):

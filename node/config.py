@@ -105,7 +105,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("read_budget", str, "512MiB", "frame bytes all streams together may be reading at once"),
     Option("drain_grace", float, 30.0, "seconds live sessions get to finish on shutdown or move"),
     Option("rebalance_period", float, 60.0, "seconds between coverage checks with --blocks auto (0: never move)"),
-    Option("throughput", str, "auto", "announced tokens/s: 'auto' measures once per span, dtype and device and caches it for every node of this machine ($SWARMLM_HOME/throughput.json), or a number"),
+    Option("throughput", str, "auto", "announced tokens/s: 'auto' measures once per span, dtype and device, "
+                                      "cached for every node of this machine ($SWARMLM_HOME/throughput.json); "
+                                      "or a number"),
     Option("metrics_port", int, None, "serve Prometheus metrics on this port (default: off)"),
     Option("metrics_host", str, "127.0.0.1", "address for the metrics endpoint"),
     Option("log_format", str, "text", "log line format", choices=("text", "json")),

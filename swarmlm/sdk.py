@@ -52,6 +52,8 @@ from shards.paths import swarmlm_home
 from shards.served import Link, ServedBy
 from shards.store import ShardStore
 
+from .client_parts import head_and_tokenizer
+
 
 LEDGER_PAYLOAD_LIMIT = 900_000  # bytes; larger evidence goes to the ledger as a summary with its digest
 DEFAULT_SPOT_CHECK_RATE = 0.005  # share of span steps re-run on a second node: under 5% of tokens/s (bench_verify)
@@ -62,8 +64,7 @@ class RemoteModel(GenerativeModel):
     def __init__(self, store: ShardStore, client: SwarmClient, view: SwarmView, device: str,
                  ledger: Store | None, verifier_options: dict[str, Any] | None, evidence_dir: Path,
                  push: bool = True, recover_timeout: float | None = None, ring: bool = False) -> None:
-        super().__init__(store.load_head(device), store.tokenizer() if store.manifest.tokenizer else None,
-                         store.config)
+        super().__init__(*head_and_tokenizer(store, device), store.config)
         self.store, self.client, self.view, self.ledger, self.push = store, client, view, ledger, push
         self.evidence_dir, self.recover_timeout, self.ring = evidence_dir, recover_timeout, ring
         self.evidence: list[tuple[Evidence, Path]] = []

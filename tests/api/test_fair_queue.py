@@ -10,6 +10,8 @@ from swarmlm.api.errors import APIError
 from swarmlm.api.fair_queue import FairQueue
 from swarmlm.api.workers import Workers
 
+from ..waiting import auntil
+
 
 def _drain(queue: FairQueue[str]) -> list[str]:
     out = []
@@ -66,14 +68,6 @@ class _Job:
         self.refused = error
 
 
-async def _until(predicate, what: str) -> None:  # noqa: ANN001
-    for _ in range(500):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(what)
-
-
 def test_one_client_never_holds_every_worker_and_a_full_queue_answers_429_with_retry_after() -> None:
     async def scenario() -> None:
         workers = Workers(size=4, max_queue=3, max_per_client=2)
@@ -81,24 +75,24 @@ def test_one_client_never_holds_every_worker_and_a_full_queue_answers_429_with_r
         greedy = [_Job(f"g{i}", started) for i in range(5)]
         for job in greedy:
             workers.submit("greedy", job)
-        await _until(lambda: len(started) == 2, "greedy's first two start")
+        assert await auntil(lambda: len(started) == 2), "greedy's first two start"
         honest = _Job("h0", started)
         workers.submit("honest", honest)  # two workers are still free for everybody else
-        await _until(lambda: "h0" in started, "honest starts at once")
+        assert await auntil(lambda: "h0" in started), "honest starts at once"
         with pytest.raises(APIError) as refused:
             workers.submit("greedy", _Job("g5", started))
         assert refused.value.status == 429 and int(refused.value.headers["Retry-After"]) >= 1
         late = _Job("late", started)
         workers.submit("late", late)
-        await _until(lambda: "late" in started, "a newcomer takes the last free worker")
+        assert await auntil(lambda: "late" in started), "a newcomer takes the last free worker"
         third = _Job("third", started)
         workers.submit("third", third)  # every worker busy, the queue full of greedy's: its newest is pushed out
         assert greedy[4].refused is not None and greedy[4].refused.status == 429  # type: ignore[attr-defined]
         greedy[0].release.set()
-        await _until(lambda: "third" in started, "the freed worker goes to the client running fewest")
+        assert await auntil(lambda: "third" in started), "the freed worker goes to the client running fewest"
         assert "g2" not in started
         honest.release.set()
-        await _until(lambda: "g2" in started, "then greedy's turn comes")
+        assert await auntil(lambda: "g2" in started), "then greedy's turn comes"
         for job in [*greedy, honest, late, third]:
             job.release.set()
         await workers.drain()

@@ -18,6 +18,7 @@ import pytest
 
 from tests.api.gateway_process import GatewayProcess, run_gateway
 from tests.hostile.attacker import metrics
+from tests.waiting import until
 
 MODEL = "smollm2-135m-instruct"
 HEAD_TIMEOUT_S = 3
@@ -230,12 +231,8 @@ def test_hundred_thousand_token_prompts_are_refused_and_another_client_is_served
 
 def _quiet(nodes: list, idle: list[dict[str, float]], keys: tuple[str, ...]) -> list[dict[str, float]]:
     """The nodes' `keys` once they are back at `idle` (sessions closed, cache given back); polled."""
-    deadline = time.monotonic() + 120
-    while True:
-        now = [{k: metrics(n)[k] for k in keys} for n in nodes]
-        if now == idle or time.monotonic() > deadline:
-            return now
-        time.sleep(1)
+    return until(lambda: [{k: metrics(n)[k] for k in keys} for n in nodes], lambda now: now == idle, timeout=120,
+                 interval=1)
 
 
 def test_clients_leaving_mid_stream_under_load_free_their_sessions_pages_and_workers(gateway, swarm3) -> None:

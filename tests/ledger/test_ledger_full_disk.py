@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,19 +19,13 @@ from ledger.store import Store, unwritten_path
 from ledger.verify import verify_ledger
 
 from ..full_disk import fill, tmpfs
+from ..waiting import until
 
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     with tmpfs(tmp_path / "disk") as mount:
         yield mount
-
-
-def _until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def _decode_unwritten(line: str) -> entries.Entry:
@@ -51,7 +44,7 @@ def test_appends_on_a_full_disk_wait_and_all_commit_in_order_once_there_is_room(
         filler = fill(tiny_disk)
         with caplog.at_level(logging.INFO, logger="ledger.store"):
             futures = [store.append(samples.load(i)) for i in range(300)]
-            _until(lambda: store.health().failures >= 3)  # it failed, and kept retrying
+            assert until(lambda: store.health().failures >= 3, timeout=20, interval=0.02)  # it failed, and kept retrying
             health = store.health()
             assert not health.ok and health.pending == 300 and "full" in (health.last_error or "")
             assert not any(f.done() for f in futures) and store.size() == 1
@@ -76,7 +69,7 @@ def test_closing_while_the_disk_is_full_writes_the_waiting_entries_to_the_side_f
     store = Store(path, identity, time_ns=samples.T0)
     filler = fill(tiny_disk)
     futures = [store.append(samples.load(i)) for i in range(5)]
-    _until(lambda: not store.health().ok)
+    assert until(lambda: not store.health().ok, timeout=20, interval=0.02)
     store.close()
     for f in futures:
         with pytest.raises(StoreError, match="unwritten"):
@@ -95,7 +88,7 @@ def test_beyond_max_pending_new_entries_are_given_up_loudly_and_the_rest_commit(
     try:
         filler = fill(tiny_disk)
         waiting = [store.append(samples.load(i)) for i in range(3)]
-        _until(lambda: not store.health().ok)
+        assert until(lambda: not store.health().ok, timeout=20, interval=0.02)
         refused = [store.append(samples.load(i)) for i in (3, 4)]
         for f in refused:
             with pytest.raises(StoreError, match="already wait"):

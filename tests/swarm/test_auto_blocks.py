@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import signal
-import time
 
 from node.local_swarm import LocalSwarm
 from node.selection import best_start, coverage
 from routing.client import SwarmClient
+from tests.waiting import until
 
 
 def _records(client: SwarmClient, root: str):
@@ -36,14 +36,14 @@ def test_auto_nodes_cover_all_blocks_join_the_weakest_and_recover_a_loss(default
                            for n in covering}
             victim = next(n for n in covering if min(cov_without[n.peer_id]) == 0)
             swarm.kill(victim, signal.SIGKILL)
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                records = _records(client, root)
-                alive = {p: r for p, r in records.items() if p != victim.peer_id}
-                if min(coverage(alive.values(), 30)) > 0 and victim.peer_id not in {
-                        p for p, r in records.items() if r.state == "online"}:
-                    break
-                time.sleep(1)
+
+            def recovered(records: dict) -> bool:
+                alive = [r for p, r in records.items() if p != victim.peer_id]
+                return min(coverage(alive, 30)) > 0 and victim.peer_id not in {
+                    p for p, r in records.items() if r.state == "online"}
+
+            records = until(lambda: _records(client, root), recovered, timeout=120, interval=1)
+            alive = {p: r for p, r in records.items() if p != victim.peer_id}
             assert min(coverage(alive.values(), 30)) > 0, {p[-6:]: (r.start, r.end, r.state) for p, r in records.items()}
         finally:
             client.close()

@@ -13,6 +13,7 @@ from node.local_swarm import LocalSwarm
 from routing.client import SwarmClient
 from swarmlm.sdk import RemoteModel
 
+from ..waiting import until
 from .raw import RawSession, info, output
 
 # Answers of different lengths, so sessions leave the batch at different steps; short, since each
@@ -79,9 +80,8 @@ async def _holding(client, node, root: str, session: str, tokens: int) -> RawSes
 
 def _wait_until_empty(client, node) -> None:
     """Sessions of earlier tests end when the node sees their streams close; wait for their pages."""
-    deadline = time.monotonic() + 20
-    while _run(client, info(client, node.peer_id))["load"]["cache_tokens_used"] and time.monotonic() < deadline:
-        time.sleep(0.2)
+    until(lambda: _run(client, info(client, node.peer_id))["load"]["cache_tokens_used"], lambda used: not used,
+          timeout=20)
 
 
 def test_pages_follow_the_session_grow_rewind_and_close(small_node, default_store):

@@ -6,7 +6,6 @@ says so (info, `node status`) and takes no session it could not record.
 
 from __future__ import annotations
 
-import time
 
 from ledger.store import Ledger
 from node.local_swarm import LocalSwarm
@@ -14,16 +13,10 @@ from routing.client import SwarmClient
 from swarmlm.sdk import RemoteModel
 
 from ..full_disk import fill, tmpfs
+from ..waiting import until
 from .raw import RawSession, info
 
 PROMPT = "What is the capital of France?"
-
-
-def _until(condition, timeout: float = 30.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def test_a_full_ledger_disk_refuses_new_sessions_and_loses_no_entry(default_store, tmp_path, local_model):
@@ -43,7 +36,7 @@ def test_a_full_ledger_disk_refuses_new_sessions_and_loses_no_entry(default_stor
                     g = s.generate(PROMPT, 8)
                     session = s.runner.session_id
                 assert g.token_ids == local_model.generate(PROMPT, 8).token_ids
-                _until(lambda: not health()["ok"])  # the session's serve entry waits for room
+                assert until(lambda: not health()["ok"])  # the session's serve entry waits for room
                 assert health()["pending"] >= 1
 
                 async def try_open() -> dict:
@@ -57,7 +50,7 @@ def test_a_full_ledger_disk_refuses_new_sessions_and_loses_no_entry(default_stor
                 assert refused["code"] == "ledger_unavailable" and "ledger" in refused["message"]
 
                 filler.unlink()
-                _until(lambda: health()["ok"])
+                assert until(lambda: health()["ok"])
                 with Ledger(disk / "ledger.sqlite") as ledger:
                     logged = [e for e in (r.decode() for r in ledger.query(kind="serve")) if e.session == session]
                 assert len(logged) == 1 and logged[0].receipt is not None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 
@@ -17,6 +16,7 @@ from node.local_swarm import LocalSwarm
 from routing import ledger_rpc
 from swarmlm.sdk import RemoteModel
 from tests.conftest import SWARMLM, log_tails
+from tests.waiting import until
 
 PROMPTS = ["What is the capital of France?", "Name a colour."]
 
@@ -40,15 +40,13 @@ def ledger_swarm(default_store, tmp_path_factory):
 
 def _serve_entries(ledger_path: str, block: int, env, expected: int) -> list[dict]:
     """`swarmlm ledger query --block B --kind serve --json`, polled until the node committed them."""
-    deadline = time.monotonic() + 30
-    while True:
+    def rows() -> list[dict]:
         proc = subprocess.run(SWARMLM + ["ledger", "query", "--ledger", ledger_path, "--block", str(block),
                                          "--kind", "serve", "--json"], capture_output=True, text=True, env=env)
         assert proc.returncode == 0, proc.stderr
-        rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-        if len(rows) >= expected or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.5)
+        return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+    return until(rows, lambda found: len(found) >= expected, timeout=30, interval=0.5)
 
 
 def test_each_nodes_ledger_names_exactly_its_sessions_with_valid_receipts(ledger_swarm, cli_env):
@@ -92,15 +90,15 @@ def test_ledger_verify_passes_on_every_node(ledger_swarm, cli_env):
 def test_nodes_witness_each_other(ledger_swarm):
     swarm, *_ = ledger_swarm
     peers = {n.peer_id for n in swarm.nodes}
-    deadline = time.monotonic() + 60
-    while True:
-        witnessed = {}
+
+    def witnessed() -> dict[str, set[str]]:
+        seen = {}
         for node in swarm.nodes:
             with Ledger(node.ledger) as log:
-                witnessed[node.peer_id] = {row.decode().peer for row in log.query(kind="witness")}
-        if all(witnessed[p] == peers - {p} for p in peers) or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+                seen[node.peer_id] = {row.decode().peer for row in log.query(kind="witness")}
+        return seen
+
+    witnessed = until(witnessed, lambda seen: all(seen[p] == peers - {p} for p in peers), timeout=60, interval=1)
     assert all(witnessed[p] == peers - {p} for p in peers), witnessed
     for node in swarm.nodes:
         with Ledger(node.ledger) as log:

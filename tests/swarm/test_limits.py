@@ -16,6 +16,7 @@ from routing.client import SwarmClient
 from routing.errors import RemoteError
 from swarmlm.sdk import RemoteModel
 
+from ..waiting import until
 from .raw import RawSession, info
 
 PROMPT = "What is the capital of France?"
@@ -132,9 +133,8 @@ def test_the_sdk_chunks_prompts_and_survives_an_expired_session(limited, default
 
 
 def _wait_until_idle_sessions_expired(client, node, deadline_s: float = 30.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while client.run(info(client, node.peer_id), timeout=60)["load"]["sessions"] and time.monotonic() < deadline:
-        time.sleep(0.5)
+    until(lambda: client.run(info(client, node.peer_id), timeout=60)["load"]["sessions"], lambda live: not live,
+          timeout=deadline_s, interval=0.5)
 
 
 def test_remote_errors_carry_the_node_message(limited, model):

@@ -6,11 +6,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 from node.local_swarm import LocalSwarm
 from tests.conftest import SWARMLM
 from tests.ops.test_cli_startup import RUN
+from tests.waiting import until
 
 
 def _status(swarm, env) -> tuple[int, dict]:
@@ -51,12 +51,8 @@ def test_swarm_status_shows_a_dead_nodes_blocks_unserved(default_store, tmp_path
 
         second = next(n for n in swarm.nodes if n.blocks == (15, 30))
         swarm.kill(second, signal.SIGKILL)
-        deadline = time.monotonic() + 60  # its records expire after 3 announce periods
-        while True:
-            code, report = _status(swarm, cli_env)
-            if report["unserved"] or time.monotonic() > deadline:
-                break
-            time.sleep(1)
+        code, report = until(lambda: _status(swarm, cli_env), lambda status: status[1]["unserved"],
+                             timeout=60, interval=1)  # its records expire after 3 announce periods
         assert code == 1 and report["unserved"] == list(range(15, 30))
         assert report["totals"]["blocks_covered"] == 15
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -28,11 +26,3 @@ def _namespaces_available() -> None:
         pytest.skip(reason)
 
 
-def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    """Whether `condition` holds within `timeout` s (for what the kernel finishes after a process dies)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True

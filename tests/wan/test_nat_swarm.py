@@ -33,7 +33,7 @@ from node.local_swarm import LocalNode, LocalSwarm
 from node.reachable import RELAY_WAIT
 from routing.reachability import relays_of
 from tests.conftest import SWARMLM
-from tests.wan.conftest import eventually
+from tests.waiting import until
 
 PROMPT = "What is the capital of France?"
 TOKENS = 12
@@ -128,7 +128,8 @@ def test_a_relay_killed_mid_generation_is_replaced_and_the_output_equals_local(r
     assert g.token_ids == local_ids
     assert g.extra["failovers"] >= 1  # the circuit died under the session
     assert [hop["peer_id"] for hop in g.extra["chain"]] == [n.peer_id for n in swarm.nodes]
-    assert eventually(lambda: relay.peer_id not in held(home) and set(held(home)) - set(before), RESERVE_WITHIN)
+    assert until(lambda: relay.peer_id not in held(home) and set(held(home)) - set(before), timeout=RESERVE_WITHIN,
+                 interval=0.1)
     assert set(held(home)) <= relay_ids
     print(f"{home.name} held {len(before)} circuits; {relay.name} killed; circuits on "
           f"{', '.join(held(home))} {time.monotonic() - killed:.0f} s later")

@@ -12,7 +12,8 @@ import pytest
 import wanlab_netns
 from wanlab import WanLab
 
-from .conftest import SCRIPTS, eventually
+from ..waiting import until
+from .conftest import SCRIPTS
 
 HARNESS = f"""
 import subprocess, sys, time
@@ -62,8 +63,8 @@ def test_a_sigkilled_harness_leaves_no_namespace_and_no_process_behind():
         assert len(wanlab_netns.namespaces_of(name)) == 2
         harness.kill()
         harness.wait()
-        assert eventually(lambda: not wanlab_netns.namespaces_of(name)), wanlab_netns.namespaces_of(name)
-        assert eventually(lambda: gone(int(sleeper)))
+        assert until(lambda: not wanlab_netns.namespaces_of(name), interval=0.1), wanlab_netns.namespaces_of(name)
+        assert until(lambda: gone(int(sleeper)), interval=0.1)
     finally:
         harness.kill()
         harness.wait()
@@ -73,7 +74,7 @@ def test_down_removes_a_lab_whose_forwarder_was_killed_and_spares_running_labs()
     crashed, running = WanLab(["a", "b"], rtt_ms=20, mbit=100), WanLab(["a", "b"], rtt_ms=20, mbit=100)
     try:
         os.kill(crashed.forwarder_pid, signal.SIGKILL)
-        assert eventually(lambda: not crashed.running)
+        assert until(lambda: not crashed.running, interval=0.1)
         assert len(wanlab_netns.namespaces_of(crashed.name)) == 2  # what `down` is for
         down = subprocess.run([sys.executable, str(SCRIPTS / "wanlab.py"), "down"], capture_output=True, text=True)
         assert down.returncode == 0, down.stderr

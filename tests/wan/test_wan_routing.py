@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from wan_client import WanClient, swarm_in_lab
 
-from .conftest import eventually
+from ..waiting import until
 
 PROMPT = "What is the capital of France?"
 RTT_MS, SLOW_PUSH_MS, SLOW_CLIENT_MS = 60, 200, 80
@@ -34,7 +34,7 @@ def test_each_mode_picks_the_chain_that_is_fast_on_the_path_it_uses(default_stor
     with swarm_in_lab(str(default_store.path), tmp_path, [(0, 15), (15, 30), (15, 30)], rtt_ms=RTT_MS,
                       link_rtt_ms=LINKS, announce_period=3, node_args=["--throughput", "1000"]) as (_, swarm, client):
         a, b, c = (n.peer_id for n in swarm.nodes)
-        assert eventually(lambda: _announced(client, a, {b, c}), timeout=120), "node A never announced B and C"
+        assert until(lambda: _announced(client, a, {b, c}), timeout=120, interval=0.1), "node A never announced B and C"
         pushed = client.generate(PROMPT, 8, push=True)
         relayed = client.generate(PROMPT, 8, push=False)
         view = client.records(push=False)

@@ -1,10 +1,12 @@
 """A test-only node that closes rings dishonestly: it computes its blocks honestly, but lies about what
-its head chooses. By default it samples the token its head likes least; with `--keeps-drafts` first
+its head chooses. By default it samples the token its head likes least; with SWARMLM_TEST_RING_LIE=keeps-drafts
 it samples honestly but keeps every draft of a speculating ring step, rejected or not. Usage: the
-arguments of `python -m node`, e.g. `[--keeps-drafts] run ... --ring`."""
+arguments of `python -m node`, e.g. `run ... --ring` (the mode travels in the environment, so that the
+fork server can run the script: node/forkserver.py)."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -23,8 +25,8 @@ def _keeps_every_draft(self: RingHead, rows: torch.Tensor, drafts: list[int], sa
 
 
 if __name__ == "__main__":
-    keeps = sys.argv[1:2] == ["--keeps-drafts"]
+    keeps = os.environ.get("SWARMLM_TEST_RING_LIE") == "keeps-drafts"
     RingHead._choose = _keeps_every_draft if keeps else _least_likely  # type: ignore[method-assign]
     from node.cli import main
 
-    sys.exit(main(sys.argv[1 + keeps:]))
+    sys.exit(main(sys.argv[1:]))

@@ -125,11 +125,15 @@ def local_repeat(local_model) -> list[int]:
 
 @pytest.mark.parametrize("lie, prompt, speculative", [
     pytest.param("", PROMPT, 0, id="wrong-token"),
-    pytest.param("--keeps-drafts", REPEAT, 4, id="keeps-rejected-drafts")])
+    pytest.param("keeps-drafts", REPEAT, 4, id="keeps-rejected-drafts")])
 def test_a_lying_sampler_is_convicted_rolled_back_and_the_text_stays_local(ring_swarm, default_store, local_greedy,
                                                                            local_repeat, lie, prompt, speculative):
     honest = next(n for n in ring_swarm.nodes if n.blocks == SPANS[-1])
-    liar = ring_swarm.spawn_node(SPANS[-1], program=[*LIAR, lie] if lie else LIAR)
+    ring_swarm.env["SWARMLM_TEST_RING_LIE"] = lie
+    try:
+        liar = ring_swarm.spawn_node(SPANS[-1], program=LIAR)
+    finally:
+        del ring_swarm.env["SWARMLM_TEST_RING_LIE"]
     try:
         with _ring_model(ring_swarm, default_store) as model:
             model.view.bans.ban(honest.peer_id)  # a few seconds: the first chain goes through the liar

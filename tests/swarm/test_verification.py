@@ -16,6 +16,7 @@ from node.local_swarm import LocalSwarm
 from routing.evidence import Evidence, check_evidence
 from shards.store import ShardStore
 from swarmlm.sdk import RemoteModel
+from tests.cli_call import run_cli
 from tests.conftest import SWARMLM, log_tails
 
 PROMPT = "What is the capital of France?"
@@ -89,19 +90,18 @@ def test_another_client_sees_the_published_evidence_and_avoids_the_node(mixed_sw
         assert other.generate(PROMPT, 16).text == "The capital of France is Paris."
 
 
-def test_forged_evidence_is_rejected(caught, default_store, tmp_path, cli_env):
+def test_forged_evidence_is_rejected(caught, default_store, tmp_path, capsys):
     model, _, _ = caught
     evidence, path = model.evidence[0]
     forged = tmp_path / "forged.evidence"
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF  # inside the publisher's signature
     forged.write_bytes(bytes(data))
-    proc = subprocess.run(SWARMLM + ["ledger", "check-evidence", str(forged), "--model", str(default_store.path)],
-                          capture_output=True, text=True, env=cli_env, timeout=300)
+    proc = run_cli(["ledger", "check-evidence", str(forged), "--model", str(default_store.path)], capsys)
     assert proc.returncode == 2 and "not signed by its publisher" in proc.stderr
 
 
-def test_evidence_against_the_honest_node_is_rejected(caught, default_store, tmp_path, cli_env):
+def test_evidence_against_the_honest_node_is_rejected(caught, default_store, tmp_path, capsys):
     model, _, _ = caught
     evidence, _ = model.evidence[0]
     # the liar usually runs the step and the honest node the check, but routing may swap them
@@ -110,17 +110,15 @@ def test_evidence_against_the_honest_node_is_rejected(caught, default_store, tmp
     assert not check_evidence(framed, default_store).valid
     path = tmp_path / "framed.evidence"
     path.write_bytes(framed.to_bytes())
-    proc = subprocess.run(SWARMLM + ["ledger", "check-evidence", str(path), "--model", str(default_store.path)],
-                          capture_output=True, text=True, env=cli_env, timeout=300)
+    proc = run_cli(["ledger", "check-evidence", str(path), "--model", str(default_store.path)], capsys)
     assert proc.returncode == 1 and proc.stdout.startswith("REJECTED")
     assert Evidence.from_bytes(framed.to_bytes()).dishonest == honest
 
 
-def test_audit_flags_the_dishonest_node_and_passes_the_honest(mixed_swarm, default_store, cli_env):
+def test_audit_flags_the_dishonest_node_and_passes_the_honest(mixed_swarm, default_store, capsys):
     swarm, liar = mixed_swarm
-    proc = subprocess.run(SWARMLM + ["audit", "--json", "--seed", "1", "--model", str(default_store.path),
-                                     "--peers", *swarm.initial_peers], capture_output=True, text=True, env=cli_env,
-                          timeout=300)
+    proc = run_cli(["audit", "--json", "--seed", "1", "--model", str(default_store.path),
+                    "--peers", *swarm.initial_peers], capsys)
     assert proc.returncode == 1, proc.stderr
     verdicts = {r["peer_id"]: r["verdict"] for r in map(json.loads, proc.stdout.splitlines())}
     assert verdicts.pop(liar.peer_id) == "FAIL"

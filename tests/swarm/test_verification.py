@@ -17,10 +17,39 @@ from routing.evidence import Evidence, check_evidence
 from shards.store import ShardStore
 from swarmlm.sdk import RemoteModel
 from tests.cli_call import run_cli
-from tests.conftest import SWARMLM, log_tails
+from tests.conftest import FIXED_THROUGHPUT, SWARMLM, log_tails
 
 PROMPT = "What is the capital of France?"
 DISHONEST = [sys.executable, str(Path(__file__).with_name("dishonest_node.py"))]
+
+
+def _spot_checks_between_float32_and_bfloat16_accuse_no_one(store: ShardStore, tmp_path: Path, checks: int,
+                                                            tokens: int) -> None:
+    """Blocks 0:10 served by a bfloat16 node (preferred) and a float32 node that checks it at every step."""
+    with LocalSwarm(str(store.path), tmp_path, node_args=FIXED_THROUGHPUT) as swarm:
+        swarm.start(0, 30)
+        swarm.await_nodes([swarm.spawn_node((0, 10), dtype="bfloat16", extra=["--throughput", "100000"], wait=False),
+                           swarm.spawn_node((0, 10), dtype="float32", wait=False),
+                           swarm.spawn_node((10, 30), dtype="float32", wait=False)])
+        with RemoteModel.connect(swarm.initial_peers, store.path, spot_check_rate=1.0, seed=0,
+                                 evidence_dir=tmp_path / "evidence") as model:
+            prompts = ["Tell me about Rome.", "Write a poem about the sea.", "Explain photosynthesis.",
+                       "List five fruits.", PROMPT, "Who wrote Hamlet?", "Name a planet."]
+            for i in range(2 * checks // tokens + 1):  # bounded; each generation adds tokens + 1 checks on 0:10
+                model.generate(prompts[i % len(prompts)], tokens, ignore_eos=True)
+                if model.verifier.stats.checks >= checks:
+                    break
+            stats = model.verifier.stats
+    assert stats.checks >= checks and stats.convicted == [] and model.evidence == [], log_tails(swarm)
+
+
+def test_spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path):
+    _spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path, checks=30, tokens=16)
+
+
+@pytest.mark.long
+def test_200_spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path):
+    _spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path, checks=200, tokens=24)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +58,7 @@ def mixed_swarm(default_store, tmp_path_factory):
 
     The dishonest node announces a huge throughput, so clients route through it first.
     """
-    with LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("verify")) as swarm:
+    with LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("verify"), node_args=FIXED_THROUGHPUT) as swarm:
         swarm.start(3, 30)
         _, liar = swarm.await_nodes([
             swarm.spawn_node((10, 20), wait=False),
@@ -123,32 +152,3 @@ def test_audit_flags_the_dishonest_node_and_passes_the_honest(mixed_swarm, defau
     verdicts = {r["peer_id"]: r["verdict"] for r in map(json.loads, proc.stdout.splitlines())}
     assert verdicts.pop(liar.peer_id) == "FAIL"
     assert len(verdicts) == 4 and set(verdicts.values()) == {"PASS"}, proc.stdout + log_tails(swarm)
-
-
-def _spot_checks_between_float32_and_bfloat16_accuse_no_one(store: ShardStore, tmp_path: Path, checks: int,
-                                                            tokens: int) -> None:
-    """Blocks 0:10 served by a bfloat16 node (preferred) and a float32 node that checks it at every step."""
-    with LocalSwarm(str(store.path), tmp_path) as swarm:
-        swarm.start(0, 30)
-        swarm.await_nodes([swarm.spawn_node((0, 10), dtype="bfloat16", extra=["--throughput", "100000"], wait=False),
-                           swarm.spawn_node((0, 10), dtype="float32", wait=False),
-                           swarm.spawn_node((10, 30), dtype="float32", wait=False)])
-        with RemoteModel.connect(swarm.initial_peers, store.path, spot_check_rate=1.0, seed=0,
-                                 evidence_dir=tmp_path / "evidence") as model:
-            prompts = ["Tell me about Rome.", "Write a poem about the sea.", "Explain photosynthesis.",
-                       "List five fruits.", PROMPT, "Who wrote Hamlet?", "Name a planet."]
-            for i in range(2 * checks // tokens + 1):  # bounded; each generation adds tokens + 1 checks on 0:10
-                model.generate(prompts[i % len(prompts)], tokens, ignore_eos=True)
-                if model.verifier.stats.checks >= checks:
-                    break
-            stats = model.verifier.stats
-    assert stats.checks >= checks and stats.convicted == [] and model.evidence == [], log_tails(swarm)
-
-
-def test_spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path):
-    _spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path, checks=30, tokens=16)
-
-
-@pytest.mark.long
-def test_200_spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path):
-    _spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path, checks=200, tokens=24)

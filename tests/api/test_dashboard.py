@@ -16,6 +16,7 @@ from ledger.proofs import check_inclusion_proof
 from node.local_swarm import LocalSwarm
 from tests.api.conftest import API_KEY, MODEL, serve_entry
 from tests.api.gateway_process import run_gateway
+from tests.conftest import FIXED_THROUGHPUT
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -127,7 +128,8 @@ def test_no_sideways_scrolling_on_narrow_screens(dashboard):
 
 def test_a_killed_nodes_blocks_turn_unserved_and_requests_get_a_503_naming_them(browser, default_store, tmp_path):
     # a 10 s announce period: the killed node's record lives on for 30 s, long after it stops answering pings
-    with LocalSwarm(str(default_store.path), tmp_path / "swarm", announce_period=10.0) as swarm:
+    with LocalSwarm(str(default_store.path), tmp_path / "swarm", announce_period=10.0,
+                    node_args=FIXED_THROUGHPUT) as swarm:
         swarm.start(2, default_store.manifest.num_blocks)
         with run_gateway(swarm.initial_peers, tmp_path / "gateway", args=["--recover-timeout", "3"]) as gw:
             page = _open(browser, gw.url)

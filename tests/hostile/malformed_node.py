@@ -1,6 +1,7 @@
 """A test-only hostile node: serves honestly but answers every step with a malformed hidden-state tensor.
 
-Usage: `malformed_node.py MODE node-arguments…` (those of `python -m node`), MODE one of
+Usage: `SWARMLM_TEST_MALFORMED=MODE malformed_node.py node-arguments…` (those of `python -m node`: the
+mode travels in the environment, so the node is forked like an honest one, not exec'd), MODE one of
 - `nan`: the reply's float32 values are all NaN;
 - `short`: the reply claims one more position than its bytes hold;
 - `huge`: the reply claims 8 × 2048 positions (about 38 MB) and sends a few bytes;
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import sys
 from typing import Any
 
@@ -53,7 +55,8 @@ async def _late_after_push(self: Any, frame: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "attestation":
+    mode = os.environ["SWARMLM_TEST_MALFORMED"]
+    if mode == "attestation":
         import node.serving
 
         _genuine_attest = node.serving.attest
@@ -63,7 +66,7 @@ if __name__ == "__main__":
         _genuine_send = node.sessions.NodeSession.send
         node.sessions.NodeSession.send = _late_after_push  # type: ignore[method-assign]
     else:
-        wire.encode_tensor = _malformed(sys.argv[1])  # type: ignore[assignment]
+        wire.encode_tensor = _malformed(mode)  # type: ignore[assignment]
     from node.cli import main
 
-    sys.exit(main(sys.argv[2:]))
+    sys.exit(main(sys.argv[1:]))

@@ -5,7 +5,6 @@ local greedy answer, and every node (an `--blocks auto` one included) stays up."
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -14,7 +13,7 @@ import pytest
 from node.local_swarm import LocalSwarm
 from routing import untrusted
 from routing.records import block_key
-from tests.conftest import SWARMLM
+from tests.cli_call import run_cli
 
 from . import valid
 from .attacker import Deep, Sybils, fake_node, is_up
@@ -50,7 +49,7 @@ def _malformed(peer_ids: list[str]) -> dict[str, tuple[dict, range]]:
 
 
 def test_malformed_records_are_dropped_by_clients_status_and_auto_nodes(swarm, sybils, attacker, honest,
-                                                                        default_store, cli_env):
+                                                                        default_store, capsys):
     """Non-numeric load, fractional start, empty and reversed spans, absurd and NaN throughput, a
     1000-deep `extra`, a zero step limit, a record under a block its span does not cover: a client drops each (and
     counts it), `swarm status` lists only the honest nodes, an `--blocks auto` node joins and
@@ -63,9 +62,8 @@ def test_malformed_records_are_dropped_by_clients_status_and_auto_nodes(swarm, s
     assert set(seen) == {n.peer_id for n in swarm.nodes}
     assert untrusted.snapshot()["record"] - before >= len(malformed)
 
-    status = subprocess.run(SWARMLM + ["swarm", "status", "--peers", *swarm.initial_peers, "--model",
-                                       str(default_store.path), "--json"], capture_output=True, text=True,
-                            env=cli_env, timeout=120)
+    status = run_cli(["swarm", "status", "--peers", *swarm.initial_peers, "--model", str(default_store.path),
+                      "--json"], capsys)
     assert status.returncode == 0, status.stderr
     assert {n["peer_id"] for n in json.loads(status.stdout)["nodes"]} == {n.peer_id for n in swarm.nodes}
 
@@ -179,15 +177,14 @@ def test_records_announcing_weights_the_client_did_not_derive_are_never_routed_t
     assert untrusted.snapshot()["record"] > before  # the int8 one, named in the client's log
 
 
-def test_records_nobody_can_reach_are_not_counted_as_capacity(swarm, sybils, default_store, cli_env):
+def test_records_nobody_can_reach_are_not_counted_as_capacity(swarm, sybils, default_store, capsys):
     """A free identity's valid record claims every block at 1e6 tok/s with addresses where nothing
     listens: `swarm status` said "30/30 covered · weakest block 1000026.5 tok/s". Now only nodes that
     answered count; the record is listed as unverified, apart."""
     peer = sybils.peer_ids[-1]
     assert sybils.record(peer, default_store.root, fake_node(peer, N), range(N)) > 0
-    status = subprocess.run(SWARMLM + ["swarm", "status", "--peers", *swarm.initial_peers, "--model",
-                                       str(default_store.path), "--json"], capture_output=True, text=True,
-                            env=cli_env, timeout=120)
+    status = run_cli(["swarm", "status", "--peers", *swarm.initial_peers, "--model", str(default_store.path),
+                      "--json"], capsys)
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
     [sybil] = [n for n in report["nodes"] if n["peer_id"] == peer]

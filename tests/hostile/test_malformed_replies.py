@@ -7,8 +7,20 @@ import logging
 import sys
 from pathlib import Path
 
+from node.local_swarm import LocalNode, LocalSwarm
+
 MALFORMED = [sys.executable, str(Path(__file__).with_name("malformed_node.py"))]
 MODES = ("nan", "short", "huge", "dtype", "attestation")
+
+
+def _spawn_malformed(swarm: LocalSwarm, mode: str) -> LocalNode:
+    """A malformed node on 10:20 announcing far more throughput than the honest one, not awaited; its
+    mode goes in its environment (malformed_node.py), so it is forked, not exec'd."""
+    swarm.env["SWARMLM_TEST_MALFORMED"] = mode
+    try:
+        return swarm.spawn_node((10, 20), extra=["--throughput", "100000"], program=MALFORMED, wait=False)
+    finally:
+        del swarm.env["SWARMLM_TEST_MALFORMED"]
 
 
 def test_nodes_sending_malformed_tensors_or_attestations_are_refused_and_banned(swarm, honest, caplog):
@@ -22,8 +34,7 @@ def test_nodes_sending_malformed_tensors_or_attestations_are_refused_and_banned(
     the re-route, was not counted, so the successor's next attestation named a step number the
     client did not expect and it was convicted (#19)."""
     honest_nodes = {n.peer_id for n in swarm.nodes}
-    spawned = {mode: swarm.spawn_node((10, 20), extra=["--throughput", "100000"], program=[*MALFORMED, mode],
-                                      wait=False) for mode in MODES}
+    spawned = {mode: _spawn_malformed(swarm, mode) for mode in MODES}
     try:
         liars = {node.peer_id: mode for mode, node in zip(spawned, swarm.await_nodes(list(spawned.values())))}
         with caplog.at_level(logging.INFO, logger="routing.chain"):

@@ -21,7 +21,7 @@ from routing.attestation import FORWARD_SESSION, attest
 from routing.evidence import Claim, Evidence, check_evidence, tolerance
 from scripts.false_accusation_sweep import DTYPES, PROMPTS, SCHEMES, Row, sweep
 from swarmlm.sdk import RemoteModel
-from tests.conftest import log_tails
+from tests.conftest import FIXED_THROUGHPUT, log_tails
 
 pytestmark = pytest.mark.swarm
 
@@ -90,7 +90,7 @@ def mixed(default_store, tmp_path_factory):
     """float32 0:10, bfloat16 10:20 (twice: a checker, and a spare for failover), float16 20:30; steps
     of at most 32 tokens, so long prompts go in chunks."""
     swarm = LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("accuse"),
-                       node_args=["--max-step-tokens", "32"])
+                       node_args=["--max-step-tokens", "32", *FIXED_THROUGHPUT])
     with swarm:
         swarm.start_spans([(0, 10), (10, 20), (20, 30), (10, 20)],
                           dtypes=["float32", "bfloat16", "float16", "bfloat16"])

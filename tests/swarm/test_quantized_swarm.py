@@ -27,8 +27,7 @@ LIAR = [sys.executable, str(Path(__file__).with_name("lying_quant_node.py"))]
 @pytest.fixture(scope="module")
 def mixed(default_store, tmp_path_factory):
     """float32 0:10, int8 10:20, nf4 20:30, and a second int8 node over 10:20 (a same-weights checker)."""
-    swarm = LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("quant"), announce_period=2.0,
-                       node_args=FIXED_THROUGHPUT)
+    swarm = LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("quant"), node_args=FIXED_THROUGHPUT)
     with swarm:
         swarm.start(0, 30)
         nodes = {"float32": swarm.spawn_node((0, 10), wait=False),

@@ -16,10 +16,40 @@ from node.local_swarm import LocalSwarm
 from routing.evidence import Evidence, check_evidence
 from shards.store import ShardStore
 from swarmlm.sdk import RemoteModel
-from tests.conftest import SWARMLM, log_tails
+from tests.cli_call import run_cli
+from tests.conftest import FIXED_THROUGHPUT, SWARMLM, log_tails
 
 PROMPT = "What is the capital of France?"
 DISHONEST = [sys.executable, str(Path(__file__).with_name("dishonest_node.py"))]
+
+
+def _spot_checks_between_float32_and_bfloat16_accuse_no_one(store: ShardStore, tmp_path: Path, checks: int,
+                                                            tokens: int) -> None:
+    """Blocks 0:10 served by a bfloat16 node (preferred) and a float32 node that checks it at every step."""
+    with LocalSwarm(str(store.path), tmp_path, node_args=FIXED_THROUGHPUT) as swarm:
+        swarm.start(0, 30)
+        swarm.await_nodes([swarm.spawn_node((0, 10), dtype="bfloat16", extra=["--throughput", "100000"], wait=False),
+                           swarm.spawn_node((0, 10), dtype="float32", wait=False),
+                           swarm.spawn_node((10, 30), dtype="float32", wait=False)])
+        with RemoteModel.connect(swarm.initial_peers, store.path, spot_check_rate=1.0, seed=0,
+                                 evidence_dir=tmp_path / "evidence") as model:
+            prompts = ["Tell me about Rome.", "Write a poem about the sea.", "Explain photosynthesis.",
+                       "List five fruits.", PROMPT, "Who wrote Hamlet?", "Name a planet."]
+            for i in range(2 * checks // tokens + 1):  # bounded; each generation adds tokens + 1 checks on 0:10
+                model.generate(prompts[i % len(prompts)], tokens, ignore_eos=True)
+                if model.verifier.stats.checks >= checks:
+                    break
+            stats = model.verifier.stats
+    assert stats.checks >= checks and stats.convicted == [] and model.evidence == [], log_tails(swarm)
+
+
+def test_spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path):
+    _spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path, checks=30, tokens=16)
+
+
+@pytest.mark.long
+def test_200_spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path):
+    _spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path, checks=200, tokens=24)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +58,7 @@ def mixed_swarm(default_store, tmp_path_factory):
 
     The dishonest node announces a huge throughput, so clients route through it first.
     """
-    with LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("verify")) as swarm:
+    with LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("verify"), node_args=FIXED_THROUGHPUT) as swarm:
         swarm.start(3, 30)
         _, liar = swarm.await_nodes([
             swarm.spawn_node((10, 20), wait=False),
@@ -89,19 +119,18 @@ def test_another_client_sees_the_published_evidence_and_avoids_the_node(mixed_sw
         assert other.generate(PROMPT, 16).text == "The capital of France is Paris."
 
 
-def test_forged_evidence_is_rejected(caught, default_store, tmp_path, cli_env):
+def test_forged_evidence_is_rejected(caught, default_store, tmp_path, capsys):
     model, _, _ = caught
     evidence, path = model.evidence[0]
     forged = tmp_path / "forged.evidence"
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF  # inside the publisher's signature
     forged.write_bytes(bytes(data))
-    proc = subprocess.run(SWARMLM + ["ledger", "check-evidence", str(forged), "--model", str(default_store.path)],
-                          capture_output=True, text=True, env=cli_env, timeout=300)
+    proc = run_cli(["ledger", "check-evidence", str(forged), "--model", str(default_store.path)], capsys)
     assert proc.returncode == 2 and "not signed by its publisher" in proc.stderr
 
 
-def test_evidence_against_the_honest_node_is_rejected(caught, default_store, tmp_path, cli_env):
+def test_evidence_against_the_honest_node_is_rejected(caught, default_store, tmp_path, capsys):
     model, _, _ = caught
     evidence, _ = model.evidence[0]
     # the liar usually runs the step and the honest node the check, but routing may swap them
@@ -110,47 +139,16 @@ def test_evidence_against_the_honest_node_is_rejected(caught, default_store, tmp
     assert not check_evidence(framed, default_store).valid
     path = tmp_path / "framed.evidence"
     path.write_bytes(framed.to_bytes())
-    proc = subprocess.run(SWARMLM + ["ledger", "check-evidence", str(path), "--model", str(default_store.path)],
-                          capture_output=True, text=True, env=cli_env, timeout=300)
+    proc = run_cli(["ledger", "check-evidence", str(path), "--model", str(default_store.path)], capsys)
     assert proc.returncode == 1 and proc.stdout.startswith("REJECTED")
     assert Evidence.from_bytes(framed.to_bytes()).dishonest == honest
 
 
-def test_audit_flags_the_dishonest_node_and_passes_the_honest(mixed_swarm, default_store, cli_env):
+def test_audit_flags_the_dishonest_node_and_passes_the_honest(mixed_swarm, default_store, capsys):
     swarm, liar = mixed_swarm
-    proc = subprocess.run(SWARMLM + ["audit", "--json", "--seed", "1", "--model", str(default_store.path),
-                                     "--peers", *swarm.initial_peers], capture_output=True, text=True, env=cli_env,
-                          timeout=300)
+    proc = run_cli(["audit", "--json", "--seed", "1", "--model", str(default_store.path),
+                    "--peers", *swarm.initial_peers], capsys)
     assert proc.returncode == 1, proc.stderr
     verdicts = {r["peer_id"]: r["verdict"] for r in map(json.loads, proc.stdout.splitlines())}
     assert verdicts.pop(liar.peer_id) == "FAIL"
     assert len(verdicts) == 4 and set(verdicts.values()) == {"PASS"}, proc.stdout + log_tails(swarm)
-
-
-def _spot_checks_between_float32_and_bfloat16_accuse_no_one(store: ShardStore, tmp_path: Path, checks: int,
-                                                            tokens: int) -> None:
-    """Blocks 0:10 served by a bfloat16 node (preferred) and a float32 node that checks it at every step."""
-    with LocalSwarm(str(store.path), tmp_path) as swarm:
-        swarm.start(0, 30)
-        swarm.await_nodes([swarm.spawn_node((0, 10), dtype="bfloat16", extra=["--throughput", "100000"], wait=False),
-                           swarm.spawn_node((0, 10), dtype="float32", wait=False),
-                           swarm.spawn_node((10, 30), dtype="float32", wait=False)])
-        with RemoteModel.connect(swarm.initial_peers, store.path, spot_check_rate=1.0, seed=0,
-                                 evidence_dir=tmp_path / "evidence") as model:
-            prompts = ["Tell me about Rome.", "Write a poem about the sea.", "Explain photosynthesis.",
-                       "List five fruits.", PROMPT, "Who wrote Hamlet?", "Name a planet."]
-            for i in range(2 * checks // tokens + 1):  # bounded; each generation adds tokens + 1 checks on 0:10
-                model.generate(prompts[i % len(prompts)], tokens, ignore_eos=True)
-                if model.verifier.stats.checks >= checks:
-                    break
-            stats = model.verifier.stats
-    assert stats.checks >= checks and stats.convicted == [] and model.evidence == [], log_tails(swarm)
-
-
-def test_spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path):
-    _spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path, checks=30, tokens=16)
-
-
-@pytest.mark.long
-def test_200_spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path):
-    _spot_checks_between_float32_and_bfloat16_accuse_no_one(default_store, tmp_path, checks=200, tokens=24)

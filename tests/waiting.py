@@ -33,3 +33,14 @@ async def auntil(probe: Callable[[], T], done: Callable[[T], object] = bool, *, 
         if done(value) or time.monotonic() > deadline:
             return value
         await asyncio.sleep(interval)
+
+
+def until_routable(model, peer: str, timeout: float = 60.0) -> bool:  # noqa: ANN001 - an SDK RemoteModel
+    """Re-read the swarm until `model`'s view holds `peer` answered and not avoided. A node is ready once
+    it announced, but on a loaded machine a client's first read can miss a fresh record, or its first
+    ping time out (the node is then avoided for a few seconds), and the client plans without it."""
+    def probe() -> bool:
+        model.client.run(model.view.refresh(force=True))
+        return peer in model.view.rtt and peer not in model.view.bans
+
+    return until(probe, timeout=timeout, interval=1.0)

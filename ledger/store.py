@@ -509,10 +509,8 @@ class Store(Ledger):
             if not stopping and time.monotonic() < retry_at:
                 continue
             batch = list(itertools.islice(self._backlog, self._max_batch))
-            error = self._commit(batch)
+            error = self._commit(batch, from_backlog=True)
             if error is None:
-                for _ in batch:
-                    self._backlog.popleft()
                 delay, retry_at = RETRY_MIN, 0.0
                 continue
             self._failed(error)
@@ -544,10 +542,11 @@ class Store(Ledger):
             self._give_up(overflow, f"{self._max_pending} entries already wait for the disk")
         return _STOP in taken
 
-    def _commit(self, batch: list[_Queued]) -> Exception | None:
+    def _commit(self, batch: list[_Queued], from_backlog: bool = False) -> Exception | None:
         """Run `batch` in one transaction and settle its futures (health first, so a caller woken
-        by its future sees it); on failure roll everything back, leave the futures pending and
-        return the error."""
+        by its future sees it: `from_backlog`, the batch leaves the backlog's head, so it no longer
+        counts as pending); on failure roll everything back, leave the futures pending and return
+        the error."""
         conn, before = self._writer, (self._frontier.copy(), self._log_keys)
         outcomes: list[tuple[Future[Any], bool, Any]] = []
         try:
@@ -570,6 +569,9 @@ class Store(Ledger):
             self._frontier, self._log_keys = before
             return e
         self._recovered()
+        if from_backlog:
+            for _ in batch:
+                self._backlog.popleft()
         for future, ok, value in outcomes:
             if ok:
                 future.set_result(value)

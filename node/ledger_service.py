@@ -15,7 +15,6 @@ from ledger.errors import LedgerError
 from ledger.store import Ledger
 from routing import protocol, wire
 from routing.errors import ErrorCode, ProtocolError
-from routing.ledger_rpc import MAX_ENTRIES
 
 from .serving import Serving
 from .streams import FIRST_FRAME_TIMEOUT, SMALL_REQUEST, guard
@@ -30,7 +29,7 @@ class LedgerService:
             frame = await wire.read_frame(reader, SMALL_REQUEST, idle_timeout=FIRST_FRAME_TIMEOUT)
             protocol.opening(frame, protocol.LedgerRequest)
             reply = await asyncio.get_running_loop().run_in_executor(None, self._answer, frame)
-            await wire.write_frame(writer, {"type": protocol.LedgerRequest.TYPE, **reply})
+            await wire.write_frame(writer, protocol.LedgerReply(**reply).to_wire())
 
         await guard(self.serving.book, self.serving.metrics, serve, reader, writer, info, "ledger")
 
@@ -45,8 +44,9 @@ class LedgerService:
             if op == "entries":
                 start = request.bounded("start", 0)
                 end = request.bounded("end", start + 1)
-                if end - start > MAX_ENTRIES:
-                    raise ProtocolError(ErrorCode.TOO_LARGE, f"at most {MAX_ENTRIES} entries per request")
+                if end - start > protocol.MAX_LEDGER_ENTRIES:
+                    raise ProtocolError(ErrorCode.TOO_LARGE,
+                                        f"at most {protocol.MAX_LEDGER_ENTRIES} entries per request")
                 return {"entries": [[r.data, r.signature] for r in self.ledger.rows(start, end)]}
             if op == "consistency":
                 size1 = request.bounded("size1", 1)

@@ -1,9 +1,10 @@
 """The `swarmlm.ledger` RPC, client side: a peer's checkpoint, entries and proofs, for witnesses and audits.
 
-Requests are one frame (protocol.LedgerRequest); the reply is `{type: ledger, ...}` or an error,
-checked field by field: a malformed reply is a PeerFailure (and a dropped frame in `untrusted`).
+Requests are one frame (protocol.LedgerRequest); the reply is a protocol.LedgerReply or an error.
+A malformed reply, or one without the fields its op asked for, is a PeerFailure (and a dropped
+frame in `untrusted`).
   op=checkpoint                 → {size, checkpoint}        (the latest signed checkpoint note)
-  op=entries   start, end       → {entries: [[data, sig]]}  (at most MAX_ENTRIES per request)
+  op=entries   start, end       → {entries: [[data, sig]]}  (at most MAX_LEDGER_ENTRIES per request)
   op=consistency size1, size2   → {proof: [hash]}
   op=inclusion index, size      → {proof: [hash], entry: [data, sig]}
 """
@@ -12,49 +13,31 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from ledger import canonical
 from ledger.checkpoint import open_checkpoint
 from ledger.entries import LogKeyEntry, certified_log_keys
-from ledger.note import MAX_NOTE_SIZE
-from ledger.schema import DIGEST, SIGNATURE, FieldType
 from ledger.verify import audit_entries
 
 from . import protocol, untrusted
 from .client import PeerLink
-from .errors import PeerFailure
-
-MAX_ENTRIES = 1000
-MAX_PROOF = 128  # a consistency proof between trees of up to 2^63 entries has at most 2 * 63 hashes
-
-
-def _is_entry(p: Any) -> bool:
-    return (type(p) is list and len(p) == 2 and type(p[0]) is bytes and len(p[0]) <= canonical.MAX_SIZE
-            and SIGNATURE.check(p[1]))
-
-
-SIZE = FieldType("a tree size in 0..2^63-1", lambda v: type(v) is int and 0 <= v < 1 << 63)
-NOTE = FieldType(f"a note of 1 to {MAX_NOTE_SIZE} characters", lambda v: type(v) is str and 0 < len(v) <= MAX_NOTE_SIZE)
-ENTRIES = FieldType(f"a list of at most {MAX_ENTRIES} [entry, signature] pairs",
-                    lambda v: type(v) is list and len(v) <= MAX_ENTRIES and all(map(_is_entry, v)))
-PROOF = FieldType(f"a list of at most {MAX_PROOF} 32-byte hashes",
-                  lambda v: type(v) is list and len(v) <= MAX_PROOF and all(map(DIGEST.check, v)))
+from .errors import PeerFailure, ProtocolError
 
 
 async def request(client: PeerLink, peer: str, op: str, **fields: Any) -> dict[str, Any]:
+    """The reply's map as it came (an error frame raised as RemoteError); `_reply` reads it."""
     return await client.request(peer, protocol.LEDGER, protocol.LedgerRequest(op, **fields).to_wire())
 
 
 async def checkpoint(client: PeerLink, peer: str) -> tuple[int, str]:
-    reply = await request(client, peer, "checkpoint")
-    return _field(peer, reply, "size", SIZE), _field(peer, reply, "checkpoint", NOTE)
+    reply = await _reply(client, peer, "checkpoint")
+    return _field(peer, reply, "size"), _field(peer, reply, "checkpoint")
 
 
 async def entries(client: PeerLink, peer: str, start: int, end: int) -> list[tuple[bytes, bytes]]:
     """Entries [start, end) as (bytes, signature), fetched in pages."""
     out: list[tuple[bytes, bytes]] = []
     while start < end:
-        stop = min(end, start + MAX_ENTRIES)
-        page = _field(peer, await request(client, peer, "entries", start=start, end=stop), "entries", ENTRIES)
+        stop = min(end, start + protocol.MAX_LEDGER_ENTRIES)
+        page = _field(peer, await _reply(client, peer, "entries", start=start, end=stop), "entries")
         if len(page) != stop - start:
             _refuse(peer, f"sent {len(page)} entries for [{start}, {stop})")
         out.extend((data, signature) for data, signature in page)
@@ -63,7 +46,7 @@ async def entries(client: PeerLink, peer: str, start: int, end: int) -> list[tup
 
 
 async def consistency(client: PeerLink, peer: str, size1: int, size2: int) -> list[bytes]:
-    return _field(peer, await request(client, peer, "consistency", size1=size1, size2=size2), "proof", PROOF)
+    return _field(peer, await _reply(client, peer, "consistency", size1=size1, size2=size2), "proof")
 
 
 async def log_keys(client: PeerLink, peer: str) -> LogKeyEntry:
@@ -86,10 +69,18 @@ async def audit(client: PeerLink, peer: str) -> tuple[int, str]:
     return size, note
 
 
-def _field(peer: str, reply: dict[str, Any], name: str, field_type: FieldType) -> Any:
-    value = reply.get(name)
-    if not field_type.check(value):
-        _refuse(peer, f"its ledger reply's {name!r} is not {field_type.what}")
+async def _reply(client: PeerLink, peer: str, op: str, **fields: Any) -> protocol.LedgerReply:
+    try:
+        return protocol.LedgerReply.read(await request(client, peer, op, **fields))
+    except ProtocolError as e:
+        _refuse(peer, f"its ledger reply: {e}")
+
+
+def _field(peer: str, reply: protocol.LedgerReply, name: str) -> Any:
+    """A field the request's op needs in the reply."""
+    value = getattr(reply, name)
+    if value is None:
+        _refuse(peer, f"its ledger reply has no {name!r}")
     return value
 
 

@@ -18,7 +18,7 @@ and step tickets by `routing.grants.accept_grant`/`accept_ticket`, attestations 
                        Close                                    ← Closed
     swarmlm.push       PushOpen, then Push or RingToken         ← nothing, or an Error naming the session
                        Ping                                     ← Pong
-    swarmlm.ledger     LedgerRequest                            ← a ledger map (routing/ledger_rpc.py)
+    swarmlm.ledger     LedgerRequest                            ← LedgerReply (routing/ledger_rpc.py)
     swarmlm.dialback   Dialback                                 ← DialedBack (routing/reachability.py)
     any                                                         ← Error
 
@@ -48,8 +48,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Mapping, TypeVar
 
+from ledger import canonical
 from ledger.errors import EncodingError
-from ledger.schema import FieldType, brief, open_fields, spec
+from ledger.note import MAX_NOTE_SIZE
+from ledger.schema import DIGEST, SIGNATURE, FieldType, brief, open_fields, spec
 
 from .errors import ErrorCode, PeerFailure, ProtocolError, RemoteError
 from .records import MADDRS
@@ -69,6 +71,8 @@ MAX_SAMPLER_STATE = 8192  # bytes of a torch CPU generator's state (5,056 today)
 MAX_STOP_TOKENS = 16
 MAX_RING_DRAFTS = 16  # drafts a ring step may carry after its sampled token (speculation in the ring)
 MAX_RING_CONTEXT = 4096  # tokens of the text so far a ring's sampler drafts from (the latest ones)
+MAX_LEDGER_ENTRIES = 1000  # entries in one ledger reply
+MAX_PROOF = 128  # hashes: a consistency proof between trees of up to 2^63 entries has at most 2 * 63
 
 
 def uint(minimum: int = 0) -> FieldType:
@@ -118,6 +122,21 @@ SAMPLER_STATE = FieldType(f"at most {MAX_SAMPLER_STATE} bytes",
 PROBABILITY = FieldType("a number in [0, 1]", lambda v: type(v) in (int, float) and 0 <= v <= 1, float, float)
 TEMPERATURE = FieldType("a number in [0, 100]", lambda v: type(v) in (int, float) and 0 <= v <= 100, float, float)
 MILLISECONDS = FieldType("milliseconds in 0..1e9", lambda v: type(v) in (int, float) and 0 <= v < 1e9)
+TREE_SIZE = FieldType("a tree size in 0..2^63-1", lambda v: type(v) is int and 0 <= v < 1 << 63)
+NOTE = FieldType(f"a note of 1 to {MAX_NOTE_SIZE} characters",
+                 lambda v: type(v) is str and 0 < len(v) <= MAX_NOTE_SIZE)
+
+
+def _is_entry(v: Any) -> bool:
+    return (type(v) is list and len(v) == 2 and type(v[0]) is bytes and len(v[0]) <= canonical.MAX_SIZE
+            and SIGNATURE.check(v[1]))
+
+
+ENTRY = FieldType("an [entry, signature] pair", _is_entry)
+ENTRIES = FieldType(f"a list of at most {MAX_LEDGER_ENTRIES} [entry, signature] pairs",
+                    lambda v: type(v) is list and len(v) <= MAX_LEDGER_ENTRIES and all(map(_is_entry, v)))
+PROOF = FieldType(f"a list of at most {MAX_PROOF} 32-byte hashes",
+                  lambda v: type(v) is list and len(v) <= MAX_PROOF and all(map(DIGEST.check, v)))
 
 F = TypeVar("F", bound="Frame")
 
@@ -270,6 +289,19 @@ class LedgerRequest(Frame):
         if value < minimum:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"field {name!r} must be in {minimum}..{MAX_INT}, got {value}")
         return value
+
+
+@dataclass(frozen=True)
+class LedgerReply(Frame):
+    """The answer to a LedgerRequest: the fields of its op, each optional here (routing/ledger_rpc.py
+    requires those it asked for). It keeps its request's type."""
+
+    TYPE = "ledger"
+    size: int | None = spec(maybe(TREE_SIZE), default=None)  # checkpoint
+    checkpoint: str | None = spec(maybe(NOTE), default=None)  # checkpoint
+    entries: list[list[bytes]] | None = spec(maybe(ENTRIES), default=None)  # entries
+    proof: list[bytes] | None = spec(maybe(PROOF), default=None)  # consistency, inclusion
+    entry: list[bytes] | None = spec(maybe(ENTRY), default=None)  # inclusion
 
 
 # ---- a session's frames (client → node) ------------------------------------------------------------

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.api.gateway_process import run_gateway
+from tests.waiting import until
 
 API_KEY = "sk-swarmlm-test"
 MODEL = "smollm2-135m-instruct"
@@ -35,14 +35,14 @@ def async_client(gateway):
 
 
 def serve_entry(ledger: str | Path, session: str, deadline_s: float = 60.0):
-    """The `serve` entry a node logged for `session`, polled while its ledger writer commits it."""
+    """The `serve` entry a node logged for `session`, once its ledger writer (a background thread)
+    has committed it."""
     from ledger.store import Ledger
 
-    deadline = time.monotonic() + deadline_s
-    while True:
+    def entries() -> list:
         with Ledger(ledger) as log:
-            found = [e for e in (row.decode() for row in log.query(kind="serve")) if e.session == session]
-        if found or time.monotonic() > deadline:
-            assert found, f"no serve entry for session {session} in {ledger}"
-            return found[0]
-        time.sleep(0.2)
+            return [e for e in (row.decode() for row in log.query(kind="serve")) if e.session == session]
+
+    found = until(entries, timeout=deadline_s)
+    assert found, f"no serve entry for session {session} in {ledger}"
+    return found[0]

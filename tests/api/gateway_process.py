@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Iterator, Sequence
 
 from node.local_swarm import die_with_parent
 from tests.conftest import SWARMLM
+from tests.waiting import until
 
 READY_TIMEOUT_S = 180.0
 
@@ -57,15 +57,19 @@ def run_gateway(peers: Sequence[str], state: Path, *, api_key: str | None = None
 
 
 def _wait_ready(proc: subprocess.Popen, log: Path) -> str:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
+    """The URL of the gateway's `ready` line; a gateway that exits first fails at once."""
+    def ready_url() -> str | None:
         for line in log.read_text(errors="replace").splitlines():
             if line.startswith("ready "):
                 return line.split()[1]
         if proc.poll() is not None:
             raise RuntimeError(f"the gateway exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.2)
-    raise RuntimeError(f"the gateway was not ready after {READY_TIMEOUT_S:.0f}s; see {log}")
+        return None
+
+    url = until(ready_url, timeout=READY_TIMEOUT_S)
+    if url is None:
+        raise RuntimeError(f"the gateway was not ready after {READY_TIMEOUT_S:.0f}s; see {log}")
+    return url
 
 
 def _stop(proc: subprocess.Popen) -> None:

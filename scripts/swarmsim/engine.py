@@ -39,7 +39,7 @@ from routing.view import Bans
 from routing.wire import PROTOCOL_VERSION
 
 from . import churn, network, workload
-from .bound import Capacity, best_placement_bound, cache_limit, placement_bound
+from .bound import Capacity, best_placement_bound, placement_bound
 from .hardware import MESSAGE_CPU_S, MESSAGE_S, PROFILES, Model, step_time
 from .lab import Lab
 
@@ -103,12 +103,11 @@ class SimNode:
         self.next_announce = 0.0
         self.step = 0.0  # seconds per step of its whole span at this tick's batch
         self.send = 0.0  # seconds to upload that batch's outputs
-        # Seconds per block-token at the biggest batch its cache holds: sessions of the workload's mean
-        # length (each reserves its whole length), each with half its answer cached on average. Shorter
-        # sessions would batch more, so the bound is at the mean; the cache, not the compute, is what
-        # limits a node's batch (at `cache_tokens` one-token sessions, a GPU's cost was 2-5x lower).
-        batch = max(1, cfg.cache_tokens // (workload.PROMPT_MEAN + workload.ANSWER_MEAN))
-        self.cost = step_time(self.hw, m, batch, batch * (workload.PROMPT_MEAN + workload.ANSWER_MEAN // 2)) / batch
+        # Seconds per block-token at the biggest batch it could ever run, its cache full of two-token
+        # sessions: the bound's compute (bound.py), never above what a chain gets; its caches bind first.
+        batch = max(1, cfg.cache_tokens // 2)
+        self.cost = step_time(self.hw, m, batch, cfg.cache_tokens) / batch
+        self.step_one = step_time(self.hw, m, 1, 1)  # a block's step for one token: the fastest there is
         self.cache_limit = cfg.cache_tokens
         # what the node measures and announces: single-stream decode tokens/s through its span
         self.announced = 1.0 / (min(self.length, m.num_blocks) * step_time(self.hw, m, 1, workload.PROMPT_MEAN))
@@ -148,7 +147,6 @@ class Metrics:
     offered: float = 0.0  # answer tokens the sessions that arrived asked for
     bound_token_s: float = 0.0  # ∫ placement bound dt
     best_token_s: float = 0.0
-    cache_token_s: float = 0.0  # ∫ cache limit dt (bound.cache_limit)
     uncovered_block_s: float = 0.0
     energy_j: float = 0.0
     done: int = 0
@@ -166,8 +164,7 @@ class Metrics:
         def pct(xs: list[float], q: float) -> float:
             return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] if len(xs) > 1 else float("nan")
         return {"tokens_s": self.tokens / seconds, "offered_s": self.offered / seconds, "bound_s": self.bound_token_s / seconds,
-                "best_bound_s": self.best_token_s / seconds, "cache_limit_s": self.cache_token_s / seconds,
-                "of_limit": self.tokens / min(self.bound_token_s, self.cache_token_s) if self.bound_token_s else float("nan"),
+                "best_bound_s": self.best_token_s / seconds,
                 "of_bound": self.tokens / self.bound_token_s if self.bound_token_s else float("nan"),
                 "uncovered_block_s": self.uncovered_block_s, "sessions": self.done, "failed": self.failed,
                 "failed_with_cover": self.failed_with_cover, "failovers": self.failovers, "moves": self.moves,
@@ -193,7 +190,7 @@ class Simulation:
         self._seq = itertools.count()
         self._ids = itertools.count()
         self._region_rtt: dict[str, dict[str, float]] = {}  # a client's round trip to each peer, by its region
-        self._bound = (0.0, 0.0, 0.0)
+        self._bound = (0.0, 0.0)
         self._sampled = (0.0, 0.0)  # (time, tokens) at the last sample
         self.departures = 0
         spans = cfg.spans or (even_spans(cfg.model.num_blocks, cfg.nodes) if cfg.placement == "even" else ())
@@ -628,38 +625,54 @@ class Simulation:
             self._bound = self.bounds()
         m.bound_token_s += self._bound[0] * dt
         m.best_token_s += self._bound[1] * dt
-        m.cache_token_s += self._bound[2] * dt
         if sample:
             since, tokens = self._sampled
             m.series.append((t, (m.tokens - tokens) / (t + dt - since), self._bound[0], uncovered))
             m.servers.append(servers)
             self._sampled = (t + dt, m.tokens)
 
-    def bounds(self) -> tuple[float, float, float]:
-        """(the bound for the nodes as placed, the bound for the same nodes placed anywhere, what their caches
-        let through when full, `cache_limit`), tokens/s."""
+    def bounds(self) -> tuple[float, float]:
+        """(the bound for the nodes as placed, the bound for the same nodes placed anywhere), tokens/s, with
+        their caches and the fastest chains through them inside (bound.py)."""
         online = [n for n in self.nodes.values() if n.state in ("online", "draining")]
-        caps = [Capacity(n.start, n.end, n.cost, n.upload / self.model.hidden_bytes, n.cache_limit) for n in online]
-        n = self.model.num_blocks
-        placed = placement_bound(caps, n)
-        if placed == 0.0:
-            return 0.0, best_placement_bound(caps, n), 0.0
-        return placed, best_placement_bound(caps, n), cache_limit(
-            caps, n, workload.PROMPT_MEAN + workload.ANSWER_MEAN, self._fastest_tokens(online))
+        n, m = self.model.num_blocks, self.model
+        floors = self._latency_floors(online)
+        held = workload.cache_tokens_per_token()
+        caps = [Capacity(x.start, x.end, x.cost, x.upload / m.hidden_bytes, x.cache_limit, latency)
+                for x, latency in zip(online, self._fastest_tokens(online, floors))]
+        return placement_bound(caps, n, held), best_placement_bound(caps, n, held, floors)
 
-    def _fastest_tokens(self, nodes: list[SimNode]) -> list[float]:
-        """Per node, a lower bound on the seconds per token of any relayed chain through it, for a client in
-        any region, when every node runs the batch its cache holds (the operating point of a full swarm):
-        the cheapest cover of the blocks before its span, its own hop, the cheapest cover of those after,
-        each hop a round trip, the messages, the wire (its uplink carrying its batch) and its blocks' steps."""
-        n, m, cfg = self.model.num_blocks, self.model, self.cfg
-        batch = max(1, cfg.cache_tokens // (workload.PROMPT_MEAN + workload.ANSWER_MEAN))
-        per_block = [x.cost * batch for x in nodes]  # a step of the batch, per block
+    def _hop_fixed(self, client: network.Endpoint, x: SimNode) -> float:
+        """A hop's seconds besides its blocks' steps: the round trip, its two messages, one token's state
+        up from the client and on from the node."""
+        return (self._link_rtt(client, x.endpoint) + 2 * self.cfg.message_s + self.model.hidden_bytes / x.upload
+                + self.model.hidden_bytes / self.client_upload)
+
+    def _latency_floors(self, nodes: list[SimNode]) -> list[float]:
+        """Per node, seconds per token no chain through it beats wherever the nodes sit, relayed or
+        pushed: the client's round trip to its nearest node, two messages, a token's state up and on from
+        this node, and every block at the fastest one-token step of any node present."""
+        m = self.model
+        steps = m.num_blocks * min((x.step_one for x in nodes), default=0.0)
+        near = min((self._link_rtt(network.Endpoint(r), x.endpoint) for r in network.REGIONS for x in nodes),
+                   default=0.0)
+        return [self.cfg.client_s + near + 2 * self.cfg.message_s + m.hidden_bytes / x.upload
+                + m.hidden_bytes / self.client_upload + steps for x in nodes]
+
+    def _fastest_tokens(self, nodes: list[SimNode], floors: list[float]) -> list[float]:
+        """Per node, a lower bound on the seconds per token of any chain through it, for a client in any
+        region, each node stepping one token and sending one token's state: relayed, the cheapest cover of
+        the blocks before its span, its own hop, the cheapest cover of those after, each hop a round trip;
+        pushed, the placement-free floor (`_latency_floors`: node-to-node links need not obey the triangle
+        inequality, so no tighter bound is safe without a search over chains)."""
+        if self.cfg.push or self.cfg.lab is not None:
+            return floors
+        n = self.model.num_blocks
+        per_block = [x.step_one for x in nodes]
         best = [math.inf] * len(nodes)
         for region in network.REGIONS:
             client = network.Endpoint(region)
-            fixed = [self._link_rtt(client, x.endpoint) + 2 * cfg.message_s + batch * m.hidden_bytes / x.upload
-                     + m.hidden_bytes / self.client_upload for x in nodes]
+            fixed = [self._hop_fixed(client, x) for x in nodes]
             before = _cheapest_covers(nodes, fixed, per_block, n)  # [0, b) for each b
             mirrored = [_Span(n - x.end, n - x.start) for x in nodes]
             after = _cheapest_covers(mirrored, fixed, per_block, n)[::-1]  # [b, n) for each b

@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--hours", type=float, help="simulated hours (default: the scenario's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rate", type=float, help="client sessions per second (default: the scenario's)")
+    parser.add_argument("--clients", type=int, default=0,
+                        help="also this many closed-loop clients, each opening a session when its last one ends: "
+                             "with enough of them the swarm is saturated and tokens/s is its capacity")
     parser.add_argument("--placement", choices=PLACEMENTS, action="append", help="default: all")
     parser.add_argument("--push", action="store_true", help="plan and run pushed chains (slow planning at scale)")
     parser.add_argument("--no-claims", action="store_true",
@@ -68,7 +71,8 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, placement=placement, seed=args.seed, push=args.push, claims=not args.no_claims,
                                   room_rule=args.routing == "room",
                                   hours=args.hours if args.hours is not None else cfg.hours,
-                                  client_rate=args.rate if args.rate is not None else cfg.client_rate)
+                                  client_rate=args.rate if args.rate is not None else cfg.client_rate,
+                                  clients=args.clients)
         began, cpu = time.perf_counter(), time.process_time()
         sim = Simulation(cfg)
         result = sim.run()

@@ -53,6 +53,7 @@ class Config:
     nodes: int  # volunteers present on average (and at the start)
     hardware_mix: dict[str, float]
     client_rate: float  # sessions per second
+    clients: int = 0  # also a closed loop of this many clients, each opening a session when its last ends or fails
     hours: float = 1.0
     mean_lifetime_s: float = 3 * 3600.0  # math.inf: nobody leaves or joins
     crash_fraction: float = 0.5  # departures that are crashes; the rest drain politely
@@ -135,6 +136,7 @@ class Session:
     give_up_at: float = 0.0
     waiting: bool = False
     failovers: int = 0
+    closed_loop: bool = False  # opened by one of `Config.clients`, which opens the next when it ends
 
     @property
     def length(self) -> int:
@@ -213,6 +215,8 @@ class Simulation:
         if cfg.lab is not None:
             for _ in range(cfg.lab.sessions):
                 self._open(cfg.lab.prompt, cfg.lab.answer)
+        for _ in range(cfg.clients):  # they come in over the first minute, not all at once
+            self.at(self.rng.uniform(0, 60), self._reopen)
         if cfg.client_rate > 0:
             self.at(workload.next_arrival(self.rng, cfg.client_rate), self._arrive)
         if not math.isinf(cfg.mean_lifetime_s):
@@ -406,9 +410,13 @@ class Simulation:
         self._open(*workload.lengths(self.rng))
         self.at(self.now + workload.next_arrival(self.rng, self.cfg.client_rate), self._arrive)
 
-    def _open(self, prompt: int, answer: int) -> None:
+    def _reopen(self) -> None:
+        """A closed-loop client's next session (`Config.clients`)."""
+        self._open(*workload.lengths(self.rng), closed_loop=True)
+
+    def _open(self, prompt: int, answer: int, closed_loop: bool = False) -> None:
         s = Session(f"client{next(self._ids)}", network.Endpoint(network.pick_region(self.rng)), prompt, answer,
-                    self.now, Bans(clock=self.clock))
+                    self.now, Bans(clock=self.clock), closed_loop=closed_loop)
         s.give_up_at = self.now + DEFAULT_DEADLINE
         self.metrics.offered += answer
         self.sessions[s] = None
@@ -529,6 +537,8 @@ class Simulation:
         self.metrics.failed += 1
         if not any(self._uncovered(lambda n: n.state == "online" and n.cache_used + s.length <= n.cache_limit)):
             self.metrics.failed_with_cover += 1
+        if s.closed_loop:  # a second later: a swarm that covers nothing must not loop
+            self.at(self.now + 1.0, self._reopen)
 
     def _finish(self, s: Session) -> None:
         for node, *_ in s.hops:
@@ -538,6 +548,8 @@ class Simulation:
         self.metrics.time_per_token.append((self.now - s.decode_started) / s.answer)
         if self.cfg.lab is not None:  # its clients generate back to back
             self._open(self.cfg.lab.prompt, self.cfg.lab.answer)
+        elif s.closed_loop:
+            self._reopen()
 
     # ---- a tick of decoding --------------------------------------------------------------------
 
@@ -677,9 +689,10 @@ class Simulation:
             mirrored = [_Span(n - x.end, n - x.start) for x in nodes]
             after = _cheapest_covers(mirrored, fixed, per_block, n)[::-1]  # [b, n) for each b
             for i, x in enumerate(nodes):
-                into = min(before[a] - a * per_block[i] for a in range(x.start, x.end))
-                out = min(after[b] + b * per_block[i] for b in range(x.start + 1, x.end + 1))
-                best[i] = min(best[i], into + fixed[i] + out)
+                into = math.inf  # boarded at some a < b, left at b: one sweep over b
+                for b in range(x.start + 1, x.end + 1):
+                    into = min(into, before[b - 1] - (b - 1) * per_block[i])
+                    best[i] = min(best[i], into + fixed[i] + after[b] + b * per_block[i])
         return best
 
 

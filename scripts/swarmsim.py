@@ -50,6 +50,9 @@ def main() -> None:
     parser.add_argument("--push", action="store_true", help="plan and run pushed chains (slow planning at scale)")
     parser.add_argument("--no-claims", action="store_true",
                         help="rebalance as before moves were claimed (to measure herding: --scenario herd)")
+    parser.add_argument("--grow-cache", action="store_true",
+                        help="nodes give sessions all the KV cache their memory holds beside their blocks "
+                             "(node/selection.py cache_tokens_for_budget), not just the configured pool")
     parser.add_argument("--routing", choices=("room", "before"), default="room",
                         help="room: clients plan around nodes announcing too little free cache for the session and "
                              "a full node is avoided briefly, not banned with backoff; before: neither")
@@ -72,7 +75,7 @@ def main() -> None:
                                   room_rule=args.routing == "room",
                                   hours=args.hours if args.hours is not None else cfg.hours,
                                   client_rate=args.rate if args.rate is not None else cfg.client_rate,
-                                  clients=args.clients)
+                                  clients=args.clients, grow_cache=args.grow_cache)
         began, cpu = time.perf_counter(), time.process_time()
         sim = Simulation(cfg)
         result = sim.run()

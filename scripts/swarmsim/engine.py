@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from node.local_swarm import even_spans
-from node.selection import (best_start, blocks_for_budget, claim_holds, claim_wait, cooled_down, coverage, move_chance,
+from node.selection import (best_start, blocks_for_budget, cache_tokens_for_budget, claim_holds, claim_wait, cooled_down, coverage, move_chance,
                             rebalance_delay, serves, should_move)
 from routing.chain import DEFAULT_DEADLINE, coverage_wake
 from routing.errors import NoRouteError
@@ -75,6 +75,7 @@ class Config:
     spans: tuple[tuple[int, int], ...] = ()  # where the first nodes start (then placed by `placement`)
     claims: bool = True  # moves are claimed first (node/selection.py); False: the rule before, which herded
     dht_lag_s: float = 0.0  # seconds before an announcement is visible to readers
+    grow_cache: bool = False  # a node's pool is all the cache its memory holds beside its blocks (cache_tokens_for_budget)
     room_rule: bool = True  # plan around nodes announcing no room, avoid a full one briefly (has_room, Bans.busy)
 
 
@@ -90,6 +91,9 @@ class SimNode:
         m = cfg.model
         budget = int(self.hw.memory_gb * 1e9 * cfg.memory_fraction)
         self.length = blocks_for_budget(budget, m.block_bytes, cfg.cache_tokens * m.kv_bytes_per_token, m.num_blocks)
+        # the most cache its memory holds beside its blocks: the bound's, whatever the pool (`Config.grow_cache`)
+        self.cache_room = cache_tokens_for_budget(budget, m.block_bytes, m.kv_bytes_per_token, self.length,
+                                                  cfg.cache_tokens)
         self.start = self.end = 0
         self.state = "loading"  # loading, online, draining, gone
         self.crashed = False
@@ -106,10 +110,10 @@ class SimNode:
         self.send = 0.0  # seconds to upload that batch's outputs
         # Seconds per block-token at the biggest batch it could ever run, its cache full of two-token
         # sessions: the bound's compute (bound.py), never above what a chain gets; its caches bind first.
-        batch = max(1, cfg.cache_tokens // 2)
-        self.cost = step_time(self.hw, m, batch, cfg.cache_tokens) / batch
+        batch = max(1, self.cache_room // 2)
+        self.cost = step_time(self.hw, m, batch, self.cache_room) / batch
         self.step_one = step_time(self.hw, m, 1, 1)  # a block's step for one token: the fastest there is
-        self.cache_limit = cfg.cache_tokens
+        self.cache_limit = self.cache_room if cfg.grow_cache else cfg.cache_tokens
         # what the node measures and announces: single-stream decode tokens/s through its span
         self.announced = 1.0 / (min(self.length, m.num_blocks) * step_time(self.hw, m, 1, workload.PROMPT_MEAN))
 
@@ -650,7 +654,7 @@ class Simulation:
         n, m = self.model.num_blocks, self.model
         floors = self._latency_floors(online)
         held = workload.cache_tokens_per_token()
-        caps = [Capacity(x.start, x.end, x.cost, x.upload / m.hidden_bytes, x.cache_limit, latency)
+        caps = [Capacity(x.start, x.end, x.cost, x.upload / m.hidden_bytes, x.cache_room, latency)
                 for x, latency in zip(online, self._fastest_tokens(online, floors))]
         return placement_bound(caps, n, held), best_placement_bound(caps, n, held, floors)
 

@@ -3,7 +3,8 @@
     python scripts/swarmsim.py --scenario hetero-200 --hours 1
 
 prints, per placement policy: delivered tokens/s over the linear-program bound of the nodes present
-(their compute, uplinks and KV caches: scripts/swarmsim/bound.py), block-seconds with no server, failed sessions, time per token (p50/p95) and joules per token, and
+(their compute, uplinks and KV caches: scripts/swarmsim/bound.py), block-seconds with no server, failed
+sessions, time per token (p50/p95) and joules per token, and
 writes PNGs to --out: throughput.png (delivered and the bound over time), coverage.png (servers per
 block over time) and latency_cdf.png (time per token per policy).
 

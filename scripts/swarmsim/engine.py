@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from node.local_swarm import even_spans
-from node.selection import (best_start, blocks_for_budget, cache_tokens_for_budget, claim_holds, claim_wait, cooled_down, coverage, move_chance,
-                            rebalance_delay, serves, should_move)
+from node.selection import (best_start, blocks_for_budget, cache_tokens_for_budget, claim_holds, claim_wait,
+                            cooled_down, coverage, move_chance, rebalance_delay, serves, should_move)
 from routing.chain import DEFAULT_DEADLINE, coverage_wake
 from routing.errors import NoRouteError
 from routing.planner import plan_measured_first
@@ -75,7 +75,7 @@ class Config:
     spans: tuple[tuple[int, int], ...] = ()  # where the first nodes start (then placed by `placement`)
     claims: bool = True  # moves are claimed first (node/selection.py); False: the rule before, which herded
     dht_lag_s: float = 0.0  # seconds before an announcement is visible to readers
-    grow_cache: bool = False  # a node's pool is all the cache its memory holds beside its blocks (cache_tokens_for_budget)
+    grow_cache: bool = False  # a pool of all the cache its memory holds beside its blocks (cache_tokens_for_budget)
     room_rule: bool = True  # plan around nodes announcing no room, avoid a full one briefly (has_room, Bans.busy)
 
 

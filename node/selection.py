@@ -135,3 +135,14 @@ def blocks_for_budget(budget_bytes: int, block_bytes: int, cache_bytes_per_block
     """How many blocks fit in `budget_bytes` with room for their KV cache (at least one)."""
     per_block = block_bytes + cache_bytes_per_block
     return max(1, min(num_blocks, budget_bytes // per_block))
+
+
+def cache_tokens_for_budget(budget_bytes: int, block_bytes: int, kv_bytes_per_token: int, blocks: int,
+                            least: int) -> int:
+    """KV-cache tokens a node serving `blocks` blocks gives its sessions: what its budget holds beside the
+    blocks, and never under `least` (the configured pool). A node whose budget holds the whole model with
+    memory to spare (an 80 GB card under a 70B model) would otherwise leave that memory idle while its
+    pool, full at a few dozen sessions, turns clients away: sessions hold their cache for their whole
+    life, so in a busy swarm the caches, not the GPUs, bound throughput (scripts/swarmsim/bound.py)."""
+    spare = budget_bytes - blocks * block_bytes
+    return max(least, spare // max(1, blocks * kv_bytes_per_token))

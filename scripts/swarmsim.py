@@ -3,10 +3,14 @@
     python scripts/swarmsim.py --scenario hetero-200 --hours 1
 
 prints, per placement policy: delivered tokens/s over the linear-program bound of the nodes present
-and over the lesser of it and the caches' limit (sessions in flight at the fastest time per token),
-block-seconds with no server, failed sessions, time per token (p50/p95) and joules per token, and
+(their compute, uplinks and KV caches: scripts/swarmsim/bound.py), block-seconds with no server, failed
+sessions, time per token (p50/p95) and joules per token, and
 writes PNGs to --out: throughput.png (delivered and the bound over time), coverage.png (servers per
 block over time) and latency_cdf.png (time per token per policy).
+
+    python scripts/swarmsim.py --scenario hetero-200 --hours 0.1 --rate 0 --clients 3600 --grow-cache
+
+runs the swarm saturated (closed-loop clients, more than it serves), so tokens/s is the policy's capacity.
 
     python scripts/swarmsim.py --calibrate
 
@@ -29,11 +33,11 @@ from swarmsim.engine import PLACEMENTS, Simulation  # noqa: E402
 from swarmsim.scenarios import SCENARIOS  # noqa: E402
 
 COLUMNS = (("placement", "{}"), ("offered/s", "{:.0f}"), ("tokens/s", "{:.1f}"), ("bound", "{:.1f}"), ("of bound", "{:.2f}"),
-           ("best bound", "{:.1f}"), ("cache limit", "{:.1f}"), ("of min", "{:.2f}"), ("uncovered blk·s", "{:.0f}"), ("sessions", "{}"), ("failed", "{}"),
+           ("best bound", "{:.1f}"), ("uncovered blk·s", "{:.0f}"), ("sessions", "{}"), ("failed", "{}"),
            ("failed w/ cover", "{}"), ("failovers", "{}"), ("moves", "{}"), ("tpt p50 s", "{:.3f}"),
            ("tpt p95 s", "{:.3f}"), ("ttft p50 s", "{:.2f}"), ("J/token", "{:.1f}"), ("wall s", "{:.0f}"),
            ("cpu s", "{:.0f}"))
-KEYS = ("offered_s", "tokens_s", "bound_s", "of_bound", "best_bound_s", "cache_limit_s", "of_limit", "uncovered_block_s", "sessions", "failed",
+KEYS = ("offered_s", "tokens_s", "bound_s", "of_bound", "best_bound_s", "uncovered_block_s", "sessions", "failed",
         "failed_with_cover", "failovers", "moves", "tpt_p50", "tpt_p95", "ttft_p50", "j_per_token", "wall_s", "cpu_s")
 
 
@@ -42,10 +46,17 @@ def main() -> None:
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="hetero-200")
     parser.add_argument("--hours", type=float, help="simulated hours (default: the scenario's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rate", type=float, help="client sessions per second (default: the scenario's)")
+    parser.add_argument("--clients", type=int, default=0,
+                        help="also this many closed-loop clients, each opening a session when its last one ends: "
+                             "with enough of them the swarm is saturated and tokens/s is its capacity")
     parser.add_argument("--placement", choices=PLACEMENTS, action="append", help="default: all")
     parser.add_argument("--push", action="store_true", help="plan and run pushed chains (slow planning at scale)")
     parser.add_argument("--no-claims", action="store_true",
                         help="rebalance as before moves were claimed (to measure herding: --scenario herd)")
+    parser.add_argument("--grow-cache", action="store_true",
+                        help="nodes give sessions all the KV cache their memory holds beside their blocks "
+                             "(node/selection.py cache_tokens_for_budget), not just the configured pool")
     parser.add_argument("--routing", choices=("room", "before"), default="room",
                         help="room: clients plan around nodes announcing too little free cache for the session and "
                              "a full node is avoided briefly, not banned with backoff; before: neither")
@@ -66,7 +77,9 @@ def main() -> None:
         cfg = SCENARIOS[args.scenario]()
         cfg = dataclasses.replace(cfg, placement=placement, seed=args.seed, push=args.push, claims=not args.no_claims,
                                   room_rule=args.routing == "room",
-                                  hours=args.hours if args.hours is not None else cfg.hours)
+                                  hours=args.hours if args.hours is not None else cfg.hours,
+                                  client_rate=args.rate if args.rate is not None else cfg.client_rate,
+                                  clients=args.clients, grow_cache=args.grow_cache)
         began, cpu = time.perf_counter(), time.process_time()
         sim = Simulation(cfg)
         result = sim.run()

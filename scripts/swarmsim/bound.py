@@ -1,16 +1,23 @@
-"""Upper bounds on a swarm's throughput: Helix's max-flow formulation, relaxed to a linear program.
+"""Upper bounds on a swarm's throughput: Helix's max-flow formulation, relaxed to a linear program, with
+the KV caches the sessions hold inside it.
 
-Every generated token must pass through every block once. A node serving blocks [start, end) spends
-`cost` seconds per block-token at the batch its cache holds and can send at most `upload` tokens/s onward, so
-with f[i,b] the tokens/s node i computes of block b:
-    maximise T  subject to  Σ_i f[i,b] ≥ T for every block b,  Σ_b cost_i·f[i,b] ≤ 1,  0 ≤ f[i,b] ≤ upload_i.
-Latency, batching gaps and the choice of chains are relaxed away, so no policy on these nodes can beat
-it. `best_placement_bound` also frees the placement: a node of k blocks computes at most
-min(1/cost, k·upload) block-tokens/s wherever it sits.
-
-Both price a node at the batch its cache holds as if it stepped back to back; but a session holds its
-cache for as long as it decodes, a token every round trip of its chain, so the caches cap the sessions in
-flight and with them the tokens/s (Little's law): `cache_limit`.
+Every generated token must pass through every block once. With f[i,b] the tokens/s node i computes of
+block b and T the swarm's tokens/s:
+    maximise T  subject to  Σ_i f[i,b] ≥ T for every block b,  Σ_b cost_i·f[i,b] ≤ 1,  0 ≤ f[i,b] ≤ rate_i.
+`cost_i` is node i's seconds per block-token at the biggest batch it could ever run (its whole cache in
+two-token sessions), so compute is never underestimated. `rate_i` caps the tokens/s of the sessions
+passing through node i (`node_rate`), from its uplink and its cache, by Little's law:
+  - a session of L tokens reserves L tokens of the node's cache while it decodes, each token taking at
+    least τ = latency_i + (n − 1)/upload_i seconds: `latency_i` is the fastest chain through the node when
+    every node steps one token and sends one token's state, and the node's uplink carries the outputs of
+    all n sessions it holds, each step;
+  - so a steady state of g tokens/s through the node has n ≥ g·τ sessions in flight, and holds
+    g·τ·L̄ ≤ cache_i cache tokens, L̄ being the cache a session holds weighted by the tokens it makes
+    (`workload.cache_tokens_per_token`); together: g ≤ 1 / (L̄·(latency_i − 1/upload_i)/cache_i + 1/upload_i).
+Assumed: a steady state (time averages), the simulator's cost model (a token's step waits for the batch's
+upload; batching is otherwise free), no prefill, replay or queueing (each only lowers throughput), and
+sessions' lengths drawn independently of the chains they get. Within those, no placement of the nodes as
+they are, routing or admission exceeds it; `best_placement_bound` also frees the placement.
 """
 
 from __future__ import annotations
@@ -28,13 +35,22 @@ from scipy.sparse import coo_matrix
 class Capacity:
     start: int
     end: int
-    cost: float  # seconds per block-token at the biggest batch its cache holds
+    cost: float  # seconds per block-token at the biggest batch the node can run
     upload: float  # tokens/s the node can send on
-    cache: float = math.inf  # tokens of KV cache it holds for sessions
+    cache: float = math.inf  # tokens of KV cache it holds for sessions (on each block of its span)
+    latency: float = 0.0  # seconds per token of the fastest chain through it, one token per node and step
 
 
-def placement_bound(nodes: Sequence[Capacity], num_blocks: int) -> float:
-    """Tokens/s no routing can exceed over these nodes as they are placed (0 if a block is uncovered)."""
+def node_rate(node: Capacity, session_tokens: float, latency: float | None = None) -> float:
+    """Tokens/s of the sessions through `node` (module docstring): its uplink's rate, and less when its
+    cache cannot hold the sessions in flight at `latency` (default: the node's) per token."""
+    extra = max(0.0, (node.latency if latency is None else latency) - 1 / node.upload)
+    return 1 / (session_tokens * extra / node.cache + 1 / node.upload)
+
+
+def placement_bound(nodes: Sequence[Capacity], num_blocks: int, session_tokens: float = 0.0) -> float:
+    """Tokens/s no routing or admission can exceed over these nodes as they are placed (0 if a block is
+    uncovered), for sessions holding `session_tokens` of cache per token made (0: caches never bind)."""
     served = [False] * num_blocks
     for n in nodes:
         for b in range(n.start, n.end):
@@ -44,11 +60,12 @@ def placement_bound(nodes: Sequence[Capacity], num_blocks: int) -> float:
     rows, cols, vals, upper = [], [], [], [np.inf]
     var = 1
     for i, n in enumerate(nodes):
+        rate = node_rate(n, session_tokens)
         for b in range(n.start, n.end):
             rows += [b, num_blocks + i]
             cols += [var, var]
             vals += [-1.0, n.cost]
-            upper.append(n.upload)
+            upper.append(rate)
             var += 1
     rows += list(range(num_blocks))
     cols += [0] * num_blocks
@@ -63,19 +80,11 @@ def placement_bound(nodes: Sequence[Capacity], num_blocks: int) -> float:
     return float(-result.fun)
 
 
-def best_placement_bound(nodes: Sequence[Capacity], num_blocks: int) -> float:
-    """Tokens/s with the same nodes placed as well as possible."""
-    return sum(min(1 / n.cost, (n.end - n.start) * n.upload) for n in nodes) / num_blocks
-
-
-def cache_limit(nodes: Sequence[Capacity], num_blocks: int, session_tokens: float,
-                time_per_token: Sequence[float]) -> float:
-    """Tokens/s the caches let through: a session reserves `session_tokens` on the node serving each of its
-    blocks while it decodes, at best a token per `time_per_token[i]` (the fastest chain through node i
-    when the nodes run the batches their caches hold), so block b passes at most Σ cache_i / session_tokens / time_per_token[i] (nodes i serving b)
-    tokens/s. An estimate at the mean session length, not a proof: it is what the linear program leaves out."""
-    held = [0.0] * num_blocks
-    for n, t in zip(nodes, time_per_token):
-        for b in range(n.start, n.end):
-            held[b] += n.cache / session_tokens / t
-    return min(held)
+def best_placement_bound(nodes: Sequence[Capacity], num_blocks: int, session_tokens: float = 0.0,
+                         latency_floor: Sequence[float] | None = None) -> float:
+    """Tokens/s with the same nodes placed as well as possible: a node of k blocks computes at most
+    min(1/cost, k·rate) block-tokens/s wherever it sits, its rate at `latency_floor` (per node: a time per
+    token no chain through it beats, whatever the placement; default: as placed)."""
+    floors = latency_floor or [n.latency for n in nodes]
+    return sum(min(1 / n.cost, (n.end - n.start) * node_rate(n, session_tokens, floor))
+               for n, floor in zip(nodes, floors)) / num_blocks

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from node.local_swarm import even_spans
-from node.selection import (best_start, blocks_for_budget, claim_holds, claim_wait, cooled_down, coverage, move_chance,
-                            rebalance_delay, serves, should_move)
+from node.selection import (best_start, blocks_for_budget, cache_tokens_for_budget, claim_holds, claim_wait,
+                            cooled_down, coverage, move_chance, rebalance_delay, serves, should_move)
 from routing.chain import DEFAULT_DEADLINE, coverage_wake
 from routing.errors import NoRouteError
 from routing.planner import plan_measured_first
@@ -39,7 +39,7 @@ from routing.view import Bans
 from routing.wire import PROTOCOL_VERSION
 
 from . import churn, network, workload
-from .bound import Capacity, best_placement_bound, cache_limit, placement_bound
+from .bound import Capacity, best_placement_bound, placement_bound
 from .hardware import MESSAGE_CPU_S, MESSAGE_S, PROFILES, Model, step_time
 from .lab import Lab
 
@@ -53,6 +53,7 @@ class Config:
     nodes: int  # volunteers present on average (and at the start)
     hardware_mix: dict[str, float]
     client_rate: float  # sessions per second
+    clients: int = 0  # also a closed loop of this many clients, each opening a session when its last ends or fails
     hours: float = 1.0
     mean_lifetime_s: float = 3 * 3600.0  # math.inf: nobody leaves or joins
     crash_fraction: float = 0.5  # departures that are crashes; the rest drain politely
@@ -74,6 +75,7 @@ class Config:
     spans: tuple[tuple[int, int], ...] = ()  # where the first nodes start (then placed by `placement`)
     claims: bool = True  # moves are claimed first (node/selection.py); False: the rule before, which herded
     dht_lag_s: float = 0.0  # seconds before an announcement is visible to readers
+    grow_cache: bool = False  # a pool of all the cache its memory holds beside its blocks (cache_tokens_for_budget)
     room_rule: bool = True  # plan around nodes announcing no room, avoid a full one briefly (has_room, Bans.busy)
 
 
@@ -89,6 +91,9 @@ class SimNode:
         m = cfg.model
         budget = int(self.hw.memory_gb * 1e9 * cfg.memory_fraction)
         self.length = blocks_for_budget(budget, m.block_bytes, cfg.cache_tokens * m.kv_bytes_per_token, m.num_blocks)
+        # the most cache its memory holds beside its blocks: the bound's, whatever the pool (`Config.grow_cache`)
+        self.cache_room = cache_tokens_for_budget(budget, m.block_bytes, m.kv_bytes_per_token, self.length,
+                                                  cfg.cache_tokens)
         self.start = self.end = 0
         self.state = "loading"  # loading, online, draining, gone
         self.crashed = False
@@ -103,13 +108,12 @@ class SimNode:
         self.next_announce = 0.0
         self.step = 0.0  # seconds per step of its whole span at this tick's batch
         self.send = 0.0  # seconds to upload that batch's outputs
-        # Seconds per block-token at the biggest batch its cache holds: sessions of the workload's mean
-        # length (each reserves its whole length), each with half its answer cached on average. Shorter
-        # sessions would batch more, so the bound is at the mean; the cache, not the compute, is what
-        # limits a node's batch (at `cache_tokens` one-token sessions, a GPU's cost was 2-5x lower).
-        batch = max(1, cfg.cache_tokens // (workload.PROMPT_MEAN + workload.ANSWER_MEAN))
-        self.cost = step_time(self.hw, m, batch, batch * (workload.PROMPT_MEAN + workload.ANSWER_MEAN // 2)) / batch
-        self.cache_limit = cfg.cache_tokens
+        # Seconds per block-token at the biggest batch it could ever run, its cache full of two-token
+        # sessions: the bound's compute (bound.py), never above what a chain gets; its caches bind first.
+        batch = max(1, self.cache_room // 2)
+        self.cost = step_time(self.hw, m, batch, self.cache_room) / batch
+        self.step_one = step_time(self.hw, m, 1, 1)  # a block's step for one token: the fastest there is
+        self.cache_limit = self.cache_room if cfg.grow_cache else cfg.cache_tokens
         # what the node measures and announces: single-stream decode tokens/s through its span
         self.announced = 1.0 / (min(self.length, m.num_blocks) * step_time(self.hw, m, 1, workload.PROMPT_MEAN))
 
@@ -136,6 +140,7 @@ class Session:
     give_up_at: float = 0.0
     waiting: bool = False
     failovers: int = 0
+    closed_loop: bool = False  # opened by one of `Config.clients`, which opens the next when it ends
 
     @property
     def length(self) -> int:
@@ -148,7 +153,6 @@ class Metrics:
     offered: float = 0.0  # answer tokens the sessions that arrived asked for
     bound_token_s: float = 0.0  # ∫ placement bound dt
     best_token_s: float = 0.0
-    cache_token_s: float = 0.0  # ∫ cache limit dt (bound.cache_limit)
     uncovered_block_s: float = 0.0
     energy_j: float = 0.0
     done: int = 0
@@ -166,8 +170,7 @@ class Metrics:
         def pct(xs: list[float], q: float) -> float:
             return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] if len(xs) > 1 else float("nan")
         return {"tokens_s": self.tokens / seconds, "offered_s": self.offered / seconds, "bound_s": self.bound_token_s / seconds,
-                "best_bound_s": self.best_token_s / seconds, "cache_limit_s": self.cache_token_s / seconds,
-                "of_limit": self.tokens / min(self.bound_token_s, self.cache_token_s) if self.bound_token_s else float("nan"),
+                "best_bound_s": self.best_token_s / seconds,
                 "of_bound": self.tokens / self.bound_token_s if self.bound_token_s else float("nan"),
                 "uncovered_block_s": self.uncovered_block_s, "sessions": self.done, "failed": self.failed,
                 "failed_with_cover": self.failed_with_cover, "failovers": self.failovers, "moves": self.moves,
@@ -193,7 +196,7 @@ class Simulation:
         self._seq = itertools.count()
         self._ids = itertools.count()
         self._region_rtt: dict[str, dict[str, float]] = {}  # a client's round trip to each peer, by its region
-        self._bound = (0.0, 0.0, 0.0)
+        self._bound = (0.0, 0.0)
         self._sampled = (0.0, 0.0)  # (time, tokens) at the last sample
         self.departures = 0
         spans = cfg.spans or (even_spans(cfg.model.num_blocks, cfg.nodes) if cfg.placement == "even" else ())
@@ -216,6 +219,8 @@ class Simulation:
         if cfg.lab is not None:
             for _ in range(cfg.lab.sessions):
                 self._open(cfg.lab.prompt, cfg.lab.answer)
+        for _ in range(cfg.clients):  # they come in over the first minute, not all at once
+            self.at(self.rng.uniform(0, 60), self._reopen)
         if cfg.client_rate > 0:
             self.at(workload.next_arrival(self.rng, cfg.client_rate), self._arrive)
         if not math.isinf(cfg.mean_lifetime_s):
@@ -409,9 +414,13 @@ class Simulation:
         self._open(*workload.lengths(self.rng))
         self.at(self.now + workload.next_arrival(self.rng, self.cfg.client_rate), self._arrive)
 
-    def _open(self, prompt: int, answer: int) -> None:
+    def _reopen(self) -> None:
+        """A closed-loop client's next session (`Config.clients`)."""
+        self._open(*workload.lengths(self.rng), closed_loop=True)
+
+    def _open(self, prompt: int, answer: int, closed_loop: bool = False) -> None:
         s = Session(f"client{next(self._ids)}", network.Endpoint(network.pick_region(self.rng)), prompt, answer,
-                    self.now, Bans(clock=self.clock))
+                    self.now, Bans(clock=self.clock), closed_loop=closed_loop)
         s.give_up_at = self.now + DEFAULT_DEADLINE
         self.metrics.offered += answer
         self.sessions[s] = None
@@ -532,6 +541,8 @@ class Simulation:
         self.metrics.failed += 1
         if not any(self._uncovered(lambda n: n.state == "online" and n.cache_used + s.length <= n.cache_limit)):
             self.metrics.failed_with_cover += 1
+        if s.closed_loop:  # a second later: a swarm that covers nothing must not loop
+            self.at(self.now + 1.0, self._reopen)
 
     def _finish(self, s: Session) -> None:
         for node, *_ in s.hops:
@@ -541,6 +552,8 @@ class Simulation:
         self.metrics.time_per_token.append((self.now - s.decode_started) / s.answer)
         if self.cfg.lab is not None:  # its clients generate back to back
             self._open(self.cfg.lab.prompt, self.cfg.lab.answer)
+        elif s.closed_loop:
+            self._reopen()
 
     # ---- a tick of decoding --------------------------------------------------------------------
 
@@ -628,45 +641,62 @@ class Simulation:
             self._bound = self.bounds()
         m.bound_token_s += self._bound[0] * dt
         m.best_token_s += self._bound[1] * dt
-        m.cache_token_s += self._bound[2] * dt
         if sample:
             since, tokens = self._sampled
             m.series.append((t, (m.tokens - tokens) / (t + dt - since), self._bound[0], uncovered))
             m.servers.append(servers)
             self._sampled = (t + dt, m.tokens)
 
-    def bounds(self) -> tuple[float, float, float]:
-        """(the bound for the nodes as placed, the bound for the same nodes placed anywhere, what their caches
-        let through when full, `cache_limit`), tokens/s."""
+    def bounds(self) -> tuple[float, float]:
+        """(the bound for the nodes as placed, the bound for the same nodes placed anywhere), tokens/s, with
+        their caches and the fastest chains through them inside (bound.py)."""
         online = [n for n in self.nodes.values() if n.state in ("online", "draining")]
-        caps = [Capacity(n.start, n.end, n.cost, n.upload / self.model.hidden_bytes, n.cache_limit) for n in online]
-        n = self.model.num_blocks
-        placed = placement_bound(caps, n)
-        if placed == 0.0:
-            return 0.0, best_placement_bound(caps, n), 0.0
-        return placed, best_placement_bound(caps, n), cache_limit(
-            caps, n, workload.PROMPT_MEAN + workload.ANSWER_MEAN, self._fastest_tokens(online))
+        n, m = self.model.num_blocks, self.model
+        floors = self._latency_floors(online)
+        held = workload.cache_tokens_per_token()
+        caps = [Capacity(x.start, x.end, x.cost, x.upload / m.hidden_bytes, x.cache_room, latency)
+                for x, latency in zip(online, self._fastest_tokens(online, floors))]
+        return placement_bound(caps, n, held), best_placement_bound(caps, n, held, floors)
 
-    def _fastest_tokens(self, nodes: list[SimNode]) -> list[float]:
-        """Per node, a lower bound on the seconds per token of any relayed chain through it, for a client in
-        any region, when every node runs the batch its cache holds (the operating point of a full swarm):
-        the cheapest cover of the blocks before its span, its own hop, the cheapest cover of those after,
-        each hop a round trip, the messages, the wire (its uplink carrying its batch) and its blocks' steps."""
-        n, m, cfg = self.model.num_blocks, self.model, self.cfg
-        batch = max(1, cfg.cache_tokens // (workload.PROMPT_MEAN + workload.ANSWER_MEAN))
-        per_block = [x.cost * batch for x in nodes]  # a step of the batch, per block
+    def _hop_fixed(self, client: network.Endpoint, x: SimNode) -> float:
+        """A hop's seconds besides its blocks' steps: the round trip, its two messages, one token's state
+        up from the client and on from the node."""
+        return (self._link_rtt(client, x.endpoint) + 2 * self.cfg.message_s + self.model.hidden_bytes / x.upload
+                + self.model.hidden_bytes / self.client_upload)
+
+    def _latency_floors(self, nodes: list[SimNode]) -> list[float]:
+        """Per node, seconds per token no chain through it beats wherever the nodes sit, relayed or
+        pushed: the client's round trip to its nearest node, two messages, a token's state up and on from
+        this node, and every block at the fastest one-token step of any node present."""
+        m = self.model
+        steps = m.num_blocks * min((x.step_one for x in nodes), default=0.0)
+        near = min((self._link_rtt(network.Endpoint(r), x.endpoint) for r in network.REGIONS for x in nodes),
+                   default=0.0)
+        return [self.cfg.client_s + near + 2 * self.cfg.message_s + m.hidden_bytes / x.upload
+                + m.hidden_bytes / self.client_upload + steps for x in nodes]
+
+    def _fastest_tokens(self, nodes: list[SimNode], floors: list[float]) -> list[float]:
+        """Per node, a lower bound on the seconds per token of any chain through it, for a client in any
+        region, each node stepping one token and sending one token's state: relayed, the cheapest cover of
+        the blocks before its span, its own hop, the cheapest cover of those after, each hop a round trip;
+        pushed, the placement-free floor (`_latency_floors`: node-to-node links need not obey the triangle
+        inequality, so no tighter bound is safe without a search over chains)."""
+        if self.cfg.push or self.cfg.lab is not None:
+            return floors
+        n = self.model.num_blocks
+        per_block = [x.step_one for x in nodes]
         best = [math.inf] * len(nodes)
         for region in network.REGIONS:
             client = network.Endpoint(region)
-            fixed = [self._link_rtt(client, x.endpoint) + 2 * cfg.message_s + batch * m.hidden_bytes / x.upload
-                     + m.hidden_bytes / self.client_upload for x in nodes]
+            fixed = [self._hop_fixed(client, x) for x in nodes]
             before = _cheapest_covers(nodes, fixed, per_block, n)  # [0, b) for each b
             mirrored = [_Span(n - x.end, n - x.start) for x in nodes]
             after = _cheapest_covers(mirrored, fixed, per_block, n)[::-1]  # [b, n) for each b
             for i, x in enumerate(nodes):
-                into = min(before[a] - a * per_block[i] for a in range(x.start, x.end))
-                out = min(after[b] + b * per_block[i] for b in range(x.start + 1, x.end + 1))
-                best[i] = min(best[i], into + fixed[i] + out)
+                into = math.inf  # boarded at some a < b, left at b: one sweep over b
+                for b in range(x.start + 1, x.end + 1):
+                    into = min(into, before[b - 1] - (b - 1) * per_block[i])
+                    best[i] = min(best[i], into + fixed[i] + after[b] + b * per_block[i])
         return best
 
 

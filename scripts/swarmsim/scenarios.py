@@ -14,8 +14,8 @@ HOME_MIX = {"rtx3060": 0.25, "rtx3090": 0.2, "rtx4090": 0.15, "t4": 0.1, "a100":
 
 SCENARIOS = {
     "hetero-200": lambda: Config(LLAMA3_70B, nodes=200, hardware_mix=HOME_MIX, client_rate=2.0),
-    # demand near what the caches of 200 such volunteers let through (~1,900 tokens/s, `cache_limit`; at 6
-    # sessions/s, 2,000 tokens/s offered, 1,450 came out with the caches 94% full): the policies decide
+    # demand near what the 8,192-token caches of 200 such volunteers let through (saturated, the weakest
+    # window delivered ~1,800-2,200 tokens/s: README, "Policies against the bound"): the policies decide
     "busy-200": lambda: Config(LLAMA3_70B, nodes=200, hardware_mix=HOME_MIX, client_rate=4.0),
     # within what the swarm serves with either placement: through 10-13 relayed hops of home uplinks at 1-3 s
     # a token, the weakest window's swarm saturated at ~210 tokens/s (2 sessions/s offered 616; the caches

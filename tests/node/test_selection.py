@@ -6,8 +6,8 @@ from node.config import parse_size
 import dataclasses
 import random
 
-from node.selection import (COOLDOWN_CHECKS, best_start, blocks_for_budget, claim_holds, claim_wait, cooled_down,
-                            coverage, move_chance, should_move)
+from node.selection import (COOLDOWN_CHECKS, best_start, blocks_for_budget, cache_tokens_for_budget, claim_holds,
+                            claim_wait, cooled_down, coverage, move_chance, should_move)
 from routing.records import ServerRecord
 
 
@@ -62,6 +62,13 @@ def test_sizes_and_budget():
     assert blocks_for_budget(100, 30, 5, 30) == 2
     assert blocks_for_budget(10, 30, 5, 30) == 1
     assert blocks_for_budget(10**12, 30, 5, 30) == 30
+
+
+def test_a_node_holding_the_whole_model_gives_its_spare_memory_to_the_cache():
+    """30 blocks of 30 bytes in 1,000: 100 bytes left, 2 bytes a token on each block: 1 token; 10,000: 151."""
+    assert cache_tokens_for_budget(10_000, 30, 2, 30, least=8) == (10_000 - 900) // 60
+    assert cache_tokens_for_budget(1_000, 30, 2, 30, least=8) == 8  # never under the configured pool
+    assert cache_tokens_for_budget(100, 30, 5, 2, least=1) == 4  # blocks_for_budget's leftover: (100 − 60) // 10
 
 
 def test_twins_on_one_span_move_one_at_a_time_on_average() -> None:

@@ -54,3 +54,32 @@ def test_twins_beside_a_hole_fill_it_with_one_move_not_a_herd() -> None:
         sim = Simulation(dataclasses.replace(herd, seed=seed))
         assert sim.run()["moves"] == 1, seed
         assert sim._servers().count(0) == 0
+
+
+@pytest.mark.parametrize("push", [False, True])
+def test_no_chain_decodes_faster_than_the_bound_allows_through_its_nodes(push: bool) -> None:
+    """The bound's premise (scripts/swarmsim/bound.py): a session through a node takes at least the fastest
+    chain through it, one token per node, plus the node's uplink carrying the rest of its batch."""
+    sim = Simulation(dataclasses.replace(SMALL, client_rate=3.0, hours=0.03, push=push))
+    sim.run()
+    online = [n for n in sim.nodes.values() if n.state in ("online", "draining")]
+    floors = sim._latency_floors(online)
+    fastest = dict(zip(online, sim._fastest_tokens(online, floors)))
+    checked = 0
+    for s in sim.sessions:
+        if s.waiting or not s.hops or not all(n in fastest for n, *_ in s.hops):
+            continue
+        tpt = sim._time_per_token(s)
+        for n, *_ in s.hops:
+            batch = sum(1 for x in n.sessions if x.ready_at < sim.now)
+            assert tpt >= fastest[n] + (batch - 1) * sim.model.hidden_bytes / n.upload - 1e-12
+            assert fastest[n] >= floors[online.index(n)] - 1e-12
+        checked += 1
+    assert checked > 0
+
+
+def test_closed_loop_clients_open_a_session_when_one_ends() -> None:
+    sim = Simulation(dataclasses.replace(SMALL, client_rate=0.0, clients=5, hours=0.05))
+    result = sim.run()
+    assert result["sessions"] > 0
+    assert len(sim.sessions) == 5

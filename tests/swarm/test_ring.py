@@ -169,8 +169,10 @@ def test_a_node_dying_or_stalling_mid_ring_ends_in_the_same_text(ring_swarm, def
         with _ring_model(ring_swarm, default_store) as model, caplog.at_level(logging.INFO, "routing.chain"):
             with model.inference_session(max_length=128) as s:
                 tokens = []
-                for event in s.stream(PROMPT, 16, ignore_eos=True):
-                    if len(tokens) == 4:  # the ring is running: one of its nodes goes away
+                for event in s.stream(PROMPT, 24, ignore_eos=True):
+                    # the ring is running: one of its nodes goes away. Early: the ring runs ahead of a slow
+                    # client, and at CI load it had sampled all 16 tokens of a shorter answer by the 4th
+                    if len(tokens) == 2:
                         failing = s.runner.spans[span].peer
                         node = next(n for n in ring_swarm.nodes if n.peer_id == failing)
                         if sig == signal.SIGSTOP:
@@ -190,4 +192,4 @@ def test_a_node_dying_or_stalling_mid_ring_ends_in_the_same_text(ring_swarm, def
     finally:
         if stopped is not None:
             ring_swarm.kill(stopped)
-    assert tokens == local_greedy[:16]
+    assert tokens == local_greedy[:24]

@@ -16,6 +16,7 @@ server exits, taking its children with it, when its owner closes stdin or dies.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import select
 import signal
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 REAP_EVERY_S = 0.05
 NETNS_DIR = Path("/run/netns")  # where `ip netns add` names network namespaces
@@ -38,6 +39,29 @@ def die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Process(Protocol):
+    """What `kill_group` needs of a process handle: `subprocess.Popen` or `ForkedProcess`."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+
+def kill_group(proc: Process, sig: int = signal.SIGKILL) -> None:
+    """Signal the process group `proc` leads (a node with its DHT process and p2pd), if it is still its.
+
+    Once the leader has exited and been reaped, its pid is free, and here (pid_max 32,768; a test run
+    forks and threads through that many in minutes) soon another process's: a group signalled by a
+    stale pid once killed another test's nodes. So with the leader gone, what is left of its group is
+    signalled only while no process holds the pid."""
+    if proc.poll() is not None and Path(f"/proc/{proc.pid}").exists():
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def set_network_namespace(fd: int) -> None:
@@ -179,6 +203,20 @@ def _become(request: dict[str, Any]) -> None:
 
     torch.seed()  # a fork inherits the server's generators
     np.random.seed()
+    _own_hivemind_locks()
+
+
+def _own_hivemind_locks() -> None:
+    """hivemind creates process-shared locks (POSIX semaphores) when imported, for a process and the ones
+    it forks (a node and its DHT process) to share. Forked from this server, every node would share them
+    with every other node of its owner; one SIGKILLed while holding one (MPFuture's update lock is taken
+    for every DHT reply) left them held, and every later node of that owner hung at its DHT's start, its
+    log empty. Each node gets its own."""
+    from hivemind.utils.asyncio import _AsyncContextWrapper
+    from hivemind.utils.mpfuture import MPFuture
+
+    MPFuture.reset_backend()  # its initialisation and update locks, and SharedBytes'
+    _AsyncContextWrapper.EXECUTOR_LOCK = mp.Lock()
 
 
 def _run(request: dict[str, Any]) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 from .errors import NodeError
-from .forkserver import ForkedProcess, ForkServer, die_with_parent
+from .forkserver import ForkedProcess, ForkServer, die_with_parent, kill_group
 
 log = logging.getLogger(__name__)
 NODE_CLI = [sys.executable, "-m", "node"]  # the daemon's own entry point: no need of the top-level CLI
@@ -217,7 +217,7 @@ class LocalSwarm:
     def kill(self, node: LocalNode, sig: int = signal.SIGKILL) -> None:
         """Stop one node abruptly (tests of failover) or politely (SIGTERM)."""
         if node.process is not None and node.process.poll() is None:
-            os.killpg(node.process.pid, sig)
+            kill_group(node.process, sig)
             node.process.wait(timeout=60)
         if node in self.nodes:
             self.nodes.remove(node)
@@ -234,10 +234,7 @@ class LocalSwarm:
                 proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop within %.0fs; killing it", node.name, grace)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # its DHT process and p2pd, if they outlived it
-        except (ProcessLookupError, PermissionError):
-            pass
+        kill_group(proc)  # its DHT process and p2pd, if they outlived it
         proc.wait()
 
     def stop(self) -> None:

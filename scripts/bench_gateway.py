@@ -28,7 +28,8 @@ from typing import Callable, Iterator
 import httpx
 
 from benchlib import bench_parser
-from node.local_swarm import LocalSwarm, die_with_parent
+from node.forkserver import die_with_parent, kill_group
+from node.local_swarm import LocalSwarm
 from shards.catalog import resolve_model
 from shards.store import ShardStore
 from swarmlm.sdk import RemoteModel
@@ -64,10 +65,7 @@ def gateway(peers: list[str], state: Path, model: Path, source: Path | None = No
         try:
             proc.wait(timeout=60)
         finally:
-            try:
-                os.killpg(proc.pid, 9)
-            except ProcessLookupError:
-                pass
+            kill_group(proc)
 
 
 def token_times(stream: Iterator[str]) -> tuple[list[float], str]:

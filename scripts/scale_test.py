@@ -38,6 +38,7 @@ from typing import Iterator
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node.errors import NodeError  # noqa: E402
+from node.forkserver import kill_group  # noqa: E402
 from node.local_swarm import LocalNode, LocalSwarm  # noqa: E402
 from routing import dht as dht_io  # noqa: E402
 from routing.client import SwarmClient  # noqa: E402
@@ -243,10 +244,7 @@ class Scale:
         with self.lock:
             for node in [n for n in self.swarm.nodes if n.process is not None and n.process.poll() is not None]:
                 self.swarm.kill(node)
-                try:
-                    os.killpg(node.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                kill_group(node.process)
 
     def settle(self, since: float) -> tuple[float | None, list[int]]:
         """Wait (at most --settle s) until every block has a live, announced server; the seconds it took."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from node.local_swarm import die_with_parent
+from node.forkserver import die_with_parent, kill_group
 from tests.conftest import SWARMLM
 from tests.waiting import until
 
@@ -80,8 +80,5 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # its DHT process and p2pd, if they outlived it
-    except (ProcessLookupError, PermissionError):
-        pass
+    kill_group(proc)  # its DHT process and p2pd, if they outlived it
     proc.wait()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from node.forkserver import ForkServer
+from node.forkserver import ForkServer, kill_group
 
 pytestmark = pytest.mark.swarm  # it starts a process
 
@@ -52,3 +52,53 @@ def test_a_signalled_child_is_its_own_session_and_reports_minus_the_signal(serve
     os.killpg(child.pid, signal.SIGTERM)
     assert child.wait(timeout=60) == -signal.SIGTERM
     assert child.poll() == -signal.SIGTERM
+
+
+LOCKS = """
+import os, signal, sys
+from hivemind.utils.asyncio import _AsyncContextWrapper
+from hivemind.utils.mpfuture import MPFuture, SharedBytes
+locks = [MPFuture._initialization_lock, MPFuture._update_lock, SharedBytes._lock, _AsyncContextWrapper.EXECUTOR_LOCK]
+if sys.argv[1] == "die-holding":
+    for lock in locks:
+        lock.acquire()
+    os.kill(os.getpid(), signal.SIGKILL)
+print("acquired", [lock.acquire(timeout=10) for lock in locks], flush=True)
+"""
+
+
+def test_a_child_killed_holding_hiveminds_shared_locks_stalls_no_later_child(server, tmp_path):
+    """hivemind's module-level multiprocessing locks are process-shared: a node SIGKILLed while holding
+    one (MPFuture takes its update lock for every DHT reply) once hung every node its owner forked later."""
+    program = tmp_path / "locks.py"
+    program.write_text(LOCKS)
+    dead = server.spawn(["die-holding"], env=dict(os.environ), log=tmp_path / "dead.log", program=str(program))
+    assert dead.wait(timeout=60) == -signal.SIGKILL
+    later = server.spawn(["probe"], env=dict(os.environ), log=tmp_path / "later.log", program=str(program))
+    assert later.wait(timeout=120) == 0
+    assert "acquired [True, True, True, True]" in (tmp_path / "later.log").read_text()
+
+
+class Exited:
+    """A handle whose process has exited and been reaped, its pid now another process's."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def poll(self) -> int:
+        return 0
+
+
+def test_a_group_is_not_signalled_through_a_pid_another_process_has_taken():
+    """pid_max is 32,768 here: a test run reuses pids within minutes, so a stale pid must not kill the
+    group that now has it; a live leader's group is signalled."""
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        kill_group(Exited(other.pid))
+        with pytest.raises(subprocess.TimeoutExpired):
+            other.wait(timeout=0.5)
+        kill_group(other)
+        assert other.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        other.kill()
+        other.wait()

@@ -94,16 +94,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for `pytest -n` (`--dist loadgroup`): a module's tests stay on one worker, so its module fixtures
     start once; the WAN lab's modules share one worker, since they make and count namespaces; and so do
     the modules on the shared `swarm3` (and its gateway), which a session fixture would otherwise start,
-    and keep to the end, on every worker (about 3.5 GiB each), and the attack modules on the hostile
-    package's shared swarm. Groups run longest first (`GROUP_SECONDS`),
+    and keep to the end, on every worker (about 3.5 GiB each), the attack modules on the hostile
+    package's shared swarm, and the modules that load transformers' reference (15 CPU-seconds each time). Groups run longest first (`GROUP_SECONDS`),
     so the last ones to start are short and both workers finish together."""
     sources: dict[Path, str] = {}
     groups: dict[pytest.Item, str] = {}
+    referenced = {Path(item.fspath) for item in items if "reference_model" in item.fixturenames}
     for item in items:
         names = set(item.fixturenames)
         path = Path(item.fspath)
         group = ("wan" if path.parent.name == "wan" else "swarm3" if "swarm3" in names
-                 else "hostile" if "shared_swarm" in names else str(path.relative_to(REPO)))
+                 else "hostile" if "shared_swarm" in names else "reference" if path in referenced
+                 else str(path.relative_to(REPO)))
         groups[item] = group
         item.add_marker(pytest.mark.xdist_group(group))
         if path not in sources:

@@ -81,7 +81,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("threads", int, 0, "compute threads (0: all cores); nodes sharing a machine should split its cores"),
     Option("cache_tokens", int, 8192, "KV-cache pool size in tokens, over all sessions (paged; see --page-tokens)"),
     Option("page_tokens", int, 64, "tokens per KV-cache page: sessions take pages as they grow"),
-    Option("max_memory", str, None, "memory budget for blocks and cache, e.g. 2GiB (default: 80%% of free)"),
+    Option("grow_cache", _bool, False, "grow the KV-cache pool to what --max-memory holds beside the node's blocks "
+                                       "(and ring head), never under --cache-tokens: more sessions at once where "
+                                       "memory is to spare; on a GPU the pool is allocated at start, on CPU its "
+                                       "pages take memory once used"),
+    Option("max_memory", str, None, "memory budget for blocks and cache, e.g. 2GiB (default: 80%% of free at start)"),
     Option("public_name", str, "", "a name shown in swarm status"),
     Option("announce_period", float, 30.0, "seconds between DHT announcements (records expire at three times this)"),
     Option("witness_period", float, 120.0, "seconds between checks of the peers' ledgers (witnessing)"),
@@ -135,6 +139,7 @@ class NodeConfig:
     threads: int
     cache_tokens: int
     page_tokens: int
+    grow_cache: bool
     max_memory: str | None
     public_name: str
     announce_period: float

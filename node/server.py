@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -41,11 +42,12 @@ from shards.paths import swarmlm_home
 from shards.store import ShardStore, parse_dtype
 
 from . import status
-from .config import NodeConfig, parse_size
+from .config import NodeConfig
 from .errors import NodeError
 from .handlers import Handlers
 from .inference import Inference
 from .ledger_service import LedgerService
+from .memory import memory_budget, pool_tokens
 from .metrics import NodeMetrics, NodeState
 from .neighbours import Neighbours, neighbour_blocks
 from .push import PushLinks, PushReceiver
@@ -113,9 +115,11 @@ class Node:
         p2p = await self.dht.replicate_p2p()
         self._maddrs = [str(m) for m in self.dht.get_visible_maddrs()]
         start, end = await self._choose_span()
+        cache_tokens = self._pool_tokens(end - start)  # before loading: the budget is measured on free memory
         stack = await self._load_span(start, end)
         self.serving = s = Serving(c, self.root, stack, self.identity, self.metrics, self._log_session,
-                                   self._info_extra, self._can_record, self.weights_root, self.quantization)
+                                   self._info_extra, self._can_record, self.weights_root, self.quantization,
+                                   cache_tokens=cache_tokens)
         if c.ring:
             head = await loop.run_in_executor(None, self.store.load_head, c.device, self.dtype)
             s.ring_head = RingHead(head, torch.device(c.device), self.dtype)
@@ -191,29 +195,46 @@ class Node:
         log.info("auto: serving blocks %d:%d, where the swarm is weakest", start, start + min(length, self.num_blocks))
         return start, start + min(length, self.num_blocks)
 
+    @functools.cached_property
+    def _budget(self) -> int:
+        """The memory budget, measured once, before any block is loaded (node/memory.py)."""
+        return memory_budget(self.config)
+
+    def _overhead_bytes(self) -> int:
+        """What the budget holds beside blocks and cache: the dequantization workspace, and the head a
+        `--ring` node holds to close a ring."""
+        m = self.store.manifest
+        workspace = dequantize_workspace_bytes(m, self.dtype)
+        if self.config.ring:
+            workspace += head_bytes(m.config.vocab_size, m.config.hidden_size, self.dtype)
+        return workspace
+
     def _blocks_that_fit(self) -> int:
         """Blocks that fit the memory budget, counted in their real bytes (dtype or quantization) plus
         their share of the KV cache and the dequantization workspace; reported at start."""
         c, m = self.config, self.store.manifest
-        if c.max_memory:
-            budget = parse_size(c.max_memory)
-        elif c.device.startswith("cuda"):
-            budget = int(torch.cuda.mem_get_info(torch.device(c.device))[0] * 0.8)
-        else:
-            import psutil  # here: only `--blocks auto` needs it, and every node start would pay its import
-
-            budget = int(psutil.virtual_memory().available * 0.8)
         block = block_bytes(m, self.dtype)
         cache = c.cache_tokens * kv_bytes_per_token(m.config, self.dtype)
-        workspace = dequantize_workspace_bytes(m, self.dtype)
-        if c.ring:  # the head it holds to close a ring
-            workspace += head_bytes(m.config.vocab_size, m.config.hidden_size, self.dtype)
-        fit = blocks_for_budget(budget - workspace, block, cache, self.num_blocks)
+        workspace = self._overhead_bytes()
+        fit = blocks_for_budget(self._budget - workspace, block, cache, self.num_blocks)
         scheme = f"{self.quantization.scheme}/g{self.quantization.group_size}" if self.quantization else c.dtype
         log.info("memory: a block takes %.1f MiB (%s), its KV cache %.1f MiB (%d tokens), dequantizing %.1f MiB; "
                  "a budget of %.0f MiB holds %d blocks", block / 2**20, scheme, cache / 2**20, c.cache_tokens,
-                 workspace / 2**20, budget / 2**20, fit)
+                 workspace / 2**20, self._budget / 2**20, fit)
         return fit
+
+    def _pool_tokens(self, blocks: int) -> int:
+        """The KV-cache pool for a span of `blocks` blocks, for the node's life: a move keeps its length,
+        so the budget splits as it did (node/serving.py keeps the pool itself across moves); reported."""
+        c, m = self.config, self.store.manifest
+        if not c.grow_cache:
+            return c.cache_tokens
+        per_token = kv_bytes_per_token(m.config, self.dtype)
+        tokens = pool_tokens(c, self._budget - self._overhead_bytes(), block_bytes(m, self.dtype), per_token, blocks)
+        log.info("cache: --grow-cache gives the pool %d tokens (%.0f MiB over %d blocks; --cache-tokens %d, "
+                 "a budget of %.0f MiB)", tokens, tokens * per_token * blocks / 2**20, blocks, c.cache_tokens,
+                 self._budget / 2**20)
+        return tokens
 
     async def _load_span(self, start: int, end: int) -> BlockStack:
         c = self.config

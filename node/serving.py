@@ -1,6 +1,7 @@
 """What the node's handlers share: the span, the step scheduler, the paged cache, sessions and limits.
 
-Admission policy of the paged cache (`--cache-tokens` is the pool, in `--page-tokens` pages):
+Admission policy of the paged cache (`--cache-tokens` is the pool, or with `--grow-cache` what memory
+holds beside the blocks, in `--page-tokens` pages):
   - opening a session reserves no pages; it is refused only when the client is at its session
     limit, the node is draining, or its ledger cannot record sessions;
   - each step takes the pages its new positions need (a rewinding step first gives back the pages
@@ -85,8 +86,9 @@ class Serving:
     def __init__(self, config: NodeConfig, root: str, stack: BlockStack, identity: Identity, metrics: NodeMetrics,
                  on_session_end: SessionEnd, info_extra: Callable[[], dict[str, Any]],
                  can_record: Callable[[], bool] = lambda: True, weights_root: str | None = None,
-                 quantization: Quantization | None = None) -> None:
+                 quantization: Quantization | None = None, *, cache_tokens: int) -> None:
         self.config, self.root, self.identity, self.metrics = config, root, identity, metrics
+        self.cache_tokens = cache_tokens  # the pool: `--cache-tokens`, or grown (node/memory.py `pool_tokens`)
         self.weights_root = weights_root or root  # the root of what it computes with (a derived store's own)
         self.quantization = quantization
         self.peer_id = identity.peer_id
@@ -104,8 +106,8 @@ class Serving:
         # One book for the node's life: a move must not forget the streams, sessions and pages peers hold.
         self.book = PeerBook(PeerLimits(config.peer_max_streams, config.peer_max_sessions,
                                         config.peer_opens_per_minute))
-        self.admission = Admission(-(-config.cache_tokens // config.page_tokens),
-                                   -(-(config.peer_cache_tokens or config.cache_tokens // 2) // config.page_tokens),
+        self.admission = Admission(-(-cache_tokens // config.page_tokens),
+                                   -(-(config.peer_cache_tokens or cache_tokens // 2) // config.page_tokens),
                                    config.evict_idle_after)
         self.scheduler: StepScheduler | None = None
         self.ring_head: RingHead | None = None  # with --ring: this node can embed and sample (node/ring.py)
@@ -120,13 +122,20 @@ class Serving:
 
     @stack.setter
     def stack(self, stack: BlockStack) -> None:
-        """A new span (start, or a move after draining): a fresh cache pool and scheduler for it."""
+        """A new span (start, or a move after draining): a scheduler for it, and its cache pool. A move
+        keeps the span's length, dtype and device, so it keeps the pool too (of the same size: its sessions
+        ended, and a busy one's pages come back after its step); a second pool beside it while the first is
+        let go would need twice a grown pool's memory."""
         c = self.config
         self._stack = stack
         self.dtype, self.device = stack.dtype, stack.device
-        pages = -(-c.cache_tokens // c.page_tokens)
-        self.pool = PagePool(len(stack.blocks), stack.config.num_kv_heads, stack.config.head_dim, pages,
-                             page_tokens=c.page_tokens, dtype=self.dtype, device=self.device)
+        pages = -(-self.cache_tokens // c.page_tokens)
+        shape = (len(stack.blocks), stack.config.num_kv_heads, pages, c.page_tokens, stack.config.head_dim)
+        old_pool = getattr(self, "pool", None)
+        if old_pool is None or (old_pool.keys.shape, old_pool.keys.dtype, old_pool.keys.device) != (
+                shape, self.dtype, self.device):
+            self.pool = PagePool(len(stack.blocks), stack.config.num_kv_heads, stack.config.head_dim, pages,
+                                 page_tokens=c.page_tokens, dtype=self.dtype, device=self.device)
         # Forwards from a few identities would otherwise hold every page and leave sessions `cache_full`.
         self.max_forward_pages = max(pages // 4, self.pool.pages_for(c.max_batch_tokens))
         old = self.scheduler

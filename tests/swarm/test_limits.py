@@ -1,23 +1,30 @@
-"""Limits that protect a node: cache pool, idle expiry, per-step and per-session tokens (real processes).
+"""Limits that protect a node: cache pool, idle expiry, per-step and per-session tokens (real processes);
+and a pool grown beyond `--cache-tokens` by `--grow-cache`.
 
 Paged-cache accounting and per-client limits have their own tests in test_batching.py.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
+from node.config import parse_size
 from node.local_swarm import LocalSwarm
+from node.selection import cache_tokens_for_budget
 from routing import wire
 from routing.client import SwarmClient
 from routing.errors import RemoteError
+from shards.memory import block_bytes, kv_bytes_per_token
 from swarmlm.sdk import RemoteModel
 
 from ..waiting import until
 from .raw import RawSession, info
+from .test_metrics_scrape import _scrape
 
 PROMPT = "What is the capital of France?"
 LONG_PROMPT = ("France, in western Europe, has many large cities: Marseille, Lyon, Toulouse, Nice, Nantes, "
@@ -25,15 +32,18 @@ LONG_PROMPT = ("France, in western Europe, has many large cities: Marseille, Lyo
 LIMITED = ["--cache-tokens", "96", "--page-tokens", "16", "--peer-cache-tokens", "96", "--session-timeout", "2",
            "--max-step-tokens", "16", "--max-session-length", "128",
            "--throughput", "1000"]  # announced as fast: clients try it first
+# Node B's pool: 128 tokens configured, grown to what 480 MiB holds beside its 30 blocks (405 MiB): 1,703.
+GROWN = ["--grow-cache", "--cache-tokens", "128", "--max-memory", "480MiB", "--metrics-port", "0"]
 
 
 @pytest.fixture(scope="module")
 def limited(default_store, tmp_path_factory):
-    """Node A serves every block with tight limits; node B too, with the defaults."""
+    """Node A serves every block with tight limits; node B too, with the defaults but a grown cache pool."""
     swarm = LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("limits"), announce_period=2.0)
     with swarm:
         swarm.start(0, 30)
-        starting = [swarm.spawn_node((0, 30), extra=LIMITED, wait=False), swarm.spawn_node((0, 30), wait=False)]
+        starting = [swarm.spawn_node((0, 30), extra=LIMITED, wait=False),
+                    swarm.spawn_node((0, 30), extra=GROWN, wait=False)]
         a, b = swarm.await_nodes(starting)
         yield swarm, a, b
 
@@ -91,6 +101,30 @@ def test_a_client_refused_for_cache_full_uses_another_node(limited, model, local
         hog.close()
     assert served_by == {b.peer_id} and failovers <= 1
     assert g.token_ids == local_model.generate(LONG_PROMPT, 16).token_ids
+
+
+def test_a_grown_pool_is_announced_and_serves_a_session_longer_than_the_configured_one(limited, model,
+                                                                                     default_store, local_model):
+    """B's pool is what its budget holds beside its blocks (node/memory.py), in pages of 64: its record,
+    `info` and metrics count it, and a session of more than its configured 128 tokens runs there exactly."""
+    _, a, b = limited
+    m = default_store.manifest
+    grown = cache_tokens_for_budget(parse_size("480MiB"), block_bytes(m, torch.float32),
+                                    kv_bytes_per_token(m.config, torch.float32), 30, least=128)
+    pool = -(-grown // 64) * 64
+    assert grown > 1000
+    load = model.client.run(info(model.client, b.peer_id), timeout=60)["load"]
+    assert load["cache_tokens_used"] + load["cache_tokens_free"] == pool
+    metrics = _scrape(re.search(r"^metrics (\S+)$", Path(b.log).read_text(), re.M).group(1))
+    assert metrics["swarmlm_cache_tokens_used[]"] + metrics["swarmlm_cache_tokens_free[]"] == pool
+    until(lambda: model.client.run(model.client.records(model.root, 30), timeout=60)[b.peer_id],
+          lambda r: r.cache_tokens_left == pool, timeout=30, interval=0.5)  # once B's earlier sessions ended
+
+    with model.inference_session(max_length=256) as s:  # A's 96 tokens have no room: the planner picks B
+        g = s.generate(LONG_PROMPT, 64, ignore_eos=True)  # after its 81 prompt tokens
+        [span] = s.runner.spans
+    assert span.peer == b.peer_id and span.tokens > 128
+    assert g.token_ids == local_model.generate(LONG_PROMPT, 64, ignore_eos=True).token_ids
 
 
 def test_per_step_and_per_session_token_limits(limited, model):

@@ -19,7 +19,6 @@ from functools import lru_cache, partial
 from typing import Any
 
 import base58
-import torch.multiprocessing
 from hivemind.dht import DHT
 from hivemind.p2p import P2P
 from hivemind.p2p.p2p_daemon_bindings import datastructures as p2p_datastructures
@@ -32,14 +31,6 @@ from ledger.schema import PEER_ID
 from . import untrusted
 from .errors import RoutingError
 from .records import VALUE_BOUNDS, RecordError, ServerRecord, block_key
-
-# hivemind keeps each MPFuture's state byte in torch shared memory, through torch's "file_system"
-# strategy unless told otherwise: the first DHT call of every process (node, its DHT child, bootstrap
-# peer, gateway, SDK client) then starts a torch_shm_manager, a helper process that loads libtorch
-# (~0.15 CPU-s each; the heavy tier starts a few hundred such processes). Shared file descriptors need
-# no helper and leave no /dev/shm file behind a killed process. `HIVEMIND_MEMORY_SHARING_STRATEGY` still wins.
-if "HIVEMIND_MEMORY_SHARING_STRATEGY" not in os.environ:
-    torch.multiprocessing.set_sharing_strategy("file_descriptor")
 
 
 class _WholeMessages:

@@ -13,6 +13,14 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# hivemind keeps each MPFuture's state byte in torch shared memory, by default through torch's
+# "file_system" strategy: every process that makes a DHT call (node, bootstrap peer, gateway, the test
+# process) then starts a torch_shm_manager helper, which loads libtorch (~0.15 CPU-s; a 3-node swarm's
+# start took 5.5 CPU-s, 4.6 without). Shared file descriptors need no helper but cost each DHT call
+# ~0.3 ms more (the descriptor goes over a socket): repaid within a test's swarm lifetime (~500 calls,
+# 20 minutes of an idle node announcing every 5 s), not over a volunteer node's days, so only the
+# tests' processes (forked or exec'd from here, which inherit the environment) share this way.
+os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
 SWARMLM = [sys.executable, "-m", "swarmlm.cli"]
 # Node args for swarms whose tests do not route by speed: announce a fixed tokens/s instead of measuring
 # it at every start (a quantized span takes tens of seconds to measure on a CI core).

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
+import pytest
 import torch
 
 from shards.generation import encode_prompt
-from tests.conftest import SWARMLM
+from tests.cli_call import run_cli
 
 PROMPT = "What is the capital of France?"
 
@@ -53,14 +53,16 @@ def test_multi_turn_session_reuses_its_cache(local_model):
     assert second.token_ids == fresh.token_ids and "Berlin" in second.text
 
 
-def test_cli_local_json(cli_env):
-    proc = subprocess.run(SWARMLM + ["generate", "--local", "--json", "--max-new-tokens", "32", PROMPT],
-                          capture_output=True, text=True, env=cli_env, check=True)
+@pytest.mark.model  # the command loads the default model itself
+def test_cli_local_json(capsys):
+    proc = run_cli(["generate", "--local", "--json", "--max-new-tokens", "32", PROMPT], capsys)
+    assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["text"] == "The capital of France is Paris." and out["token_ids"][0] == 504
 
 
-def test_cli_local_streams_text(cli_env):
-    proc = subprocess.run(SWARMLM + ["generate", "--local", "--max-new-tokens", "32", PROMPT],
-                          capture_output=True, text=True, env=cli_env, check=True)
+@pytest.mark.model
+def test_cli_local_streams_text(capsys):
+    proc = run_cli(["generate", "--local", "--max-new-tokens", "32", PROMPT], capsys)
+    assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "The capital of France is Paris."

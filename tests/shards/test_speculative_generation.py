@@ -15,6 +15,7 @@ from shards.local import LocalModel
 from shards.pack import pack
 from shards.sampling import Sampler, SamplingParams
 from shards.store import ShardStore
+from tests.cli_call import run_cli
 from tests.conftest import SWARMLM
 
 from .tiny import make_tiny_model
@@ -129,19 +130,18 @@ def test_sampling_with_the_model_as_its_own_draft_keeps_nearly_every_draft(local
     assert len(g.token_ids) == 24 and stats["drafted"] > 0 and stats["acceptance_rate"] > 0.8
 
 
-def test_a_draft_of_another_vocabulary_is_a_clear_error(local_model, tmp_path, cli_env):
+def test_a_draft_of_another_vocabulary_is_a_clear_error(local_model, tmp_path, capsys):
     store = tmp_path / "tiny"
     pack(make_tiny_model("llama-mha", tmp_path / "hf"), store)
     with pytest.raises(IncompatibleDraftError, match="vocabulary has 256 tokens"):
         ModelDrafter(LocalModel.load(ShardStore(store)), local_model.store.manifest)
-    proc = subprocess.run(SWARMLM + ["generate", "--local", "--max-draft", "2", "--draft-model", str(store), CAPITAL],
-                          capture_output=True, text=True, env=cli_env)
+    proc = run_cli(["generate", "--local", "--max-draft", "2", "--draft-model", str(store), CAPITAL], capsys)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "256 tokens" in proc.stderr
 
 
-def test_cli_max_draft_reports_speculation(cli_env, plain):
-    proc = subprocess.run(SWARMLM + ["generate", "--local", "--json", "--max-new-tokens", "32", "--max-draft", "3",
-                                     REPEAT], capture_output=True, text=True, env=cli_env, check=True)
+def test_cli_max_draft_reports_speculation(capsys, plain):
+    proc = run_cli(["generate", "--local", "--json", "--max-new-tokens", "32", "--max-draft", "3", REPEAT], capsys)
+    assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["token_ids"] == plain(REPEAT, 32).token_ids and out["speculation"]["max_draft"] == 3
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from shards.memory import block_bytes, module_bytes
 from shards.pack import pack
 from shards.quant import dequantize, quantize
 from shards.store import ShardStore
-from tests.conftest import SWARMLM
+from tests.cli_call import run_cli
 
 from .test_pack import _files, _flip_byte
 from .tiny import make_tiny_model
@@ -57,16 +56,15 @@ def test_base_manifest_keeps_its_keys_and_root(default_store):
     assert default_store.root == "b3514f43bc72a8b728e28dd7326a1caafc28f8ed20fc1b16969957412d884b35"
 
 
-def test_verify_names_a_flipped_byte_in_a_quantized_shard(tiny_base, tmp_path, cli_env):
+def test_verify_names_a_flipped_byte_in_a_quantized_shard(tiny_base, tmp_path, capsys):
     quantize_store(tiny_base, tmp_path / "q", Quantization.of("int8"))
     _flip_byte(tmp_path / "q" / "blocks" / "block-00001.safetensors")
-    proc = subprocess.run(SWARMLM + ["shards", "verify", str(tmp_path / "q"), "--base", str(tiny_base.path)],
-                          capture_output=True, text=True, env=cli_env)
+    proc = run_cli(["shards", "verify", str(tmp_path / "q"), "--base", str(tiny_base.path)], capsys)
     assert proc.returncode == 1
     assert "BAD  block.1" in proc.stdout and "block.0" not in proc.stdout and "block.2" not in proc.stdout
 
 
-def test_verify_against_the_base_catches_a_store_derived_from_other_weights(tiny_base, tmp_path, cli_env):
+def test_verify_against_the_base_catches_a_store_derived_from_other_weights(tiny_base, tmp_path, capsys):
     """A store quantized from other weights, whose manifest claims our base: every block is named."""
     pack(make_tiny_model("llama-bias", tmp_path / "other-hf", seed=1), tmp_path / "other")
     forged = tmp_path / "forged"
@@ -76,15 +74,13 @@ def test_verify_against_the_base_catches_a_store_derived_from_other_weights(tiny
     (forged / "manifest.json").write_text(json.dumps(d))
     assert ShardStore(forged).verify() == []
     assert verify_against_base(ShardStore(forged), tiny_base) == ["block.0", "block.1", "block.2", "head"]
-    proc = subprocess.run(SWARMLM + ["shards", "verify", str(forged), "--base", str(tiny_base.path)],
-                          capture_output=True, text=True, env=cli_env)
+    proc = run_cli(["shards", "verify", str(forged), "--base", str(tiny_base.path)], capsys)
     assert proc.returncode == 1 and "BAD  block.2" in proc.stdout
 
     honest = tmp_path / "honest"
     quantize_store(tiny_base, honest, Quantization.of("nf4"))
-    proc = subprocess.run(SWARMLM + ["shards", "verify", str(honest), "--base", str(tiny_base.path)],
-                          capture_output=True, text=True, env=cli_env, check=True)
-    assert "every block re-derives" in proc.stdout
+    proc = run_cli(["shards", "verify", str(honest), "--base", str(tiny_base.path)], capsys)
+    assert proc.returncode == 0 and "every block re-derives" in proc.stdout
 
 
 def test_a_manifest_claiming_another_quantization_is_refused_at_load(tiny_base, tmp_path):
@@ -96,9 +92,9 @@ def test_a_manifest_claiming_another_quantization_is_refused_at_load(tiny_base, 
         ShardStore(tmp_path / "q").load_blocks(0, 1)
 
 
-def test_cli_quantize_prints_its_root_and_base(tiny_base, tmp_path, cli_env):
-    proc = subprocess.run(SWARMLM + ["shards", "quantize", str(tiny_base.path), "--scheme", "q4_1", "--out",
-                                     str(tmp_path / "q")], capture_output=True, text=True, env=cli_env, check=True)
+def test_cli_quantize_prints_its_root_and_base(tiny_base, tmp_path, capsys):
+    proc = run_cli(["shards", "quantize", str(tiny_base.path), "--scheme", "q4_1", "--out", str(tmp_path / "q")], capsys)
+    assert proc.returncode == 0, proc.stderr
     m = Manifest.load(tmp_path / "q")
     assert f"root {m.root}" in proc.stdout and f"base root {tiny_base.root}" in proc.stdout
     assert m.quantization == Quantization("q4_1", 32) and m.name == "tiny-q4_1"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
@@ -15,7 +14,8 @@ from ledger.store import Ledger
 from node.local_swarm import LocalSwarm
 from routing import ledger_rpc
 from swarmlm.sdk import RemoteModel
-from tests.conftest import SWARMLM, log_tails
+from tests.cli_call import run_cli
+from tests.conftest import log_tails
 from tests.waiting import until
 
 PROMPTS = ["What is the capital of France?", "Name a colour."]
@@ -38,23 +38,23 @@ def ledger_swarm(default_store, tmp_path_factory):
             yield swarm, model, sessions, state / "client.sqlite"
 
 
-def _serve_entries(ledger_path: str, block: int, env, expected: int) -> list[dict]:
+def _serve_entries(ledger_path: str, block: int, capsys, expected: int) -> list[dict]:
     """`swarmlm ledger query --block B --kind serve --json`, polled until the node committed them."""
     def rows() -> list[dict]:
-        proc = subprocess.run(SWARMLM + ["ledger", "query", "--ledger", ledger_path, "--block", str(block),
-                                         "--kind", "serve", "--json"], capture_output=True, text=True, env=env)
+        proc = run_cli(["ledger", "query", "--ledger", ledger_path, "--block", str(block), "--kind", "serve", "--json"],
+                       capsys)
         assert proc.returncode == 0, proc.stderr
         return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
     return until(rows, lambda found: len(found) >= expected, timeout=30, interval=0.5)
 
 
-def test_each_nodes_ledger_names_exactly_its_sessions_with_valid_receipts(ledger_swarm, cli_env):
+def test_each_nodes_ledger_names_exactly_its_sessions_with_valid_receipts(ledger_swarm, capsys):
     swarm, model, sessions, _ = ledger_swarm
     for node in swarm.nodes:
         a, b = node.blocks
         for block in (a, b - 1):
-            rows = _serve_entries(node.ledger, block, cli_env, len(sessions))
+            rows = _serve_entries(node.ledger, block, capsys, len(sessions))
             assert sorted(r["entry"]["session"] for r in rows) == sorted(sessions)
             for r in rows:
                 entry = r["entry"]
@@ -79,11 +79,10 @@ def test_the_clients_own_ledger_holds_its_receipts(ledger_swarm):
         assert isinstance(Receipt.from_wire(canonical.unpack(canonical.pack(r.to_wire()))), Receipt)
 
 
-def test_ledger_verify_passes_on_every_node(ledger_swarm, cli_env):
+def test_ledger_verify_passes_on_every_node(ledger_swarm, capsys):
     swarm, *_ = ledger_swarm
     for node in swarm.nodes:
-        proc = subprocess.run(SWARMLM + ["ledger", "verify", node.ledger], capture_output=True, text=True,
-                              env=cli_env)
+        proc = run_cli(["ledger", "verify", node.ledger], capsys)
         assert proc.returncode == 0 and proc.stdout.startswith("OK"), proc.stdout + proc.stderr
 
 
@@ -105,11 +104,10 @@ def test_nodes_witness_each_other(ledger_swarm):
             assert log.forks() == []
 
 
-def test_remote_audit_of_every_node(ledger_swarm, cli_env):
+def test_remote_audit_of_every_node(ledger_swarm, capsys):
     swarm, *_ = ledger_swarm
     for node in swarm.nodes:
-        proc = subprocess.run(SWARMLM + ["ledger", "audit", node.peer_id, "--peers", *swarm.initial_peers, "--json"],
-                              capture_output=True, text=True, env=cli_env, timeout=120)
+        proc = run_cli(["ledger", "audit", node.peer_id, "--peers", *swarm.initial_peers, "--json"], capsys)
         assert proc.returncode == 0, proc.stdout + proc.stderr + log_tails(swarm)
         report = json.loads(proc.stdout)
         assert report["ok"] and report["size"] >= 3

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 from shards.generation import encode_prompt
-from tests.conftest import SWARMLM
+from tests.cli_call import run_cli
 
 PROMPT = "What is the capital of France?"
 
@@ -44,10 +43,9 @@ def test_two_turn_chat_reuses_node_caches_and_matches_local(remote_model, local_
     assert [hop["blocks"] for hop in second.extra["chain"]] == [[0, 10], [10, 20], [20, 30]]
 
 
-def test_cli_generate_through_the_swarm(swarm3, cli_env, tmp_path):
-    proc = subprocess.run(SWARMLM + ["generate", "--json", "--identity", str(tmp_path / "id.key"), "--ledger",
-                                     str(tmp_path / "client.sqlite"), "--peers", *swarm3.initial_peers, PROMPT],
-                          capture_output=True, text=True, env=cli_env, timeout=300)
+def test_cli_generate_through_the_swarm(swarm3, tmp_path, capsys):
+    proc = run_cli(["generate", "--json", "--identity", str(tmp_path / "id.key"), "--ledger",
+                    str(tmp_path / "client.sqlite"), "--peers", *swarm3.initial_peers, PROMPT], capsys)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["text"] == "The capital of France is Paris."

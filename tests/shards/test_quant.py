@@ -93,7 +93,8 @@ def test_a_manifest_claiming_another_quantization_is_refused_at_load(tiny_base, 
 
 
 def test_cli_quantize_prints_its_root_and_base(tiny_base, tmp_path, capsys):
-    proc = run_cli(["shards", "quantize", str(tiny_base.path), "--scheme", "q4_1", "--out", str(tmp_path / "q")], capsys)
+    proc = run_cli(["shards", "quantize", str(tiny_base.path), "--scheme", "q4_1", "--out", str(tmp_path / "q")],
+                   capsys)
     assert proc.returncode == 0, proc.stderr
     m = Manifest.load(tmp_path / "q")
     assert f"root {m.root}" in proc.stdout and f"base root {tiny_base.root}" in proc.stdout

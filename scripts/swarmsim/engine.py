@@ -78,6 +78,7 @@ class Config:
     grow_cache: bool = False  # a pool of all the cache its memory holds beside its blocks (cache_tokens_for_budget)
     room_rule: bool = True  # plan around nodes announcing no room, avoid a full one briefly (has_room, Bans.busy)
     batch_figures: bool = True  # nodes announce a batch's throughput too; False: single-stream only, as before
+    measured_batch: int = 0  # the batch they measure it at; 0: the batch their pool holds of mean-length sessions
 
 
 class SimNode:
@@ -119,9 +120,9 @@ class SimNode:
         # batch its pool holds of mean-length sessions (routing/planner.py prices its load from the two)
         blocks, mean = min(self.length, m.num_blocks), workload.PROMPT_MEAN + workload.ANSWER_MEAN
         self.announced = 1.0 / (blocks * step_time(self.hw, m, 1, workload.PROMPT_MEAN))
-        self.batch = max(1, self.cache_limit // mean) if cfg.batch_figures else 1
-        batch_step = blocks * step_time(self.hw, m, self.batch, self.batch * workload.PROMPT_MEAN)
-        self.batch_announced = self.batch / batch_step if self.batch > 1 else 0.0
+        self.batch = max(1, cfg.measured_batch or self.cache_limit // mean) if cfg.batch_figures else 1
+        full = blocks * step_time(self.hw, m, self.batch, self.batch * workload.PROMPT_MEAN)
+        self.batch_announced = self.batch / full if self.batch > 1 else 0.0
 
     def record(self, state: str) -> ServerRecord:
         return ServerRecord(peer_id=self.peer_id, state=state, start=self.start, end=self.end, moving_to=self.claim,

@@ -94,14 +94,15 @@ def batch_figures(record: ServerRecord) -> tuple[int, float]:
     return 1, record.throughput
 
 
-def batch_step(sessions: int, single: float, batch: int, batched: float) -> float:
-    """Seconds per step through the span with `sessions` sessions, from a node's two figures (tokens/s
-    alone, and of `batch` sessions together, no more than `batch` times as many): linear between the
-    two, and on the ray through the second beyond it. Never cheaper than a roofline step (flat while the
-    weights' reads hide the compute, then linear in the batch): a convex cost lies under its chords."""
+def batch_step(sessions: int, single: float, batch: int, batched: float, blocks: int = 1) -> float:
+    """Seconds per block of a step with `sessions` sessions through a span of `blocks`, from a node's two
+    figures (tokens/s through it alone, and of `batch` sessions together, no more than `batch` times as
+    many): linear between the two, and on the ray through the second beyond it. Never cheaper than a
+    roofline step (flat while the weights' reads hide the compute, then linear in the batch): a convex
+    cost lies under its chords."""
     if sessions >= batch:
-        return sessions / batched
-    return (1 + (sessions - 1) * (batch / batched * single - 1) / (batch - 1)) / single
+        return sessions / (batched * blocks)
+    return (1 + (sessions - 1) * (batch / batched * single - 1) / (batch - 1)) / (single * blocks)
 
 
 def compute_costs(servers: list[ServerRecord]) -> dict[str, float]:
@@ -116,8 +117,8 @@ def compute_costs(servers: list[ServerRecord]) -> dict[str, float]:
     costs = {}
     for r, (batch, batched) in zip(servers, figures):
         single = max(min(r.throughput, cap), MIN_THROUGHPUT)
-        step = batch_step(r.active_sessions + 1, single, batch, max(min(batched, batch_cap, batch * single), single))
-        costs[r.peer_id] = step / (r.end - r.start)
+        batched = max(min(batched, batch_cap, batch * single), single)
+        costs[r.peer_id] = batch_step(r.active_sessions + 1, single, batch, batched, r.end - r.start)
     return costs
 
 

@@ -4,16 +4,20 @@ The cost of a chain is the time one step takes on the path the client will actua
   - relayed: each hop is a round trip client → node → client, plus the node's compute;
   - pushed: client → first node, node → node for each hop, last node → client (one way each),
     plus every node's compute.
-Compute for b blocks of a node serving s blocks at announced throughput t (tokens/s through its
-span) and load l is b / (t·s) · (1 + l). The search is Dijkstra over (block boundary, previous
-node): a node may be left mid-span when switching pays.
+Compute for b blocks of a node serving s blocks at load l is b / s times its step through its span
+at a batch of l + 1 sessions, which the node's two announced figures give (`batch_step`): tokens/s
+for one session alone (t), and for B sessions together (T_B: what batching gains on a GPU). A record
+without the second is priced at (1 + l) / t, as a node that gains nothing from batching: a batched
+A100 priced so looked dozens of times slower than it is (README, "Policies against the bound").
+The search is Dijkstra over (block boundary, previous node): a node may be left mid-span when
+switching pays.
 
 Nothing a node announces is believed as is. Round trips the client measured itself are the
 ground truth; a node's claimed round trip to another (its DHT record's `rtt_ms`) is clamped
 between the bounds the client's own measurements imply (|rtt(c,a) − rtt(c,b)| ≤ rtt(a,b) ≤
-rtt(c,a) + rtt(c,b)); announced throughput counts for at most CLAIM_CAP times the median of the
-candidates'. Nodes the client has not measured are planned through only when no measured chain
-exists, at UNMEASURED_RTT.
+rtt(c,a) + rtt(c,b)); each announced throughput (t, T_B) counts for at most CLAIM_CAP times the
+candidates' median of it, and T_B for at most B·t. Nodes the client has not measured are planned
+through only when no measured chain exists, at UNMEASURED_RTT.
 
 A node behind a home router announces only `/p2p-circuit` addresses, so everyone reaches it through a
 relay, and every round trip measured to it (the client's ping, a predecessor's neighbour ping) runs
@@ -82,13 +86,40 @@ def usable(records: Iterable[ServerRecord], banned: Container[str] = (), max_len
             and r.max_session_length >= max_length]
 
 
+def batch_figures(record: ServerRecord) -> tuple[int, float]:
+    """(batch, tokens/s of all its sessions together) the node announced; (1, its single-stream figure)
+    for a record without them. A batch is never slower than one session alone, whatever it claims."""
+    if record.batch_size > 1 and record.batch_throughput > 0:
+        return record.batch_size, max(record.batch_throughput, record.throughput)
+    return 1, record.throughput
+
+
+def batch_step(sessions: int, single: float, batch: int, batched: float, blocks: int = 1) -> float:
+    """Seconds per block of a step with `sessions` sessions through a span of `blocks`, from a node's two
+    figures (tokens/s through it alone, and of `batch` sessions together, no more than `batch` times as
+    many): linear between the two, and on the ray through the second beyond it. Never cheaper than a
+    roofline step (flat while the weights' reads hide the compute, then linear in the batch): a convex
+    cost lies under its chords."""
+    if sessions >= batch:
+        return sessions / (batched * blocks)
+    return (1 + (sessions - 1) * (batch / batched * single - 1) / (batch - 1)) / (single * blocks)
+
+
 def compute_costs(servers: list[ServerRecord]) -> dict[str, float]:
-    """Seconds per block for each server: blocks / (capped throughput · span) · (1 + load)."""
+    """Seconds per block for each server's next session: its step at batch (load + 1) over its span.
+    Both announced figures count up to CLAIM_CAP times the candidates' median of each, so a node
+    claiming an absurd batch gain is priced as a node that fast, whose step still grows with its load."""
     if not servers:
         return {}
+    figures = [batch_figures(r) for r in servers]
     cap = CLAIM_CAP * statistics.median(r.throughput for r in servers)
-    return {r.peer_id: (1 + r.active_sessions) / (max(min(r.throughput, cap), MIN_THROUGHPUT) * (r.end - r.start))
-            for r in servers}
+    batch_cap = CLAIM_CAP * statistics.median(batched for _, batched in figures)
+    costs = {}
+    for r, (batch, batched) in zip(servers, figures):
+        single = max(min(r.throughput, cap), MIN_THROUGHPUT)
+        batched = max(min(batched, batch_cap, batch * single), single)
+        costs[r.peer_id] = batch_step(r.active_sessions + 1, single, batch, batched, r.end - r.start)
+    return costs
 
 
 def _covering(servers: list[ServerRecord], boundaries: list[int], end: int,

@@ -96,6 +96,8 @@ STATE = FieldType(f"one of {', '.join(STATES)}", lambda v: type(v) is str and v 
 BLOCK = FieldType(f"a block index in [0, {MAX_BLOCKS}]", lambda v: type(v) is int and 0 <= v <= MAX_BLOCKS)
 THROUGHPUT = FieldType(f"tokens/s, finite, in (0, {MAX_THROUGHPUT:g}]",
                        lambda v: _is_number(v, 0.0, MAX_THROUGHPUT) and v > 0, from_wire=float)
+BATCH_THROUGHPUT = FieldType(f"tokens/s, finite, in [0, {MAX_THROUGHPUT:g}] (0: not measured)",
+                             lambda v: _is_number(v, 0.0, MAX_THROUGHPUT), from_wire=float)
 DTYPE = FieldType(f"one of {', '.join(DTYPES)}", lambda v: type(v) is str and v in DTYPES)
 DEVICE = FieldType("a device of 1 to 32 printable characters", lambda v: _is_text(v, 1, 32))
 VERSION = FieldType("a protocol version in [0, 2^31)", lambda v: type(v) is int and 0 <= v < 1 << 31)
@@ -144,6 +146,10 @@ class ServerRecord:
     weights_root: str = spec(ROOT_HEX, default="")  # the derived store it serves (of the model keyed), "" for none
     ring: bool = spec(RING, default=False)  # holds the embeddings or LM head its span's ends need to close a ring
     moving_to: int | None = spec(CLAIM, default=None)  # the start it claimed and is moving to (node/selection.py)
+    # decode tokens/s through the span of `batch_size` sessions together, all of them, measured by the node:
+    # with `throughput` (one session) the planner prices a loaded node's step (routing/planner.py); 0: none
+    batch_throughput: float = spec(BATCH_THROUGHPUT, default=0.0)
+    batch_size: int = spec(_count("batch size", 1), default=1)
 
     @property
     def served_root(self) -> str | None:

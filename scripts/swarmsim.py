@@ -60,6 +60,12 @@ def main() -> None:
     parser.add_argument("--routing", choices=("room", "before"), default="room",
                         help="room: clients plan around nodes announcing too little free cache for the session and "
                              "a full node is avoided briefly, not banned with backoff; before: neither")
+    parser.add_argument("--no-batch-figures", action="store_true",
+                        help="nodes announce only one session's tokens/s, not a batch's too, so clients price a "
+                             "node with l sessions at (1 + l) times its single step, as before")
+    parser.add_argument("--measured-batch", type=int, default=0,
+                        help="the batch nodes measure their batched tokens/s at (default: what their pool holds "
+                             "of mean-length sessions)")
     parser.add_argument("--out", type=Path, default=Path("swarmsim-out"),
                         help="folder for the PNGs (default %(default)s)")
     parser.add_argument("--no-plots", action="store_true", help="the table only")
@@ -76,7 +82,8 @@ def main() -> None:
     for placement in args.placement or PLACEMENTS:
         cfg = SCENARIOS[args.scenario]()
         cfg = dataclasses.replace(cfg, placement=placement, seed=args.seed, push=args.push, claims=not args.no_claims,
-                                  room_rule=args.routing == "room",
+                                  room_rule=args.routing == "room", batch_figures=not args.no_batch_figures,
+                                  measured_batch=args.measured_batch,
                                   hours=args.hours if args.hours is not None else cfg.hours,
                                   client_rate=args.rate if args.rate is not None else cfg.client_rate,
                                   clients=args.clients, grow_cache=args.grow_cache)
@@ -91,7 +98,9 @@ def main() -> None:
     widths = [max(len(name), *(len(r[i]) for r in cells)) for i, (name, _) in enumerate(COLUMNS)]
     print(f"scenario {args.scenario}, {cfg.model.name}, {cfg.nodes} volunteers, {cfg.hours:g} h, seed {args.seed}, "
           f"{'pushed' if args.push else 'relayed'} chains, {cfg.client_rate:g} sessions/s, "
-          f"moves {'unclaimed (the rule before claims)' if args.no_claims else 'claimed'}, routing {args.routing}")
+          f"moves {'unclaimed (the rule before claims)' if args.no_claims else 'claimed'}, routing {args.routing}"
+          f"{', single-stream figures only' if args.no_batch_figures else ''}"
+          f"{f', batches measured at {args.measured_batch}' if args.measured_batch else ''}")
     print("  ".join(name.rjust(w) for (name, _), w in zip(COLUMNS, widths)))
     for r in cells:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths)))

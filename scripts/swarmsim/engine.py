@@ -77,6 +77,8 @@ class Config:
     dht_lag_s: float = 0.0  # seconds before an announcement is visible to readers
     grow_cache: bool = False  # a pool of all the cache its memory holds beside its blocks (cache_tokens_for_budget)
     room_rule: bool = True  # plan around nodes announcing no room, avoid a full one briefly (has_room, Bans.busy)
+    batch_figures: bool = True  # nodes announce a batch's throughput too; False: single-stream only, as before
+    measured_batch: int = 0  # the batch they measure it at; 0: the batch their pool holds of mean-length sessions
 
 
 class SimNode:
@@ -114,14 +116,20 @@ class SimNode:
         self.cost = step_time(self.hw, m, batch, self.cache_room) / batch
         self.step_one = step_time(self.hw, m, 1, 1)  # a block's step for one token: the fastest there is
         self.cache_limit = self.cache_room if cfg.grow_cache else cfg.cache_tokens
-        # what the node measures and announces: single-stream decode tokens/s through its span
-        self.announced = 1.0 / (min(self.length, m.num_blocks) * step_time(self.hw, m, 1, workload.PROMPT_MEAN))
+        # what the node measures and announces: decode tokens/s through its span of one session, and of the
+        # batch its pool holds of mean-length sessions (routing/planner.py prices its load from the two)
+        blocks, mean = min(self.length, m.num_blocks), workload.PROMPT_MEAN + workload.ANSWER_MEAN
+        self.announced = 1.0 / (blocks * step_time(self.hw, m, 1, workload.PROMPT_MEAN))
+        self.batch = max(1, cfg.measured_batch or self.cache_limit // mean) if cfg.batch_figures else 1
+        full = blocks * step_time(self.hw, m, self.batch, self.batch * workload.PROMPT_MEAN)
+        self.batch_announced = self.batch / full if self.batch > 1 else 0.0
 
     def record(self, state: str) -> ServerRecord:
         return ServerRecord(peer_id=self.peer_id, state=state, start=self.start, end=self.end, moving_to=self.claim,
                             throughput=self.announced, dtype="float16", device=self.hw.name,
                             cache_tokens_left=max(0, self.cache_limit - self.cache_used), version=PROTOCOL_VERSION,
-                            active_sessions=len(self.sessions), max_session_length=self.cache_limit)
+                            active_sessions=len(self.sessions), max_session_length=self.cache_limit,
+                            batch_size=self.batch, batch_throughput=self.batch_announced)
 
 
 @dataclass(eq=False)

@@ -45,8 +45,10 @@ def test_an_honest_record_round_trips_with_every_field() -> None:
 
 
 def test_a_record_of_an_older_node_parses_with_the_new_fields_at_their_defaults() -> None:
-    parsed = _parse(_with(rtt_ms=..., scheme=..., weights_root=..., extra=..., maddrs=..., name=...))
+    parsed = _parse(_with(rtt_ms=..., scheme=..., weights_root=..., extra=..., maddrs=..., name=...,
+                          batch_throughput=..., batch_size=...))
     assert parsed is not None and (parsed.rtt_ms, parsed.scheme, parsed.weights_root, parsed.extra) == ({}, "", "", {})
+    assert (parsed.batch_throughput, parsed.batch_size) == (0.0, 1)
 
 
 def test_unknown_fields_are_ignored_so_newer_nodes_can_add_some() -> None:
@@ -67,6 +69,11 @@ def test_unknown_fields_are_ignored_so_newer_nodes_can_add_some() -> None:
     pytest.param({"throughput": -3.0}, id="negative-throughput"),
     pytest.param({"throughput": 1e12}, id="absurd-throughput"),
     pytest.param({"throughput": "fast"}, id="text-throughput"),
+    pytest.param({"batch_throughput": math.inf}, id="infinite-batch-throughput"),
+    pytest.param({"batch_throughput": -1.0}, id="negative-batch-throughput"),
+    pytest.param({"batch_throughput": 1e12}, id="absurd-batch-throughput"),
+    pytest.param({"batch_size": 0}, id="zero-batch"),
+    pytest.param({"batch_size": 2.5}, id="fractional-batch"),
     pytest.param({"state": "sleeping"}, id="unknown-state"),
     pytest.param({"dtype": "float64"}, id="unknown-dtype"),
     pytest.param({"device": ""}, id="empty-device"),

@@ -30,7 +30,7 @@ def record(**changes: Any) -> ServerRecord:
         cache_tokens_left=8192, version=1, name="volunteer", active_sessions=2, max_step_tokens=2048,
         max_session_length=8192, maddrs=[f"/ip4/127.0.0.1/tcp/4001/p2p/{NODE.peer_id}"],
         rtt_ms={CHECKER.peer_id: 12.5}, extra={"checkpoint": sign_checkpoint(NODE, 1, bytes(32))},
-        scheme="int8", group_size=32, weights_root="ab" * 32, moving_to=0)
+        scheme="int8", group_size=32, weights_root="ab" * 32, moving_to=0, batch_throughput=150.0, batch_size=16)
     return ServerRecord(**{**fields, **changes})
 
 

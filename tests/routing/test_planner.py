@@ -100,6 +100,46 @@ def test_announced_throughput_counts_up_to_a_multiple_of_the_median() -> None:
     assert costs["a"] == pytest.approx(1 / (10.0 * 30))
 
 
+def _roofline(batch: int) -> float:
+    """Seconds per step through a span of an A100-like node: the weights' read hides the compute up to a
+    batch of 40, then the compute grows with it; plus launches."""
+    return max(0.04, 0.001 * batch) + 0.002
+
+
+A100 = dict(throughput=1 / _roofline(1), batch_size=100, batch_throughput=100 / _roofline(100))
+
+
+def test_a_record_without_batch_figures_is_priced_as_a_node_that_does_not_batch() -> None:
+    old = node("old", 0, 30, 10.0, active_sessions=5)
+    assert (old.batch_size, old.batch_throughput) == (1, 0.0)
+    for records in ([old], [old, node("a", 0, 30, 10.0, batch_size=16, batch_throughput=100.0)]):
+        assert compute_costs(records)["old"] == pytest.approx(6 / (10.0 * 30))
+
+
+@pytest.mark.parametrize("load", [0, 10, 99, 199])
+def test_a_batching_node_is_priced_near_its_step_at_the_batch_it_would_run(load: int) -> None:
+    cost = compute_costs([node("a100", 0, 80, **A100, active_sessions=load)])["a100"] * 80
+    assert _roofline(load + 1) <= cost + 1e-12 and cost <= 1.2 * _roofline(load + 1)
+    assert load == 0 or cost < (load + 1) * _roofline(1) / 5  # priced as before, it looked 10-40x slower
+
+
+def test_a_batch_is_never_priced_faster_per_step_than_one_session() -> None:
+    records = [node(p, 0, 30, 10.0, batch_size=4, batch_throughput=1000.0, active_sessions=3) for p in "abc"]
+    assert compute_costs(records)["a"] == pytest.approx(1 / (10.0 * 30))  # batch 4 at 4 x 10 tokens/s at most
+
+
+def test_a_claimed_batch_gain_counts_up_to_a_multiple_of_the_median() -> None:
+    honest = [node(p, 0, 30, 10.0, batch_size=16, batch_throughput=100.0) for p in "ab"]
+    lies = dict(batch_size=1 << 40, batch_throughput=1e6)
+    capped = dict(throughput=CLAIM_CAP * 10.0, batch_size=16, batch_throughput=CLAIM_CAP * 100.0)
+    for load in (0, 15, 99):
+        liar = compute_costs([*honest, node("liar", 0, 30, 1e6, **lies, active_sessions=load)])["liar"]
+        assert liar >= compute_costs([*honest, node("c", 0, 30, **capped, active_sessions=load)])["c"] - 1e-12
+    # so it does not draw every session: loaded with 40, it loses to an idle honest node
+    records = [*honest, node("liar", 0, 30, 1e6, **lies, active_sessions=40)]
+    assert plan_route(records, 0, 30, rtt=RTT | {"liar": 0.01})[0].peer_id != "liar"
+
+
 def test_a_claimed_round_trip_between_nodes_is_clamped_by_what_the_client_measured() -> None:
     rtt = {"a": 0.01, "b": 0.05}
     assert Links({"a": node("a", 0, 15, rtt_ms={"b": 0.0})}, rtt).one_way("a", "b") == pytest.approx(0.02)

@@ -57,7 +57,7 @@ from .selection import (blocks_for_budget, best_start, claim_holds, claim_wait, 
                         rebalance_delay, should_move)
 from .serving import Serving
 from .sessions import NodeSession, session_key
-from .throughput import cached_throughput
+from .throughput import batch_size, cached_throughput
 from .witnessing import CHECKPOINT_KEY, Witness
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class Node:
         self.metrics = NodeMetrics()
         self.state = "joining"
         self.throughput = 0.0
+        self.batch: tuple[int, float] = (1, 0.0)  # (sessions, their tokens/s together) measured; (1, 0.0): none
         self._claim: int | None = None  # the start of a move announced but not yet made
         self._moved_at: float | None = None  # time.monotonic() of the last move
         self._dht_peers = 0
@@ -116,7 +117,7 @@ class Node:
         self._maddrs = [str(m) for m in self.dht.get_visible_maddrs()]
         start, end = await self._choose_span()
         cache_tokens = self._pool_tokens(end - start)  # before loading: the budget is measured on free memory
-        stack = await self._load_span(start, end)
+        stack = await self._load_span(start, end, cache_tokens)
         self.serving = s = Serving(c, self.root, stack, self.identity, self.metrics, self._log_session,
                                    self._info_extra, self._can_record, self.weights_root, self.quantization,
                                    cache_tokens=cache_tokens)
@@ -236,7 +237,7 @@ class Node:
                  self._budget / 2**20)
         return tokens
 
-    async def _load_span(self, start: int, end: int) -> BlockStack:
+    async def _load_span(self, start: int, end: int, cache_tokens: int) -> BlockStack:
         c = self.config
         loop = asyncio.get_running_loop()
         q = self.quantization
@@ -247,15 +248,20 @@ class Node:
                             shard_digests=tuple(map(bytes.fromhex, self.store.manifest.block_digests(start, end))),
                             device=c.device, dtype=c.dtype, time_ns=time.time_ns(),
                             base_root=bytes.fromhex(self.root) if q else None, scheme=q.scheme if q else None))
-        self.throughput = await loop.run_in_executor(None, self._throughput, stack)
+        self.throughput, self.batch = await loop.run_in_executor(None, self._throughput, stack, cache_tokens)
         return stack
 
-    def _throughput(self, stack: BlockStack) -> float:
-        if self.config.throughput != "auto":
-            return float(self.config.throughput)
-        key = (f"{self.weights_root}:{stack.start}:{stack.end}:{self.config.device}:{self.config.dtype}"
-               f":{torch.get_num_threads()}")
-        return cached_throughput(swarmlm_home() / "throughput.json", key, stack)
+    def _throughput(self, stack: BlockStack, cache_tokens: int) -> tuple[float, tuple[int, float]]:
+        """Tokens/s of one session through the span, and (batch, tokens/s) of a batch stepping together
+        (node/throughput.py); a configured `--throughput` announces no batch."""
+        c = self.config
+        if c.throughput != "auto":
+            return float(c.throughput), (1, 0.0)
+        key = f"{self.weights_root}:{stack.start}:{stack.end}:{c.device}:{c.dtype}:{torch.get_num_threads()}"
+        cache_file = swarmlm_home() / "throughput.json"
+        single = cached_throughput(cache_file, key, stack)
+        batch = batch_size(c.max_batch_tokens if c.batching else 1, cache_tokens)
+        return single, (batch, cached_throughput(cache_file, key, stack, batch) if batch > 1 else 0.0)
 
     # ---- serve -----------------------------------------------------------------------------------
 
@@ -309,7 +315,7 @@ class Node:
         self._moved_at = time.monotonic()
         self.state = "joining"  # announced on the new blocks: it supersedes the old ones' records
         await self._announce(dataclasses.replace(self.record(), start=target, end=target + length))
-        stack = await self._load_span(target, target + length)
+        stack = await self._load_span(target, target + length, self.serving.cache_tokens)
         self.serving.stack = stack
         self.serving.draining = False
         self.state = "online"
@@ -397,7 +403,8 @@ class Node:
                             scheme=self.quantization.scheme if self.quantization else "",
                             group_size=self.quantization.group_size if self.quantization else 0,
                             weights_root=self.weights_root if self.quantization else "",
-                            ring=s.ring_head is not None, moving_to=self._claim)
+                            ring=s.ring_head is not None, moving_to=self._claim,
+                            batch_size=self.batch[0], batch_throughput=round(self.batch[1], 2))
 
     async def _announce(self, record: ServerRecord | None = None) -> None:
         """Store our record under each served block; the DHT is best-effort, never fatal."""
@@ -422,6 +429,7 @@ class Node:
         extra: dict[str, Any] = {"state": self.state, "name": self.config.public_name,
                                  "reachability": self.reachable.state.describe() if self.reachable else "not known yet",
                                  "throughput": round(self.throughput, 2),
+                                 "batch": {"sessions": self.batch[0], "throughput": round(self.batch[1], 2)},
                                  "ledger_size": self.ledger.size() if self.ledger else 0}
         if self.ledger is not None:
             h = self.ledger.health()

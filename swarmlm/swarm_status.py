@@ -50,7 +50,8 @@ def swarm_report(records: dict[str, ServerRecord], manifest: Manifest, reached: 
     unserved = [b for b in range(n) if counts[b] == 0]
     nodes = [{"peer_id": r.peer_id, "name": r.name, "blocks": [r.start, r.end], "state": r.state, "dtype": r.dtype,
               "device": r.device, "scheme": r.scheme or None, "weights_root": r.weights_root or None,
-              "throughput": r.throughput, "active_sessions": r.active_sessions,
+              "throughput": r.throughput, "batch": {"sessions": r.batch_size, "throughput": r.batch_throughput},
+              "active_sessions": r.active_sessions,
               "cache_tokens_left": r.cache_tokens_left, "version": r.version, "reached": r.peer_id in reached,
               # a node at home announces only circuit addresses: everyone reaches it through those relays
               "reach": "via relay" if is_relayed(r) else "direct", "relays": list(relays_of(r.maddrs)),

@@ -4,6 +4,8 @@ import json
 from types import SimpleNamespace
 
 from node import throughput
+from shards.blocks import BlockStack
+from tests.node.test_memory import TINY
 
 SPAN = SimpleNamespace(start=0, end=10)  # what the log line names; `measure` is replaced
 
@@ -31,3 +33,21 @@ def test_a_corrupt_or_foreign_cache_is_measured_again(tmp_path, monkeypatch):
         cache.write_text(text)
         assert throughput.cached_throughput(cache, "k", SPAN) == 3.0
         assert json.loads(cache.read_text())["k"] == 3.0
+
+
+def test_the_measured_batch_is_what_one_forward_and_the_pool_hold():
+    assert throughput.batch_size(512, 8192) == throughput.MEASURED_BATCH
+    assert throughput.batch_size(8, 8192) == 8  # --max-batch-tokens: decode rows of one forward
+    assert throughput.batch_size(512, 300) == 300 // (throughput.BATCH_CONTEXT + throughput.BATCH_STEPS + 1)
+    assert throughput.batch_size(512, 30) == 1 and throughput.batch_size(1, 8192) == 1  # none
+
+
+def test_a_batch_is_measured_through_the_span_and_cached_apart(tmp_path):
+    """A real (tiny, random) span: a batch's figure counts all its sessions' tokens, under its own key."""
+    stack = BlockStack(TINY, 0, 2)
+    cache = tmp_path / "throughput.json"
+    single = throughput.cached_throughput(cache, "k", stack)
+    batched = throughput.cached_throughput(cache, "k", stack, batch=8)
+    assert single > 0 and batched > 0
+    assert set(json.loads(cache.read_text())) == {"k", "k:batch8"}
+    assert throughput.cached_throughput(cache, "k", stack, batch=8) == round(batched, 2)  # read back

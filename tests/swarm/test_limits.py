@@ -16,6 +16,7 @@ import torch
 from node.config import parse_size
 from node.local_swarm import LocalSwarm
 from node.selection import cache_tokens_for_budget
+from node.throughput import batch_size
 from routing import wire
 from routing.client import SwarmClient
 from routing.errors import RemoteError
@@ -117,8 +118,11 @@ def test_a_grown_pool_is_announced_and_serves_a_session_longer_than_the_configur
     assert load["cache_tokens_used"] + load["cache_tokens_free"] == pool
     metrics = _scrape(re.search(r"^metrics (\S+)$", Path(b.log).read_text(), re.M).group(1))
     assert metrics["swarmlm_cache_tokens_used[]"] + metrics["swarmlm_cache_tokens_free[]"] == pool
-    until(lambda: model.client.run(model.client.records(model.root, 30), timeout=60)[b.peer_id],
-          lambda r: r.cache_tokens_left == pool, timeout=30, interval=0.5)  # once B's earlier sessions ended
+    record = until(lambda: model.client.run(model.client.records(model.root, 30), timeout=60)[b.peer_id],
+                   lambda r: r.cache_tokens_left == pool, timeout=30, interval=0.5)  # once B's earlier sessions ended
+    # B measured its speed (no --throughput): one session's, and a batch's as big as its pool and
+    # --max-batch-tokens (default 512) allow, which clients price it by (routing/planner.py batch_step)
+    assert record.batch_size == batch_size(512, pool) > 1 and record.batch_throughput > 0
 
     with model.inference_session(max_length=256) as s:  # A's 96 tokens have no room: the planner picks B
         g = s.generate(LONG_PROMPT, 64, ignore_eos=True)  # after its 81 prompt tokens

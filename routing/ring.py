@@ -46,7 +46,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, Protocol, Sequence
 
 import torch
 
@@ -61,8 +61,10 @@ from .errors import PeerFailure, RoutingError
 from .grants import RingTicket, ring_ticket
 
 if TYPE_CHECKING:
-    from .chain import RemoteRunner
+    from .client import SwarmClient
     from .planner import Hop
+    from .span import SpanSession
+    from .view import SwarmView
 
 log = logging.getLogger(__name__)
 GREEDY_MARGIN = 1e-3  # relative logit gap beyond any honest rounding of the head in float32/bfloat16
@@ -132,10 +134,34 @@ class _Claim:
         return (*self.drafts[:self.kept], self.tokens[0])
 
 
-class ClientRing:
-    """Runs a `RemoteRunner`'s steps as a ring where it can (see the module docstring)."""
+class RingRunner(Protocol):
+    """What a ring needs of the chain runner it drives (routing/chain.py `RemoteRunner`): its spans and
+    counters, its failover, and its two ways to step. Declared here so that this module does not import
+    chain.py, which imports it."""
 
-    def __init__(self, runner: RemoteRunner, head: Head) -> None:
+    spans: list[SpanSession]
+    session_id: str
+    max_length: int
+    failovers: int
+    relayed_steps: int
+    silence: float | None
+    client: SwarmClient
+    view: SwarmView
+
+    async def ready(self) -> None: ...
+
+    async def ring_step(self, hidden: torch.Tensor, start: int, ring: int) -> torch.Tensor: ...
+
+    async def _forward(self, hidden: torch.Tensor, start: int,
+                       sent: Callable[[], Awaitable[None]] | None = None) -> torch.Tensor: ...
+
+    async def _replace(self, i: int, start: int, error: RoutingError, through_end: bool = False) -> None: ...
+
+
+class ClientRing:
+    """Runs a `RingRunner`'s steps as a ring where it can (see the module docstring)."""
+
+    def __init__(self, runner: RingRunner, head: Head) -> None:
         self.runner, self.head = runner, head
         self.ticket: RingTicket | None = None
         self.last = -1  # the position of the last token the call that armed the ring may choose

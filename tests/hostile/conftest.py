@@ -91,12 +91,14 @@ def expected(local_model) -> Callable[[str, int], list[int]]:
 def honest(swarm, attacker, default_store, expected) -> Callable[..., float]:
     """After an attack: connect a fresh honest client, generate, and assert it got exactly the local
     greedy answer and that every node is still up; returns the seconds the client took, connecting
-    included. `inspect(model)` runs before it disconnects."""
+    included. `prepare(model)` runs before it generates, `inspect(model)` before it disconnects."""
 
     def answer(prompt: str = PROMPT, tokens: int = TOKENS, inspect: Callable[[RemoteModel], Any] | None = None,
-               **connect: Any) -> float:
+               prepare: Callable[[RemoteModel], Any] | None = None, **connect: Any) -> float:
         started = time.perf_counter()
         with RemoteModel.connect(swarm.initial_peers, default_store.path, **connect) as model:
+            if prepare is not None:
+                prepare(model)
             got = model.generate(prompt, tokens).token_ids
             if inspect is not None:
                 inspect(model)

@@ -8,10 +8,8 @@ import sys
 from pathlib import Path
 
 from node.local_swarm import LocalNode, LocalSwarm
-from routing.planner import UNMEASURED_RTT
-from swarmlm.sdk import RemoteModel
 
-from tests.waiting import until_routable
+from tests.waiting import route_first
 
 MALFORMED = [sys.executable, str(Path(__file__).with_name("malformed_node.py"))]
 MODES = ("nan", "short", "huge", "dtype", "attestation")
@@ -43,16 +41,11 @@ def test_nodes_sending_malformed_tensors_or_attestations_are_refused_and_banned(
     honest_middle = next(n.peer_id for n in swarm.nodes if n.blocks == (10, 20))
     spawned = {mode: _spawn_malformed(swarm, mode) for mode in MODES}
 
-    def liars_first(model: RemoteModel) -> None:
-        unreached = [mode for p, mode in liars.items() if not until_routable(model, p)]
-        assert not unreached, f"the client never reached the liars {unreached}"
-        model.view.rtt[honest_middle] = UNMEASURED_RTT
-
     try:
         liars = {node.peer_id: mode for mode, node in zip(spawned, swarm.await_nodes(list(spawned.values())))}
         with caplog.at_level(logging.INFO, logger="routing"):
             for _ in range(3):  # a liar banned for 5 s may be met again, or an answer end first: bounded
-                honest(tokens=12, prepare=liars_first)  # steps enough to meet every liar
+                honest(tokens=12, prepare=lambda model: route_first(model, list(liars), [honest_middle]))  # steps enough to meet every liar
                 failed = {r.args[0] for r in caplog.records
                           if r.name == "routing.chain" and "failed on blocks" in r.msg}
                 refused = {p for p in liars if p[-8:] in failed}

@@ -22,7 +22,7 @@ from routing.evidence import Claim, Evidence, check_evidence, tolerance
 from scripts.false_accusation_sweep import DTYPES, PROMPTS, SCHEMES, Row, sweep
 from swarmlm.sdk import RemoteModel
 from tests.conftest import FIXED_THROUGHPUT, log_tails
-from tests.waiting import until_routable
+from tests.waiting import route_first
 
 pytestmark = pytest.mark.swarm
 
@@ -171,6 +171,6 @@ def test_a_gross_liar_among_low_precision_nodes_is_still_convicted(mixed, defaul
     finally:
         del mixed.env["SWARMLM_TEST_LIE"]
     with _client(mixed, default_store) as model:
-        assert until_routable(model, liar.peer_id), log_tails(mixed)
+        route_first(model, [liar.peer_id], [n.peer_id for n in mixed.nodes if n.blocks == (10, 20) and n is not liar])
         model.generate(PROMPT, 4)
         assert model.verifier.stats.convicted == [liar.peer_id], log_tails(mixed)

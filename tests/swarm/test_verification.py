@@ -18,6 +18,7 @@ from shards.store import ShardStore
 from swarmlm.sdk import RemoteModel
 from tests.cli_call import run_cli
 from tests.conftest import FIXED_THROUGHPUT, SWARMLM, log_tails
+from tests.waiting import route_first
 
 PROMPT = "What is the capital of France?"
 DISHONEST = [sys.executable, str(Path(__file__).with_name("dishonest_node.py"))]
@@ -56,7 +57,8 @@ def test_200_spot_checks_between_float32_and_bfloat16_accuse_no_one(default_stor
 def mixed_swarm(default_store, tmp_path_factory):
     """Honest nodes on every span, a second honest one and a dishonest one on 10:20.
 
-    The dishonest node announces a huge throughput, so clients route through it first.
+    The dishonest node announces a huge throughput; the test's client also counts the honest 10:20
+    node as far away (`route_first`), so it routes through the liar first however pings vary.
     """
     with LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("verify"), node_args=FIXED_THROUGHPUT) as swarm:
         swarm.start(3, 30)
@@ -72,6 +74,7 @@ def caught(mixed_swarm, default_store, tmp_path_factory):
     client_dir = tmp_path_factory.mktemp("client")
     with RemoteModel.connect(swarm.initial_peers, default_store.path, spot_check_rate=1.0, seed=0,
                              ledger=client_dir / "ledger.sqlite", evidence_dir=client_dir / "evidence") as model:
+        route_first(model, [liar.peer_id], [n.peer_id for n in swarm.nodes if n.blocks == (10, 20) and n is not liar])
         with model.inference_session(max_length=64) as session:
             g = session.generate(PROMPT, 16)
         yield model, g, client_dir

@@ -7,17 +7,19 @@ block b and T the swarm's tokens/s:
 `cost_i` is node i's seconds per block-token at the biggest batch it could ever run (its whole cache in
 two-token sessions), so compute is never underestimated. `rate_i` caps the tokens/s of the sessions
 passing through node i (`node_rate`), from its uplink and its cache, by Little's law:
+  - its uplink sends each token's output once: at most upload_i tokens/s;
   - a session of L tokens reserves L tokens of the node's cache while it decodes, each token taking at
-    least τ = latency_i + (n − 1)/upload_i seconds: `latency_i` is the fastest chain through the node when
-    every node steps one token and sends one token's state, and the node's uplink carries the outputs of
-    all n sessions it holds, each step;
-  - so a steady state of g tokens/s through the node has n ≥ g·τ sessions in flight, and holds
-    g·τ·L̄ ≤ cache_i cache tokens, L̄ being the cache a session holds weighted by the tokens it makes
-    (`workload.cache_tokens_per_token`); together: g ≤ 1 / (L̄·(latency_i − 1/upload_i)/cache_i + 1/upload_i).
-Assumed: a steady state (time averages), the simulator's cost model (a token's step waits for the batch's
-upload; batching is otherwise free), no prefill, replay or queueing (each only lowers throughput), and
-sessions' lengths drawn independently of the chains they get. Within those, no placement of the nodes as
-they are, routing or admission exceeds it; `best_placement_bound` also frees the placement.
+    least latency_i, the fastest chain through the node when every node steps one token and sends one
+    token's state; so a steady state of g tokens/s through the node has g·latency_i sessions in flight,
+    holding g·latency_i·L̄ ≤ cache_i cache tokens, L̄ being the cache a session holds weighted by the
+    tokens it makes (`workload.cache_tokens_per_token`): g ≤ cache_i / (L̄·latency_i).
+Nothing here depends on how a node batches (each token rides one step of at least one token, and its
+output waits on the uplink behind no other), so the bound holds for any scheduler: the simulator's nodes
+batch continuously as the daemon does (batching.py), and a token waits there for more than this.
+Assumed: a steady state (time averages), the simulator's cost model (batching is otherwise free), no
+prefill, replay or queueing (each only lowers throughput), and sessions' lengths drawn independently of the
+chains they get. Within those, no placement of the nodes as they are, routing or admission exceeds it;
+`best_placement_bound` also frees the placement.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ class Capacity:
 def node_rate(node: Capacity, session_tokens: float, latency: float | None = None) -> float:
     """Tokens/s of the sessions through `node` (module docstring): its uplink's rate, and less when its
     cache cannot hold the sessions in flight at `latency` (default: the node's) per token."""
-    extra = max(0.0, (node.latency if latency is None else latency) - 1 / node.upload)
-    return 1 / (session_tokens * extra / node.cache + 1 / node.upload)
+    held = session_tokens * (node.latency if latency is None else latency)
+    return min(node.upload, node.cache / held) if held > 0 else node.upload
 
 
 def placement_bound(nodes: Sequence[Capacity], num_blocks: int, session_tokens: float = 0.0) -> float:

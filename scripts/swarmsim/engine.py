@@ -2,10 +2,11 @@
 
 Events (joins, departures, rebalancing checks, client arrivals, retries) run in time order on a
 virtual clock. Decoding is a fluid between ticks of `tick_s`: every session's time per token is
-re-derived each tick from its chain (round trips; each node's roofline step at the batch of
-sessions it holds, and the upload of that batch's outputs on its uplink), and tokens accrue at
-that rate. Batching is ideal (every session on a node rides every step), which favours the
-simulated swarm; prefill and replays delay a session but load no node.
+re-derived each tick from its chain (round trips; at each node, its continuous batching as the
+daemon's scheduler runs it: the wait for the iteration in progress, the node's roofline step at the
+batch of tokens that reach it while one iteration computes, and that batch's outputs on its uplink:
+batching.py), and tokens accrue at that rate. Batching is otherwise free, which favours the simulated
+swarm; prefill and replays delay a session but load no node.
 
 Policies are the production code: where a node sits (`best_start`, `should_move`, `move_chance`,
 `rebalance_delay`, `blocks_for_budget`) and how it claims a move before making it (`claim_holds`,
@@ -19,7 +20,6 @@ three periods, as hivemind's do.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import itertools
 import math
@@ -38,7 +38,7 @@ from routing.records import ServerRecord
 from routing.view import Bans
 from routing.wire import PROTOCOL_VERSION
 
-from . import churn, network, workload
+from . import batching, churn, network, workload
 from .bound import Capacity, best_placement_bound, placement_bound
 from .hardware import MESSAGE_CPU_S, MESSAGE_S, PROFILES, Model, step_time
 from .lab import Lab
@@ -108,8 +108,8 @@ class SimNode:
         self.cache_used = 0
         self.held: set[int] = set()  # blocks on its disk
         self.next_announce = 0.0
-        self.step = 0.0  # seconds per step of its whole span at this tick's batch
-        self.send = 0.0  # seconds to upload that batch's outputs
+        self.iteration = batching.Iteration(1.0, 0.0, 0.0, 0.0)  # this tick's
+        self.rate = 0.0  # tokens/s through it at the last tick
         # Seconds per block-token at the biggest batch it could ever run, its cache full of two-token
         # sessions: the bound's compute (bound.py), never above what a chain gets; its caches bind first.
         batch = max(1, self.cache_room // 2)
@@ -565,18 +565,51 @@ class Simulation:
 
     # ---- a tick of decoding --------------------------------------------------------------------
 
+    def _decode_rates(self, decoding: list[Session], until: float) -> dict[Session, float]:
+        """Each decoding session's seconds per token, with every node's iteration (batching.py) at the tokens/s
+        that reach it: from the last tick's rates, then once more from the rates those times give. A lab's one
+        host runs every process on its few cores, which its concurrent sessions saturate: steps queue at a node
+        while others hold the cores, so every session rides every iteration there, as the measured runs show
+        (8 sessions make 1.8x the tokens/s of one: calibrate.py)."""
+        serving = []
+        for node in self.nodes.values():
+            active = [s for s in node.sessions if s.ready_at < until]
+            if node.state in ("online", "draining") and active:
+                serving.append((node, len(active), sum(s.prompt + s.tokens for s in active) / len(active)))
+        tpts: dict[Session, float] = {}
+        for _ in range(2):
+            for node, sessions, context in serving:
+                rate = math.inf if self.cfg.lab is not None else node.rate
+                node.iteration = batching.iteration(node.hw, self.model, node.end - node.start, sessions, context,
+                                                    rate, node.upload, node.iteration.batch)
+            tpts = {s: self._time_per_token(s) for s in decoding}
+            rates: dict[str, float] = {}
+            for s, tpt in tpts.items():
+                for n, *_ in s.hops:
+                    rates[n.peer_id] = rates.get(n.peer_id, 0.0) + 1 / tpt
+            for node, *_ in serving:
+                node.rate = rates.get(node.peer_id, 0.0)
+        if self.cfg.lab is not None and decoding:  # one host's cores shared by all: processor sharing
+            demand = sum(self._cpu_per_token(s) / tpt for s, tpt in tpts.items())
+            if demand > self.cfg.lab.cores:
+                tpts = {s: tpt * demand / self.cfg.lab.cores for s, tpt in tpts.items()}
+        return tpts
+
     def _time_per_token(self, s: Session) -> float:
-        """Seconds per decoded token along the session's chain: each node's step at its batch, its
-        uplink carrying that batch (`send`, in place of the one token's bytes), the trips."""
+        """Seconds per decoded token along the session's chain: at each node, the wait for the iteration in
+        progress, its own iteration (its blocks' share), that iteration's outputs on the uplink (in place of
+        the one token's bytes); the trips."""
         hops = [(n, a, b) for n, a, b, _ in s.hops]
-        return self._trip(s, hops, 0.0, [n.send + (b - a) / (n.end - n.start) * n.step for n, a, b in hops]) + (
+        doing = [n.iteration.wait + (b - a) / (n.end - n.start) * n.iteration.step + n.iteration.send
+                 for n, a, b in hops]
+        return self._trip(s, hops, 0.0, doing) + (
             self.model.hidden_bytes / self.client_upload * (1 if self.cfg.push and len(hops) > 1 else len(hops)))
 
     def _cpu_per_token(self, s: Session) -> float:
         """CPU seconds one decoded token costs the host when every process shares it (a lab)."""
         msgs = len(s.hops) + 1 if self.cfg.push and len(s.hops) > 1 else 2 * len(s.hops)
         return self.cfg.client_s + msgs * self.cfg.message_cpu_s + sum(
-            (b - a) / (n.end - n.start) * n.step / max(1, len(n.sessions)) for n, a, b, _ in s.hops)
+            (b - a) / (n.end - n.start) * n.iteration.step / n.iteration.batch for n, a, b, _ in s.hops)
 
     def _uncovered(self, serves: Callable[[SimNode], bool] = lambda n: n.state in ("online", "draining")
                    ) -> list[bool]:
@@ -607,19 +640,9 @@ class Simulation:
             if not s.waiting and any(n.epoch != e for n, _, _, e in s.hops):
                 self._repair(s)
         decoding = [s for s in self.sessions if not s.waiting and s.ready_at < t + dt]
-        for node in self.nodes.values():
-            active = [s for s in node.sessions if s.ready_at < t + dt]
-            if node.state in ("online", "draining") and active:
-                context = sum(s.prompt + int(s.tokens) for s in active)
-                node.step = (node.end - node.start) * step_time(node.hw, self.model, len(active), context)
-                node.send = len(active) * self.model.hidden_bytes / node.upload  # its uplink carries the batch
+        tpts = self._decode_rates(decoding, t + dt)
         busy: dict[str, float] = {}
         made = 0.0
-        tpts = {s: self._time_per_token(s) for s in decoding}
-        if cfg.lab is not None and decoding:  # one host's cores shared by all: processor sharing
-            demand = sum(self._cpu_per_token(s) / tpt for s, tpt in tpts.items())
-            if demand > cfg.lab.cores:
-                tpts = {s: tpt * demand / cfg.lab.cores for s, tpt in tpts.items()}
         for s in decoding:
             tpt = tpts[s]
             began = max(t, s.ready_at)
@@ -630,8 +653,8 @@ class Simulation:
             s.tokens += tokens
             made += tokens
             for n, a, b, _ in s.hops:
-                busy[n.peer_id] = busy.get(n.peer_id, 0.0) + tokens * (b - a) / (n.end - n.start) * n.step / max(
-                    1, len(n.sessions))
+                share = (b - a) / (n.end - n.start) * n.iteration.step / n.iteration.batch
+                busy[n.peer_id] = busy.get(n.peer_id, 0.0) + tokens * share
             if s.tokens >= s.answer - 1e-9:
                 self.now = began + (s.answer - (s.tokens - tokens)) * tpt
                 self._finish(s)

@@ -110,8 +110,9 @@ SMOLLM2_135M = Model("smollm2-135m", 30, 3_540_096, 576, kv_heads=3, head_dim=64
 MODELS = {m.name: m for m in (LLAMA3_70B, LLAMA3_405B, SMOLLM2_135M)}
 
 
-def step_time(hw: Hardware, model: Model, batch: int, context_tokens: int) -> float:
-    """Seconds for one block to process `batch` new tokens that attend `context_tokens` cached ones in all."""
+def step_time(hw: Hardware, model: Model, batch: float, context_tokens: int) -> float:
+    """Seconds for one block to process `batch` new tokens (a fluid: any real number) that attend
+    `context_tokens` cached ones in all."""
     moved = model.block_bytes + context_tokens * model.kv_bytes_per_token
     flops = 2 * model.params_per_block * batch
     reading, computing = moved / (hw.bandwidth_gbs * 1e9 * hw.bw_eff), flops / (hw.tflops * 1e12 * hw.flop_eff)

@@ -24,12 +24,13 @@ def test_an_uncovered_block_means_no_throughput_but_placing_anew_would_help() ->
 
 
 def test_a_full_cache_caps_its_node_at_the_sessions_it_holds_over_their_time_per_token() -> None:
-    """1,000 cache tokens hold two 500-token sessions; each token takes the chain's 0.11 s plus 0.01 s for
-    the other session's state on the 100 tokens/s uplink: 2 / 0.12 tokens/s, however fast the GPU."""
+    """1,000 cache tokens hold two 500-token sessions; each token takes the chain's 0.11 s at least:
+    2 / 0.11 tokens/s, however fast the GPU; an uplink slower than that caps it instead."""
     node = Capacity(0, 4, cost=1e-6, upload=100.0, cache=1000, latency=0.11)
-    assert node_rate(node, 500) == pytest.approx(2 / 0.12)
-    assert placement_bound([node], 4, session_tokens=500) == pytest.approx(2 / 0.12)
+    assert node_rate(node, 500) == pytest.approx(2 / 0.11)
+    assert placement_bound([node], 4, session_tokens=500) == pytest.approx(2 / 0.11)
     assert placement_bound([node], 4) == pytest.approx(100.0)  # caches ignored: its uplink alone
+    assert node_rate(Capacity(0, 4, cost=1e-6, upload=10.0, cache=1000, latency=0.11), 500) == pytest.approx(10.0)
 
 
 def test_caches_add_up_per_block_and_the_thinnest_block_decides() -> None:

@@ -38,7 +38,7 @@ from routing.records import ServerRecord
 from routing.view import Bans
 from routing.wire import PROTOCOL_VERSION
 
-from . import batching, churn, network, workload
+from . import batching, chains, churn, network, workload
 from .bound import Capacity, best_placement_bound, placement_bound
 from .hardware import MESSAGE_CPU_S, MESSAGE_S, PROFILES, Model, step_time
 from .lab import Lab
@@ -716,43 +716,6 @@ class Simulation:
             return floors
         n = self.model.num_blocks
         per_block = [x.step_one for x in nodes]
-        best = [math.inf] * len(nodes)
-        for region in network.REGIONS:
-            client = network.Endpoint(region)
-            fixed = [self._hop_fixed(client, x) for x in nodes]
-            before = _cheapest_covers(nodes, fixed, per_block, n)  # [0, b) for each b
-            mirrored = [_Span(n - x.end, n - x.start) for x in nodes]
-            after = _cheapest_covers(mirrored, fixed, per_block, n)[::-1]  # [b, n) for each b
-            for i, x in enumerate(nodes):
-                into = math.inf  # boarded at some a < b, left at b: one sweep over b
-                for b in range(x.start + 1, x.end + 1):
-                    into = min(into, before[b - 1] - (b - 1) * per_block[i])
-                    best[i] = min(best[i], into + fixed[i] + after[b] + b * per_block[i])
-        return best
-
-
-@dataclass
-class _Span:
-    start: int
-    end: int
-
-
-def _cheapest_covers(nodes: list, fixed: list[float], per_block: list[float], n: int) -> list[float]:
-    """cost[b]: the least sum over hops of (fixed + blocks · per_block) of chains covering [0, b), a hop
-    boarding its node at any block of its span: one sweep, each node keeping its best boarding."""
-    cost = [math.inf] * (n + 1)
-    cost[0] = 0.0
-    starting: dict[int, list[int]] = {}
-    for i, x in enumerate(nodes):
-        starting.setdefault(x.start, []).append(i)
-    riding: dict[int, float] = {}  # node: least (cost at boarding − boarding block · per_block)
-    for b in range(n + 1):
-        if b:
-            riding = {i: v for i, v in riding.items() if nodes[i].end >= b}
-            cost[b] = min((v + fixed[i] + b * per_block[i] for i, v in riding.items()), default=math.inf)
-        for i in starting.get(b, ()):
-            riding.setdefault(i, math.inf)
-        for i in riding:
-            if nodes[i].end > b:
-                riding[i] = min(riding[i], cost[b] - b * per_block[i])
-    return cost
+        per_region = [chains.fastest_through(nodes, [self._hop_fixed(network.Endpoint(region), x) for x in nodes],
+                                             per_block, n) for region in network.REGIONS]
+        return [min(times) for times in zip(*per_region)]

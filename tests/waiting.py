@@ -10,6 +10,8 @@ import asyncio
 import time
 from typing import Callable, TypeVar
 
+from routing.planner import UNMEASURED_RTT
+
 T = TypeVar("T")
 
 
@@ -50,8 +52,6 @@ def route_first(model, first: list[str], later: list[str]) -> None:  # noqa: ANN
     """Make `model` try the `first` peers before the `later` ones: wait until it reached each, then count
     the others' round trips as a last resort's. A liar's claimed speed saves a step ~10 ms over an honest
     node announcing the tests' fixed 100 tokens/s, which a loaded machine's ping noise can outweigh."""
-    from routing.planner import UNMEASURED_RTT
-
     unreached = [p[-8:] for p in first if not until_routable(model, p)]
     assert not unreached, f"the client never reached {unreached}"
     for peer in later:

@@ -33,11 +33,12 @@ from swarmsim.engine import PLACEMENTS, Simulation  # noqa: E402
 from swarmsim.scenarios import SCENARIOS  # noqa: E402
 
 COLUMNS = (("placement", "{}"), ("offered/s", "{:.0f}"), ("tokens/s", "{:.1f}"), ("bound", "{:.1f}"), ("of bound", "{:.2f}"),
-           ("best bound", "{:.1f}"), ("uncovered blk·s", "{:.0f}"), ("sessions", "{}"), ("failed", "{}"),
+           ("best bound", "{:.1f}"), ("batched", "{:.1f}"), ("of batched", "{:.2f}"),
+           ("uncovered blk·s", "{:.0f}"), ("sessions", "{}"), ("failed", "{}"),
            ("failed w/ cover", "{}"), ("failovers", "{}"), ("moves", "{}"), ("tpt p50 s", "{:.3f}"),
            ("tpt p95 s", "{:.3f}"), ("ttft p50 s", "{:.2f}"), ("J/token", "{:.1f}"), ("wall s", "{:.0f}"),
            ("cpu s", "{:.0f}"))
-KEYS = ("offered_s", "tokens_s", "bound_s", "of_bound", "best_bound_s", "uncovered_block_s", "sessions", "failed",
+KEYS = ("offered_s", "tokens_s", "bound_s", "of_bound", "best_bound_s", "batched_s", "of_batched", "uncovered_block_s", "sessions", "failed",
         "failed_with_cover", "failovers", "moves", "tpt_p50", "tpt_p95", "ttft_p50", "j_per_token", "wall_s", "cpu_s")
 
 

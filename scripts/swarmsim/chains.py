@@ -7,6 +7,9 @@ import math
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
 
 class Span(Protocol):
     start: int
@@ -20,19 +23,25 @@ class _Span:
 
 
 def fastest_through(nodes: Sequence[Span], fixed: list[float], per_block: list[float], n: int) -> list[float]:
-    """Per node, the least seconds per token of a chain over blocks [0, n) that rides it: the cheapest cover of
-    the blocks before where it is boarded, its hop (`fixed` plus `per_block` a block), the cheapest cover of
-    those after where it is left; one sweep over the boundaries each way, and one over each node's span."""
-    before = _cheapest_covers(nodes, fixed, per_block, n)  # [0, b) for each b
+    """Per node, the least seconds per token of a chain over blocks [0, n) that rides it."""
+    return [float(ride.min()) for ride in fastest_by_ride(nodes, fixed, per_block, n)]
+
+
+def fastest_by_ride(nodes: Sequence[Span], fixed: list[float], per_block: list[float], n: int) -> list[np.ndarray]:
+    """Per node, by how many of its blocks a chain rides (index j − 1 for j blocks), the least seconds per
+    token of a chain over blocks [0, n) that rides it so: the cheapest cover of the blocks before where it is
+    boarded, its hop (`fixed` plus `per_block` a block), the cheapest cover of those after where it is left."""
+    before = np.array(_cheapest_covers(nodes, fixed, per_block, n))  # [0, b) for each b
     mirrored = [_Span(n - x.end, n - x.start) for x in nodes]
-    after = _cheapest_covers(mirrored, fixed, per_block, n)[::-1]  # [b, n) for each b
-    best = [math.inf] * len(nodes)
+    after = np.array(_cheapest_covers(mirrored, fixed, per_block, n)[::-1])  # [b, n) for each b
+    rides = []
     for i, x in enumerate(nodes):
-        into = math.inf  # boarded at some a < b, left at b: one sweep over b
-        for b in range(x.start + 1, x.end + 1):
-            into = min(into, before[b - 1] - (b - 1) * per_block[i])
-            best[i] = min(best[i], into + fixed[i] + after[b] + b * per_block[i])
-    return best
+        span = x.end - x.start
+        leaving = np.concatenate([after[x.start + 1:x.end + 1], np.full(span, math.inf)])
+        # row a (boarded at x.start + a), column j − 1: left at x.start + a + j, past the span's end at inf
+        ride = (before[x.start:x.end, None] + sliding_window_view(leaving, span)[:span]).min(axis=0)
+        rides.append(ride + fixed[i] + np.arange(1, span + 1) * per_block[i])
+    return rides
 
 
 def _cheapest_covers(nodes: Sequence[Span], fixed: list[float], per_block: list[float], n: int) -> list[float]:

@@ -28,6 +28,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from node.local_swarm import even_spans
 from node.selection import (best_start, blocks_for_budget, cache_tokens_for_budget, claim_holds, claim_wait,
                             cooled_down, coverage, move_chance, rebalance_delay, serves, should_move)
@@ -39,6 +41,7 @@ from routing.view import Bans
 from routing.wire import PROTOCOL_VERSION
 
 from . import batching, chains, churn, network, workload
+from .batch_bound import batched_bound, node_modes
 from .bound import Capacity, best_placement_bound, placement_bound
 from .hardware import MESSAGE_CPU_S, MESSAGE_S, PROFILES, Model, step_time
 from .lab import Lab
@@ -161,6 +164,7 @@ class Metrics:
     offered: float = 0.0  # answer tokens the sessions that arrived asked for
     bound_token_s: float = 0.0  # ∫ placement bound dt
     best_token_s: float = 0.0
+    batched_token_s: float = 0.0  # ∫ the bound with batching inside (batch_bound.py) dt
     uncovered_block_s: float = 0.0
     energy_j: float = 0.0
     done: int = 0
@@ -178,7 +182,8 @@ class Metrics:
         def pct(xs: list[float], q: float) -> float:
             return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] if len(xs) > 1 else float("nan")
         return {"tokens_s": self.tokens / seconds, "offered_s": self.offered / seconds, "bound_s": self.bound_token_s / seconds,
-                "best_bound_s": self.best_token_s / seconds,
+                "best_bound_s": self.best_token_s / seconds, "batched_s": self.batched_token_s / seconds,
+                "of_batched": self.tokens / self.batched_token_s if self.batched_token_s else float("nan"),
                 "of_bound": self.tokens / self.bound_token_s if self.bound_token_s else float("nan"),
                 "uncovered_block_s": self.uncovered_block_s, "sessions": self.done, "failed": self.failed,
                 "failed_with_cover": self.failed_with_cover, "failovers": self.failovers, "moves": self.moves,
@@ -204,7 +209,7 @@ class Simulation:
         self._seq = itertools.count()
         self._ids = itertools.count()
         self._region_rtt: dict[str, dict[str, float]] = {}  # a client's round trip to each peer, by its region
-        self._bound = (0.0, 0.0)
+        self._bound = (0.0, 0.0, 0.0)
         self._sampled = (0.0, 0.0)  # (time, tokens) at the last sample
         self.departures = 0
         spans = cfg.spans or (even_spans(cfg.model.num_blocks, cfg.nodes) if cfg.placement == "even" else ())
@@ -672,22 +677,29 @@ class Simulation:
             self._bound = self.bounds()
         m.bound_token_s += self._bound[0] * dt
         m.best_token_s += self._bound[1] * dt
+        m.batched_token_s += self._bound[2] * dt
         if sample:
             since, tokens = self._sampled
             m.series.append((t, (m.tokens - tokens) / (t + dt - since), self._bound[0], uncovered))
             m.servers.append(servers)
             self._sampled = (t + dt, m.tokens)
 
-    def bounds(self) -> tuple[float, float]:
-        """(the bound for the nodes as placed, the bound for the same nodes placed anywhere), tokens/s, with
-        their caches and the fastest chains through them inside (bound.py)."""
+    def bounds(self) -> tuple[float, float, float]:
+        """Tokens/s: the bound for the nodes as placed, the bound for the same nodes placed anywhere (their
+        caches and the fastest chains through them inside, bound.py), and the first with each node's
+        batching inside (batch_bound.py)."""
         online = [n for n in self.nodes.values() if n.state in ("online", "draining")]
         n, m = self.model.num_blocks, self.model
         floors = self._latency_floors(online)
         held = workload.cache_tokens_per_token()
-        caps = [Capacity(x.start, x.end, x.cost, x.upload / m.hidden_bytes, x.cache_room, latency)
-                for x, latency in zip(online, self._fastest_tokens(online, floors))]
-        return placement_bound(caps, n, held), best_placement_bound(caps, n, held, floors)
+        rides = self._rides(online, floors)
+        caps = [Capacity(x.start, x.end, x.cost, x.upload / m.hidden_bytes, x.cache_room, float(ride.min()))
+                for x, ride in zip(online, rides)]
+        context = workload.context_per_token()
+        modes = [node_modes(x.hw, m, ride, context, x.upload, max(1, x.cache_room // 2)) for x, ride in zip(online, rides)]
+
+        return (placement_bound(caps, n, held), best_placement_bound(caps, n, held, floors),
+                batched_bound(caps, modes, n, held))
 
     def _hop_fixed(self, client: network.Endpoint, x: SimNode) -> float:
         """A hop's seconds besides its blocks' steps: the round trip, its two messages, one token's state
@@ -706,16 +718,23 @@ class Simulation:
         return [self.cfg.client_s + near + 2 * self.cfg.message_s + m.hidden_bytes / x.upload
                 + m.hidden_bytes / self.client_upload + steps for x in nodes]
 
-    def _fastest_tokens(self, nodes: list[SimNode], floors: list[float]) -> list[float]:
-        """Per node, a lower bound on the seconds per token of any chain through it, for a client in any
-        region, each node stepping one token and sending one token's state: relayed, the cheapest cover of
-        the blocks before its span, its own hop, the cheapest cover of those after, each hop a round trip;
-        pushed, the placement-free floor (`_latency_floors`: node-to-node links need not obey the triangle
-        inequality, so no tighter bound is safe without a search over chains)."""
+    def _free_rides(self, nodes: list[SimNode], floors: list[float]) -> list[np.ndarray]:
+        """Per node, by how many of its blocks j a chain rides, seconds per token no chain beats wherever the
+        nodes sit: the floor (`_latency_floors`) with j of its blocks at its own one-token step."""
+        fastest = min((x.step_one for x in nodes), default=0.0)
+        return [floor + np.arange(1, x.end - x.start + 1) * (x.step_one - fastest) for x, floor in zip(nodes, floors)]
+
+    def _rides(self, nodes: list[SimNode], floors: list[float]) -> list[np.ndarray]:
+        """Per node, by how many of its blocks a chain rides, a lower bound on the seconds per token of any
+        chain through it as the nodes sit, for a client in any region, each node stepping one token and
+        sending one token's state. Relayed: the cheapest cover of the blocks before where it is boarded, its
+        own hop, the cheapest cover of those after, each hop a round trip (chains.py). Pushed: the
+        placement-free floor (node-to-node links need not obey the triangle inequality, so no tighter
+        bound is safe without a search over chains)."""
         if self.cfg.push or self.cfg.lab is not None:
-            return floors
+            return self._free_rides(nodes, floors)
         n = self.model.num_blocks
         per_block = [x.step_one for x in nodes]
-        per_region = [chains.fastest_through(nodes, [self._hop_fixed(network.Endpoint(region), x) for x in nodes],
+        per_region = [chains.fastest_by_ride(nodes, [self._hop_fixed(network.Endpoint(region), x) for x in nodes],
                                              per_block, n) for region in network.REGIONS]
-        return [min(times) for times in zip(*per_region)]
+        return [np.minimum.reduce(rides) for rides in zip(*per_region)]

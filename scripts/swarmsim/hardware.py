@@ -110,10 +110,19 @@ SMOLLM2_135M = Model("smollm2-135m", 30, 3_540_096, 576, kv_heads=3, head_dim=64
 MODELS = {m.name: m for m in (LLAMA3_70B, LLAMA3_405B, SMOLLM2_135M)}
 
 
-def step_time(hw: Hardware, model: Model, batch: float, context_tokens: int) -> float:
+def step_time(hw: Hardware, model: Model, batch: float, context_tokens: float) -> float:
     """Seconds for one block to process `batch` new tokens (a fluid: any real number) that attend
     `context_tokens` cached ones in all."""
-    moved = model.block_bytes + context_tokens * model.kv_bytes_per_token
-    flops = 2 * model.params_per_block * batch
-    reading, computing = moved / (hw.bandwidth_gbs * 1e9 * hw.bw_eff), flops / (hw.tflops * 1e12 * hw.flop_eff)
+    reading = read_time(hw, model.block_bytes + context_tokens * model.kv_bytes_per_token)
+    computing = batch * token_flops_time(hw, model)
     return (max(reading, computing) if hw.overlap else reading + computing) + hw.overhead_s
+
+
+def read_time(hw: Hardware, moved: float) -> float:
+    """Seconds to stream `moved` bytes from the device's memory."""
+    return moved / (hw.bandwidth_gbs * 1e9 * hw.bw_eff)
+
+
+def token_flops_time(hw: Hardware, model: Model) -> float:
+    """Seconds of arithmetic one token costs in one block."""
+    return 2 * model.params_per_block / (hw.tflops * 1e12 * hw.flop_eff)

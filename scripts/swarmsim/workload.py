@@ -28,14 +28,23 @@ def next_arrival(rng: random.Random, rate_per_s: float) -> float:
 
 
 @functools.cache
-def cache_tokens_per_token(samples: int = 100_000, seed: int = 0) -> float:
+def _sessions(samples: int = 100_000, seed: int = 0) -> tuple[tuple[int, int], ...]:
+    rng = random.Random(seed)
+    return tuple(lengths(rng) for _ in range(samples))
+
+
+@functools.cache
+def cache_tokens_per_token() -> float:
     """E[(prompt + answer) · answer] / E[answer]: the cache a session holds, weighted by the tokens it makes,
     which is what each generated token costs in cache-token-seconds per second of its time per token. Long
     answers hold long caches for long, so it is well above the mean length (~880 against ~500)."""
-    rng = random.Random(seed)
-    held = made = 0
-    for _ in range(samples):
-        prompt, answer = lengths(rng)
-        held += (prompt + answer) * answer
-        made += answer
-    return held / made
+    sessions = _sessions()
+    return sum((p + a) * a for p, a in sessions) / sum(a for _, a in sessions)
+
+
+@functools.cache
+def context_per_token() -> float:
+    """E[prompt · answer + answer · (answer − 1) / 2] / E[answer]: the cached tokens a generated token attends
+    (its prompt and the answer before it), averaged over the tokens made: what a step reads of KV cache."""
+    sessions = _sessions()
+    return sum(p * a + a * (a - 1) / 2 for p, a in sessions) / sum(a for _, a in sessions)

@@ -81,8 +81,9 @@ class Inference:
                     return  # the node ended it and told the client why
                 if await self._frame(session, frame, upcoming):
                     return
-        finally:
+        finally:  # the read ahead ends before the stream lingers: a reader takes one waiter at a time
             upcoming.cancel()
+            await asyncio.gather(upcoming, return_exceptions=True)
 
     async def _frame(self, session: NodeSession, raw: dict[str, Any], upcoming: asyncio.Future) -> bool:
         """Handle one client frame; True when the session is closed."""

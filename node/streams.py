@@ -24,7 +24,7 @@ from .metrics import NodeMetrics
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 FIRST_FRAME_TIMEOUT = 10.0  # seconds for a request's first frame to begin: clients send it at once
-LINGER_S = 0.5  # seconds an error frame gets to reach the client before its stream is closed
+LINGER_S = 0.5  # seconds a stream's last frame gets to reach the client before we close the stream
 SMALL_REQUEST = 4096  # bytes: info and ledger requests are tiny; nothing bigger is read for them
 
 
@@ -35,13 +35,22 @@ def peer_of(info: StreamInfo) -> str:
 async def guard(book: PeerBook, metrics: NodeMetrics, serve: Callable[[], Awaitable[Any]],
                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter, info: StreamInfo,
                 timed_as: str | None = None) -> None:
-    """Run one stream's handler within its peer's stream cap; failures become error frames.
+    """Run one stream's handler within its peer's stream cap; failures become error frames. After
+    the node's last frame the client gets LINGER_S to close the stream first (see `linger`).
 
     A vanished client is not an error. `timed_as` records the whole request's duration under
     that handler label.
     """
+    try:
+        await _answer(book, metrics, serve, writer, peer_of(info), timed_as)
+        await linger(reader)
+    finally:
+        writer.close()
+
+
+async def _answer(book: PeerBook, metrics: NodeMetrics, serve: Callable[[], Awaitable[Any]],
+                  writer: asyncio.StreamWriter, peer: str, timed_as: str | None) -> None:
     started = time.perf_counter()
-    peer = peer_of(info)
     try:
         with book.stream(peer):
             await serve()
@@ -51,23 +60,24 @@ async def guard(book: PeerBook, metrics: NodeMetrics, serve: Callable[[], Awaita
         metrics.error(e.code)
         log.debug("rejected frame from %s: [%s] %s", peer, e.code.value, e)
         await try_write(writer, protocol.Error.of(e).to_wire())
-        await linger(reader)
     except (asyncio.IncompleteReadError, ConnectionError):
         log.debug("stream from %s ended", peer)
     except Exception as e:  # a bug of ours: report it to the client, keep serving others
         metrics.error(ErrorCode.INTERNAL)
         log.exception("internal error serving %s", peer)
         await try_write(writer, protocol.Error(ErrorCode.INTERNAL.value, f"{type(e).__name__}: {e}").to_wire())
-    finally:
-        writer.close()
 
 
 async def linger(reader: asyncio.StreamReader) -> None:
-    """Before closing after an error frame, give the client LINGER_S to close first.
+    """Before closing a stream, give the client LINGER_S to close it first (at once if it has).
 
-    Closing our end while the client's is open lets p2pd reset the stream, and on a busy machine
-    the reset can overtake the error frame (the client then sees only a closed stream); what the
-    client sends meanwhile is discarded."""
+    When our end closes while the client's is open, p2pd's pipe for the stream resets it instead of
+    closing it now and then (its Close() stops reading, which the goroutine copying to us reads
+    as an error and answers with a reset, before the close's FIN goes out), and a reset makes the
+    client's p2pd drop what it has received but not yet handed over: the last frames we sent (a
+    session's final result and `closed`, a reply, an error frame) vanish and the client sees only
+    a closed stream, more often on a busy machine. A client that closes first meets none of this.
+    What the client sends meanwhile is discarded."""
     async def drain() -> None:
         while await reader.read(1 << 16):
             pass
@@ -95,5 +105,6 @@ async def until_gone(reader: asyncio.StreamReader, work: Awaitable[T]) -> T:
             task.cancel()
             raise ConnectionError("the client closed the stream before its result was ready")
         return task.result()
-    finally:
+    finally:  # its read ends before the stream lingers: a reader takes one waiter at a time
         watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -144,6 +145,30 @@ def test_session_errors_keep_the_session_usable(client, first, remote_model):
     kinds = [f["type"] if f["type"] != "error" else f["code"] for f in frames]
     assert kinds == ["opened", "result", "max_length", "unknown_session", "bad_position", "bad_frame", "bad_frame",
                      "result", "closed", "ended"], frames[-1]
+
+
+def test_a_sessions_last_frames_reach_a_client_that_closes_on_them(client, swarm3, remote_model):
+    """Sessions written whole on fresh streams, on each node: the last result and `closed` always
+    arrive. When the node closed its end right after them, p2pd could reset the stream and drop
+    them (5 of 1,500 such sessions beside 3 CPU burners); it now waits for the client's close."""
+    async def session(peer: str, sid: str) -> list[str]:
+        reader, writer = await client.open_stream(peer, "swarmlm.inference")
+        step = {"type": "step", "session": sid, "step": 0, "start": 0, "hidden": _tensor((1, 4, HIDDEN))}
+        writer.write(_frame({"type": "open", "v": 1, "root": remote_model.root, "session": sid, "max_length": 8})
+                     + _frame(step) + _frame({"type": "close", "session": sid}))
+        await writer.drain()
+        kinds: list[str] = []
+        try:
+            while kinds[-1:] != ["closed"]:  # as SwarmClient does: it closes once it has `closed`
+                kinds.append((await wire.read_frame(reader))["type"])
+        except asyncio.IncompleteReadError:
+            kinds.append("ended")
+        finally:
+            writer.close()
+        return kinds
+
+    runs = [client.run(session(node.peer_id, f"s-last-{i}"), timeout=60) for i in range(4) for node in swarm3.nodes]
+    assert runs == [["opened", "result", "closed"]] * len(runs)
 
 
 def test_open_errors(client, first, remote_model):

@@ -44,6 +44,7 @@ from shards.store import ShardStore, parse_dtype
 from . import status
 from .config import NodeConfig
 from .errors import NodeError
+from .freshness import LOAD_CHECK_PERIOD, load_moved
 from .handlers import Handlers
 from .inference import Inference
 from .ledger_service import LedgerService
@@ -95,6 +96,7 @@ class Node:
         self._claim: int | None = None  # the start of a move announced but not yet made
         self._moved_at: float | None = None  # time.monotonic() of the last move
         self._dht_peers = 0
+        self._shown_sessions: int | None = None  # active sessions in the record last stored
         self._maddrs: list[str] = []
         self._status_server: asyncio.Server | None = None  # `node status` on this machine asks here
 
@@ -270,6 +272,7 @@ class Node:
         c = self.config
         jobs = [_Periodic(lambda: c.announce_period, self._measure_and_announce),
                 _Periodic(lambda: IDLE_CHECK_PERIOD, self._expire_idle),
+                _Periodic(lambda: LOAD_CHECK_PERIOD, self._announce_if_load_moved),
                 _Periodic(lambda: REACHABILITY_PERIOD, self._check_reachability)]
         if self.witness is not None:
             jobs.append(_Periodic(lambda: c.witness_period, self._witness))
@@ -285,6 +288,12 @@ class Node:
             for job in jobs:
                 if time.monotonic() >= job.due and not stop.is_set():
                     await job.run()
+
+    async def _announce_if_load_moved(self) -> None:
+        """Announce before the period when our sessions moved far from what our record shows (freshness.py)."""
+        if (self.state == "online" and self.serving is not None and self._shown_sessions is not None
+                and load_moved(self._shown_sessions, len(self.serving.sessions))):
+            await self._announce()
 
     async def _check_reachability(self) -> None:
         if self.reachable is not None:
@@ -419,6 +428,7 @@ class Node:
                 record = self.record(checkpoint)
             if not await dht_io.announce(self.dht, self.root, record, RECORD_LIFETIME * self.config.announce_period):
                 log.warning("DHT announcement was not stored by any peer (is the swarm reachable?)")
+            self._shown_sessions = record.active_sessions
             self._dht_peers = await dht_io.peer_count(self.dht)
         except Exception as e:
             log.warning("DHT announcement failed: %s", e)

@@ -35,11 +35,11 @@ from swarmsim.scenarios import SCENARIOS  # noqa: E402
 COLUMNS = (("placement", "{}"), ("offered/s", "{:.0f}"), ("tokens/s", "{:.1f}"), ("bound", "{:.1f}"), ("of bound", "{:.2f}"),
            ("best bound", "{:.1f}"), ("batched", "{:.1f}"), ("of batched", "{:.2f}"),
            ("uncovered blk·s", "{:.0f}"), ("sessions", "{}"), ("failed", "{}"),
-           ("failed w/ cover", "{}"), ("failovers", "{}"), ("moves", "{}"), ("tpt p50 s", "{:.3f}"),
+           ("failed w/ cover", "{}"), ("failovers", "{}"), ("moves", "{}"), ("announces", "{}"), ("tpt p50 s", "{:.3f}"),
            ("tpt p95 s", "{:.3f}"), ("ttft p50 s", "{:.2f}"), ("J/token", "{:.1f}"), ("wall s", "{:.0f}"),
            ("cpu s", "{:.0f}"))
 KEYS = ("offered_s", "tokens_s", "bound_s", "of_bound", "best_bound_s", "batched_s", "of_batched", "uncovered_block_s", "sessions", "failed",
-        "failed_with_cover", "failovers", "moves", "tpt_p50", "tpt_p95", "ttft_p50", "j_per_token", "wall_s", "cpu_s")
+        "failed_with_cover", "failovers", "moves", "announces", "tpt_p50", "tpt_p95", "ttft_p50", "j_per_token", "wall_s", "cpu_s")
 
 
 def main() -> None:
@@ -64,6 +64,9 @@ def main() -> None:
     parser.add_argument("--no-batch-figures", action="store_true",
                         help="nodes announce only one session's tokens/s, not a batch's too, so clients price a "
                              "node with l sessions at (1 + l) times its single step, as before")
+    parser.add_argument("--periodic-announce", action="store_true",
+                        help="nodes announce only every period, as before, not also when their load moves "
+                             "(node/freshness.py)")
     parser.add_argument("--measured-batch", type=int, default=0,
                         help="the batch nodes measure their batched tokens/s at (default: what their pool holds "
                              "of mean-length sessions)")
@@ -84,7 +87,7 @@ def main() -> None:
         cfg = SCENARIOS[args.scenario]()
         cfg = dataclasses.replace(cfg, placement=placement, seed=args.seed, push=args.push, claims=not args.no_claims,
                                   room_rule=args.routing == "room", batch_figures=not args.no_batch_figures,
-                                  measured_batch=args.measured_batch,
+                                  measured_batch=args.measured_batch, eager_announce=not args.periodic_announce,
                                   hours=args.hours if args.hours is not None else cfg.hours,
                                   client_rate=args.rate if args.rate is not None else cfg.client_rate,
                                   clients=args.clients, grow_cache=args.grow_cache)
@@ -101,6 +104,7 @@ def main() -> None:
           f"{'pushed' if args.push else 'relayed'} chains, {cfg.client_rate:g} sessions/s, "
           f"moves {'unclaimed (the rule before claims)' if args.no_claims else 'claimed'}, routing {args.routing}"
           f"{', single-stream figures only' if args.no_batch_figures else ''}"
+          f"{', announced every period only' if args.periodic_announce else ''}"
           f"{f', batches measured at {args.measured_batch}' if args.measured_batch else ''}")
     print("  ".join(name.rjust(w) for (name, _), w in zip(COLUMNS, widths)))
     for r in cells:

@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from node.freshness import load_moved
 from node.local_swarm import even_spans
 from node.selection import (best_start, blocks_for_budget, cache_tokens_for_budget, claim_holds, claim_wait,
                             cooled_down, coverage, move_chance, rebalance_delay, serves, should_move)
@@ -78,6 +79,7 @@ class Config:
     spans: tuple[tuple[int, int], ...] = ()  # where the first nodes start (then placed by `placement`)
     claims: bool = True  # moves are claimed first (node/selection.py); False: the rule before, which herded
     dht_lag_s: float = 0.0  # seconds before an announcement is visible to readers
+    eager_announce: bool = True  # also when the load moves (node/freshness.py); False: every period only
     grow_cache: bool = False  # a pool of all the cache its memory holds beside its blocks (cache_tokens_for_budget)
     room_rule: bool = True  # plan around nodes announcing no room, avoid a full one briefly (has_room, Bans.busy)
     batch_figures: bool = True  # nodes announce a batch's throughput too; False: single-stream only, as before
@@ -111,6 +113,7 @@ class SimNode:
         self.cache_used = 0
         self.held: set[int] = set()  # blocks on its disk
         self.next_announce = 0.0
+        self.shown_sessions = 0  # in the record last announced (node/freshness.py)
         self.iteration = batching.Iteration(1.0, 0.0, 0.0, 0.0)  # this tick's
         self.rate = 0.0  # tokens/s through it at the last tick
         # Seconds per block-token at the biggest batch it could ever run, its cache full of two-token
@@ -172,6 +175,7 @@ class Metrics:
     failed_with_cover: int = 0  # failed although the nodes online covered the model
     failovers: int = 0
     moves: int = 0
+    announces: int = 0  # records stored by online or draining nodes
     time_per_token: list[float] = field(default_factory=list)
     first_token: list[float] = field(default_factory=list)
     # sampled every `bound_every_s`: t, tokens/s since the last sample, the bound, uncovered blocks
@@ -187,6 +191,7 @@ class Metrics:
                 "of_bound": self.tokens / self.bound_token_s if self.bound_token_s else float("nan"),
                 "uncovered_block_s": self.uncovered_block_s, "sessions": self.done, "failed": self.failed,
                 "failed_with_cover": self.failed_with_cover, "failovers": self.failovers, "moves": self.moves,
+                "announces": self.announces,
                 "tpt_p50": pct(self.time_per_token, 50), "tpt_p95": pct(self.time_per_token, 95),
                 "ttft_p50": pct(self.first_token, 50), "ttft_p95": pct(self.first_token, 95),
                 "j_per_token": self.energy_j / self.tokens if self.tokens else float("nan")}
@@ -311,6 +316,8 @@ class Simulation:
         record = None if state == "offline" else node.record(state)
         if record is not None:
             node.next_announce = self.now + self.cfg.announce_period
+            node.shown_sessions = record.active_sessions
+            self.metrics.announces += 1
         if self.cfg.dht_lag_s > 0:
             self.at(self.now + self.cfg.dht_lag_s, lambda: self._store(node.peer_id, record))
         else:
@@ -635,7 +642,8 @@ class Simulation:
         for node in list(self.nodes.values()):
             if node.state == "draining" and (t >= node.drain_until or not node.sessions):
                 self._drained(node)
-            if node.state == "online" and t >= node.next_announce:
+            if node.state == "online" and (t >= node.next_announce or cfg.eager_announce and  # checked each
+                                           load_moved(node.shown_sessions, len(node.sessions))):  # tick, as each 2 s
                 self._announce(node)
             if node.state == "gone" and t - self.announced_at.get(node.peer_id, t) > 3 * cfg.announce_period:
                 self._store(node.peer_id, None)  # a crashed node's record expires

@@ -88,3 +88,12 @@ def test_closed_loop_clients_open_a_session_when_one_ends() -> None:
     result = sim.run()
     assert result["sessions"] > 0
     assert len(sim.sessions) == 5
+
+
+def test_nodes_announce_when_their_load_moves_not_only_every_period() -> None:
+    """Closed-loop clients fill the nodes within the first minute: with node/freshness.py's rule the nodes
+    announce their new loads at once, more often than every 30 s period."""
+    busy = dataclasses.replace(SMALL, client_rate=0.0, clients=60, hours=0.03)
+    eager, periodic = Simulation(busy), Simulation(dataclasses.replace(busy, eager_announce=False))
+    assert eager.run()["announces"] > periodic.run()["announces"] > 0
+    assert periodic.metrics.announces == pytest.approx(16 * 0.03 * 3600 / 30, rel=0.25)

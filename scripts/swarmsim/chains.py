@@ -1,5 +1,6 @@
-"""The fastest relayed chain through each node, for the bound's latencies (bound.py): one client, every node
-stepping one token and sending one token's state, each hop a round trip from the client."""
+"""The fastest relayed chains through each node, by how many of its blocks they ride, for the bounds' latencies
+(bound.py, batch_bound.py): one client, every node stepping one token and sending one token's state, each hop
+a round trip from the client."""
 
 from __future__ import annotations
 
@@ -20,11 +21,6 @@ class Span(Protocol):
 class _Span:
     start: int
     end: int
-
-
-def fastest_through(nodes: Sequence[Span], fixed: list[float], per_block: list[float], n: int) -> list[float]:
-    """Per node, the least seconds per token of a chain over blocks [0, n) that rides it."""
-    return [float(ride.min()) for ride in fastest_by_ride(nodes, fixed, per_block, n)]
 
 
 def fastest_by_ride(nodes: Sequence[Span], fixed: list[float], per_block: list[float], n: int) -> list[np.ndarray]:

@@ -48,6 +48,7 @@ class SpanSession:
         self.rolled_back = 0  # computed, then discarded by a step or close that rewound over them
         self.steps = 0
         self.length = 0  # positions the node holds for us
+        self._kept_from = 0  # our length before `keep` cut it: the node holds those until it reads the close
         self._batch = 1
         self._width = 0  # the hidden size of the results awaited (0: none yet)
         self._outputs = hashlib.sha256()
@@ -188,8 +189,14 @@ class SpanSession:
         return frame
 
     def _count(self, start: int, out: torch.Tensor) -> None:
-        """Count a step the node computed, as it counts it for its receipt and its step numbers."""
+        """Count a step the node computed, as it counts it for its receipt and its step numbers. A result
+        past the positions we hold (a ring's stale step read at the close) follows positions that `keep`
+        let go of here but the node still held when it computed it: they are held again, so that the
+        close's rewind counts each once, as the node does."""
         self.steps += 1
+        if self.length < start <= self._kept_from:
+            self.rolled_back -= (start - self.length) * self._batch
+            self.length = start
         self._rewind(start)
         self._batch = out.shape[0]
         self.tokens += out.shape[0] * out.shape[1]
@@ -289,6 +296,7 @@ class SpanSession:
         self._set_aside_results()
         self.settle()
         if length is not None:
+            self._kept_from = max(self._kept_from, self.length)
             self._rewind(length)
 
     @property

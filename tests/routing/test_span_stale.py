@@ -159,3 +159,27 @@ def test_results_the_node_sent_before_reading_the_close_are_counted_and_the_clos
         assert (span.steps, span.tokens, span.accepted) == (honest.steps, honest.tokens, 5)
 
     asyncio.run(run())
+
+
+def test_a_stale_step_past_the_positions_kept_is_rolled_back_once_as_the_node_counts_it() -> None:
+    """The client keeps 5 of its 6 positions (a convicted sampler's token dropped); the ring had already set
+    off a step at position 6, which the node computed before it read the close: the node then rewinds 7
+    positions to 5 (2 rolled back, 5 accepted), and so must the client's count, not 1 at `keep` and 2 again
+    at the close (the CI failure of test_ring's lying sampler: accepted 47 against the node's 48)."""
+    async def run() -> None:
+        span, honest = await _span()
+        prompt, token = torch.randn(1, 5, HIDDEN), torch.randn(1, 1, HIDDEN)
+        honest.result(prompt, 0)
+        await span.result(prompt, 0)
+        honest.result(token, 5)
+        await span.result(token, 5)
+        span.keep(5)
+        assert (span.tokens, span.accepted) == (6, 5)
+        closing = asyncio.create_task(span.close(b"receipt"))
+        await asyncio.sleep(0.05)
+        honest.result(torch.randn(1, 1, HIDDEN), 6)  # the stale ring step, computed before the close
+        honest.send({"type": "closed", "session": SESSION, "tokens": 7, "accepted_tokens": 5})
+        await asyncio.wait_for(closing, 5)
+        assert (span.steps, span.tokens, span.accepted) == (honest.steps, 7, 5)
+
+    asyncio.run(run())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from routing.errors import RoutingError
 from routing.records import MAX_RTT_MS, ServerRecord
@@ -31,9 +31,7 @@ class Neighbours:
     async def measure(self, records: Iterable[ServerRecord], end: int, timeout: float) -> None:
         """Ping (over push streams) up to MAX_NEIGHBOURS online nodes serving block `end`, each for at most
         `timeout` seconds: a dead neighbour is dropped, it does not hold up the others."""
-        nexts = [r for r in records if r.peer_id != self.own and r.is_serving and r.start <= end < r.end]
-        nexts.sort(key=lambda r: (r.peer_id not in self.rtt, self.rtt.get(r.peer_id, 0.0)))
-        nexts = nexts[:MAX_NEIGHBOURS]
+        nexts = to_measure(records, self.own, end, self.rtt)
         results = await asyncio.gather(*(asyncio.wait_for(self.pushes.ping(r.peer_id, r.maddrs), timeout)
                                          for r in nexts), return_exceptions=True)
         seen = set()
@@ -49,8 +47,20 @@ class Neighbours:
         self.rtt = {p: v for p, v in self.rtt.items() if p in seen}
 
     def announced(self) -> dict[str, float]:
-        """Milliseconds per neighbour, as the DHT record carries them."""
-        return {peer: round(min(seconds * 1000, MAX_RTT_MS), 2) for peer, seconds in self.rtt.items()}
+        return announced(self.rtt)
+
+
+def to_measure(records: Iterable[ServerRecord], own: str, end: int, known: Mapping[str, float]) -> list[ServerRecord]:
+    """Which nodes serving block `end` to ping: up to MAX_NEIGHBOURS online ones, those measured before
+    first (nearest first), so a node keeps the links it knows and learns new ones only for those it lost."""
+    nexts = [r for r in records if r.peer_id != own and r.is_serving and r.start <= end < r.end]
+    nexts.sort(key=lambda r: (r.peer_id not in known, known.get(r.peer_id, 0.0)))
+    return nexts[:MAX_NEIGHBOURS]
+
+
+def announced(rtt: Mapping[str, float]) -> dict[str, float]:
+    """Milliseconds per neighbour (from seconds), as the DHT record carries them."""
+    return {peer: round(min(seconds * 1000, MAX_RTT_MS), 2) for peer, seconds in rtt.items()}
 
 
 def neighbour_blocks(start: int, end: int, num_blocks: int, private: bool) -> list[int]:

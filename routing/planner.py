@@ -29,10 +29,11 @@ unmeasured legs (to its relay, then on to it) and so loses to an unmeasured dire
 from __future__ import annotations
 
 import bisect
-import heapq
 import statistics
 from dataclasses import dataclass
 from typing import Callable, Container, Iterable, Mapping
+
+import numpy as np
 
 from .errors import NoRouteError
 from .records import ServerRecord
@@ -41,7 +42,6 @@ from .wire import PROTOCOL_VERSION
 UNMEASURED_RTT = 1.0  # seconds: a node that has not answered a ping is a last resort
 CLAIM_CAP = 4.0  # announced throughput counts up to this multiple of the candidates' median
 MIN_THROUGHPUT = 0.01
-CLIENT = ""  # the client's place in (boundary, previous node) states
 
 
 @dataclass(frozen=True)
@@ -70,15 +70,21 @@ class Links:
         record = self.records.get(peer)
         return 2 * UNMEASURED_RTT if record is not None and is_relayed(record) else UNMEASURED_RTT
 
-    def one_way(self, a: str, b: str) -> float:
-        if a == CLIENT or b == CLIENT:
-            return self.client_rtt(b if a == CLIENT else a) / 2
-        ra, rb = self.client_rtt(a), self.client_rtt(b)
-        low, high = abs(ra - rb), ra + rb
-        claims = [ms / 1000 for x, y in ((a, b), (b, a)) if (r := self.records.get(x)) is not None
-                  and (ms := r.rtt_ms.get(y)) is not None]
-        rtt = min(max(min(claims), low), high) if claims else high
-        return rtt / 2
+    def one_ways(self, peers: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Between the client and each of `peers`, half its round trip; between them (row: from, column:
+        to), the claimed round trip (either node's record's `rtt_ms`, the lower) clamped between the bounds
+        the client's own round trips imply, or the upper bound without a claim, halved."""
+        client = np.array([self.client_rtt(p) for p in peers])
+        index = {p: i for i, p in enumerate(peers)}
+        claims = np.full((len(peers), len(peers)), np.inf)
+        for i, p in enumerate(peers):
+            if (record := self.records.get(p)) is not None:
+                for q, ms in record.rtt_ms.items():
+                    if (j := index.get(q)) is not None:
+                        claims[i, j] = ms / 1000
+        claimed = np.minimum(claims, claims.T)
+        low, high = np.abs(client[:, None] - client[None, :]), client[:, None] + client[None, :]
+        return client / 2, np.where(np.isfinite(claimed), np.clip(claimed, low, high), high) / 2
 
 
 def usable(records: Iterable[ServerRecord], banned: Container[str] = (), max_length: int = 1) -> list[ServerRecord]:
@@ -233,46 +239,57 @@ def _relayed(servers: list[ServerRecord], boundaries: list[int], end: int, links
 
 def _pushed(servers: list[ServerRecord], boundaries: list[int], end: int, links: Links,
             per_block: Mapping[str, float]) -> tuple[list[Hop] | None, int]:
-    """The cheapest pushed chain, or None and the furthest boundary reached: Dijkstra over (boundary,
-    previous node), a hop's cost depending on the link from the node before it."""
-    start = boundaries[0]
-    origin = (start, CLIENT)
-    # by previous node, then boundary: an int key per relaxation is cheaper than a tuple
-    best: dict[str, dict[int, float]] = {CLIENT: {start: 0.0}}
-    came_from: dict[str, dict[int, tuple[tuple[int, str], ServerRecord]]] = {}
-    queue: list[tuple[float, int, str]] = [(0.0, start, CLIENT)]
-    reached: tuple[int, str] | None = None
-    covering = _covering(servers, boundaries, end, None)
-    after = {p: i + 1 for i, p in enumerate(boundaries)}  # each boundary's successors start here
-    reach = {r.peer_id: bisect.bisect_right(boundaries, min(r.end, end)) for r in servers}  # ... and end here
-    inf = float("inf")
-    while queue:
-        cost, p, prev = heapq.heappop(queue)
-        if p == end:
-            reached = (p, prev)
-            break
-        if cost > best[prev][p]:
-            continue
-        for r in covering[p]:
-            peer = r.peer_id
-            base, per = cost + links.one_way(prev, peer), per_block[peer]
-            row, back = best.setdefault(peer, {}), came_from.setdefault(peer, {})
-            for q in boundaries[after[p]:reach[peer]]:
-                c = base + (q - p) * per
-                if q == end:
-                    c += links.one_way(peer, CLIENT)
-                if c < row.get(q, inf):
-                    row[q], back[q] = c, ((p, prev), r)
-                    heapq.heappush(queue, (c, q, peer))
-    if reached is None:
-        return None, max(p for row in best.values() for p in row)
+    """The cheapest pushed chain, or None and the furthest boundary reached. A hop's cost depends on the
+    link from the node before it, but hops still go forward, so one sweep settles the boundaries in turn.
+    At boundary q: each node ridden there arrives at the least (cost at boarding p − p·c) + q·c over the
+    p it was boarded at, kept per node as the relayed sweep keeps it; each node covering q is boarded at
+    the least arrival there plus the link from that arrival (the client's leg at the start): a minimum
+    over a matrix of links, computed for all of them at once."""
+    count = len(servers)
+    half_rtt, link = links.one_ways([r.peer_id for r in servers])
+    per = np.array([per_block[r.peer_id] for r in servers])
+    # boundary indices: a node is boarded at first..last − 1 and arrives at first + 1..last
+    first = np.array([max(0, bisect.bisect_right(boundaries, r.start) - 1) for r in servers], dtype=int)
+    last = np.array([bisect.bisect_right(boundaries, min(r.end, end)) - 1 for r in servers], dtype=int)
+    ride = np.full(count, np.inf)  # per node: least (cost at boarding − boarding boundary · its cost per block)
+    boarded_at = np.zeros(count, dtype=int)  # ... the boundary index that came from
+    boarded_after = np.full(count, -1)  # ... and the node arriving there before it (−1: the client)
+    arrivals: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per boundary: nodes, boarded at, after
+    for k, q in enumerate(boundaries):
+        arriving = np.flatnonzero((first < k) & (last >= k) & np.isfinite(ride))
+        if k and not arriving.size:
+            return None, boundaries[k - 1]
+        cost = ride[arriving] + q * per[arriving]
+        arrivals.append((arriving, boarded_at[arriving], boarded_after[arriving]))
+        if q == end:
+            return _pushed_hops(servers, boundaries, arrivals, int(np.argmin(cost + half_rtt[arriving]))), end
+        boarding = np.flatnonzero((first <= k) & (last > k))
+        if k:
+            via = cost[:, None] + link[np.ix_(arriving, boarding)]
+            best = via.argmin(axis=0)
+            board, after = via[best, np.arange(boarding.size)], arriving[best]
+        else:
+            board, after = half_rtt[boarding], np.full(boarding.size, -1)
+        value = board - q * per[boarding]
+        better = value < ride[boarding]
+        moved = boarding[better]
+        ride[moved], boarded_at[moved], boarded_after[moved] = value[better], k, after[better]
+    raise AssertionError("the sweep ends at the last boundary, which is `end`")
+
+
+def _pushed_hops(servers: list[ServerRecord], boundaries: list[int],
+                 arrivals: list[tuple[np.ndarray, np.ndarray, np.ndarray]], pick: int) -> list[Hop]:
+    """The chain ending with the `pick`-th arrival at the last boundary, read back through each hop's
+    boarding boundary and the arrival it was boarded after."""
     hops: list[Hop] = []
-    state = reached
-    while state != origin:
-        (p, prev), r = came_from[state[1]][state[0]]
-        hops.append(Hop(r.peer_id, p, state[0], r))
-        state = (p, prev)
-    return hops[::-1], end
+    k = len(boundaries) - 1
+    while True:
+        nodes, boarded_at, after = arrivals[k]
+        r, p = servers[nodes[pick]], int(boarded_at[pick])
+        hops.append(Hop(r.peer_id, boundaries[p], boundaries[k], r))
+        if after[pick] < 0:
+            return hops[::-1]
+        k, pick = p, int(np.flatnonzero(arrivals[p][0] == after[pick])[0])
 
 
 def plan_measured_first(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Mapping[str, float],

@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from node.freshness import load_moved
+from node.neighbours import announced, to_measure
 from node.local_swarm import even_spans
 from node.selection import (best_start, blocks_for_budget, cache_tokens_for_budget, claim_holds, claim_wait,
                             cooled_down, coverage, move_chance, rebalance_delay, serves, should_move)
@@ -114,6 +115,7 @@ class SimNode:
         self.held: set[int] = set()  # blocks on its disk
         self.next_announce = 0.0
         self.shown_sessions = 0  # in the record last announced (node/freshness.py)
+        self.neighbours: dict[str, float] = {}  # round trips to next-block nodes, pushed runs only (node/neighbours.py)
         self.iteration = batching.Iteration(1.0, 0.0, 0.0, 0.0)  # this tick's
         self.rate = 0.0  # tokens/s through it at the last tick
         # Seconds per block-token at the biggest batch it could ever run, its cache full of two-token
@@ -135,7 +137,8 @@ class SimNode:
                             throughput=self.announced, dtype="float16", device=self.hw.name,
                             cache_tokens_left=max(0, self.cache_limit - self.cache_used), version=PROTOCOL_VERSION,
                             active_sessions=len(self.sessions), max_session_length=self.cache_limit,
-                            batch_size=self.batch, batch_throughput=self.batch_announced)
+                            batch_size=self.batch, batch_throughput=self.batch_announced,
+                            rtt_ms=announced(self.neighbours))
 
 
 @dataclass(eq=False)
@@ -207,6 +210,7 @@ class Simulation:
         self.nodes: dict[str, SimNode] = {}
         self.records: dict[str, ServerRecord] = {}  # the DHT
         self._coverage: list[float] | None = None  # coverage(records), until a record changes where it counts
+        self._by_block: list[list[str]] | None = None  # per block, the peers whose records span it, until one moves
         self.announced_at: dict[str, float] = {}
         self.sessions: dict[Session, None] = {}
         self.metrics = Metrics()
@@ -303,9 +307,23 @@ class Simulation:
         if node.state != "loading":  # it left while loading
             return
         node.state = "online"
+        self._measure(node)
         self._announce(node)
         if self.cfg.placement == "petals":
             self.at(self.now + rebalance_delay(self.cfg.rebalance_period, self.rng), lambda: self._rebalance(node))
+
+    def _measure(self, node: SimNode) -> None:
+        """Before each periodic announcement, a node pings the next-block nodes `to_measure` picks, as
+        `Node._measure_and_announce`, and announces the round trips; only pushed chains are planned with them."""
+        if not self.cfg.push or node.end >= self.model.num_blocks:
+            return
+        if self._by_block is None:
+            self._by_block = [[] for _ in range(self.model.num_blocks)]
+            for peer, r in self.records.items():
+                for b in range(r.start, r.end):
+                    self._by_block[b].append(peer)
+        nexts = to_measure((self.records[p] for p in self._by_block[node.end]), node.peer_id, node.end, node.neighbours)
+        node.neighbours = {r.peer_id: self._link_rtt(node.endpoint, self.nodes[r.peer_id].endpoint) for r in nexts}
 
     def _announce(self, node: SimNode) -> None:
         """Store the node's record as `Node._announce` does; a node loading blocks it moved to announces
@@ -334,6 +352,8 @@ class Simulation:
         if (old is None) != (record is None) or (old and record and (serves(old), old.throughput) != (
                 serves(record), record.throughput)):
             self._coverage = None
+        if (old is None) != (record is None) or (old and record and (old.start, old.end) != (record.start, record.end)):
+            self._by_block = None
 
     def coverage(self) -> list[float]:
         """`coverage` of the DHT's records, kept between the changes that move it (announcements mostly
@@ -642,9 +662,11 @@ class Simulation:
         for node in list(self.nodes.values()):
             if node.state == "draining" and (t >= node.drain_until or not node.sessions):
                 self._drained(node)
-            if node.state == "online" and (t >= node.next_announce or cfg.eager_announce and  # checked each
-                                           load_moved(node.shown_sessions, len(node.sessions))):  # tick, as each 2 s
+            if node.state == "online" and t >= node.next_announce:
+                self._measure(node)
                 self._announce(node)
+            elif node.state == "online" and cfg.eager_announce and load_moved(node.shown_sessions, len(node.sessions)):
+                self._announce(node)  # checked each tick, as each 2 s
             if node.state == "gone" and t - self.announced_at.get(node.peer_id, t) > 3 * cfg.announce_period:
                 self._store(node.peer_id, None)  # a crashed node's record expires
             if node.state == "gone" and not node.sessions and node.peer_id not in self.records:

@@ -142,11 +142,18 @@ def test_a_claimed_batch_gain_counts_up_to_a_multiple_of_the_median() -> None:
 
 def test_a_claimed_round_trip_between_nodes_is_clamped_by_what_the_client_measured() -> None:
     rtt = {"a": 0.01, "b": 0.05}
-    assert Links({"a": node("a", 0, 15, rtt_ms={"b": 0.0})}, rtt).one_way("a", "b") == pytest.approx(0.02)
-    assert Links({"a": node("a", 0, 15, rtt_ms={"b": 1000.0})}, rtt).one_way("a", "b") == pytest.approx(0.03)
-    assert Links({"a": node("a", 0, 15, rtt_ms={"b": 50.0})}, rtt).one_way("b", "a") == pytest.approx(0.025)
-    assert Links({}, rtt).one_way("a", "b") == pytest.approx(0.03)  # no claim: the worst the bounds allow
-    assert Links({}, rtt).one_way("", "b") == pytest.approx(0.025)  # the client's own leg: half its round trip
+
+    def one_ways(records: dict) -> tuple:
+        client, between = Links(records, rtt).one_ways(["a", "b"])
+        return tuple(client), between[0, 1], between[1, 0]
+
+    assert one_ways({"a": node("a", 0, 15, rtt_ms={"b": 0.0})})[1] == pytest.approx(0.02)
+    assert one_ways({"a": node("a", 0, 15, rtt_ms={"b": 1000.0})})[1] == pytest.approx(0.03)
+    assert one_ways({"a": node("a", 0, 15, rtt_ms={"b": 50.0})})[2] == pytest.approx(0.025)  # either way
+    assert one_ways({"a": node("a", 0, 15, rtt_ms={"b": 50.0}), "b": node("b", 0, 15, rtt_ms={"a": 40.0})}
+                    )[1:] == pytest.approx((0.02, 0.02))  # the lower claim
+    assert one_ways({})[1] == pytest.approx(0.03)  # no claim: the worst the bounds allow
+    assert one_ways({})[0] == pytest.approx((0.005, 0.025))  # the client's own legs: half its round trips
 
 
 @pytest.mark.parametrize("claimed_ms, want", [(0.0, [("a", 0, 15), ("b", 15, 30)]), (2000.0, [("c", 0, 30)])])
@@ -205,20 +212,26 @@ def test_unmeasured_a_relayed_node_loses_to_a_direct_one_but_still_covers() -> N
 
 def _cheapest_by_exhaustion(records: list, start: int, end: int, rtt: dict, push: bool) -> list:
     """Every chain switching at the planner's boundaries, cheapest by the planner's own cost model,
-    nothing pruned: the reference its sweep over undominated servers must agree with."""
+    nothing pruned: the reference its sweeps over undominated servers must agree with."""
     servers = [r for r in records if r.start < end and r.end > start]
     links, per_block = Links({r.peer_id: r for r in records}, rtt), compute_costs(servers)
+    half_rtt, between = links.one_ways([r.peer_id for r in servers])
+    index = {r.peer_id: i for i, r in enumerate(servers)}
     bounds = sorted({start, end} | {b for r in servers for b in (r.start, r.end) if start < b < end})
     best: dict = {(start, ""): (0.0, [])}
     for p in bounds:
         for (at, prev), (cost, hops) in [item for item in best.items() if item[0][0] == p]:
             for r in (r for r in servers if r.start <= p < r.end):
+                i = index[r.peer_id]
+                if push:
+                    c = cost + (between[index[prev], i] if prev else half_rtt[i])
+                else:
+                    c = cost + links.client_rtt(r.peer_id)
                 for q in (q for q in bounds if p < q <= min(r.end, end)):
-                    c = cost + (links.one_way(prev, r.peer_id) if push else links.client_rtt(r.peer_id))
-                    c += (q - p) * per_block[r.peer_id] + (links.one_way(r.peer_id, "") if push and q == end else 0)
+                    total = c + (q - p) * per_block[r.peer_id] + (half_rtt[i] if push and q == end else 0)
                     state = (q, r.peer_id if push else "")
-                    if state not in best or c < best[state][0]:
-                        best[state] = (c, [*hops, (r.peer_id, p, q)])
+                    if state not in best or total < best[state][0]:
+                        best[state] = (total, [*hops, (r.peer_id, p, q)])
     return min((v for (q, _), v in best.items() if q == end), key=lambda v: v[0])[1]
 
 

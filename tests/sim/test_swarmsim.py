@@ -97,3 +97,26 @@ def test_nodes_announce_when_their_load_moves_not_only_every_period() -> None:
     eager, periodic = Simulation(busy), Simulation(dataclasses.replace(busy, eager_announce=False))
     assert eager.run()["announces"] > periodic.run()["announces"] > 0
     assert periodic.metrics.announces == pytest.approx(16 * 0.03 * 3600 / 30, rel=0.25)
+
+
+def test_pushed_runs_announce_round_trips_to_the_next_block_nodes_as_nodes_measure_them() -> None:
+    """Each online node's record names up to MAX_NEIGHBOURS nodes serving the block after its span, at the
+    true round trip to each (through its relay when it has one), as node/neighbours.py announces them; the
+    pushed planner prices node-to-node links from these. Relayed runs plan without them and announce none."""
+    from node.neighbours import MAX_NEIGHBOURS
+
+    sim = Simulation(dataclasses.replace(SMALL, push=True, client_rate=1.0, hours=0.02, mean_lifetime_s=math.inf))
+    sim.run()
+    assert any(r.rtt_ms for r in sim.records.values())
+    for peer, node in sim.nodes.items():
+        if node.state != "online" or node.end == sim.model.num_blocks:
+            continue
+        sim._measure(node)  # the records are as old as their last period: measure now, as a period would
+        rtt_ms = node.record("online").rtt_ms
+        nexts = {p for p, r in sim.records.items() if p != peer and r.is_serving and r.start <= node.end < r.end}
+        assert set(rtt_ms) <= nexts and len(rtt_ms) == min(len(nexts), MAX_NEIGHBOURS) > 0
+        for other, ms in rtt_ms.items():
+            assert ms == pytest.approx(1000 * sim._link_rtt(node.endpoint, sim.nodes[other].endpoint), abs=0.01)
+    relayed = Simulation(dataclasses.replace(SMALL, client_rate=1.0, hours=0.02, mean_lifetime_s=math.inf))
+    relayed.run()
+    assert not any(r.rtt_ms for r in relayed.records.values())

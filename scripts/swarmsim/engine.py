@@ -757,14 +757,36 @@ class Simulation:
     def _rides(self, nodes: list[SimNode], floors: list[float]) -> list[np.ndarray]:
         """Per node, by how many of its blocks a chain rides, a lower bound on the seconds per token of any
         chain through it as the nodes sit, for a client in any region, each node stepping one token and
-        sending one token's state. Relayed: the cheapest cover of the blocks before where it is boarded, its
-        own hop, the cheapest cover of those after, each hop a round trip (chains.py). Pushed: the
-        placement-free floor (node-to-node links need not obey the triangle inequality, so no tighter
-        bound is safe without a search over chains)."""
-        if self.cfg.push or self.cfg.lab is not None:
+        sending one token's state (chains.py). Relayed: the cheapest cover of the blocks before where it is
+        boarded, its own hop, the cheapest cover of those after, each hop a round trip. Pushed: the fastest
+        chain through it, each link node to node as `_trip` times it. A lab: the placement-free floor."""
+        if self.cfg.lab is not None:
             return self._free_rides(nodes, floors)
+        if self.cfg.push:
+            return self._pushed_rides(nodes)
         n = self.model.num_blocks
         per_block = [x.step_one for x in nodes]
         per_region = [chains.fastest_by_ride(nodes, [self._hop_fixed(network.Endpoint(region), x) for x in nodes],
                                              per_block, n) for region in network.REGIONS]
         return [np.minimum.reduce(rides) for rides in zip(*per_region)]
+
+    def _pushed_rides(self, nodes: list[SimNode]) -> list[np.ndarray]:
+        """`_rides` for pushed chains, costed as `_trip`'s pushed branch: the client's own seconds, its token's
+        state up and a message to the first node; a message, the state on and the blocks' steps at each node;
+        half a round trip in from the client, node to node, and back out."""
+        m, cfg = self.model, self.cfg
+        clients = [network.Endpoint(region) for region in network.REGIONS]
+        places = [x.endpoint for x in nodes]
+        out = self._one_ways(clients, places)
+        entry = out + cfg.client_s + m.hidden_bytes / self.client_upload + cfg.message_s
+        return chains.fastest_pushed_by_ride(nodes, entry, out, self._one_ways(places, places),
+                                             [cfg.message_s + m.hidden_bytes / x.upload for x in nodes],
+                                             [x.step_one for x in nodes], m.num_blocks)
+
+    def _one_ways(self, sources: list[network.Endpoint], targets: list[network.Endpoint]) -> np.ndarray:
+        """Half the round trip (`_link_rtt`) from each source to each target, [source, target]: worked out
+        once per pair of distinct places (region and relay), of which there are few."""
+        keys = {(e.region, e.relay): e for e in (*sources, *targets)}
+        index = {key: i for i, key in enumerate(keys)}
+        table = np.array([[self._link_rtt(a, b) / 2 for b in keys.values()] for a in keys.values()])
+        return table[np.ix_([index[e.region, e.relay] for e in sources], [index[e.region, e.relay] for e in targets])]

@@ -40,6 +40,7 @@ from .metrics import NodeMetrics
 from .ring import RingHead
 from .scheduler import StepScheduler, Work
 from .sessions import NodeSession, session_key
+from . import streams
 
 log = logging.getLogger(__name__)
 MAX_EARLY_PUSHES = 256  # pushes waiting for their session's open frame, over all peers
@@ -404,10 +405,15 @@ class Serving:
 
     @staticmethod
     async def _tell(session: NodeSession, frame: dict[str, Any]) -> None:
+        """Send the session's last frame, then close its stream LINGER_S later (sooner if the client
+        closes it: the session's read loop sees the end, and the stream's guard closes it). Closing at
+        once let p2pd reset the stream ahead of the frame now and then (`streams.linger`), and the client
+        met a bare end of stream where `session_expired` or `draining` should have been."""
         try:
             await session.send(frame)
         except (ConnectionError, RuntimeError):
             pass
+        await asyncio.sleep(streams.LINGER_S)
         session.writer.close()
 
     async def expire_idle(self) -> int:

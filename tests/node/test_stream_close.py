@@ -76,3 +76,20 @@ async def test_a_client_that_never_closes_is_closed_on(monkeypatch):
     await asyncio.wait_for(streams.guard(PeerBook(PeerLimits(streams=4, sessions=4)), NodeMetrics(),
                                          lambda: _reply(reader, writer), reader, writer, INFO), 10)
     assert writer.closed and [f["type"] for f in writer.frames] == ["reply"]
+
+
+async def test_a_session_the_node_ends_gets_its_last_frame_before_its_stream_closes(monkeypatch):
+    """An evicted, idle or drained session is told why on its stream (`Serving._tell`), then the stream
+    closes LINGER_S later, not at once: in a loaded CI run an evicted client read a bare end of stream
+    where `session_expired` should have been."""
+    from node.serving import Serving
+
+    monkeypatch.setattr(streams, "LINGER_S", 0.2)
+    writer = Writer()
+    session = SimpleNamespace(writer=writer, send=lambda frame: wire.write_frame(writer, frame))
+    task = asyncio.ensure_future(Serving._tell(session, {"type": "error", "code": "session_expired"}))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert [f["code"] for f in writer.frames] == ["session_expired"] and not writer.closed
+    await asyncio.wait_for(task, 10)
+    assert writer.closed

@@ -1,16 +1,19 @@
 """Choosing a chain of nodes that covers blocks [start, end) with the least expected time per step.
 
 The cost of a chain is the time one step takes on the path the client will actually use:
-  - relayed: each hop is a round trip client → node → client, plus the node's compute;
+  - relayed: each hop is a round trip client → node → client, plus the node's wait and compute;
   - pushed: client → first node, node → node for each hop, last node → client (one way each),
-    plus every node's compute.
+    plus every node's wait and compute.
 Compute for b blocks of a node serving s blocks at load l is b / s times its step through its span
 at a batch of l + 1 sessions, which the node's two announced figures give (`batch_step`): tokens/s
 for one session alone (t), and for B sessions together (T_B: what batching gains on a GPU). A record
 without the second is priced at (1 + l) / t, as a node that gains nothing from batching: a batched
 A100 priced so looked dozens of times slower than it is (README, "Policies against the bound").
-The search is Dijkstra over (block boundary, previous node): a node may be left mid-span when
-switching pays.
+A busy node's step also waits for the iteration in progress, half its step through its span
+(`hop_waits`). Either search is one sweep over the block boundaries (hops only go forward); a node may
+be left mid-span when switching pays. A pushed hop's cost depends on the node before it, so the pushed
+sweep takes, at each boundary, a minimum over a matrix of links between the nodes arriving and those
+boarding.
 
 Nothing a node announces is believed as is. Round trips the client measured itself are the
 ground truth; a node's claimed round trip to another (its DHT record's `rtt_ms`) is clamped
@@ -128,6 +131,15 @@ def compute_costs(servers: list[ServerRecord]) -> dict[str, float]:
     return costs
 
 
+def hop_waits(servers: list[ServerRecord], per_block: Mapping[str, float]) -> dict[str, float]:
+    """Seconds a step waits at each node for the iteration in progress, before its own: half the node's step
+    through its whole span at its load. Its scheduler batches whatever arrives while it computes
+    (node/scheduler.py), so a busy node makes each hop wait; an idle one (no session) runs a step at once.
+    Unpriced, three busy home GPUs pushing to each other looked cheaper than one A100 (the simulator's
+    hetero-200: planned 0.118 s against 0.126 s a token, decoded at 0.200 against 0.150 s)."""
+    return {r.peer_id: (r.end - r.start) * per_block[r.peer_id] / 2 if r.active_sessions else 0.0 for r in servers}
+
+
 def _covering(servers: list[ServerRecord], boundaries: list[int], end: int,
               prune: tuple[Callable[[str], float], Mapping[str, float]] | None) -> dict[int, list[ServerRecord]]:
     """For each boundary, the servers covering it, in planning order; with `prune` (the client's round
@@ -181,9 +193,10 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
                and (not measured_only or r.peer_id in rtt) and (not with_room or has_room(r, max_length))]
     links = Links({r.peer_id: r for r in all_records}, rtt)
     per_block = compute_costs(servers)
+    waits = hop_waits(servers, per_block)
     boundaries = sorted({start, end} | {b for r in servers for b in (r.start, r.end) if start < b < end})
     search = _pushed if push else _relayed
-    hops, reached = search(servers, boundaries, end, links, per_block)
+    hops, reached = search(servers, boundaries, end, links, per_block, waits)
     if hops is None:
         room = f" with room for {max_length} tokens" if with_room else ""
         raise NoRouteError(f"no online node{room} serves block {reached} of [{start}, {end}); "
@@ -192,13 +205,16 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
 
 
 def _relayed(servers: list[ServerRecord], boundaries: list[int], end: int, links: Links,
-             per_block: Mapping[str, float]) -> tuple[list[Hop] | None, int]:
+             per_block: Mapping[str, float], waits: Mapping[str, float]) -> tuple[list[Hop] | None, int]:
     """The cheapest relayed chain, or None and the furthest boundary reached. Every hop starts and ends
     at the client and goes forward, so the least cost to each boundary is final once the boundaries
     before it are, and a hop boarded at p and left at q costs (least to p) − p·c + rtt + q·c for its
     node's cost c per block: one sweep keeps, per node still reachable, the boundary best boarded at,
     and compares nodes at each boundary, not nodes × the boundaries they reach."""
-    covering = _covering(servers, boundaries, end, (links.client_rtt, per_block))
+    def fixed(peer: str) -> float:  # a hop's cost besides its blocks: the round trip, the wait at the node
+        return links.client_rtt(peer) + waits[peer]
+
+    covering = _covering(servers, boundaries, end, (fixed, per_block))
     far = {r.peer_id: min(r.end, end) for r in servers}
     leaving: dict[int, list[str]] = {}
     for r in servers:
@@ -206,7 +222,7 @@ def _relayed(servers: list[ServerRecord], boundaries: list[int], end: int, links
     least = {boundaries[0]: 0.0}
     came_from: dict[int, tuple[int, ServerRecord]] = {}
     # per node boarded: (least cost to its boarding boundary − that boundary × its cost per block,
-    # the boundary, the record, its round trip, its cost per block)
+    # the boundary, the record, its round trip and wait, its cost per block)
     riding: dict[str, tuple[float, int, ServerRecord, float, float]] = {}
     for q in boundaries:
         if q != boundaries[0]:
@@ -233,21 +249,22 @@ def _relayed(servers: list[ServerRecord], boundaries: list[int], end: int, links
             per = per_block[peer]
             board = here - q * per
             if peer not in riding or board < riding[peer][0]:
-                riding[peer] = (board, q, r, links.client_rtt(peer), per)
+                riding[peer] = (board, q, r, fixed(peer), per)
     return None, max(least)
 
 
 def _pushed(servers: list[ServerRecord], boundaries: list[int], end: int, links: Links,
-            per_block: Mapping[str, float]) -> tuple[list[Hop] | None, int]:
+            per_block: Mapping[str, float], waits: Mapping[str, float]) -> tuple[list[Hop] | None, int]:
     """The cheapest pushed chain, or None and the furthest boundary reached. A hop's cost depends on the
     link from the node before it, but hops still go forward, so one sweep settles the boundaries in turn.
     At boundary q: each node ridden there arrives at the least (cost at boarding p − p·c) + q·c over the
     p it was boarded at, kept per node as the relayed sweep keeps it; each node covering q is boarded at
-    the least arrival there plus the link from that arrival (the client's leg at the start): a minimum
-    over a matrix of links, computed for all of them at once."""
+    the least arrival there plus the link from that arrival (the client's leg at the start), plus its wait:
+    a minimum over a matrix of links, computed for all of them at once."""
     count = len(servers)
     half_rtt, link = links.one_ways([r.peer_id for r in servers])
     per = np.array([per_block[r.peer_id] for r in servers])
+    wait = np.array([waits[r.peer_id] for r in servers])
     # boundary indices: a node is boarded at first..last − 1 and arrives at first + 1..last
     first = np.array([max(0, bisect.bisect_right(boundaries, r.start) - 1) for r in servers], dtype=int)
     last = np.array([bisect.bisect_right(boundaries, min(r.end, end)) - 1 for r in servers], dtype=int)
@@ -270,7 +287,7 @@ def _pushed(servers: list[ServerRecord], boundaries: list[int], end: int, links:
             board, after = via[best, np.arange(boarding.size)], arriving[best]
         else:
             board, after = half_rtt[boarding], np.full(boarding.size, -1)
-        value = board - q * per[boarding]
+        value = board + wait[boarding] - q * per[boarding]
         better = value < ride[boarding]
         moved = boarding[better]
         ride[moved], boarded_at[moved], boarded_after[moved] = value[better], k, after[better]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from routing.errors import NoRouteError
-from routing.planner import (CLAIM_CAP, UNMEASURED_RTT, Links, compute_costs, is_relayed, plan_measured_first,
+from routing.planner import (CLAIM_CAP, UNMEASURED_RTT, Links, compute_costs, hop_waits, is_relayed, plan_measured_first,
                              plan_route)
 from tests.routing.nodes import chain, node
 
@@ -163,6 +163,20 @@ def test_pushed_chains_pay_for_the_link_between_nodes(claimed_ms: float, want: l
     assert chain(plan_route(records, 0, 30, rtt={"a": 0.02, "b": 0.02, "c": 0.02}, push=True)) == want
 
 
+@pytest.mark.parametrize("busy, want", [(0, [("a", 0, 15), ("b", 15, 30)]), (4, [("c", 0, 30)])])
+def test_each_hop_through_a_busy_node_waits_for_half_its_iteration(busy: int, want: list) -> None:
+    """Two halves pushed to each other (0.03 s of links; a step through each 0.02 s idle, 0.1 s with 4
+    sessions, priced at 5) against one idle whole node (0.02 s round trip, 0.26 s a step): idle, the halves
+    win (0.07 against 0.28 s); busy, 0.2 s of steps would still win (0.23 s), but each hop also waits half
+    an iteration in progress, 0.05 s, and they lose (0.33 s)."""
+    records = [node("a", 0, 15, 50.0, active_sessions=busy, rtt_ms={"b": 20.0}),
+               node("b", 15, 30, 50.0, active_sessions=busy), node("c", 0, 30, 1 / 0.26)]
+    rtt = {"a": 0.02, "b": 0.02, "c": 0.02}
+    assert hop_waits(records, compute_costs(records)) == pytest.approx(
+        {"a": 0.05 if busy else 0.0, "b": 0.05 if busy else 0.0, "c": 0.0})
+    assert chain(plan_route(records, 0, 30, rtt=rtt, push=True)) == want
+
+
 def test_a_tie_goes_to_the_first_node_listed_relayed_or_pushed() -> None:
     """Planning skips nodes an earlier one beats everywhere; equal ones must still resolve as before."""
     records = [node("a", 0, 30), node("b", 0, 30), node("c", 0, 15), node("d", 15, 30)]
@@ -215,6 +229,7 @@ def _cheapest_by_exhaustion(records: list, start: int, end: int, rtt: dict, push
     nothing pruned: the reference its sweeps over undominated servers must agree with."""
     servers = [r for r in records if r.start < end and r.end > start]
     links, per_block = Links({r.peer_id: r for r in records}, rtt), compute_costs(servers)
+    waits = hop_waits(servers, per_block)
     half_rtt, between = links.one_ways([r.peer_id for r in servers])
     index = {r.peer_id: i for i, r in enumerate(servers)}
     bounds = sorted({start, end} | {b for r in servers for b in (r.start, r.end) if start < b < end})
@@ -227,6 +242,7 @@ def _cheapest_by_exhaustion(records: list, start: int, end: int, rtt: dict, push
                     c = cost + (between[index[prev], i] if prev else half_rtt[i])
                 else:
                     c = cost + links.client_rtt(r.peer_id)
+                c += waits[r.peer_id]
                 for q in (q for q in bounds if p < q <= min(r.end, end)):
                     total = c + (q - p) * per_block[r.peer_id] + (half_rtt[i] if push and q == end else 0)
                     state = (q, r.peer_id if push else "")

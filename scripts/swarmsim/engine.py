@@ -28,11 +28,9 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
-
 from node.freshness import load_moved
-from node.neighbours import announced, to_measure
 from node.local_swarm import even_spans
+from node.neighbours import announced, to_measure
 from node.selection import (best_start, blocks_for_budget, cache_tokens_for_budget, claim_holds, claim_wait,
                             cooled_down, coverage, move_chance, rebalance_delay, serves, should_move)
 from routing.chain import DEFAULT_DEADLINE, coverage_wake
@@ -42,11 +40,10 @@ from routing.records import ServerRecord
 from routing.view import Bans
 from routing.wire import PROTOCOL_VERSION
 
-from . import batching, chains, churn, network, workload
-from .batch_bound import batched_bound, node_modes
-from .bound import Capacity, best_placement_bound, placement_bound
+from . import batching, churn, network, workload
 from .hardware import MESSAGE_CPU_S, MESSAGE_S, PROFILES, Model, step_time
 from .lab import Lab
+from .yardstick import Yardstick
 
 PLACEMENTS = ("petals", "random")  # "even" too: LocalSwarm's split, never moved (the measured runs)
 DISK_BYTES_S = 2e9  # loading blocks a volunteer already holds
@@ -225,6 +222,7 @@ class Simulation:
         self._spans = iter(spans)
         lab = cfg.lab
         self.client_upload = network.CLIENT_UPLOAD if lab is None else lab.bytes_s
+        self.yardstick = Yardstick(cfg, self._link_rtt, self.client_upload)
 
     # ---- the event loop ------------------------------------------------------------------------
 
@@ -704,7 +702,7 @@ class Simulation:
         m.uncovered_block_s += uncovered * dt
         sample = not m.series or t - m.series[-1][0] >= cfg.bound_every_s - 1e-9
         if sample:
-            self._bound = self.bounds()
+            self._bound = self.yardstick.bounds([n for n in self.nodes.values() if n.state in ("online", "draining")])
         m.bound_token_s += self._bound[0] * dt
         m.best_token_s += self._bound[1] * dt
         m.batched_token_s += self._bound[2] * dt
@@ -713,80 +711,3 @@ class Simulation:
             m.series.append((t, (m.tokens - tokens) / (t + dt - since), self._bound[0], uncovered))
             m.servers.append(servers)
             self._sampled = (t + dt, m.tokens)
-
-    def bounds(self) -> tuple[float, float, float]:
-        """Tokens/s: the bound for the nodes as placed, the bound for the same nodes placed anywhere (their
-        caches and the fastest chains through them inside, bound.py), and the first with each node's
-        batching inside (batch_bound.py)."""
-        online = [n for n in self.nodes.values() if n.state in ("online", "draining")]
-        n, m = self.model.num_blocks, self.model
-        floors = self._latency_floors(online)
-        held = workload.cache_tokens_per_token()
-        rides = self._rides(online, floors)
-        caps = [Capacity(x.start, x.end, x.cost, x.upload / m.hidden_bytes, x.cache_room, float(ride.min()))
-                for x, ride in zip(online, rides)]
-        context = workload.context_per_token()
-        modes = [node_modes(x.hw, m, ride, context, x.upload, max(1, x.cache_room // 2)) for x, ride in zip(online, rides)]
-
-        return (placement_bound(caps, n, held), best_placement_bound(caps, n, held, floors),
-                batched_bound(caps, modes, n, held))
-
-    def _hop_fixed(self, client: network.Endpoint, x: SimNode) -> float:
-        """A hop's seconds besides its blocks' steps: the round trip, its two messages, one token's state
-        up from the client and on from the node."""
-        return (self._link_rtt(client, x.endpoint) + 2 * self.cfg.message_s + self.model.hidden_bytes / x.upload
-                + self.model.hidden_bytes / self.client_upload)
-
-    def _latency_floors(self, nodes: list[SimNode]) -> list[float]:
-        """Per node, seconds per token no chain through it beats wherever the nodes sit, relayed or
-        pushed: the client's round trip to its nearest node, two messages, a token's state up and on from
-        this node, and every block at the fastest one-token step of any node present."""
-        m = self.model
-        steps = m.num_blocks * min((x.step_one for x in nodes), default=0.0)
-        near = min((self._link_rtt(network.Endpoint(r), x.endpoint) for r in network.REGIONS for x in nodes),
-                   default=0.0)
-        return [self.cfg.client_s + near + 2 * self.cfg.message_s + m.hidden_bytes / x.upload
-                + m.hidden_bytes / self.client_upload + steps for x in nodes]
-
-    def _free_rides(self, nodes: list[SimNode], floors: list[float]) -> list[np.ndarray]:
-        """Per node, by how many of its blocks j a chain rides, seconds per token no chain beats wherever the
-        nodes sit: the floor (`_latency_floors`) with j of its blocks at its own one-token step."""
-        fastest = min((x.step_one for x in nodes), default=0.0)
-        return [floor + np.arange(1, x.end - x.start + 1) * (x.step_one - fastest) for x, floor in zip(nodes, floors)]
-
-    def _rides(self, nodes: list[SimNode], floors: list[float]) -> list[np.ndarray]:
-        """Per node, by how many of its blocks a chain rides, a lower bound on the seconds per token of any
-        chain through it as the nodes sit, for a client in any region, each node stepping one token and
-        sending one token's state (chains.py). Relayed: the cheapest cover of the blocks before where it is
-        boarded, its own hop, the cheapest cover of those after, each hop a round trip. Pushed: the fastest
-        chain through it, each link node to node as `_trip` times it. A lab: the placement-free floor."""
-        if self.cfg.lab is not None:
-            return self._free_rides(nodes, floors)
-        if self.cfg.push:
-            return self._pushed_rides(nodes)
-        n = self.model.num_blocks
-        per_block = [x.step_one for x in nodes]
-        per_region = [chains.fastest_by_ride(nodes, [self._hop_fixed(network.Endpoint(region), x) for x in nodes],
-                                             per_block, n) for region in network.REGIONS]
-        return [np.minimum.reduce(rides) for rides in zip(*per_region)]
-
-    def _pushed_rides(self, nodes: list[SimNode]) -> list[np.ndarray]:
-        """`_rides` for pushed chains, costed as `_trip`'s pushed branch: the client's own seconds, its token's
-        state up and a message to the first node; a message, the state on and the blocks' steps at each node;
-        half a round trip in from the client, node to node, and back out."""
-        m, cfg = self.model, self.cfg
-        clients = [network.Endpoint(region) for region in network.REGIONS]
-        places = [x.endpoint for x in nodes]
-        out = self._one_ways(clients, places)
-        entry = out + cfg.client_s + m.hidden_bytes / self.client_upload + cfg.message_s
-        return chains.fastest_pushed_by_ride(nodes, entry, out, self._one_ways(places, places),
-                                             [cfg.message_s + m.hidden_bytes / x.upload for x in nodes],
-                                             [x.step_one for x in nodes], m.num_blocks)
-
-    def _one_ways(self, sources: list[network.Endpoint], targets: list[network.Endpoint]) -> np.ndarray:
-        """Half the round trip (`_link_rtt`) from each source to each target, [source, target]: worked out
-        once per pair of distinct places (region and relay), of which there are few."""
-        keys = {(e.region, e.relay): e for e in (*sources, *targets)}
-        index = {key: i for i, key in enumerate(keys)}
-        table = np.array([[self._link_rtt(a, b) / 2 for b in keys.values()] for a in keys.values()])
-        return table[np.ix_([index[e.region, e.relay] for e in sources], [index[e.region, e.relay] for e in targets])]

@@ -91,12 +91,14 @@ def test_each_pushed_ride_is_the_cheapest_chain_riding_that_many_blocks(seed: in
 
 
 def test_pushed_rides_are_tighter_than_the_placement_free_floor() -> None:
-    """The search over pushed chains (engine `_rides`) never goes below what no chain beats wherever the nodes
-    sit (`_free_rides`), and is above it where the nodes as they sit make chains through a node slower."""
+    """The search over pushed chains (yardstick.py `rides`) never goes below what no chain beats wherever the
+    nodes sit (`free_rides`), and is above it where the nodes as they sit make chains through a node slower."""
     sim = Simulation(Config(LLAMA3_70B, nodes=16, hardware_mix=HOME_MIX, client_rate=0.0, hours=0.01, push=True))
     sim.run()
     online = [x for x in sim.nodes.values() if x.state == "online"]
-    floors = sim._latency_floors(online)
-    rides, free = np.concatenate(sim._rides(online, floors)), np.concatenate(sim._free_rides(online, floors))
+    yardstick = sim.yardstick
+    floors = yardstick.latency_floors(online)
+    rides = np.concatenate(yardstick.rides(online, floors))
+    free = np.concatenate(yardstick.free_rides(online, floors))
     assert len(online) > 1 and np.isfinite(rides).all()
     assert (rides >= free - 1e-12).all() and (rides > free + 1e-3).any()

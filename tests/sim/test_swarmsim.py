@@ -66,8 +66,8 @@ def test_no_chain_decodes_faster_than_the_bounds_allow_through_its_nodes(push: b
     sim = Simulation(dataclasses.replace(SMALL, client_rate=3.0, hours=0.03, push=push))
     sim.run()
     online = [n for n in sim.nodes.values() if n.state in ("online", "draining")]
-    floors = sim._latency_floors(online)
-    rides = dict(zip(online, sim._rides(online, floors)))
+    floors = sim.yardstick.latency_floors(online)
+    rides = dict(zip(online, sim.yardstick.rides(online, floors)))
     checked = 0
     for s in sim.sessions:
         if s.waiting or not s.hops or not all(n in rides for n, *_ in s.hops):

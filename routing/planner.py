@@ -140,12 +140,12 @@ def hop_waits(servers: list[ServerRecord], per_block: Mapping[str, float]) -> di
     return {r.peer_id: (r.end - r.start) * per_block[r.peer_id] / 2 if r.active_sessions else 0.0 for r in servers}
 
 
-def _covering(servers: list[ServerRecord], boundaries: list[int], end: int,
-              prune: tuple[Callable[[str], float], Mapping[str, float]] | None) -> dict[int, list[ServerRecord]]:
-    """For each boundary, the servers covering it, in planning order; with `prune` (the client's round
-    trip, the cost per block), less those an earlier one covering it beats there (a round trip and a cost
-    per block no higher, reaching as far): relayed, they lead to the same states, where the earlier one's
-    cost is never higher, so they never improve one. Saves most of the search in a big swarm.
+def _covering(servers: list[ServerRecord], boundaries: list[int], end: int, fixed: Callable[[str], float],
+              per_block: Mapping[str, float]) -> dict[int, list[ServerRecord]]:
+    """For each boundary, the servers covering it, in planning order, less those an earlier one covering it
+    beats there (a hop's fixed cost and a cost per block no higher, reaching as far): relayed, they lead to
+    the same states, where the earlier one's cost is never higher, so they never improve one. Saves most of
+    the relayed search in a big swarm.
 
     One sweep over the boundaries: a server arrives at its first one and stays until its end. A beaten
     server stays beaten (its victor reaches as far, so covers every later boundary it covers), so each
@@ -154,21 +154,17 @@ def _covering(servers: list[ServerRecord], boundaries: list[int], end: int,
     for i, r in enumerate(servers):
         arriving[boundaries[max(0, bisect.bisect_right(boundaries, r.start) - 1)]].append(i)
     reach = [min(r.end, end) for r in servers]
-    if prune is not None:
-        rtt, per_block = prune
-        figures = [(rtt(r.peer_id), per_block[r.peer_id], reach[i]) for i, r in enumerate(servers)]
+    figures = [(fixed(r.peer_id), per_block[r.peer_id], reach[i]) for i, r in enumerate(servers)]
     kept: list[int] = []  # indices into servers, in planning order
     covering: dict[int, list[ServerRecord]] = {}
     for p in boundaries:
         kept = [k for k in kept if reach[k] > p]
         for i in arriving[p]:
-            if prune is not None:
-                link, cost, far = figures[i]
-                if any(k < i and figures[k][0] <= link and figures[k][1] <= cost and figures[k][2] >= far
-                       for k in kept):
-                    continue
-                kept = [k for k in kept if not (k > i and link <= figures[k][0] and cost <= figures[k][1]
-                                                and far >= figures[k][2])]
+            link, cost, far = figures[i]
+            if any(k < i and figures[k][0] <= link and figures[k][1] <= cost and figures[k][2] >= far for k in kept):
+                continue
+            kept = [k for k in kept if not (k > i and link <= figures[k][0] and cost <= figures[k][1]
+                                            and far >= figures[k][2])]
             kept.append(i)
         kept.sort()
         covering[p] = [servers[k] for k in kept]
@@ -214,7 +210,7 @@ def _relayed(servers: list[ServerRecord], boundaries: list[int], end: int, links
     def fixed(peer: str) -> float:  # a hop's cost besides its blocks: the round trip, the wait at the node
         return links.client_rtt(peer) + waits[peer]
 
-    covering = _covering(servers, boundaries, end, (fixed, per_block))
+    covering = _covering(servers, boundaries, end, fixed, per_block)
     far = {r.peer_id: min(r.end, end) for r in servers}
     leaving: dict[int, list[str]] = {}
     for r in servers:

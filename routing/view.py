@@ -216,9 +216,14 @@ class SwarmView:
             await self.refresh(force=True)
         self.refresh_soon()
         try:
-            return plan_measured_first(self.records.values(), start, end, rtt=self.rtt, banned=self.bans.active(),
-                                       max_length=max_length, push=push)
+            return await self._plan(start, end, max_length, push)
         except NoRouteError:
             await self.refresh(force=True)
-        return plan_measured_first(self.records.values(), start, end, rtt=self.rtt, banned=self.bans.active(),
-                                   max_length=max_length, push=push)
+        return await self._plan(start, end, max_length, push)
+
+    async def _plan(self, start: int, end: int, max_length: int, push: bool) -> list[Hop]:
+        """`plan_measured_first` over a snapshot of the records, round trips and bans, in a worker thread: a
+        pushed plan over a thousand records is ~30 ms of CPU, which the event loop's streams must not wait for."""
+        return await asyncio.to_thread(plan_measured_first, list(self.records.values()), start, end,
+                                       rtt=dict(self.rtt), banned=self.bans.active(), max_length=max_length,
+                                       push=push)

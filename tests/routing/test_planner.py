@@ -163,6 +163,19 @@ def test_pushed_chains_pay_for_the_link_between_nodes(claimed_ms: float, want: l
     assert chain(plan_route(records, 0, 30, rtt={"a": 0.02, "b": 0.02, "c": 0.02}, push=True)) == want
 
 
+@pytest.mark.parametrize("noisy", [None, "a", "b", "c"])
+def test_the_wan_labs_links_pick_each_mode_its_chain_even_with_one_ping_40_ms_high(noisy: str | None) -> None:
+    """tests/wan/test_wan_routing.py's links (ms): client-a 200, client-b 60, client-c 140; a-b 250, a-c 60.
+    Pushed through c is 55 ms cheaper, relayed through b 80 ms, with any one of the client's pings 40 ms high
+    (a loaded machine). Its first links (client 60 to a and b, a-b 200) priced both pushed chains alike: a-b
+    is clamped to client-a + client-b, 120 ms."""
+    rtt = {p: ms / 1000 + (0.04 if p == noisy else 0.0) for p, ms in {"a": 200, "b": 60, "c": 140}.items()}
+    records = [node("a", 0, 15, 1000.0, rtt_ms={"b": 250.0, "c": 60.0}), node("b", 15, 30, 1000.0),
+               node("c", 15, 30, 1000.0)]
+    assert chain(plan_route(records, 0, 30, rtt=rtt, push=True)) == [("a", 0, 15), ("c", 15, 30)]
+    assert chain(plan_route(records, 0, 30, rtt=rtt, push=False)) == [("a", 0, 15), ("b", 15, 30)]
+
+
 @pytest.mark.parametrize("busy, want", [(0, [("a", 0, 15), ("b", 15, 30)]), (4, [("c", 0, 30)])])
 def test_each_hop_through_a_busy_node_waits_for_half_its_iteration(busy: int, want: list) -> None:
     """Two halves pushed to each other (0.03 s of links; a step through each 0.02 s idle, 0.1 s with 4

@@ -4,6 +4,12 @@ the nodes measure and announce; a relayed one by the client's own links.
 Node A serves blocks 0:15; B and C both serve 15:30. The link A-B is slow, so pushing through B
 costs more than through C; the client's link to C is slower than to B, so relaying favours B.
 Every node announces the same throughput, so only the links decide.
+
+The planner clamps a claimed link to the triangle the client's own round trips span (A-B at most
+client-A + client-B), so the links keep to it with room: the client is far from A (200 ms), or A-B
+would be priced at 120 ms and both pushed chains would cost the same (CI once picked B on ping noise).
+Pushed, via B costs (200 + 250 + 60) / 2 and via C (200 + 60 + 140) / 2, 55 ms more; relayed, B saves
+80 ms a token. A single ping reads up to ~40 ms high on a loaded machine, and both margins survive it.
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ from wan_client import WanClient, swarm_in_lab
 from ..waiting import until
 
 PROMPT = "What is the capital of France?"
-RTT_MS, SLOW_PUSH_MS, SLOW_CLIENT_MS = 60, 200, 120  # 60 ms apart: one ping each, on a loaded machine
-LINKS = {frozenset({"node-1", "node-2"}): SLOW_PUSH_MS, frozenset({"client", "node-3"}): SLOW_CLIENT_MS}
+RTT_MS, FAR_FIRST_MS, SLOW_PUSH_MS, SLOW_CLIENT_MS = 60, 200, 250, 140
+LINKS = {frozenset({"client", "node-1"}): FAR_FIRST_MS, frozenset({"node-1", "node-2"}): SLOW_PUSH_MS,
+         frozenset({"client", "node-3"}): SLOW_CLIENT_MS}
 
 pytestmark = pytest.mark.swarm
 

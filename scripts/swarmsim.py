@@ -52,9 +52,9 @@ def main() -> None:
                         help="also this many closed-loop clients, each opening a session when its last one ends: "
                              "with enough of them the swarm is saturated and tokens/s is its capacity")
     parser.add_argument("--placement", choices=PLACEMENTS, action="append", help="default: all")
-    parser.add_argument("--push", action="store_true",
+    parser.add_argument("--push", action=argparse.BooleanOptionalAction, default=True,
                         help="plan and run pushed chains, node to node, as the SDK does by default (nodes announce "
-                             "their next-block round trips); default: relayed, each hop a round trip to the client")
+                             "their next-block round trips); --no-push: relayed, each hop a round trip to the client")
     parser.add_argument("--no-claims", action="store_true",
                         help="rebalance as before moves were claimed (to measure herding: --scenario herd)")
     parser.add_argument("--grow-cache", action="store_true",

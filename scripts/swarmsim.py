@@ -10,7 +10,8 @@ block over time) and latency_cdf.png (time per token per policy).
 
     python scripts/swarmsim.py --scenario hetero-200 --hours 0.1 --rate 0 --clients 3600 --grow-cache
 
-runs the swarm saturated (closed-loop clients, more than it serves), so tokens/s is the policy's capacity.
+runs the swarm saturated (closed-loop clients, more than it serves), so tokens/s is the policy's capacity;
+with --gap it also shows, per kind of hardware, what the nodes carry beside what the batched bound gives them.
 
     python scripts/swarmsim.py --calibrate
 
@@ -28,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the production packages
 
-from swarmsim import calibrate, plots  # noqa: E402
+from swarmsim import calibrate, gap, plots  # noqa: E402
 from swarmsim.engine import PLACEMENTS, Simulation  # noqa: E402
 from swarmsim.scenarios import SCENARIOS  # noqa: E402
 
@@ -72,6 +73,10 @@ def main() -> None:
     parser.add_argument("--measured-batch", type=int, default=0,
                         help="the batch nodes measure their batched tokens/s at (default: what their pool holds "
                              "of mean-length sessions)")
+    parser.add_argument("--gap", action="store_true",
+                        help="after each run, where its throughput falls short of the batched bound: per kind of "
+                             "hardware, what the nodes carry beside what the bound's program gives them, what binds "
+                             "them, and where a token's time goes (scripts/swarmsim/gap.py; run it saturated)")
     parser.add_argument("--out", type=Path, default=Path("swarmsim-out"),
                         help="folder for the PNGs (default %(default)s)")
     parser.add_argument("--no-plots", action="store_true", help="the table only")
@@ -84,7 +89,7 @@ def main() -> None:
         print(f"* not one of the issue's cases. Every claimed case within {calibrate.TARGET:.0%}: "
               f"{'yes' if ok else 'NO'}")
         raise SystemExit(0 if ok else 1)
-    rows, runs = [], {}
+    rows, runs, gaps = [], {}, []
     for placement in args.placement or PLACEMENTS:
         cfg = SCENARIOS[args.scenario]()
         cfg = dataclasses.replace(cfg, placement=placement, seed=args.seed, push=args.push, claims=not args.no_claims,
@@ -98,6 +103,8 @@ def main() -> None:
         result = sim.run()
         result["wall_s"], result["cpu_s"] = time.perf_counter() - began, time.process_time() - cpu  # one core
         runs[placement] = sim.metrics
+        if args.gap:
+            gaps += [f"{placement}, at the end of the run:", *gap.table(sim)]
         rows.append([placement] + [result[k] for k in KEYS])
         print(f"{placement}: done in {result['wall_s']:.0f}s", file=sys.stderr)
     cells = [[fmt.format(v) for (_, fmt), v in zip(COLUMNS, row)] for row in rows]
@@ -111,6 +118,8 @@ def main() -> None:
     print("  ".join(name.rjust(w) for (name, _), w in zip(COLUMNS, widths)))
     for r in cells:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+    for line in gaps:
+        print(line)
     if not args.no_plots:
         paths = plots.write_pngs(runs, args.out, f"{args.scenario}, {cfg.hours:g} h")
         print("wrote " + ", ".join(str(p) for p in paths))

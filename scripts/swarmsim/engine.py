@@ -612,7 +612,7 @@ class Simulation:
                 rate = math.inf if self.cfg.lab is not None else node.rate
                 node.iteration = batching.iteration(node.hw, self.model, node.end - node.start, sessions, context,
                                                     rate, node.upload, node.iteration.batch)
-            tpts = {s: self._time_per_token(s) for s in decoding}
+            tpts = {s: self.time_per_token(s) for s in decoding}
             rates: dict[str, float] = {}
             for s, tpt in tpts.items():
                 for n, *_ in s.hops:
@@ -625,7 +625,7 @@ class Simulation:
                 tpts = {s: tpt * demand / self.cfg.lab.cores for s, tpt in tpts.items()}
         return tpts
 
-    def _time_per_token(self, s: Session) -> float:
+    def time_per_token(self, s: Session) -> float:
         """Seconds per decoded token along the session's chain: at each node, the wait for the iteration in
         progress, its own iteration (its blocks' share), that iteration's outputs on the uplink (in place of
         the one token's bytes); the trips."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from . import chains, network, workload
-from .batch_bound import batched_bound, node_modes
+from .batch_bound import Modes, batched_bound, batched_shares, node_modes
 from .bound import Capacity, best_placement_bound, placement_bound
 from .hardware import Model
 
@@ -33,16 +33,27 @@ class Yardstick:
         """Tokens/s over the nodes `online`: the bound for them as placed, the bound for the same nodes placed
         anywhere (their caches and the fastest chains through them inside, bound.py), and the first with each
         node's batching inside (batch_bound.py)."""
-        n, m = self.model.num_blocks, self.model
+        n, held = self.model.num_blocks, workload.cache_tokens_per_token()
         floors = self.latency_floors(online)
-        held = workload.cache_tokens_per_token()
         rides = self.rides(online, floors)
-        caps = [Capacity(x.start, x.end, x.cost, x.upload / m.hidden_bytes, x.cache_room, float(ride.min()))
-                for x, ride in zip(online, rides)]
-        context = workload.context_per_token()
-        modes = [node_modes(x.hw, m, ride, context, x.upload, max(1, x.cache_room // 2)) for x, ride in zip(online, rides)]
+        caps, modes = self._program(online, rides)
         return (placement_bound(caps, n, held), best_placement_bound(caps, n, held, floors),
                 batched_bound(caps, modes, n, held))
+
+    def shares(self, online: list[SimNode]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Per node, the tokens/s through it in a solution of the batched bound's program, and the rides it
+        was given (`rides`): where the bound puts its throughput and how fast it takes each node's chains."""
+        rides = self.rides(online, self.latency_floors(online))
+        caps, modes = self._program(online, rides)
+        return batched_shares(caps, modes, self.model.num_blocks, workload.cache_tokens_per_token()), rides
+
+    def _program(self, online: list[SimNode], rides: list[np.ndarray]) -> tuple[list[Capacity], list[Modes]]:
+        """Each node's capacities (bound.py) and batching modes (batch_bound.py), its chains taking `rides`."""
+        m, context = self.model, workload.context_per_token()
+        caps = [Capacity(x.start, x.end, x.cost, x.upload / m.hidden_bytes, x.cache_room, float(ride.min()))
+                for x, ride in zip(online, rides)]
+        modes = [node_modes(x.hw, m, ride, context, x.upload, max(1, x.cache_room // 2)) for x, ride in zip(online, rides)]
+        return caps, modes
 
     def _hop_fixed(self, client: network.Endpoint, x: SimNode) -> float:
         """A hop's seconds besides its blocks' steps: the round trip, its two messages, one token's state

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from scripts.swarmsim.batch_bound import MODE_RATIO, batched_bound, node_modes
+from scripts.swarmsim.batch_bound import MODE_RATIO, batched_bound, batched_shares, node_modes
 from scripts.swarmsim.bound import Capacity, placement_bound
 from scripts.swarmsim.hardware import Hardware, Model
 
@@ -60,3 +60,16 @@ def test_an_uncovered_block_stops_it_and_nodes_side_by_side_add_up() -> None:
     alone = batched_bound([node], [_modes()], 1, LENGTH)
     assert batched_bound([Capacity(0, 1, 0.001, 1e12)], [_modes()], 2, LENGTH) == 0.0
     assert batched_bound([node, node], [_modes(), _modes()], 1, LENGTH) == pytest.approx(2 * alone)
+
+
+def test_the_shares_say_which_node_carries_the_bounds_tokens() -> None:
+    """Two blocks: one node serves both, two serve one each; every token passes each block, so the tokens
+    through the nodes of each block add up to the bound, and a node alone carries all of it."""
+    node, whole = _node(), Capacity(0, 2, cost=0.001, upload=1e12, cache=SESSIONS * LENGTH, latency=LATENCY)
+    modes = [_modes(), _modes(), node_modes(HW, MODEL, np.array([LATENCY, 2 * LATENCY]), 0.0, 1e12, 1000)]
+    nodes = [node, Capacity(1, 2, cost=0.001, upload=1e12, cache=SESSIONS * LENGTH, latency=LATENCY), whole]
+    bound = batched_bound(nodes, modes, 2, LENGTH)
+    shares = batched_shares(nodes, modes, 2, LENGTH)
+    assert (shares >= 0).all() and shares[0] + shares[2] >= bound * (1 - 1e-9) and shares[1] + shares[2] >= bound * (1 - 1e-9)
+    assert batched_shares([node], [_modes()], 1, LENGTH)[0] == pytest.approx(batched_bound([node], [_modes()], 1, LENGTH))
+    assert list(batched_shares([node], [_modes()], 2, LENGTH)) == [0.0]  # block 1 uncovered

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from scripts.swarmsim import gap
 from scripts.swarmsim.engine import PLACEMENTS, Config, Simulation
 from scripts.swarmsim.hardware import LLAMA3_70B, step_time
 from scripts.swarmsim.scenarios import HOME_MIX, SCENARIOS
@@ -23,6 +24,19 @@ def test_no_placement_beats_the_bound(placement: str) -> None:
     assert sim.metrics.tokens <= sim.metrics.bound_token_s
     assert sim.metrics.bound_token_s <= sim.metrics.best_token_s * (1 + 1e-9)
     assert sim.metrics.tokens <= sim.metrics.batched_token_s <= sim.metrics.bound_token_s * (1 + 1e-9)
+
+
+def test_the_gap_table_has_a_row_per_kind_of_hardware_and_the_bounds_tokens_through_them() -> None:
+    sim = Simulation(dataclasses.replace(SMALL, client_rate=2.0, hours=0.02, mean_lifetime_s=math.inf))
+    sim.run()
+    lines = gap.table(sim)
+    online = [x for x in sim.nodes.values() if x.state == "online"]
+    kinds = sorted({x.hw.name for x in online})
+    assert [line.split()[0] for line in lines[1:-1]] == kinds and lines[0].split()[0] == "hardware"
+    assert "sessions decoding" in lines[-1]
+    shares, _ = sim.yardstick.shares(online)
+    blocks = sum(share * (x.end - x.start) for x, share in zip(online, shares))
+    assert blocks >= sim.yardstick.bounds(online)[2] * sim.model.num_blocks * (1 - 1e-9)  # every token, every block
 
 
 def test_churn_keeps_every_block_served_when_capacity_allows() -> None:
@@ -72,7 +86,7 @@ def test_no_chain_decodes_faster_than_the_bounds_allow_through_its_nodes(push: b
     for s in sim.sessions:
         if s.waiting or not s.hops or not all(n in rides for n, *_ in s.hops):
             continue
-        tpt = sim._time_per_token(s)
+        tpt = sim.time_per_token(s)
         for n, a, b, _ in s.hops:
             k, ride = n.iteration.batch, rides[n]
             extra = (b - a) * (step_time(n.hw, sim.model, k, k) - n.step_one)

@@ -55,7 +55,7 @@ from .push import PushLinks, PushReceiver
 from .ring import RingHead, head_bytes
 from .reachable import REACHABILITY_PERIOD, RELAY_WAIT, Reachable
 from .selection import (blocks_for_budget, best_start, claim_holds, claim_wait, cooled_down, coverage, move_chance,
-                        rebalance_delay, should_move)
+                        rebalance_delay, reserve_tokens, should_move)
 from .serving import Serving
 from .sessions import NodeSession, session_key
 from .throughput import batch_size, cached_throughput
@@ -217,12 +217,13 @@ class Node:
         their share of the KV cache and the dequantization workspace; reported at start."""
         c, m = self.config, self.store.manifest
         block = block_bytes(m, self.dtype)
-        cache = c.cache_tokens * kv_bytes_per_token(m.config, self.dtype)
+        reserve = reserve_tokens(c.cache_tokens, c.grow_cache)
+        cache = reserve * kv_bytes_per_token(m.config, self.dtype)
         workspace = self._overhead_bytes()
         fit = blocks_for_budget(self._budget - workspace, block, cache, self.num_blocks)
         scheme = f"{self.quantization.scheme}/g{self.quantization.group_size}" if self.quantization else c.dtype
         log.info("memory: a block takes %.1f MiB (%s), its KV cache %.1f MiB (%d tokens), dequantizing %.1f MiB; "
-                 "a budget of %.0f MiB holds %d blocks", block / 2**20, scheme, cache / 2**20, c.cache_tokens,
+                 "a budget of %.0f MiB holds %d blocks", block / 2**20, scheme, cache / 2**20, reserve,
                  workspace / 2**20, self._budget / 2**20, fit)
         return fit
 

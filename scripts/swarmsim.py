@@ -61,6 +61,9 @@ def main() -> None:
     parser.add_argument("--grow-cache", action="store_true",
                         help="nodes give sessions all the KV cache their memory holds beside their blocks "
                              "(node/selection.py cache_tokens_for_budget), not just the configured pool")
+    parser.add_argument("--spans-for-pool", action="store_true",
+                        help="with --grow-cache, nodes size their spans for the configured pool only, as before, not "
+                             "for node/selection.py's GROWN_RESERVE_TOKENS (more blocks a node, fewer sessions)")
     parser.add_argument("--routing", choices=("room", "before"), default="room",
                         help="room: clients plan around nodes announcing too little free cache for the session and "
                              "a full node is avoided briefly, not banned with backoff; before: neither")
@@ -97,7 +100,8 @@ def main() -> None:
                                   measured_batch=args.measured_batch, eager_announce=not args.periodic_announce,
                                   hours=args.hours if args.hours is not None else cfg.hours,
                                   client_rate=args.rate if args.rate is not None else cfg.client_rate,
-                                  clients=args.clients, grow_cache=args.grow_cache)
+                                  clients=args.clients, grow_cache=args.grow_cache,
+                                  grown_reserve=not args.spans_for_pool)
         began, cpu = time.perf_counter(), time.process_time()
         sim = Simulation(cfg)
         result = sim.run()
@@ -114,6 +118,7 @@ def main() -> None:
           f"moves {'unclaimed (the rule before claims)' if args.no_claims else 'claimed'}, routing {args.routing}"
           f"{', single-stream figures only' if args.no_batch_figures else ''}"
           f"{', announced every period only' if args.periodic_announce else ''}"
+          f"{', grown pools' + (' in spans sized for the pool' if args.spans_for_pool else '') if args.grow_cache else ''}"
           f"{f', batches measured at {args.measured_batch}' if args.measured_batch else ''}")
     print("  ".join(name.rjust(w) for (name, _), w in zip(COLUMNS, widths)))
     for r in cells:

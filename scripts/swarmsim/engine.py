@@ -32,7 +32,7 @@ from node.freshness import load_moved
 from node.local_swarm import even_spans
 from node.neighbours import announced, to_measure
 from node.selection import (best_start, blocks_for_budget, cache_tokens_for_budget, claim_holds, claim_wait,
-                            cooled_down, coverage, move_chance, rebalance_delay, serves, should_move)
+                            cooled_down, coverage, move_chance, rebalance_delay, reserve_tokens, serves, should_move)
 from routing.chain import DEFAULT_DEADLINE, coverage_wake
 from routing.errors import NoRouteError
 from routing.planner import plan_measured_first
@@ -79,6 +79,7 @@ class Config:
     dht_lag_s: float = 0.0  # seconds before an announcement is visible to readers
     eager_announce: bool = True  # also when the load moves (node/freshness.py); False: every period only
     grow_cache: bool = False  # a pool of all the cache its memory holds beside its blocks (cache_tokens_for_budget)
+    grown_reserve: bool = True  # a growing node sizes its span for GROWN_RESERVE_TOKENS (reserve_tokens); False: its pool
     room_rule: bool = True  # plan around nodes announcing no room, avoid a full one briefly (has_room, Bans.busy)
     batch_figures: bool = True  # nodes announce a batch's throughput too; False: single-stream only, as before
     measured_batch: int = 0  # the batch they measure it at; 0: the batch their pool holds of mean-length sessions
@@ -95,7 +96,8 @@ class SimNode:
         self.download = 5 * self.upload
         m = cfg.model
         budget = int(self.hw.memory_gb * 1e9 * cfg.memory_fraction)
-        self.length = blocks_for_budget(budget, m.block_bytes, cfg.cache_tokens * m.kv_bytes_per_token, m.num_blocks)
+        reserve = reserve_tokens(cfg.cache_tokens, cfg.grow_cache and cfg.grown_reserve)
+        self.length = blocks_for_budget(budget, m.block_bytes, reserve * m.kv_bytes_per_token, m.num_blocks)
         # the most cache its memory holds beside its blocks: the bound's, whatever the pool (`Config.grow_cache`)
         self.cache_room = cache_tokens_for_budget(budget, m.block_bytes, m.kv_bytes_per_token, self.length,
                                                   cfg.cache_tokens)

@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 
 import psutil
+import torch
 
 from ledger.keys import Identity
-from node.config import NodeConfig, resolve
+from node.config import OPTIONS, NodeConfig, resolve
 from node.memory import grown_cap, memory_budget, pool_tokens
 from node.metrics import NodeMetrics
-from node.selection import cache_tokens_for_budget
+from node.selection import GROWN_RESERVE_TOKENS, cache_tokens_for_budget, reserve_tokens
+from node.server import Node
 from node.serving import Serving
 from shards.blocks import BlockStack
 from shards.config import ModelConfig
+from shards.memory import block_bytes, kv_bytes_per_token
 from swarmlm.cli import build_parser
 
 GiB = 2**30
@@ -85,3 +88,23 @@ def test_a_move_keeps_the_pool(tmp_path):
         await s.stop()
 
     asyncio.run(go())
+
+
+def test_a_growing_node_sizes_its_span_around_a_reserve_of_cache_not_only_its_pool(default_store, tmp_path):
+    """`--blocks auto` leaves each block room for `--cache-tokens` (8,192); with `--grow-cache`, for
+    GROWN_RESERVE_TOKENS (node/selection.py `reserve_tokens`): a budget holding all 30 of the default model's
+    blocks beside the pool holds fewer beside the reserve, whose room the grown pool then takes."""
+    m = default_store.manifest
+    per_block = block_bytes(m, torch.float32) + 8192 * kv_bytes_per_token(m.config, torch.float32)
+    args = ("--model", str(default_store.path), "--blocks", "auto", "--max-memory", str(m.num_blocks * per_block + 2**20))
+    assert Node(config(*args, "--state-dir", str(tmp_path / "pool")))._blocks_that_fit() == m.num_blocks
+    grown = Node(config(*args, "--state-dir", str(tmp_path / "grown"), "--grow-cache"))._blocks_that_fit()
+    reserve = block_bytes(m, torch.float32) + GROWN_RESERVE_TOKENS * kv_bytes_per_token(m.config, torch.float32)
+    assert grown == (m.num_blocks * per_block + 2**20) // reserve < m.num_blocks
+
+
+def test_the_span_reserve_is_the_pool_unless_the_pool_grows():
+    assert reserve_tokens(8192, grow_cache=False) == 8192
+    assert reserve_tokens(8192, grow_cache=True) == GROWN_RESERVE_TOKENS
+    assert reserve_tokens(2 * GROWN_RESERVE_TOKENS, grow_cache=True) == 2 * GROWN_RESERVE_TOKENS
+    assert f"at least {GROWN_RESERVE_TOKENS} tokens" in next(o.help for o in OPTIONS if o.name == "grow_cache")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 
 import pytest
 
 from scripts.swarmsim import gap
-from scripts.swarmsim.engine import PLACEMENTS, Config, Simulation
+from scripts.swarmsim.engine import PLACEMENTS, Config, SimNode, Simulation
 from scripts.swarmsim.hardware import LLAMA3_70B, step_time
 from scripts.swarmsim.scenarios import HOME_MIX, SCENARIOS
 
@@ -37,6 +38,17 @@ def test_the_gap_table_has_a_row_per_kind_of_hardware_and_the_bounds_tokens_thro
     shares, _ = sim.yardstick.shares(online)
     blocks = sum(share * (x.end - x.start) for x, share in zip(online, shares))
     assert blocks >= sim.yardstick.bounds(online)[2] * sim.model.num_blocks * (1 - 1e-9)  # every token, every block
+
+
+def test_growing_nodes_size_their_spans_for_the_daemons_reserve_of_cache() -> None:
+    """The simulator's nodes call node/selection.py's `reserve_tokens` as the daemon does: a 24 GB card under a
+    70B model takes fewer blocks when its pool grows, and has room for more sessions beside them."""
+    def node(**changes: object) -> SimNode:
+        return SimNode("x", "rtx3090", dataclasses.replace(SMALL, **changes), random.Random(0))
+
+    pool, grown, before = node(), node(grow_cache=True), node(grow_cache=True, grown_reserve=False)
+    assert pool.length == before.length > grown.length
+    assert grown.cache_limit > before.cache_limit > pool.cache_limit == SMALL.cache_tokens
 
 
 def test_churn_keeps_every_block_served_when_capacity_allows() -> None:

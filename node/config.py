@@ -84,8 +84,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("grow_cache", _bool, False, "grow the KV-cache pool to what --max-memory holds beside the node's blocks "
                                        "(and ring head), never under --cache-tokens: more sessions at once where "
                                        "memory is to spare; with --blocks auto the span leaves room for at least "
-                                       "32768 tokens of cache; on a GPU the pool is allocated at start, on CPU its "
-                                       "pages take memory once used"),
+                                       "32768 tokens of cache, or what half a block's bytes hold if fewer; on a GPU "
+                                       "the pool is allocated at start, on CPU its pages take memory once used"),
     Option("max_memory", str, None, "memory budget for blocks and cache, e.g. 2GiB (default: 80%% of free at start)"),
     Option("public_name", str, "", "a name shown in swarm status"),
     Option("announce_period", float, 30.0, "seconds between DHT announcements (records expire at three times this)"),

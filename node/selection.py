@@ -137,14 +137,20 @@ def rebalance_delay(period: float, rng: random.Random | None = None) -> float:
 # (4,800 clients, 3 minutes) reserves of 8,192 / 16,384 / 32,768 / 65,536 tokens gave 8,551 / 9,528 / 10,248 /
 # 10,100 tokens/s (p95 0.73 / 0.62 / 0.58 / 0.67 s a token): fewer blocks, more sessions a node, longer chains.
 GROWN_RESERVE_TOKENS = 32_768
+# ... but a block's reserve never costs more than this share of the block itself: a 70B block (433 MiB in the
+# simulator, 4 KiB of cache a token) allows 55,395 tokens, SmolLM2-135M's (13.5 MiB, 1.5 KiB) only 4,609, so a
+# small model, whose cache is dear beside its weights, keeps the pool's sizing.
+RESERVE_SHARE = 0.5
 
 
-def reserve_tokens(cache_tokens: int, grow_cache: bool) -> int:
+def reserve_tokens(cache_tokens: int, grow_cache: bool, block_bytes: int, kv_bytes_per_token: int) -> int:
     """KV-cache tokens per block a node sizes its span around: its pool (`--cache-tokens`), or, when the pool
-    grows into what the blocks leave (`--grow-cache`), at least GROWN_RESERVE_TOKENS. In a busy swarm the
-    caches bind (scripts/swarmsim/bound.py), and a block more on each card buys fewer hops than the sessions
-    it displaces carry."""
-    return max(cache_tokens, GROWN_RESERVE_TOKENS) if grow_cache else cache_tokens
+    grows into what the blocks leave (`--grow-cache`), at least GROWN_RESERVE_TOKENS where that costs no more
+    than RESERVE_SHARE of a block. In a busy swarm the caches bind (scripts/swarmsim/bound.py), and a block
+    more on each card buys fewer hops than the sessions it displaces carry."""
+    if not grow_cache:
+        return cache_tokens
+    return max(cache_tokens, min(GROWN_RESERVE_TOKENS, int(RESERVE_SHARE * block_bytes) // max(1, kv_bytes_per_token)))
 
 
 def blocks_for_budget(budget_bytes: int, block_bytes: int, cache_bytes_per_block: int, num_blocks: int) -> int:

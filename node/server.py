@@ -216,9 +216,9 @@ class Node:
         """Blocks that fit the memory budget, counted in their real bytes (dtype or quantization) plus
         their share of the KV cache and the dequantization workspace; reported at start."""
         c, m = self.config, self.store.manifest
-        block = block_bytes(m, self.dtype)
-        reserve = reserve_tokens(c.cache_tokens, c.grow_cache)
-        cache = reserve * kv_bytes_per_token(m.config, self.dtype)
+        block, per_token = block_bytes(m, self.dtype), kv_bytes_per_token(m.config, self.dtype)
+        reserve = reserve_tokens(c.cache_tokens, c.grow_cache, block, per_token)
+        cache = reserve * per_token
         workspace = self._overhead_bytes()
         fit = blocks_for_budget(self._budget - workspace, block, cache, self.num_blocks)
         scheme = f"{self.quantization.scheme}/g{self.quantization.group_size}" if self.quantization else c.dtype

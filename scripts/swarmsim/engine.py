@@ -96,7 +96,8 @@ class SimNode:
         self.download = 5 * self.upload
         m = cfg.model
         budget = int(self.hw.memory_gb * 1e9 * cfg.memory_fraction)
-        reserve = reserve_tokens(cfg.cache_tokens, cfg.grow_cache and cfg.grown_reserve)
+        reserve = reserve_tokens(cfg.cache_tokens, cfg.grow_cache and cfg.grown_reserve, m.block_bytes,
+                                 m.kv_bytes_per_token)
         self.length = blocks_for_budget(budget, m.block_bytes, reserve * m.kv_bytes_per_token, m.num_blocks)
         # the most cache its memory holds beside its blocks: the bound's, whatever the pool (`Config.grow_cache`)
         self.cache_room = cache_tokens_for_budget(budget, m.block_bytes, m.kv_bytes_per_token, self.length,

@@ -12,7 +12,7 @@ from ledger.keys import Identity
 from node.config import OPTIONS, NodeConfig, resolve
 from node.memory import grown_cap, memory_budget, pool_tokens
 from node.metrics import NodeMetrics
-from node.selection import GROWN_RESERVE_TOKENS, cache_tokens_for_budget, reserve_tokens
+from node.selection import GROWN_RESERVE_TOKENS, RESERVE_SHARE, cache_tokens_for_budget, reserve_tokens
 from node.server import Node
 from node.serving import Serving
 from shards.blocks import BlockStack
@@ -91,20 +91,26 @@ def test_a_move_keeps_the_pool(tmp_path):
 
 
 def test_a_growing_node_sizes_its_span_around_a_reserve_of_cache_not_only_its_pool(default_store, tmp_path):
-    """`--blocks auto` leaves each block room for `--cache-tokens` (8,192); with `--grow-cache`, for
-    GROWN_RESERVE_TOKENS (node/selection.py `reserve_tokens`): a budget holding all 30 of the default model's
-    blocks beside the pool holds fewer beside the reserve, whose room the grown pool then takes."""
+    """`--blocks auto` leaves each block room for `--cache-tokens`; with `--grow-cache`, for more (node/selection.py
+    `reserve_tokens`): here what half a block holds, SmolLM2's cache being dear beside its weights. A budget holding
+    all 30 blocks beside a 1,024-token pool holds fewer beside the reserve, whose room the grown pool then takes."""
     m = default_store.manifest
-    per_block = block_bytes(m, torch.float32) + 8192 * kv_bytes_per_token(m.config, torch.float32)
-    args = ("--model", str(default_store.path), "--blocks", "auto", "--max-memory", str(m.num_blocks * per_block + 2**20))
+    block, per_token = block_bytes(m, torch.float32), kv_bytes_per_token(m.config, torch.float32)
+    budget = m.num_blocks * (block + 1024 * per_token) + 2**20
+    args = ("--model", str(default_store.path), "--blocks", "auto", "--cache-tokens", "1024", "--max-memory", str(budget))
     assert Node(config(*args, "--state-dir", str(tmp_path / "pool")))._blocks_that_fit() == m.num_blocks
     grown = Node(config(*args, "--state-dir", str(tmp_path / "grown"), "--grow-cache"))._blocks_that_fit()
-    reserve = block_bytes(m, torch.float32) + GROWN_RESERVE_TOKENS * kv_bytes_per_token(m.config, torch.float32)
-    assert grown == (m.num_blocks * per_block + 2**20) // reserve < m.num_blocks
+    reserve = int(RESERVE_SHARE * block) // per_token
+    assert 1024 < reserve < GROWN_RESERVE_TOKENS
+    assert grown == budget // (block + reserve * per_token) < m.num_blocks
 
 
-def test_the_span_reserve_is_the_pool_unless_the_pool_grows():
-    assert reserve_tokens(8192, grow_cache=False) == 8192
-    assert reserve_tokens(8192, grow_cache=True) == GROWN_RESERVE_TOKENS
-    assert reserve_tokens(2 * GROWN_RESERVE_TOKENS, grow_cache=True) == 2 * GROWN_RESERVE_TOKENS
+def test_the_span_reserve_is_the_pool_unless_the_pool_grows_and_then_at_most_half_a_block():
+    seventy_b, smollm2 = (433 * 2**20, 4096), (int(13.5 * 2**20), 1536)  # a block's bytes, its cache's a token
+    assert reserve_tokens(8192, False, *seventy_b) == 8192
+    assert reserve_tokens(8192, True, *seventy_b) == GROWN_RESERVE_TOKENS
+    assert reserve_tokens(2 * GROWN_RESERVE_TOKENS, True, *seventy_b) == 2 * GROWN_RESERVE_TOKENS
+    assert reserve_tokens(8192, True, *smollm2) == 8192  # half a block holds 4,608 tokens: the pool stands
+    assert reserve_tokens(1024, True, *smollm2) == 4608
+    assert f"at least {GROWN_RESERVE_TOKENS} tokens" in next(o.help for o in OPTIONS if o.name == "grow_cache")
     assert f"at least {GROWN_RESERVE_TOKENS} tokens" in next(o.help for o in OPTIONS if o.name == "grow_cache")

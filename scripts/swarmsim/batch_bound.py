@@ -77,9 +77,7 @@ def node_modes(hw: Hardware, model: Model, ride: np.ndarray, context: float, upl
 def batched_bound(nodes: Sequence[Capacity], modes: Sequence[Modes], num_blocks: int, session_tokens: float) -> float:
     """Tokens/s no routing, admission or batching exceeds over these nodes as they are placed (module
     docstring); 0 if a block is uncovered."""
-    if not all(any(n.start <= b < n.end for n in nodes) for b in range(num_blocks)):
-        return 0.0
-    return float(_solve(nodes, modes, num_blocks, session_tokens)[0])
+    return _solve(nodes, modes, num_blocks, session_tokens)[0]
 
 
 def batched_shares(nodes: Sequence[Capacity], modes: Sequence[Modes], num_blocks: int,
@@ -87,17 +85,14 @@ def batched_shares(nodes: Sequence[Capacity], modes: Sequence[Modes], num_blocks
     """Per node, the tokens/s through it (its block-tokens/s over its span) in a solution of the bound's program:
     where the bound puts its throughput, to set beside where a simulation's goes (swarmsim.py --gap). The
     program may have several optimal solutions; this is one. Zeros if a block is uncovered."""
+    return _solve(nodes, modes, num_blocks, session_tokens)[1]
+
+
+def _solve(nodes: Sequence[Capacity], modes: Sequence[Modes], num_blocks: int,
+           session_tokens: float) -> tuple[float, np.ndarray]:
+    """The program's optimum, and per node the tokens/s through it there; (0, zeros) if a block is uncovered."""
     if not all(any(n.start <= b < n.end for n in nodes) for b in range(num_blocks)):
-        return np.zeros(len(nodes))
-    x = _solve(nodes, modes, num_blocks, session_tokens)
-    spans = np.array([n.end - n.start for n in nodes])
-    counts = np.array([len(m.read) for m in modes])
-    first = 1 + np.concatenate([[0], np.cumsum(spans + counts)[:-1]])
-    return np.array([x[f:f + s].sum() / s for f, s in zip(first, spans)])
-
-
-def _solve(nodes: Sequence[Capacity], modes: Sequence[Modes], num_blocks: int, session_tokens: float) -> np.ndarray:
-    """The program's optimal columns: T, then per node its f[i, b] and its m[i, k]."""
+        return 0.0, np.zeros(len(nodes))
     # columns: T, then per node its f[i, b] (one per block of its span), then its m[i, k];
     # rows: one per block (coverage), then per node: link, memory, arithmetic, cache, batch by memory, by arithmetic
     spans = np.array([n.end - n.start for n in nodes])
@@ -130,4 +125,4 @@ def _solve(nodes: Sequence[Capacity], modes: Sequence[Modes], num_blocks: int, s
                      method="highs")
     if not result.success:
         raise RuntimeError(f"the batched bound's linear program failed: {result.message}")
-    return result.x
+    return float(-result.fun), np.array([result.x[f:f + s].sum() / s for f, s in zip(f0, spans)])

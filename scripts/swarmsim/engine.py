@@ -5,8 +5,10 @@ virtual clock. Decoding is a fluid between ticks of `tick_s`: every session's ti
 re-derived each tick from its chain (round trips; at each node, its continuous batching as the
 daemon's scheduler runs it: the wait for the iteration in progress, the node's roofline step at the
 batch of tokens that reach it while one iteration computes, and that batch's outputs on its uplink:
-batching.py), and tokens accrue at that rate. Batching is otherwise free, which favours the simulated
-swarm; prefill and replays delay a session but load no node.
+batching.py), and tokens accrue at that rate. A node's uplink sends at most its bandwidth: where the
+sessions through one would need more, they all slow down until it keeps up (a queue on the uplink, as a
+closed network's bottleneck). Batching is otherwise free, which favours the simulated swarm; prefill and
+replays delay a session but load no node.
 
 Policies are the production code: where a node sits (`best_start`, `should_move`, `move_chance`,
 `rebalance_delay`, `blocks_for_budget`) and how it claims a move before making it (`claim_holds`,
@@ -118,6 +120,7 @@ class SimNode:
         self.neighbours: dict[str, float] = {}  # round trips to next-block nodes, pushed runs only (node/neighbours.py)
         self.iteration = batching.Iteration(1.0, 0.0, 0.0, 0.0)  # this tick's
         self.rate = 0.0  # tokens/s through it at the last tick
+        self.queued = 1.0  # how much slower its uplink's queue makes the sessions through it (≥ 1), this tick
         # Seconds per block-token at the biggest batch it could ever run, its cache full of two-token
         # sessions: the bound's compute (bound.py), never above what a chain gets; its caches bind first.
         batch = max(1, self.cache_room // 2)
@@ -615,11 +618,13 @@ class Simulation:
                 rate = math.inf if self.cfg.lab is not None else node.rate
                 node.iteration = batching.iteration(node.hw, self.model, node.end - node.start, sessions, context,
                                                     rate, node.upload, node.iteration.batch)
+                node.queued = 1.0
+            rates = self._rates({s: self.time_per_token(s) for s in decoding})
+            if self.cfg.lab is None:
+                for node, *_ in serving:  # each token's output leaves once, on its uplink
+                    node.queued = max(1.0, rates.get(node.peer_id, 0.0) * self.model.hidden_bytes / node.upload)
             tpts = {s: self.time_per_token(s) for s in decoding}
-            rates: dict[str, float] = {}
-            for s, tpt in tpts.items():
-                for n, *_ in s.hops:
-                    rates[n.peer_id] = rates.get(n.peer_id, 0.0) + 1 / tpt
+            rates = self._rates(tpts)
             for node, *_ in serving:
                 node.rate = rates.get(node.peer_id, 0.0)
         if self.cfg.lab is not None and decoding:  # one host's cores shared by all: processor sharing
@@ -628,15 +633,25 @@ class Simulation:
                 tpts = {s: tpt * demand / self.cfg.lab.cores for s, tpt in tpts.items()}
         return tpts
 
+    @staticmethod
+    def _rates(tpts: dict[Session, float]) -> dict[str, float]:
+        """Tokens/s through each node, of sessions decoding at `tpts` seconds a token."""
+        rates: dict[str, float] = {}
+        for s, tpt in tpts.items():
+            for n, *_ in s.hops:
+                rates[n.peer_id] = rates.get(n.peer_id, 0.0) + 1 / tpt
+        return rates
+
     def time_per_token(self, s: Session) -> float:
         """Seconds per decoded token along the session's chain: at each node, the wait for the iteration in
         progress, its own iteration (its blocks' share), that iteration's outputs on the uplink (in place of
-        the one token's bytes); the trips."""
+        the one token's bytes); the trips. Times the most any of its nodes' uplinks queue (`SimNode.queued`):
+        a chain runs no faster than its slowest uplink lets the sessions sharing it through."""
         hops = [(n, a, b) for n, a, b, _ in s.hops]
         doing = [n.iteration.wait + (b - a) / (n.end - n.start) * n.iteration.step + n.iteration.send
                  for n, a, b in hops]
-        return self._trip(s, hops, 0.0, doing) + (
-            self.model.hidden_bytes / self.client_upload * (1 if self.cfg.push and len(hops) > 1 else len(hops)))
+        return max(n.queued for n, _, _ in hops) * (self._trip(s, hops, 0.0, doing) + (
+            self.model.hidden_bytes / self.client_upload * (1 if self.cfg.push and len(hops) > 1 else len(hops))))
 
     def _cpu_per_token(self, s: Session) -> float:
         """CPU seconds one decoded token costs the host when every process shares it (a lab)."""

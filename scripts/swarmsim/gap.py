@@ -43,19 +43,22 @@ def table(sim: Simulation) -> list[str]:
 
 def _parts(sim: Simulation) -> str:
     """The mean over decoding sessions of their time per token, split as `Simulation.time_per_token` adds it."""
-    parts = {"wait": 0.0, "steps": 0.0, "uplinks": 0.0, "total": 0.0}
+    parts = {"wait": 0.0, "steps": 0.0, "uplinks": 0.0, "queues": 0.0, "total": 0.0}
     decoding = [s for s in sim.sessions if s.hops and not s.waiting]
     for s in decoding:
         for n, a, b, _ in s.hops:
             parts["wait"] += n.iteration.wait
             parts["steps"] += (b - a) / (n.end - n.start) * n.iteration.step
             parts["uplinks"] += n.iteration.send
-        parts["total"] += sim.time_per_token(s)
+        total = sim.time_per_token(s)
+        parts["total"] += total
+        parts["queues"] += total * (1 - 1 / max(n.queued for n, *_ in s.hops))
     if not decoding:
         return "no session decoding"
     k = len(decoding)
-    rest = (parts["total"] - parts["wait"] - parts["steps"] - parts["uplinks"]) / k
+    rest = (parts["total"] - parts["wait"] - parts["steps"] - parts["uplinks"] - parts["queues"]) / k
     hops = statistics.fmean(len(s.hops) for s in decoding)
     return (f"{k} sessions decoding over {hops:.2f} hops on average, {parts['total'] / k:.3f} s a token: waiting for "
             f"iterations in progress {parts['wait'] / k:.3f}, their steps {parts['steps'] / k:.3f}, uplinks "
-            f"{parts['uplinks'] / k:.3f}, trips and the client {rest:.3f}")
+            f"{parts['uplinks'] / k:.3f}, queues on full uplinks {parts['queues'] / k:.3f}, trips and the client "
+            f"{rest:.3f}")

@@ -109,6 +109,20 @@ def test_no_chain_decodes_faster_than_the_bounds_allow_through_its_nodes(push: b
     assert checked > 0
 
 
+def test_no_node_sends_more_than_its_uplink_carries() -> None:
+    """Enough clients to fill every cache: some home uplinks cannot carry what their nodes compute, and the
+    sessions through them slow down until they can (each token's output leaves once, on the node's uplink)."""
+    sim = Simulation(dataclasses.replace(SMALL, client_rate=0.0, clients=400, hours=0.02, mean_lifetime_s=math.inf,
+                                         push=True, grow_cache=True))
+    sim.run()
+    online = [n for n in sim.nodes.values() if n.state == "online"]
+    assert any(n.queued > 1 for n in online)
+    for n in online:
+        assert n.rate * sim.model.hidden_bytes <= n.upload * (1 + 1e-9)
+    queued = [s for s in sim.sessions if s.hops and max(n.queued for n, *_ in s.hops) > 1]
+    assert queued and "queues on full uplinks 0.000" not in gap.table(sim)[-1]
+
+
 def test_closed_loop_clients_open_a_session_when_one_ends() -> None:
     sim = Simulation(dataclasses.replace(SMALL, client_rate=0.0, clients=5, hours=0.05))
     result = sim.run()

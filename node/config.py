@@ -113,6 +113,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("throughput", str, "auto", "announced tokens/s: 'auto' measures once per span, dtype and device, "
                                       "cached for every node of this machine ($SWARMLM_HOME/throughput.json); "
                                       "or a number"),
+    Option("upload_mbps", float, 0.0, "your upload speed in Mbit/s (a speed test's figure), folded into the "
+                                      "tokens/s you announce: each token's output leaves on your uplink, so "
+                                      "clients then price a slow home uplink as they price slow compute "
+                                      "(0: not priced)"),
     Option("metrics_port", int, None, "serve Prometheus metrics on this port (default: off)"),
     Option("metrics_host", str, "127.0.0.1", "address for the metrics endpoint"),
     Option("log_format", str, "text", "log line format", choices=("text", "json")),
@@ -163,6 +167,7 @@ class NodeConfig:
     drain_grace: float
     rebalance_period: float
     throughput: str
+    upload_mbps: float
     metrics_port: int | None
     metrics_host: str
     log_format: str
@@ -348,6 +353,8 @@ def _finish(values: dict[str, Any], sources: dict[str, str]) -> NodeConfig:
         if not 0 < tps <= 1e6:
             raise ConfigError(f"{where('throughput')} must be 'auto' or tokens/s in (0, 1000000], "
                               f"got {values['throughput']!r}")
+    if not 0 <= values["upload_mbps"] <= 1e6:
+        raise ConfigError(f"{where('upload_mbps')} must be Mbit/s in 0..1000000, got {values['upload_mbps']}")
     for name in ("announce_period", "session_timeout"):
         if not values[name] > 0:
             raise ConfigError(f"{where(name)} must be > 0, got {values[name]}")

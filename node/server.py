@@ -59,6 +59,7 @@ from .selection import (blocks_for_budget, best_start, claim_holds, claim_wait, 
 from .serving import Serving
 from .sessions import NodeSession, session_key
 from .throughput import batch_size, cached_throughput
+from .uplink import output_bytes, through_uplink
 from .witnessing import CHECKPOINT_KEY, Witness
 
 log = logging.getLogger(__name__)
@@ -256,15 +257,18 @@ class Node:
 
     def _throughput(self, stack: BlockStack, cache_tokens: int) -> tuple[float, tuple[int, float]]:
         """Tokens/s of one session through the span, and (batch, tokens/s) of a batch stepping together
-        (node/throughput.py); a configured `--throughput` announces no batch."""
+        (node/throughput.py), each with `--upload-mbps` folded in (node/uplink.py); a configured
+        `--throughput` announces no batch."""
         c = self.config
+        sent = output_bytes(self.store.manifest.config.hidden_size, torch.finfo(self.dtype).bits // 8)
         if c.throughput != "auto":
-            return float(c.throughput), (1, 0.0)
+            return through_uplink(float(c.throughput), sent, c.upload_mbps), (1, 0.0)
         key = f"{self.weights_root}:{stack.start}:{stack.end}:{c.device}:{c.dtype}:{torch.get_num_threads()}"
         cache_file = swarmlm_home() / "throughput.json"
         single = cached_throughput(cache_file, key, stack)
         batch = batch_size(c.max_batch_tokens if c.batching else 1, cache_tokens)
-        return single, (batch, cached_throughput(cache_file, key, stack, batch) if batch > 1 else 0.0)
+        batched = cached_throughput(cache_file, key, stack, batch) if batch > 1 else 0.0
+        return through_uplink(single, sent, c.upload_mbps), (batch, through_uplink(batched, sent, c.upload_mbps))
 
     # ---- serve -----------------------------------------------------------------------------------
 

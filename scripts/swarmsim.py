@@ -76,6 +76,10 @@ def main() -> None:
     parser.add_argument("--measured-batch", type=int, default=0,
                         help="the batch nodes measure their batched tokens/s at (default: what their pool holds "
                              "of mean-length sessions)")
+    parser.add_argument("--priced-uplinks", action=argparse.BooleanOptionalAction, default=True,
+                        help="volunteers give their upload speed (--upload-mbps), folded into the tokens/s they "
+                             "announce (node/uplink.py), so clients price their uplinks; --no-priced-uplinks: "
+                             "compute only, as before")
     parser.add_argument("--gap", action="store_true",
                         help="after each run, where its throughput falls short of the batched bound: per kind of "
                              "hardware, what the nodes carry beside what the bound's program gives them, what binds "
@@ -101,7 +105,7 @@ def main() -> None:
                                   hours=args.hours if args.hours is not None else cfg.hours,
                                   client_rate=args.rate if args.rate is not None else cfg.client_rate,
                                   clients=args.clients, grow_cache=args.grow_cache,
-                                  grown_reserve=not args.spans_for_pool)
+                                  grown_reserve=not args.spans_for_pool, priced_uplinks=args.priced_uplinks)
         began, cpu = time.perf_counter(), time.process_time()
         sim = Simulation(cfg)
         result = sim.run()
@@ -119,7 +123,8 @@ def main() -> None:
           f"{', single-stream figures only' if args.no_batch_figures else ''}"
           f"{', announced every period only' if args.periodic_announce else ''}"
           f"{', grown pools' + (' in spans sized for the pool' if args.spans_for_pool else '') if args.grow_cache else ''}"
-          f"{f', batches measured at {args.measured_batch}' if args.measured_batch else ''}")
+          f"{f', batches measured at {args.measured_batch}' if args.measured_batch else ''}"
+          f"{'' if args.priced_uplinks else ', uplinks unpriced'}")
     print("  ".join(name.rjust(w) for (name, _), w in zip(COLUMNS, widths)))
     for r in cells:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths)))

@@ -35,6 +35,7 @@ from node.local_swarm import even_spans
 from node.neighbours import announced, to_measure
 from node.selection import (best_start, blocks_for_budget, cache_tokens_for_budget, claim_holds, claim_wait,
                             cooled_down, coverage, move_chance, rebalance_delay, reserve_tokens, serves, should_move)
+from node.uplink import MBIT, through_uplink
 from routing.chain import DEFAULT_DEADLINE, coverage_wake
 from routing.errors import NoRouteError
 from routing.planner import plan_measured_first
@@ -85,6 +86,7 @@ class Config:
     room_rule: bool = True  # plan around nodes announcing no room, avoid a full one briefly (has_room, Bans.busy)
     batch_figures: bool = True  # nodes announce a batch's throughput too; False: single-stream only, as before
     measured_batch: int = 0  # the batch they measure it at; 0: the batch their pool holds of mean-length sessions
+    priced_uplinks: bool = True  # volunteers give --upload-mbps, folded into those figures (node/uplink.py)
 
 
 class SimNode:
@@ -134,6 +136,10 @@ class SimNode:
         self.batch = max(1, cfg.measured_batch or self.cache_limit // mean) if cfg.batch_figures else 1
         full = blocks * step_time(self.hw, m, self.batch, self.batch * workload.PROMPT_MEAN)
         self.batch_announced = self.batch / full if self.batch > 1 else 0.0
+        if cfg.priced_uplinks:
+            mbps = self.upload / MBIT
+            self.announced = through_uplink(self.announced, m.hidden_bytes, mbps)
+            self.batch_announced = through_uplink(self.batch_announced, m.hidden_bytes, mbps)
 
     def record(self, state: str) -> ServerRecord:
         return ServerRecord(peer_id=self.peer_id, state=state, start=self.start, end=self.end, moving_to=self.claim,

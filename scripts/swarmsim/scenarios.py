@@ -24,6 +24,7 @@ SCENARIOS = {
     "hetero-1000": lambda: Config(LLAMA3_405B, nodes=1000, hardware_mix=HOME_MIX, client_rate=0.2),
     "herd": lambda: Config(LLAMA3_70B, nodes=7, hardware_mix={"rtx3090": 1.0}, client_rate=0.0,
                            mean_lifetime_s=math.inf, dht_lag_s=5.0, bound_every_s=math.inf,  # no clients: no bound
+                           priced_uplinks=False,  # twins announce the same figures, whatever their uplinks
                            spans=((0, 16),) * 4 + ((16, 32), (48, 64), (64, 80))),  # 32:48 is the hole
     "small": lambda: Config(LLAMA3_70B, nodes=40, hardware_mix=HOME_MIX, client_rate=0.3, hours=0.25),
 }

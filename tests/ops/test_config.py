@@ -99,6 +99,8 @@ def test_the_commented_file_resolves_to_the_defaults_even_fully_uncommented(tmp_
     (["--metrics-port", "70000"], {}, None, "--metrics-port must be in 0..65535"),
     ([], {}, "session_timeout = 0", "config key 'session_timeout' must be > 0"),
     ([], {"SWARMLM_ANNOUNCE_PERIOD": "nan"}, None, "SWARMLM_ANNOUNCE_PERIOD must be > 0"),
+    (["--upload-mbps", "-5"], {}, None, "--upload-mbps must be Mbit/s in 0..1000000"),
+    ([], {"SWARMLM_UPLOAD_MBPS": "nan"}, None, "SWARMLM_UPLOAD_MBPS must be Mbit/s"),
     (["--new-swarm"], {"SWARMLM_INITIAL_PEERS": "/ip4/1.2.3.4"}, None, "--new-swarm starts a swarm of its own, "
                                                                        "but SWARMLM_INITIAL_PEERS joins one"),
 ])

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from node.uplink import MBIT, through_uplink
 from scripts.swarmsim import gap
 from scripts.swarmsim.engine import PLACEMENTS, Config, SimNode, Simulation
 from scripts.swarmsim.hardware import LLAMA3_70B, step_time
@@ -49,6 +50,19 @@ def test_growing_nodes_size_their_spans_for_the_daemons_reserve_of_cache() -> No
     pool, grown, before = node(), node(grow_cache=True), node(grow_cache=True, grown_reserve=False)
     assert pool.length == before.length > grown.length
     assert grown.cache_limit > before.cache_limit > pool.cache_limit == SMALL.cache_tokens
+
+
+def test_volunteers_fold_their_uplinks_into_the_figures_they_announce() -> None:
+    """As a node given --upload-mbps does (node/uplink.py): a home GPU announces what its outputs' time on its
+    uplink leaves of its compute; unpriced (`priced_uplinks=False`), compute alone."""
+    priced, unpriced = (SimNode("x", "rtx4090", dataclasses.replace(SMALL, priced_uplinks=p), random.Random(0))
+                        for p in (True, False))
+    assert priced.upload == unpriced.upload < 10e6  # a home uplink, bytes/s
+    mbps = priced.upload / MBIT
+    assert priced.announced == pytest.approx(through_uplink(unpriced.announced, LLAMA3_70B.hidden_bytes, mbps))
+    assert priced.batch_announced == pytest.approx(
+        through_uplink(unpriced.batch_announced, LLAMA3_70B.hidden_bytes, mbps))
+    assert priced.batch_announced < priced.upload / LLAMA3_70B.hidden_bytes < unpriced.batch_announced
 
 
 def test_churn_keeps_every_block_served_when_capacity_allows() -> None:

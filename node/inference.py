@@ -77,7 +77,7 @@ class Inference:
                     upcoming = read()
                     continue
                 upcoming = read()  # read ahead: a client gone mid-step cancels the step
-                if session.key not in s.sessions:
+                if not s.holds(session):
                     return  # the node ended it and told the client why
                 if await self._frame(session, frame, upcoming):
                     return

@@ -270,11 +270,11 @@ class Serving:
         if not self.can_record():
             raise ProtocolError(ErrorCode.LEDGER_UNAVAILABLE, "this node cannot write its ledger right now, so it "
                                                               "takes no sessions it could not record; use another node")
-        key = session_key(client, session_id)
-        if key in self.sessions:
-            raise ProtocolError(ErrorCode.BAD_FRAME, f"session {session_id!r} is already open")
         grant = self._push_grant(frame.grant, client, session_id, span)  # every check before the session
         # counts against its peer
+        key = session_key(client, session_id)
+        if key in self.sessions:  # its client gave up the old stream (say, through a relay that stalled)
+            self.expire(self.sessions[key], ErrorCode.SESSION_EXPIRED, "its client opened it again on another stream")
         self.book.add_session(client)
         session = NodeSession(session_id, client, span, [PagedSequence(self.pool) for _ in range(batch)], max_length,
                               self.reply_dtype(frame.reply_dtype), frame.attest, writer, grant,
@@ -288,6 +288,10 @@ class Serving:
                  extra={"event": "session_open", "session": session_id, "client": client,
                         "blocks": [span.start, span.end], "max_length": max_length})
         return session
+
+    def holds(self, session: NodeSession) -> bool:
+        """Whether `session` is still open here: not ended, nor replaced by its client's re-open."""
+        return self.sessions.get(session.key) is session
 
     def _push_grant(self, grant: Any, client: str, session_id: str, span: BlockStack) -> PushGrant | None:
         if grant is None:
@@ -334,7 +338,7 @@ class Serving:
         if start + n > session.max_length:
             raise ProtocolError(ErrorCode.MAX_LENGTH, f"session max length {session.max_length} exceeded: "
                                                       f"positions {start}..{start + n - 1}")
-        if session.key not in self.sessions:
+        if not self.holds(session):
             raise ProtocolError(ErrorCode.SESSION_EXPIRED, "this session has ended on this node; reopen it")
         started = time.perf_counter()
         self._grow(session.client, session.rows, start + n, exclude=session)
@@ -372,8 +376,9 @@ class Serving:
 
     def close(self, session: NodeSession, receipt: Any, final_length: int | None = None) -> None:
         """End a session: free its pages, then log it (never skipped, whatever the receipt holds)."""
-        if self.sessions.pop(session.key, None) is None:
+        if not self.holds(session):
             return
+        del self.sessions[session.key]
         if final_length is not None:
             session.rewind_to(final_length)
         if session.busy:  # a step (say, a pushed one) computes on its pages: they come back after it
@@ -397,7 +402,7 @@ class Serving:
 
     def expire(self, session: NodeSession, code: ErrorCode, reason: str) -> None:
         """End a session from the node's side; its client is told at once on its stream."""
-        if session.key not in self.sessions:
+        if not self.holds(session):
             return
         self.close(session, None)
         background(self._tell(session, protocol.Error(code.value, reason).to_wire()),

@@ -18,6 +18,7 @@ from ledger import canonical
 from routing import wire
 from routing.grants import grant, ticket
 from tests.swarm.raw import HIDDEN, RawSession
+from tests.waiting import until
 
 from . import valid
 from .attacker import (FORWARD, INFERENCE, INFO, LEDGER, PUSH, Attacker, Deep, frame, fresh_session,
@@ -170,6 +171,35 @@ def test_garbage_receipts_at_close_still_get_the_session_logged(attacker, nodes,
     for sid, _ in closed.values():
         [entry] = [e for e in serve_entries(node, session=sid) if e.session == sid]
         assert (entry.client, entry.tokens, entry.receipt) == (attacker.peer_id, 3, None)
+    honest()
+
+
+def test_a_session_reopened_by_its_client_replaces_the_old_one_and_by_no_one_else(attacker, accomplice, nodes,
+                                                                                    root, honest):
+    """A client whose stream went silent (a relay that stalls keeps it open) opens its session again
+    on a fresh stream: it used to be refused (`session is already open`) until the old stream died,
+    and the client ran out of nodes. Now the re-open replaces the session: the old stream is told
+    `session_expired`, the new one steps from 0, the old stream's end closes nothing, and both are
+    logged. The same session ID from another identity is its own session, untouched."""
+    node, sid = nodes[0, 10], fresh_session()
+
+    async def reopen() -> tuple[list[str], list[str]]:
+        old = RawSession(attacker.link, node.peer_id, root, sid, 16)
+        theirs = RawSession(accomplice.link, node.peer_id, root, sid, 16)
+        new = RawSession(attacker.link, node.peer_id, root, sid, 16)
+        first = [(await old.open())["type"], (await old.step(0, 3))["type"], (await theirs.open())["type"]]
+        second = [(await new.open())["type"], (await old.read()).get("code", "")]
+        old.abort()  # the old stream's end must not close the session that replaced it
+        second += [(await new.step(0, 4))["type"], (await theirs.step(0, 2))["type"], (await new.close())["type"],
+                   (await theirs.close())["type"]]
+        return first, second
+
+    first, second = attacker.run(reopen())
+    assert first == ["opened", "result", "opened"]
+    assert second == ["opened", "session_expired", "result", "result", "closed", "closed"]
+    logged = until(lambda: [(e.client, e.tokens) for e in serve_entries(node, session=sid) if e.session == sid],
+                   lambda entries: len(entries) == 3)
+    assert sorted(logged) == sorted([(attacker.peer_id, 3), (attacker.peer_id, 4), (accomplice.peer_id, 2)])
     honest()
 
 

@@ -32,7 +32,7 @@ from shards.served import Link, ServedBy
 
 from . import protocol
 from .client import deserves_ban, is_busy, is_node_failure
-from .errors import NoRouteError, PeerFailure, RoutingError
+from .errors import NoRouteError, PeerFailure, PeerSilent, RoutingError
 from .evidence import Claim
 from .planner import Hop
 from .ring import ClientRing, RingDrafts, closes_ring
@@ -304,6 +304,8 @@ class RemoteRunner:
                     raise e
             await self.view.refresh(force=True)  # a node that restarted announces new addresses
             for span, e in unreachable:
+                if isinstance(e, PeerSilent):
+                    await self.client.redial(span.peer)
                 record = self.view.records.get(span.peer)
                 if record is None or record.maddrs == span.hop.record.maddrs:
                     log.info("could not reach %s (%s); re-planning", span.peer[-8:], e)
@@ -331,7 +333,7 @@ class RemoteRunner:
         failed.abort()
         self.failovers += 1
         a, b = failed.hop.start, failed.hop.end
-        self._note_failure(failed.peer, a, b, error)
+        await self._note_failure(failed.peer, a, b, error)
         prev, nxt = self._neighbour(i - 1), self._neighbour(i + 1)
         prev = prev.peer if prev is not None else None
         nxt = nxt.hop if nxt is not None else None
@@ -344,7 +346,7 @@ class RemoteRunner:
                     span.abort()
                 if not self._may_retry(e):
                     raise
-                self._note_failure(getattr(e, "peer", ""), a, b, e)
+                await self._note_failure(getattr(e, "peer", ""), a, b, e)
                 continue
             self.spans[i:i + 1] = new
             break
@@ -372,7 +374,9 @@ class RemoteRunner:
             return self.spans[j % n]
         return None
 
-    def _note_failure(self, peer: str, a: int, b: int, error: RoutingError) -> None:
+    async def _note_failure(self, peer: str, a: int, b: int, error: RoutingError) -> None:
+        if isinstance(error, PeerSilent):
+            await self.client.redial(peer)
         bans = self.view.bans
         duration = (bans.busy(peer, self.view.refresh_after) if is_busy(error)
                     else bans.penalize(peer, deserves_ban(error)))

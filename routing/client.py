@@ -24,7 +24,7 @@ from ledger.keys import Identity
 
 from . import dht as dht_io
 from . import protocol, wire
-from .errors import ErrorCode, PeerFailure, ProtocolError, RemoteError, RoutingError, StreamClosed
+from .errors import ErrorCode, PeerFailure, PeerSilent, ProtocolError, RemoteError, RoutingError, StreamClosed
 from .records import ServerRecord, SignedRecordValidator
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,27 @@ class PeerLink:
         try:
             _, reader, writer = await asyncio.wait_for(
                 self.p2p.call_binary_stream_handler(PeerID.from_base58(peer), handler), self.request_timeout)
+        except asyncio.TimeoutError:
+            raise PeerSilent(peer, f"cannot open {handler} within {self.request_timeout:.0f}s") from None
         except Exception as e:
             raise PeerFailure(peer, f"cannot open {handler}: {type(e).__name__}: {e}") from None
         return reader, writer
+
+    async def redial(self, peer: str) -> None:
+        """Close our connections to a peer that went silent, so its next stream dials it afresh over
+        every address it announces: what stalled may be the path (a relay that stopped forwarding with
+        its connections open), and libp2p would otherwise reuse that connection for ever."""
+        self._dialed.discard(peer)
+        try:
+            peer_id = PeerID.from_base58(peer)
+            via = [str(a) for p in await asyncio.wait_for(self.p2p._client.list_peers(), DIAL_TIMEOUT)
+                   if p.peer_id == peer_id for a in p.addrs]
+            await asyncio.wait_for(self.p2p._client.disconnect(peer_id), DIAL_TIMEOUT)
+        except Exception as e:
+            log.info("could not drop our connections to %s (%s)", peer[-8:], e)
+            return
+        log.info("%s went silent: dropped our connections to it (%s); the next stream dials it afresh", peer[-8:],
+                 ", ".join(via) or "none open")
 
     async def request(self, peer: str, handler: str, frame: dict[str, Any], timeout: float | None = None
                       ) -> dict[str, Any]:
@@ -114,7 +132,7 @@ class PeerLink:
         try:
             frame = await asyncio.wait_for(wire.read_frame(reader), timeout)
         except asyncio.TimeoutError:
-            raise PeerFailure(peer, f"no reply within {timeout:.0f}s") from None
+            raise PeerSilent(peer, f"no reply within {timeout:.0f}s") from None
         except (asyncio.IncompleteReadError, ConnectionError) as e:
             raise StreamClosed(peer, f"stream closed ({type(e).__name__})") from None
         except RoutingError as e:

@@ -63,3 +63,8 @@ class PeerFailure(RoutingError):
 
 class StreamClosed(PeerFailure):
     """The stream ended before its reply: a reset or a node gone mid-request."""
+
+
+class PeerSilent(PeerFailure):
+    """Nothing came back within the timeout: the node is stuck, or the path to it is (a relay that
+    stalls with its connections open), so the client dials it afresh before trying it again."""

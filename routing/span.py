@@ -23,7 +23,7 @@ from ledger.keys import Identity
 from . import protocol, wire
 from .attestation import Attestation, check_step_attestation, parse_attestation
 from .client import PeerLink
-from .errors import PeerFailure, RemoteError, RoutingError
+from .errors import PeerFailure, PeerSilent, RemoteError, RoutingError
 from .grants import grant, ticket
 from .planner import Hop
 from .tasks import background
@@ -125,7 +125,7 @@ class SpanSession:
                 self._stale.append(frame)
                 frame = await asyncio.wait_for(self._frames.get(), timeout)
         except asyncio.TimeoutError:
-            raise PeerFailure(self.peer, f"no reply within {timeout:.0f}s") from None
+            raise PeerSilent(self.peer, f"no reply within {timeout:.0f}s") from None
         if isinstance(frame, BaseException):
             self._frames.put_nowait(frame)  # the stream stays broken for whoever asks next
             raise frame

@@ -25,7 +25,7 @@ def runner(*records, clock: Clock) -> RemoteRunner:
 
 def replacement(r: RemoteRunner, failed: str, start: int, end: int, error: Exception) -> list:
     """What the runner plans for [start, end) once `failed` failed there with `error`."""
-    r._note_failure(failed, start, end, error)
+    asyncio.run(r._note_failure(failed, start, end, error))
     return chain(asyncio.run(r.view.plan(start, end, r.max_length, r.push)))
 
 
@@ -57,7 +57,7 @@ def test_a_banned_node_returns_when_its_ban_ends() -> None:
 
 def test_with_no_other_node_for_its_blocks_the_gap_is_named() -> None:
     r = runner(node("a", 0, 15), node("b", 15, 30), clock=Clock())
-    r._note_failure("b", 15, 30, PeerFailure("b", "reset"))
+    asyncio.run(r._note_failure("b", 15, 30, PeerFailure("b", "reset")))
     with pytest.raises(NoRouteError, match="block 15"):
         plan_route(r.view.records.values(), 15, 30, rtt=r.view.rtt, banned=r.view.bans)
     assert r.view.bans.next_expiry() is not None  # what the runner waits for, within its deadline

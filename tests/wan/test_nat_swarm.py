@@ -4,8 +4,10 @@ clients and its predecessor reach it through a relay, token-exact with local gen
 mid-generation: the client's circuit to the node at home breaks, the client fails over (back to the
 same node, through its other relay), the node reserves a circuit on another relay, and greedy output
 equals local. A hostile relay that stalls (its processes stopped, connections open, nothing
-forwarded): the client times out on it as on a stalled node and fails over; a relay only carries
-encrypted libp2p streams, so what it does cannot change an answer.
+forwarded): the client times out on it as on a stalled node, drops its connection to the node (libp2p
+would reuse the dead circuit for every retry) and fails over through another relay, where the node
+replaces the session the stalled stream still holds; a relay only carries encrypted libp2p streams,
+so what it does cannot change an answer.
 
 One lab serves the module (the tests that kill or stall a relay come last), every link 20 ms: the
 bootstrap peer and three more relay peers (relay-1..3, bootstrap peers serving no blocks), node-1

@@ -61,6 +61,16 @@ def coverage_wake(now: float, give_up_at: float, ban_ends: float | None, await_c
     return ban_ends
 
 
+def busy_for(refresh_after: float, now: float, give_up_at: float) -> float:
+    """How long to avoid a node that refused for a full cache: until the records are read again (they
+    tell whether it has room). Before the deadline never past it: an avoidance ending after it made
+    `coverage_wake` give up at once, up to `refresh_after` early, while full nodes freed room; cut
+    there, the client's last plan comes at the deadline with every node that was only full. From the
+    deadline on, for the whole period again: the client still tries each chain it can plan then
+    (`_may_retry`), and each refusal takes a node out of that last round."""
+    return refresh_after if now >= give_up_at else min(refresh_after, give_up_at - now)
+
+
 class RemoteRunner:
     """A `BlockRunner` whose blocks live on a chain of nodes (see the module docstring)."""
 
@@ -155,7 +165,10 @@ class RemoteRunner:
         return out
 
     def _may_retry(self, error: RoutingError) -> bool:
-        return is_node_failure(error) and time.monotonic() < self._give_up_at
+        """Whether to fail over: within the deadline; past it only from a node that was full, to another
+        chain planned at once (`_waited_for_nodes` waits no more), so the deadline ends waiting, not trying
+        the nodes that have room then."""
+        return is_node_failure(error) and (time.monotonic() < self._give_up_at or is_busy(error))
 
     async def _relayed(self, i: int, h: torch.Tensor, start: int) -> torch.Tensor:
         """The step from span i on, the client carrying every hop."""
@@ -378,7 +391,8 @@ class RemoteRunner:
         if isinstance(error, PeerSilent):
             await self.client.redial(peer)
         bans = self.view.bans
-        duration = (bans.busy(peer, self.view.refresh_after) if is_busy(error)
+        duration = (bans.busy(peer, busy_for(self.view.refresh_after, time.monotonic(), self._give_up_at))
+                    if is_busy(error)
                     else bans.penalize(peer, deserves_ban(error)))
         if duration is not None:
             log.warning("node %s failed on blocks %d:%d (%s); banned for %.0fs, re-routing", peer[-8:], a, b, error,

@@ -36,7 +36,7 @@ from node.neighbours import announced, to_measure
 from node.selection import (best_start, blocks_for_budget, cache_tokens_for_budget, claim_holds, claim_wait,
                             cooled_down, coverage, move_chance, rebalance_delay, reserve_tokens, serves, should_move)
 from node.uplink import MBIT, through_uplink
-from routing.chain import DEFAULT_DEADLINE, coverage_wake
+from routing.chain import DEFAULT_DEADLINE, busy_for, coverage_wake
 from routing.errors import NoRouteError
 from routing.planner import plan_measured_first
 from routing.records import ServerRecord
@@ -511,10 +511,13 @@ class Simulation:
                     n.cache_used += s.length
                 return [(n, a, b, n.epoch) for n, a, b in chain]
             for n, why in refused:
-                if why == "busy" and self.cfg.room_rule:
-                    s.bans.busy(n.peer_id, self.cfg.announce_period)  # SwarmView re-reads the DHT as often
+                if why == "busy" and self.cfg.room_rule:  # SwarmView re-reads the DHT every announce period
+                    s.bans.busy(n.peer_id, busy_for(self.cfg.announce_period, self.now, s.give_up_at))
                 else:
                     s.bans.penalize(n.peer_id, why != "draining")
+            if self.now >= s.give_up_at and any(why != "busy" for _, why in refused):  # `_may_retry`
+                self._fail(s)
+                return None
 
     def _refusal(self, node: SimNode, s: Session) -> str | None:
         """None if `node` takes the session, else why not: "gone" (unreachable: a ban, `deserves_ban`),

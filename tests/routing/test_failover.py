@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from routing.chain import RemoteRunner
+from routing.chain import RemoteRunner, busy_for, coverage_wake
 from routing.errors import ErrorCode, NoRouteError, PeerFailure, RemoteError
 from routing.planner import plan_route
 from routing.ring import silence_limit
@@ -68,3 +69,22 @@ def test_a_ring_waits_for_a_silent_node_ten_times_its_slowest_recent_step_within
     assert silence_limit([0.05, 0.2, 0.1], 60.0) == 5.0  # fast steps: the floor, for a loaded machine's hiccups
     assert silence_limit([0.05, 1.5], 60.0) == 15.0
     assert silence_limit([30.0], 60.0) == 60.0  # never beyond the request timeout
+
+
+def test_a_full_nodes_avoidance_ends_by_the_deadline_so_the_last_round_comes_there() -> None:
+    """A client avoids a node that refused for a full cache until it re-reads the records, but never
+    past its deadline: an avoidance ending after it made the client give up at once, seconds early,
+    while full nodes freed room. From the deadline on, a refusal avoids the node for the period again
+    and the client tries the next chain at once, without waiting; any other failure there ends it."""
+    assert busy_for(5.0, now=100.0, give_up_at=300.0) == 5.0
+    assert busy_for(5.0, now=297.0, give_up_at=300.0) == 3.0
+    assert busy_for(5.0, now=300.0, give_up_at=300.0) == 5.0
+    assert coverage_wake(297.0, 300.0, 297.0 + 5.0, await_coverage=False) is None  # uncut: gives up 3 s early
+    assert coverage_wake(297.0, 300.0, 297.0 + busy_for(5.0, 297.0, 300.0), await_coverage=False) == 300.0
+    assert coverage_wake(300.0, 300.0, 305.0, await_coverage=False) is None  # past it: no more waiting
+    r = runner(node("a", 0, 30), clock=Clock())
+    r._give_up_at = time.monotonic() - 1.0
+    full = RemoteError("a", ErrorCode.CACHE_FULL.value, "cache full")
+    assert r._may_retry(full) and not r._may_retry(PeerFailure("a", "reset"))
+    r._give_up_at = time.monotonic() + 60.0
+    assert r._may_retry(full) and r._may_retry(PeerFailure("a", "reset"))

@@ -56,6 +56,10 @@ def main() -> None:
     parser.add_argument("--push", action=argparse.BooleanOptionalAction, default=True,
                         help="plan and run pushed chains, node to node, as the SDK does by default (nodes announce "
                              "their next-block round trips); --no-push: relayed, each hop a round trip to the client")
+    parser.add_argument("--ring", action="store_true",
+                        help="every volunteer runs --ring (the embeddings and LM head out of its memory), and a chain "
+                             "that closes a ring (two nodes or more: routing/ring.py) decodes as one, the client off "
+                             "its path; the bounds leave the client out of chains from or to a ring node (pushed only)")
     parser.add_argument("--no-claims", action="store_true",
                         help="rebalance as before moves were claimed (to measure herding: --scenario herd)")
     parser.add_argument("--grow-cache", action="store_true",
@@ -90,6 +94,8 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true",
                         help="predicted vs measured runs of this project, then exit")
     args = parser.parse_args()
+    if args.ring and not args.push:
+        parser.error("--ring needs pushed chains: a ring is a pushed chain closed by its last node")
     if args.calibrate:
         lines, ok = calibrate.table()
         print("\n".join(lines))
@@ -105,7 +111,8 @@ def main() -> None:
                                   hours=args.hours if args.hours is not None else cfg.hours,
                                   client_rate=args.rate if args.rate is not None else cfg.client_rate,
                                   clients=args.clients, grow_cache=args.grow_cache,
-                                  grown_reserve=not args.spans_for_pool, priced_uplinks=args.priced_uplinks)
+                                  grown_reserve=not args.spans_for_pool, priced_uplinks=args.priced_uplinks,
+                                  ring=args.ring)
         began, cpu = time.perf_counter(), time.process_time()
         sim = Simulation(cfg)
         result = sim.run()
@@ -118,7 +125,8 @@ def main() -> None:
     cells = [[fmt.format(v) for (_, fmt), v in zip(COLUMNS, row)] for row in rows]
     widths = [max(len(name), *(len(r[i]) for r in cells)) for i, (name, _) in enumerate(COLUMNS)]
     print(f"scenario {args.scenario}, {cfg.model.name}, {cfg.nodes} volunteers, {cfg.hours:g} h, seed {args.seed}, "
-          f"{'pushed' if args.push else 'relayed'} chains, {cfg.client_rate:g} sessions/s, "
+          f"{'pushed' if args.push else 'relayed'} chains{' (rings where they close)' if args.ring else ''}, "
+          f"{cfg.client_rate:g} sessions/s, "
           f"moves {'unclaimed (the rule before claims)' if args.no_claims else 'claimed'}, routing {args.routing}"
           f"{', single-stream figures only' if args.no_batch_figures else ''}"
           f"{', announced every period only' if args.periodic_announce else ''}"

@@ -44,7 +44,7 @@ from routing.view import Bans
 from routing.wire import PROTOCOL_VERSION
 
 from . import batching, churn, network, workload
-from .hardware import MESSAGE_CPU_S, MESSAGE_S, PROFILES, Model, step_time
+from .hardware import MESSAGE_CPU_S, MESSAGE_S, PROFILES, Model, read_time, step_time
 from .lab import Lab
 from .yardstick import Yardstick
 
@@ -87,6 +87,7 @@ class Config:
     batch_figures: bool = True  # nodes announce a batch's throughput too; False: single-stream only, as before
     measured_batch: int = 0  # the batch they measure it at; 0: the batch their pool holds of mean-length sessions
     priced_uplinks: bool = True  # volunteers give --upload-mbps, folded into those figures (node/uplink.py)
+    ring: bool = False  # volunteers run --ring (the head out of their memory); chains that close a ring decode as one
 
 
 class SimNode:
@@ -102,6 +103,11 @@ class SimNode:
         budget = int(self.hw.memory_gb * 1e9 * cfg.memory_fraction)
         reserve = reserve_tokens(cfg.cache_tokens, cfg.grow_cache and cfg.grown_reserve, m.block_bytes,
                                  m.kv_bytes_per_token)
+        # --ring: the embeddings and LM head whatever the span, out of its budget (node/ring.py)
+        self.ring = cfg.ring
+        if self.ring:
+            budget -= m.head_bytes
+        self.head_s = read_time(self.hw, m.head_bytes / 2)  # the LM head's read, the sampler's step beyond its blocks
         self.length = blocks_for_budget(budget, m.block_bytes, reserve * m.kv_bytes_per_token, m.num_blocks)
         # the most cache its memory holds beside its blocks: the bound's, whatever the pool (`Config.grow_cache`)
         self.cache_room = cache_tokens_for_budget(budget, m.block_bytes, m.kv_bytes_per_token, self.length,
@@ -659,8 +665,20 @@ class Simulation:
         hops = [(n, a, b) for n, a, b, _ in s.hops]
         doing = [n.iteration.wait + (b - a) / (n.end - n.start) * n.iteration.step + n.iteration.send
                  for n, a, b in hops]
+        if self.cfg.push and len(hops) > 1 and hops[0][0].ring and hops[-1][0].ring:  # routing/ring.py closes_ring
+            return max(n.queued for n, _, _ in hops) * self._ring_trip(hops, doing)
         return max(n.queued for n, _, _ in hops) * (self._trip(s, hops, 0.0, doing) + (
             self.model.hidden_bytes / self.client_upload * (1 if self.cfg.push and len(hops) > 1 else len(hops))))
+
+    def _ring_trip(self, hops: list[tuple[SimNode, int, int]], doing: list[float]) -> float:
+        """Seconds per token around a ring (routing/ring.py): the last node samples and sends the token to the
+        first, so the client is off the path (it checks each step's copy while the ring goes on): each node's
+        message and `doing`, the links node to node and last to first, and the sampler's LM head."""
+        t = hops[-1][0].head_s
+        for k, ((n, _, _), c) in enumerate(zip(hops, doing)):
+            after = hops[(k + 1) % len(hops)][0]
+            t += self.cfg.message_s + c + (self._link_rtt(n.endpoint, after.endpoint) / 2 if after is not n else 0.0)
+        return t
 
     def _cpu_per_token(self, s: Session) -> float:
         """CPU seconds one decoded token costs the host when every process shares it (a lab)."""

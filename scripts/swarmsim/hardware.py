@@ -85,6 +85,12 @@ class Model:
     head_dim: int = 128
     bytes_per_param: float = 0.53  # NF4 with a 16-bit scale per 64 weights, as Petals serves 70B models
     act_bytes: int = 2  # a hidden state's value on the wire (float16)
+    vocab_size: int = 128_256
+
+    @property
+    def head_bytes(self) -> int:
+        """The embeddings and the LM head a ring node holds (`--ring`: node/config.py), in float16."""
+        return 2 * self.vocab_size * self.hidden_size * 2
 
     @property
     def block_bytes(self) -> int:
@@ -106,7 +112,8 @@ LLAMA3_70B = Model("llama-3-70b", 80, (70.6e9 - 2 * 128256 * 8192) / 80, 8192)
 LLAMA3_405B = Model("llama-3-405b", 126, (405.9e9 - 2 * 128256 * 16384) / 126, 16384)
 # SmolLM2-135M as this project measures it: 30 blocks in float32 (hidden 576, 9 heads, 3 KV heads of 64,
 # MLP 1536: 3,540,096 parameters a block), float32 activations on the wire.
-SMOLLM2_135M = Model("smollm2-135m", 30, 3_540_096, 576, kv_heads=3, head_dim=64, bytes_per_param=4, act_bytes=4)
+SMOLLM2_135M = Model("smollm2-135m", 30, 3_540_096, 576, kv_heads=3, head_dim=64, bytes_per_param=4, act_bytes=4,
+                     vocab_size=49_152)
 MODELS = {m.name: m for m in (LLAMA3_70B, LLAMA3_405B, SMOLLM2_135M)}
 
 

@@ -67,6 +67,8 @@ class Yardstick:
         this node, and every block at the fastest one-token step of any node present."""
         m = self.model
         steps = m.num_blocks * min((x.step_one for x in nodes), default=0.0)
+        if self.cfg.push and any(x.ring for x in nodes):  # a ring leaves the client out (`Simulation._ring_trip`)
+            return [self.cfg.message_s + m.hidden_bytes / x.upload + steps for x in nodes]
         near = min((self.link_rtt(network.Endpoint(r), x.endpoint) for r in network.REGIONS for x in nodes),
                    default=0.0)
         return [self.cfg.client_s + near + 2 * self.cfg.message_s + m.hidden_bytes / x.upload
@@ -103,6 +105,11 @@ class Yardstick:
         places = [x.endpoint for x in nodes]
         out = self._one_ways(clients, places)
         entry = out + cfg.client_s + m.hidden_bytes / self.client_upload + cfg.message_s
+        rings = np.array([x.ring for x in nodes], dtype=bool)
+        # a chain from a ring node to a ring node decodes as a ring, the client out of it: no way in from the
+        # client to a ring node or back from one (looser than `closes_ring`, and the ring's link from last to
+        # first and its LM head left out: a lower bound still)
+        entry[:, rings], out[:, rings] = 0.0, 0.0
         return chains.fastest_pushed_by_ride(nodes, entry, out, self._one_ways(places, places),
                                              [cfg.message_s + m.hidden_bytes / x.upload for x in nodes],
                                              [x.step_one for x in nodes], m.num_blocks)

@@ -98,17 +98,18 @@ def test_twins_beside_a_hole_fill_it_with_one_move_not_a_herd() -> None:
         assert sim._servers().count(0) == 0
 
 
-@pytest.mark.parametrize("push", [False, True])
-def test_no_chain_decodes_faster_than_the_bounds_allow_through_its_nodes(push: bool) -> None:
+@pytest.mark.parametrize("push,ring", [(False, False), (True, False), (True, True)])
+def test_no_chain_decodes_faster_than_the_bounds_allow_through_its_nodes(push: bool, ring: bool) -> None:
     """The bounds' premise (scripts/swarmsim/bound.py, batch_bound.py): a session riding j blocks of a node
     takes at least the fastest chain riding j blocks of it, one token per node, plus what the node's
-    iteration of k tokens takes on those blocks beyond a one-token step, plus half the other outputs."""
-    sim = Simulation(dataclasses.replace(SMALL, client_rate=3.0, hours=0.03, push=push))
+    iteration of k tokens takes on those blocks beyond a one-token step, plus half the other outputs.
+    With rings, the sessions on the nodes that hold the whole model decode without the client's trips."""
+    sim = Simulation(dataclasses.replace(SMALL, client_rate=3.0, hours=0.03, push=push, ring=ring))
     sim.run()
     online = [n for n in sim.nodes.values() if n.state in ("online", "draining")]
     floors = sim.yardstick.latency_floors(online)
     rides = dict(zip(online, sim.yardstick.rides(online, floors)))
-    checked = 0
+    checked = rang = 0
     for s in sim.sessions:
         if s.waiting or not s.hops or not all(n in rides for n, *_ in s.hops):
             continue
@@ -120,7 +121,44 @@ def test_no_chain_decodes_faster_than_the_bounds_allow_through_its_nodes(push: b
             assert ride.min() >= floors[online.index(n)] - 1e-12
             assert k >= 1
         checked += 1
-    assert checked > 0
+        rang += s.hops[0][0].ring and s.hops[-1][0].ring
+    assert checked > 0 and (rang > 0) == ring
+
+
+def test_a_ring_leaves_the_client_out_of_each_token_and_out_of_the_bounds() -> None:
+    """With `ring`, every volunteer holds the head (out of its memory), and a session whose chain closes a ring
+    (two nodes or more: routing/ring.py `closes_ring`) decodes around it: per token, the client's legs in and
+    out, its token's state up and a message fewer, the link from the last node to the first and the LM head
+    more; and the bounds grant every node chains without the client's legs."""
+    sim = Simulation(dataclasses.replace(SMALL, client_rate=3.0, hours=0.03, push=True, ring=True))
+    sim.run()
+    plain = Simulation(dataclasses.replace(SMALL, client_rate=3.0, hours=0.03, push=True))
+    twin = {n.peer_id: n for n in plain.nodes.values()}
+    assert all(n.ring and n.cache_room < twin[n.peer_id].cache_room for n in sim.nodes.values() if n.peer_id in twin)
+    decoding = [s for s in sim.sessions if not s.waiting and s.hops]
+    rung = [s for s in decoding if len(s.hops) > 1]
+    assert rung and len(rung) < len(decoding)  # a one-node chain does not ring
+    for s in decoding:
+        first, last = s.hops[0][0], s.hops[-1][0]
+        around = sim.time_per_token(s)
+        for n, *_ in s.hops:
+            n.ring = False
+        pushed = sim.time_per_token(s)
+        for n, *_ in s.hops:
+            n.ring = True
+        if len(s.hops) == 1:
+            assert around == pushed
+            continue
+        left_out = ((sim._client_rtt(s, first.peer_id) + sim._client_rtt(s, last.peer_id)) / 2 + sim.cfg.message_s
+                    + sim.model.hidden_bytes / sim.client_upload - last.head_s - sim._link_rtt(last.endpoint, first.endpoint) / 2)
+        assert pushed - around == pytest.approx(left_out * max(n.queued for n, *_ in s.hops))
+    online = [n for n in sim.nodes.values() if n.state in ("online", "draining")]
+    rides = sim.yardstick.rides(online, sim.yardstick.latency_floors(online))
+    for n in online:
+        n.ring = False
+    with_client = sim.yardstick.rides(online, sim.yardstick.latency_floors(online))
+    for ring, plain in zip(rides, with_client):
+        assert (ring < plain).all()
 
 
 def test_no_node_sends_more_than_its_uplink_carries() -> None:

@@ -34,12 +34,12 @@ from . import protocol
 from .client import deserves_ban, is_busy, is_node_failure
 from .errors import NoRouteError, PeerFailure, PeerSilent, RoutingError
 from .evidence import Claim
-from .planner import Hop
+from .planner import Hop, is_relayed
 from .ring import ClientRing, RingDrafts, closes_ring
 from .span import SpanSession
 from .tasks import background
 from .verification import Verifier
-from .view import SwarmView
+from .view import Bans, SwarmView
 from .wire import WIRE_DTYPES
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,13 @@ ReceiptMaker = Callable[[SpanSession], "bytes | None"]
 Sent = Callable[[], Awaitable[None]]
 DEFAULT_DEADLINE = 300.0  # seconds one forward may spend failing over before it gives up
 COVERAGE_POLL_S = 2.0  # while awaiting coverage, how often to re-plan (each failed plan re-reads the DHT)
+# A node reached only through relays whose stream could not be opened in time is tried again this soon,
+# not after a growing ban: a relay that stalls with its connections open holds up p2pd's dial through it,
+# and p2pd skips that circuit only for its own short dial backoff (seconds, growing with its failures), so
+# a retry soon after goes through the node's other relays while retries a ban apart (10, 20, 40 s ...)
+# dialled the stalled one again each time until the deadline (CI: tests/wan/test_nat_swarm.py). Each try
+# costs a dial and an open timeout, so a node that is really gone is tried a bounded number of times.
+RELAYED_RETRY_S = 2.0
 
 
 def coverage_wake(now: float, give_up_at: float, ban_ends: float | None, await_coverage: bool) -> float | None:
@@ -69,6 +76,15 @@ def busy_for(refresh_after: float, now: float, give_up_at: float) -> float:
     deadline on, for the whole period again: the client still tries each chain it can plan then
     (`_may_retry`), and each refusal takes a node out of that last round."""
     return refresh_after if now >= give_up_at else min(refresh_after, give_up_at - now)
+
+
+def avoid_unreachable(bans: Bans, hop: Hop, error: RoutingError) -> float:
+    """Avoid a node its chain's open could not reach, for the seconds returned: a ban with backoff, but only
+    `RELAYED_RETRY_S` (no failure counted) when a node reached only through relays stayed silent, since
+    the relay may be what stalled."""
+    if isinstance(error, PeerSilent) and is_relayed(hop.record):
+        return bans.busy(hop.peer_id, RELAYED_RETRY_S)
+    return bans.ban(hop.peer_id)
 
 
 class RemoteRunner:
@@ -321,8 +337,8 @@ class RemoteRunner:
                     await self.client.redial(span.peer)
                 record = self.view.records.get(span.peer)
                 if record is None or record.maddrs == span.hop.record.maddrs:
-                    log.info("could not reach %s (%s); re-planning", span.peer[-8:], e)
-                    self.view.bans.ban(span.peer)
+                    log.info("could not reach %s (%s); avoiding it for %.0fs, re-planning", span.peer[-8:], e,
+                             avoid_unreachable(self.view.bans, span.hop, e))
 
     async def _waited_for_nodes(self) -> bool:
         """No chain now: nodes that were full or busy may take us again when their ban ends, and with

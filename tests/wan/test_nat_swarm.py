@@ -5,7 +5,8 @@ mid-generation: the client's circuit to the node at home breaks, the client fail
 same node, through its other relay), the node reserves a circuit on another relay, and greedy output
 equals local. A hostile relay that stalls (its processes stopped, connections open, nothing
 forwarded): the client times out on it as on a stalled node, drops its connection to the node (libp2p
-would reuse the dead circuit for every retry) and fails over through another relay, where the node
+would reuse the dead circuit for every retry), tries it again within seconds (p2pd skips the dead circuit
+only for its short dial backoff) and fails over through another relay, where the node
 replaces the session the stalled stream still holds; a relay only carries encrypted libp2p streams,
 so what it does cannot change an answer.
 

@@ -54,8 +54,10 @@ COVERAGE_POLL_S = 2.0  # while awaiting coverage, how often to re-plan (each fai
 # and p2pd skips that circuit only for its own short dial backoff (seconds, growing with its failures), so
 # a retry soon after goes through the node's other relays while retries a ban apart (10, 20, 40 s ...)
 # dialled the stalled one again each time until the deadline (CI: tests/wan/test_nat_swarm.py). Each try
-# costs a dial and an open timeout, so a node that is really gone is tried a bounded number of times.
+# counts as a failure, and from RELAYED_RETRIES failures on the usual backoff applies: an identity that
+# accepts connections and never opens a stream holds a client no longer than before.
 RELAYED_RETRY_S = 2.0
+RELAYED_RETRIES = 4
 
 
 def coverage_wake(now: float, give_up_at: float, ban_ends: float | None, await_coverage: bool) -> float | None:
@@ -79,11 +81,11 @@ def busy_for(refresh_after: float, now: float, give_up_at: float) -> float:
 
 
 def avoid_unreachable(bans: Bans, hop: Hop, error: RoutingError) -> float:
-    """Avoid a node its chain's open could not reach, for the seconds returned: a ban with backoff, but only
-    `RELAYED_RETRY_S` (no failure counted) when a node reached only through relays stayed silent, since
-    the relay may be what stalled."""
-    if isinstance(error, PeerSilent) and is_relayed(hop.record):
-        return bans.busy(hop.peer_id, RELAYED_RETRY_S)
+    """Ban a node its chain's open could not reach, for the seconds returned: with backoff, but only
+    `RELAYED_RETRY_S` while a node reached only through relays stayed silent fewer than `RELAYED_RETRIES`
+    times, since the relay may be what stalled."""
+    if isinstance(error, PeerSilent) and is_relayed(hop.record) and bans.failures(hop.peer_id) < RELAYED_RETRIES:
+        return bans.ban(hop.peer_id, RELAYED_RETRY_S)
     return bans.ban(hop.peer_id)
 
 
@@ -337,8 +339,8 @@ class RemoteRunner:
                     await self.client.redial(span.peer)
                 record = self.view.records.get(span.peer)
                 if record is None or record.maddrs == span.hop.record.maddrs:
-                    log.info("could not reach %s (%s); avoiding it for %.0fs, re-planning", span.peer[-8:], e,
-                             avoid_unreachable(self.view.bans, span.hop, e))
+                    seconds = avoid_unreachable(self.view.bans, span.hop, e)
+                    log.info("could not reach %s (%s); avoiding it for %.0fs, re-planning", span.peer[-8:], e, seconds)
 
     async def _waited_for_nodes(self) -> bool:
         """No chain now: nodes that were full or busy may take us again when their ban ends, and with

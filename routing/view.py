@@ -49,9 +49,10 @@ class Bans:
     excuse_window: float = 60.0
     clock: Callable[[], float] = time.monotonic
 
-    def ban(self, peer: str) -> float:
+    def ban(self, peer: str, seconds: float | None = None) -> float:
+        """Count a failure and avoid `peer` for `seconds`, by default the backoff its failures so far earn."""
         n = self._failures[peer] = self._failures.get(peer, 0) + 1
-        duration = min(self.cap, self.base * 2 ** (n - 1))
+        duration = min(self.cap, self.base * 2 ** (n - 1)) if seconds is None else seconds
         self._until[peer] = max(self._until.get(peer, 0.0), self.clock() + duration)  # never shorten a ban
         return duration
 

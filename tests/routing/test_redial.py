@@ -7,7 +7,7 @@ import asyncio
 
 from hivemind.p2p import P2P
 
-from routing.chain import RELAYED_RETRY_S, RemoteRunner, avoid_unreachable
+from routing.chain import RELAYED_RETRIES, RELAYED_RETRY_S, RemoteRunner, avoid_unreachable
 from routing.client import PeerLink
 from routing.errors import PeerFailure, PeerSilent
 from routing.planner import Hop
@@ -71,15 +71,20 @@ def test_only_a_silent_node_is_dialled_afresh() -> None:
     assert dialler.redialled == ["b"]
 
 
-def test_a_relayed_node_that_stayed_silent_is_tried_again_soon_and_a_direct_one_is_banned() -> None:
+def test_a_relayed_node_that_stayed_silent_is_tried_again_soon_a_few_times_and_a_direct_one_is_banned() -> None:
     """An open that timed out on a node reached only through relays may have met a stalled relay, which p2pd
-    skips for its own few seconds of dial backoff: the node is tried again after `RELAYED_RETRY_S`, as often as
-    it happens, with no failure counted; a direct node, or a relayed one that refused, is banned with backoff."""
+    skips for its own few seconds of dial backoff: the node is tried again after `RELAYED_RETRY_S`, each try
+    counted, and from `RELAYED_RETRIES` failures on it is banned with backoff like any node (an identity that
+    never opens a stream holds a client no longer than before); a direct node, or a relayed one that refused,
+    is banned with backoff at once."""
     bans = Bans(clock=Clock())
-    home = Hop("h", 0, 30, node("h", 0, 30, maddrs=["/ip4/11.77.0.2/tcp/4000/p2p/R/p2p-circuit/p2p/h"]))
+    circuit = "/ip4/11.77.0.2/tcp/4000/p2p/R/p2p-circuit/p2p/"
+    home = Hop("h", 0, 30, node("h", 0, 30, maddrs=[circuit + "h"]))
     direct = Hop("d", 0, 30, node("d", 0, 30, maddrs=["/ip4/11.77.0.3/tcp/4000/p2p/d"]))
     silent = PeerSilent("h", "cannot open swarmlm.inference within 10s")
-    assert [avoid_unreachable(bans, home, silent) for _ in range(4)] == [RELAYED_RETRY_S] * 4
-    assert bans.failures("h") == 0 and "h" in bans
+    assert [avoid_unreachable(bans, home, silent) for _ in range(RELAYED_RETRIES)] == [RELAYED_RETRY_S] * RELAYED_RETRIES
+    assert bans.failures("h") == RELAYED_RETRIES and "h" in bans
+    assert avoid_unreachable(bans, home, silent) == 5.0 * 2 ** RELAYED_RETRIES
     assert [avoid_unreachable(bans, direct, PeerSilent("d", "cannot open")) for _ in range(3)] == [5.0, 10.0, 20.0]
-    assert avoid_unreachable(bans, home, PeerFailure("h", "cannot open swarmlm.inference: refused")) == 5.0
+    other = Hop("o", 0, 30, node("o", 0, 30, maddrs=[circuit + "o"]))
+    assert avoid_unreachable(bans, other, PeerFailure("o", "cannot open swarmlm.inference: refused")) == 5.0

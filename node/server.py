@@ -431,9 +431,13 @@ class Node:
                     _, checkpoint = await asyncio.get_running_loop().run_in_executor(
                         None, self.ledger.latest_checkpoint)
                 record = self.record(checkpoint)
-            if not await dht_io.announce(self.dht, self.root, record, RECORD_LIFETIME * self.config.announce_period):
+            began, lifetime = time.monotonic(), RECORD_LIFETIME * self.config.announce_period
+            if not await dht_io.announce(self.dht, self.root, record, lifetime):
                 log.warning("DHT announcement was not stored by any peer (is the swarm reachable?)")
             self._shown_sessions = record.active_sessions
+            if (took := time.monotonic() - began) > self.config.announce_period:
+                log.warning("DHT announcement took %.1fs, longer than the announce period (a slow or stalled DHT "
+                            "peer?): a record lives %gs from when it is sent", took, lifetime)
             self._dht_peers = await dht_io.peer_count(self.dht)
         except Exception as e:
             log.warning("DHT announcement failed: %s", e)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import queue
 import subprocess
@@ -53,11 +54,13 @@ class WanClient:
     """The harness's end of the pipe to a client running inside `lab`'s client host."""
 
     def __init__(self, lab: WanLab, peers: Sequence[str], model: str, *, stderr: IO | None = None,
-                 request_timeout: float | None = None) -> None:
-        """`stderr`: where the client's log goes (default: this process's stderr); `request_timeout`:
-        seconds a node may stay silent before the client fails over (the SDK's default if None)."""
+                 request_timeout: float | None = None, log_level: str | None = None) -> None:
+        """`stderr`: where the client's log goes (default: this process's stderr, which pytest shows for
+        a failed test); `request_timeout`: seconds a node may stay silent before the client fails over
+        (the SDK's default if None); `log_level`: e.g. "INFO" to log each ban, re-plan and failover."""
         argv = lab.wrap(CLIENT, [sys.executable, __file__, "--model", model, "--peers", *peers,
-                                 *(["--request-timeout", str(request_timeout)] if request_timeout else [])])
+                                 *(["--request-timeout", str(request_timeout)] if request_timeout else []),
+                                 *(["--log-level", log_level] if log_level else [])])
         self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
                                       text=True, bufsize=1)
         self._replies: queue.Queue[str | None] = queue.Queue()
@@ -285,7 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="the packed model's store folder")
     ap.add_argument("--peers", nargs="+", required=True, metavar="MADDR")
     ap.add_argument("--request-timeout", type=float, help="seconds a node may stay silent (default: the SDK's)")
+    ap.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING"],
+                    help="log the SDK's routing decisions to stderr at this level (default: warnings only)")
     args = ap.parse_args(argv)
+    if args.log_level:
+        logging.basicConfig(level=args.log_level, format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever else writes to stdout (a library, a daemon it starts) goes to the log, not the pipe
     driver = _Driver(args.model, args.peers, replies, args.request_timeout)

@@ -17,7 +17,10 @@ with --no-relay-service, so node-2's circuits run only through those four (publi
 service by default are in test_nat_homes.py). With four relay candidates p2pd's AutoRelay reserves at
 once instead of after 3 minutes. The relay tests' generations relay every hop through the client, so
 the circuit the client holds to node-2 is the one a relay carries; its requests time out after
-REQUEST_TIMEOUT.
+REQUEST_TIMEOUT. Nodes announce every ANNOUNCE_PERIOD: once a relay stalls, each of node-2's
+announcements takes ~9 s (2.5 s measuring its neighbours, then a store that waits 3 s on the stalled
+DHT peer twice), so with 5 s its record, living three periods, lapsed under CI load before the next
+one landed and the client found no node for blocks 10:20.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from tests.waiting import until
 PROMPT = "What is the capital of France?"
 TOKENS = 12
 REQUEST_TIMEOUT = 10.0  # s the client waits on a silent node (or a stalled relay) before failing over
+ANNOUNCE_PERIOD = 10.0  # s between a node's announcements (see the module docstring)
 RESERVE_WITHIN = 120.0  # s the node at home may take to hold a circuit on another relay after one dies
 
 pytestmark = pytest.mark.swarm
@@ -52,7 +56,7 @@ def relays(default_store, tmp_path_factory):
     hosts[1:1] = ["relay-1", "relay-2", "relay-3"]
     with WanLab(hosts, 20, 100, nat={"node-2": "cone"}) as lab, \
             LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("wan-relays"), placement=lab,
-                       announce_period=5.0, node_args=["--no-relay-service"],
+                       announce_period=ANNOUNCE_PERIOD, node_args=["--no-relay-service"],
                        ready_timeout=180 + RELAY_WAIT) as swarm:
         swarm.start_spans([])
         swarm.threads = 1
@@ -62,7 +66,8 @@ def relays(default_store, tmp_path_factory):
         swarm.await_nodes([swarm.spawn_node((0, 10), wait=False),
                            swarm.spawn_node((10, 20), extra=["--initial-peers", *every_relay], wait=False),
                            swarm.spawn_node((20, 30), wait=False)])
-        with WanClient(lab, swarm.initial_peers, str(default_store.path), request_timeout=REQUEST_TIMEOUT) as client:
+        with WanClient(lab, swarm.initial_peers, str(default_store.path), request_timeout=REQUEST_TIMEOUT,
+                       log_level="INFO") as client:  # its failovers, in the output of a test that fails
             yield lab, swarm, client
 
 
@@ -145,7 +150,11 @@ def test_a_relay_that_stalls_is_failed_over_like_a_stalled_node(relays, local_id
     os.killpg(relay.pid, signal.SIGSTOP)  # sockets stay open; nothing is read or forwarded
     try:
         stalled = time.monotonic()
-        g = client.resume()
+        try:
+            g = client.resume()
+        except Exception:  # what the node at home did meanwhile (its announcements, its circuits)
+            print("".join(Path(swarm.nodes[1].log).read_text().splitlines(keepends=True)[-80:]))
+            raise
         print(f"{relay.name} stalled; the generation finished {time.monotonic() - stalled:.0f} s later "
               f"with {g.extra['failovers']} failover(s)")
     finally:

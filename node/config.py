@@ -99,8 +99,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_batch_tokens", int, 512, "most tokens computed in one batched forward over all sessions"),
     Option("prefill_chunk", int, 128, "long prompts and forwards run in chunks of this many tokens, so others' "
                                       "steps wait at most one chunk"),
-    Option("ring", _bool, False, "hold the embeddings and LM head when serving the first or last block, so the "
-                                 "node can close a ring: sample the next token, or embed it (issue 25)"),
+    Option("ring", _bool, False, "hold the embeddings and LM head, so the node can close a ring: sample the "
+                                 "next token, or embed it (issue 25); best where it serves every block, as it then "
+                                 "rings alone (elsewhere the head takes memory from blocks)"),
     Option("batching", _bool, True, "batch steps of different sessions into one forward (off: one at a time)"),
     Option("peer_max_streams", int, 32, "streams one client peer may hold open at once"),
     Option("peer_max_sessions", int, 16, "sessions one client peer may hold open at once"),

@@ -153,7 +153,7 @@ class Inference:
                 onward: protocol.Frame | None = None
                 kept, drafts = 0, []
                 if session.ring is not None and nxt is not None and session.ring.due(
-                        start, hidden.shape[1], session.budget.ring, pushed=pusher is not None):
+                        start, hidden.shape[1], session.budget.ring, pushed=push):
                     assert s.ring_head is not None  # armed only on a node holding it
                     sampled = await s.ring_head.sample(session.ring, done.hidden, start, s.hidden_size)
                     token, kept, drafts = sampled.token, sampled.kept, sampled.drafts

@@ -10,7 +10,8 @@ client's step ticket when its client signs them, and is computed only within wha
 for (node/step_budget.py): a replayed or grown push is refused the same way. In ring mode the
 node serving the last block sends the token it sampled (`ring_token`, with any drafts after it) to
 the node serving the first, its successor in the client's grant, which embeds them; ring steps carry the client's ring ticket
-(node/ring.py). The frames are declared in routing/protocol.py.
+(node/ring.py). A node serving every block closes a ring alone: its ring tokens go to itself, through
+the same checks as a peer's. The frames are declared in routing/protocol.py.
 """
 
 from __future__ import annotations
@@ -53,15 +54,25 @@ class _Outgoing:
 
 
 class PushLinks:
-    """This node's outgoing push streams, one per successor, opened on first use and kept."""
+    """This node's outgoing push streams, one per successor, opened on first use and kept; a push to
+    this node itself (a one-node ring's token, which libp2p cannot dial) is handed to `to_self`."""
 
     def __init__(self, link: PeerLink, on_refused: Refused) -> None:
         self.link, self.on_refused = link, on_refused
         self._out: dict[str, _Outgoing] = {}
         self._opening: dict[str, asyncio.Lock] = {}
         self._ids = itertools.count()
+        self._own: tuple[str, Callable[[dict[str, Any]], Awaitable[None]]] | None = None
+
+    def to_self(self, own: str, receive: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        """Pushes to `own` (this node) go to `receive`, as a frame from the wire would."""
+        self._own = own, receive
 
     async def send(self, peer: str, maddrs: list[str], push: protocol.Push | protocol.RingToken) -> None:
+        if self._own is not None and peer == self._own[0]:
+            # in the background: the pusher holds the session's lock, which the step this starts takes
+            background(self._own[1](push.to_wire()), "a push to this node itself")
+            return
         out = await self._stream(peer, maddrs)
         try:
             async with out.lock:
@@ -170,6 +181,10 @@ class PushReceiver:
                 task.add_done_callback(in_flight.discard)
 
         await guard(s.book, s.metrics, serve, reader, writer, info)
+
+    async def from_self(self, own: str, frame: dict[str, Any], refused: Refused) -> None:
+        """A push this node (`own`) sent itself, checked as any other; a refusal goes to `refused`."""
+        await self._one(own, frame, lambda refusal: refused(own, refusal))
 
     async def _one(self, pusher: str, frame: dict[str, Any], reply: Callable[[dict[str, Any]], Awaitable[None]]
                    ) -> None:

@@ -1,6 +1,7 @@
 """Ring mode on a node (issue 25): the node serving the last block samples each next token and sends
 it straight to the node serving the first, which embeds it and pushes the step on; the client is off
-the critical path and only checks (routing/ring.py).
+the critical path and only checks (routing/ring.py). A node serving every block closes a ring alone,
+its tokens sent to itself (node/push.py), so a token costs its step and no trip to the client.
 
 A node started with `--ring` loads the head shard (embeddings, final norm, LM head; the store keeps
 them as one shard) whatever span it serves, so a move keeps it able to close a ring, counts it in
@@ -115,10 +116,10 @@ class RingSampler:
         """Whether to judge the step of `positions` at `start` just computed and sample after it: the
         step that starts the ring (a pushed one ending at its first position, signed before it), or the
         ring step this sampler sent last (`running`: the ring ticket the session's budget spent last).
-        Only a step pushed to this node: one the client sent itself is its failover relaying a step the
-        ring lost, and sampling after it would keep the old ring running beside the client's next steps
-        (their pushes then rewound nodes the client had moved on: a stalled node's replacement was left a
-        position short)."""
+        Only a pushed step (by a predecessor, or by the client into a node that closes a ring alone): a
+        step the client relays is its failover relaying a step the ring lost, and sampling after it would
+        keep the old ring running beside the client's next steps (their pushes then rewound nodes the
+        client had moved on: a stalled node's replacement was left a position short)."""
         t = self.ticket
         if not pushed:
             return False

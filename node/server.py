@@ -133,9 +133,11 @@ class Node:
         self.neighbours = Neighbours(self.pushes, self.peer_id)
         self.reachable = Reachable(p2p, link, _peer_ids(c.initial_peers), c.reachability)
         inference = Inference(s, self.pushes)
+        receiver = PushReceiver(s, inference.step)
+        self.pushes.to_self(self.peer_id, functools.partial(receiver.from_self, self.peer_id, refused=self._push_refused))
         rpc = Handlers(s)
         handlers = [(protocol.INFO, rpc.info), (protocol.FORWARD, rpc.forward),
-                    (protocol.INFERENCE, inference.handle), (protocol.PUSH, PushReceiver(s, inference.step).handle),
+                    (protocol.INFERENCE, inference.handle), (protocol.PUSH, receiver.handle),
                     (protocol.DIALBACK, rpc.dialback)]
         if self.ledger is not None:
             handlers.append((protocol.LEDGER, LedgerService(self.ledger, s).handle))

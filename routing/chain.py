@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 
 ReceiptMaker = Callable[[SpanSession], "bytes | None"]
-Sent = Callable[[], Awaitable[None]]
+Arm = Callable[[], Awaitable[None]]
 DEFAULT_DEADLINE = 300.0  # seconds one forward may spend failing over before it gives up
 COVERAGE_POLL_S = 2.0  # while awaiting coverage, how often to re-plan (each failed plan re-reads the DHT)
 # A node reached only through relays whose stream could not be opened in time is tried again this soon,
@@ -152,9 +152,10 @@ class RemoteRunner:
         return ServedBy(self.session_id, tuple(Link(s.peer, s.hop.start, s.hop.end, s.tokens) for s in spans),
                         self.failovers, self.relayed_steps)
 
-    async def _forward(self, hidden: torch.Tensor, start: int, sent: Sent | None = None) -> torch.Tensor:
-        """Long prompts go in chunks of `step_tokens`, within every node's per-step limit; `sent` is
-        awaited once the last chunk is pushed into the chain (a ring is armed then: routing/ring.py)."""
+    async def _forward(self, hidden: torch.Tensor, start: int, arm: Arm | None = None) -> torch.Tensor:
+        """Long prompts go in chunks of `step_tokens`, within every node's per-step limit; `arm` is
+        awaited once the last chunk's step ticket is signed, before it is pushed into the chain (a ring
+        is armed then: routing/ring.py)."""
         if start > self.length:
             raise RoutingError(f"step starts at {start} but the session holds {self.length} tokens")
         await self.ready()
@@ -163,7 +164,7 @@ class RemoteRunner:
         for offset in range(0, hidden.shape[1], step):
             chunk = hidden[:, offset:offset + step]
             last = offset + step >= hidden.shape[1]
-            outputs.append(await self._through_chain(chunk, start + offset, sent if last else None))
+            outputs.append(await self._through_chain(chunk, start + offset, arm if last else None))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
     async def ready(self) -> None:
@@ -176,8 +177,8 @@ class RemoteRunner:
         """Tokens per step: our chunk size, within every chained node's announced limit."""
         return min([self.step_tokens] + [s.hop.record.max_step_tokens for s in self.spans])
 
-    async def _through_chain(self, hidden: torch.Tensor, start: int, sent: Sent | None = None) -> torch.Tensor:
-        out = await (self._pushed(hidden, start, sent) if self.push and len(self.spans) > 1 else
+    async def _through_chain(self, hidden: torch.Tensor, start: int, arm: Arm | None = None) -> torch.Tensor:
+        out = await (self._pushed(hidden, start, arm) if self.push and (len(self.spans) > 1 or self._rings()) else
                      self._relayed(0, hidden, start))
         self.length = start + hidden.shape[1]
         return out
@@ -207,16 +208,14 @@ class RemoteRunner:
             h, i = out, i + 1
         return h
 
-    async def _pushed(self, hidden: torch.Tensor, start: int, sent: Sent | None = None) -> torch.Tensor:
+    async def _pushed(self, hidden: torch.Tensor, start: int, arm: Arm | None = None) -> torch.Tensor:
         """The step sent into the first span and pushed along; any break is relayed from there on."""
         for span in self.spans:
             span.drop_notices()  # a late notice of an earlier step must not derail this one
         try:
-            await self.spans[0].send_step(hidden, start, push=True)
+            await self.spans[0].send_step(hidden, start, push=True, before=arm)
         except RoutingError:
             return await self._relayed(0, hidden, start)
-        if sent is not None:
-            await sent()
         return await self._pushed_along(hidden, start)
 
     async def ring_step(self, hidden: torch.Tensor, start: int, ring: int) -> torch.Tensor:
@@ -307,15 +306,16 @@ class RemoteRunner:
         """
         while True:
             began = time.perf_counter()
+            whole = (start, end) == (0, self.view.num_blocks)
             try:
-                hops = await self.view.plan(start, end, self.max_length, self.push)
+                hops = await self.view.plan(start, end, self.max_length, self.push, ring=self.ring is not None and whole)
             except NoRouteError:
                 if not await self._waited_for_nodes():
                     raise
                 continue
             planned = time.perf_counter()
             self.timing["plan"] += planned - began
-            if self.ring is not None and (start, end) == (0, self.view.num_blocks) and closes_ring(hops):
+            if self.ring is not None and whole and closes_ring(hops):
                 prev, next_hop = hops[-1].peer_id, hops[0]
             dtypes = [WIRE_DTYPES.get(h.record.dtype, torch.float32) for h in hops[1:]] + [final_dtype]
             spans = [SpanSession(self.client, hop, self.view.root, self.session_id, self.max_length, dtype,
@@ -401,9 +401,13 @@ class RemoteRunner:
         n = len(self.spans)
         if 0 <= j < n:
             return self.spans[j]
-        if self.ring is not None and n > 1 and closes_ring([s.hop for s in self.spans]):
+        if n > 1 and self._rings():  # a node ringing alone has no neighbour: a failover re-plans the ring
             return self.spans[j % n]
         return None
+
+    def _rings(self) -> bool:
+        """Whether the open chain closes a ring (its last node sends each token to its first)."""
+        return self.ring is not None and closes_ring([s.hop for s in self.spans])
 
     async def _note_failure(self, peer: str, a: int, b: int, error: RoutingError) -> None:
         if isinstance(error, PeerSilent):

@@ -15,6 +15,11 @@ be left mid-span when switching pays. A pushed hop's cost depends on the node be
 sweep takes, at each boundary, a minimum over a matrix of links between the nodes arriving and those
 boarding.
 
+A client that rings (routing/ring.py: `ring=True` for the whole model) prices a node that serves every
+block and announces `ring` as the ring it closes alone: its wait and compute, no leg to or from the
+client, which is off the path of each token. Longer rings are priced as the pushed chains they also
+are, the client's legs included (an over-estimate: their last node sends the token to the first).
+
 Nothing a node announces is believed as is. Round trips the client measured itself are the
 ground truth; a node's claimed round trip to another (its DHT record's `rtt_ms`) is clamped
 between the bounds the client's own measurements imply (|rtt(c,a) − rtt(c,b)| ≤ rtt(a,b) ≤
@@ -179,10 +184,11 @@ def has_room(record: ServerRecord, max_length: int) -> bool:
 
 def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Mapping[str, float] | None = None,
                banned: Container[str] = (), max_length: int = 1, push: bool = False,
-               measured_only: bool = False, with_room: bool = False) -> list[Hop]:
+               measured_only: bool = False, with_room: bool = False, ring: bool = False) -> list[Hop]:
     """The cheapest chain of hops covering [start, end) for sessions of `max_length` tokens;
     NoRouteError naming the first gap if none. `measured_only` skips nodes without a measured rtt,
-    `with_room` those that announced too little free cache for the session (`has_room`)."""
+    `with_room` those that announced too little free cache for the session (`has_room`); `ring`
+    (pushed only): the client rings, so a ring node covering [start, end) alone costs no client legs."""
     rtt = rtt or {}
     all_records = list(records)
     servers = [r for r in usable(all_records, banned, max_length) if r.start < end and r.end > start
@@ -191,8 +197,11 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
     per_block = compute_costs(servers)
     waits = hop_waits(servers, per_block)
     boundaries = sorted({start, end} | {b for r in servers for b in (r.start, r.end) if start < b < end})
-    search = _pushed if push else _relayed
-    hops, reached = search(servers, boundaries, end, links, per_block, waits)
+    if push:
+        alone = np.array([ring and r.ring and r.start <= start and r.end >= end for r in servers], dtype=bool)
+        hops, reached = _pushed(servers, boundaries, end, links, per_block, waits, alone)
+    else:
+        hops, reached = _relayed(servers, boundaries, end, links, per_block, waits)
     if hops is None:
         room = f" with room for {max_length} tokens" if with_room else ""
         raise NoRouteError(f"no online node{room} serves block {reached} of [{start}, {end}); "
@@ -250,13 +259,15 @@ def _relayed(servers: list[ServerRecord], boundaries: list[int], end: int, links
 
 
 def _pushed(servers: list[ServerRecord], boundaries: list[int], end: int, links: Links,
-            per_block: Mapping[str, float], waits: Mapping[str, float]) -> tuple[list[Hop] | None, int]:
+            per_block: Mapping[str, float], waits: Mapping[str, float], alone: np.ndarray
+            ) -> tuple[list[Hop] | None, int]:
     """The cheapest pushed chain, or None and the furthest boundary reached. A hop's cost depends on the
     link from the node before it, but hops still go forward, so one sweep settles the boundaries in turn.
     At boundary q: each node ridden there arrives at the least (cost at boarding p − p·c) + q·c over the
     p it was boarded at, kept per node as the relayed sweep keeps it; each node covering q is boarded at
     the least arrival there plus the link from that arrival (the client's leg at the start), plus its wait:
-    a minimum over a matrix of links, computed for all of them at once."""
+    a minimum over a matrix of links, computed for all of them at once. At the end, the servers marked
+    `alone` compete as rings closed alone: their wait and every block, no client legs."""
     count = len(servers)
     half_rtt, link = links.one_ways([r.peer_id for r in servers])
     per = np.array([per_block[r.peer_id] for r in servers])
@@ -275,7 +286,14 @@ def _pushed(servers: list[ServerRecord], boundaries: list[int], end: int, links:
         cost = ride[arriving] + q * per[arriving]
         arrivals.append((arriving, boarded_at[arriving], boarded_after[arriving]))
         if q == end:
-            return _pushed_hops(servers, boundaries, arrivals, int(np.argmin(cost + half_rtt[arriving]))), end
+            final = cost + half_rtt[arriving]
+            pick = int(np.argmin(final))
+            solo = np.flatnonzero(alone)
+            around = wait[solo] + (end - boundaries[0]) * per[solo]
+            if solo.size and around.min() < final[pick]:
+                r = servers[solo[int(np.argmin(around))]]
+                return [Hop(r.peer_id, boundaries[0], end, r)], end
+            return _pushed_hops(servers, boundaries, arrivals, pick), end
         boarding = np.flatnonzero((first <= k) & (last > k))
         if k:
             via = cost[:, None] + link[np.ix_(arriving, boarding)]
@@ -307,7 +325,7 @@ def _pushed_hops(servers: list[ServerRecord], boundaries: list[int],
 
 def plan_measured_first(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Mapping[str, float],
                         banned: Container[str] = (), max_length: int = 1, push: bool = False,
-                        with_room: bool = True) -> list[Hop]:
+                        with_room: bool = True, ring: bool = False) -> list[Hop]:
     """The best chain over nodes the client measured that announce room for the session (`has_room`);
     the rest (unmeasured, or announcing a fuller cache) only when those do not cover. A node that filled
     up since its record refuses the open, and the client bans it and plans again: on the simulated
@@ -317,6 +335,6 @@ def plan_measured_first(records: Iterable[ServerRecord], start: int, end: int, *
     records = list(records)
     try:
         return plan_route(records, start, end, rtt=rtt, banned=banned, max_length=max_length, push=push,
-                          measured_only=True, with_room=with_room)
+                          measured_only=True, with_room=with_room, ring=ring)
     except NoRouteError:
-        return plan_route(records, start, end, rtt=rtt, banned=banned, max_length=max_length, push=push)
+        return plan_route(records, start, end, rtt=rtt, banned=banned, max_length=max_length, push=push, ring=ring)

@@ -2,7 +2,8 @@
 
 A ring closes the chain: the node serving the last block applies the head, samples the next token
 and sends it to the node serving the first (node/ring.py), so a token costs one trip around the
-chain, with the client off the critical path. The client still gets every hop's result (and
+chain (a node serving every block closes it alone: a token costs its step, no round trip to the
+client), with the client off the critical path. The client still gets every hop's result (and
 attestation), the last node's final hidden state and the token it sampled; its own generation
 loop applies the head to that hidden state and chooses the next token exactly as without a ring
 (shards/generation.py). Feeding that token is the check: the ring's step for it is used only when
@@ -82,8 +83,9 @@ def silence_limit(recent: Sequence[float], request_timeout: float) -> float:
 
 
 def closes_ring(hops: Sequence[Hop]) -> bool:
-    """Whether a chain can close a ring: two nodes or more, the first and last holding the head."""
-    return len(hops) > 1 and hops[0].record.ring and hops[-1].record.ring
+    """Whether a chain can close a ring: its first and last node hold the head (one node serving
+    every block closes it alone)."""
+    return bool(hops) and hops[0].record.ring and hops[-1].record.ring
 
 
 @dataclass(frozen=True)
@@ -223,14 +225,16 @@ class ClientRing:
         spans = self.runner.spans
         last = spans[-1].next_hop if spans else None
         return (step.sampler is not None and not step.sampler.params.penalized and step.remaining > 1
-                and step.drafted == 0 and len(spans) > 1 and closes_ring([s.hop for s in spans])
+                and step.drafted == 0 and closes_ring([s.hop for s in spans])
                 and spans[0].prev == spans[-1].peer and last is not None and last.peer_id == spans[0].peer
                 and step.start + step.hidden.shape[1] < self.runner.max_length)
 
     async def _start(self, step: Forward) -> None:
-        """Arm the last node with a new ring ticket over the positions this call still needs computed;
-        once the step that starts the ring is sent, so that its step ticket comes first. (Should the
-        pushed step reach the last node first, it samples nothing and the next step starts a ring.)"""
+        """Arm the last node with a new ring ticket over the positions this call still needs computed:
+        after the step that starts the ring signed its step ticket, so that ticket comes first, and before
+        that step is sent, so that a node closing the ring alone reads the ring frame first (on the
+        same stream). (Should the pushed step reach the last node of a longer chain first, it samples
+        nothing and the next step starts a ring.)"""
         runner, sampler = self.runner, step.sampler
         assert sampler is not None
         begin = step.start + step.hidden.shape[1]

@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from typing import Any, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 import torch
 
@@ -138,12 +138,16 @@ class SpanSession:
             self._opened = True
         return parsed
 
-    async def send_step(self, hidden: torch.Tensor, start: int, push: bool = False) -> torch.Tensor:
-        """Send a step (pushed: the node forwards its output along the chain); returns what was sent."""
+    async def send_step(self, hidden: torch.Tensor, start: int, push: bool = False,
+                        before: Callable[[], Awaitable[None]] | None = None) -> torch.Tensor:
+        """Send a step (pushed: the node forwards its output along the chain); returns what was sent.
+        `before` is awaited once the step's ticket is signed, before the step goes out."""
         sent = hidden.to(self.send_dtype)
         # each node along the chain computes a pushed step once, as far as its ticket says
         signed = ticket(self.identity, session=self.session_id, start=start, tokens=sent.shape[1],
                         batch=sent.shape[0]).to_wire() if push else None
+        if before is not None:
+            await before()
         await self._send(protocol.Step(self.session_id, start, wire.encode_tensor(sent), push, signed))
         return sent
 

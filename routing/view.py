@@ -211,20 +211,22 @@ class SwarmView:
         store = self.referee.store_of(evidence.root.hex())
         return None if store is None else check_evidence(evidence, store)
 
-    async def plan(self, start: int, end: int, max_length: int = 1, push: bool = False) -> list[Hop]:
-        """The best chain over nodes this client measured; unmeasured ones only when nothing else covers."""
+    async def plan(self, start: int, end: int, max_length: int = 1, push: bool = False, ring: bool = False
+                   ) -> list[Hop]:
+        """The best chain over nodes this client measured; unmeasured ones only when nothing else covers.
+        `ring`: the client rings (a ring node alone is priced without the client's legs)."""
         if not self.records:
             await self.refresh(force=True)
         self.refresh_soon()
         try:
-            return await self._plan(start, end, max_length, push)
+            return await self._plan(start, end, max_length, push, ring)
         except NoRouteError:
             await self.refresh(force=True)
-        return await self._plan(start, end, max_length, push)
+        return await self._plan(start, end, max_length, push, ring)
 
-    async def _plan(self, start: int, end: int, max_length: int, push: bool) -> list[Hop]:
+    async def _plan(self, start: int, end: int, max_length: int, push: bool, ring: bool) -> list[Hop]:
         """`plan_measured_first` over a snapshot of the records, round trips and bans, in a worker thread: a
         pushed plan over a thousand records is ~30 ms of CPU, which the event loop's streams must not wait for."""
         return await asyncio.to_thread(plan_measured_first, list(self.records.values()), start, end,
                                        rtt=dict(self.rtt), banned=self.bans.active(), max_length=max_length,
-                                       push=push)
+                                       push=push, ring=ring)

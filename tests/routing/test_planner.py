@@ -36,6 +36,22 @@ def test_one_hop_beats_two_of_the_same_compute() -> None:
     assert chain(plan_route(records, 0, 30, rtt=RTT)) == [("c", 0, 30)]
 
 
+def test_a_client_that_rings_prices_a_ring_node_alone_without_its_legs_and_nothing_else_so() -> None:
+    """A whole-model node that rings is a token's step away from the next token, the client off the path:
+    a far one beats a near plain node of the same speed then, and only then (routing/ring.py)."""
+    rtt = {"near": 0.01, "far": 0.3, "a": 0.01, "b": 0.01}
+    records = [node("near", 0, 30), node("far", 0, 30, ring=True)]
+    assert chain(plan_route(records, 0, 30, rtt=rtt, push=True)) == [("near", 0, 30)]
+    assert chain(plan_route(records, 0, 30, rtt=rtt, push=True, ring=True)) == [("far", 0, 30)]
+    assert chain(plan_route(records, 0, 30, rtt=rtt, ring=True)) == [("near", 0, 30)]  # relayed: no ring
+    # a ring of two keeps the pushed price, the client's legs included: the near node still wins
+    halves = [node("near", 0, 30), node("a", 0, 15, ring=True), node("b", 15, 30, ring=True)]
+    assert chain(plan_route(halves, 0, 30, rtt={**rtt, "a": 0.3, "b": 0.3}, push=True, ring=True)) == [("near", 0, 30)]
+    # a slow ring node alone loses to a fast chain once its step costs more than the legs it saves
+    slow = [node("near", 0, 30, 10.0), node("far", 0, 30, 2.0, ring=True)]
+    assert chain(plan_route(slow, 0, 30, rtt=rtt, push=True, ring=True)) == [("near", 0, 30)]
+
+
 def test_a_slow_node_is_left_mid_span_for_a_fast_one() -> None:
     records = [node("a", 0, 30, 1.0), node("b", 10, 30, 100.0)]
     assert chain(plan_route(records, 0, 30, rtt=RTT)) == [("a", 0, 10), ("b", 10, 30)]

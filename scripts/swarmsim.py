@@ -39,6 +39,7 @@ COLUMNS = (("placement", "{}"), ("offered/s", "{:.0f}"), ("tokens/s", "{:.1f}"),
            ("failed w/ cover", "{}"), ("failovers", "{}"), ("moves", "{}"), ("announces", "{}"), ("tpt p50 s", "{:.3f}"),
            ("tpt p95 s", "{:.3f}"), ("ttft p50 s", "{:.2f}"), ("J/token", "{:.1f}"), ("wall s", "{:.0f}"),
            ("cpu s", "{:.0f}"))
+RING_HEADERS = {"": "", "every": " (rings where they close)", "whole": " (rings where they close: whole-model nodes, alone)"}
 KEYS = ("offered_s", "tokens_s", "bound_s", "of_bound", "best_bound_s", "batched_s", "of_batched", "uncovered_block_s", "sessions", "failed",
         "failed_with_cover", "failovers", "moves", "announces", "tpt_p50", "tpt_p95", "ttft_p50", "j_per_token", "wall_s", "cpu_s")
 
@@ -56,10 +57,11 @@ def main() -> None:
     parser.add_argument("--push", action=argparse.BooleanOptionalAction, default=True,
                         help="plan and run pushed chains, node to node, as the SDK does by default (nodes announce "
                              "their next-block round trips); --no-push: relayed, each hop a round trip to the client")
-    parser.add_argument("--ring", action="store_true",
-                        help="every volunteer runs --ring (the embeddings and LM head out of its memory), and a chain "
-                             "that closes a ring (two nodes or more: routing/ring.py) decodes as one, the client off "
-                             "its path; the bounds leave the client out of chains from or to a ring node (pushed only)")
+    parser.add_argument("--ring", nargs="?", const="every", choices=["every", "whole"],
+                        help="volunteers run --ring (the embeddings and LM head out of their memory): every one, or "
+                             "only those whose memory holds every block beside the head (`--ring whole`: they ring "
+                             "alone); a chain that closes a ring (routing/ring.py) decodes as one, the client off its "
+                             "path; the bounds leave the client out of chains from or to a ring node (pushed only)")
     parser.add_argument("--no-claims", action="store_true",
                         help="rebalance as before moves were claimed (to measure herding: --scenario herd)")
     parser.add_argument("--grow-cache", action="store_true",
@@ -112,7 +114,7 @@ def main() -> None:
                                   client_rate=args.rate if args.rate is not None else cfg.client_rate,
                                   clients=args.clients, grow_cache=args.grow_cache,
                                   grown_reserve=not args.spans_for_pool, priced_uplinks=args.priced_uplinks,
-                                  ring=args.ring)
+                                  ring=args.ring or "")
         began, cpu = time.perf_counter(), time.process_time()
         sim = Simulation(cfg)
         result = sim.run()
@@ -125,7 +127,7 @@ def main() -> None:
     cells = [[fmt.format(v) for (_, fmt), v in zip(COLUMNS, row)] for row in rows]
     widths = [max(len(name), *(len(r[i]) for r in cells)) for i, (name, _) in enumerate(COLUMNS)]
     print(f"scenario {args.scenario}, {cfg.model.name}, {cfg.nodes} volunteers, {cfg.hours:g} h, seed {args.seed}, "
-          f"{'pushed' if args.push else 'relayed'} chains{' (rings where they close)' if args.ring else ''}, "
+          f"{'pushed' if args.push else 'relayed'} chains{RING_HEADERS[args.ring or '']}, "
           f"{cfg.client_rate:g} sessions/s, "
           f"moves {'unclaimed (the rule before claims)' if args.no_claims else 'claimed'}, routing {args.routing}"
           f"{', single-stream figures only' if args.no_batch_figures else ''}"

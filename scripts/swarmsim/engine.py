@@ -87,7 +87,8 @@ class Config:
     batch_figures: bool = True  # nodes announce a batch's throughput too; False: single-stream only, as before
     measured_batch: int = 0  # the batch they measure it at; 0: the batch their pool holds of mean-length sessions
     priced_uplinks: bool = True  # volunteers give --upload-mbps, folded into those figures (node/uplink.py)
-    ring: bool = False  # volunteers run --ring (the head out of their memory); chains that close a ring decode as one
+    ring: str = ""  # which volunteers run --ring (the head out of their memory): "every", "whole" (those whose memory
+    # holds every block beside it, to ring alone), "" none; chains that close a ring decode as one
 
 
 class SimNode:
@@ -104,7 +105,8 @@ class SimNode:
         reserve = reserve_tokens(cfg.cache_tokens, cfg.grow_cache and cfg.grown_reserve, m.block_bytes,
                                  m.kv_bytes_per_token)
         # --ring: the embeddings and LM head whatever the span, out of its budget (node/ring.py)
-        self.ring = cfg.ring
+        self.ring = cfg.ring == "every" or cfg.ring == "whole" and blocks_for_budget(
+            budget - m.head_bytes, m.block_bytes, reserve * m.kv_bytes_per_token, m.num_blocks) == m.num_blocks
         if self.ring:
             budget -= m.head_bytes
         self.head_s = read_time(self.hw, m.head_bytes / 2)  # the LM head's read, the sampler's step beyond its blocks
@@ -153,7 +155,7 @@ class SimNode:
                             cache_tokens_left=max(0, self.cache_limit - self.cache_used), version=PROTOCOL_VERSION,
                             active_sessions=len(self.sessions), max_session_length=self.cache_limit,
                             batch_size=self.batch, batch_throughput=self.batch_announced,
-                            rtt_ms=announced(self.neighbours))
+                            rtt_ms=announced(self.neighbours), ring=self.ring)
 
 
 @dataclass(eq=False)
@@ -500,7 +502,8 @@ class Simulation:
                 rtt[p] = self._link_rtt(s.endpoint, self.nodes[p].endpoint)
             try:
                 hops = plan_measured_first(self.records.values(), start, end, rtt=rtt, banned=s.bans.active(),
-                                           max_length=s.length, push=self.cfg.push, with_room=self.cfg.room_rule)
+                                           max_length=s.length, push=self.cfg.push, with_room=self.cfg.room_rule,
+                                           ring=bool(self.cfg.ring) and (start, end) == (0, self.model.num_blocks))
             except NoRouteError:
                 wake = coverage_wake(self.now, s.give_up_at, s.bans.next_expiry(), await_coverage=False)
                 if wake is None:
@@ -665,7 +668,7 @@ class Simulation:
         hops = [(n, a, b) for n, a, b, _ in s.hops]
         doing = [n.iteration.wait + (b - a) / (n.end - n.start) * n.iteration.step + n.iteration.send
                  for n, a, b in hops]
-        if self.cfg.push and len(hops) > 1 and hops[0][0].ring and hops[-1][0].ring:  # routing/ring.py closes_ring
+        if self.cfg.push and hops[0][0].ring and hops[-1][0].ring:  # routing/ring.py closes_ring (one node: alone)
             return max(n.queued for n, _, _ in hops) * self._ring_trip(hops, doing)
         return max(n.queued for n, _, _ in hops) * (self._trip(s, hops, 0.0, doing) + (
             self.model.hidden_bytes / self.client_upload * (1 if self.cfg.push and len(hops) > 1 else len(hops))))

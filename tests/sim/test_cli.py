@@ -12,7 +12,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "swarmsim.py"
 
 
 @pytest.mark.parametrize("flags, chains", [((), "pushed chains"), (("--no-push",), "relayed chains"),
-                                           (("--ring",), "pushed chains (rings where they close)")])
+                                           (("--ring",), "pushed chains (rings where they close)"),
+                                           (("--ring", "whole"),
+                                            "pushed chains (rings where they close: whole-model nodes, alone)")])
 def test_chains_are_pushed_as_the_sdks_unless_told_to_relay(flags: tuple[str, ...], chains: str) -> None:
     run = subprocess.run([sys.executable, str(SCRIPT), "--scenario", "herd", "--hours", "0.005", "--placement",
                           "petals", "--no-plots", *flags], capture_output=True, text=True, timeout=120, check=True)

@@ -98,12 +98,12 @@ def test_twins_beside_a_hole_fill_it_with_one_move_not_a_herd() -> None:
         assert sim._servers().count(0) == 0
 
 
-@pytest.mark.parametrize("push,ring", [(False, False), (True, False), (True, True)])
-def test_no_chain_decodes_faster_than_the_bounds_allow_through_its_nodes(push: bool, ring: bool) -> None:
+@pytest.mark.parametrize("push,ring", [(False, ""), (True, ""), (True, "every"), (True, "whole")])
+def test_no_chain_decodes_faster_than_the_bounds_allow_through_its_nodes(push: bool, ring: str) -> None:
     """The bounds' premise (scripts/swarmsim/bound.py, batch_bound.py): a session riding j blocks of a node
     takes at least the fastest chain riding j blocks of it, one token per node, plus what the node's
     iteration of k tokens takes on those blocks beyond a one-token step, plus half the other outputs.
-    With rings, the sessions whose chains close one (two nodes or more) decode without the client's trips."""
+    With rings, the sessions whose chains close one (one node alone, or more) decode without the client's trips."""
     sim = Simulation(dataclasses.replace(SMALL, client_rate=3.0, hours=0.03, push=push, ring=ring))
     sim.run()
     online = [n for n in sim.nodes.values() if n.state in ("online", "draining")]
@@ -121,23 +121,20 @@ def test_no_chain_decodes_faster_than_the_bounds_allow_through_its_nodes(push: b
             assert ride.min() >= floors[online.index(n)] - 1e-12
             assert k >= 1
         checked += 1
-        rang += len(s.hops) > 1 and s.hops[0][0].ring and s.hops[-1][0].ring
-    assert checked > 0 and (rang > 0) == ring
+        rang += s.hops[0][0].ring and s.hops[-1][0].ring
+    assert checked > 0 and (rang > 0) == bool(ring)
 
 
 def test_a_ring_leaves_the_client_out_of_each_token_and_out_of_the_bounds() -> None:
     """With `ring`, every volunteer holds the head (out of its memory), and a session whose chain closes a ring
-    (two nodes or more: routing/ring.py `closes_ring`) decodes around it: per token, the client's legs in and
-    out, its token's state up and a message fewer, the link from the last node to the first and the LM head
-    more; and the bounds grant every node chains without the client's legs."""
-    sim = Simulation(dataclasses.replace(SMALL, client_rate=3.0, hours=0.03, push=True, ring=True))
+    (routing/ring.py `closes_ring`: a node serving every block closes one alone) decodes around it: per token,
+    the client's legs in and out, its token's state up and a message fewer, the link from the last node to the
+    first (none alone) and the LM head more; and the bounds grant every node chains without the client's legs."""
+    sim = Simulation(dataclasses.replace(SMALL, client_rate=3.0, hours=0.03, push=True, ring="every"))
     sim.run()
-    plain = Simulation(dataclasses.replace(SMALL, client_rate=3.0, hours=0.03, push=True))
-    twin = {n.peer_id: n for n in plain.nodes.values()}
-    assert all(n.ring and n.cache_room < twin[n.peer_id].cache_room for n in sim.nodes.values() if n.peer_id in twin)
+    assert all(n.ring and _head_costs(n, _without_ring(sim, n)) for n in sim.nodes.values())
     decoding = [s for s in sim.sessions if not s.waiting and s.hops]
-    rung = [s for s in decoding if len(s.hops) > 1]
-    assert rung and len(rung) < len(decoding)  # a one-node chain does not ring
+    assert any(len(s.hops) == 1 for s in decoding) and any(len(s.hops) > 1 for s in decoding)
     for s in decoding:
         first, last = s.hops[0][0], s.hops[-1][0]
         around = sim.time_per_token(s)
@@ -146,11 +143,9 @@ def test_a_ring_leaves_the_client_out_of_each_token_and_out_of_the_bounds() -> N
         pushed = sim.time_per_token(s)
         for n, *_ in s.hops:
             n.ring = True
-        if len(s.hops) == 1:
-            assert around == pushed
-            continue
+        back = sim._link_rtt(last.endpoint, first.endpoint) / 2 if last is not first else 0.0
         left_out = ((sim._client_rtt(s, first.peer_id) + sim._client_rtt(s, last.peer_id)) / 2 + sim.cfg.message_s
-                    + sim.model.hidden_bytes / sim.client_upload - last.head_s - sim._link_rtt(last.endpoint, first.endpoint) / 2)
+                    + sim.model.hidden_bytes / sim.client_upload - last.head_s - back)
         assert pushed - around == pytest.approx(left_out * max(n.queued for n, *_ in s.hops))
     online = [n for n in sim.nodes.values() if n.state in ("online", "draining")]
     rides = sim.yardstick.rides(online, sim.yardstick.latency_floors(online))
@@ -159,6 +154,31 @@ def test_a_ring_leaves_the_client_out_of_each_token_and_out_of_the_bounds() -> N
     with_client = sim.yardstick.rides(online, sim.yardstick.latency_floors(online))
     for ring, plain in zip(rides, with_client):
         assert (ring < plain).all()
+
+
+def test_only_nodes_holding_every_block_beside_the_head_ring_in_whole_mode_and_they_ring_alone() -> None:
+    """`ring="whole"`: a volunteer runs --ring only where its memory holds every block and the head, so each
+    ringing chain is one node alone; the others keep their memory for blocks and cache as without rings."""
+    sim = Simulation(dataclasses.replace(SMALL, client_rate=3.0, hours=0.03, push=True, ring="whole"))
+    sim.run()
+    rings = [n for n in sim.nodes.values() if n.ring]
+    assert rings and len(rings) < len(sim.nodes) and all(n.length == sim.model.num_blocks for n in rings)
+    for n in sim.nodes.values():
+        plain = _without_ring(sim, n)
+        assert _head_costs(n, plain) if n.ring else (n.length, n.cache_room) == (plain.length, plain.cache_room)
+    decoding = [s for s in sim.sessions if not s.waiting and s.hops]
+    rung = [s for s in decoding if s.hops[0][0].ring and s.hops[-1][0].ring]
+    assert rung and all(len(s.hops) == 1 for s in rung)
+
+
+def _without_ring(sim: Simulation, n: SimNode) -> SimNode:
+    """The node `n` would be on the same hardware without --ring."""
+    return SimNode(n.peer_id, n.hw.name, dataclasses.replace(sim.cfg, ring=""), random.Random(0))
+
+
+def _head_costs(ring: SimNode, plain: SimNode) -> bool:
+    """Whether the head took its memory from blocks, or from the cache beside the same blocks."""
+    return ring.length < plain.length or (ring.length == plain.length and ring.cache_room < plain.cache_room)
 
 
 def test_no_node_sends_more_than_its_uplink_carries() -> None:

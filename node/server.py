@@ -134,7 +134,8 @@ class Node:
         self.reachable = Reachable(p2p, link, _peer_ids(c.initial_peers), c.reachability)
         inference = Inference(s, self.pushes)
         receiver = PushReceiver(s, inference.step)
-        self.pushes.to_self(self.peer_id, functools.partial(receiver.from_self, self.peer_id, refused=self._push_refused))
+        self.pushes.to_self(self.peer_id, functools.partial(receiver.from_self, self.peer_id,
+                                                            refused=self._push_refused))
         rpc = Handlers(s)
         handlers = [(protocol.INFO, rpc.info), (protocol.FORWARD, rpc.forward),
                     (protocol.INFERENCE, inference.handle), (protocol.PUSH, receiver.handle),

@@ -304,18 +304,18 @@ class RemoteRunner:
         Each node replies (and pushes) in the next node's compute dtype, the last one in `final_dtype`;
         `prev`/`next_hop` are the push neighbours outside this piece of the chain.
         """
+        rings = self.ring is not None and (start, end) == (0, self.view.num_blocks)  # the client may ring
         while True:
             began = time.perf_counter()
-            whole = (start, end) == (0, self.view.num_blocks)
             try:
-                hops = await self.view.plan(start, end, self.max_length, self.push, ring=self.ring is not None and whole)
+                hops = await self.view.plan(start, end, self.max_length, self.push, ring=rings)
             except NoRouteError:
                 if not await self._waited_for_nodes():
                     raise
                 continue
             planned = time.perf_counter()
             self.timing["plan"] += planned - began
-            if self.ring is not None and whole and closes_ring(hops):
+            if rings and closes_ring(hops):
                 prev, next_hop = hops[-1].peer_id, hops[0]
             dtypes = [WIRE_DTYPES.get(h.record.dtype, torch.float32) for h in hops[1:]] + [final_dtype]
             spans = [SpanSession(self.client, hop, self.view.root, self.session_id, self.max_length, dtype,

@@ -54,6 +54,16 @@ def _bool(value: str | bool) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+def _ring(value: str | bool) -> str:
+    """`--ring`: "on", "off", or "auto" (hold the head only where the node serves every block)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return "on" if _bool(value) else "off"
+    except ValueError:
+        raise ValueError(f"not on, off or auto: {value!r}") from None
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("model", str, "smollm2-135m-instruct", "model store folder or catalogued name"),
     Option("blocks", str, "auto", "blocks to serve, A:B (half-open), or 'auto' for the weakest-covered span"),
@@ -99,9 +109,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_batch_tokens", int, 512, "most tokens computed in one batched forward over all sessions"),
     Option("prefill_chunk", int, 128, "long prompts and forwards run in chunks of this many tokens, so others' "
                                       "steps wait at most one chunk"),
-    Option("ring", _bool, False, "hold the embeddings and LM head, so the node can close a ring: sample the "
-                                 "next token, or embed it (issue 25); best where it serves every block, as it then "
-                                 "rings alone (elsewhere the head takes memory from blocks)"),
+    Option("ring", _ring, "off", "hold the embeddings and LM head, so the node can close a ring: sample the "
+                                 "next token, or embed it (issue 25). 'auto': only where the node serves every "
+                                 "block with the head counted in its memory, as it then rings alone (elsewhere the "
+                                 "head takes memory from blocks); a bare --ring is 'on'"),
     Option("batching", _bool, True, "batch steps of different sessions into one forward (off: one at a time)"),
     Option("peer_max_streams", int, 32, "streams one client peer may hold open at once"),
     Option("peer_max_sessions", int, 16, "sessions one client peer may hold open at once"),
@@ -157,7 +168,7 @@ class NodeConfig:
     evict_idle_after: float
     max_batch_tokens: int
     prefill_chunk: int
-    ring: bool
+    ring: str  # "on", "off", "auto"
     batching: bool
     peer_max_streams: int
     peer_max_sessions: int
@@ -207,6 +218,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(o.flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"{o.help} (default: {str(o.default).lower()}) [env {o.env}]")
             continue
+        if o.kind is _ring:  # a bare flag is "on", and --no-ring overrides the environment or file
+            parser.add_argument(o.flag, nargs="?", const="on", default=None, choices=("on", "off", "auto"),
+                                help=f"{o.help} (default: {o.default}) [env {o.env}]")
+            parser.add_argument("--no-" + o.flag[2:], dest=o.name, action="store_const", const="off",
+                                help=f"the same as {o.flag} off")
+            continue
         parser.add_argument(o.flag, type=str, default=None, choices=o.choices, nargs="+" if o.multiple else None,
                             action="extend" if o.multiple else "store", metavar=o.name.upper(),
                             help=f"{o.help} (default: {_shown(o)}) [env {o.env}]")
@@ -252,7 +269,8 @@ def _where(o: Option, source: str) -> str:
 # What a TOML value may be for each option kind: only types that convert without loss (not 3.7 -> 3, true -> 1).
 _TOML_TYPES: dict[Callable[[str], Any], tuple[tuple[type, ...], str]] = {
     str: ((str, int, float), "a string"), int: ((int,), "an integer"), float: ((int, float), "a number"),
-    _bool: ((bool,), "true or false"), Path: ((str,), "a path (a string)")}
+    _bool: ((bool,), "true or false"), Path: ((str,), "a path (a string)"),
+    _ring: ((bool, str), 'true, false or "auto"')}
 
 
 def _check_toml_type(o: Option, raw: Any) -> None:
@@ -261,7 +279,7 @@ def _check_toml_type(o: Option, raw: Any) -> None:
         expected = "a string or a list of strings"
     else:
         allowed, expected = _TOML_TYPES[o.kind]
-        ok = isinstance(raw, allowed) and isinstance(raw, bool) == (o.kind is _bool)
+        ok = isinstance(raw, allowed) and (o.kind is _ring or isinstance(raw, bool) == (o.kind is _bool))
     if not ok:
         raise ConfigError(f"{_where(o, 'file')} must be {expected}, got {raw!r}")
 

@@ -84,6 +84,7 @@ class Node:
         self.weights_root = self.store.root  # what this node computes with (its attestations say so)
         self.num_blocks = m.num_blocks
         self.dtype = parse_dtype(config.dtype)
+        self.rings = config.ring == "on"  # holds the head to close rings (`--ring auto`: decided at start)
         self.dht: DHT | None = None
         self.serving: Serving | None = None
         self.ledger: Store | None = None
@@ -118,13 +119,15 @@ class Node:
         self.dht = await loop.run_in_executor(None, self._start_dht)
         p2p = await self.dht.replicate_p2p()
         self._maddrs = [str(m) for m in self.dht.get_visible_maddrs()]
+        if c.ring == "auto":
+            self.rings = self._rings_alone()
         start, end = await self._choose_span()
         cache_tokens = self._pool_tokens(end - start)  # before loading: the budget is measured on free memory
         stack = await self._load_span(start, end, cache_tokens)
         self.serving = s = Serving(c, self.root, stack, self.identity, self.metrics, self._log_session,
                                    self._info_extra, self._can_record, self.weights_root, self.quantization,
                                    cache_tokens=cache_tokens)
-        if c.ring:
+        if self.rings:
             head = await loop.run_in_executor(None, self.store.load_head, c.device, self.dtype)
             s.ring_head = RingHead(head, torch.device(c.device), self.dtype)
         await s.start()
@@ -207,23 +210,37 @@ class Node:
         """The memory budget, measured once, before any block is loaded (node/memory.py)."""
         return memory_budget(self.config)
 
-    def _overhead_bytes(self) -> int:
+    def _overhead_bytes(self, head: bool | None = None) -> int:
         """What the budget holds beside blocks and cache: the dequantization workspace, and the head a
-        `--ring` node holds to close a ring."""
+        ring node holds to close a ring (`head`: whether to count it; default: whether this node does)."""
         m = self.store.manifest
         workspace = dequantize_workspace_bytes(m, self.dtype)
-        if self.config.ring:
+        if self.rings if head is None else head:
             workspace += head_bytes(m.config.vocab_size, m.config.hidden_size, self.dtype)
         return workspace
 
-    def _blocks_that_fit(self) -> int:
+    def _rings_alone(self) -> bool:
+        """`--ring auto`: hold the head only where this node serves every block, the head counted in its
+        memory; it then closes rings alone. Elsewhere the head would take memory from blocks, and the
+        swarm loses more than rings win (README, "Rings at scale")."""
+        span = self.config.block_range
+        if span is not None:
+            whole = span == (0, self.num_blocks)
+        else:
+            whole = (self.config.num_blocks or self._blocks_that_fit(head=True)) >= self.num_blocks
+        log.info("ring auto: %s", "this node serves every block, so it holds the head and closes rings alone"
+                 if whole else "off, as this node does not serve every block with the head beside them")
+        return whole
+
+    def _blocks_that_fit(self, head: bool | None = None) -> int:
         """Blocks that fit the memory budget, counted in their real bytes (dtype or quantization) plus
-        their share of the KV cache and the dequantization workspace; reported at start."""
+        their share of the KV cache and the dequantization workspace (and the head: `_overhead_bytes`);
+        reported at start."""
         c, m = self.config, self.store.manifest
         block, per_token = block_bytes(m, self.dtype), kv_bytes_per_token(m.config, self.dtype)
         reserve = reserve_tokens(c.cache_tokens, c.grow_cache, block, per_token)
         cache = reserve * per_token
-        workspace = self._overhead_bytes()
+        workspace = self._overhead_bytes(head)
         fit = blocks_for_budget(self._budget - workspace, block, cache, self.num_blocks)
         scheme = f"{self.quantization.scheme}/g{self.quantization.group_size}" if self.quantization else c.dtype
         log.info("memory: a block takes %.1f MiB (%s), its KV cache %.1f MiB (%d tokens), dequantizing %.1f MiB; "

@@ -59,8 +59,8 @@ def main() -> None:
                              "their next-block round trips); --no-push: relayed, each hop a round trip to the client")
     parser.add_argument("--ring", nargs="?", const="every", choices=["every", "whole"],
                         help="volunteers run --ring (the embeddings and LM head out of their memory): every one, or "
-                             "only those whose memory holds every block beside the head (`--ring whole`: they ring "
-                             "alone); a chain that closes a ring (routing/ring.py) decodes as one, the client off its "
+                             "only those whose memory holds every block beside the head (`--ring whole`: every "
+                             "volunteer runs --ring auto, and those ring alone); every client asks for rings; a chain that closes a ring (routing/ring.py) decodes as one, the client off its "
                              "path; the bounds leave the client out of chains from or to a ring node (pushed only)")
     parser.add_argument("--no-claims", action="store_true",
                         help="rebalance as before moves were claimed (to measure herding: --scenario herd)")

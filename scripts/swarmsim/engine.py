@@ -87,8 +87,8 @@ class Config:
     batch_figures: bool = True  # nodes announce a batch's throughput too; False: single-stream only, as before
     measured_batch: int = 0  # the batch they measure it at; 0: the batch their pool holds of mean-length sessions
     priced_uplinks: bool = True  # volunteers give --upload-mbps, folded into those figures (node/uplink.py)
-    ring: str = ""  # which volunteers run --ring (the head out of their memory): "every", "whole" (those whose memory
-    # holds every block beside it, to ring alone), "" none; chains that close a ring decode as one
+    ring: str = ""  # which volunteers hold the head (out of their memory): "every" (--ring), "whole" (--ring auto:
+    # those whose memory holds every block beside it, to ring alone), "" none; chains that close a ring decode as one
 
 
 class SimNode:

@@ -59,6 +59,15 @@ def test_no_flag_turns_off_a_boolean_set_in_env_or_file(tmp_path):
     assert config.new_swarm is False and config.sources["new_swarm"] == "flag"
 
 
+@pytest.mark.parametrize("argv, env, toml, want", [
+    (["--ring"], {}, None, "on"), (["--ring", "auto"], {}, None, "auto"), ([], {}, None, "off"),
+    ([], {"SWARMLM_RING": "AUTO"}, None, "auto"), ([], {"SWARMLM_RING": "yes"}, None, "on"),
+    ([], {}, "ring = true", "on"), ([], {}, 'ring = "auto"', "auto"), ([], {}, "ring = false", "off"),
+    (["--no-ring"], {"SWARMLM_RING": "auto"}, None, "off"), (["--ring", "off"], {}, "ring = true", "off")])
+def test_ring_is_on_off_or_auto_from_every_layer(argv, env, toml, want, tmp_path):
+    assert run_config(argv, env, toml, tmp_path).ring == want
+
+
 def test_paths_derive_from_the_resolved_state_dir(tmp_path):
     config = run_config([], {"SWARMLM_STATE_DIR": str(tmp_path / "s")}, 'identity = "~/id.key"', tmp_path)
     assert config.ledger == tmp_path / "s" / "ledger.sqlite"
@@ -91,6 +100,9 @@ def test_the_commented_file_resolves_to_the_defaults_even_fully_uncommented(tmp_
     ([], {}, 'new_swarm = "yes"', "config key 'new_swarm' must be true or false"),
     ([], {}, "initial_peers = [1, 2]", "config key 'initial_peers' must be a string or a list of strings"),
     ([], {"SWARMLM_NEW_SWARM": "maybe"}, None, "SWARMLM_NEW_SWARM"),
+    ([], {"SWARMLM_RING": "maybe"}, None, "SWARMLM_RING: not on, off or auto"),
+    ([], {}, 'ring = "sometimes"', "config key 'ring': not on, off or auto"),
+    ([], {}, "ring = 1", "config key 'ring' must be true, false or \"auto\""),
     ([], {"SWARMLM_LOG_FORMAT": "xml"}, None, "SWARMLM_LOG_FORMAT must be one of text, json"),
     ([], {}, 'dtype = "int8"', "config key 'dtype' must be one of"),
     ([], {}, 'blocks = "3"', "config key 'blocks' must be A:B"),

@@ -1,8 +1,9 @@
 """A node serving every block closes a ring alone (issue 24): it samples each token and sends it to
 itself, so a token costs its own step and no round trip to the client, who still checks every one.
 
-One `--ring` node over the model's 30 blocks for the module; a dishonest sampler and a spare for a
-node killed mid-ring are started where a test needs them. Each test counts the ring's steps: a chain
+One node over the model's 30 blocks for the module; a dishonest sampler and a spare for a node killed
+mid-ring (its blocks chosen by `--blocks auto`) are started where a test needs them. Every node runs
+`--ring auto`, so each holds the head because it serves every block (tests/node/test_ring_auto.py). Each test counts the ring's steps: a chain
 that quietly fell back to the client's relaying would still produce local text."""
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ WHOLE = (0, 30)
 @pytest.fixture(scope="module")
 def alone(default_store, tmp_path_factory):
     swarm = LocalSwarm(str(default_store.path), tmp_path_factory.mktemp("ring-alone"), announce_period=5.0,
-                       node_args=["--ring", *FIXED_THROUGHPUT])
+                       node_args=["--ring", "auto", *FIXED_THROUGHPUT])
     with swarm:
         swarm.start_spans([WHOLE])
         yield swarm
@@ -76,7 +77,7 @@ def test_a_node_lying_alone_is_convicted_and_a_killed_one_replaced_and_the_text_
                 assert ring.restarts >= 2 and ring.steps > 0  # the ring closed again, on the honest node alone
     finally:
         alone.kill(liar)
-    spare = alone.spawn_node(WHOLE)
+    spare = alone.spawn_node()  # --blocks auto: every block fits this machine's memory beside the head
     with _model(alone, default_store) as model, caplog.at_level(logging.INFO, "routing.chain"):
         model.view.bans.ban(spare.peer_id)  # the answer starts on the node killed below
         with model.inference_session(max_length=128) as s:
@@ -89,6 +90,7 @@ def test_a_node_lying_alone_is_convicted_and_a_killed_one_replaced_and_the_text_
                     tokens.append(event.token_id)
             ring = s.runner.ring
             assert s.runner.failovers >= 1 and ring is not None and not ring.convictions
-            assert [sp.peer for sp in s.runner.spans] == [spare.peer_id] and ring.steps > 4
+            assert [(sp.peer, sp.hop.start, sp.hop.end) for sp in s.runner.spans] == [(spare.peer_id, *WHOLE)]
+            assert ring.steps > 4
     local = local_model.generate(PROMPT, 24, ignore_eos=True).token_ids
     assert lied.token_ids == local[:12] and tokens == local

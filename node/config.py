@@ -44,7 +44,8 @@ class Option:
         return "SWARMLM_" + self.name.upper()
 
 
-def _bool(value: str | bool) -> bool:
+def parse_bool(value: str | bool) -> bool:
+    """A switch from a flag, variable or file: 1/true/yes/on or 0/false/no/off (empty: false)."""
     if isinstance(value, bool):
         return value
     if value.lower() in ("1", "true", "yes", "on"):
@@ -59,7 +60,7 @@ def _ring(value: str | bool) -> str:
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
     try:
-        return "on" if _bool(value) else "off"
+        return "on" if parse_bool(value) else "off"
     except ValueError:
         raise ValueError(f"not on, off or auto: {value!r}") from None
 
@@ -69,13 +70,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("blocks", str, "auto", "blocks to serve, A:B (half-open), or 'auto' for the weakest-covered span"),
     Option("num_blocks", int, None, "with --blocks auto: how many blocks (default: what --max-memory holds)"),
     Option("initial_peers", str, [], "multiaddrs of swarm peers to join (repeatable)", multiple=True),
-    Option("new_swarm", _bool, False, "start a new swarm instead of joining one (no --initial-peers)"),
+    Option("new_swarm", parse_bool, False, "start a new swarm instead of joining one (no --initial-peers)"),
     Option("host", str, "0.0.0.0", "address to listen on (127.0.0.1 keeps the node local)"),
     Option("port", int, 0, "TCP port to listen on (0: any free port)"),
     Option("reachability", str, "auto", "whether peers can dial this node: 'auto' asks a peer to dial it back; "
                                         "a private node is reached through relay circuits on public peers",
            choices=("auto", "public", "private")),
-    Option("relay_service", _bool, True, "when reachable, relay circuits for private nodes (within per-peer "
+    Option("relay_service", parse_bool, True, "when reachable, relay circuits for private nodes (within per-peer "
                                          "limits; --no-relay-service opts out)"),
     Option("state_dir", Path, None, "where the node keeps identity, ledger and caches "
                                     "(default $SWARMLM_HOME/node)"),
@@ -91,8 +92,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("threads", int, 0, "compute threads (0: all cores); nodes sharing a machine should split its cores"),
     Option("cache_tokens", int, 8192, "KV-cache pool size in tokens, over all sessions (paged; see --page-tokens)"),
     Option("page_tokens", int, 64, "tokens per KV-cache page: sessions take pages as they grow"),
-    Option("grow_cache", _bool, False, "grow the KV-cache pool to what --max-memory holds beside the node's blocks "
-                                       "(and ring head), never under --cache-tokens: more sessions at once where "
+    Option("grow_cache", parse_bool, False, "grow the KV-cache pool to what --max-memory holds beside the node's "
+                                       "blocks (and ring head), never under --cache-tokens: more sessions at once where "
                                        "memory is to spare; with --blocks auto the span leaves room for at least "
                                        "32768 tokens of cache, or what half a block's bytes hold if fewer; on a GPU "
                                        "the pool is allocated at start, on CPU its pages take memory once used"),
@@ -113,7 +114,7 @@ OPTIONS: tuple[Option, ...] = (
                                  "next token, or embed it (issue 25). 'auto': only where the node serves every "
                                  "block with the head counted in its memory, as it then rings alone (elsewhere the "
                                  "head takes memory from blocks); a bare --ring is 'on'"),
-    Option("batching", _bool, True, "batch steps of different sessions into one forward (off: one at a time)"),
+    Option("batching", parse_bool, True, "batch steps of different sessions into one forward (off: one at a time)"),
     Option("peer_max_streams", int, 32, "streams one client peer may hold open at once"),
     Option("peer_max_sessions", int, 16, "sessions one client peer may hold open at once"),
     Option("peer_cache_tokens", int, 0, "KV-cache tokens one client peer's sessions may hold (0: half the pool)"),
@@ -214,7 +215,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML file with any of these options (see `node init`) "
                                                     "[env SWARMLM_CONFIG]")
     for o in OPTIONS:
-        if o.kind is _bool:  # --no-X too, so a flag can override a true from the environment or file
+        if o.kind is parse_bool:  # --no-X too, so a flag can override a true from the environment or file
             parser.add_argument(o.flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"{o.help} (default: {str(o.default).lower()}) [env {o.env}]")
             continue
@@ -269,7 +270,7 @@ def _where(o: Option, source: str) -> str:
 # What a TOML value may be for each option kind: only types that convert without loss (not 3.7 -> 3, true -> 1).
 _TOML_TYPES: dict[Callable[[str], Any], tuple[tuple[type, ...], str]] = {
     str: ((str, int, float), "a string"), int: ((int,), "an integer"), float: ((int, float), "a number"),
-    _bool: ((bool,), "true or false"), Path: ((str,), "a path (a string)"),
+    parse_bool: ((bool,), "true or false"), Path: ((str,), "a path (a string)"),
     _ring: ((bool, str), 'true, false or "auto"')}
 
 
@@ -279,7 +280,7 @@ def _check_toml_type(o: Option, raw: Any) -> None:
         expected = "a string or a list of strings"
     else:
         allowed, expected = _TOML_TYPES[o.kind]
-        ok = isinstance(raw, allowed) and (o.kind is _ring or isinstance(raw, bool) == (o.kind is _bool))
+        ok = isinstance(raw, allowed) and (o.kind is _ring or isinstance(raw, bool) == (o.kind is parse_bool))
     if not ok:
         raise ConfigError(f"{_where(o, 'file')} must be {expected}, got {raw!r}")
 

@@ -150,7 +150,7 @@ class RemoteRunner:
         """The chain serving now inside a session, the receipted one once it closed."""
         spans = self.spans or self.closed_spans
         return ServedBy(self.session_id, tuple(Link(s.peer, s.hop.start, s.hop.end, s.tokens) for s in spans),
-                        self.failovers, self.relayed_steps)
+                        self.failovers, self.relayed_steps, self.ring.steps if self.ring is not None else 0)
 
     async def _forward(self, hidden: torch.Tensor, start: int, arm: Arm | None = None) -> torch.Tensor:
         """Long prompts go in chunks of `step_tokens`, within every node's per-step limit; `arm` is

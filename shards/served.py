@@ -24,9 +24,10 @@ class ServedBy:
     chain: tuple[Link, ...]  # serving now while the session is open, the receipted chain once it closed
     failovers: int = 0  # nodes replaced mid-session
     relayed_steps: int = 0  # pushed steps the client had to relay (a push failed)
+    ring_steps: int = 0  # steps a ring took, its last node sampling (routing/ring.py)
 
     def to_json(self) -> dict[str, Any]:
         return {"session": self.session_id,
                 "chain": [{"peer_id": link.peer_id, "blocks": [link.start, link.end], "tokens": link.tokens}
                           for link in self.chain],
-                "failovers": self.failovers, "relayed_steps": self.relayed_steps}
+                "failovers": self.failovers, "relayed_steps": self.relayed_steps, "ring_steps": self.ring_steps}

@@ -90,7 +90,8 @@ class Gateway:
                 identity = settings.identity if i == 0 else _sibling(settings.identity, tag)
                 ledger = settings.ledger if i == 0 else _sibling(settings.ledger, tag)
                 remote = RemoteModel.connect(settings.peers, spec, identity=identity, ledger=ledger,
-                                             device=settings.device, recover_timeout=settings.recover_timeout)
+                                             device=settings.device, recover_timeout=settings.recover_timeout,
+                                             ring=settings.ring)
                 served = ServedModel(model_id(spec, remote), remote, int(time.time()))
                 models.append(served)
                 if [m.id for m in models].count(served.id) > 1:

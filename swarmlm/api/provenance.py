@@ -26,17 +26,18 @@ class Provenance:
     client_peer_id: str
     chain: tuple[Link, ...]
     failovers: int
+    ring_steps: int  # steps whose token the chain's last node sampled (`--ring`), the gateway checking each
 
     @classmethod
     def of(cls, served: ServedBy, root: str, client_peer_id: str) -> "Provenance":
         """What the SDK reports of a session: the chain serving now, or the receipted one once it closed."""
-        return cls(root, served.session_id, client_peer_id, served.chain, served.failovers)
+        return cls(root, served.session_id, client_peer_id, served.chain, served.failovers, served.ring_steps)
 
     def to_json(self) -> dict[str, Any]:
         return {"model_root": self.model_root, "session_id": self.session_id, "client_peer_id": self.client_peer_id,
                 "chain": [{"peer_id": link.peer_id, "blocks": [link.start, link.end], "tokens": link.tokens}
                           for link in self.chain],
-                "failovers": self.failovers}
+                "failovers": self.failovers, "ring_steps": self.ring_steps}
 
     def headers(self) -> dict[str, str]:
         """The chain as `PEER=A:B` pairs (half-open block ranges, as `--blocks` spells them)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from node.config import parse_bool
 from node.errors import ConfigError
 from shards.catalog import DEFAULT_MODEL
 from shards.paths import swarmlm_home
@@ -24,6 +25,7 @@ class Setting:
     default: Any
     help: str
     multiple: bool = False  # repeat the flag / list several after it; space- or comma-separated in the variable
+    switch: bool = False  # a flag without a value (the variable: 1/true/yes/on or 0/false/no/off)
     metavar: str | None = None
     shown: str | None = None  # the default as --help shows it, where it is computed
 
@@ -68,6 +70,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("trusted_proxy", str, [], "addresses of reverse proxies whose X-Forwarded-For/-Proto are believed "
             "(the client address they name gets the fair share)", multiple=True, metavar="ADDR"),
     Setting("device", str, "cpu", "cpu, cuda or cuda:N for the head shard (embeddings and LM head)"),
+    Setting("ring", parse_bool, False, "close rings where the chain's first and last nodes run --ring (a node "
+            "serving every block rings alone): the last node samples each token and sends it on, the gateway "
+            "checks each one off the path; answers are the same", switch=True),
     # Streams: how long a token may wait for the swarm to recover, and how often a waiting stream speaks.
     Setting("recover_timeout", float, 30.0, "seconds a request waits for nodes to cover the model, at its start "
             "or after a node failed mid-answer, before its error (503 or an error event)", metavar="S"),
@@ -100,6 +105,7 @@ class ApiSettings:
     send_timeout: float
     trusted_proxy: list[str]
     device: str
+    ring: bool
     recover_timeout: float
     keepalive: float
     allowed_host: list[str]
@@ -109,6 +115,10 @@ class ApiSettings:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every setting as a flag defaulting to None, so 'not given' stays visible for precedence."""
     for s in SETTINGS:
+        if s.switch:
+            parser.add_argument(s.flag, dest=s.name, default=None, action="store_const", const="true",
+                                help=f"{s.help} (default: off) [env {s.env}]")
+            continue
         shown = s.shown or ("none" if s.default in (None, []) else
                             " ".join(map(str, s.default)) if s.multiple else s.default)
         parser.add_argument(s.flag, dest=s.name, default=None, nargs="+" if s.multiple else None,

@@ -29,6 +29,14 @@ def test_a_flag_beats_the_environment_which_beats_the_default(tmp_path):
     assert resolve(_parse("--peers", PEER), {"SWARMLM_HOME": str(tmp_path)}).api_key is None
 
 
+@pytest.mark.parametrize("argv, env, ring", [((), {}, False), (("--ring",), {}, True),
+                                             ((), {"SWARMLM_API_RING": "yes"}, True),
+                                             ((), {"SWARMLM_API_RING": "0"}, False),
+                                             (("--ring",), {"SWARMLM_API_RING": "off"}, True)])
+def test_ring_is_a_switch_on_the_command_line_and_a_boolean_in_the_environment(argv, env, ring, tmp_path):
+    assert resolve(_parse("--peers", PEER, *argv), {"SWARMLM_HOME": str(tmp_path), **env}).ring is ring
+
+
 def test_bad_settings_name_the_flag_or_variable_to_fix():
     with pytest.raises(ConfigError, match="SWARMLM_API_PORT"):
         resolve(_parse("--peers", PEER), {"SWARMLM_API_PORT": "eighty"})
@@ -36,6 +44,8 @@ def test_bad_settings_name_the_flag_or_variable_to_fix():
         resolve(_parse(), {})
     with pytest.raises(ConfigError, match="not a multiaddr"):
         resolve(_parse("--peers", "localhost:8000"), {})
+    with pytest.raises(ConfigError, match="SWARMLM_API_RING: not a boolean"):
+        resolve(_parse("--peers", PEER), {"SWARMLM_API_RING": "sometimes"})
 
 
 def test_the_cli_reports_a_bad_setting_as_a_user_error(cli_env):

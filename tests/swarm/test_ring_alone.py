@@ -15,6 +15,9 @@ import pytest
 from node.local_swarm import LocalSwarm
 from swarmlm.sdk import RemoteModel
 
+from ..api.conftest import MODEL
+from ..api.gateway_process import run_gateway
+from ..api.test_openai_client import QUESTION
 from ..conftest import FIXED_THROUGHPUT
 from ..shards.test_speculative_generation import REPEAT
 from .test_ring import LIAR, PROMPT
@@ -57,6 +60,19 @@ def test_a_whole_model_node_rings_alone_and_greedy_seeded_and_speculative_text_e
         expected = local.generate(PROMPT, 16, temperature=0.8, top_k=40, seed=7, ignore_eos=True)
     assert sampled.token_ids == expected.token_ids
     assert spec.token_ids == local_model.generate(REPEAT, 24, ignore_eos=True).token_ids
+
+
+def test_the_gateway_rings_with_a_node_alone_and_answers_as_local(alone, local_model, tmp_path):
+    """`swarmlm api --ring`: applications behind the OpenAI gateway get rings too, and its provenance
+    counts the ring's steps (the answer stops at EOS, which the ring's sampler stops at too)."""
+    import openai
+
+    with run_gateway(alone.initial_peers, tmp_path / "gateway", args=["--ring"]) as gw:
+        client = openai.OpenAI(base_url=gw.base_url, api_key="none", max_retries=0, timeout=300)
+        completion = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=24)
+    local = local_model.generate(QUESTION, 24)
+    assert completion.choices[0].message.content == local.text == "The capital of France is Paris."
+    assert completion.model_extra["swarmlm"]["ring_steps"] > 0
 
 
 def test_a_node_lying_alone_is_convicted_and_a_killed_one_replaced_and_the_text_stays_local(

@@ -77,7 +77,7 @@ OPTIONS: tuple[Option, ...] = (
                                         "a private node is reached through relay circuits on public peers",
            choices=("auto", "public", "private")),
     Option("relay_service", parse_bool, True, "when reachable, relay circuits for private nodes (within per-peer "
-                                         "limits; --no-relay-service opts out)"),
+                                              "limits; --no-relay-service opts out)"),
     Option("state_dir", Path, None, "where the node keeps identity, ledger and caches "
                                     "(default $SWARMLM_HOME/node)"),
     Option("identity", Path, None, "Ed25519 identity key file (default STATE_DIR/identity.key)"),
@@ -93,10 +93,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("cache_tokens", int, 8192, "KV-cache pool size in tokens, over all sessions (paged; see --page-tokens)"),
     Option("page_tokens", int, 64, "tokens per KV-cache page: sessions take pages as they grow"),
     Option("grow_cache", parse_bool, False, "grow the KV-cache pool to what --max-memory holds beside the node's "
-                                       "blocks (and ring head), never under --cache-tokens: more sessions at once where "
-                                       "memory is to spare; with --blocks auto the span leaves room for at least "
-                                       "32768 tokens of cache, or what half a block's bytes hold if fewer; on a GPU "
-                                       "the pool is allocated at start, on CPU its pages take memory once used"),
+                                            "blocks (and ring head), never under --cache-tokens: more sessions at "
+                                            "once where memory is to spare; with --blocks auto the span leaves room "
+                                            "for at least 32768 tokens of cache, or what half a block's bytes hold if "
+                                            "fewer; on a GPU the pool is allocated at start, on CPU its pages take "
+                                            "memory once used"),
     Option("max_memory", str, None, "memory budget for blocks and cache, e.g. 2GiB (default: 80%% of free at start)"),
     Option("public_name", str, "", "a name shown in swarm status"),
     Option("announce_period", float, 30.0, "seconds between DHT announcements (records expire at three times this)"),

@@ -198,7 +198,8 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
     waits = hop_waits(servers, per_block)
     boundaries = sorted({start, end} | {b for r in servers for b in (r.start, r.end) if start < b < end})
     if push:
-        alone = np.array([ring and r.ring and r.start <= start and r.end >= end for r in servers], dtype=bool)
+        alone = np.array([r.ring and r.start <= start and r.end >= end for r in servers] if ring else
+                         np.zeros(len(servers)), dtype=bool)
         hops, reached = _pushed(servers, boundaries, end, links, per_block, waits, alone)
     else:
         hops, reached = _relayed(servers, boundaries, end, links, per_block, waits)

@@ -93,3 +93,36 @@ def test_a_grant_signed_by_someone_else_is_refused_at_open(two, default_store):
 
     reply = owner.run(go(), timeout=60)
     assert reply["code"] == "bad_frame" and "grant" in reply["message"]
+
+
+def test_a_grant_naming_a_node_its_own_neighbour_loops_nothing_and_the_client_is_told(two, default_store,
+                                                                                        local_model):
+    """An attacker's grant names the node serving 10:20 as its own predecessor and successor: its push to
+    itself (handed over locally, not dialled) meets the same checks as a peer's and is refused, since a
+    push must come from the span ending where the session begins; the client is told, nothing is
+    computed twice, and the session goes on."""
+    _, second, owner, _ = two
+    x = torch.randn(1, 3, 576)
+
+    async def go():
+        g = grant(owner.identity, session="loop", node=second.peer_id, prev=second.peer_id, next=second.peer_id,
+                  root=default_store.root, blocks=(10, 20))
+        s = RawSession(owner, second.peer_id, default_store.root, "loop", 32, blocks=[10, 20], grant=g.to_wire(),
+                       next_maddrs=second.maddrs)
+        opened = await s.open()
+        await wire.write_frame(s.writer, {"type": "step", "session": "loop", "start": 0,
+                                          "hidden": wire.encode_tensor(x), "push": True})
+        frames = [await s.read(), await s.read()]
+        after = await s.step(3, 1)  # the session still serves, and no looped step came in between
+        await s.close()
+        return opened, frames, after
+
+    opened, frames, after = owner.run(go(), timeout=120)
+    assert opened["type"] == "opened"
+    result = next(f for f in frames if f["type"] == "result")
+    failed = next(f for f in frames if f["type"] == "push_failed")
+    assert failed["code"] == "push_refused" and "span ending at block 10" in failed["message"]
+    assert after["type"] == "result" and after["start"] == 3
+    with torch.inference_mode():
+        expected = local_model.stack.narrow(10, 20)(x)
+    assert float((output(result, 3) - expected).norm() / expected.norm()) < 1e-5

@@ -130,8 +130,16 @@ class RemoteRunner:
         return await self.ring.forward(step)
 
     def drafter(self) -> RingDrafts | None:
-        """In ring mode, speculation's drafts are the ring sampler's (routing/ring.py)."""
-        return self._ring_drafts
+        """In ring mode, speculation's drafts are the ring sampler's (routing/ring.py), where a ring can
+        close: the open chain's ends hold the head, or (no chain open yet) the swarm has head-holding nodes
+        at both ends. Elsewhere None, so the call drafts as without rings (prompt lookup)."""
+        if self._ring_drafts is None:
+            return None
+        if self.spans:
+            return self._ring_drafts if self._rings() else None
+        n, records = self.view.num_blocks, self.view.records.values()
+        ends = any(r.ring and r.start == 0 for r in records) and any(r.ring and r.end >= n for r in records)
+        return self._ring_drafts if ends else None
 
     def forward(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
         return self.client.run(self._forward(hidden, start))

@@ -84,9 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-push", dest="push", action="store_false",
                    help="relay every hop through this client instead of letting nodes push to the next node "
                         "(slower over real links; for comparison)")
-    p.add_argument("--ring", action="store_true",
-                   help="close the ring: the node serving the last block samples each next token and sends it to "
-                        "the first, while this client checks every token off the critical path (nodes need --ring)")
+    p.add_argument("--ring", action=argparse.BooleanOptionalAction, default=True,
+                   help="close rings where the chain allows (its first and last nodes run --ring): the node serving "
+                        "the last block samples each next token and sends it to the first, while this client checks "
+                        "every token off the critical path (default: on; --no-ring where this client shares the "
+                        "nodes' cores)")
     add_generation_options(p)
     p.set_defaults(func=_generate)
 

@@ -25,7 +25,7 @@ class Setting:
     default: Any
     help: str
     multiple: bool = False  # repeat the flag / list several after it; space- or comma-separated in the variable
-    switch: bool = False  # a flag without a value (the variable: 1/true/yes/on or 0/false/no/off)
+    switch: bool = False  # --name / --no-name, no value (the variable: 1/true/yes/on or 0/false/no/off)
     metavar: str | None = None
     shown: str | None = None  # the default as --help shows it, where it is computed
 
@@ -70,9 +70,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("trusted_proxy", str, [], "addresses of reverse proxies whose X-Forwarded-For/-Proto are believed "
             "(the client address they name gets the fair share)", multiple=True, metavar="ADDR"),
     Setting("device", str, "cpu", "cpu, cuda or cuda:N for the head shard (embeddings and LM head)"),
-    Setting("ring", parse_bool, False, "close rings where the chain's first and last nodes run --ring (a node "
+    Setting("ring", parse_bool, True, "close rings where the chain's first and last nodes run --ring (a node "
             "serving every block rings alone): the last node samples each token and sends it on, the gateway "
-            "checks each one off the path; answers are the same", switch=True),
+            "checks each one off the path; answers are the same (--no-ring where the gateway shares the nodes' "
+            "cores)", switch=True),
     # Streams: how long a token may wait for the swarm to recover, and how often a waiting stream speaks.
     Setting("recover_timeout", float, 30.0, "seconds a request waits for nodes to cover the model, at its start "
             "or after a node failed mid-answer, before its error (503 or an error event)", metavar="S"),
@@ -116,8 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every setting as a flag defaulting to None, so 'not given' stays visible for precedence."""
     for s in SETTINGS:
         if s.switch:
-            parser.add_argument(s.flag, dest=s.name, default=None, action="store_const", const="true",
-                                help=f"{s.help} (default: off) [env {s.env}]")
+            parser.add_argument(s.flag, dest=s.name, default=None,
+                                action=argparse.BooleanOptionalAction,
+                                help=f"{s.help} (default: {'on' if s.default else 'off'}) [env {s.env}]")
             continue
         shown = s.shown or ("none" if s.default in (None, []) else
                             " ".join(map(str, s.default)) if s.multiple else s.default)

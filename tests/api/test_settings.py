@@ -29,11 +29,12 @@ def test_a_flag_beats_the_environment_which_beats_the_default(tmp_path):
     assert resolve(_parse("--peers", PEER), {"SWARMLM_HOME": str(tmp_path)}).api_key is None
 
 
-@pytest.mark.parametrize("argv, env, ring", [((), {}, False), (("--ring",), {}, True),
+@pytest.mark.parametrize("argv, env, ring", [((), {}, True), (("--no-ring",), {}, False), (("--ring",), {}, True),
                                              ((), {"SWARMLM_API_RING": "yes"}, True),
                                              ((), {"SWARMLM_API_RING": "0"}, False),
-                                             (("--ring",), {"SWARMLM_API_RING": "off"}, True)])
-def test_ring_is_a_switch_on_the_command_line_and_a_boolean_in_the_environment(argv, env, ring, tmp_path):
+                                             (("--ring",), {"SWARMLM_API_RING": "off"}, True),
+                                             (("--no-ring",), {"SWARMLM_API_RING": "on"}, False)])
+def test_ring_is_on_unless_switched_off_on_the_command_line_or_in_the_environment(argv, env, ring, tmp_path):
     assert resolve(_parse("--peers", PEER, *argv), {"SWARMLM_HOME": str(tmp_path), **env}).ring is ring
 
 

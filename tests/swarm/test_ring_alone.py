@@ -35,7 +35,8 @@ def alone(default_store, tmp_path_factory):
 
 
 def _model(swarm: LocalSwarm, store) -> RemoteModel:  # noqa: ANN001
-    return RemoteModel.connect(swarm.initial_peers, store.path, ring=True)
+    """A client as the SDK makes it: ringing where the chain can (the default)."""
+    return RemoteModel.connect(swarm.initial_peers, store.path)
 
 
 def test_a_whole_model_node_rings_alone_and_greedy_seeded_and_speculative_text_equal_local(alone, default_store,
@@ -63,11 +64,11 @@ def test_a_whole_model_node_rings_alone_and_greedy_seeded_and_speculative_text_e
 
 
 def test_the_gateway_rings_with_a_node_alone_and_answers_as_local(alone, local_model, tmp_path):
-    """`swarmlm api --ring`: applications behind the OpenAI gateway get rings too, and its provenance
-    counts the ring's steps (the answer stops at EOS, which the ring's sampler stops at too)."""
+    """Applications behind the OpenAI gateway get rings too (its default; `--no-ring` turns them off), and
+    its provenance counts the ring's steps (the answer stops at EOS, which the ring's sampler stops at too)."""
     import openai
 
-    with run_gateway(alone.initial_peers, tmp_path / "gateway", args=["--ring"]) as gw:
+    with run_gateway(alone.initial_peers, tmp_path / "gateway") as gw:
         client = openai.OpenAI(base_url=gw.base_url, api_key="none", max_retries=0, timeout=300)
         completion = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=24)
     local = local_model.generate(QUESTION, 24)

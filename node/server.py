@@ -568,7 +568,8 @@ class Node:
         whole group): every DHT call has a timeout and is best-effort."""
         if self.serving is not None:
             self.state = "draining"
-            await self._announce()
+            if self.serving.sessions:  # with none, the offline record says it all: one DHT store, not two
+                await self._announce()
             log.info("draining: %d live session(s) get up to %.0fs to finish", len(self.serving.sessions),
                      self.config.drain_grace)
             await self.serving.drain(self.config.drain_grace)

@@ -205,13 +205,13 @@ class RemoteRunner:
             try:
                 out = await span.step(h, start, self.silence)
                 if await self._caught(span, out, start + h.shape[1]):
-                    await self._replace(i, start, PeerFailure(span.peer, "convicted by a spot check"),
-                                        through_end=True)
+                    i, h = await self._replace(i, start, PeerFailure(span.peer, "convicted by a spot check"), h,
+                                               through_end=True)
                     continue
             except RoutingError as e:
                 if not self._may_retry(e):
                     raise
-                await self._replace(i, start, e)
+                i, h = await self._replace(i, start, e, h)
                 continue
             h, i = out, i + 1
         return h
@@ -246,12 +246,11 @@ class RemoteRunner:
             except RoutingError as e:
                 if not self._may_retry(e):
                     raise
-                await self._replace(i, start, e)
                 self.relayed_steps += 1
-                return await self._relayed(i, h, start)
+                return await self._relayed(*await self._replace(i, start, e, h), start)
             if await self._caught(span, out, start + h.shape[1]):
-                await self._replace(i, start, PeerFailure(span.peer, "convicted by a spot check"), through_end=True)
-                return await self._relayed(i, h, start)
+                return await self._relayed(*await self._replace(
+                    i, start, PeerFailure(span.peer, "convicted by a spot check"), h, through_end=True), start)
             h = out
             if i + 1 < len(self.spans) and not frame.pushed:
                 self.relayed_steps += 1
@@ -305,18 +304,19 @@ class RemoteRunner:
         buf[:, start:start + hidden.shape[1]] = hidden
 
     async def _open_chain(self, start: int, end: int, final_dtype: torch.dtype = torch.float32,
-                          prev: str | None = None, next_hop: Hop | None = None) -> list[SpanSession]:
+                          prev: str | None = None, next_hop: Hop | None = None,
+                          avoid: frozenset[str] = frozenset()) -> list[SpanSession]:
         """Plan [start, end) and send every hop its open frame at once (their replies come with the
         first results, so opening costs no round trip of its own).
 
         Each node replies (and pushes) in the next node's compute dtype, the last one in `final_dtype`;
-        `prev`/`next_hop` are the push neighbours outside this piece of the chain.
+        `prev`/`next_hop` are the push neighbours outside this piece of the chain, `avoid` its other nodes.
         """
         rings = self.ring is not None and (start, end) == (0, self.view.num_blocks)  # the client may ring
         while True:
             began = time.perf_counter()
             try:
-                hops = await self.view.plan(start, end, self.max_length, self.push, ring=rings)
+                hops = await self.view.plan(start, end, self.max_length, self.push, ring=rings, avoid=avoid)
             except NoRouteError:
                 if not await self._waited_for_nodes():
                     raise
@@ -362,9 +362,14 @@ class RemoteRunner:
         await asyncio.sleep(wake - now + 0.05)
         return True
 
-    async def _replace(self, i: int, start: int, error: RoutingError, through_end: bool = False) -> None:
-        """Swap the failed span i for a fresh chain over its blocks, replaying positions [0, start).
+    async def _replace(self, i: int, start: int, error: RoutingError, hidden: torch.Tensor,
+                       through_end: bool = False) -> tuple[int, torch.Tensor]:
+        """Swap the failed span i for a fresh chain over its blocks, replaying positions [0, start); returns
+        the span and its input (`hidden`, the step's at span i) from which the step goes on.
 
+        The fresh piece keeps off the chain's other nodes: a node holds one session per client session, so
+        a second span on it would replace the first. Where only they serve its blocks (a whole-model node
+        left mid-span for a faster one that failed), the whole chain is planned anew (`_reopen`).
         `through_end` also replays every later span: after a dishonest node, their caches may hold
         states computed from its outputs, and a step may rewrite positions it already holds.
         """
@@ -373,11 +378,14 @@ class RemoteRunner:
         self.failovers += 1
         a, b = failed.hop.start, failed.hop.end
         await self._note_failure(failed.peer, a, b, error)
+        others = frozenset(s.peer for s in self.spans if s is not failed)
+        if others and not await self.view.covers(a, b, self.max_length, others):
+            return await self._reopen(i, start, hidden)
         prev, nxt = self._neighbour(i - 1), self._neighbour(i + 1)
         prev = prev.peer if prev is not None else None
         nxt = nxt.hop if nxt is not None else None
         while True:
-            new = await self._open_chain(a, b, failed.reply_dtype, prev, nxt)
+            new = await self._open_chain(a, b, failed.reply_dtype, prev, nxt, avoid=others)
             try:
                 await self._replay(new + (self.spans[i + 1:] if through_end else []), a, start)
             except RoutingError as e:
@@ -391,6 +399,18 @@ class RemoteRunner:
             break
         if self.push:
             await self._reroute(i, len(new))
+        return i, hidden
+
+    async def _reopen(self, i: int, start: int, hidden: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """Close the chain's spans but the failed span i (their receipts signed for what they kept), open a
+        new whole chain and replay positions [0, start) into it; the step goes on from its first span."""
+        self.spans[i].abort()
+        kept = self.spans[:i] + self.spans[i + 1:]
+        self.spans = []
+        await self._retire(kept, start)
+        self.spans = await self._open_chain(0, self.view.num_blocks)
+        await self._replay(self.spans, 0, start)
+        return 0, self.inputs[0][:, start:start + hidden.shape[1]]
 
     async def _reroute(self, i: int, count: int) -> None:
         """Tell the spans around new spans [i, i+count) their new push partners."""
@@ -440,12 +460,16 @@ class RemoteRunner:
                 h = await span.step(h, offset)
 
     async def _close(self, length: int | None) -> None:
-        for span in self.spans:
+        spans, self.spans = self.spans, []
+        await self._retire(spans, length)
+
+    async def _retire(self, spans: list[SpanSession], length: int | None) -> None:
+        """Close `spans`, each with its receipt for the positions kept."""
+        for span in spans:
             span.keep(length)
             receipt = self.make_receipt(span) if self.make_receipt else None
             await span.close(receipt)
             self.closed_spans.append(span)
-        self.spans = []
 
 
 class _PushBroken(Exception):

@@ -207,6 +207,20 @@ def plan_route(records: Iterable[ServerRecord], start: int, end: int, *, rtt: Ma
         room = f" with room for {max_length} tokens" if with_room else ""
         raise NoRouteError(f"no online node{room} serves block {reached} of [{start}, {end}); "
                            f"{len(servers)} usable node(s){room} cover only part of the model")
+    return once_each(hops)
+
+
+def once_each(hops: list[Hop]) -> list[Hop]:
+    """The chain with no node in it twice. The sweeps may leave a slow node for a fast one mid-span and
+    board it again after (f, g, f), but a node holds one session per client session (a second open
+    replaces the first), so each node's first and last hop are merged with all between them: the node
+    serves that whole stretch, its span being contiguous."""
+    hops = list(hops)
+    for i, hop in enumerate(hops):
+        j = max(k for k in range(i, len(hops)) if hops[k].peer_id == hop.peer_id)
+        if j > i:
+            hops[i:j + 1] = [Hop(hop.peer_id, hop.start, hops[j].end, hop.record)]
+            return once_each(hops)
     return hops
 
 

@@ -157,7 +157,8 @@ class RingRunner(Protocol):
     async def _forward(self, hidden: torch.Tensor, start: int,
                        sent: Callable[[], Awaitable[None]] | None = None) -> torch.Tensor: ...
 
-    async def _replace(self, i: int, start: int, error: RoutingError, through_end: bool = False) -> None: ...
+    async def _replace(self, i: int, start: int, error: RoutingError, hidden: torch.Tensor,
+                       through_end: bool = False) -> tuple[int, torch.Tensor]: ...
 
 
 class ClientRing:
@@ -285,7 +286,7 @@ class ClientRing:
         await self._cut()
         await self.runner._replace(len(self.runner.spans) - 1, step.start,
                                    PeerFailure(last.peer, f"sampled token {claimed} at position {position}, "
-                                                          f"which its head does not choose"))
+                                                          f"which its head does not choose"), step.hidden)
     async def _cut(self) -> None:
         """Stop the first node embedding the convicted sampler's tokens now, before the (possibly slow)
         re-planning: else that sampler's ring keeps running its ticket through the chain, each node's

@@ -211,22 +211,33 @@ class SwarmView:
         store = self.referee.store_of(evidence.root.hex())
         return None if store is None else check_evidence(evidence, store)
 
-    async def plan(self, start: int, end: int, max_length: int = 1, push: bool = False, ring: bool = False
-                   ) -> list[Hop]:
+    async def plan(self, start: int, end: int, max_length: int = 1, push: bool = False, ring: bool = False,
+                   avoid: frozenset[str] = frozenset()) -> list[Hop]:
         """The best chain over nodes this client measured; unmeasured ones only when nothing else covers.
-        `ring`: the client rings (a ring node alone is priced without the client's legs)."""
+        `ring`: the client rings (a ring node alone is priced without the client's legs); `avoid`: nodes
+        not to plan through besides the banned (the rest of the chain around a piece being replaced)."""
         if not self.records:
             await self.refresh(force=True)
         self.refresh_soon()
         try:
-            return await self._plan(start, end, max_length, push, ring)
+            return await self._plan(start, end, max_length, push, ring, avoid)
         except NoRouteError:
             await self.refresh(force=True)
-        return await self._plan(start, end, max_length, push, ring)
+        return await self._plan(start, end, max_length, push, ring, avoid)
 
-    async def _plan(self, start: int, end: int, max_length: int, push: bool, ring: bool) -> list[Hop]:
+    async def covers(self, start: int, end: int, max_length: int, avoid: frozenset[str]) -> bool:
+        """Whether a chain over [start, end) exists without the `avoid` nodes (nor the banned), as the records
+        read now stand."""
+        try:
+            await self._plan(start, end, max_length, False, False, avoid)
+        except NoRouteError:
+            return False
+        return True
+
+    async def _plan(self, start: int, end: int, max_length: int, push: bool, ring: bool,
+                    avoid: frozenset[str] = frozenset()) -> list[Hop]:
         """`plan_measured_first` over a snapshot of the records, round trips and bans, in a worker thread: a
         pushed plan over a thousand records is ~30 ms of CPU, which the event loop's streams must not wait for."""
         return await asyncio.to_thread(plan_measured_first, list(self.records.values()), start, end,
-                                       rtt=dict(self.rtt), banned=self.bans.active(), max_length=max_length,
+                                       rtt=dict(self.rtt), banned=self.bans.active() | avoid, max_length=max_length,
                                        push=push, ring=ring)

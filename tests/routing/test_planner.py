@@ -303,3 +303,11 @@ def test_the_sweep_finds_the_cheapest_chain_of_random_swarms(push: bool) -> None
         except NoRouteError:
             continue
         assert hops == _cheapest_by_exhaustion(records, start, end, rtt, push)
+
+
+@pytest.mark.parametrize("push", [False, True], ids=["relayed", "pushed"])
+def test_no_node_is_in_a_chain_twice_even_where_leaving_it_for_a_faster_one_and_back_pays(push) -> None:
+    """A node holds one session per client session, so a slow whole-model node around a fast middle one
+    (which the sweeps would board again after it) serves the whole stretch instead."""
+    records = [node("a", 0, 30, 1.0), node("b", 10, 20, 1000.0), node("c", 25, 30, 1000.0)]
+    assert chain(plan_route(records, 0, 30, rtt=RTT, push=push)) == [("a", 0, 25), ("c", 25, 30)]

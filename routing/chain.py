@@ -369,7 +369,8 @@ class RemoteRunner:
 
         The fresh piece keeps off the chain's other nodes: a node holds one session per client session, so
         a second span on it would replace the first. Where only they serve its blocks (a whole-model node
-        left mid-span for a faster one that failed), the whole chain is planned anew (`_reopen`).
+        left mid-span for a faster one that failed), the whole chain is planned anew (`_reopen`); where
+        nothing serves it now (its one node banned), the piece waits for nodes as before.
         `through_end` also replays every later span: after a dishonest node, their caches may hold
         states computed from its outputs, and a step may rewrite positions it already holds.
         """
@@ -379,7 +380,8 @@ class RemoteRunner:
         a, b = failed.hop.start, failed.hop.end
         await self._note_failure(failed.peer, a, b, error)
         others = frozenset(s.peer for s in self.spans if s is not failed)
-        if others and not await self.view.covers(a, b, self.max_length, others):
+        if others and not await self.view.covers(a, b, self.max_length, others) \
+                and await self.view.covers(a, b, self.max_length):
             return await self._reopen(i, start, hidden)
         prev, nxt = self._neighbour(i - 1), self._neighbour(i + 1)
         prev = prev.peer if prev is not None else None
@@ -462,6 +464,7 @@ class RemoteRunner:
     async def _close(self, length: int | None) -> None:
         spans, self.spans = self.spans, []
         await self._retire(spans, length)
+        self.closed_spans += spans
 
     async def _retire(self, spans: list[SpanSession], length: int | None) -> None:
         """Close `spans`, each with its receipt for the positions kept."""
@@ -469,7 +472,6 @@ class RemoteRunner:
             span.keep(length)
             receipt = self.make_receipt(span) if self.make_receipt else None
             await span.close(receipt)
-            self.closed_spans.append(span)
 
 
 class _PushBroken(Exception):

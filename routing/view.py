@@ -225,7 +225,7 @@ class SwarmView:
             await self.refresh(force=True)
         return await self._plan(start, end, max_length, push, ring, avoid)
 
-    async def covers(self, start: int, end: int, max_length: int, avoid: frozenset[str]) -> bool:
+    async def covers(self, start: int, end: int, max_length: int, avoid: frozenset[str] = frozenset()) -> bool:
         """Whether a chain over [start, end) exists without the `avoid` nodes (nor the banned), as the records
         read now stand."""
         try:

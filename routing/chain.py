@@ -386,19 +386,9 @@ class RemoteRunner:
         prev, nxt = self._neighbour(i - 1), self._neighbour(i + 1)
         prev = prev.peer if prev is not None else None
         nxt = nxt.hop if nxt is not None else None
-        while True:
-            new = await self._open_chain(a, b, failed.reply_dtype, prev, nxt, avoid=others)
-            try:
-                await self._replay(new + (self.spans[i + 1:] if through_end else []), a, start)
-            except RoutingError as e:
-                for span in new:
-                    span.abort()
-                if not self._may_retry(e):
-                    raise
-                await self._note_failure(getattr(e, "peer", ""), a, b, e)
-                continue
-            self.spans[i:i + 1] = new
-            break
+        new = await self._replayed(a, b, start, failed.reply_dtype, prev, nxt, others,
+                                   self.spans[i + 1:] if through_end else [])
+        self.spans[i:i + 1] = new
         if self.push:
             await self._reroute(i, len(new))
         return i, hidden
@@ -410,9 +400,26 @@ class RemoteRunner:
         kept = self.spans[:i] + self.spans[i + 1:]
         self.spans = []
         await self._retire(kept, start)
-        self.spans = await self._open_chain(0, self.view.num_blocks)
-        await self._replay(self.spans, 0, start)
+        self.spans = await self._replayed(0, self.view.num_blocks, start)
         return 0, self.inputs[0][:, start:start + hidden.shape[1]]
+
+    async def _replayed(self, a: int, b: int, start: int, final_dtype: torch.dtype = torch.float32,
+                        prev: str | None = None, next_hop: Hop | None = None, avoid: frozenset[str] = frozenset(),
+                        later: list[SpanSession] | None = None) -> list[SpanSession]:
+        """A fresh chain over [a, b) (`_open_chain`) with positions [0, start) replayed into it and on into the
+        `later` spans; a node failing the replay is noted and the piece planned again."""
+        while True:
+            new = await self._open_chain(a, b, final_dtype, prev, next_hop, avoid)
+            try:
+                await self._replay(new + (later or []), a, start)
+            except RoutingError as e:
+                for span in new:
+                    span.abort()
+                if not self._may_retry(e):
+                    raise
+                await self._note_failure(getattr(e, "peer", ""), a, b, e)
+                continue
+            return new
 
     async def _reroute(self, i: int, count: int) -> None:
         """Tell the spans around new spans [i, i+count) their new push partners."""

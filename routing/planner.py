@@ -215,13 +215,14 @@ def once_each(hops: list[Hop]) -> list[Hop]:
     board it again after (f, g, f), but a node holds one session per client session (a second open
     replaces the first), so each node's first and last hop are merged with all between them: the node
     serves that whole stretch, its span being contiguous."""
-    hops = list(hops)
-    for i, hop in enumerate(hops):
-        j = max(k for k in range(i, len(hops)) if hops[k].peer_id == hop.peer_id)
-        if j > i:
-            hops[i:j + 1] = [Hop(hop.peer_id, hop.start, hops[j].end, hop.record)]
-            return once_each(hops)
-    return hops
+    kept: list[Hop] = []
+    for hop in hops:
+        seen = next((k for k, h in enumerate(kept) if h.peer_id == hop.peer_id), None)
+        if seen is None:
+            kept.append(hop)
+        else:
+            kept[seen:] = [Hop(hop.peer_id, kept[seen].start, hop.end, hop.record)]
+    return kept
 
 
 def _relayed(servers: list[ServerRecord], boundaries: list[int], end: int, links: Links,

@@ -78,21 +78,38 @@ class Links:
         record = self.records.get(peer)
         return 2 * UNMEASURED_RTT if record is not None and is_relayed(record) else UNMEASURED_RTT
 
-    def one_ways(self, peers: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Between the client and each of `peers`, half its round trip; between them (row: from, column:
-        to), the claimed round trip (either node's record's `rtt_ms`, the lower) clamped between the bounds
-        the client's own round trips imply, or the upper bound without a claim, halved."""
+    def one_ways(self, peers: list[str]) -> tuple[np.ndarray, Between]:
+        """Between the client and each of `peers`, half its round trip; between them, `Between`."""
         client = np.array([self.client_rtt(p) for p in peers])
         index = {p: i for i, p in enumerate(peers)}
-        claims = np.full((len(peers), len(peers)), np.inf)
+        rows, cols, seconds = [], [], []
         for i, p in enumerate(peers):
             if (record := self.records.get(p)) is not None:
                 for q, ms in record.rtt_ms.items():
                     if (j := index.get(q)) is not None:
-                        claims[i, j] = ms / 1000
-        claimed = np.minimum(claims, claims.T)
-        low, high = np.abs(client[:, None] - client[None, :]), client[:, None] + client[None, :]
-        return client / 2, np.where(np.isfinite(claimed), np.clip(claimed, low, high), high) / 2
+                        rows.append(i)
+                        cols.append(j)
+                        seconds.append(ms / 1000)
+        claims = np.full((len(peers), len(peers)), np.inf)
+        both = (np.array(rows + cols, dtype=int), np.array(cols + rows, dtype=int))
+        np.minimum.at(claims, both, np.array(seconds + seconds))
+        return client / 2, Between(client, claims)
+
+
+class Between:
+    """One-way delays between nodes (row: from, column: to), computed only where the sweep asks (indexed
+    like the matrix, `between[np.ix_(rows, cols)]`): the claimed round trip (either node's record's
+    `rtt_ms`, the lower) clamped between the bounds the client's own round trips imply, or the upper
+    bound without a claim, halved. A sweep reads a few nodes at each boundary, not every pair."""
+
+    def __init__(self, client_rtt: np.ndarray, claims: np.ndarray) -> None:
+        self.client_rtt, self.claims = client_rtt, claims
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        rows, cols = key
+        a, b = self.client_rtt[rows], self.client_rtt[cols]
+        claimed, high = self.claims[rows, cols], a + b
+        return np.where(np.isfinite(claimed), np.clip(claimed, np.abs(a - b), high), high) / 2
 
 
 def usable(records: Iterable[ServerRecord], banned: Container[str] = (), max_length: int = 1) -> list[ServerRecord]:

@@ -13,7 +13,11 @@ class Head(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # Left uninitialized, as Projection's weight is (a head is built on the meta device and loaded):
+        # nn.Embedding's own random init there imports torch._dynamo, 2-4 CPU-s in every process that
+        # builds a head (ring nodes, gateways, clients).
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
+                                         _weight=torch.empty(config.vocab_size, config.hidden_size))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         # Tied models get a transposed copy of the embeddings: the fast layout costs memory, not time.
         self.lm_head = Projection(config.hidden_size, config.vocab_size, bias=False)

@@ -153,13 +153,24 @@ class SpanSession:
 
     async def result(self, sent: torch.Tensor, start: int, timeout: float | None = None, ring: int | None = None
                      ) -> tuple[torch.Tensor, protocol.Result]:
-        """This span's next step result for input `sent` at `start`, checked; and its frame. Results of
-        ring steps under a ring other than `ring` (its ticket's seq) are stale: counted, not used."""
+        """This span's next step result for input `sent` at `start`, checked; and its frame.
+
+        Results of ring steps under a ring other than `ring` (its ticket's seq) are stale, and so are
+        results of another step: a step both pushed and relayed (its pusher died after the push left)
+        is computed twice, and the second result must not stand for our next step. Stale results are
+        counted, not used; a node sending more than a few of them in a row is failed over."""
         self._width = sent.shape[-1]
         began = time.perf_counter()
         frame = await self._next_result(timeout)
-        while frame.ring is not None and frame.ring != ring:
+        stale = 0
+        while (frame.start, frame.ring) != (start, ring):
+            if frame.start is None:
+                raise PeerFailure(self.peer, "sent a step result without its start position")
+            log.info("%s: passed over a result for position %d (awaiting %d)", self.peer[-8:], frame.start, start)
             self._count_unused(frame)
+            stale += 1
+            if stale == MAX_UNREAD_FRAMES:
+                raise PeerFailure(self.peer, f"sent {stale} results in a row for steps we did not await")
             frame = await self._next_result(timeout)
         received = time.perf_counter()
         self.timing["wait"] += received - began

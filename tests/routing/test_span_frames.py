@@ -30,7 +30,7 @@ def doubled(frame: dict[str, Any]) -> list[dict[str, Any]]:
     step = protocol.one_of(frame, protocol.SESSION_FRAMES, "in a session")
     if isinstance(step, protocol.Step):
         x = wire.decode_tensor(step.hidden, hidden_size=HIDDEN, max_tokens=8, max_batch=1)
-        return [protocol.Result(wire.encode_tensor(x * 2), step=0, compute_ms=3.0).to_wire()]
+        return [protocol.Result(wire.encode_tensor(x * 2), step=0, start=step.start, compute_ms=3.0).to_wire()]
     if isinstance(step, protocol.Route):
         return [protocol.Routed(step.session).to_wire()]
     return [protocol.Closed(step.session, 3, 3).to_wire()]

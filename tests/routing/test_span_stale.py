@@ -124,6 +124,47 @@ def test_a_stale_result_that_cannot_be_counted_still_moves_the_step_number() -> 
     asyncio.run(run())
 
 
+def test_a_second_result_of_a_step_already_read_does_not_stand_for_the_next_step() -> None:
+    """A step both pushed and relayed (its pusher died after the push left, and the client relayed it)
+    is computed twice. Paired with the client's next step, the second result shifted the chain by one
+    position: an attestation mismatch with spot checks on (an honest node failed over), silently wrong
+    states without (the 32-node scale test's `bad_position` a step later). It is counted, not used."""
+    async def run() -> None:
+        span, honest = await _span()
+        prompt, token, nxt = torch.randn(1, 5, HIDDEN), torch.randn(1, 1, HIDDEN), torch.randn(1, 1, HIDDEN)
+        honest.result(prompt, 0)
+        await span.result(prompt, 0)
+        honest.result(token, 5)  # the push
+        honest.result(token, 5)  # the client's relay of the same step
+        await span.result(token, 5)
+        honest.result(nxt, 6)
+        out, _ = await span.result(nxt, 6)
+        assert torch.equal(out, nxt * 2)
+        assert (span.steps, span.tokens, span.outputs_digest) == (honest.steps, honest.tokens,
+                                                                  honest.outputs.digest())
+        assert (span.length, span.accepted) == (7, 7)  # the node rewound over position 5 once, as counted
+        span.abort()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("frames", [1, 8])
+def test_results_for_steps_not_awaited_end_in_a_failover(frames: int) -> None:
+    """A result without its position cannot be matched to a step; a stream of results for other steps
+    would keep the client waiting: past a few in a row the node is failed over."""
+    async def run() -> None:
+        span, honest = await _span()
+        hidden = torch.randn(1, 2, HIDDEN)
+        for _ in range(frames):
+            honest.result(hidden, 3, with_start=frames > 1)
+        message = "without its start position" if frames == 1 else "results in a row for steps we did not await"
+        with pytest.raises(PeerFailure, match=message):
+            await span.result(hidden, 0)
+        span.abort()
+
+    asyncio.run(run())
+
+
 def test_a_result_the_node_was_not_asked_for_is_still_refused() -> None:
     """Counting stale results must not let a node skip step numbers in the results the client reads."""
     async def run() -> None:

@@ -231,7 +231,7 @@ def is_node_failure(error: RoutingError) -> bool:
         ErrorCode.CACHE_FULL.value, ErrorCode.CACHE_RECLAIMED.value, ErrorCode.DRAINING.value, ErrorCode.INTERNAL.value, ErrorCode.WRONG_MODEL.value,
         ErrorCode.VERSION.value, ErrorCode.UNKNOWN_SESSION.value, ErrorCode.SESSION_EXPIRED.value,
         ErrorCode.BUSY.value, ErrorCode.PEER_LIMIT.value, ErrorCode.LEDGER_UNAVAILABLE.value, ErrorCode.TIMEOUT.value,
-        ErrorCode.PUSH_REFUSED.value)
+        ErrorCode.PUSH_REFUSED.value, ErrorCode.BAD_POSITION.value)
 
 
 def is_busy(error: RoutingError) -> bool:
@@ -241,10 +241,12 @@ def is_busy(error: RoutingError) -> bool:
 
 def deserves_ban(error: RoutingError) -> bool:
     """A node that closed an idle session, took back pages beyond a fair share, or is leaving politely,
-    did nothing wrong."""
+    did nothing wrong; nor did one holding fewer of our positions than we sent it (`bad_position`: the
+    client checks its own steps, so the node's copy was cut short, say by a push that came late)."""
     return not (isinstance(error, RemoteError) and error.code in (ErrorCode.SESSION_EXPIRED.value,
                                                                    ErrorCode.CACHE_RECLAIMED.value,
-                                                                   ErrorCode.DRAINING.value))
+                                                                   ErrorCode.DRAINING.value,
+                                                                   ErrorCode.BAD_POSITION.value))
 
 
 async def gather_pings(client: PeerLink, peers: Sequence[str], timeout: float = 3.0, retry_timeout: float = 12.0

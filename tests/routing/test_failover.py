@@ -8,6 +8,7 @@ import time
 import pytest
 
 from routing.chain import RemoteRunner, busy_for, coverage_wake
+from routing.client import is_node_failure
 from routing.errors import ErrorCode, NoRouteError, PeerFailure, RemoteError
 from routing.planner import plan_route
 from routing.ring import silence_limit
@@ -46,6 +47,17 @@ def test_a_polite_refusal_reopens_on_the_same_node_once() -> None:
     expired = RemoteError("a", ErrorCode.SESSION_EXPIRED.value, "idle too long")
     assert replacement(r, "a", 0, 30, expired) == [("a", 0, 30)]
     assert replacement(r, "a", 0, 30, expired) == [("b", 0, 30)]
+
+
+def test_a_node_holding_fewer_positions_than_sent_is_failed_over_and_excused_once() -> None:
+    """`bad_position` for a step the client checked itself: the node's copy of the session was cut
+    short (a late push rewound it, before tickets ordered relayed steps): replayed there once, not a
+    failed generation."""
+    r = runner(node("a", 0, 30, 50.0), node("b", 0, 30), clock=Clock())
+    short = RemoteError("a", ErrorCode.BAD_POSITION.value, "step starts at position 12, but the session holds 11")
+    assert is_node_failure(short)
+    assert replacement(r, "a", 0, 30, short) == [("a", 0, 30)]
+    assert replacement(r, "a", 0, 30, short) == [("b", 0, 30)]
 
 
 def test_a_banned_node_returns_when_its_ban_ends() -> None:

@@ -1,8 +1,9 @@
 """Inference sessions: the client's stream to one node, and steps arriving relayed or pushed.
 
 Frames on the client's stream (`swarmlm.inference`, declared in routing/protocol.py): `open` (with
-an optional signed push grant naming this node's predecessor and successor), then any of `step` (a
-pushed one with the client's signed step ticket, which travels on with it: node/step_budget.py), `route`
+an optional signed push grant naming this node's predecessor and successor), then any of `step` (with
+the client's signed step ticket, spent here whether the step was relayed or pushed, and travelling on
+with a pushed one: node/step_budget.py), `route`
 (new neighbours after a failover) and `close`. The node reads ahead while a step computes, so a
 client that goes away cancels its step. A step's result goes back on this stream; with a grant
 naming a successor, the output is pushed to it first and the client gets a copy, off the critical
@@ -114,8 +115,11 @@ class Inference:
                 return False
             assert isinstance(frame, protocol.Step)
             hidden = s.decode_hidden(frame.hidden, session.batch)
+            # a relayed step's ticket is spent too: a late push of an earlier step is then refused, not
+            # allowed to rewind over this one (node/step_budget.py)
             ticket = session.budget.spend(frame.ticket, client=session.client, session=session.session_id,
-                                          start=frame.start, shape=hidden.shape) if frame.push else None
+                                          start=frame.start, shape=hidden.shape) \
+                if frame.push or frame.ticket is not None else None
         except ProtocolError as e:
             await self._refuse(session, e)
             return False

@@ -253,7 +253,8 @@ def _check_forward(blocks: tuple[int, int] | None, start: int) -> None:
 
 
 def _refusal(frame: dict[str, Any], code: ErrorCode, message: str) -> dict[str, Any]:
-    """An error frame that names the session it is about, so the pusher can tell that session's client;
-    taken from the push as sent, which may be the reason it is refused."""
+    """An error frame that names the session and step it is about, so the pusher can tell that session's
+    client which step to relay; taken from the push as sent, which may be the reason it is refused."""
     return protocol.Error(code.value, message, protocol.named(frame, "client", protocol.CLIENT),
-                          protocol.named(frame, "session", protocol.SESSION)).to_wire()
+                          protocol.named(frame, "session", protocol.SESSION),
+                          protocol.named(frame, "start", protocol.uint())).to_wire()

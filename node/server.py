@@ -557,7 +557,8 @@ class Node:
         session = s.sessions.get(session_key(error.client, error.session))
         if session is not None and session.next_peer == peer:
             try:
-                await session.send(protocol.PushFailed(session.session_id, error.code, error.message).to_wire())
+                await session.send(protocol.PushFailed(session.session_id, error.code, error.message,
+                                                           error.start).to_wire())
             except (ConnectionError, RuntimeError):
                 pass
 

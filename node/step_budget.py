@@ -9,7 +9,10 @@ for, step by step. A replay, a push grown past its ticket, or one without a tick
 that uses them is `push_refused` to the pusher (whose client then relays).
 
 A session uses tickets once its client says so when opening (`tickets: true`) or once it has spent
-one; until then a push without a ticket is taken, as from clients that sign none.
+one; until then a push without a ticket is taken, as from clients that sign none. A relayed step's
+ticket is spent too: a push that arrives after it (its pusher died after the push left, and the client
+relayed that step and went on) holds an older ticket and is refused, instead of rewinding the session
+over the positions computed since.
 
 A ring (node/ring.py) runs on one ring ticket: each of its steps is its sampled token's position
 and at most the ticket's `drafts` positions after it (speculation), all within the ticket's range;

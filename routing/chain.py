@@ -259,7 +259,9 @@ class RemoteRunner:
 
     async def _pushed_result(self, i: int, h: torch.Tensor, start: int, ring: int | None = None
                              ) -> tuple[torch.Tensor, protocol.Result]:
-        """Span i's result for a pushed step, unless its predecessor reports the push failed first.
+        """Span i's result for a pushed step, unless its predecessor reports the push failed first or its
+        stream ends: a pusher that died after its own result left may not have pushed (the push is lost
+        with its process), and span i, waiting for it, would be blamed when its silence ran out.
 
         The first span's result of a ring step also waits on the ring's sampler (its predecessor): when
         the sampler's stream ends or no result comes within the step's silence limit, the client relays
@@ -270,10 +272,8 @@ class RemoteRunner:
             return await span.result(sent, start, self.silence)
         pusher = self.spans[i - 1]  # [-1] for a ring step: the ring's sampler
         result = background(span.result(sent, start, self.silence, ring=ring), "a pushed step's result")
-        notice = background(pusher.notices.get(), "a push-failure notice")
-        tasks = {result, notice}
-        if ring is not None and i == 0:
-            tasks.add(background(pusher.ended(), "the ring sampler's stream"))
+        notice = background(_refused(pusher, start), "a push-failure notice")
+        tasks = {result, notice, background(pusher.ended(), "the pusher's stream")}
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED,
                                timeout=(self.silence or self.client.request_timeout) if ring is not None and i == 0
@@ -286,7 +286,8 @@ class RemoteRunner:
             return result.result()
         if notice.done() and not notice.cancelled():
             raise _PushBroken(notice.result().message or "its push failed")
-        raise _PushBroken(f"the ring's sampler {pusher.peer[-8:]} is gone or silent")
+        raise _PushBroken(f"{'the ring sampler' if ring is not None and i == 0 else 'its pusher'} "
+                          f"{pusher.peer[-8:]} is gone or silent")
 
     async def _caught(self, span: SpanSession, out: torch.Tensor, end: int) -> bool:
         """Spot-check a sample of steps; True when this span's node was proven wrong (its output unused)."""
@@ -479,6 +480,15 @@ class RemoteRunner:
             span.keep(length)
             receipt = self.make_receipt(span) if self.make_receipt else None
             await span.close(receipt)
+
+
+async def _refused(pusher: SpanSession, start: int) -> protocol.PushFailed:
+    """The pusher's next notice that its push of the step at `start` was refused; one about an earlier
+    step (its successor refused a late push the client had relayed already) is passed over."""
+    while True:
+        notice = await pusher.notices.get()
+        if notice.start in (None, start):
+            return notice
 
 
 class _PushBroken(Exception):

@@ -92,7 +92,7 @@ _seq = 0  # the last seq this process signed
 
 
 def ticket(identity: Identity, *, session: str, start: int, tokens: int, batch: int) -> StepTicket:
-    """The client's ticket for one pushed step. Its `seq` grows with time (so tickets signed after a
+    """The client's ticket for one step, pushed or relayed. Its `seq` grows with time (so tickets signed after a
     failover re-planned the chain stay above those the nodes have spent) and never repeats."""
     return StepTicket(client=identity.peer_id, session=session, seq=_next_seq(), start=start, tokens=tokens,
                       batch=batch, signature=bytes(64)).signed(identity, keys.STEP_TICKET)

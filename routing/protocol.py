@@ -315,8 +315,8 @@ class SessionFrame(Frame):
 
 @dataclass(frozen=True)
 class Step(SessionFrame):
-    """Positions [start, start + tokens) of the session; `push`: the node forwards its output on,
-    with `ticket`, the client's signed step ticket for it."""
+    """Positions [start, start + tokens) of the session; `ticket`: the client's signed step ticket for
+    it; `push`: the node forwards its output on, with the ticket."""
 
     TYPE = "step"
     start: int = spec(uint())
@@ -416,12 +416,14 @@ class Closed(Frame):
 
 @dataclass(frozen=True)
 class PushFailed(Frame):
-    """The node's push to its successor was refused: the client relays that step itself."""
+    """The node's push to its successor was refused: the client relays that step itself. `start`
+    names the step, so a refusal that arrives a step late is not taken for the next step's."""
 
     TYPE = "push_failed"
     session: str = spec(SESSION)
     code: str = spec(text(40))
     message: str = spec(text(500))
+    start: int | None = spec(maybe(uint()), default=None)
 
 
 @dataclass(frozen=True)
@@ -434,6 +436,7 @@ class Error(Frame):
     message: str = spec(text(1 << 16))
     client: str | None = spec(maybe(CLIENT), default=None)
     session: str | None = spec(maybe(SESSION), default=None)
+    start: int | None = spec(maybe(uint()), default=None)  # a refused push's first position
 
     @classmethod
     def of(cls, error: ProtocolError) -> "Error":
@@ -447,7 +450,7 @@ class Error(Frame):
             return value[:length] if isinstance(value, str) else None
 
         return cls(cut("code", 40) or "?", cut("message", 500) or "", named(frame, "client", CLIENT),
-                   named(frame, "session", SESSION))
+                   named(frame, "session", SESSION), named(frame, "start", uint()))
 
     def remote(self, peer: str) -> RemoteError:
         """This refusal, raised by the client that got it from `peer`."""

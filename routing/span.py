@@ -141,11 +141,14 @@ class SpanSession:
     async def send_step(self, hidden: torch.Tensor, start: int, push: bool = False,
                         before: Callable[[], Awaitable[None]] | None = None) -> torch.Tensor:
         """Send a step (pushed: the node forwards its output along the chain); returns what was sent.
-        `before` is awaited once the step's ticket is signed, before the step goes out."""
+        `before` is awaited once the step's ticket is signed, before the step goes out.
+
+        Every step carries a ticket: each node along the chain computes a pushed step once, as far as
+        its ticket says, and a relayed step's ticket, spent too, orders it after every push it follows,
+        so a push that arrives late (its pusher died or was re-routed) cannot rewind what came after."""
         sent = hidden.to(self.send_dtype)
-        # each node along the chain computes a pushed step once, as far as its ticket says
         signed = ticket(self.identity, session=self.session_id, start=start, tokens=sent.shape[1],
-                        batch=sent.shape[0]).to_wire() if push else None
+                        batch=sent.shape[0]).to_wire()
         if before is not None:
             await before()
         await self._send(protocol.Step(self.session_id, start, wire.encode_tensor(sent), push, signed))

@@ -12,6 +12,7 @@ import torch
 
 from ledger.keys import Identity
 from routing import protocol, wire
+from routing.chain import _refused
 from routing.errors import PeerFailure, RemoteError
 from routing.grants import accept_ticket
 from routing.planner import Hop
@@ -91,7 +92,8 @@ def test_open_step_route_close_send_the_declared_frames_and_read_their_replies()
     assert protocol.opening(opened, protocol.Open) == protocol.Open(
         "ab" * 32, "s-1", 16, blocks=(0, 10), reply_dtype="float32", attest=False, grant=opened["grant"],
         tickets=True)
-    assert "step" not in step and protocol.Step.parse(step) == protocol.Step("s-1", 0, step["hidden"])
+    assert "step" not in step and protocol.Step.parse(step) == protocol.Step("s-1", 0, step["hidden"],
+                                                                            ticket=step["ticket"])
     assert protocol.Route.parse(route).grant["session"] == "s-1"
     assert protocol.Close.parse(close) == protocol.Close("s-1", b"receipt", 3)
 
@@ -143,20 +145,36 @@ def test_a_push_failed_notice_goes_to_the_notices_not_in_place_of_a_result() -> 
     assert notice == protocol.PushFailed("s-1", "push_refused", "not its predecessor")
 
 
-def test_a_pushed_step_carries_the_clients_ticket_for_exactly_its_positions() -> None:
-    """The ticket's seq is a pushed step's id (spent once per node); a relayed step carries none."""
+def test_a_refusal_of_an_earlier_steps_push_is_not_taken_for_this_steps() -> None:
+    """A successor refuses a late push the client had relayed already (its ticket is spent); the pusher's
+    notice of it may reach the client during the next step, which must not be relayed for it."""
+    async def scenario() -> protocol.PushFailed:
+        span = _span(ScriptedNode(doubled))
+        for start in (4, 5):
+            span.notices.put_nowait(protocol.PushFailed("s-1", "push_refused", "ticket spent", start))
+        return await asyncio.wait_for(_refused(span, 5), 5)
+
+    assert _run(scenario).start == 5
+
+
+@pytest.mark.parametrize("push", [True, False], ids=["pushed", "relayed"])
+def test_every_step_carries_the_clients_ticket_for_exactly_its_positions(push: bool) -> None:
+    """The ticket's seq is a step's id, spent once per node: a pushed step is computed once along the
+    chain, and a relayed step's later seq orders it after any push that arrives late."""
     link, x = ScriptedNode(doubled), torch.randn(1, 3, HIDDEN)
 
     async def scenario() -> SpanSession:
         span = _span(link)
         await span.open()
-        await span.send_step(x, 5, push=True)
+        await span.send_step(x, 5, push=push)
         await span.result(x, 5)
+        await span.step(x[:, :1], 8)
         span.abort()
         return span
 
     span = _run(scenario)
-    step = protocol.Step.parse(link.received[1])
-    assert step.push and step.start == 5
-    signed = accept_ticket(step.ticket, client=span.identity.peer_id, session="s-1")
+    step, after = (protocol.Step.parse(frame) for frame in link.received[1:3])
+    assert step.push is push and step.start == 5
+    signed, later = (accept_ticket(s.ticket, client=span.identity.peer_id, session="s-1") for s in (step, after))
     assert (signed.start, signed.tokens, signed.batch) == (5, 3, 1)
+    assert (later.start, later.tokens) == (8, 1) and later.seq > signed.seq

@@ -9,7 +9,7 @@ import torch
 
 from routing import wire
 from routing.client import SwarmClient
-from routing.grants import grant
+from routing.grants import grant, ticket
 from swarmlm.sdk import RemoteModel
 
 from .raw import RawSession, output
@@ -41,12 +41,12 @@ def two(swarm3):
     stranger.close()
 
 
-async def _push(link, peer: str, frame: dict) -> dict:
+async def _push(link, peer: str, frame: dict, timeout: float = 60) -> dict:
     reader, writer = await link.open_stream(peer, "swarmlm.push")
     try:
         await wire.write_frame(writer, {"type": "push_open", "v": wire.PROTOCOL_VERSION})
         await wire.write_frame(writer, frame)
-        return await asyncio.wait_for(wire.read_frame(reader), 60)
+        return await asyncio.wait_for(wire.read_frame(reader), timeout)
     finally:
         writer.close()
 
@@ -122,7 +122,46 @@ def test_a_grant_naming_a_node_its_own_neighbour_loops_nothing_and_the_client_is
     result = next(f for f in frames if f["type"] == "result")
     failed = next(f for f in frames if f["type"] == "push_failed")
     assert failed["code"] == "push_refused" and "span ending at block 10" in failed["message"]
+    assert failed["start"] == 0
     assert after["type"] == "result" and after["start"] == 3
     with torch.inference_mode():
         expected = local_model.stack.narrow(10, 20)(x)
     assert float((output(result, 3) - expected).norm() / expected.norm()) < 1e-5
+
+
+def test_a_late_push_of_an_earlier_step_cannot_rewind_the_steps_relayed_since(two, default_store):
+    """The predecessor's push of positions 0..2 arrives after the client relayed them and one more itself
+    (the pusher died or was cut off, and the client went on). Each relayed step spent a later ticket, so
+    the late push is refused as spent: before, it was computed, rewinding the session to 3 positions,
+    and the client's next step met `bad_position` (the 32-node scale test's failure)."""
+    _, second, owner, stranger = two
+    root, sid = default_store.root, "late-push"
+
+    def signed(start: int, n: int) -> dict:
+        return ticket(owner.identity, session=sid, start=start, tokens=n, batch=1).to_wire()
+
+    def step(start: int, n: int) -> dict:
+        return {"type": "step", "session": sid, "start": start, "hidden": wire.encode_tensor(torch.randn(1, n, 576)),
+                "ticket": signed(start, n)}
+
+    async def go():
+        late = {"type": "push", "client": owner.peer_id, "session": sid, "start": 0, "blocks": [0, 10],
+                "hidden": wire.encode_tensor(torch.randn(1, 3, 576)), "ticket": signed(0, 3)}
+        g = grant(owner.identity, session=sid, node=second.peer_id, prev=stranger.peer_id, next=None, root=root,
+                  blocks=(10, 20))
+        s = RawSession(owner, second.peer_id, root, sid, 32, blocks=[10, 20], grant=g.to_wire(), tickets=True)
+        await s.open()
+        relayed = [await s.send(step(0, 3)), await s.send(step(3, 1))]
+        try:
+            refusal = await _push(stranger, second.peer_id, late, timeout=20)
+        except asyncio.TimeoutError:
+            refusal = None  # computed: a pushed step's result goes to the client, nothing back to the pusher
+        after = await s.send(step(4, 1))
+        await s.close()
+        return relayed, refusal, after
+
+    relayed, refusal, after = owner.run(go(), timeout=120)
+    assert [f["type"] for f in relayed] == ["result", "result"]
+    assert refusal is not None and refusal["code"] == "push_refused" and "spent" in refusal["message"], refusal
+    assert refusal["start"] == 0  # its pusher tells the client which step, so no later step is relayed for it
+    assert after["type"] == "result" and after["start"] == 4, after

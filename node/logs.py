@@ -12,6 +12,7 @@ import importlib.machinery
 import importlib.util
 import json
 import logging
+import os
 import sys
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -38,8 +39,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+DEBUG_ENV = "SWARMLM_DEBUG"  # comma-separated logger names whose debug lines a node prints, e.g. node.inference
+
+
 def setup_logging(fmt: str, verbose: bool) -> None:
-    """Replace whatever handlers the root logger has with one stderr handler in `fmt` ("text"/"json")."""
+    """Replace whatever handlers the root logger has with one stderr handler in `fmt` ("text"/"json").
+
+    `verbose` prints every logger's debug lines, hivemind's included; `SWARMLM_DEBUG` names the only
+    loggers that do, so one part (say every step a node computes) can be followed without the rest."""
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be 'text' or 'json', got {fmt!r}")
     handler = logging.StreamHandler(sys.stderr)
@@ -52,6 +59,8 @@ def setup_logging(fmt: str, verbose: bool) -> None:
     global _hivemind_level
     _hivemind_level = logging.DEBUG if verbose else logging.WARNING  # its INFO lines are for its developers
     logging.getLogger("hivemind").setLevel(_hivemind_level)
+    for name in filter(None, (n.strip() for n in os.environ.get(DEBUG_ENV, "").split(","))):
+        logging.getLogger(name).setLevel(logging.DEBUG)
     if _HIVEMIND_LOGGING in sys.modules:
         _route_hivemind()
     elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):

@@ -77,3 +77,21 @@ def test_a_json_node_logs_its_sessions_as_json_lines(default_store, tmp_path: Pa
     assert [m.split()[:2] for m in messages] == [["session", "open"], ["session", "close"]]
     assert "blocks=0:30" in messages[1] and "tokens=" in messages[1] and "duration=" in messages[1]
     assert lines[-1]["message"].endswith("stopped")
+
+
+def test_swarmlm_debug_prints_the_named_loggers_debug_lines_only(restore_logging, capsys, monkeypatch):
+    """Following one part of a node (every step it computes: `node.inference`) without hivemind's flood."""
+    monkeypatch.setenv("SWARMLM_DEBUG", "node.inference, routing.span")
+    named = [logging.getLogger(n) for n in ("node.inference", "routing.span")]
+    try:
+        setup_logging("text", verbose=False)
+        named[0].debug("session s1 step 3: positions 7..7, relayed, held 7")
+        named[1].debug("passed over a result")
+        logging.getLogger("node.server").debug("not named")
+        logging.getLogger("hivemind.dht").debug("not named either")
+    finally:
+        for logger in named:
+            logger.setLevel(logging.NOTSET)
+    err = capsys.readouterr().err
+    assert "positions 7..7" in err and "passed over a result" in err
+    assert "not named" not in err

@@ -150,9 +150,10 @@ class Inference:
                 held = session.length
                 index, done = await s.step(session, hidden, start)
                 compute_ms = round((time.perf_counter() - began) * 1000, 3)
-                log.debug("session %s step %d: positions %d..%d, %s, held %d", session.session_id, index, start,
-                          start + hidden.shape[1] - 1, f"pushed by {pusher[-8:]}" if pusher else
-                          "from the client" + (", to push on" if push else ""), held)
+                if log.isEnabledFor(logging.DEBUG):  # a line per step: nothing built for it unless asked
+                    log.debug("session %s step %d: positions %d..%d, %s, held %d", session.session_id, index, start,
+                              start + hidden.shape[1] - 1, f"pushed by {pusher[-8:]}" if pusher else
+                              "from the client" + (", to push on" if push else ""), held)
                 attestation = (s.attestation(session.session_id, index, start, session.stack, done)
                                if session.attesting else None)
                 pushed, push_failed = False, None

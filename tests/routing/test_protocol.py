@@ -36,8 +36,8 @@ EXAMPLES: list[protocol.Frame] = [
     protocol.Ring("s-1", {"opaque": b"signed"}, 0.7, 0.9, 40, 0.05, b"state", [2], 4, [1, 2, 3]),
     protocol.Routed("s-1"),
     protocol.Closed("s-1", 12, 10),
-    protocol.PushFailed("s-1", "push_refused", "not its predecessor"),
-    protocol.Error("busy", "retry later", client="12D3KooW", session="s-1"),
+    protocol.PushFailed("s-1", "push_refused", "not its predecessor", start=3),
+    protocol.Error("busy", "retry later", client="12D3KooW", session="s-1", start=3),
     protocol.Push("12D3KooW", "s-1", 3, TENSOR, (0, 10), {"opaque": b"signed"}),
     protocol.Push("12D3KooW", "s-1", 3, TENSOR, (0, 10), ring_ticket={"opaque": b"signed"}),
     protocol.RingToken("12D3KooW", "s-1", 9, 42, (20, 30), {"opaque": b"signed"}, [7, 8]),
@@ -168,6 +168,8 @@ def test_an_error_frame_is_read_leniently_and_cut_to_size() -> None:
     error = protocol.Error.lenient({"type": "error", "code": "c" * 100, "message": "m" * 10_000, "session": 5})
     assert (len(error.code), len(error.message), error.session, error.client) == (40, 500, None, None)
     assert protocol.Error.lenient({"type": "error"}) == protocol.Error("?", "")
+    assert protocol.Error.lenient({"type": "error", "start": -1}).start is None  # a refused push's step: or none
+    assert protocol.Error.lenient({"type": "error", "start": 7}).start == 7
     remote = protocol.Error("busy", "later").remote("12D3KooWpeer")
     assert isinstance(remote, RemoteError) and (remote.code, remote.remote_message) == ("busy", "later")
     assert protocol.Error.of(ProtocolError(ErrorCode.TIMEOUT, "slow")) == protocol.Error("timeout", "slow")
